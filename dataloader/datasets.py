@@ -1,0 +1,299 @@
+"""Datasets from class folders, txt lists and zip archives, all giving ``(uint8 image, label, index)``.
+
+Layouts (``--dataset``):
+  folder  DATA/{train,val,test}/<class>/<image>
+  txt     DATA/{train,val,test}.txt with lines ``path label`` (paths relative to the list's folder),
+          optional DATA/classes.txt (one class name per line, in label order)
+  zip     DATA/{split}.zip with DATA/{split}_map.txt lines ``member<TAB>label``; read without
+          extracting, one open handle per worker process; optional DATA/classes.txt
+
+Class names always come from the train split (or classes.txt); a class in val or test that train
+does not have is an error, as is any malformed line, which is reported with its file and line number.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .io import IMG_EXTENSIONS, decode_rgb
+
+logger = logging.getLogger(__name__)
+
+Sample = tuple[str, int]
+
+
+class DatasetError(ValueError):
+    """The dataset on disk is malformed; the message says where and how to fix it."""
+
+
+def _read_classes_file(root: Path) -> list[str] | None:
+    file = root / "classes.txt"
+    if not file.is_file():
+        return None
+    names = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DatasetError(f"{file}: no class names (one name per line, in label order)")
+    if len(set(names)) != len(names):
+        raise DatasetError(f"{file}: duplicate class names")
+    return names
+
+
+def _parse_label_list(file: Path, sep: str | None) -> list[tuple[int, str, int]]:
+    """``(line number, name, label)`` for each non-blank, non-comment line of a ``name<sep>label`` list."""
+    if not file.is_file():
+        raise DatasetError(f"list file {file} does not exist")
+    rows = []
+    for lineno, line in enumerate(file.read_text().splitlines(), 1):
+        text = line.strip() if sep is None else line.rstrip("\r\n")
+        if not text.strip() or text.lstrip().startswith("#"):
+            continue
+        parts = text.rsplit(sep, 1)
+        if len(parts) != 2 or not parts[0].strip():
+            want = "'path label'" if sep is None else "'member<TAB>label' (a tab, not spaces)"
+            raise DatasetError(f"{file}:{lineno}: malformed line {line!r}: expected {want}")
+        name, label = parts[0].strip() if sep is None else parts[0], parts[1].strip()
+        try:
+            value = int(label)
+        except ValueError:
+            raise DatasetError(f"{file}:{lineno}: label {label!r} is not an integer") from None
+        if value < 0:
+            raise DatasetError(f"{file}:{lineno}: label {value} is negative")
+        rows.append((lineno, name, value))
+    return rows
+
+
+def _check_label_range(file: Path, rows: list[tuple[int, str, int]], num_classes: int) -> None:
+    for lineno, _, label in rows:
+        if label >= num_classes:
+            raise DatasetError(f"{file}:{lineno}: label {label} is out of range: there are {num_classes} "
+                               f"classes (labels 0..{num_classes - 1})")
+
+
+def _classes_from_labels(root: Path, file: Path, sep: str | None) -> list[str]:
+    names = _read_classes_file(root)
+    if names is not None:
+        return names
+    rows = _parse_label_list(file, sep)
+    if not rows:
+        raise DatasetError(f"{file}: no samples")
+    return [str(i) for i in range(max(r[2] for r in rows) + 1)]
+
+
+class FolderLayout:
+    """``DATA/<split>/<class>/<image>``."""
+
+    @staticmethod
+    def exists(root: Path, split: str) -> bool:
+        return (root / split).is_dir()
+
+    @staticmethod
+    def classes(root: Path) -> list[str]:
+        train = root / "train"
+        if not train.is_dir():
+            raise DatasetError(f"{train} does not exist: a folder dataset needs DATA/train/<class>/<image>")
+        names = sorted(d.name for d in train.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not names:
+            raise DatasetError(f"{train} holds no class folders (expected DATA/train/<class>/<image>)")
+        return names
+
+    @staticmethod
+    def samples(root: Path, split: str, class_names: Sequence[str]) -> list[Sample]:
+        split_dir = root / split
+        index = {name: i for i, name in enumerate(class_names)}
+        samples: list[Sample] = []
+        for class_dir in sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            if class_dir.name not in index:
+                raise DatasetError(f"class {class_dir.name!r} in {split_dir} is not a training class "
+                                   f"(training classes: {', '.join(class_names[:20])}); "
+                                   f"add it to DATA/train or remove it from {split}")
+            files = []
+            for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+                dirnames.sort()
+                files += [os.path.join(dirpath, f) for f in sorted(filenames)
+                          if f.lower().endswith(IMG_EXTENSIONS) and not f.startswith(".")]
+            if not files:
+                raise DatasetError(f"class folder {class_dir} holds no images ({', '.join(IMG_EXTENSIONS)}); "
+                                   f"add images or remove the folder")
+            samples += [(f, index[class_dir.name]) for f in files]
+        return samples
+
+    @staticmethod
+    def reader(root: Path, split: str) -> Callable[[str], bytes]:
+        return _read_file
+
+
+class TxtLayout:
+    """``DATA/<split>.txt`` with ``path label`` lines."""
+
+    @staticmethod
+    def exists(root: Path, split: str) -> bool:
+        return (root / f"{split}.txt").is_file()
+
+    @staticmethod
+    def classes(root: Path) -> list[str]:
+        return _classes_from_labels(root, root / "train.txt", None)
+
+    @staticmethod
+    def samples(root: Path, split: str, class_names: Sequence[str]) -> list[Sample]:
+        file = root / f"{split}.txt"
+        rows = _parse_label_list(file, None)
+        _check_label_range(file, rows, len(class_names))
+        samples = []
+        for lineno, name, label in rows:
+            path = Path(name) if os.path.isabs(name) else file.parent / name
+            if not path.is_file():
+                raise DatasetError(f"{file}:{lineno}: image {str(path)!r} does not exist "
+                                   f"(relative paths resolve against {file.parent})")
+            samples.append((str(path), label))
+        return samples
+
+    @staticmethod
+    def reader(root: Path, split: str) -> Callable[[str], bytes]:
+        return _read_file
+
+
+class ZipLayout:
+    """``DATA/<split>.zip`` with ``DATA/<split>_map.txt`` lines ``member<TAB>label``."""
+
+    @staticmethod
+    def exists(root: Path, split: str) -> bool:
+        return (root / f"{split}.zip").is_file()
+
+    @staticmethod
+    def classes(root: Path) -> list[str]:
+        return _classes_from_labels(root, root / "train_map.txt", "\t")
+
+    @staticmethod
+    def samples(root: Path, split: str, class_names: Sequence[str]) -> list[Sample]:
+        archive, file = root / f"{split}.zip", root / f"{split}_map.txt"
+        rows = _parse_label_list(file, "\t")
+        _check_label_range(file, rows, len(class_names))
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                members = set(zf.namelist())
+        except zipfile.BadZipFile as e:
+            raise DatasetError(f"{archive} is not a valid zip archive: {e}") from None
+        for lineno, name, _ in rows:
+            pure = PurePosixPath(name)
+            if pure.is_absolute() or ".." in pure.parts:
+                raise DatasetError(f"{file}:{lineno}: unsafe member path {name!r} (absolute or with '..')")
+            if name not in members:
+                raise DatasetError(f"{file}:{lineno}: member {name!r} is not in {archive}")
+        return [(name, label) for _, name, label in rows]
+
+    @staticmethod
+    def reader(root: Path, split: str) -> Callable[[str], bytes]:
+        return ZipReader(root / f"{split}.zip")
+
+
+LAYOUTS = {"folder": FolderLayout, "txt": TxtLayout, "zip": ZipLayout}
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class ZipReader:
+    """Reads members of one archive, with one open handle per process (re-opened after a fork)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._zip: zipfile.ZipFile | None = None
+        self._pid: int | None = None
+
+    def __call__(self, member: str) -> bytes:
+        if self._zip is None or self._pid != os.getpid():
+            self._zip = zipfile.ZipFile(self.path)
+            self._pid = os.getpid()
+        return self._zip.read(member)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_zip": None, "_pid": None}
+
+
+def get_layout(kind: str):
+    """The layout class for a ``--dataset`` kind."""
+    if kind not in LAYOUTS:
+        raise ValueError(f"unknown dataset kind {kind!r}; choose from {', '.join(LAYOUTS)}")
+    return LAYOUTS[kind]
+
+
+def read_class_names(root: str | Path, kind: str) -> list[str]:
+    """Class names of a dataset, from its train split (or classes.txt)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {str(root)!r} does not exist or is not a folder (--data)")
+    return get_layout(kind).classes(root)
+
+
+def resolve_split(root: str | Path, kind: str, split: str) -> str:
+    """``split`` if present; a missing test split falls back to val, with a log line saying so."""
+    layout = get_layout(kind)
+    if layout.exists(Path(root), split):
+        return split
+    if split == "test" and layout.exists(Path(root), "val"):
+        logger.info("no test split in %s: evaluating on the val split instead", root)
+        return "val"
+    raise DatasetError(f"split {split!r} not found in {root} for --dataset {kind}")
+
+
+class ClassificationDataset(Dataset):
+    """A list of ``(source, label)`` samples read by a layout's reader and decoded to uint8 RGB.
+
+    The key is an index, or ``(index, seed)`` from :class:`dataloader.loader.SeededSampler`: the seed
+    makes the random transform of that sample a pure function of (run seed, epoch, index), so a
+    resumed run sees exactly the augmentations it would have seen, whatever the worker count.
+    """
+
+    def __init__(self, root: str | Path, kind: str, split: str, class_names: Sequence[str] | None = None,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.root, self.kind, self.split = Path(root), kind, split
+        self.class_names = list(class_names) if class_names is not None else read_class_names(root, kind)
+        layout = get_layout(kind)
+        if not layout.exists(self.root, split):
+            raise DatasetError(f"split {split!r} not found in {self.root} for --dataset {kind}")
+        self.samples = layout.samples(self.root, split, self.class_names)
+        if not self.samples:
+            raise DatasetError(f"split {split!r} of {self.root} holds no images")
+        self.targets = [label for _, label in self.samples]
+        self.reader = layout.reader(self.root, split)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> torch.Tensor:
+        """The decoded, untransformed image of sample ``index``."""
+        source = self.samples[index][0]
+        return decode_rgb(self.reader(source), name=self._describe(source))
+
+    def _describe(self, source: str) -> str:
+        return f"{self.root / (self.split + '.zip')}:{source}" if self.kind == "zip" else source
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image = self.load(index)
+        if self.transform is not None:
+            if seed is None:
+                image = self.transform(image)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    py_state, np_state = random.getstate(), np.random.get_state()
+                    torch.manual_seed(seed)
+                    random.seed(seed)
+                    np.random.seed(seed % 2**32)
+                    try:
+                        image = self.transform(image)
+                    finally:
+                        random.setstate(py_state)
+                        np.random.set_state(np_state)
+        return image, self.samples[index][1], index

@@ -1,0 +1,78 @@
+"""Samplers, the DataLoader factory and the on-device batch preprocessing."""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class SeededSampler(Sampler):
+    """Yields ``(index, sample_seed)`` keys; the order and seeds are a pure function of (seed, epoch).
+
+    Like ``DistributedSampler`` it shards the (padded) order across ``world_size`` ranks, so it serves
+    single-process and DDP training alike. Call :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
+                 pad: bool = True):
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _num_samples(self) -> int:
+        if self.pad:
+            return math.ceil(self.size / self.world_size)
+        return len(range(self.rank, self.size, self.world_size))
+
+    def __len__(self) -> int:
+        return self._num_samples()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist() if self.shuffle else list(range(self.size))
+        if self.pad and self.world_size > 1:
+            total = self._num_samples() * self.world_size
+            order += order[: total - len(order)]
+        seeds = torch.randint(0, 2**62, (self.size,), generator=g).tolist()
+        for index in order[self.rank::self.world_size]:
+            yield index, seeds[index]
+
+
+def create_loader(dataset: Dataset, *, batch_size: int, workers: int, train: bool, seed: int = 0,
+                  pin_memory: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """A DataLoader over ``dataset`` that collates uint8 batches.
+
+    Training loaders shuffle with a :class:`SeededSampler` (call ``loader.sampler.set_epoch``);
+    evaluation loaders keep the dataset order and, under DDP, shard it without padding so that every
+    sample is counted exactly once.
+    """
+    sampler = SeededSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
+    drop_last = train and len(sampler) % batch_size == 1  # a batch of one breaks batch norm
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+        drop_last=drop_last, persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+class BatchPreprocessor:
+    """uint8 ``N x 3 x H x W`` batch -> normalised float batch on ``device`` in one batched step."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device,
+                 channels_last: bool = False):
+        self.device = device
+        self.scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(1, 3, 1, 1).to(device)
+        self.shift = (torch.tensor(mean, dtype=torch.float32) / torch.tensor(std)).view(1, 3, 1, 1).to(device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        if images.dtype == torch.uint8:
+            images = images.float().mul_(self.scale).sub_(self.shift)
+        return images.contiguous(memory_format=self.memory_format)

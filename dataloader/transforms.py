@@ -1,0 +1,66 @@
+"""The transform factory: uint8 ``3 x H x W`` tensor in, uint8 tensor of the network size out.
+
+Normalisation is not here: batches are converted to float and normalised on the device in one step
+(:class:`dataloader.loader.BatchPreprocessor`), which is much cheaper than doing it per image.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+
+def letterbox_geometry(height: int, width: int, size: Sequence[int]) -> tuple[int, int, int, int]:
+    """``(new_h, new_w, top, left)``: the aspect-preserving resize that fits ``size`` and its centring offsets."""
+    out_h, out_w = size
+    scale = min(out_h / height, out_w / width)
+    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
+    return new_h, new_w, (out_h - new_h) // 2, (out_w - new_w) // 2
+
+
+class Letterbox(nn.Module):
+    """Resize keeping the aspect ratio, then pad (centred, with ``fill``) to exactly ``size``."""
+
+    def __init__(self, size: Sequence[int], fill: int = 0):
+        super().__init__()
+        self.size, self.fill = (int(size[0]), int(size[1])), fill
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        new_h, new_w, top, left = letterbox_geometry(h, w, self.size)
+        if (new_h, new_w) != (h, w):
+            image = F.resize(image, [new_h, new_w], antialias=True)
+        if (new_h, new_w) != self.size:
+            out = image.new_full((*image.shape[:-2], *self.size), self.fill)
+            out[..., top:top + new_h, left:left + new_w] = image
+            image = out
+        return image
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, fill={self.fill}"
+
+
+def create_transform(train: bool, image_size: Sequence[int], *, train_resize: str = "letterbox",
+                     rrc_scale: Sequence[float] = (0.08, 1.0), hflip: float = 0.0,
+                     eval_resize: str = "letterbox", crop_pct: float = 0.875) -> nn.Module:
+    """Geometry for training or evaluation images (see ``--train_resize``/``--eval_resize``)."""
+    size = [int(image_size[0]), int(image_size[1])]
+    if train:
+        if train_resize == "letterbox":
+            ops: list[nn.Module] = [Letterbox(size)]
+        elif train_resize == "rrc":
+            ops = [v2.RandomResizedCrop(size, scale=tuple(rrc_scale), antialias=True)]
+        else:
+            raise ValueError(f"unknown train_resize {train_resize!r}; choose letterbox or rrc")
+        if hflip > 0:
+            ops.append(v2.RandomHorizontalFlip(hflip))
+    elif eval_resize == "letterbox":
+        ops = [Letterbox(size)]
+    elif eval_resize == "center_crop":
+        ops = [v2.Resize(int(min(size) / crop_pct), antialias=True), v2.CenterCrop(size)]
+    else:
+        raise ValueError(f"unknown eval_resize {eval_resize!r}; choose letterbox or center_crop")
+    return v2.Compose(ops)

@@ -1,0 +1,35 @@
+"""``create_optimizer``: torch.optim optimizers by name, without weight decay on 1-D parameters."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two groups: weights with decay, and biases and normalisation weights (every 1-D tensor) without."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": lambda params, lr, momentum=0.9, nesterov=False, **_: torch.optim.SGD(
+        params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0),
+    "adam": lambda params, lr, **_: torch.optim.Adam(params, lr=lr),
+    "adamw": lambda params, lr, **_: torch.optim.AdamW(params, lr=lr),
+    "radam": lambda params, lr, **_: torch.optim.RAdam(params, lr=lr),
+}
+
+
+def create_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.1, weight_decay: float = 0.0,
+                     momentum: float = 0.9, nesterov: bool = False) -> torch.optim.Optimizer:
+    """Build optimizer ``name`` over ``model``'s parameters (decay only on weights of rank >= 2)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov)

@@ -1,0 +1,1 @@
+"""Shared helpers: checkpoints, devices and seeds, metrics, logging, plots. No global state."""

@@ -1,0 +1,78 @@
+"""Write scikit-learn's handwritten digits as a PNG class-folder dataset (the bundled default data).
+
+1,797 real 8x8 images, upscaled to 32x32 RGB, split 70/15/15 stratified with a fixed seed into
+``OUT/{train,val,test}/<0-9>/<index>.png``. Idempotent: an existing complete dataset is left alone.
+
+    python utils/make_digits.py [--out data/digits] [--txt DIR] [--zip DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from utils.dataset_tools import write_txt_lists, write_zip_archives  # noqa: E402
+
+logger = logging.getLogger("make_digits")
+MARKER = ".complete-v1"
+SIZE = 32
+
+
+def split_indices(labels: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """Stratified 70/15/15 split of sample indices."""
+    from sklearn.model_selection import train_test_split
+    idx = np.arange(len(labels))
+    train, rest = train_test_split(idx, test_size=0.30, stratify=labels, random_state=seed)
+    val, test = train_test_split(rest, test_size=0.50, stratify=labels[rest], random_state=seed)
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def make_digits(out: str | Path, size: int = SIZE) -> Path:
+    """Write the dataset to ``out`` unless a complete one is already there."""
+    from sklearn.datasets import load_digits
+    out = Path(out)
+    if (out / MARKER).is_file():
+        logger.info("digits dataset already complete at %s", out)
+        return out
+    if out.exists():
+        shutil.rmtree(out)  # an interrupted earlier write
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    digits = load_digits()
+    images = (digits.images / 16.0 * 255.0).round().astype(np.uint8)
+    for split, indices in split_indices(digits.target).items():
+        for i in indices:
+            folder = tmp / split / str(digits.target[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            img = Image.fromarray(images[i], mode="L").resize((size, size), Image.BICUBIC).convert("RGB")
+            img.save(folder / f"{i:04d}.png")
+    (tmp / MARKER).write_text("sklearn load_digits, 32x32 RGB PNG, stratified 70/15/15, seed 0\n")
+    tmp.rename(out)
+    logger.info("wrote %d digits images to %s", len(images), out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "data" / "digits"))
+    parser.add_argument("--txt", default=None, help="also write the txt-list layout to this folder")
+    parser.add_argument("--zip", default=None, help="also write the zip-archive layout to this folder")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    root = make_digits(args.out)
+    if args.txt:
+        logger.info("txt lists: %s", write_txt_lists(root, args.txt))
+    if args.zip:
+        logger.info("zip archives: %s", write_zip_archives(root, args.zip))
+
+
+if __name__ == "__main__":
+    main()

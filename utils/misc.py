@@ -1,0 +1,61 @@
+"""Devices, seeds and logging set-up."""
+from __future__ import annotations
+
+import logging
+import random
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``; None picks CUDA when present. Asking for a missing GPU is an error."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RuntimeError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so that a CPU run repeats exactly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log to stderr (once per process)."""
+    root = logging.getLogger()
+    root.setLevel(level)
+    if not any(getattr(h, "_playground", False) for h in root.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h._playground = True  # type: ignore[attr-defined]
+        h.setFormatter(logging.Formatter(LOG_FORMAT, "%H:%M:%S"))
+        root.addHandler(h)
+
+
+@contextmanager
+def log_to_file(path: str | Path) -> Iterator[None]:
+    """Also write every log record to ``path`` (the run directory's log.txt) while the block runs."""
+    root = logging.getLogger()
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, "%Y-%m-%d %H:%M:%S"))
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
