@@ -1,0 +1,105 @@
+"""Turning the resolved config into parts: run directory, datasets, loaders, precision, model restore.
+
+Only ``applications/`` reads the whole config; these helpers pass explicit values to the factories.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, ContextManager, Sequence
+
+import torch
+import torch.nn as nn
+
+from dataloader import (BatchPreprocessor, ClassificationDataset, create_loader, create_transform,
+                        read_class_names, resolve_split)
+from models import create_model, extract_state_dict, load_state_dict_checked
+from utils.checkpoint import load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+# Config keys that define the model and its preprocessing: evaluation takes them from the checkpoint.
+MODEL_KEYS = ("arch", "num_classes", "image_size", "mean", "std", "eval_resize", "crop_pct")
+
+
+def run_dir_for(output: str, arch: str, tag: str) -> Path:
+    """``<output>/<arch>/<tag>`` (a ``/`` in the arch, as in ``timm/resnet18``, becomes ``-``)."""
+    return Path(output) / arch.replace("/", "-") / tag
+
+
+def check_num_classes(requested: int | None, class_names: Sequence[str], data: str) -> int:
+    """The class count: the data's, which ``--num_classes`` (when given) must equal."""
+    found = len(class_names)
+    if requested is not None and requested != found:
+        raise ValueError(f"--num_classes {requested} disagrees with the data: {data} has {found} classes "
+                         f"({', '.join(class_names[:10])}{', ...' if found > 10 else ''}); "
+                         f"drop --num_classes or fix the data")
+    return found
+
+
+def build_dataset(cfg: argparse.Namespace, split: str, class_names: Sequence[str], train: bool,
+                  fallback: bool = False) -> ClassificationDataset:
+    """The dataset of ``split`` with the training or evaluation transform from the config."""
+    if fallback:
+        split = resolve_split(cfg.data, cfg.dataset, split)
+    transform = create_transform(train, cfg.image_size, train_resize=cfg.train_resize, rrc_scale=cfg.rrc_scale,
+                                 hflip=cfg.hflip, eval_resize=cfg.eval_resize, crop_pct=cfg.crop_pct)
+    return ClassificationDataset(cfg.data, cfg.dataset, split, class_names=class_names, transform=transform)
+
+
+def build_loader(cfg: argparse.Namespace, dataset: ClassificationDataset, train: bool,
+                 device: torch.device) -> torch.utils.data.DataLoader:
+    """A loader over ``dataset`` with the config's batch size, workers and seed."""
+    return create_loader(dataset, batch_size=cfg.batch_size, workers=cfg.workers, train=train, seed=cfg.seed,
+                         pin_memory=device.type == "cuda")
+
+
+def data_class_names(cfg: argparse.Namespace) -> list[str]:
+    """Class names of ``--data`` (from its train split or classes.txt)."""
+    return read_class_names(cfg.data, cfg.dataset)
+
+
+def amp_dtype(enabled: bool, choice: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for full precision: bf16 where supported, else fp16 on CUDA."""
+    if not enabled:
+        return None
+    if choice == "fp16":
+        return torch.float16
+    if choice == "bf16" or device.type != "cuda" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
+    """``torch.autocast`` for ``dtype``, or a no-op context for full precision."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def preprocessor(cfg: argparse.Namespace | dict[str, Any], device: torch.device) -> BatchPreprocessor:
+    """The on-device uint8 -> normalised float step with the config's mean and std."""
+    get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k)
+    return BatchPreprocessor(get("mean"), get("std"), device)
+
+
+def model_from_checkpoint(path: str | Path, cfg: argparse.Namespace,
+                          fallback_class_names: Sequence[str]) -> tuple[nn.Module, dict[str, Any], list[str]]:
+    """Build the model a checkpoint was trained as and load its weights.
+
+    Returns the model, the model-defining config (``MODEL_KEYS``: the checkpoint's own values win over
+    the command line, so evaluation applies the preprocessing the model was trained with) and the
+    class names it carries. A bare state dict carries none: ``--arch`` and ``fallback_class_names``
+    (the data's) are used instead.
+    """
+    ckpt = load_checkpoint(path)
+    saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    for k in MODEL_KEYS:
+        if k in saved and getattr(cfg, k) not in (None, saved[k]):
+            logger.info("using the checkpoint's %s=%s (the command line had %s)", k, saved[k], getattr(cfg, k))
+    model_cfg = {k: saved.get(k, getattr(cfg, k)) for k in MODEL_KEYS}
+    class_names = list(ckpt.get("class_names") or fallback_class_names)
+    model_cfg["num_classes"] = len(class_names)
+    model = create_model(model_cfg["arch"], len(class_names))
+    load_state_dict_checked(model, extract_state_dict(ckpt), path)
+    return model, model_cfg, class_names

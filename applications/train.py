@@ -1,0 +1,280 @@
+"""``--train``: the one training loop and the one evaluation loop, and the run that drives them.
+
+``train_one_epoch`` and ``evaluate`` are plain functions returning metric dicts; every other
+application calls them rather than writing its own loop.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import yaml
+from tqdm import tqdm
+
+from config import config_conflicts, config_to_dict, save_config
+from criterions import create_criterion
+from models import create_model, extract_state_dict, load_state_dict_checked
+from optim import create_optimizer, create_scheduler
+from utils.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state,
+                              save_checkpoint)
+from utils.metrics import hard_labels, topk_correct
+from utils.misc import log_to_file, resolve_device, seed_everything
+
+from .common import (amp_dtype, autocast, build_dataset, build_loader, check_num_classes, data_class_names,
+                     preprocessor, run_dir_for)
+
+logger = logging.getLogger(__name__)
+
+
+def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module,
+                    optimizer: torch.optim.Optimizer, *, preprocess: Callable[[torch.Tensor], torch.Tensor],
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                    scaler: torch.amp.GradScaler | None = None, dtype: torch.dtype | None = None,
+                    accumulation_steps: int = 1, epoch: int = 0, progress: bool = True) -> dict[str, float]:
+    """One pass over ``loader``: forward, backward, an optimizer (and scheduler) step every
+    ``accumulation_steps`` micro-batches. Returns mean loss, top-1 on the hard labels, last LR, img/s.
+    """
+    model.train()
+    device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
+    sizes = batch_sizes(loader)
+    n_batches = len(sizes)
+    loss_sum, correct, seen, steps = 0.0, 0, 0, 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=f"train {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
+    optimizer.zero_grad(set_to_none=True)
+    for i, (images, target, _) in enumerate(bar):
+        images, target = preprocess(images), target.to(device, non_blocking=True)
+        group_start = i - i % accumulation_steps
+        group_end = min(group_start + accumulation_steps, n_batches)
+        with autocast(device, dtype):
+            logits = model(images)
+            loss = criterion(logits, target)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, step {i}: "
+                                     f"lower --lr or check the data")
+        # Weight each micro-batch by its share of the group's samples, so that accumulating k batches
+        # of b gives exactly the gradient of one batch of k*b (the last, smaller batch included).
+        scaled = loss * (images.shape[0] / sum(sizes[group_start:group_end]))
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if i + 1 == group_end:
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+            if scheduler is not None:
+                scheduler.step()
+        n = images.shape[0]
+        loss_sum += loss.item() * n
+        correct += topk_correct(logits.detach(), hard_labels(target), (1,))[0]
+        seen += n
+        if progress and (i % 10 == 0 or i == n_batches - 1):
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                            img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    elapsed = time.perf_counter() - start
+    return {"loss": loss_sum / max(1, seen), "top1": 100.0 * correct / max(1, seen),
+            "lr": optimizer.param_groups[0]["lr"], "img_per_s": seen / max(elapsed, 1e-9),
+            "steps": steps, "time": elapsed}
+
+
+def batch_sizes(loader: torch.utils.data.DataLoader) -> list[int]:
+    """The size of every batch ``loader`` will yield this epoch (known from its sampler)."""
+    n, b = len(loader.sampler), loader.batch_size
+    full, rest = divmod(n, b)
+    return [b] * full + ([rest] if rest and not loader.drop_last else [])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module | None = None, *,
+             preprocess: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype | None = None,
+             progress: bool = False, return_outputs: bool = False, desc: str = "eval") -> dict[str, Any]:
+    """Loss, top-1 and top-5 (percent) over ``loader``; with ``return_outputs`` also the logits,
+    targets and dataset indices of every sample (CPU tensors, in loader order)."""
+    model.eval()
+    device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
+    loss_sum, top1, top5, seen = 0.0, 0, 0, 0
+    outputs: dict[str, list[torch.Tensor]] = {"logits": [], "targets": [], "indices": []}
+    for images, target, index in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        images, target = preprocess(images), target.to(device, non_blocking=True)
+        with autocast(device, dtype):
+            logits = model(images)
+        logits = logits.float()
+        if criterion is not None:
+            loss_sum += criterion(logits, target).item() * images.shape[0]
+        c1, c5 = topk_correct(logits, target, (1, 5))
+        top1, top5, seen = top1 + c1, top5 + c5, seen + images.shape[0]
+        if return_outputs:
+            outputs["logits"].append(logits.cpu())
+            outputs["targets"].append(target.cpu())
+            outputs["indices"].append(index)
+    result: dict[str, Any] = {"top1": 100.0 * top1 / max(1, seen), "top5": 100.0 * top5 / max(1, seen),
+                              "count": seen}
+    if criterion is not None:
+        result["loss"] = loss_sum / max(1, seen)
+    if return_outputs:
+        result.update({k: torch.cat(v) if v else torch.empty(0) for k, v in outputs.items()})
+    return result
+
+
+def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                     scaler: torch.amp.GradScaler | None, *, epoch: int, best_top1: float,
+                     class_names: list[str], cfg: argparse.Namespace, history: list[dict]) -> dict[str, Any]:
+    """Everything needed to resume exactly: weights, optimizer, schedule, scaler, RNG, bookkeeping."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": epoch,
+        "best_top1": best_top1,
+        "rng": capture_rng_state(),
+        "class_names": list(class_names),
+        "arch": cfg.arch,
+        "config": config_to_dict(cfg),
+        "history": history,
+    }
+
+
+def _prepare_run_dir(cfg: argparse.Namespace, run_dir: Path) -> Path | None:
+    """Decide whether this run resumes; returns the checkpoint to resume from, or None.
+
+    A rerun of the same command resumes from ``last.pth``; different flags in an existing run
+    directory are refused unless ``--resume`` or ``--overwrite`` says what to do.
+    """
+    last = run_dir / "checkpoints" / "last.pth"
+    if cfg.resume:
+        return Path(cfg.resume)
+    if cfg.overwrite:
+        if (run_dir / "checkpoints").exists():
+            logger.info("--overwrite: starting afresh in %s", run_dir)
+            shutil.rmtree(run_dir / "checkpoints")
+        return None
+    saved_cfg = run_dir / "config.yaml"
+    if saved_cfg.is_file() and last.is_file():
+        conflicts = config_conflicts(yaml.safe_load(saved_cfg.read_text()) or {}, cfg)
+        if conflicts:
+            diff = "; ".join(f"--{k}: {a!r} -> {b!r}" for k, (a, b) in conflicts.items())
+            raise ValueError(f"run directory {run_dir} holds a run with other settings ({diff}); use another "
+                             f"--tag, pass --overwrite to start afresh, or --resume to continue from a checkpoint")
+        return last
+    return None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def run(cfg: argparse.Namespace) -> dict[str, Any]:
+    """Train ``cfg.arch`` on ``cfg.data``, checkpoint every epoch, then evaluate best.pth on the test split."""
+    run_dir = run_dir_for(cfg.output, cfg.arch, cfg.tag)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with log_to_file(run_dir / "log.txt"):
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    device = resolve_device(cfg.device)
+    class_names = data_class_names(cfg)
+    num_classes = check_num_classes(cfg.num_classes, class_names, cfg.data)
+    resume_from = _prepare_run_dir(cfg, run_dir)
+    save_config(cfg, run_dir / "config.yaml")
+    logger.info("run directory %s, device %s, %d classes", run_dir, device, num_classes)
+
+    seed_everything(cfg.seed)
+    model = create_model(cfg.arch, num_classes, pretrained=cfg.pretrained).to(device)
+    train_set = build_dataset(cfg, "train", class_names, train=True)
+    val_set = build_dataset(cfg, "val", class_names, train=False)
+    train_loader = build_loader(cfg, train_set, train=True, device=device)
+    val_loader = build_loader(cfg, val_set, train=False, device=device)
+    logger.info("train %d images, val %d images", len(train_set), len(val_set))
+
+    criterion = create_criterion("softmax", label_smoothing=cfg.label_smoothing)
+    optimizer = create_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 momentum=cfg.momentum, nesterov=cfg.nesterov)
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.accumulation_steps)
+    scheduler = create_scheduler(optimizer, schedule=cfg.scheduler, total_steps=cfg.epochs * steps_per_epoch,
+                                 warmup_steps=round(cfg.warmup * steps_per_epoch))
+    dtype = amp_dtype(cfg.amp, cfg.amp_dtype, device)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    preprocess = preprocessor(cfg, device)
+
+    start_epoch, best_top1, history = 0, -1.0, []
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from)
+        if ckpt.get("class_names") not in (None, class_names):
+            raise CheckpointError(f"{resume_from} was trained on classes {ckpt['class_names'][:10]}, "
+                                  f"the data has {class_names[:10]}")
+        load_state_dict_checked(model, extract_state_dict(ckpt), resume_from)
+        if "optimizer" not in ckpt:
+            raise CheckpointError(f"{resume_from} holds weights only and cannot be resumed; "
+                                  f"use --pretrained to start a new run from it")
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        restore_rng_state(ckpt["rng"])
+        start_epoch, best_top1, history = ckpt["epoch"] + 1, ckpt["best_top1"], list(ckpt.get("history", []))
+        logger.info("resumed from %s at epoch %d (best val top-1 so far %.2f)", resume_from, start_epoch, best_top1)
+
+    from torch.utils.tensorboard import SummaryWriter
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
+    ckpt_dir = run_dir / "checkpoints"
+    progress = not cfg.no_progress
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            train_loader.sampler.set_epoch(epoch)
+            tr = train_one_epoch(model, train_loader, criterion, optimizer, preprocess=preprocess,
+                                 scheduler=scheduler, scaler=scaler, dtype=dtype,
+                                 accumulation_steps=cfg.accumulation_steps, epoch=epoch, progress=progress)
+            va = evaluate(model, val_loader, criterion, preprocess=preprocess, dtype=dtype, progress=progress,
+                          desc=f"val {epoch}")
+            is_best = va["top1"] > best_top1
+            best_top1 = max(best_top1, va["top1"])
+            history.append({"epoch": epoch, "train_loss": tr["loss"], "train_top1": tr["top1"], "lr": tr["lr"],
+                            "val_loss": va["loss"], "val_top1": va["top1"], "val_top5": va["top5"],
+                            "img_per_s": tr["img_per_s"], "time": tr["time"]})
+            state = checkpoint_state(model, optimizer, scheduler, scaler, epoch=epoch, best_top1=best_top1,
+                                     class_names=class_names, cfg=cfg, history=history)
+            save_checkpoint(state, ckpt_dir / "last.pth", keep_previous=True)
+            if is_best:
+                save_checkpoint(state, ckpt_dir / "best.pth")
+            _write_json(run_dir / "metrics.json", {"history": history})
+            for key, value in (("train/loss", tr["loss"]), ("train/top1", tr["top1"]), ("train/lr", tr["lr"]),
+                               ("val/loss", va["loss"]), ("val/top1", va["top1"]), ("val/top5", va["top5"])):
+                writer.add_scalar(key, value, epoch + 1)
+            writer.flush()
+            logger.info("epoch %d/%d  train loss %.4f top-1 %.2f  val loss %.4f top-1 %.2f top-5 %.2f  "
+                        "lr %.2e  %.0f img/s%s", epoch + 1, cfg.epochs, tr["loss"], tr["top1"], va["loss"],
+                        va["top1"], va["top5"], tr["lr"], tr["img_per_s"], "  *best*" if is_best else "")
+    finally:
+        writer.close()
+
+    from .test import evaluate_and_report
+    best_path = ckpt_dir / "best.pth"
+    if best_path.is_file():
+        load_state_dict_checked(model, extract_state_dict(load_checkpoint(best_path)), best_path)
+    else:  # e.g. a run directory assembled by hand from a last.pth
+        logger.warning("%s is missing: evaluating the last weights instead", best_path)
+        best_path = ckpt_dir / "last.pth"
+    test_set = build_dataset(cfg, "test", class_names, train=False, fallback=True)
+    report = evaluate_and_report(model, build_loader(cfg, test_set, train=False, device=device), test_set,
+                                 class_names, preprocess=preprocess, dtype=dtype, out_dir=run_dir / f"eval_{test_set.split}",
+                                 checkpoint=best_path, progress=progress)
+    summary = {"run_dir": str(run_dir), "best_val_top1": best_top1, "test_split": test_set.split,
+               "test_top1": report["top1"], "test_top5": report["top5"]}
+    _write_json(run_dir / "metrics.json", {"history": history, "test": summary})
+    logger.info("done: run directory %s; best val top-1 %.2f; %s top-1 %.2f top-5 %.2f (best.pth)",
+                run_dir, best_top1, test_set.split, report["top1"], report["top5"])
+    return summary

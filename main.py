@@ -1,0 +1,46 @@
+"""Entry point: parse flags into a resolved config, pick the mode, run its application.
+
+    python main.py --train --data data/digits --image_size 32 32
+    python main.py --evaluation --resume output/resnet18/default/checkpoints/best.pth
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+from typing import Sequence
+
+from config import MODES, parse_config, selected_mode
+
+logger = logging.getLogger("main")
+
+# Errors that are the user's to fix: print the message, not a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = parse_config(argv)
+    mode = selected_mode(cfg)
+    if mode is None:
+        print("main.py: choose a mode: " + ", ".join(f"--{m}" for m in MODES) + " (see --help)", file=sys.stderr)
+        return 2
+    from utils.misc import setup_logging
+    setup_logging()
+    application = importlib.import_module(MODES[mode])
+    try:
+        result = application.run(cfg)
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        return 130
+    except USER_ERRORS as e:
+        if logger.isEnabledFor(logging.DEBUG):
+            raise
+        logger.error("%s: %s", type(e).__name__, e)
+        return 1
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
