@@ -15,8 +15,12 @@ from config import MODES, parse_config, selected_mode
 
 logger = logging.getLogger("main")
 
-# Errors that are the user's to fix: print the message, not a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix (bad flags, data, checkpoints): a message, not a traceback."""
+    from dataloader import ImageDecodeError
+    from utils.checkpoint import CheckpointError
+    return (ValueError, FileNotFoundError, FloatingPointError, CheckpointError, ImageDecodeError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.error("interrupted")
         return 130
-    except USER_ERRORS as e:
+    except _user_errors() as e:
         if logger.isEnabledFor(logging.DEBUG):
             raise
         logger.error("%s: %s", type(e).__name__, e)

@@ -155,9 +155,10 @@ def _prepare_run_dir(cfg: argparse.Namespace, run_dir: Path) -> Path | None:
     if cfg.resume:
         return Path(cfg.resume)
     if cfg.overwrite:
-        if (run_dir / "checkpoints").exists():
-            logger.info("--overwrite: starting afresh in %s", run_dir)
-            shutil.rmtree(run_dir / "checkpoints")
+        logger.info("--overwrite: starting afresh in %s", run_dir)
+        for child in run_dir.iterdir():
+            if child.name != "log.txt":  # the log of this very run is already open
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
         return None
     saved_cfg = run_dir / "config.yaml"
     if saved_cfg.is_file() and last.is_file():

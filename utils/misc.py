@@ -21,9 +21,9 @@ def resolve_device(name: str | None) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+            raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
     return device
 
 

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny real datasets (scikit-learn digits) in the three layouts, and a main() runner."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from utils.dataset_tools import write_txt_lists, write_zip_archives  # noqa: E402
+
+TINY_CLASSES = ("0", "1", "7")
+TINY_COUNTS = {"train": 10, "val": 4, "test": 4}
+TINY_SIZE = 16
+
+
+def write_digit_folders(root: Path, classes=TINY_CLASSES, counts=TINY_COUNTS, size=TINY_SIZE) -> Path:
+    """A small class-folder dataset of real digits: ``root/{split}/<class>/<index>.png``."""
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images = (digits.images / 16.0 * 255).round().astype(np.uint8)
+    for c in classes:
+        idx = np.flatnonzero(digits.target == int(c))
+        start = 0
+        for split, n in counts.items():
+            folder = root / split / c
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in idx[start:start + n]:
+                img = Image.fromarray(images[i], mode="L").resize((size, size), Image.BICUBIC).convert("RGB")
+                img.save(folder / f"{i:04d}.png")
+            start += n
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    """The same tiny digits dataset as class folders, txt lists and zip archives (read-only: copy to change)."""
+    base = tmp_path_factory.mktemp("tiny")
+    folder = write_digit_folders(base / "folder")
+    return {"folder": folder, "txt": write_txt_lists(folder, base / "txt"),
+            "zip": write_zip_archives(folder, base / "zip")}
+
+
+def tiny_train_args(data: Path, out: Path, *extra: str, dataset: str = "folder") -> list[str]:
+    """Flags for a fast training run on the tiny dataset."""
+    return ["--train", "--data", str(data), "--dataset", dataset, "--arch", "resnet18",
+            "--image_size", str(TINY_SIZE), str(TINY_SIZE), "-b", "8", "-j", "0", "--epochs", "2",
+            "--lr", "0.05", "--warmup", "0", "--output", str(out), "--no_progress", *extra]
+
+
+def run_main(args: list[str]) -> int:
+    import main
+    return main.main(args)
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,88 @@
+"""config.py: flags, YAML defaults, validation messages, saved config."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+import config
+
+
+def parse(argv, capsys=None):
+    return config.parse_config(argv)
+
+
+def test_defaults_and_aliases():
+    cfg = config.parse_config(["--train"])
+    assert cfg.train and not cfg.evaluation and cfg.dataset == "folder" and cfg.arch == "resnet18"
+    assert config.parse_config(["--train", "--dataset", "imagenet"]).dataset == "folder"
+    assert config.parse_config(["--train", "--dataset", "read_from_txt"]).dataset == "txt"
+    assert config.parse_config(["--train", "--zip"]).dataset == "zip"
+    assert config.parse_config(["--train", "-b", "7", "-j", "0"]).batch_size == 7
+
+
+def test_yaml_sets_defaults_and_flags_win(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"lr": 0.02, "epochs": 3, "image_size": [32, 48], "optimizer": "adamw",
+                                 "dataset": "read_from_txt", "amp": True}))
+    cfg = config.parse_config(["--train", "--config", str(f), "--epochs", "5"])
+    assert cfg.lr == 0.02 and cfg.epochs == 5 and cfg.image_size == [32, 48]
+    assert cfg.optimizer == "adamw" and cfg.dataset == "txt" and cfg.amp is True
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"lrr": 0.1}, "unknown key 'lrr' (did you mean lr"),
+    ({"optimizer": "sgdd"}, "key 'optimizer' (flag --optimizer) has invalid value 'sgdd': choose from sgd, adam"),
+    ({"epochs": "many"}, "key 'epochs' (flag --epochs) has invalid value 'many'"),
+    ({"image_size": [32]}, "expected 2 values, got 1"),
+    ({"amp": "yes"}, "expected true or false"),
+])
+def test_yaml_errors_name_the_key(tmp_path, capsys, content, message):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(content))
+    with pytest.raises(SystemExit):
+        config.parse_config(["--train", "--config", str(f)])
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--optimizer", "lion"], "argument --optimizer: invalid choice: 'lion'"),
+    (["--dataset", "csv"], "invalid dataset kind 'csv' (choose from folder, txt, zip"),
+    (["--lr", "0"], "--lr must be > 0, got 0.0"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--device", "tpu"], "--device must be cpu, cuda or cuda:N, got 'tpu'"),
+    (["--label_smoothing", "1.5"], "--label_smoothing must be in [0, 1)"),
+    (["--accumulation_steps", "0"], "--accumulation_steps must be >= 1"),
+    (["--resume", "/no/such.pth"], "--resume: file '/no/such.pth' does not exist"),
+    (["--out", "p.csv"], "--out must end in .json, .yaml or .pkl"),
+    (["--tag", "a/b"], "--tag may hold letters"),
+    (["--scheduler", "linear"], "argument --scheduler: invalid choice: 'linear' (choose from 'step', 'cosine')"),
+])
+def test_flag_errors_name_flag_and_allowed_values(capsys, argv, message):
+    with pytest.raises(SystemExit):
+        config.parse_config(["--train", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_evaluation_needs_a_checkpoint(capsys):
+    with pytest.raises(SystemExit):
+        config.parse_config(["--evaluation"])
+    assert "--evaluation needs a checkpoint" in capsys.readouterr().err
+
+
+def test_two_modes_refused(capsys):
+    with pytest.raises(SystemExit):
+        config.parse_config(["--train", "--evaluation"])
+    assert "pick one mode" in capsys.readouterr().err
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = config.parse_config(["--train", "--lr", "0.3", "--image_size", "20", "24", "--zip", "--tag", "x1"])
+    config.save_config(cfg, tmp_path / "config.yaml")
+    again = config.parse_config(["--config", str(tmp_path / "config.yaml")])
+    assert vars(again) | {"config": None} == vars(cfg) | {"config": None}
+
+
+def test_config_conflicts_ignore_resume_safe_keys():
+    a = config.parse_config(["--train", "--lr", "0.1"])
+    b = config.parse_config(["--train", "--lr", "0.2", "--epochs", "50", "-j", "0"])
+    assert config.config_conflicts(config.config_to_dict(a), b) == {"lr": (0.1, 0.2)}

@@ -1,0 +1,37 @@
+"""utils/make_digits.py and utils/dataset_tools.py: the bundled dataset and layout converters."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from PIL import Image
+
+from dataloader import ClassificationDataset
+from utils.make_digits import make_digits, split_indices
+
+
+def test_split_is_stratified_70_15_15_and_fixed():
+    from sklearn.datasets import load_digits
+    y = load_digits().target
+    a, b = split_indices(y), split_indices(y)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert [len(a[k]) for k in ("train", "val", "test")] == [1257, 270, 270]
+    assert len(set(np.concatenate(list(a.values())))) == len(y)  # disjoint and complete
+    for k, part in a.items():
+        share = Counter(y[part])
+        expected = Counter(y)
+        for c in range(10):  # every class keeps its share within one image
+            assert abs(share[c] - expected[c] * len(part) / len(y)) <= 1.0
+
+
+def test_make_digits_writes_pngs_once(tmp_path):
+    out = make_digits(tmp_path / "digits")
+    files = sorted(out.rglob("*.png"))
+    assert len(files) == 1797
+    img = Image.open(files[0])
+    assert img.size == (32, 32) and img.mode == "RGB"
+    ds = ClassificationDataset(out, "folder", "test")
+    assert ds.class_names == [str(i) for i in range(10)] and len(ds) == 270
+    mtime = files[0].stat().st_mtime_ns
+    make_digits(tmp_path / "digits")  # idempotent: a complete dataset is left alone
+    assert files[0].stat().st_mtime_ns == mtime

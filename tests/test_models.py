@@ -1,0 +1,87 @@
+"""models/: the registry, every family, unknown names, local pretrained weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import models
+from utils.checkpoint import CheckpointError
+
+ISSUE_NAMES = ["resnet18", "resnet50", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
+               "densenet121", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "shufflenet_v2_x1_0",
+               "mnasnet1_0", "efficientnet_b0", "regnet_y_400mf", "convnext_tiny"] + \
+              [f"efficientnet-b{i}" for i in range(8)] + ["resnest50", "resnest101", "resnest200", "resnest269"]
+
+
+def test_issue_names_are_registered():
+    names = set(models.list_models())
+    assert set(ISSUE_NAMES) <= names
+
+
+@pytest.mark.parametrize("name, family", [
+    ("resnet18", "torchvision"), ("mobilenet_v3_small", "torchvision"), ("shufflenet_v2_x0_5", "torchvision"),
+    ("efficientnet-b0", "efficientnet-pytorch"), ("resnest50", "resnest"), ("timm/resnet18", "timm"),
+    ("timm/mobilenetv3_small_050", "timm"),
+])
+def test_each_family_builds_with_the_requested_head(name, family):
+    torch.manual_seed(0)
+    model = models.create_model(name, num_classes=7).eval()
+    assert models.model_family(name) == family
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 7)
+    assert len(models.classifier_keys(model, 7)) == 2  # a weight and a bias of 7 rows
+
+
+@pytest.mark.parametrize("name, hint", [("resnet181", "Did you mean: resnet18"),
+                                        ("efficientnet-b9", "efficientnet-b"),
+                                        ("timm/resnet181", "Close matches: timm/resnet18")])
+def test_unknown_names_suggest_close_matches(name, hint):
+    with pytest.raises(ValueError, match="unknown") as e:
+        models.create_model(name, 3)
+    assert hint in str(e.value)
+
+
+def test_pretrained_with_other_class_count_skips_only_the_head(tmp_path):
+    torch.manual_seed(1)
+    source = models.create_model("resnet18", 5)
+    path = tmp_path / "tv.pth"
+    torch.save(source.state_dict(), path)
+    torch.manual_seed(2)
+    fresh_head = models.create_model("resnet18", 3).fc.weight.detach().clone()
+    torch.manual_seed(2)
+    model = models.create_model("resnet18", 3)
+    assert models.load_pretrained(model, path, 3) == ["fc.weight", "fc.bias"]
+    for k, v in model.state_dict().items():
+        if k.startswith("fc."):
+            continue
+        assert torch.equal(v, source.state_dict()[k]), k
+    assert torch.equal(model.fc.weight, fresh_head)  # the new head keeps its own initialisation
+
+
+@pytest.mark.parametrize("wrap", ["plain", "our_checkpoint", "state_dict", "ddp_prefix"])
+def test_pretrained_file_formats(tmp_path, wrap):
+    source = models.create_model("resnet18", 4)
+    sd = source.state_dict()
+    obj = {"plain": sd, "our_checkpoint": {"model": sd, "epoch": 3}, "state_dict": {"state_dict": sd},
+           "ddp_prefix": {f"module.{k}": v for k, v in sd.items()}}[wrap]
+    torch.save(obj, tmp_path / "w.pth")
+    model = models.create_model("resnet18", 4, pretrained=tmp_path / "w.pth")
+    assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
+
+
+def test_pretrained_of_another_architecture_lists_keys(tmp_path):
+    torch.save(models.create_model("resnet34", 4).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(CheckpointError, match=r"does not fit this model .*unexpected keys: layer1\.2\.bn1"):
+        models.create_model("resnet18", 4, pretrained=tmp_path / "r34.pth")
+    torch.save(models.create_model("mobilenet_v3_small", 4).state_dict(), tmp_path / "mb.pth")
+    with pytest.raises(CheckpointError, match="missing keys: bn1.bias"):
+        models.create_model("resnet18", 4, pretrained=tmp_path / "mb.pth")
+
+
+def test_pretrained_needing_code_to_unpickle_is_refused(tmp_path):
+    import argparse  # old training scripts often pickled their argparse.Namespace into checkpoints
+    torch.save({"model": models.create_model("resnet18", 2).state_dict(), "args": argparse.Namespace(lr=0.1)},
+               tmp_path / "unsafe.pth")
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        models.create_model("resnet18", 2, pretrained=tmp_path / "unsafe.pth")

@@ -1,0 +1,210 @@
+"""applications/train.py and test.py end to end on a tiny real dataset, in-process and as a CLI."""
+from __future__ import annotations
+
+import pickle
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+import yaml
+
+from conftest import ROOT, TINY_CLASSES, read_json, run_main, tiny_train_args
+from applications.train import evaluate, train_one_epoch
+from dataloader import BatchPreprocessor, ClassificationDataset, create_loader, create_transform
+from optim import create_optimizer
+from criterions import create_criterion
+from utils.checkpoint import load_checkpoint, previous_path
+
+TIMING_KEYS = ("time", "img_per_s")
+
+
+def history(run_dir):
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in read_json(run_dir / "metrics.json")["history"]]
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_training_writes_the_run_directory(tiny_data, tmp_path):
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "a")) == 0
+    run = tmp_path / "resnet18" / "a"
+    for rel in ["config.yaml", "log.txt", "metrics.json", "checkpoints/last.pth", "checkpoints/best.pth",
+                "eval_test/metrics.json", "eval_test/confusion_matrix.png"]:
+        assert (run / rel).is_file(), rel
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["lr"] == 0.05 and saved["image_size"] == [16, 16] and saved["tag"] == "a"
+    metrics = read_json(run / "metrics.json")
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1]
+    assert metrics["test"]["test_top1"] == read_json(run / "eval_test/metrics.json")["top1"]
+    ckpt = load_checkpoint(run / "checkpoints/last.pth")
+    assert ckpt["epoch"] == 1 and ckpt["class_names"] == list(TINY_CLASSES) and ckpt["config"]["arch"] == "resnet18"
+    assert {"model", "optimizer", "scheduler", "rng", "best_top1"} <= ckpt.keys()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/lr", "val/loss", "val/top1", "val/top5"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("val/top1")] == [1, 2]
+    assert [e.value for e in events.Scalars("val/top1")] == pytest.approx([h["val_top1"] for h in metrics["history"]])
+
+
+def test_same_seed_repeats_a_cpu_run_exactly(tiny_data, tmp_path):
+    for tag in ("a", "b"):
+        assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", tag, "--train_resize", "rrc",
+                                        "--hflip", "0.5")) == 0
+    a, b = tmp_path / "resnet18/a", tmp_path / "resnet18/b"
+    assert history(a) == history(b)
+    assert_same_weights(weights(a / "checkpoints/last.pth"), weights(b / "checkpoints/last.pth"))
+
+
+def test_resume_continues_epoch_counter_and_optimizer(tiny_data, tmp_path, caplog):
+    args = tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "r")
+    assert run_main(args) == 0
+    last = tmp_path / "resnet18/r/checkpoints/last.pth"
+    before = load_checkpoint(last)
+    assert before["epoch"] == 1 and before["optimizer"]["state"]  # momentum buffers exist
+    args3 = [a if a != "2" or args[i - 1] != "--epochs" else "3" for i, a in enumerate(args)]
+    assert run_main(args3) == 0
+    after = load_checkpoint(last)
+    assert "resumed from" in caplog.text and "at epoch 2" in caplog.text
+    assert after["epoch"] == 2 and [h["epoch"] for h in after["history"]] == [0, 1, 2]
+    steps_per_epoch = before["scheduler"]["last_epoch"] // 2
+    assert after["scheduler"]["last_epoch"] == 3 * steps_per_epoch
+    # --resume PATH continues from a given checkpoint, in another run directory too
+    other = [a if a != "r" else "r2" for a in args3] + ["--resume", str(previous_path(last))]
+    assert run_main(other) == 0
+    assert load_checkpoint(tmp_path / "resnet18/r2/checkpoints/last.pth")["epoch"] == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_asking_for_a_missing_gpu_is_a_clear_error(tiny_data, tmp_path, caplog):
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--device", "cuda")) == 1
+    assert "--device cuda: CUDA is not available on this machine; use --device cpu" in caplog.text
+
+
+def test_interrupted_run_resumes_to_identical_weights(tiny_data, tmp_path):
+    """Three epochs straight equal two epochs, a stop, and a rerun of the same command."""
+    extra = ("--epochs", "3", "--train_resize", "rrc", "--hflip", "0.5", "--scheduler", "step")
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "full", *extra)) == 0
+    full = tmp_path / "resnet18/full"
+    part = tmp_path / "resnet18/part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copy(full / "config.yaml", part / "config.yaml")
+    # the state after epoch 2 of 3: what a run stopped during epoch 3 leaves behind
+    shutil.copy(previous_path(full / "checkpoints/last.pth"), part / "checkpoints/last.pth")
+    shutil.copy(full / "checkpoints/best.pth", part / "checkpoints/best.pth")
+    assert load_checkpoint(part / "checkpoints/last.pth")["epoch"] == 1
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "part", *extra)) == 0
+    assert history(part) == history(full)
+    assert_same_weights(weights(part / "checkpoints/last.pth"), weights(full / "checkpoints/last.pth"))
+    fo, po = load_checkpoint(full / "checkpoints/last.pth")["optimizer"], load_checkpoint(part / "checkpoints/last.pth")["optimizer"]
+    for k in fo["state"]:
+        assert torch.equal(fo["state"][k]["momentum_buffer"], po["state"][k]["momentum_buffer"])
+
+
+def test_evaluation_reproduces_the_test_top1_and_writes_predictions(tiny_data, tmp_path):
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "e")) == 0
+    run = tmp_path / "resnet18/e"
+    trained_top1 = read_json(run / "metrics.json")["test"]["test_top1"]
+    shutil.rmtree(run / "eval_test")
+    for suffix in ("json", "yaml", "pkl"):
+        out = tmp_path / f"pred.{suffix}"
+        assert run_main(["--evaluation", "--resume", str(run / "checkpoints/best.pth"), "--data",
+                         str(tiny_data["folder"]), "-j", "0", "--no_progress", "--out", str(out)]) == 0
+        report = read_json(run / "eval_test/metrics.json")
+        assert report["top1"] == trained_top1 and report["count"] == 12
+        assert set(report["per_class"]) == set(TINY_CLASSES) and len(report["confusion_matrix"]) == 3
+        assert sum(map(sum, report["confusion_matrix"])) == 12
+        assert (run / "eval_test/confusion_matrix.png").stat().st_size > 1000
+        rows = {"json": lambda p: read_json(p), "yaml": lambda p: yaml.safe_load(p.read_text()),
+                "pkl": lambda p: pickle.loads(p.read_bytes())}[suffix](out)
+        assert len(rows) == 12
+        correct = sum(r["prediction"] == r["label"] for r in rows)
+        assert 100.0 * correct / 12 == pytest.approx(trained_top1)
+        assert all(r["scores"].index(max(r["scores"])) == r["prediction"] for r in rows)
+        assert all(r["label_name"] == TINY_CLASSES[r["label"]] for r in rows)
+
+
+def test_txt_and_zip_layouts_give_the_same_numbers(tiny_data, tmp_path):
+    for kind in ("folder", "txt", "zip"):
+        assert run_main(tiny_train_args(tiny_data[kind], tmp_path, "--tag", kind, dataset=kind)) == 0
+    runs = {k: tmp_path / "resnet18" / k for k in ("folder", "txt", "zip")}
+    assert history(runs["folder"]) == history(runs["txt"]) == history(runs["zip"])
+    tops = {k: read_json(r / "metrics.json")["test"]["test_top1"] for k, r in runs.items()}
+    assert tops["folder"] == tops["txt"] == tops["zip"]
+
+
+def test_pretrained_starts_a_new_run_from_weights(tiny_data, tmp_path, caplog):
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "t", "--epochs", "1")) == 0
+    best = tmp_path / "resnet18/t/checkpoints/best.pth"
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "ft", "--epochs", "1",
+                                    "--pretrained", str(best))) == 0
+    assert "loaded every weight" in caplog.text
+    assert [h["epoch"] for h in read_json(tmp_path / "resnet18/ft/metrics.json")["history"]] == [0]
+
+
+def test_rerun_with_other_flags_is_refused_unless_overwrite(tiny_data, tmp_path, caplog):
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "o", "--epochs", "1")) == 0
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "o", "--epochs", "1", "--lr", "0.01")) == 1
+    assert "holds a run with other settings (--lr: 0.05 -> 0.01)" in caplog.text
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "o", "--epochs", "1", "--lr", "0.01",
+                                    "--overwrite")) == 0
+    assert yaml.safe_load((tmp_path / "resnet18/o/config.yaml").read_text())["lr"] == 0.01
+
+
+def test_num_classes_mismatch_is_an_error(tiny_data, tmp_path, caplog):
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--num_classes", "5")) == 1
+    assert "--num_classes 5 disagrees with the data" in caplog.text and "has 3 classes" in caplog.text
+
+
+def test_amp_bf16_on_cpu(tiny_data, tmp_path):
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "amp", "--epochs", "1", "--amp")) == 0
+    assert read_json(tmp_path / "resnet18/amp/metrics.json")["history"][0]["train_loss"] > 0
+
+
+def test_gradient_accumulation_equals_the_big_batch(tiny_data):
+    """4 x accumulation 2 == batch 8, the smaller last batch included (30 samples)."""
+    ds = ClassificationDataset(tiny_data["folder"], "folder", "train", transform=create_transform(False, (16, 16)))
+    pre = BatchPreprocessor([0.5] * 3, [0.25] * 3, torch.device("cpu"))
+    results = []
+    for batch, accum in ((8, 1), (4, 2)):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))
+        opt = create_optimizer(model, "sgd", lr=0.1, momentum=0.9)
+        loader = create_loader(ds, batch_size=batch, workers=0, train=True, seed=1)
+        out = train_one_epoch(model, loader, create_criterion("softmax"), opt, preprocess=pre,
+                              accumulation_steps=accum, progress=False)
+        assert out["steps"] == 4
+        results.append(model[1].weight.detach().clone())
+    assert torch.allclose(results[0], results[1], atol=1e-6)
+
+
+def test_evaluate_counts_every_sample_once(tiny_data):
+    ds = ClassificationDataset(tiny_data["folder"], "folder", "val", transform=create_transform(False, (16, 16)))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))
+    out = evaluate(model, create_loader(ds, batch_size=5, workers=0, train=False),
+                   preprocess=BatchPreprocessor([0.5] * 3, [0.25] * 3, torch.device("cpu")), return_outputs=True)
+    assert out["count"] == 12 and out["indices"].tolist() == list(range(12))
+    assert out["top1"] == pytest.approx(100 * (out["logits"].argmax(1) == out["targets"]).float().mean().item())
+    assert out["top5"] == 100.0  # 3 classes: the top 5 holds every class
+
+
+def test_cli_exit_codes_and_messages(tiny_data, tmp_path):
+    def cli(*args):
+        return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True, text=True)
+    r = cli()
+    assert r.returncode == 2 and "choose a mode: --train, --evaluation" in r.stderr
+    r = cli(*tiny_train_args(tiny_data["folder"], tmp_path, "--arch", "resnet181"))
+    assert r.returncode == 1 and "unknown model 'resnet181'" in r.stderr and "Traceback" not in r.stderr
+    r = cli(*tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "cli", "--epochs", "1"))
+    assert r.returncode == 0, r.stderr
+    assert '"test_top1"' in r.stdout and "run directory" in r.stderr
