@@ -24,6 +24,9 @@ DEFAULT_DATA = REPO_ROOT / "data" / "digits"
 MODES: dict[str, str] = {
     "train": "applications.train",
     "evaluation": "applications.test",
+    "knowledge": "applications.knowledge",
+    "make_curriculum": "applications.curriculum",
+    "lr_finder": "applications.lr_finder",
 }
 
 DATASET_ALIASES = {"folder": "folder", "imagenet": "folder", "txt": "txt", "read_from_txt": "txt", "zip": "zip"}
@@ -72,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train", action="store_true", help="train a model, then evaluate best.pth on the test split")
     g.add_argument("--evaluation", action="store_true",
                    help="evaluate a checkpoint (--resume) on --eval_split: metrics, confusion matrix, predictions")
+    g.add_argument("--knowledge", choices=["train", "val", "test"], default=None,
+                   help="run the teacher --resume over this split and write DATA/distill_<arch>.txt and DATA/label.txt")
+    g.add_argument("--make_curriculum", action="store_true",
+                   help="score the training images with --resume and write DATA/curriculum.txt (path,weight)")
+    g.add_argument("--lr_finder", action="store_true",
+                   help="LR range test: a short sweep with an exponentially growing LR; saves lr_finder.png")
 
     g = p.add_argument_group("data")
     g.add_argument("--data", type=str, default=str(DEFAULT_DATA), help="dataset root")
@@ -104,14 +113,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=30, help="number of training epochs")
-    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "radam"], default="sgd", help="optimizer")
+    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "radam", "nadam", "lamb", "ranger"], default="sgd",
+                   help="optimizer (ranger = RAdam inside Lookahead)")
     g.add_argument("--lr", type=float, default=0.1, help="peak learning rate")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
     g.add_argument("--weight_decay", type=float, default=1e-4,
                    help="weight decay (never applied to biases and normalisation weights)")
-    g.add_argument("--scheduler", choices=["step", "cosine"], default="cosine",
+    g.add_argument("--scheduler", choices=["step", "multistep", "cosine", "poly", "onecycle"], default="cosine",
                    help="learning-rate schedule after warm-up")
+    g.add_argument("--lr_steps", type=float, nargs="+", default=None, metavar="EPOCH",
+                   help="milestones in epochs for multistep (also override the default step schedule)")
+    g.add_argument("--lr_ratios", type=float, nargs="+", default=None, metavar="FACTOR",
+                   help="LR factor (of the peak) from each milestone on; default 0.1, 0.01, ...")
+    g.add_argument("--poly_power", type=float, default=0.9, help="power of the poly schedule")
+    g.add_argument("--onecycle_pct", type=float, default=0.3, help="fraction of steps rising in the one-cycle schedule")
+    g.add_argument("--lookahead", action="store_true", help="wrap the optimizer in Lookahead")
+    g.add_argument("--lookahead_alpha", type=float, default=0.5, help="Lookahead slow-weight step")
+    g.add_argument("--lookahead_k", type=int, default=6, help="Lookahead synchronisation period")
+    g.add_argument("--ema", action="store_true",
+                   help="keep an exponential moving average of the weights, evaluated and saved beside them")
+    g.add_argument("--ema_decay", type=float, default=0.9998, help="EMA decay per optimizer step")
     g.add_argument("--warmup", type=float, default=1.0, help="linear warm-up length in epochs")
     g.add_argument("--label_smoothing", type=float, default=0.0, help="label smoothing for softmax cross-entropy")
     g.add_argument("--accumulation_steps", type=int, default=1,
@@ -119,6 +141,76 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", action="store_true",
                    help="mixed precision (bf16 where supported, else fp16 with a gradient scaler)")
     g.add_argument("--amp_dtype", choices=["auto", "bf16", "fp16"], default="auto", help="mixed-precision dtype")
+
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--aug", action="store_true", help="turn on the per-image augmentation policy --aug_policy")
+    g.add_argument("--aug_policy", choices=["autoaugment", "randaugment", "trivialaugment", "custom"],
+                   default="randaugment", help="per-image augmentation policy (with --aug)")
+    g.add_argument("--autoaugment_policy", choices=["imagenet", "cifar10", "svhn"], default="imagenet",
+                   help="AutoAugment's learned policy")
+    g.add_argument("--randaugment_n", type=int, default=2, help="RandAugment: operations per image")
+    g.add_argument("--randaugment_m", type=int, default=9, help="RandAugment: magnitude (0-30)")
+    g.add_argument("--custom_hflip", type=float, default=0.5, help="custom policy: horizontal flip probability")
+    g.add_argument("--custom_vflip", type=float, default=0.0, help="custom policy: vertical flip probability")
+    g.add_argument("--custom_rotate", type=float, default=10.0, help="custom policy: max rotation in degrees")
+    g.add_argument("--custom_crop", type=float, default=0.8,
+                   help="custom policy: min area of a random crop resized back (1 = off)")
+    g.add_argument("--custom_blur", type=float, default=0.1, help="custom policy: Gaussian blur probability")
+    g.add_argument("--custom_noise", type=float, default=0.0, help="custom policy: Gaussian noise std (0-255 units)")
+    g.add_argument("--custom_jitter", type=float, default=0.2,
+                   help="custom policy: colour jitter strength (brightness/contrast/saturation; hue = s/4)")
+    g.add_argument("--random_erasing", type=float, default=0.0, help="random erasing probability per image")
+    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup Beta(alpha, alpha); 0 = off")
+    g.add_argument("--mixup_prob", type=float, default=1.0, help="probability that a batch is mixed")
+    g.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="cutmix Beta(alpha, alpha); 0 = off")
+    g.add_argument("--mix_switch_prob", type=float, default=0.5,
+                   help="with both mixup and cutmix on: probability of cutmix for a mixed batch")
+    g.add_argument("--multi_scale", action="store_true",
+                   help="per batch, a random input size within +-15%% of --image_size (aspect kept)")
+    g.add_argument("--class_balanced", action="store_true",
+                   help="sample training images with weights inverse to their class frequency")
+
+    g = p.add_argument_group("loss")
+    g.add_argument("--criterion", choices=["softmax", "bce"], default="softmax",
+                   help="softmax cross-entropy or sigmoid binary cross-entropy over one-vs-all targets")
+    g.add_argument("--weighted_loss", action="store_true", help="weight the loss by --class_weights or --cost_matrix")
+    g.add_argument("--class_weights", type=str, nargs="+", default=["auto"],
+                   help="per-class weights: a list of numbers, a file of numbers, or auto (inverse frequency)")
+    g.add_argument("--cost_matrix", type=str, default=None,
+                   help="file of C rows of C costs (cost of predicting column for true row), with --weighted_loss")
+    g.add_argument("--ghm_loss", action="store_true", help="gradient harmonizing mechanism (Li et al., AAAI 2019)")
+    g.add_argument("--ghm_bins", type=int, default=30, help="GHM: gradient-norm bins")
+    g.add_argument("--ghm_momentum", type=float, default=0.75, help="GHM: moving-average momentum of bin counts")
+    g.add_argument("--ohm_loss", action="store_true", help="online hard-example mining")
+    g.add_argument("--ohm_ratio", type=float, default=0.7, help="OHM: fraction of terms kept (the hardest)")
+    g.add_argument("--threshold_loss", action="store_true", help="ignore terms already beyond a confidence threshold")
+    g.add_argument("--threshold_low", type=float, default=0.1, help="threshold loss: other-class p below this is ignored")
+    g.add_argument("--threshold_high", type=float, default=0.9, help="threshold loss: true-class p above this is ignored")
+    g.add_argument("--focal_loss", action="store_true", help="focal modulation (1 - p_t) ** gamma")
+    g.add_argument("--focal_gamma", type=float, default=2.0, help="focal loss gamma")
+
+    g = p.add_argument_group("distillation and curriculum")
+    g.add_argument("--distill", action="store_true",
+                   help="train on alpha * teacher + (1 - alpha) * label targets from DATA/distill*.txt")
+    g.add_argument("--distill_files", type=str, nargs="+", default=None,
+                   help="teacher files to average (default: every DATA/distill*.txt)")
+    g.add_argument("--distill_alpha", type=float, default=0.5, help="weight of the teachers' probabilities")
+    g.add_argument("--distill_temperature", type=float, default=1.0,
+                   help="softens the teachers' probabilities: p ** (1/T), renormalised")
+    g.add_argument("--distill_missing", choices=["error", "label"], default="error",
+                   help="an image missing from the teacher files: an error, or train it on its label")
+    g.add_argument("--curriculum_thresholds", type=float, nargs="+", default=[0.7, 0.5, 0.3, 0.0],
+                   help="--make_curriculum: true-class probability thresholds, high to low")
+    g.add_argument("--curriculum_weights", type=float, nargs="+", default=[1.0, 0.7, 0.4, 0.1],
+                   help="--make_curriculum: the weight paired with each threshold")
+    g.add_argument("--curriculum_learning", action="store_true",
+                   help="multiply each training sample's loss by its weight from the curriculum file")
+    g.add_argument("--curriculum_file", type=str, default=None, help="curriculum file (default DATA/curriculum.txt)")
+    g.add_argument("--curriculum_missing_weight", type=float, default=None,
+                   help="weight for training images missing from the curriculum file (default: an error)")
+    g.add_argument("--lr_finder_min", type=float, default=1e-6, help="LR range test: start LR")
+    g.add_argument("--lr_finder_max", type=float, default=10.0, help="LR range test: end LR")
+    g.add_argument("--lr_finder_steps", type=int, default=100, help="LR range test: number of steps")
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="random seed: the same seed repeats a CPU run exactly")
@@ -248,8 +340,63 @@ def validate(cfg: argparse.Namespace) -> None:
     if cfg.out is not None:
         need(Path(cfg.out).suffix in (".json", ".yaml", ".yml", ".pkl"),
              f"--out must end in .json, .yaml or .pkl, got {cfg.out!r}")
-    if cfg.evaluation:
-        need(cfg.resume is not None, "--evaluation needs a checkpoint: add --resume PATH/TO/best.pth")
+    for mode in ("evaluation", "knowledge", "make_curriculum"):
+        if getattr(cfg, mode):
+            need(cfg.resume is not None, f"--{mode} needs a checkpoint: add --resume PATH/TO/best.pth")
+    for flag in ("hflip", "mixup_prob", "mix_switch_prob", "random_erasing", "custom_hflip", "custom_vflip",
+                 "custom_blur", "distill_alpha"):
+        value = getattr(cfg, flag)
+        need(0 <= value <= 1, f"--{flag} must be a probability in [0, 1], got {value}")
+    for flag in ("mixup", "cutmix", "custom_rotate", "custom_noise", "custom_jitter", "focal_gamma", "poly_power"):
+        need(getattr(cfg, flag) >= 0, f"--{flag} must be >= 0, got {getattr(cfg, flag)}")
+    need(0 < cfg.custom_crop <= 1, f"--custom_crop must be in (0, 1], got {cfg.custom_crop}")
+    need(cfg.randaugment_n >= 0 and 0 <= cfg.randaugment_m <= 30,
+         f"--randaugment_n must be >= 0 and --randaugment_m in 0..30, got {cfg.randaugment_n}, {cfg.randaugment_m}")
+    need(cfg.ghm_bins >= 1, f"--ghm_bins must be >= 1, got {cfg.ghm_bins}")
+    need(0 <= cfg.ghm_momentum < 1, f"--ghm_momentum must be in [0, 1), got {cfg.ghm_momentum}")
+    need(0 < cfg.ohm_ratio <= 1, f"--ohm_ratio must be in (0, 1], got {cfg.ohm_ratio}")
+    need(0 <= cfg.threshold_low < cfg.threshold_high <= 1,
+         f"--threshold_low and --threshold_high need 0 <= low < high <= 1, got {cfg.threshold_low}, {cfg.threshold_high}")
+    need(0 <= cfg.ema_decay < 1, f"--ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    need(0 < cfg.onecycle_pct < 1, f"--onecycle_pct must be in (0, 1), got {cfg.onecycle_pct}")
+    need(0 <= cfg.lookahead_alpha <= 1 and cfg.lookahead_k >= 1,
+         f"--lookahead_alpha must be in [0, 1] and --lookahead_k >= 1, got {cfg.lookahead_alpha}, {cfg.lookahead_k}")
+    if cfg.scheduler == "multistep":
+        need(bool(cfg.lr_steps), "--scheduler multistep needs --lr_steps EPOCH [EPOCH ...]")
+    if cfg.lr_steps:
+        need(all(b > a for a, b in zip([0.0] + cfg.lr_steps, cfg.lr_steps)),
+             f"--lr_steps must be increasing positive epochs, got {cfg.lr_steps}")
+        need(cfg.scheduler in ("step", "multistep"), f"--lr_steps needs --scheduler step or multistep, "
+                                                     f"got {cfg.scheduler}")
+    if cfg.lr_ratios:
+        need(bool(cfg.lr_steps) and len(cfg.lr_ratios) == len(cfg.lr_steps),
+             f"--lr_ratios needs one value per --lr_steps milestone, got {cfg.lr_ratios} for {cfg.lr_steps}")
+    need(cfg.distill_temperature > 0, f"--distill_temperature must be > 0, got {cfg.distill_temperature}")
+    need(len(cfg.curriculum_thresholds) == len(cfg.curriculum_weights),
+         f"--curriculum_thresholds ({len(cfg.curriculum_thresholds)} values) and --curriculum_weights "
+         f"({len(cfg.curriculum_weights)} values) must pair up")
+    need(all(a > b for a, b in zip(cfg.curriculum_thresholds, cfg.curriculum_thresholds[1:])),
+         f"--curriculum_thresholds must decrease, got {cfg.curriculum_thresholds}")
+    need(all(w >= 0 for w in cfg.curriculum_weights), f"--curriculum_weights must be >= 0, got {cfg.curriculum_weights}")
+    need(0 < cfg.lr_finder_min < cfg.lr_finder_max and cfg.lr_finder_steps >= 2,
+         "--lr_finder_min must be positive and below --lr_finder_max, and --lr_finder_steps >= 2")
+    if cfg.cost_matrix is not None:
+        need(Path(cfg.cost_matrix).is_file(), f"--cost_matrix: file {cfg.cost_matrix!r} does not exist")
+    if len(cfg.class_weights) == 1 and cfg.class_weights[0] != "auto":
+        value = cfg.class_weights[0]
+        try:
+            float(value)
+        except ValueError:
+            need(Path(value).is_file(), f"--class_weights: {value!r} is neither auto, numbers, nor an existing file")
+    if cfg.distill and cfg.train:
+        files = cfg.distill_files or sorted(str(f) for f in Path(cfg.data).glob("distill*.txt"))
+        need(bool(files), f"--distill needs teacher files: none given with --distill_files and no distill*.txt in "
+                          f"{cfg.data}; run --knowledge train --resume TEACHER.pth first")
+        for f in files:
+            need(Path(f).is_file(), f"--distill_files: file {f!r} does not exist")
+    if not cfg.train:
+        for flag in ("distill", "curriculum_learning"):
+            need(not getattr(cfg, flag), f"--{flag} is a training option: add --train")
     for flag in ("resume", "pretrained"):
         path = getattr(cfg, flag)
         need(path is None or Path(path).is_file(), f"--{flag}: file {path!r} does not exist")

@@ -20,7 +20,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix (bad flags, data, checkpoints): a message, not a traceback."""
     from dataloader import ImageDecodeError
     from utils.checkpoint import CheckpointError
-    return (ValueError, FileNotFoundError, FloatingPointError, CheckpointError, ImageDecodeError)
+    return (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, CheckpointError, ImageDecodeError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

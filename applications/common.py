@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager, Sequence
 
@@ -21,12 +22,18 @@ from utils.checkpoint import load_checkpoint
 logger = logging.getLogger(__name__)
 
 # Config keys that define the model and its preprocessing: evaluation takes them from the checkpoint.
-MODEL_KEYS = ("arch", "num_classes", "image_size", "mean", "std", "eval_resize", "crop_pct")
+MODEL_KEYS = ("arch", "num_classes", "image_size", "mean", "std", "eval_resize", "crop_pct", "criterion")
 
 
 def run_dir_for(output: str, arch: str, tag: str) -> Path:
     """``<output>/<arch>/<tag>`` (a ``/`` in the arch, as in ``timm/resnet18``, becomes ``-``)."""
     return Path(output) / arch.replace("/", "-") / tag
+
+
+def checkpoint_run_dir(path: str | Path) -> Path:
+    """The run directory a checkpoint belongs to (``<run>/checkpoints/x.pth`` -> ``<run>``)."""
+    path = Path(path).resolve()
+    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
 def check_num_classes(requested: int | None, class_names: Sequence[str], data: str) -> int:
@@ -40,12 +47,13 @@ def check_num_classes(requested: int | None, class_names: Sequence[str], data: s
 
 
 def build_dataset(cfg: argparse.Namespace, split: str, class_names: Sequence[str], train: bool,
-                  fallback: bool = False) -> ClassificationDataset:
-    """The dataset of ``split`` with the training or evaluation transform from the config."""
+                  fallback: bool = False, policy: nn.Module | None = None) -> ClassificationDataset:
+    """The dataset of ``split`` with the training (with ``policy``) or evaluation transform from the config."""
     if fallback:
         split = resolve_split(cfg.data, cfg.dataset, split)
     transform = create_transform(train, cfg.image_size, train_resize=cfg.train_resize, rrc_scale=cfg.rrc_scale,
-                                 hflip=cfg.hflip, eval_resize=cfg.eval_resize, crop_pct=cfg.crop_pct)
+                                 hflip=cfg.hflip, eval_resize=cfg.eval_resize, crop_pct=cfg.crop_pct,
+                                 policy=policy, random_erasing=cfg.random_erasing if train else 0.0)
     return ClassificationDataset(cfg.data, cfg.dataset, split, class_names=class_names, transform=transform)
 
 
@@ -53,7 +61,7 @@ def build_loader(cfg: argparse.Namespace, dataset: ClassificationDataset, train:
                  device: torch.device) -> torch.utils.data.DataLoader:
     """A loader over ``dataset`` with the config's batch size, workers and seed."""
     return create_loader(dataset, batch_size=cfg.batch_size, workers=cfg.workers, train=train, seed=cfg.seed,
-                         pin_memory=device.type == "cuda")
+                         pin_memory=device.type == "cuda", class_balanced=train and cfg.class_balanced)
 
 
 def data_class_names(cfg: argparse.Namespace) -> list[str]:
@@ -103,3 +111,39 @@ def model_from_checkpoint(path: str | Path, cfg: argparse.Namespace,
     model = create_model(model_cfg["arch"], len(class_names))
     load_state_dict_checked(model, extract_state_dict(ckpt), path)
     return model, model_cfg, class_names
+
+
+@dataclass
+class Restored:
+    """A checkpoint ready for inference: the model on its device, in eval mode, and what it was trained as."""
+    model: nn.Module
+    model_cfg: dict[str, Any]
+    class_names: list[str]
+    device: torch.device
+    cfg: argparse.Namespace  # the command line's config with the checkpoint's model keys laid over it
+
+
+def restore_for_inference(cfg: argparse.Namespace) -> Restored:
+    """Load ``--resume`` for inference on ``--data``, whose classes must be the model's."""
+    from utils.misc import resolve_device
+    device = resolve_device(cfg.device)
+    data_classes = data_class_names(cfg)
+    model, model_cfg, class_names = model_from_checkpoint(cfg.resume, cfg, fallback_class_names=data_classes)
+    if data_classes != class_names:
+        raise ValueError(f"{cfg.data} has classes {data_classes[:10]} but {cfg.resume} was trained on "
+                         f"{class_names[:10]}; use data with the model's classes")
+    return Restored(model.to(device).eval(), model_cfg, class_names, device,
+                    argparse.Namespace(**{**vars(cfg), **model_cfg}))
+
+
+def predict_split(restored: Restored, split: str, *, fallback: bool = False,
+                  progress: bool = False) -> tuple[ClassificationDataset, dict[str, Any]]:
+    """Run the restored model over ``split``: the dataset and ``evaluate``'s outputs (logits in dataset order)."""
+    from .train import evaluate
+    cfg = restored.cfg
+    dataset = build_dataset(cfg, split, restored.class_names, train=False, fallback=fallback)
+    loader = build_loader(cfg, dataset, train=False, device=restored.device)
+    result = evaluate(restored.model, loader, preprocess=preprocessor(restored.model_cfg, restored.device),
+                      dtype=amp_dtype(cfg.amp, cfg.amp_dtype, restored.device), progress=progress,
+                      return_outputs=True, desc=f"predict {dataset.split}")
+    return dataset, result

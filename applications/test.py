@@ -16,12 +16,12 @@ import torch
 import torch.nn as nn
 import yaml
 
-from utils.metrics import classification_report
-from utils.misc import log_to_file, resolve_device
+from utils.metrics import classification_report, probabilities
+from utils.misc import log_to_file
 from utils.plots import plot_confusion_matrix
 
-from .common import (amp_dtype, build_dataset, build_loader, data_class_names, model_from_checkpoint,
-                     preprocessor)
+from .common import (amp_dtype, build_dataset, build_loader, checkpoint_run_dir, preprocessor,
+                     restore_for_inference)
 from .train import evaluate
 
 logger = logging.getLogger(__name__)
@@ -30,11 +30,11 @@ logger = logging.getLogger(__name__)
 def evaluate_and_report(model: nn.Module, loader: torch.utils.data.DataLoader, dataset: Any,
                         class_names: Sequence[str], *, preprocess: Callable, dtype: torch.dtype | None,
                         out_dir: Path, checkpoint: str | Path | None = None, predictions_file: str | None = None,
-                        progress: bool = False) -> dict[str, Any]:
+                        progress: bool = False, head: str = "softmax") -> dict[str, Any]:
     """Evaluate, then write metrics.json and confusion_matrix.png to ``out_dir``; returns the metrics."""
     result = evaluate(model, loader, preprocess=preprocess, dtype=dtype, progress=progress, return_outputs=True,
                       desc=f"eval {dataset.split}")
-    labels, probs = result["targets"].numpy(), result["logits"].softmax(dim=1)
+    labels, probs = result["targets"].numpy(), probabilities(result["logits"], head)
     preds = probs.argmax(dim=1).numpy()
     report = classification_report(labels, preds, class_names)
     metrics = {"split": dataset.split, "data": str(dataset.root), "checkpoint": str(checkpoint) if checkpoint else None,
@@ -68,12 +68,6 @@ def write_predictions(rows: list[dict[str, Any]], path: str | Path) -> None:
         raise ValueError(f"--out must end in .json, .yaml or .pkl, got {str(path)!r}")
 
 
-def checkpoint_run_dir(path: str | Path) -> Path:
-    """The run directory a checkpoint belongs to (``<run>/checkpoints/x.pth`` -> ``<run>``)."""
-    path = Path(path).resolve()
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-
-
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
     """Evaluate ``--resume`` on ``--eval_split`` of ``--data``."""
     run_dir = checkpoint_run_dir(cfg.resume)
@@ -82,20 +76,15 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
 
 
 def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
-    device = resolve_device(cfg.device)
-    model, model_cfg, class_names = model_from_checkpoint(cfg.resume, cfg, fallback_class_names=data_class_names(cfg))
-    data_classes = data_class_names(cfg)
-    if data_classes != class_names:
-        raise ValueError(f"{cfg.data} has classes {data_classes[:10]} but {cfg.resume} was trained on "
-                         f"{class_names[:10]}; evaluate on data with the model's classes")
-    model.to(device)
-    eval_cfg = argparse.Namespace(**{**vars(cfg), **model_cfg})
-    dataset = build_dataset(eval_cfg, cfg.eval_split, class_names, train=False, fallback=True)
-    loader = build_loader(eval_cfg, dataset, train=False, device=device)
-    metrics = evaluate_and_report(model, loader, dataset, class_names, preprocess=preprocessor(model_cfg, device),
-                                  dtype=amp_dtype(cfg.amp, cfg.amp_dtype, device),
+    restored = restore_for_inference(cfg)
+    dataset = build_dataset(restored.cfg, cfg.eval_split, restored.class_names, train=False, fallback=True)
+    loader = build_loader(restored.cfg, dataset, train=False, device=restored.device)
+    metrics = evaluate_and_report(restored.model, loader, dataset, restored.class_names,
+                                  preprocess=preprocessor(restored.model_cfg, restored.device),
+                                  dtype=amp_dtype(cfg.amp, cfg.amp_dtype, restored.device),
                                   out_dir=run_dir / f"eval_{dataset.split}", checkpoint=cfg.resume,
-                                  predictions_file=cfg.out, progress=not cfg.no_progress)
+                                  predictions_file=cfg.out, progress=not cfg.no_progress,
+                                  head=restored.model_cfg.get("criterion") or "softmax")
     logger.info("%s on %s split (%d images): top-1 %.2f  top-5 %.2f  macro F1 %.4f; report in %s",
                 cfg.resume, dataset.split, metrics["count"], metrics["top1"], metrics["top5"],
                 metrics["macro"]["f1"], run_dir / f"eval_{dataset.split}")

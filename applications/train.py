@@ -17,12 +17,14 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 import yaml
+from PIL import Image
 from tqdm import tqdm
 
 from config import config_conflicts, config_to_dict, save_config
 from criterions import create_criterion
+from dataloader.enhancement import make_augmented_grid
 from models import create_model, extract_state_dict, load_state_dict_checked
-from optim import create_optimizer, create_scheduler
+from optim import ModelEma, create_optimizer, create_scheduler
 from utils.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state,
                               save_checkpoint)
 from utils.metrics import hard_labels, topk_correct
@@ -30,6 +32,7 @@ from utils.misc import log_to_file, resolve_device, seed_everything
 
 from .common import (amp_dtype, autocast, build_dataset, build_loader, check_num_classes, data_class_names,
                      preprocessor, run_dir_for)
+from .strategies import build_batch_hook, build_criterion, build_policy
 
 logger = logging.getLogger(__name__)
 
@@ -38,25 +41,35 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
                     optimizer: torch.optim.Optimizer, *, preprocess: Callable[[torch.Tensor], torch.Tensor],
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                     scaler: torch.amp.GradScaler | None = None, dtype: torch.dtype | None = None,
-                    accumulation_steps: int = 1, epoch: int = 0, progress: bool = True) -> dict[str, float]:
+                    accumulation_steps: int = 1, epoch: int = 0, progress: bool = True,
+                    batch_hook: Callable | None = None, ema: ModelEma | None = None,
+                    on_step: Callable[[int, float], bool] | None = None) -> dict[str, float]:
     """One pass over ``loader``: forward, backward, an optimizer (and scheduler) step every
     ``accumulation_steps`` micro-batches. Returns mean loss, top-1 on the hard labels, last LR, img/s.
+
+    ``batch_hook(images, target, index, epoch, step) -> (images, target, weight)`` applies per-batch
+    strategies (soft targets, per-sample weights, mixing, rescaling); ``ema`` is updated after every
+    optimizer step; ``on_step(optimizer_steps, loss)`` is called after each step and may return True
+    to end the epoch early (the LR range test uses it).
     """
     model.train()
     device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
     sizes = batch_sizes(loader)
     n_batches = len(sizes)
     loss_sum, correct, seen, steps = 0.0, 0, 0, 0
+    lr = optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"train {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
     optimizer.zero_grad(set_to_none=True)
-    for i, (images, target, _) in enumerate(bar):
-        images, target = preprocess(images), target.to(device, non_blocking=True)
+    for i, (images, target, index) in enumerate(bar):
+        images, target, weight = preprocess(images), target.to(device, non_blocking=True), None
+        if batch_hook is not None:
+            images, target, weight = batch_hook(images, target, index, epoch, i)
         group_start = i - i % accumulation_steps
         group_end = min(group_start + accumulation_steps, n_batches)
         with autocast(device, dtype):
             logits = model(images)
-            loss = criterion(logits, target)
+            loss = criterion(logits, target, weight)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, step {i}: "
                                      f"lower --lr or check the data")
@@ -65,6 +78,7 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
         scaled = loss * (images.shape[0] / sum(sizes[group_start:group_end]))
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if i + 1 == group_end:
+            lr = optimizer.param_groups[0]["lr"]  # the LR this step used (reported per epoch)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -74,6 +88,8 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
             steps += 1
             if scheduler is not None:
                 scheduler.step()
+            if ema is not None:
+                ema.update(model)
         n = images.shape[0]
         loss_sum += loss.item() * n
         correct += topk_correct(logits.detach(), hard_labels(target), (1,))[0]
@@ -81,9 +97,11 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
         if progress and (i % 10 == 0 or i == n_batches - 1):
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                             img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        if on_step is not None and i + 1 == group_end and on_step(steps, loss.item()):
+            break
     elapsed = time.perf_counter() - start
     return {"loss": loss_sum / max(1, seen), "top1": 100.0 * correct / max(1, seen),
-            "lr": optimizer.param_groups[0]["lr"], "img_per_s": seen / max(elapsed, 1e-9),
+            "lr": lr, "img_per_s": seen / max(elapsed, 1e-9),
             "steps": steps, "time": elapsed}
 
 
@@ -128,13 +146,17 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: n
 
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                      scaler: torch.amp.GradScaler | None, *, epoch: int, best_top1: float,
-                     class_names: list[str], cfg: argparse.Namespace, history: list[dict]) -> dict[str, Any]:
-    """Everything needed to resume exactly: weights, optimizer, schedule, scaler, RNG, bookkeeping."""
+                     class_names: list[str], cfg: argparse.Namespace, history: list[dict],
+                     criterion: nn.Module | None = None, ema: ModelEma | None = None) -> dict[str, Any]:
+    """Everything needed to resume exactly: weights (and their EMA), optimizer, schedule, scaler, the
+    loss's own state (GHM's moving averages), RNG, bookkeeping."""
     return {
         "model": model.state_dict(),
+        "model_ema": ema.module.state_dict() if ema is not None else None,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
+        "criterion": criterion.state_dict() if criterion is not None else {},
         "epoch": epoch,
         "best_top1": best_top1,
         "rng": capture_rng_state(),
@@ -182,7 +204,11 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
     run_dir = run_dir_for(cfg.output, cfg.arch, cfg.tag)
     run_dir.mkdir(parents=True, exist_ok=True)
     with log_to_file(run_dir / "log.txt"):
-        return _train(cfg, run_dir)
+        try:
+            return _train(cfg, run_dir)
+        except Exception:  # keep the traceback in the run's own log too
+            logger.debug("training failed", exc_info=True)
+            raise
 
 
 def _train(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
@@ -195,18 +221,26 @@ def _train(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
 
     seed_everything(cfg.seed)
     model = create_model(cfg.arch, num_classes, pretrained=cfg.pretrained).to(device)
-    train_set = build_dataset(cfg, "train", class_names, train=True)
+    train_set = build_dataset(cfg, "train", class_names, train=True, policy=build_policy(cfg))
     val_set = build_dataset(cfg, "val", class_names, train=False)
     train_loader = build_loader(cfg, train_set, train=True, device=device)
     val_loader = build_loader(cfg, val_set, train=False, device=device)
     logger.info("train %d images, val %d images", len(train_set), len(val_set))
 
-    criterion = create_criterion("softmax", label_smoothing=cfg.label_smoothing)
+    class_counts = [train_set.targets.count(c) for c in range(num_classes)]
+    criterion = build_criterion(cfg, class_counts).to(device)
+    val_criterion = create_criterion(cfg.criterion)  # the plain head: comparable, and stateless
+    batch_hook = build_batch_hook(cfg, train_set)
     optimizer = create_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 momentum=cfg.momentum, nesterov=cfg.nesterov)
+                                 momentum=cfg.momentum, nesterov=cfg.nesterov, lookahead=cfg.lookahead,
+                                 lookahead_alpha=cfg.lookahead_alpha, lookahead_k=cfg.lookahead_k)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.accumulation_steps)
-    scheduler = create_scheduler(optimizer, schedule=cfg.scheduler, total_steps=cfg.epochs * steps_per_epoch,
-                                 warmup_steps=round(cfg.warmup * steps_per_epoch))
+    scheduler = create_scheduler(
+        optimizer, schedule=cfg.scheduler, total_steps=cfg.epochs * steps_per_epoch,
+        warmup_steps=round(cfg.warmup * steps_per_epoch),
+        milestones=[round(e * steps_per_epoch) for e in cfg.lr_steps] if cfg.lr_steps else None,
+        ratios=cfg.lr_ratios, power=cfg.poly_power, pct_start=cfg.onecycle_pct)
+    ema = ModelEma(model, cfg.ema_decay) if cfg.ema else None
     dtype = amp_dtype(cfg.amp, cfg.amp_dtype, device)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     preprocess = preprocessor(cfg, device)
@@ -225,12 +259,20 @@ def _train(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         scheduler.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
+        if ckpt.get("criterion"):
+            criterion.load_state_dict(ckpt["criterion"])
+        if ema is not None:
+            ema.module.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") else model.state_dict())
         restore_rng_state(ckpt["rng"])
         start_epoch, best_top1, history = ckpt["epoch"] + 1, ckpt["best_top1"], list(ckpt.get("history", []))
         logger.info("resumed from %s at epoch %d (best val top-1 so far %.2f)", resume_from, start_epoch, best_top1)
 
     from torch.utils.tensorboard import SummaryWriter
     writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
+    if start_epoch == 0:
+        grid = make_augmented_grid(train_set, n=min(32, len(train_set)), seed=cfg.seed)
+        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(run_dir / "augmented_samples.png")
+        writer.add_image("train/augmented_samples", grid, 0)
     ckpt_dir = run_dir / "checkpoints"
     progress = not cfg.no_progress
     try:
@@ -238,44 +280,57 @@ def _train(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             train_loader.sampler.set_epoch(epoch)
             tr = train_one_epoch(model, train_loader, criterion, optimizer, preprocess=preprocess,
                                  scheduler=scheduler, scaler=scaler, dtype=dtype,
-                                 accumulation_steps=cfg.accumulation_steps, epoch=epoch, progress=progress)
-            va = evaluate(model, val_loader, criterion, preprocess=preprocess, dtype=dtype, progress=progress,
+                                 accumulation_steps=cfg.accumulation_steps, epoch=epoch, progress=progress,
+                                 batch_hook=batch_hook, ema=ema)
+            va = evaluate(model, val_loader, val_criterion, preprocess=preprocess, dtype=dtype, progress=progress,
                           desc=f"val {epoch}")
             is_best = va["top1"] > best_top1
             best_top1 = max(best_top1, va["top1"])
-            history.append({"epoch": epoch, "train_loss": tr["loss"], "train_top1": tr["top1"], "lr": tr["lr"],
-                            "val_loss": va["loss"], "val_top1": va["top1"], "val_top5": va["top5"],
-                            "img_per_s": tr["img_per_s"], "time": tr["time"]})
+            row = {"epoch": epoch, "train_loss": tr["loss"], "train_top1": tr["top1"], "lr": tr["lr"],
+                   "val_loss": va["loss"], "val_top1": va["top1"], "val_top5": va["top5"],
+                   "img_per_s": tr["img_per_s"], "time": tr["time"]}
+            if ema is not None:
+                va_ema = evaluate(ema.module, val_loader, val_criterion, preprocess=preprocess, dtype=dtype)
+                row.update(val_ema_loss=va_ema["loss"], val_ema_top1=va_ema["top1"], val_ema_top5=va_ema["top5"])
+            history.append(row)
             state = checkpoint_state(model, optimizer, scheduler, scaler, epoch=epoch, best_top1=best_top1,
-                                     class_names=class_names, cfg=cfg, history=history)
+                                     class_names=class_names, cfg=cfg, history=history, criterion=criterion,
+                                     ema=ema)
             save_checkpoint(state, ckpt_dir / "last.pth", keep_previous=True)
             if is_best:
                 save_checkpoint(state, ckpt_dir / "best.pth")
             _write_json(run_dir / "metrics.json", {"history": history})
-            for key, value in (("train/loss", tr["loss"]), ("train/top1", tr["top1"]), ("train/lr", tr["lr"]),
-                               ("val/loss", va["loss"]), ("val/top1", va["top1"]), ("val/top5", va["top5"])):
-                writer.add_scalar(key, value, epoch + 1)
+            for key, value in row.items():
+                if key not in ("epoch", "time"):
+                    name = {"lr": "train/lr", "img_per_s": "train/img_per_s"}.get(key, key.replace("_", "/", 1))
+                    writer.add_scalar(name, value, epoch + 1)
             writer.flush()
-            logger.info("epoch %d/%d  train loss %.4f top-1 %.2f  val loss %.4f top-1 %.2f top-5 %.2f  "
+            logger.info("epoch %d/%d  train loss %.4f top-1 %.2f  val loss %.4f top-1 %.2f top-5 %.2f%s  "
                         "lr %.2e  %.0f img/s%s", epoch + 1, cfg.epochs, tr["loss"], tr["top1"], va["loss"],
-                        va["top1"], va["top5"], tr["lr"], tr["img_per_s"], "  *best*" if is_best else "")
+                        va["top1"], va["top5"], f"  ema top-1 {row['val_ema_top1']:.2f}" if ema else "",
+                        tr["lr"], tr["img_per_s"], "  *best*" if is_best else "")
     finally:
         writer.close()
 
     from .test import evaluate_and_report
     best_path = ckpt_dir / "best.pth"
-    if best_path.is_file():
-        load_state_dict_checked(model, extract_state_dict(load_checkpoint(best_path)), best_path)
-    else:  # e.g. a run directory assembled by hand from a last.pth
+    best = load_checkpoint(best_path if best_path.is_file() else ckpt_dir / "last.pth")
+    if not best_path.is_file():  # e.g. a run directory assembled by hand from a last.pth
         logger.warning("%s is missing: evaluating the last weights instead", best_path)
         best_path = ckpt_dir / "last.pth"
+    load_state_dict_checked(model, extract_state_dict(best), best_path)
     test_set = build_dataset(cfg, "test", class_names, train=False, fallback=True)
-    report = evaluate_and_report(model, build_loader(cfg, test_set, train=False, device=device), test_set,
-                                 class_names, preprocess=preprocess, dtype=dtype, out_dir=run_dir / f"eval_{test_set.split}",
-                                 checkpoint=best_path, progress=progress)
+    test_loader = build_loader(cfg, test_set, train=False, device=device)
+    report = evaluate_and_report(model, test_loader, test_set, class_names, preprocess=preprocess, dtype=dtype,
+                                 out_dir=run_dir / f"eval_{test_set.split}", checkpoint=best_path,
+                                 progress=progress, head=cfg.criterion)
     summary = {"run_dir": str(run_dir), "best_val_top1": best_top1, "test_split": test_set.split,
                "test_top1": report["top1"], "test_top5": report["top5"]}
+    if ema is not None and best.get("model_ema"):
+        ema.module.load_state_dict(best["model_ema"])
+        summary["test_ema_top1"] = evaluate(ema.module, test_loader, preprocess=preprocess, dtype=dtype)["top1"]
     _write_json(run_dir / "metrics.json", {"history": history, "test": summary})
-    logger.info("done: run directory %s; best val top-1 %.2f; %s top-1 %.2f top-5 %.2f (best.pth)",
-                run_dir, best_top1, test_set.split, report["top1"], report["top5"])
+    logger.info("done: run directory %s; best val top-1 %.2f; %s top-1 %.2f top-5 %.2f (best.pth)%s",
+                run_dir, best_top1, test_set.split, report["top1"], report["top5"],
+                f"; EMA top-1 {summary['test_ema_top1']:.2f}" if "test_ema_top1" in summary else "")
     return summary

@@ -1,25 +1,53 @@
-"""Losses: one small ``nn.Module`` each, built by name with ``create_criterion``.
+"""Losses: a head (``softmax`` or ``bce``) times combinable modifiers, built by ``create_criterion``.
 
-Every loss takes ``(logits, target, weight=None)``: ``target`` is class indices or soft targets,
-``weight`` optional per-sample weights; each returns the mean over the batch.
+Every loss takes ``(logits, target, weight=None)``: ``logits`` ``N x C``; ``target`` class indices
+``N`` or soft targets ``N x C`` (mixup, distillation); ``weight`` optional per-sample weights ``N``
+(curriculum). It returns ``mean_i(weight_i * loss_i)``: the plain mean over the batch, so a sample
+of weight 0 contributes no gradient.
+
+A head is a matrix of per-(sample, class) loss terms with a mask of active terms
+(``softmax.py``: ``-t log p``, active where ``t > 0``, summed over classes; ``bce.py``: one-vs-all BCE,
+all active, averaged over classes). Modifiers (``modifiers.py``: class weights, cost matrix, focal,
+GHM, OHM, threshold) are detached element-wise weights on the terms; enabled ones multiply.
+``loss.py`` composes them. Reading the weights from files is ``utils/loss_weights.py``'s job.
+
+Registries: ``HEADS`` (name -> head class) and ``modifiers.MODIFIERS`` (name -> modifier class).
 """
 from __future__ import annotations
 
-from typing import Callable
+from .base import Head, Terms, to_soft_targets
+from .bce import BCEHead
+from .loss import ModulatedLoss
+from .modifiers import MODIFIERS, build_modifiers
+from .softmax import SoftmaxCrossEntropy, SoftmaxHead
 
-import torch.nn as nn
-
-from .softmax import SoftmaxCrossEntropy, to_soft_targets
-
-CRITERIONS: dict[str, Callable[..., nn.Module]] = {
-    "softmax": lambda label_smoothing=0.0, **_: SoftmaxCrossEntropy(label_smoothing=label_smoothing),
+HEADS: dict[str, type[Head]] = {
+    "softmax": SoftmaxHead,
+    "bce": BCEHead,
 }
 
-__all__ = ["create_criterion", "CRITERIONS", "SoftmaxCrossEntropy", "to_soft_targets"]
+__all__ = ["create_criterion", "HEADS", "MODIFIERS", "Head", "Terms",
+           "ModulatedLoss", "SoftmaxCrossEntropy", "SoftmaxHead", "BCEHead", "to_soft_targets"]
 
 
-def create_criterion(name: str = "softmax", **kwargs) -> nn.Module:
-    """Build the loss ``name`` (``softmax``) with its keyword arguments."""
-    if name not in CRITERIONS:
-        raise ValueError(f"unknown criterion {name!r}; choose from {', '.join(CRITERIONS)}")
-    return CRITERIONS[name](**kwargs)
+def create_criterion(name: str = "softmax", *, label_smoothing: float = 0.0,
+                     class_weights=None, cost_matrix=None,
+                     ghm: bool = False, ghm_bins: int = 30, ghm_momentum: float = 0.75,
+                     ohm: bool = False, ohm_ratio: float = 0.7,
+                     threshold: bool = False, threshold_low: float = 0.1, threshold_high: float = 0.9,
+                     focal: bool = False, focal_gamma: float = 2.0) -> ModulatedLoss:
+    """The loss with head ``name`` (``softmax`` or ``bce``) and the enabled modifiers.
+
+    ``label_smoothing``: ``t = (1 - eps) t + eps / C`` for both heads. ``class_weights``: None or a
+    length-C tensor/list. ``cost_matrix``: None or a C x C tensor ``M[true, other]``. ``ghm``,
+    ``ohm``, ``threshold``, ``focal`` switch the other modifiers on, with their parameters. The sizes
+    are checked against the logits' C at the first call. See ``modifiers.py`` for the semantics.
+    """
+    if name not in HEADS:
+        raise ValueError(f"unknown criterion {name!r}; choose from {', '.join(HEADS)}")
+    options = dict(class_weights=class_weights, cost_matrix=cost_matrix,
+                   ghm=ghm, ghm_bins=ghm_bins, ghm_momentum=ghm_momentum,
+                   ohm=ohm, ohm_ratio=ohm_ratio,
+                   threshold=threshold, threshold_low=threshold_low, threshold_high=threshold_high,
+                   focal=focal, focal_gamma=focal_gamma)
+    return ModulatedLoss(HEADS[name](), build_modifiers(options), label_smoothing=label_smoothing)

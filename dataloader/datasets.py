@@ -276,6 +276,18 @@ class ClassificationDataset(Dataset):
         source = self.samples[index][0]
         return decode_rgb(self.reader(source), name=self._describe(source))
 
+    def key(self, index: int) -> str:
+        """A stable name of sample ``index`` for side files (teacher outputs, curricula): its path
+        relative to the dataset root (``<split>.zip/<member>`` for zip archives)."""
+        source = self.samples[index][0]
+        if self.kind == "zip":
+            return f"{self.split}.zip/{source}"
+        path = Path(source).resolve()
+        try:
+            return path.relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return path.as_posix()
+
     def _describe(self, source: str) -> str:
         return f"{self.root / (self.split + '.zip')}:{source}" if self.kind == "zip" else source
 

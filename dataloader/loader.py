@@ -44,15 +44,57 @@ class SeededSampler(Sampler):
             yield index, seeds[index]
 
 
+class ClassBalancedSampler(Sampler):
+    """Draws ``len(targets)`` keys per epoch with replacement, each class equally likely.
+
+    A sample is drawn with probability proportional to ``1 / count(its class)`` (``torch.multinomial``
+    with a generator seeded from (seed, epoch)), so rare classes are seen as often as common ones.
+    Yields ``(index, sample_seed)`` keys like :class:`SeededSampler` (one seed per draw, so an image drawn
+    twice is augmented twice differently) and shards like it: every rank draws the same padded sequence
+    and takes every ``world_size``-th key from ``rank``. Call :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(self, targets: Sequence[int], *, seed: int, rank: int = 0, world_size: int = 1):
+        if len(targets) == 0:
+            raise ValueError("ClassBalancedSampler needs at least one target")
+        labels = torch.as_tensor(list(targets), dtype=torch.long)
+        counts = torch.bincount(labels)
+        self.weights = 1.0 / counts[labels].double()
+        self.size, self.seed, self.rank, self.world_size = len(labels), seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.world_size)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        total = len(self) * self.world_size
+        order = torch.multinomial(self.weights, total, replacement=True, generator=g).tolist()
+        seeds = torch.randint(0, 2**62, (total,), generator=g).tolist()
+        for position in range(self.rank, total, self.world_size):
+            yield order[position], seeds[position]
+
+
 def create_loader(dataset: Dataset, *, batch_size: int, workers: int, train: bool, seed: int = 0,
-                  pin_memory: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
+                  pin_memory: bool = False, rank: int = 0, world_size: int = 1,
+                  class_balanced: bool = False) -> DataLoader:
     """A DataLoader over ``dataset`` that collates uint8 batches.
 
-    Training loaders shuffle with a :class:`SeededSampler` (call ``loader.sampler.set_epoch``);
-    evaluation loaders keep the dataset order and, under DDP, shard it without padding so that every
-    sample is counted exactly once.
+    Training loaders shuffle with a :class:`SeededSampler` (call ``loader.sampler.set_epoch``), or with
+    ``class_balanced`` draw classes equally often with a :class:`ClassBalancedSampler` over
+    ``dataset.targets``; evaluation loaders ignore ``class_balanced``, keep the dataset order and, under
+    DDP, shard it without padding so that every sample is counted exactly once.
     """
-    sampler = SeededSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size, pad=train)
+    sampler: Sampler
+    if train and class_balanced:
+        sampler = ClassBalancedSampler(dataset.targets, seed=seed, rank=rank, world_size=world_size)
+    else:
+        sampler = SeededSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size,
+                                pad=train)
     drop_last = train and len(sampler) % batch_size == 1  # a batch of one breaks batch norm
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,

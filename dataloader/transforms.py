@@ -45,8 +45,16 @@ class Letterbox(nn.Module):
 
 def create_transform(train: bool, image_size: Sequence[int], *, train_resize: str = "letterbox",
                      rrc_scale: Sequence[float] = (0.08, 1.0), hflip: float = 0.0,
-                     eval_resize: str = "letterbox", crop_pct: float = 0.875) -> nn.Module:
-    """Geometry for training or evaluation images (see ``--train_resize``/``--eval_resize``)."""
+                     eval_resize: str = "letterbox", crop_pct: float = 0.875, policy: nn.Module | None = None,
+                     random_erasing: float = 0.0) -> nn.Module:
+    """Geometry for training or evaluation images (see ``--train_resize``/``--eval_resize``).
+
+    Training only: ``policy`` (a per-image augmentation from :func:`dataloader.enhancement.create_policy`)
+    runs after the geometry, and ``random_erasing > 0`` appends ``RandomErasing`` with that probability
+    (fill 0) last. Both are ignored for evaluation; the defaults add nothing.
+    """
+    if not 0.0 <= random_erasing <= 1.0:
+        raise ValueError(f"random_erasing={random_erasing} must be a probability in [0, 1]")
     size = [int(image_size[0]), int(image_size[1])]
     if train:
         if train_resize == "letterbox":
@@ -57,6 +65,10 @@ def create_transform(train: bool, image_size: Sequence[int], *, train_resize: st
             raise ValueError(f"unknown train_resize {train_resize!r}; choose letterbox or rrc")
         if hflip > 0:
             ops.append(v2.RandomHorizontalFlip(hflip))
+        if policy is not None:
+            ops.append(policy)
+        if random_erasing > 0:
+            ops.append(v2.RandomErasing(random_erasing, value=0))
     elif eval_resize == "letterbox":
         ops = [Letterbox(size)]
     elif eval_resize == "center_crop":

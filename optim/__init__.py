@@ -1,5 +1,7 @@
-"""Optimizers (``create_optimizer``) and LR schedules as pure functions (``create_scheduler``)."""
+"""Optimizers (``create_optimizer``), LR schedules as pure functions (``create_scheduler``), weight EMA."""
+from .ema import ModelEma
 from .optimizers import OPTIMIZERS, create_optimizer, param_groups
 from .schedules import SCHEDULES, create_scheduler, lr_factor
 
-__all__ = ["OPTIMIZERS", "create_optimizer", "param_groups", "SCHEDULES", "create_scheduler", "lr_factor"]
+__all__ = ["ModelEma", "OPTIMIZERS", "create_optimizer", "param_groups", "SCHEDULES", "create_scheduler",
+           "lr_factor"]

@@ -1,4 +1,8 @@
-"""``create_optimizer``: torch.optim optimizers by name, without weight decay on 1-D parameters."""
+"""``create_optimizer``: optimizers by name, without weight decay on 1-D parameters.
+
+``torch.optim`` supplies SGD, Adam, AdamW, RAdam and NAdam; ``timm.optim`` supplies LAMB and
+Lookahead, which wraps any of them (``ranger`` is RAdam inside Lookahead, as in Wright's Ranger).
+"""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -18,18 +22,36 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
+def _lamb(params: list[dict[str, Any]], lr: float, **_: Any) -> torch.optim.Optimizer:
+    from timm.optim import Lamb
+    return Lamb(params, lr=lr)
+
+
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": lambda params, lr, momentum=0.9, nesterov=False, **_: torch.optim.SGD(
         params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0),
     "adam": lambda params, lr, **_: torch.optim.Adam(params, lr=lr),
     "adamw": lambda params, lr, **_: torch.optim.AdamW(params, lr=lr),
     "radam": lambda params, lr, **_: torch.optim.RAdam(params, lr=lr),
+    "nadam": lambda params, lr, **_: torch.optim.NAdam(params, lr=lr),
+    "lamb": _lamb,
+    "ranger": lambda params, lr, **_: torch.optim.RAdam(params, lr=lr),  # wrapped in Lookahead below
 }
+ALWAYS_LOOKAHEAD = {"ranger"}
 
 
 def create_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.1, weight_decay: float = 0.0,
-                     momentum: float = 0.9, nesterov: bool = False) -> torch.optim.Optimizer:
-    """Build optimizer ``name`` over ``model``'s parameters (decay only on weights of rank >= 2)."""
+                     momentum: float = 0.9, nesterov: bool = False, lookahead: bool = False,
+                     lookahead_alpha: float = 0.5, lookahead_k: int = 6) -> torch.optim.Optimizer:
+    """Build optimizer ``name`` over ``model``'s parameters (decay only on weights of rank >= 2).
+
+    ``lookahead`` wraps it in Lookahead (Zhang et al., 2019): every ``lookahead_k`` steps the slow
+    weights move ``lookahead_alpha`` of the way to the fast ones.
+    """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name](param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov)
+    optimizer = OPTIMIZERS[name](param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov)
+    if lookahead or name in ALWAYS_LOOKAHEAD:
+        from timm.optim import Lookahead
+        optimizer = Lookahead(optimizer, alpha=lookahead_alpha, k=lookahead_k)
+    return optimizer

@@ -55,7 +55,20 @@ def test_yaml_errors_name_the_key(tmp_path, capsys, content, message):
     (["--resume", "/no/such.pth"], "--resume: file '/no/such.pth' does not exist"),
     (["--out", "p.csv"], "--out must end in .json, .yaml or .pkl"),
     (["--tag", "a/b"], "--tag may hold letters"),
-    (["--scheduler", "linear"], "argument --scheduler: invalid choice: 'linear' (choose from 'step', 'cosine')"),
+    (["--mixup_prob", "1.5"], "--mixup_prob must be a probability in [0, 1], got 1.5"),
+    (["--ohm_ratio", "0"], "--ohm_ratio must be in (0, 1]"),
+    (["--threshold_low", "0.9", "--threshold_high", "0.5"], "need 0 <= low < high <= 1"),
+    (["--scheduler", "multistep"], "--scheduler multistep needs --lr_steps"),
+    (["--scheduler", "step", "--lr_steps", "30", "20"], "--lr_steps must be increasing positive epochs"),
+    (["--scheduler", "multistep", "--lr_steps", "30", "--lr_ratios", "0.1", "0.01"], "--lr_ratios needs one value per --lr_steps milestone"),
+    (["--curriculum_thresholds", "0.5", "0.7", "--curriculum_weights", "1", "0.5"],
+     "--curriculum_thresholds must decrease"),
+    (["--curriculum_weights", "1", "0.5"], "must pair up"),
+    (["--ema_decay", "1"], "--ema_decay must be in [0, 1)"),
+    (["--class_weights", "nofile.txt"], "--class_weights: 'nofile.txt' is neither auto, numbers, nor an existing file"),
+    (["--cost_matrix", "nofile.txt"], "--cost_matrix: file 'nofile.txt' does not exist"),
+    (["--aug_policy", "cutout"], "argument --aug_policy: invalid choice: 'cutout'"),
+    (["--scheduler", "linear"], "argument --scheduler: invalid choice: 'linear' (choose from 'step', 'multistep', 'cosine'"),
 ])
 def test_flag_errors_name_flag_and_allowed_values(capsys, argv, message):
     with pytest.raises(SystemExit):
@@ -86,3 +99,29 @@ def test_config_conflicts_ignore_resume_safe_keys():
     a = config.parse_config(["--train", "--lr", "0.1"])
     b = config.parse_config(["--train", "--lr", "0.2", "--epochs", "50", "-j", "0"])
     assert config.config_conflicts(config.config_to_dict(a), b) == {"lr": (0.1, 0.2)}
+
+
+def test_knowledge_and_curriculum_need_a_checkpoint(capsys):
+    for argv in (["--knowledge", "train"], ["--make_curriculum"]):
+        with pytest.raises(SystemExit):
+            config.parse_config(argv)
+        assert "needs a checkpoint: add --resume" in capsys.readouterr().err
+
+
+def test_training_options_without_train_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        config.parse_config(["--lr_finder", "--curriculum_learning"])
+    assert "--curriculum_learning is a training option: add --train" in capsys.readouterr().err
+
+
+def test_strategy_keys_from_yaml(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(yaml.safe_dump({"aug": True, "aug_policy": "autoaugment", "autoaugment_policy": "svhn", "mixup": 0.2,
+                                 "cutmix": 1.0, "criterion": "bce", "ghm_loss": True, "ghm_bins": 10,
+                                 "scheduler": "multistep", "lr_steps": [3, 6], "lr_ratios": [0.1, 0.01],
+                                 "optimizer": "ranger", "ema": True, "class_weights": [1, 2, 3],
+                                 "curriculum_thresholds": [0.8, 0.2], "curriculum_weights": [1, 0.5]}))
+    cfg = config.parse_config(["--train", "--config", str(f)])
+    assert cfg.aug and cfg.autoaugment_policy == "svhn" and cfg.mixup == 0.2 and cfg.ghm_bins == 10
+    assert cfg.lr_steps == [3.0, 6.0] and cfg.optimizer == "ranger" and cfg.class_weights == ["1", "2", "3"]
+    assert cfg.curriculum_weights == [1.0, 0.5]

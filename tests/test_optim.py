@@ -64,3 +64,81 @@ def test_scheduler_drives_the_optimizer_and_resumes():
     sched2.load_state_dict(sched.state_dict())
     opt2.step(), sched2.step(), opt.step(), sched.step()
     assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("name", ["nadam", "lamb", "ranger"])
+def test_more_optimizers_train_a_least_squares_problem(name):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    x = torch.randn(64, 4)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.7
+    opt = create_optimizer(model, name, lr=0.1)
+    first = None
+    for _ in range(300):
+        loss = ((model(x) - y) ** 2).mean()
+        first = first if first is not None else loss.item()
+        opt.zero_grad(), loss.backward(), opt.step()
+    assert loss.item() < 0.05 * first
+
+
+def test_lookahead_wraps_any_optimizer_and_interpolates():
+    from timm.optim import Lookahead
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1, bias=False)
+    start = model.weight.detach().clone()
+    opt = create_optimizer(model, "sgd", lr=0.1, momentum=0.0, lookahead=True, lookahead_alpha=0.5, lookahead_k=2)
+    assert isinstance(opt, Lookahead)
+    assert isinstance(create_optimizer(model, "ranger", lr=0.1), Lookahead)
+    grad = torch.tensor([[1.0, 2.0, 3.0]])
+    for _ in range(4):  # constant gradient: each SGD step moves the fast weights by -0.1 * grad
+        model.weight.grad = grad.clone()
+        opt.step()
+    # timm's Lookahead takes its slow copy at the first sync (step 2: start - 0.2 g); at step 4 the fast
+    # weights (start - 0.4 g) are pulled half-way back to it: start - 0.3 g
+    assert torch.allclose(model.weight, start - 0.3 * grad, atol=1e-6)
+
+
+def test_multistep_schedule_with_ratios():
+    f = lambda s: lr_factor(s, total_steps=100, warmup_steps=0, schedule="multistep",  # noqa: E731
+                            milestones=[30, 60, 90], ratios=[0.1, 0.01, 0.001])
+    assert [f(s) for s in (0, 29, 30, 59, 60, 89, 90, 99)] == [1, 1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    # --lr_steps also override the default step schedule; without ratios each milestone divides by 10
+    g = lambda s: lr_factor(s, total_steps=100, schedule="step", milestones=[10, 20])  # noqa: E731
+    assert (g(9), g(10), g(20)) == (1.0, pytest.approx(0.1), pytest.approx(0.01))
+
+
+def test_poly_schedule():
+    f = lambda s: lr_factor(s, total_steps=12, warmup_steps=2, schedule="poly", power=2.0)  # noqa: E731
+    assert f(2) == 1.0 and f(7) == pytest.approx(0.25) and f(12) == 0.0
+
+
+def test_onecycle_matches_torch():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=40, pct_start=0.25)
+    for step in range(40):
+        assert lr_factor(step, total_steps=40, schedule="onecycle", pct_start=0.25) == \
+            pytest.approx(opt.param_groups[0]["lr"], rel=1e-9, abs=1e-12)
+        opt.step(), ref.step()
+
+
+def test_multistep_needs_milestones_and_matching_ratios():
+    opt = create_optimizer(nn.Linear(2, 2), "sgd", lr=0.1)
+    with pytest.raises(ValueError, match="needs milestones"):
+        create_scheduler(opt, schedule="multistep", total_steps=10, warmup_steps=0)
+    with pytest.raises(ValueError, match="--lr_ratios has 1 values but --lr_steps has 2"):
+        create_scheduler(opt, schedule="multistep", total_steps=10, warmup_steps=0, milestones=[2, 4], ratios=[0.1])
+
+
+def test_ema_is_the_exponential_average():
+    from optim import ModelEma
+    model = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema = ModelEma(model, decay=0.5)
+    for value in (3.0, 5.0):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        ema.update(model)
+    # 1 -> 0.5 * 1 + 0.5 * 3 = 2 -> 0.5 * 2 + 0.5 * 5 = 3.5
+    assert torch.allclose(ema.module.weight, torch.full((1, 2), 3.5))
+    assert not any(p.requires_grad for p in ema.module.parameters())

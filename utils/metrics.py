@@ -18,6 +18,11 @@ def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] =
     return [int(hit[:, :min(k, maxk)].any(dim=1).sum()) for k in ks]
 
 
+def probabilities(logits: torch.Tensor, head: str = "softmax") -> torch.Tensor:
+    """Class probabilities under the model's own head: softmax, or per-class sigmoid for ``bce``."""
+    return logits.float().sigmoid() if head == "bce" else logits.float().softmax(dim=1)
+
+
 def hard_labels(target: torch.Tensor) -> torch.Tensor:
     """Class indices from indices or soft targets (argmax)."""
     return target.argmax(dim=1) if target.dim() == 2 else target

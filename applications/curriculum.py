@@ -1,0 +1,59 @@
+"""``--make_curriculum --resume MODEL.pth``: weight each training image by how well a model knows it.
+
+Each image gets the weight paired with the first of ``--curriculum_thresholds`` (high to low) that
+the model's probability for its true class exceeds (the last weight when it exceeds none), written
+as ``path,weight`` lines to ``DATA/curriculum.txt``. ``--curriculum_learning`` then multiplies each
+sample's loss by its weight.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from utils.metrics import probabilities
+from utils.misc import log_to_file
+from utils.sidefiles import write_rows
+
+from .common import checkpoint_run_dir, predict_split, restore_for_inference
+
+logger = logging.getLogger(__name__)
+
+
+def curriculum_path(cfg: argparse.Namespace) -> Path:
+    """``--curriculum_file`` or ``DATA/curriculum.txt``."""
+    return Path(cfg.curriculum_file) if cfg.curriculum_file else Path(cfg.data) / "curriculum.txt"
+
+
+def curriculum_weights(p_true: torch.Tensor, thresholds: Sequence[float], weights: Sequence[float]) -> torch.Tensor:
+    """Weight of the first threshold that ``p_true`` exceeds (strictly); the last weight otherwise."""
+    out = torch.full_like(p_true, float(weights[-1]))
+    assigned = torch.zeros_like(p_true, dtype=torch.bool)
+    for t, w in zip(thresholds, weights):
+        hit = (p_true > t) & ~assigned
+        out[hit] = float(w)
+        assigned |= hit
+    return out
+
+
+def run(cfg: argparse.Namespace) -> dict[str, Any]:
+    with log_to_file(checkpoint_run_dir(cfg.resume) / "log.txt"):
+        restored = restore_for_inference(cfg)
+        out = curriculum_path(cfg)
+        if out.exists() and not cfg.overwrite:
+            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+        dataset, result = predict_split(restored, "train", progress=not cfg.no_progress)
+        probs = probabilities(result["logits"], restored.model_cfg.get("criterion") or "softmax")
+        p_true = probs.gather(1, result["targets"].view(-1, 1)).squeeze(1)
+        weights = curriculum_weights(p_true, cfg.curriculum_thresholds, cfg.curriculum_weights)
+        keys = [dataset.key(i) for i in result["indices"].tolist()]
+        write_rows(out, ((k, [w]) for k, w in zip(keys, weights.tolist())), overwrite=True)
+        counts = Counter(round(w, 6) for w in weights.tolist())
+        logger.info("curriculum of %d training images written to %s; images per weight: %s", len(keys), out,
+                    ", ".join(f"{w:g}: {n}" for w, n in sorted(counts.items(), reverse=True)))
+        return {"curriculum_file": str(out), "count": len(keys),
+                "per_weight": {str(w): n for w, n in sorted(counts.items(), reverse=True)}}

@@ -1,0 +1,105 @@
+"""``--lr_finder``: the LR range test (Smith, 2017).
+
+Trains from the initial weights with the LR growing exponentially from ``--lr_finder_min`` to
+``--lr_finder_max`` over ``--lr_finder_steps`` optimizer steps, through the same ``train_one_epoch``
+as training, and records the loss at each step. It stops early once the smoothed loss exceeds four
+times its minimum. The suggested LR is where the smoothed loss falls fastest (the steepest negative
+slope against log LR), as torch-lr-finder and fastai suggest. Writes ``lr_finder.png`` and
+``lr_finder.json`` to the run directory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import create_model
+from optim import create_optimizer
+from utils.misc import log_to_file, resolve_device, seed_everything
+from utils.plots import plot_lr_finder
+
+from .common import (amp_dtype, build_dataset, build_loader, check_num_classes, data_class_names, preprocessor,
+                     run_dir_for)
+from .strategies import build_batch_hook, build_criterion, build_policy
+from .train import train_one_epoch
+
+logger = logging.getLogger(__name__)
+DIVERGENCE = 4.0
+SMOOTHING = 0.9
+
+
+def smooth(losses: list[float], beta: float = SMOOTHING) -> list[float]:
+    """Bias-corrected exponential moving average of the losses."""
+    avg, out = 0.0, []
+    for i, loss in enumerate(losses, 1):
+        avg = beta * avg + (1 - beta) * loss
+        out.append(avg / (1 - beta ** i))
+    return out
+
+
+def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
+    """The LR where the smoothed loss falls fastest against log LR (before it diverges)."""
+    if len(lrs) < 3:
+        return lrs[int(np.argmin(smoothed))]
+    slope = np.gradient(np.asarray(smoothed), np.log(np.asarray(lrs)))
+    stop = int(np.argmin(smoothed)) + 1  # the steepest descent lies before the minimum
+    return float(lrs[int(np.argmin(slope[:max(stop, 2)]))])
+
+
+def run(cfg: argparse.Namespace) -> dict[str, Any]:
+    run_dir = run_dir_for(cfg.output, cfg.arch, cfg.tag)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with log_to_file(run_dir / "log.txt"):
+        device = resolve_device(cfg.device)
+        class_names = data_class_names(cfg)
+        num_classes = check_num_classes(cfg.num_classes, class_names, cfg.data)
+        seed_everything(cfg.seed)
+        model = create_model(cfg.arch, num_classes, pretrained=cfg.pretrained).to(device)
+        train_set = build_dataset(cfg, "train", class_names, train=True, policy=build_policy(cfg))
+        loader = build_loader(cfg, train_set, train=True, device=device)
+        criterion = build_criterion(cfg, [train_set.targets.count(c) for c in range(num_classes)]).to(device)
+        optimizer = create_optimizer(model, cfg.optimizer, lr=cfg.lr_finder_min, weight_decay=cfg.weight_decay,
+                                     momentum=cfg.momentum, nesterov=cfg.nesterov, lookahead=cfg.lookahead,
+                                     lookahead_alpha=cfg.lookahead_alpha, lookahead_k=cfg.lookahead_k)
+        steps = cfg.lr_finder_steps
+        ratio = cfg.lr_finder_max / cfg.lr_finder_min
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: ratio ** (min(s, steps - 1) / (steps - 1)))
+        lrs: list[float] = []
+        losses: list[float] = []
+        state = {"best": math.inf, "done": False}
+
+        def on_step(_: int, loss: float) -> bool:
+            lrs.append(ratio ** ((len(lrs)) / (steps - 1)) * cfg.lr_finder_min)
+            losses.append(loss)
+            smoothed = smooth(losses)[-1]
+            state["best"] = min(state["best"], smoothed)
+            state["done"] = len(losses) >= steps or not math.isfinite(loss) or smoothed > DIVERGENCE * state["best"]
+            return state["done"]
+
+        batch_hook, preprocess = build_batch_hook(cfg, train_set), preprocessor(cfg, device)
+        epoch = 0
+        while not state["done"]:
+            loader.sampler.set_epoch(epoch)
+            try:
+                train_one_epoch(model, loader, criterion, optimizer, preprocess=preprocess,
+                                scheduler=scheduler, dtype=amp_dtype(cfg.amp, cfg.amp_dtype, device),
+                                accumulation_steps=cfg.accumulation_steps, epoch=epoch,
+                                progress=not cfg.no_progress, batch_hook=batch_hook,
+                                on_step=on_step)
+            except FloatingPointError:
+                break  # the loss diverged: exactly where the sweep is meant to end
+            epoch += 1
+        smoothed = smooth(losses)
+        suggestion = suggest_lr(lrs, smoothed)
+        plot_lr_finder(lrs, losses, smoothed, suggestion, run_dir / "lr_finder.png")
+        result = {"suggested_lr": suggestion, "min_loss_lr": lrs[int(np.argmin(smoothed))], "steps": len(lrs),
+                  "plot": str(run_dir / "lr_finder.png")}
+        (run_dir / "lr_finder.json").write_text(json.dumps({**result, "lrs": lrs, "losses": losses}, indent=1))
+        logger.info("LR range test over %d steps: suggested LR %.3g (steepest descent); loss minimum at %.3g; "
+                    "plot %s", len(lrs), suggestion, result["min_loss_lr"], result["plot"])
+        return result

@@ -1,0 +1,74 @@
+"""Test top-1 on the bundled digits for every loss option (and the augmentation recipes), one run each.
+
+Every run uses the quickstart recipe (resnet18, 32x32, SGD 0.1 cosine, z_task_shell/configs/
+digits_resnet18.yaml) with one strategy changed, so the table compares like with like. Prints a
+markdown table; `--quick` runs 1 epoch of two options (what the test suite checks).
+
+    python benchmarks/loss_options.py [--epochs 30] [--only NAME ...] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+OPTIONS: dict[str, list[str]] = {
+    "softmax (baseline)": [],
+    "softmax, no label smoothing": ["--label_smoothing", "0"],
+    "bce": ["--criterion", "bce", "--label_smoothing", "0"],
+    "bce + ghm": ["--criterion", "bce", "--ghm_loss", "--label_smoothing", "0"],
+    "softmax + ohm 0.7": ["--ohm_loss"],
+    "softmax + threshold": ["--threshold_loss"],
+    "softmax + focal 2": ["--focal_loss"],
+    "softmax + weighted (auto)": ["--weighted_loss"],
+    "bce + focal + ohm": ["--criterion", "bce", "--focal_loss", "--ohm_loss", "--label_smoothing", "0"],
+    "randaugment + mixup 0.2": ["--aug", "--aug_policy", "randaugment", "--mixup", "0.2"],
+}
+
+
+def run_option(name: str, flags: list[str], epochs: int, out: Path) -> dict:
+    import main
+    tag = "".join(c if c.isalnum() else "_" for c in name)
+    argv = ["--train", "--config", str(ROOT / "z_task_shell/configs/digits_resnet18.yaml"), "--data",
+            str(ROOT / "data/digits"), "--output", str(out), "--tag", tag, "--epochs", str(epochs),
+            "--no_progress", *flags]
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main.main(argv)
+    if code != 0:
+        raise SystemExit(f"{name}: main.py exited {code}")
+    summary = json.loads((out / "resnet18" / tag / "metrics.json").read_text())["test"]
+    return {"name": name, "flags": " ".join(flags) or "(none)", "test_top1": summary["test_top1"],
+            "val_top1": summary["best_val_top1"], "minutes": (time.perf_counter() - start) / 60}
+
+
+def main_cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--only", nargs="+", default=None, help="option names to run (default: all)")
+    parser.add_argument("--quick", action="store_true", help="1 epoch of two options, to check the script works")
+    parser.add_argument("--output", default=None, help="where the runs go (default: a temporary folder)")
+    args = parser.parse_args()
+    from utils.make_digits import make_digits
+    make_digits(ROOT / "data/digits")
+    names = ["softmax (baseline)", "bce + ghm"] if args.quick else (args.only or list(OPTIONS))
+    epochs = 1 if args.quick else args.epochs
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.output or tmp)
+        rows = [run_option(n, OPTIONS[n], epochs, out) for n in names]
+    print(f"\n| loss / strategy | flags added to the recipe | test top-1 | best val top-1 | minutes |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['name']} | `{r['flags']}` | {r['test_top1']:.2f} | {r['val_top1']:.2f} | {r['minutes']:.1f} |")
+
+
+if __name__ == "__main__":
+    main_cli()

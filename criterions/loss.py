@@ -1,0 +1,65 @@
+"""``ModulatedLoss``: a head's loss terms times the product of its modifiers' weights.
+
+    t        = to_soft_targets(target, C, label_smoothing)        # one-hot or given soft targets, smoothed
+    terms, a = head.terms(logits, t)                             # N x C terms, active mask
+    w        = prod_m modifier_m(Terms(p, t, |p - t|, a, y))     # detached, 1 when no modifier
+    loss_i   = head.reduce(w * terms)                            # softmax: sum over C; bce: mean over C
+    loss     = mean_i(weight_i * loss_i)                         # plain mean over the batch
+
+Reduction: the plain mean over the batch of the per-sample losses times the optional per-sample
+``weight`` (curriculum); it is not divided by ``sum(weight)`` or by the sum of class weights (unlike
+``F.cross_entropy(weight=...)``), so a sample of weight 0 contributes no gradient and the scale of
+the weights is the scale of the loss. Modifiers see the batch before ``weight`` is applied: a sample
+of weight 0 still counts in GHM's histogram and OHM's ranking.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+
+from .base import Head, Terms, to_soft_targets
+
+__all__ = ["ModulatedLoss"]
+
+
+class ModulatedLoss(nn.Module):
+    """``loss(logits N x C, target N | N x C, weight N | None) -> scalar``; see the module docstring."""
+
+    def __init__(self, head: Head, modifiers: Mapping[str, nn.Module] | None = None, label_smoothing: float = 0.0):
+        super().__init__()
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+                or not 0 <= label_smoothing <= 1:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        self.head = head
+        self.label_smoothing = label_smoothing
+        self.modifiers = nn.ModuleDict(dict(modifiers or {}))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        if logits.dim() != 2:
+            raise ValueError(f"logits must be N x C, got shape {tuple(logits.shape)}")
+        n, num_classes = logits.shape
+        if target.shape not in ((n,), (n, num_classes)):
+            raise ValueError(f"target must be class indices ({n},) or soft targets ({n}, {num_classes}), "
+                             f"got shape {tuple(target.shape)}")
+        logits = logits.float()
+        t = to_soft_targets(target, num_classes, self.label_smoothing)
+        terms, active = self.head.terms(logits, t)
+        if len(self.modifiers):
+            p = self.head.probs(logits.detach())
+            labels = target.long() if target.dim() == 1 else target.argmax(dim=1)
+            context = Terms(p=p, t=t, g=(p - t).abs(), active=active, labels=labels, head=self.head)
+            w = torch.ones_like(terms)
+            for modifier in self.modifiers.values():
+                w = w * modifier(context)
+            terms = terms * w.detach()
+        losses = self.head.reduce(terms)
+        if weight is not None:
+            if weight.shape != (n,):
+                raise ValueError(f"weight must hold one value per sample ({n},), got shape {tuple(weight.shape)}")
+            losses = losses * weight.to(losses)
+        return losses.mean()
+
+    def extra_repr(self) -> str:
+        return f"head={self.head}, label_smoothing={self.label_smoothing}"

@@ -1,0 +1,224 @@
+"""Training strategies end to end: distillation, curriculum, LR range test, losses, augmentation, EMA."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+
+import config
+from applications.curriculum import curriculum_weights
+from applications.strategies import build_batch_hook, build_criterion, soften
+from conftest import TINY_CLASSES, read_json, run_main, tiny_train_args
+from dataloader import BatchPreprocessor, ClassificationDataset, create_transform
+from utils.checkpoint import load_checkpoint
+from utils.sidefiles import read_rows
+
+
+@pytest.fixture
+def data(tiny_data, tmp_path):
+    """A writable copy of the tiny folder dataset (side files are written into DATA)."""
+    return shutil.copytree(tiny_data["folder"], tmp_path / "data")
+
+
+def train(data, out, tag, *extra):
+    assert run_main(tiny_train_args(data, out, "--tag", tag, *extra)) == 0
+    return out / "resnet18" / tag
+
+
+def test_distillation_end_to_end(data, tmp_path, caplog):
+    teacher = train(data, tmp_path / "out", "teacher")
+    best = str(teacher / "checkpoints/best.pth")
+    assert run_main(["--knowledge", "train", "--resume", best, "--data", str(data), "-j", "0", "--no_progress"]) == 0
+    rows = read_rows(data / "distill_resnet18.txt", 3)
+    labels = read_rows(data / "label.txt", 3)
+    ds = ClassificationDataset(data, "folder", "train")
+    assert set(rows) == set(labels) == {ds.key(i) for i in range(len(ds))}
+    assert all(abs(sum(p) - 1) < 1e-4 for p in rows.values())
+    assert all(labels[ds.key(i)] == F.one_hot(torch.tensor(t), 3).tolist() for i, t in enumerate(ds.targets))
+    # existing files are kept unless --overwrite
+    assert run_main(["--knowledge", "train", "--resume", best, "--data", str(data), "-j", "0"]) == 1
+    assert "already exists; pass --overwrite" in caplog.text
+
+    # the student's targets are alpha * teacher + (1 - alpha) * label: checked on a real batch
+    cfg = config.parse_config(tiny_train_args(data, tmp_path / "out", "--distill", "--distill_alpha", "0.7"))
+    hook = build_batch_hook(cfg, ds)
+    index = torch.arange(len(ds))
+    target = torch.tensor(ds.targets)
+    _, soft, weight = hook(torch.zeros(len(ds), 3, 16, 16), target, index, 0, 0)
+    teacher_probs = torch.tensor([rows[ds.key(i)] for i in range(len(ds))])
+    teacher_probs = teacher_probs / teacher_probs.sum(1, keepdim=True)
+    assert weight is None
+    assert torch.allclose(soft, 0.7 * teacher_probs + 0.3 * F.one_hot(target, 3).float(), atol=1e-5)
+    student = train(data, tmp_path / "out", "student", "--distill", "--distill_alpha", "0.7", "--epochs", "1")
+    assert read_json(student / "metrics.json")["history"][0]["train_loss"] > 0
+
+
+def test_distill_temperature_and_missing_images(data, tmp_path, caplog):
+    ds = ClassificationDataset(data, "folder", "train")
+    keys = [ds.key(i) for i in range(len(ds))]
+    lines = [f"{k},0.6,0.3,0.1" for k in keys[1:]]  # the first image has no teacher output
+    (data / "distill_manual.txt").write_text("\n".join(lines) + "\n")
+    cfg = config.parse_config(tiny_train_args(data, tmp_path, "--distill", "--distill_temperature", "2"))
+    with pytest.raises(ValueError, match=r"1 of 30 training images are missing from the teacher files .*"
+                                         r"first: train/0/"):
+        build_batch_hook(cfg, ds)
+    cfg.distill_missing, cfg.distill_alpha = "label", 1.0
+    hook = build_batch_hook(cfg, ds)
+    _, soft, _ = hook(torch.zeros(2, 3, 16, 16), torch.tensor([0, 0]), torch.tensor([0, 1]), 0, 0)
+    assert soft[0].tolist() == [1.0, 0.0, 0.0]  # falls back to its label
+    expected = torch.tensor([0.6, 0.3, 0.1]) ** 0.5
+    assert torch.allclose(soft[1], expected / expected.sum(), atol=1e-6)  # T = 2 softens
+    assert torch.allclose(soften(torch.tensor([[0.6, 0.3, 0.1]]), 1.0, "softmax"), torch.tensor([[0.6, 0.3, 0.1]]))
+
+
+def test_distill_without_teacher_files_is_refused(data, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        config.parse_config(tiny_train_args(data, tmp_path, "--distill"))
+    assert "run --knowledge train --resume TEACHER.pth first" in capsys.readouterr().err
+
+
+def test_curriculum_end_to_end(data, tmp_path, caplog):
+    model_run = train(data, tmp_path / "out", "scorer")
+    best = str(model_run / "checkpoints/best.pth")
+    thresholds, weights = ["0.9", "0.6", "0.3", "0.0"], ["1", "0.5", "0.25", "0"]
+    assert run_main(["--make_curriculum", "--resume", best, "--data", str(data), "-j", "0", "--no_progress",
+                     "--curriculum_thresholds", *thresholds, "--curriculum_weights", *weights]) == 0
+    table = read_rows(data / "curriculum.txt", 1)
+    ds = ClassificationDataset(data, "folder", "train")
+    assert set(table) == {ds.key(i) for i in range(len(ds))}
+    assert {v[0] for v in table.values()} <= {1.0, 0.5, 0.25, 0.0}
+    # the weights follow the model's true-class probabilities
+    assert curriculum_weights(torch.tensor([0.95, 0.9, 0.7, 0.31, 0.1, 0.0]), [0.9, 0.6, 0.3, 0.0],
+                              [1, 0.5, 0.25, 0]).tolist() == [1, 0.5, 0.5, 0.25, 0, 0]
+    run = train(data, tmp_path / "out", "curriculum", "--curriculum_learning", "--epochs", "1")
+    assert read_json(run / "metrics.json")["history"][0]["train_loss"] >= 0
+
+
+def test_curriculum_zero_weight_gives_no_gradient(data, tmp_path):
+    ds = ClassificationDataset(data, "folder", "train", transform=create_transform(False, (16, 16)))
+    keys = [ds.key(i) for i in range(len(ds))]
+    weights = [0.0 if t == 0 else 1.0 for t in ds.targets]  # every image of class 0 weighs nothing
+    (data / "curriculum.txt").write_text("".join(f"{k},{w}\n" for k, w in zip(keys, weights)))
+    cfg = config.parse_config(tiny_train_args(data, tmp_path, "--curriculum_learning"))
+    hook = build_batch_hook(cfg, ds)
+    criterion = build_criterion(cfg, [10, 10, 10])
+    images = torch.stack([ds[i][0] for i in range(len(ds))])
+    x = BatchPreprocessor([0.5] * 3, [0.25] * 3, torch.device("cpu"))(images)
+    target, index = torch.tensor(ds.targets), torch.arange(len(ds))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))
+    x, t, w = hook(x, target, index, 0, 0)
+    criterion(model(x), t, w).backward()
+    with_curriculum = model[1].weight.grad.clone()
+    model.zero_grad()
+    keep = target != 0
+    (criterion(model(x[keep]), t[keep]) * keep.sum() / len(keep)).backward()
+    assert torch.allclose(with_curriculum, model[1].weight.grad, atol=1e-6)
+
+
+def test_curriculum_file_errors(data, tmp_path):
+    cfg = config.parse_config(tiny_train_args(data, tmp_path, "--curriculum_learning"))
+    ds = ClassificationDataset(data, "folder", "train")
+    with pytest.raises(FileNotFoundError, match="curriculum.txt does not exist; make it with --make_curriculum"):
+        build_batch_hook(cfg, ds)
+    (data / "curriculum.txt").write_text(f"{ds.key(0)},0.5\n")
+    with pytest.raises(ValueError, match="29 of 30 training images are missing"):
+        build_batch_hook(cfg, ds)
+    cfg.curriculum_missing_weight = 0.2
+    assert build_batch_hook(cfg, ds).curriculum.tolist()[:2] == [0.5, pytest.approx(0.2)]
+
+
+def test_lr_finder(data, tmp_path):
+    assert run_main(["--lr_finder", "--data", str(data), "--image_size", "16", "16", "-b", "8", "-j", "0",
+                     "--output", str(tmp_path), "--lr_finder_steps", "12", "--lr_finder_min", "1e-4",
+                     "--lr_finder_max", "1", "--no_progress"]) == 0
+    result = read_json(tmp_path / "resnet18/default/lr_finder.json")
+    lrs = result["lrs"]
+    assert 2 <= len(lrs) <= 12 and lrs[0] == pytest.approx(1e-4)
+    ratios = [b / a for a, b in zip(lrs, lrs[1:])]
+    assert all(r == pytest.approx(10 ** (4 / 11)) for r in ratios)  # exponential sweep
+    assert 1e-4 <= result["suggested_lr"] <= 1
+    assert (tmp_path / "resnet18/default/lr_finder.png").stat().st_size > 1000
+
+
+LOSS_OPTIONS = [
+    ["--criterion", "bce"], ["--criterion", "bce", "--ghm_loss"], ["--ohm_loss"], ["--threshold_loss"],
+    ["--focal_loss"], ["--weighted_loss"], ["--weighted_loss", "--class_weights", "1", "2", "0.5"],
+    ["--criterion", "bce", "--focal_loss", "--ohm_loss", "--label_smoothing", "0.1"],
+]
+
+
+@pytest.mark.parametrize("flags", LOSS_OPTIONS, ids=lambda f: "_".join(a.strip("-") for a in f))
+def test_every_loss_option_trains(tiny_data, tmp_path, flags):
+    run = train(tiny_data["folder"], tmp_path, "loss", "--epochs", "1", *flags)
+    h = read_json(run / "metrics.json")["history"][0]
+    assert h["train_loss"] > 0 and h["val_loss"] > 0
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert all(cfg[f.lstrip("-")] in (True, "bce", ["1", "2", "0.5"], 0.1) for f in flags if f.startswith("--"))
+
+
+def test_cost_matrix_from_yaml(tiny_data, tmp_path):
+    (tmp_path / "cost.txt").write_text("0 1 1\n5 0 1\n1 1 0\n")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"weighted_loss": True, "cost_matrix": str(tmp_path / "cost.txt"),
+                                                     "criterion": "bce", "epochs": 1}))
+    run = train(tiny_data["folder"], tmp_path, "cost", "--config", str(tmp_path / "c.yaml"))
+    assert read_json(run / "metrics.json")["history"][0]["train_loss"] > 0
+
+
+@pytest.mark.parametrize("flags", [
+    ["--aug", "--aug_policy", "randaugment"], ["--aug", "--aug_policy", "autoaugment", "--autoaugment_policy", "svhn"],
+    ["--aug", "--aug_policy", "trivialaugment"], ["--aug", "--aug_policy", "custom", "--custom_noise", "5"],
+    ["--random_erasing", "0.5", "--class_balanced"], ["--mixup", "0.2", "--cutmix", "1.0", "--multi_scale"],
+], ids=["randaugment", "autoaugment", "trivialaugment", "custom", "erasing_balanced", "mix_multiscale"])
+def test_augmentations_train_and_show_samples(tiny_data, tmp_path, flags):
+    run = train(tiny_data["folder"], tmp_path, "aug", "--epochs", "1", *flags)
+    assert (run / "augmented_samples.png").stat().st_size > 500
+    assert read_json(run / "metrics.json")["history"][0]["train_loss"] > 0
+
+
+def test_mixing_run_resumes_exactly(tiny_data, tmp_path):
+    """Mixup, cutmix, multi-scale, erasing and a policy all draw from seeded generators: a rerun
+    after a stop ends with the same weights."""
+    extra = ("--epochs", "2", "--mixup", "0.4", "--cutmix", "1.0", "--multi_scale", "--random_erasing", "0.3",
+             "--aug", "--aug_policy", "custom", "--ema", "--ema_decay", "0.9", "--criterion", "bce", "--ghm_loss")
+    full = train(tiny_data["folder"], tmp_path, "full", *extra)
+    part = tmp_path / "resnet18/part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copy(full / "config.yaml", part / "config.yaml")
+    shutil.copy(full / "checkpoints/last.pth.prev", part / "checkpoints/last.pth")
+    train(tiny_data["folder"], tmp_path, "part", *extra)
+    a, b = load_checkpoint(full / "checkpoints/last.pth"), load_checkpoint(part / "checkpoints/last.pth")
+    for key in ("model", "model_ema", "criterion"):
+        assert a[key].keys() == b[key].keys()
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+
+
+def test_ema_is_evaluated_and_saved(tiny_data, tmp_path):
+    run = train(tiny_data["folder"], tmp_path, "ema", "--ema", "--ema_decay", "0.5")
+    metrics = read_json(run / "metrics.json")
+    assert all("val_ema_top1" in h for h in metrics["history"]) and "test_ema_top1" in metrics["test"]
+    ckpt = load_checkpoint(run / "checkpoints/last.pth")
+    assert ckpt["model_ema"].keys() == ckpt["model"].keys()
+    assert any(not torch.equal(ckpt["model_ema"][k], ckpt["model"][k]) for k in ckpt["model"])
+
+
+@pytest.mark.parametrize("flags, lrs", [
+    (["--scheduler", "multistep", "--lr_steps", "1", "2", "--lr_ratios", "0.5", "0.25", "--epochs", "3"],
+     [0.05, 0.025, 0.0125]),
+    (["--scheduler", "step", "--lr_steps", "2", "--epochs", "3"], [0.05, 0.05, 0.005]),
+])
+def test_multistep_schedule_in_training(tiny_data, tmp_path, flags, lrs):
+    # 30 images, batch 8: 4 steps an epoch; the LR logged is the one after the epoch's last step
+    run = train(tiny_data["folder"], tmp_path, "ms", *flags)
+    logged = [h["lr"] for h in read_json(run / "metrics.json")["history"]]
+    assert logged == pytest.approx(lrs)
+
+
+@pytest.mark.parametrize("name", ["nadam", "lamb", "ranger"])
+def test_new_optimizers_train(tiny_data, tmp_path, name):
+    run = train(tiny_data["folder"], tmp_path, name, "--epochs", "1", "--optimizer", name, "--lr", "0.003")
+    assert read_json(run / "metrics.json")["history"][0]["train_loss"] > 0
