@@ -27,7 +27,19 @@ MODES: dict[str, str] = {
     "knowledge": "applications.knowledge",
     "make_curriculum": "applications.curriculum",
     "lr_finder": "applications.lr_finder",
+    "jit": "applications.convert",
+    "onnx": "applications.convert",
+    "predict": "applications.predict",
+    "visual_data": "applications.visualize",
+    "visual_source": "applications.visualize",
+    "flops": "applications.benchmark",
+    "throughput": "applications.benchmark",
+    "summary": "applications.benchmark",
+    "publish": "applications.benchmark",
 }
+# Modes that run a trained checkpoint and so need --resume.
+CHECKPOINT_MODES = ("evaluation", "knowledge", "make_curriculum", "jit", "onnx", "predict", "visual_data",
+                    "visual_source")
 
 DATASET_ALIASES = {"folder": "folder", "imagenet": "folder", "txt": "txt", "read_from_txt": "txt", "zip": "zip"}
 
@@ -35,7 +47,8 @@ DATASET_ALIASES = {"folder": "folder", "imagenet": "folder", "txt": "txt", "read
 # trained): anything else that differs from the saved config.yaml is refused (see ``config_conflicts``).
 RESUME_SAFE_KEYS = frozenset({
     "config", "train", "evaluation", "tag", "workers", "device", "epochs", "resume", "overwrite", "no_progress",
-    "eval_split", "out", "log_interval", "output",
+    "eval_split", "out", "log_interval", "output", "channels_last", "compile", "topk", "class_indices", "visualize",
+    "save_log", "visual_method", "visual_class", "visual_limit", "target_layer", "opset", "skip_bad_images",
 })
 
 
@@ -81,6 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score the training images with --resume and write DATA/curriculum.txt (path,weight)")
     g.add_argument("--lr_finder", action="store_true",
                    help="LR range test: a short sweep with an exponentially growing LR; saves lr_finder.png")
+    g.add_argument("--jit", action="store_true",
+                   help="export --resume as TorchScript to <run_dir>/export/model_jit.pt, verified against eager")
+    g.add_argument("--onnx", action="store_true",
+                   help="export --resume as ONNX to <run_dir>/export/model.onnx, verified in ONNX Runtime")
+    g.add_argument("--predict", type=str, default=None, metavar="SOURCE",
+                   help="classify an image, a folder (recursive) or a txt list with --resume; writes predictions.csv")
+    g.add_argument("--visual_data", choices=["train", "val", "test"], default=None,
+                   help="explain --resume's predictions on this split with --visual_method heatmaps")
+    g.add_argument("--visual_source", type=str, default=None, metavar="PATH",
+                   help="like --visual_data, for an image or a folder of images")
+    g.add_argument("--flops", action="store_true", help="parameters and FLOPs of --arch at --image_size, per module")
+    g.add_argument("--throughput", action="store_true",
+                   help="inference and training images/s at -b on the current device (eager, channels_last, compile, amp)")
+    g.add_argument("--summary", action="store_true", help="layer table: name, type, output shape, parameters")
+    g.add_argument("--publish", type=str, nargs=2, default=None, metavar=("CKPT", "OUT"),
+                   help="strip training state from CKPT and write OUT-<sha256[:8]>.pth")
 
     g = p.add_argument_group("data")
     g.add_argument("--data", type=str, default=str(DEFAULT_DATA), help="dataset root")
@@ -104,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--std", type=float, nargs=3, default=[0.229, 0.224, 0.225], help="normalisation std (RGB)")
     g.add_argument("-b", "--batch_size", type=int, default=64, help="batch size per device")
     g.add_argument("-j", "--workers", type=_workers, default=2, help="data-loading worker processes")
+    g.add_argument("--skip_bad_images", action="store_true",
+                   help="skip images that fail to decode (counted per epoch) instead of stopping with an error")
 
     g = p.add_argument_group("model")
     g.add_argument("--arch", type=str, default="resnet18",
@@ -141,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", action="store_true",
                    help="mixed precision (bf16 where supported, else fp16 with a gradient scaler)")
     g.add_argument("--amp_dtype", choices=["auto", "bf16", "fp16"], default="auto", help="mixed-precision dtype")
+    g.add_argument("--clip_grad", type=float, default=None, metavar="NORM",
+                   help="clip the gradient norm to this value before each optimizer step")
 
     g = p.add_argument_group("augmentation")
     g.add_argument("--aug", action="store_true", help="turn on the per-image augmentation policy --aug_policy")
@@ -211,6 +244,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr_finder_min", type=float, default=1e-6, help="LR range test: start LR")
     g.add_argument("--lr_finder_max", type=float, default=10.0, help="LR range test: end LR")
     g.add_argument("--lr_finder_steps", type=int, default=100, help="LR range test: number of steps")
+
+    g = p.add_argument_group("export, predict and explain")
+    g.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the newest the installed onnxruntime runs)")
+    g.add_argument("--topk", type=int, default=5, help="classes listed per image by --predict")
+    g.add_argument("--class_indices", type=str, default=None,
+                   help="JSON list or {index: name} map of class names, for checkpoints that carry none")
+    g.add_argument("-v", "--visualize", action="store_true", help="--predict: save each image annotated with its top classes")
+    g.add_argument("-s", "--save_log", action="store_true", help="--predict: also write a log of every prediction")
+    g.add_argument("--visual_method", choices=["cam", "grad-cam", "grad-cam++", "score-cam", "xgrad-cam", "eigen-cam",
+                                               "layer-cam"], default="grad-cam", help="heatmap method for --visual_data")
+    g.add_argument("--visual_class", type=str, default=None,
+                   help="explain this class (a name) instead of the predicted one")
+    g.add_argument("--visual_limit", type=int, default=None, help="at most this many images for --visual_data")
+    g.add_argument("--target_layer", type=str, default=None,
+                   help="dotted module name of the layer to explain (default: the family's last conv stage)")
+    g.add_argument("--channels_last", action="store_true", help="channels-last memory format for the model and inputs")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="random seed: the same seed repeats a CPU run exactly")
@@ -340,9 +390,17 @@ def validate(cfg: argparse.Namespace) -> None:
     if cfg.out is not None:
         need(Path(cfg.out).suffix in (".json", ".yaml", ".yml", ".pkl"),
              f"--out must end in .json, .yaml or .pkl, got {cfg.out!r}")
-    for mode in ("evaluation", "knowledge", "make_curriculum"):
+    for mode in CHECKPOINT_MODES:
         if getattr(cfg, mode):
             need(cfg.resume is not None, f"--{mode} needs a checkpoint: add --resume PATH/TO/best.pth")
+    need(cfg.clip_grad is None or cfg.clip_grad > 0, f"--clip_grad must be > 0, got {cfg.clip_grad}")
+    need(cfg.topk >= 1, f"--topk must be >= 1, got {cfg.topk}")
+    need(cfg.visual_limit is None or cfg.visual_limit >= 1, f"--visual_limit must be >= 1, got {cfg.visual_limit}")
+    for flag in ("predict", "visual_source", "class_indices"):
+        path = getattr(cfg, flag)
+        need(path is None or Path(path).exists(), f"--{flag}: {path!r} does not exist")
+    if cfg.publish:
+        need(Path(cfg.publish[0]).is_file(), f"--publish: checkpoint {cfg.publish[0]!r} does not exist")
     for flag in ("hflip", "mixup_prob", "mix_switch_prob", "random_erasing", "custom_hflip", "custom_vflip",
                  "custom_blur", "distill_alpha"):
         value = getattr(cfg, flag)
