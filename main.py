@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s: %s", type(e).__name__, e)
         return 1
     print(json.dumps(result, indent=2, default=str))
-    return 0
+    return 130 if result.get("interrupted") else 0
 
 
 if __name__ == "__main__":

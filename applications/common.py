@@ -54,7 +54,8 @@ def build_dataset(cfg: argparse.Namespace, split: str, class_names: Sequence[str
     transform = create_transform(train, cfg.image_size, train_resize=cfg.train_resize, rrc_scale=cfg.rrc_scale,
                                  hflip=cfg.hflip, eval_resize=cfg.eval_resize, crop_pct=cfg.crop_pct,
                                  policy=policy, random_erasing=cfg.random_erasing if train else 0.0)
-    return ClassificationDataset(cfg.data, cfg.dataset, split, class_names=class_names, transform=transform)
+    return ClassificationDataset(cfg.data, cfg.dataset, split, class_names=class_names, transform=transform,
+                                 skip_bad=getattr(cfg, "skip_bad_images", False))
 
 
 def build_loader(cfg: argparse.Namespace, dataset: ClassificationDataset, train: bool,

@@ -10,6 +10,8 @@ import json
 import logging
 import math
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +27,7 @@ from criterions import create_criterion
 from dataloader.enhancement import make_augmented_grid
 from models import create_model, extract_state_dict, load_state_dict_checked
 from optim import ModelEma, create_optimizer, create_scheduler
-from utils.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state,
+from utils.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, previous_path, restore_rng_state,
                               save_checkpoint)
 from utils.metrics import hard_labels, topk_correct
 from utils.misc import log_to_file, resolve_device, seed_everything
@@ -43,42 +45,62 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
                     scaler: torch.amp.GradScaler | None = None, dtype: torch.dtype | None = None,
                     accumulation_steps: int = 1, epoch: int = 0, progress: bool = True,
                     batch_hook: Callable | None = None, ema: ModelEma | None = None,
-                    on_step: Callable[[int, float], bool] | None = None) -> dict[str, float]:
+                    on_step: Callable[[int, float], bool] | None = None, clip_grad: float | None = None,
+                    start_batch: int = 0, partial: dict[str, float] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """One pass over ``loader``: forward, backward, an optimizer (and scheduler) step every
-    ``accumulation_steps`` micro-batches. Returns mean loss, top-1 on the hard labels, last LR, img/s.
+    ``accumulation_steps`` micro-batches. Returns mean loss, top-1 on the hard labels, the LR of the
+    last step, img/s, and the number of images skipped as undecodable.
 
-    ``batch_hook(images, target, index, epoch, step) -> (images, target, weight)`` applies per-batch
+    ``batch_hook(images, target, index, epoch, batch) -> (images, target, weight)`` applies per-batch
     strategies (soft targets, per-sample weights, mixing, rescaling); ``ema`` is updated after every
-    optimizer step; ``on_step(optimizer_steps, loss)`` is called after each step and may return True
-    to end the epoch early (the LR range test uses it).
+    optimizer step; ``clip_grad`` clips the gradient norm before it. ``on_step(steps, loss)`` and
+    ``should_stop()`` are asked after each optimizer step: True ends the epoch there (the LR range test;
+    a SIGTERM), and the result then says ``interrupted`` with ``batches_done`` and the running sums in
+    ``partial``, from which a later call continues (``start_batch``, ``partial``; the loader's sampler
+    must skip the same batches).
     """
     model.train()
     device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
     sizes = batch_sizes(loader)
     n_batches = len(sizes)
-    loss_sum, correct, seen, steps = 0.0, 0, 0, 0
+    sums = dict(partial or {"loss": 0.0, "correct": 0, "seen": 0, "expected": 0})
+    steps, seen_now, interrupted, batch = 0, 0, False, start_batch
     lr = optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"train {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
     optimizer.zero_grad(set_to_none=True)
     for i, (images, target, index) in enumerate(bar):
-        images, target, weight = preprocess(images), target.to(device, non_blocking=True), None
-        if batch_hook is not None:
-            images, target, weight = batch_hook(images, target, index, epoch, i)
+        batch = start_batch + i
+        sums["expected"] += sizes[i]
         group_start = i - i % accumulation_steps
         group_end = min(group_start + accumulation_steps, n_batches)
-        with autocast(device, dtype):
-            logits = model(images)
-            loss = criterion(logits, target, weight)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, step {i}: "
-                                     f"lower --lr or check the data")
-        # Weight each micro-batch by its share of the group's samples, so that accumulating k batches
-        # of b gives exactly the gradient of one batch of k*b (the last, smaller batch included).
-        scaled = loss * (images.shape[0] / sum(sizes[group_start:group_end]))
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if images.numel():
+            images, target, weight = preprocess(images), target.to(device, non_blocking=True), None
+            if batch_hook is not None:
+                images, target, weight = batch_hook(images, target, index, epoch, batch)
+            with autocast(device, dtype):
+                logits = model(images)
+                loss = criterion(logits, target, weight)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the loss became {loss.item()} at epoch {epoch + 1}, batch {batch + 1}: training stopped, "
+                    f"the last good checkpoint is kept; lower --lr or add --clip_grad (e.g. --clip_grad 5)")
+            # Weight each micro-batch by its share of the group's samples, so that accumulating k batches
+            # of b gives exactly the gradient of one batch of k*b (the last, smaller batch included).
+            scaled = loss * (images.shape[0] / sum(sizes[group_start:group_end]))
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            n = images.shape[0]
+            sums["loss"] += loss.item() * n
+            sums["correct"] += topk_correct(logits.detach(), hard_labels(target), (1,))[0]
+            sums["seen"] += n
+            seen_now += n
         if i + 1 == group_end:
             lr = optimizer.param_groups[0]["lr"]  # the LR this step used (reported per epoch)
+            if clip_grad is not None:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -90,19 +112,19 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
                 scheduler.step()
             if ema is not None:
                 ema.update(model)
-        n = images.shape[0]
-        loss_sum += loss.item() * n
-        correct += topk_correct(logits.detach(), hard_labels(target), (1,))[0]
-        seen += n
-        if progress and (i % 10 == 0 or i == n_batches - 1):
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                            img_s=f"{seen / (time.perf_counter() - start):.0f}")
-        if on_step is not None and i + 1 == group_end and on_step(steps, loss.item()):
-            break
+            stop_early = on_step is not None and images.numel() and on_step(steps, loss.item())
+            if stop_early or (should_stop is not None and should_stop()):
+                interrupted = i + 1 < n_batches
+                break
+        if progress and sums["seen"] and (i % 10 == 0 or i == n_batches - 1):
+            bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                            img_s=f"{seen_now / (time.perf_counter() - start):.0f}")
     elapsed = time.perf_counter() - start
-    return {"loss": loss_sum / max(1, seen), "top1": 100.0 * correct / max(1, seen),
-            "lr": lr, "img_per_s": seen / max(elapsed, 1e-9),
-            "steps": steps, "time": elapsed}
+    seen = max(1, sums["seen"])
+    return {"loss": sums["loss"] / seen, "top1": 100.0 * sums["correct"] / seen, "lr": lr,
+            "img_per_s": seen_now / max(elapsed, 1e-9), "steps": steps, "time": elapsed,
+            "skipped": sums["expected"] - sums["seen"], "interrupted": interrupted, "batches_done": batch + 1,
+            "partial": sums}
 
 
 def batch_sizes(loader: torch.utils.data.DataLoader) -> list[int]:
@@ -123,6 +145,8 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: n
     loss_sum, top1, top5, seen = 0.0, 0, 0, 0
     outputs: dict[str, list[torch.Tensor]] = {"logits": [], "targets": [], "indices": []}
     for images, target, index in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        if not images.numel():
+            continue
         images, target = preprocess(images), target.to(device, non_blocking=True)
         with autocast(device, dtype):
             logits = model(images)
@@ -136,7 +160,7 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: n
             outputs["targets"].append(target.cpu())
             outputs["indices"].append(index)
     result: dict[str, Any] = {"top1": 100.0 * top1 / max(1, seen), "top5": 100.0 * top5 / max(1, seen),
-                              "count": seen}
+                              "count": seen, "skipped": sum(batch_sizes(loader)) - seen}
     if criterion is not None:
         result["loss"] = loss_sum / max(1, seen)
     if return_outputs:
@@ -183,7 +207,7 @@ def _prepare_run_dir(cfg: argparse.Namespace, run_dir: Path) -> Path | None:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         return None
     saved_cfg = run_dir / "config.yaml"
-    if saved_cfg.is_file() and last.is_file():
+    if saved_cfg.is_file() and (last.is_file() or previous_path(last).is_file()):
         conflicts = config_conflicts(yaml.safe_load(saved_cfg.read_text()) or {}, cfg)
         if conflicts:
             diff = "; ".join(f"--{k}: {a!r} -> {b!r}" for k, (a, b) in conflicts.items())
@@ -191,6 +215,48 @@ def _prepare_run_dir(cfg: argparse.Namespace, run_dir: Path) -> Path | None:
                              f"--tag, pass --overwrite to start afresh, or --resume to continue from a checkpoint")
         return last
     return None
+
+
+def load_resume_checkpoint(path: Path) -> tuple[dict[str, Any], Path]:
+    """Load the checkpoint to resume from; a missing, corrupt or truncated one is reported and the
+    previous one (``last.pth.prev``) used instead, when there is one."""
+    try:
+        return load_checkpoint(path), path
+    except CheckpointError as e:
+        prev = previous_path(path)
+        if not prev.is_file():
+            raise
+        logger.error("%s; falling back to the previous checkpoint %s", e, prev)
+        return load_checkpoint(prev), prev
+
+
+class StopRequest:
+    """Turns the first SIGINT/SIGTERM into a request to stop after the current optimizer step (a second
+    one interrupts at once); the handlers are restored on exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("%s received: finishing the current step, then saving last.pth (again to stop at once)",
+                       signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __call__(self) -> bool:
+        return self.requested
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -245,9 +311,9 @@ def _train(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     preprocess = preprocessor(cfg, device)
 
-    start_epoch, best_top1, history = 0, -1.0, []
+    start_epoch, start_batch, partial, best_top1, history = 0, 0, None, -1.0, []
     if resume_from is not None:
-        ckpt = load_checkpoint(resume_from)
+        ckpt, resume_from = load_resume_checkpoint(resume_from)
         if ckpt.get("class_names") not in (None, class_names):
             raise CheckpointError(f"{resume_from} was trained on classes {ckpt['class_names'][:10]}, "
                                   f"the data has {class_names[:10]}")
@@ -265,7 +331,11 @@ def _train(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             ema.module.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") else model.state_dict())
         restore_rng_state(ckpt["rng"])
         start_epoch, best_top1, history = ckpt["epoch"] + 1, ckpt["best_top1"], list(ckpt.get("history", []))
-        logger.info("resumed from %s at epoch %d (best val top-1 so far %.2f)", resume_from, start_epoch, best_top1)
+        if ckpt.get("resume_at"):  # stopped mid-epoch: continue at the next batch of that epoch
+            start_epoch, start_batch = ckpt["resume_at"]["epoch"], ckpt["resume_at"]["batch"]
+            partial = ckpt["resume_at"]["partial"]
+        logger.info("resumed from %s at epoch %d%s (best val top-1 so far %.2f)", resume_from, start_epoch + 1,
+                    f", batch {start_batch + 1}" if start_batch else "", best_top1)
 
     from torch.utils.tensorboard import SummaryWriter
     writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
@@ -275,13 +345,26 @@ def _train(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         writer.add_image("train/augmented_samples", grid, 0)
     ckpt_dir = run_dir / "checkpoints"
     progress = not cfg.no_progress
+    stop = StopRequest()
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            train_loader.sampler.set_epoch(epoch)
-            tr = train_one_epoch(model, train_loader, criterion, optimizer, preprocess=preprocess,
-                                 scheduler=scheduler, scaler=scaler, dtype=dtype,
-                                 accumulation_steps=cfg.accumulation_steps, epoch=epoch, progress=progress,
-                                 batch_hook=batch_hook, ema=ema)
+            train_loader.sampler.set_epoch(epoch, start=start_batch * cfg.batch_size)
+            with stop:
+                tr = train_one_epoch(model, train_loader, criterion, optimizer, preprocess=preprocess,
+                                     scheduler=scheduler, scaler=scaler, dtype=dtype,
+                                     accumulation_steps=cfg.accumulation_steps, epoch=epoch, progress=progress,
+                                     batch_hook=batch_hook, ema=ema, clip_grad=cfg.clip_grad,
+                                     start_batch=start_batch, partial=partial, should_stop=stop)
+            start_batch, partial = 0, None
+            if tr["interrupted"]:
+                state = checkpoint_state(model, optimizer, scheduler, scaler, epoch=epoch - 1, best_top1=best_top1,
+                                         class_names=class_names, cfg=cfg, history=history, criterion=criterion,
+                                         ema=ema)
+                state["resume_at"] = {"epoch": epoch, "batch": tr["batches_done"], "partial": tr["partial"]}
+                save_checkpoint(state, ckpt_dir / "last.pth", keep_previous=True)
+                logger.warning("stopped at epoch %d, batch %d; saved %s. Rerun the same command to resume there.",
+                               epoch + 1, tr["batches_done"], ckpt_dir / "last.pth")
+                return {"run_dir": str(run_dir), "interrupted": True, "epoch": epoch, "batch": tr["batches_done"]}
             va = evaluate(model, val_loader, val_criterion, preprocess=preprocess, dtype=dtype, progress=progress,
                           desc=f"val {epoch}")
             is_best = va["top1"] > best_top1
@@ -289,6 +372,11 @@ def _train(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             row = {"epoch": epoch, "train_loss": tr["loss"], "train_top1": tr["top1"], "lr": tr["lr"],
                    "val_loss": va["loss"], "val_top1": va["top1"], "val_top5": va["top5"],
                    "img_per_s": tr["img_per_s"], "time": tr["time"]}
+            if cfg.skip_bad_images:
+                row.update(skipped_train=tr["skipped"], skipped_val=va["skipped"])
+                if tr["skipped"] or va["skipped"]:
+                    logger.warning("epoch %d: skipped %d training and %d validation images that failed to decode",
+                                   epoch + 1, tr["skipped"], va["skipped"])
             if ema is not None:
                 va_ema = evaluate(ema.module, val_loader, val_criterion, preprocess=preprocess, dtype=dtype)
                 row.update(val_ema_loss=va_ema["loss"], val_ema_top1=va_ema["top1"], val_ema_top5=va_ema["top5"])
@@ -301,7 +389,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
                 save_checkpoint(state, ckpt_dir / "best.pth")
             _write_json(run_dir / "metrics.json", {"history": history})
             for key, value in row.items():
-                if key not in ("epoch", "time"):
+                if key not in ("epoch", "time") and not key.startswith("skipped"):
                     name = {"lr": "train/lr", "img_per_s": "train/img_per_s"}.get(key, key.replace("_", "/", 1))
                     writer.add_scalar(name, value, epoch + 1)
             writer.flush()
@@ -309,6 +397,9 @@ def _train(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
                         "lr %.2e  %.0f img/s%s", epoch + 1, cfg.epochs, tr["loss"], tr["top1"], va["loss"],
                         va["top1"], va["top5"], f"  ema top-1 {row['val_ema_top1']:.2f}" if ema else "",
                         tr["lr"], tr["img_per_s"], "  *best*" if is_best else "")
+            if stop.requested:  # a signal during validation: the epoch is saved, stop before the next
+                logger.warning("stopped after epoch %d; rerun the same command to resume.", epoch + 1)
+                return {"run_dir": str(run_dir), "interrupted": True, "epoch": epoch + 1, "batch": 0}
     finally:
         writer.close()
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .io import IMG_EXTENSIONS, decode_rgb
+from .io import IMG_EXTENSIONS, ImageDecodeError, decode_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -255,8 +255,8 @@ class ClassificationDataset(Dataset):
     """
 
     def __init__(self, root: str | Path, kind: str, split: str, class_names: Sequence[str] | None = None,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        self.root, self.kind, self.split = Path(root), kind, split
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, skip_bad: bool = False):
+        self.root, self.kind, self.split, self.skip_bad = Path(root), kind, split, skip_bad
         self.class_names = list(class_names) if class_names is not None else read_class_names(root, kind)
         layout = get_layout(kind)
         if not layout.exists(self.root, split):
@@ -291,9 +291,17 @@ class ClassificationDataset(Dataset):
     def _describe(self, source: str) -> str:
         return f"{self.root / (self.split + '.zip')}:{source}" if self.kind == "zip" else source
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int] | None:
+        """``(uint8 image, label, index)``; None for an undecodable image when ``skip_bad`` is set."""
         index, seed = key if isinstance(key, tuple) else (key, None)
-        image = self.load(index)
+        try:
+            image = self.load(index)
+        except ImageDecodeError as e:
+            if not self.skip_bad:
+                raise ImageDecodeError(f"{e}; fix or remove the file (python utils/check_images.py {self.root} "
+                                       f"lists every bad one), or pass --skip_bad_images") from None
+            logger.warning("skipping %s", e)
+            return None
         if self.transform is not None:
             if seed is None:
                 image = self.transform(image)

@@ -1,14 +1,45 @@
 """Samplers, the DataLoader factory and the on-device batch preprocessing."""
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 
-class SeededSampler(Sampler):
+class EpochSampler(Sampler):
+    """Base of the training/evaluation samplers: keys are a pure function of (seed, epoch).
+
+    ``set_epoch(epoch, start)`` selects the epoch and skips its first ``start`` keys, which is how a
+    run interrupted mid-epoch resumes exactly where it stopped. Subclasses yield every key of the
+    epoch for this rank from ``_keys`` and give their count in ``full_length``.
+    """
+
+    epoch: int = 0
+    start: int = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def full_length(self) -> int:
+        raise NotImplementedError
+
+    def _keys(self) -> Iterator[tuple[int, int]]:
+        raise NotImplementedError
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+
+    def __len__(self) -> int:
+        return max(0, self.full_length() - self.start)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return itertools.islice(self._keys(), self.start, None)
+
+
+class SeededSampler(EpochSampler):
     """Yields ``(index, sample_seed)`` keys; the order and seeds are a pure function of (seed, epoch).
 
     Like ``DistributedSampler`` it shards the (padded) order across ``world_size`` ranks, so it serves
@@ -19,32 +50,24 @@ class SeededSampler(Sampler):
                  pad: bool = True):
         self.size, self.shuffle, self.seed = size, shuffle, seed
         self.rank, self.world_size, self.pad = rank, world_size, pad
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _num_samples(self) -> int:
+    def full_length(self) -> int:
         if self.pad:
             return math.ceil(self.size / self.world_size)
         return len(range(self.rank, self.size, self.world_size))
 
-    def __len__(self) -> int:
-        return self._num_samples()
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        g = torch.Generator()
-        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+    def _keys(self) -> Iterator[tuple[int, int]]:
+        g = self._generator()
         order = torch.randperm(self.size, generator=g).tolist() if self.shuffle else list(range(self.size))
         if self.pad and self.world_size > 1:
-            total = self._num_samples() * self.world_size
+            total = self.full_length() * self.world_size
             order += order[: total - len(order)]
         seeds = torch.randint(0, 2**62, (self.size,), generator=g).tolist()
         for index in order[self.rank::self.world_size]:
             yield index, seeds[index]
 
 
-class ClassBalancedSampler(Sampler):
+class ClassBalancedSampler(EpochSampler):
     """Draws ``len(targets)`` keys per epoch with replacement, each class equally likely.
 
     A sample is drawn with probability proportional to ``1 / count(its class)`` (``torch.multinomial``
@@ -61,22 +84,26 @@ class ClassBalancedSampler(Sampler):
         counts = torch.bincount(labels)
         self.weights = 1.0 / counts[labels].double()
         self.size, self.seed, self.rank, self.world_size = len(labels), seed, rank, world_size
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
+    def full_length(self) -> int:
         return math.ceil(self.size / self.world_size)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        g = torch.Generator()
-        g.manual_seed(self.seed * 1_000_003 + self.epoch)
-        total = len(self) * self.world_size
+    def _keys(self) -> Iterator[tuple[int, int]]:
+        g = self._generator()
+        total = self.full_length() * self.world_size
         order = torch.multinomial(self.weights, total, replacement=True, generator=g).tolist()
         seeds = torch.randint(0, 2**62, (total,), generator=g).tolist()
         for position in range(self.rank, total, self.world_size):
             yield order[position], seeds[position]
+
+
+def collate_skipping_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``default_collate`` minus the samples a dataset skipped (returned as None with
+    ``--skip_bad_images``); an all-bad batch becomes empty tensors, which the loops pass over."""
+    batch = [item for item in batch if item is not None]
+    if not batch:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+    return default_collate(batch)
 
 
 def create_loader(dataset: Dataset, *, batch_size: int, workers: int, train: bool, seed: int = 0,
@@ -98,7 +125,7 @@ def create_loader(dataset: Dataset, *, batch_size: int, workers: int, train: boo
     drop_last = train and len(sampler) % batch_size == 1  # a batch of one breaks batch norm
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-        drop_last=drop_last, persistent_workers=workers > 0,
+        drop_last=drop_last, collate_fn=collate_skipping_bad, persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
     )
 

@@ -75,7 +75,7 @@ def test_resume_continues_epoch_counter_and_optimizer(tiny_data, tmp_path, caplo
     args3 = [a if a != "2" or args[i - 1] != "--epochs" else "3" for i, a in enumerate(args)]
     assert run_main(args3) == 0
     after = load_checkpoint(last)
-    assert "resumed from" in caplog.text and "at epoch 2" in caplog.text
+    assert "resumed from" in caplog.text and "at epoch 3 (" in caplog.text
     assert after["epoch"] == 2 and [h["epoch"] for h in after["history"]] == [0, 1, 2]
     steps_per_epoch = before["scheduler"]["last_epoch"] // 2
     assert after["scheduler"]["last_epoch"] == 3 * steps_per_epoch

@@ -49,8 +49,12 @@ def make_augmented_grid(dataset: Dataset, n: int = 32, seed: int = 0, mean: Sequ
     images = []
     for index, sample_seed in enumerate(seeds):
         item = dataset[(index, sample_seed)]
+        if item is None:  # an undecodable image skipped with --skip_bad_images
+            continue
         image = item[0] if isinstance(item, (tuple, list)) else item
         images.append(_to_unit_float(image, mean, std))
+    if not images:
+        raise ValueError(f"none of the first {count} samples could be decoded")
     sizes = {tuple(im.shape[-2:]) for im in images}
     if len(sizes) > 1:
         size = (max(s[0] for s in sizes), max(s[1] for s in sizes))

@@ -1,0 +1,196 @@
+"""Bad data, killed runs and non-finite losses: each met with a clear error and nothing lost."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from conftest import ROOT, read_json, run_main, tiny_train_args
+from utils.check_images import check_dataset
+from utils.checkpoint import load_checkpoint, previous_path
+from utils.make_digits import make_digits
+
+
+def png_bytes(mode: str = "RGB", size=(16, 16), **save) -> bytes:
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8))
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(img.convert("L"), dtype=np.uint16) * 257)
+    elif mode == "P":
+        img = img.convert("P")
+        save["transparency"] = 0
+    elif mode != "RGB":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG" if mode == "CMYK" else "PNG", **save)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def seeded_bad(tiny_data, tmp_path):
+    """The tiny folder dataset plus one file of each kind of problem in train/1."""
+    root = shutil.copytree(tiny_data["folder"], tmp_path / "data")
+    folder = root / "train" / "1"
+    good = png_bytes()
+    files = {
+        "zero.png": b"",
+        "text.png": b"this is not an image at all\n",
+        "truncated.png": good[: len(good) // 2],
+        "garbled.jpg": b"\xff\xd8\xff\xe0" + os.urandom(200),
+        "cmyk.jpg": png_bytes("CMYK"),
+        "sixteen.png": png_bytes("I;16"),
+        "palette.png": png_bytes("P"),
+        "notes.txt": b"stray file",
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return root
+
+
+EXPECTED = {"zero.png": ("bad", "zero-byte"), "text.png": ("bad", "not an image"),
+            "truncated.png": ("bad", "truncated"), "garbled.jpg": ("bad", ""),
+            "cmyk.jpg": ("unusual", "CMYK"), "sixteen.png": ("unusual", "16-bit"),
+            "palette.png": ("unusual", "palette image with transparency"), "notes.txt": ("stray", "")}
+
+
+def test_check_images_finds_one_of_each_kind(seeded_bad):
+    findings = {Path(f.source).name: f for f in check_dataset(seeded_bad, workers=2)}
+    for name, (status, reason) in EXPECTED.items():
+        assert findings[name].status == status and reason in findings[name].reason, (name, findings[name])
+    problems = {n for n, f in findings.items() if f.status != "ok"}
+    assert problems == set(EXPECTED)
+
+
+def test_check_images_cli_exit_code_summary_and_move(seeded_bad, tmp_path):
+    cmd = [sys.executable, "utils/check_images.py", str(seeded_bad), "-j", "2", "--no_progress"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 1, r.stderr
+    assert "4 bad, 3 unusual, 1 stray" in r.stdout and "zero-byte file" in r.stdout
+    assert any(line.split()[:2] == ["train", "1"] and line.split()[3] == "4" for line in r.stdout.splitlines())
+    r = subprocess.run(cmd + ["--move_bad_to", str(tmp_path / "quarantine")], cwd=ROOT, capture_output=True, text=True)
+    assert sorted(p.name for p in (tmp_path / "quarantine/train/1").iterdir()) == \
+        ["garbled.jpg", "text.png", "truncated.png", "zero.png"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "0 bad, 3 unusual" in r.stdout
+    assert subprocess.run(cmd + ["--strict"], cwd=ROOT, capture_output=True, text=True).returncode == 1
+
+
+def test_check_images_on_txt_and_zip_and_the_bundled_digits(tiny_data):
+    for kind in ("txt", "zip"):
+        findings = check_dataset(tiny_data[kind], workers=1)
+        assert len(findings) == 54 and all(f.status == "ok" for f in findings)
+    digits = make_digits(ROOT / "data" / "digits")
+    findings = check_dataset(digits, workers=2)
+    assert len(findings) == 1797 and all(f.status == "ok" for f in findings)
+
+
+def test_bad_image_stops_training_unless_skipped(tiny_data, tmp_path, caplog):
+    root = shutil.copytree(tiny_data["folder"], tmp_path / "data")
+    (root / "train" / "7" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    assert run_main(tiny_train_args(root, tmp_path / "out", "--tag", "strict", "--epochs", "1")) == 1
+    assert "broken.png: cannot decode image" in caplog.text and "--skip_bad_images" in caplog.text
+    assert run_main(tiny_train_args(root, tmp_path / "out", "--tag", "skip", "--epochs", "1", "--skip_bad_images")) == 0
+    history = read_json(tmp_path / "out/resnet18/skip/metrics.json")["history"]
+    assert history[0]["skipped_train"] == 1 and history[0]["skipped_val"] == 0
+    assert "skipped 1 training and 0 validation images" in caplog.text
+
+
+def test_non_finite_loss_stops_with_advice(tiny_data, tmp_path, caplog):
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--lr", "1e30", "--epochs", "2")) == 1
+    assert "the loss became" in caplog.text and "at epoch 1, batch" in caplog.text
+    assert "lower --lr or add --clip_grad" in caplog.text
+    ckpts = tmp_path / "resnet18/default/checkpoints"
+    assert not ckpts.exists() or all(p.suffix in (".pth", ".prev") for p in ckpts.iterdir())
+
+
+def test_clip_grad_bounds_the_update(tiny_data):
+    from applications.train import train_one_epoch
+    from criterions import create_criterion
+    from dataloader import BatchPreprocessor, ClassificationDataset, create_loader, create_transform
+    ds = ClassificationDataset(tiny_data["folder"], "folder", "train", transform=create_transform(False, (16, 16)))
+    loader = create_loader(ds, batch_size=30, workers=0, train=True)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))
+    with torch.no_grad():
+        model[1].weight.mul_(1000)  # huge logits, huge gradients
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    train_one_epoch(model, loader, create_criterion("softmax"), opt, clip_grad=0.5, progress=False,
+                    preprocess=BatchPreprocessor([0.5] * 3, [0.25] * 3, torch.device("cpu")))
+    step = torch.cat([(p - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert step.norm().item() == pytest.approx(0.5, rel=1e-4)
+
+
+def test_corrupt_last_checkpoint_falls_back_to_the_previous(tiny_data, tmp_path, caplog):
+    args = tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "c")  # 2 epochs
+    assert run_main(args) == 0
+    last = tmp_path / "resnet18/c/checkpoints/last.pth"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk
+    args[args.index("--epochs") + 1] = "3"
+    assert run_main(args) == 0
+    assert "corrupt or truncated" in caplog.text and "falling back to the previous checkpoint" in caplog.text
+    assert load_checkpoint(last)["epoch"] == 2
+    # epoch 2 was redone from the epoch-1 checkpoint: the history holds each epoch once
+    assert [h["epoch"] for h in read_json(tmp_path / "resnet18/c/metrics.json")["history"]] == [0, 1, 2]
+
+
+def _cli(args):
+    return [sys.executable, str(ROOT / "main.py"), *args]
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 240) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if path.is_file() and text in path.read_text():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (code {proc.returncode}) before {text!r} appeared in {path}")
+        time.sleep(0.02)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+KILL_FLAGS = ("--epochs", "3", "--image_size", "32", "32", "-b", "4", "--train_resize", "rrc", "--hflip", "0.5",
+              "--mixup", "0.3", "--scheduler", "step")
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_killed_run_resumes_to_identical_weights(tiny_data, tmp_path, sig):
+    """A run killed in epoch 2 of 3 and started again with the same command ends with exactly the
+    weights of a run never interrupted (SIGKILL: from the epoch-1 checkpoint; SIGTERM: from the step
+    it stopped at)."""
+    ref = tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "ref", *KILL_FLAGS)
+    assert run_main(ref) == 0
+    args = tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "killed", *KILL_FLAGS)
+    log = tmp_path / "resnet18/killed/log.txt"
+    proc = subprocess.Popen(_cli(args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(log, "epoch 1/3", proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=240)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 130, err
+        assert "Rerun the same command to resume" in err or "rerun the same command to resume" in err
+        state = load_checkpoint(tmp_path / "resnet18/killed/checkpoints/last.pth")
+        assert state.get("resume_at") is None or state["resume_at"]["epoch"] == 1
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    assert subprocess.run(_cli(args), cwd=ROOT, capture_output=True, text=True).returncode == 0
+    _same_weights(tmp_path / "resnet18/ref/checkpoints/last.pth", tmp_path / "resnet18/killed/checkpoints/last.pth")
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("time", "img_per_s")} for r in h]  # noqa: E731
+    assert strip(read_json(tmp_path / "resnet18/ref/metrics.json")["history"]) == \
+        strip(read_json(tmp_path / "resnet18/killed/metrics.json")["history"])

@@ -1,0 +1,218 @@
+"""Check every image of a dataset (class folders, txt lists or zip archives) before training on it.
+
+Each image is fully decoded, with the project's own decoder (as training reads it) and with Pillow
+(which notices truncation that libjpeg/libpng tolerate). Reported, with the reason:
+
+  bad      zero-byte, non-image (an image name but not an image), unreadable or truncated files
+  unusual  images that decode but in an unusual mode (CMYK, 16-bit, palette with transparency):
+           training converts them to RGB, but they are worth a look
+  stray    files in class folders without an image extension (training ignores them)
+
+A summary counts images, bad and unusual files per split and class. The exit code is 1 when any file
+is bad (with ``--strict``, also when any is unusual), else 0.
+
+    python utils/check_images.py DATA [--dataset folder|txt|zip] [--move_bad_to DIR] [-j N] [--strict]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+
+from dataloader.datasets import LAYOUTS, DatasetError  # noqa: E402
+from dataloader.io import IMG_EXTENSIONS, ImageDecodeError, decode_rgb  # noqa: E402
+
+logger = logging.getLogger("check_images")
+SPLITS = ("train", "val", "test")
+UNUSUAL_MODES = {"CMYK": "CMYK", "I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit integer",
+                 "F": "32-bit float"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One checked image: where it is, its split and class, and what (if anything) is wrong."""
+    split: str
+    label: str
+    source: str            # a file path, or "<archive>:<member>"
+    status: str            # ok | bad | unusual | stray
+    reason: str = ""
+
+
+def detect_kind(root: Path) -> str:
+    """The dataset layout: zip archives, txt lists, or class folders."""
+    if (root / "train.zip").is_file():
+        return "zip"
+    if (root / "train.txt").is_file():
+        return "txt"
+    return "folder"
+
+
+def check_bytes(data: bytes, name: str) -> tuple[str, str]:
+    """``(status, reason)`` for one encoded image."""
+    if not data:
+        return "bad", "zero-byte file"
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            mode, info = im.mode, dict(im.info)
+            im.load()
+    except UnidentifiedImageError:
+        return "bad", "not an image (Pillow cannot identify it)"
+    except (OSError, SyntaxError, ValueError) as e:
+        kind = "truncated" if "truncated" in str(e).lower() else "unreadable"
+        return "bad", f"{kind}: {e}"
+    try:
+        decode_rgb(data, name)
+    except ImageDecodeError as e:
+        return "bad", f"unreadable by the training decoder: {e}"
+    if mode in UNUSUAL_MODES:
+        return "unusual", f"{UNUSUAL_MODES[mode]} image (mode {mode}); training converts it to 8-bit RGB"
+    if mode in ("P", "PA") and ("transparency" in info or mode == "PA"):
+        return "unusual", f"palette image with transparency (mode {mode}); training drops the transparency"
+    return "ok", ""
+
+
+def _check_task(task: tuple[str, str, str, str | None]) -> Finding:
+    split, label, source, archive = task
+    try:
+        if archive is None:
+            with open(source, "rb") as f:
+                data = f.read()
+            name = source
+        else:
+            import zipfile
+            with zipfile.ZipFile(archive) as zf:
+                data = zf.read(source)
+            name = f"{archive}:{source}"
+    except OSError as e:
+        return Finding(split, label, source, "bad", f"cannot read: {e}")
+    status, reason = check_bytes(data, name)
+    return Finding(split, label, name, status, reason)
+
+
+def _tasks(root: Path, kind: str) -> tuple[list[tuple[str, str, str, str | None]], list[Finding]]:
+    """Every image to check, and findings already known without decoding (stray files, list errors)."""
+    layout = LAYOUTS[kind]
+    findings: list[Finding] = []
+    try:
+        class_names = layout.classes(root)
+    except DatasetError as e:
+        return [], [Finding("-", "-", str(root), "bad", str(e))]
+    tasks = []
+    for split in SPLITS:
+        if not layout.exists(root, split):
+            continue
+        try:
+            samples = layout.samples(root, split, class_names)
+        except DatasetError as e:
+            findings.append(Finding(split, "-", str(root), "bad", str(e)))
+            continue
+        archive = str(root / f"{split}.zip") if kind == "zip" else None
+        tasks += [(split, class_names[label], source, archive) for source, label in samples]
+        if kind == "folder":
+            for class_dir in sorted(d for d in (root / split).iterdir() if d.is_dir()):
+                for dirpath, _, files in os.walk(class_dir):
+                    for f in sorted(files):
+                        if not f.lower().endswith(IMG_EXTENSIONS) and not f.startswith("."):
+                            findings.append(Finding(split, class_dir.name, os.path.join(dirpath, f), "stray",
+                                                    "not an image extension: training ignores it"))
+    return tasks, findings
+
+
+def check_dataset(root: str | Path, kind: str | None = None, workers: int = 1,
+                  progress: bool = False) -> list[Finding]:
+    """Check every image of the dataset at ``root``; returns one finding per image (and stray file)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset root {str(root)!r} does not exist")
+    tasks, findings = _tasks(root, kind or detect_kind(root))
+    from tqdm import tqdm
+    bar = tqdm(total=len(tasks), desc="checking", disable=not progress, dynamic_ncols=True)
+    if workers > 1 and len(tasks) > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            for finding in pool.imap(_check_task, tasks, chunksize=32):
+                findings.append(finding)
+                bar.update()
+    else:
+        for task in tasks:
+            findings.append(_check_task(task))
+            bar.update()
+    bar.close()
+    return findings
+
+
+def move_bad(findings: list[Finding], root: Path, target: Path) -> list[tuple[str, str]]:
+    """Move bad files below ``target`` keeping their path relative to ``root``; members of zip
+    archives cannot be moved and are left (and said so)."""
+    moved = []
+    for f in findings:
+        if f.status != "bad" or not Path(f.source).is_file():
+            continue
+        src = Path(f.source).resolve()
+        try:
+            rel = src.relative_to(root.resolve())
+        except ValueError:
+            rel = Path(f.split) / f.label / src.name
+        dst = target / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(src), dst)
+        moved.append((str(src), str(dst)))
+    return moved
+
+
+def summarise(findings: list[Finding]) -> list[str]:
+    """Lines of a per-split, per-class table: images, bad, unusual."""
+    counts: Counter = Counter()
+    for f in findings:
+        if f.status != "stray":
+            counts[(f.split, f.label, "images")] += 1
+        counts[(f.split, f.label, f.status)] += 1
+    keys = sorted({(s, c) for s, c, _ in counts})
+    lines = [f"{'split':<8}{'class':<24}{'images':>8}{'bad':>6}{'unusual':>9}{'stray':>7}"]
+    for split, label in keys:
+        lines.append(f"{split:<8}{label[:23]:<24}{counts[(split, label, 'images')]:>8}{counts[(split, label, 'bad')]:>6}"
+                     f"{counts[(split, label, 'unusual')]:>9}{counts[(split, label, 'stray')]:>7}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data", help="dataset root")
+    parser.add_argument("--dataset", choices=sorted(LAYOUTS), default=None, help="layout (default: detected)")
+    parser.add_argument("--move_bad_to", default=None, help="move bad files into this folder")
+    parser.add_argument("-j", "--workers", type=int, default=os.cpu_count() or 1, help="parallel worker processes")
+    parser.add_argument("--strict", action="store_true", help="unusual images count as bad for the exit code")
+    parser.add_argument("--no_progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    root = Path(args.data)
+    findings = check_dataset(root, args.dataset, max(1, args.workers), progress=not args.no_progress)
+    for f in findings:
+        if f.status != "ok":
+            print(f"{f.status.upper():8}{f.source}: {f.reason}")
+    print("\n".join(summarise(findings)))
+    status = Counter(f.status for f in findings)
+    print(f"checked {sum(v for k, v in status.items() if k != 'stray')} images: {status['bad']} bad, "
+          f"{status['unusual']} unusual, {status['stray']} stray files")
+    if args.move_bad_to and status["bad"]:
+        moved = move_bad(findings, root, Path(args.move_bad_to))
+        for src, dst in moved:
+            print(f"moved {src} -> {dst}")
+        if len(moved) < status["bad"]:
+            print(f"{status['bad'] - len(moved)} bad entries were not moved (zip members or list errors): "
+                  f"fix them in place")
+    return 1 if status["bad"] or (args.strict and status["unusual"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
