@@ -194,3 +194,24 @@ def test_killed_run_resumes_to_identical_weights(tiny_data, tmp_path, sig):
     strip = lambda h: [{k: v for k, v in r.items() if k not in ("time", "img_per_s")} for r in h]  # noqa: E731
     assert strip(read_json(tmp_path / "resnet18/ref/metrics.json")["history"]) == \
         strip(read_json(tmp_path / "resnet18/killed/metrics.json")["history"])
+
+
+def test_checkpoint_of_another_architecture_or_class_set(tiny_data, tmp_path, caplog):
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "src", "--epochs", "1")) == 0
+    ckpt = str(tmp_path / "resnet18/src/checkpoints/last.pth")
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "other", "--arch", "resnet34",
+                                    "--resume", ckpt)) == 1
+    assert "does not fit this model" in caplog.text and "missing keys: layer1.2" in caplog.text
+    two = shutil.copytree(tiny_data["folder"], tmp_path / "two")
+    for split in ("train", "val", "test"):
+        shutil.rmtree(two / split / "7")
+    assert run_main(["--evaluation", "--resume", ckpt, "--data", str(two), "-j", "0"]) == 1
+    assert "has classes ['0', '1'] but" in caplog.text and "was trained on ['0', '1', '7']" in caplog.text
+
+
+def test_unsafe_checkpoint_is_refused_by_every_mode(tiny_data, tmp_path, caplog):
+    import argparse
+    torch.save({"model": {}, "args": argparse.Namespace(lr=1)}, tmp_path / "unsafe.pth")
+    assert run_main(["--evaluation", "--resume", str(tmp_path / "unsafe.pth"), "--data",
+                     str(tiny_data["folder"])]) == 1
+    assert "cannot be loaded safely (weights_only=True)" in caplog.text
