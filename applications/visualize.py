@@ -150,6 +150,11 @@ def render_overlay(image: torch.Tensor | np.ndarray, heatmap: np.ndarray, *, tru
     return add_title(picture, lines, colors)
 
 
+def _folder_name(class_name: str) -> str:
+    """A class name as one folder name (names from classes.txt may hold path separators)."""
+    return class_name.replace("/", "_").replace("\\", "_").strip(". ") or "_"
+
+
 def _unique_path(folder: Path, stem: str, used: set[Path]) -> Path:
     path, k = folder / f"{stem}.png", 1
     while path in used:
@@ -202,7 +207,7 @@ def visualize_dataset(restored: Restored, dataset: Dataset, out_dir: Path, *, me
                                          pred_name=class_names[pred], confidence=float(confidence[k]),
                                          explained=explained)
                 stem = Path(dataset.samples[int(indices[k])][0]).stem
-                save_png(picture, _unique_path(out_dir / (true_name or UNKNOWN), stem, used))
+                save_png(picture, _unique_path(out_dir / _folder_name(true_name or UNKNOWN), stem, used))
                 written += 1
                 if label >= 0:
                     labelled, correct = labelled + 1, correct + int(pred == label)

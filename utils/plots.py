@@ -58,3 +58,97 @@ def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequ
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_training_curves(history: Sequence[dict], path: str | Path) -> Path:
+    """Loss, top-1 and learning rate per epoch (train and val, EMA top-1 when present) from metrics.json's history."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+    epochs = [row["epoch"] + 1 for row in history]
+    marker = "o" if len(history) < 30 else None
+    panels = [("loss", [("train_loss", "train"), ("val_loss", "val"), ("val_ema_loss", "val EMA")], "linear"),
+              ("top-1 (%)", [("train_top1", "train"), ("val_top1", "val"), ("val_ema_top1", "val EMA")], "linear"),
+              ("learning rate", [("lr", "lr")], "log")]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, (ylabel, series, scale) in zip(axes, panels):
+        for key, label in series:
+            points = [(e, row[key]) for e, row in zip(epochs, history) if row.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), marker=marker, markersize=3, label=label)
+        if scale == "log" and all(row.get("lr", 0) > 0 for row in history) and history:
+            ax.set_yscale("log")
+        ax.set(xlabel="epoch", ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0] and len(series) > 1:
+            ax.legend()
+    best = [row["val_top1"] for row in history if row.get("val_top1") is not None]
+    fig.suptitle(f"{len(history)} epochs" + (f", best val top-1 {max(best):.2f}%" if best else ""))
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def most_confident_errors(labels: Sequence[int], preds: Sequence[int], confidences: Sequence[float],
+                          n: int = 16) -> list[int]:
+    """Positions of the wrong predictions, most confident first, at most ``n`` (to load only those images)."""
+    labels, preds, conf = np.asarray(labels), np.asarray(preds), np.asarray(confidences, dtype=np.float64)
+    wrong = np.flatnonzero(labels != preds)
+    return wrong[np.argsort(-conf[wrong], kind="stable")][:n].tolist()
+
+
+def save_error_grid(images: Sequence, true_names: Sequence[str], pred_names: Sequence[str],
+                    confidences: Sequence[float], path: str | Path, n: int = 16) -> Path:
+    """A grid of the ``n`` most confident wrong predictions, each titled with its true and predicted class.
+
+    ``images`` are uint8 ``H x W x 3`` arrays or ``3 x H x W`` tensors; pairs whose names agree are skipped,
+    so all predictions or only the wrong ones may be passed. With no wrong prediction the figure says so.
+    """
+    plt = _pyplot()
+    order = most_confident_errors(true_names, pred_names, confidences, n)
+    cols = min(4, max(1, len(order)))
+    rows = max(1, -(-len(order) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, k in zip(axes.flat, order):
+        ax.imshow(_hwc(images[k]), interpolation="nearest")
+        ax.set_title(f"true: {true_names[k]}\npred: {pred_names[k]} ({confidences[k]:.2f})", fontsize=9,
+                     color="firebrick")
+    if not order:
+        axes[0, 0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center", fontsize=12)
+    fig.suptitle(f"most confident errors ({len(order)} shown)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _hwc(image) -> np.ndarray:
+    """A uint8 image as ``H x W x 3`` (``3 x H x W`` tensors and arrays are transposed)."""
+    array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = array.transpose(1, 2, 0)
+    return array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1 else array
+
+
+def figure_to_tensor(fig) -> "torch.Tensor":
+    """A matplotlib figure rendered to a uint8 ``3 x H x W`` tensor (for ``SummaryWriter.add_image``); closes it."""
+    import torch
+    plt = _pyplot()
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    plt.close(fig)
+    return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).contiguous()
+
+
+def image_tensor(path: str | Path) -> "torch.Tensor":
+    """A written plot (PNG) read back as a uint8 ``3 x H x W`` tensor, e.g. confusion_matrix.png for TensorBoard."""
+    import torch
+    from PIL import Image
+    with Image.open(path) as im:
+        array = np.array(im.convert("RGB"))
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
