@@ -49,6 +49,7 @@ RESUME_SAFE_KEYS = frozenset({
     "config", "train", "evaluation", "tag", "workers", "device", "epochs", "resume", "overwrite", "no_progress",
     "eval_split", "out", "log_interval", "output", "channels_last", "compile", "topk", "class_indices", "visualize",
     "save_log", "visual_method", "visual_class", "visual_limit", "target_layer", "opset", "skip_bad_images",
+    "local_rank", "use_checkpoint",
 })
 
 
@@ -262,6 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels_last", action="store_true", help="channels-last memory format for the model and inputs")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
 
+    g = p.add_argument_group("distributed and memory")
+    g.add_argument("--sync_bn", action="store_true", help="convert batch norms to SyncBatchNorm under DDP")
+    g.add_argument("--lr_scale", choices=["none", "linear"], default="none",
+                   help="linear: scale --lr by global batch / --lr_base_batch (the global batch is -b x processes "
+                        "x --accumulation_steps); none: --lr is the LR of the global batch as given")
+    g.add_argument("--lr_base_batch", type=int, default=256, help="reference batch of --lr_scale linear")
+    g.add_argument("--use_checkpoint", action="store_true",
+                   help="gradient checkpointing: recompute activations in the backward pass to save memory")
+    g.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="random seed: the same seed repeats a CPU run exactly")
     g.add_argument("--resume", type=str, default=None,
@@ -393,6 +404,7 @@ def validate(cfg: argparse.Namespace) -> None:
     for mode in CHECKPOINT_MODES:
         if getattr(cfg, mode):
             need(cfg.resume is not None, f"--{mode} needs a checkpoint: add --resume PATH/TO/best.pth")
+    need(cfg.lr_base_batch >= 1, f"--lr_base_batch must be >= 1, got {cfg.lr_base_batch}")
     need(cfg.clip_grad is None or cfg.clip_grad > 0, f"--clip_grad must be > 0, got {cfg.clip_grad}")
     need(cfg.topk >= 1, f"--topk must be >= 1, got {cfg.topk}")
     need(cfg.visual_limit is None or cfg.visual_limit >= 1, f"--visual_limit must be >= 1, got {cfg.visual_limit}")

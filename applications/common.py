@@ -59,10 +59,12 @@ def build_dataset(cfg: argparse.Namespace, split: str, class_names: Sequence[str
 
 
 def build_loader(cfg: argparse.Namespace, dataset: ClassificationDataset, train: bool,
-                 device: torch.device) -> torch.utils.data.DataLoader:
-    """A loader over ``dataset`` with the config's batch size, workers and seed."""
+                 device: torch.device, dist_info: Any = None) -> torch.utils.data.DataLoader:
+    """A loader over ``dataset`` with the config's batch size, workers and seed (this rank's shard under DDP)."""
+    rank, world = (dist_info.rank, dist_info.world_size) if dist_info is not None else (0, 1)
     return create_loader(dataset, batch_size=cfg.batch_size, workers=cfg.workers, train=train, seed=cfg.seed,
-                         pin_memory=device.type == "cuda", class_balanced=train and cfg.class_balanced)
+                         pin_memory=device.type == "cuda", class_balanced=train and cfg.class_balanced,
+                         rank=rank, world_size=world)
 
 
 def data_class_names(cfg: argparse.Namespace) -> list[str]:
@@ -88,8 +90,8 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
 
 def preprocessor(cfg: argparse.Namespace | dict[str, Any], device: torch.device) -> BatchPreprocessor:
     """The on-device uint8 -> normalised float step with the config's mean and std."""
-    get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k)
-    return BatchPreprocessor(get("mean"), get("std"), device)
+    get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k, None)
+    return BatchPreprocessor(get("mean"), get("std"), device, channels_last=bool(get("channels_last")))
 
 
 def model_from_checkpoint(path: str | Path, cfg: argparse.Namespace,

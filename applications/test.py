@@ -18,7 +18,7 @@ import yaml
 
 from utils.metrics import classification_report, probabilities
 from utils.misc import log_to_file
-from utils.plots import plot_confusion_matrix
+from utils.plots import most_confident_errors, plot_confusion_matrix, save_error_grid
 
 from .common import (amp_dtype, build_dataset, build_loader, checkpoint_run_dir, preprocessor,
                      restore_for_inference)
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 def evaluate_and_report(model: nn.Module, loader: torch.utils.data.DataLoader, dataset: Any,
                         class_names: Sequence[str], *, preprocess: Callable, dtype: torch.dtype | None,
                         out_dir: Path, checkpoint: str | Path | None = None, predictions_file: str | None = None,
-                        progress: bool = False, head: str = "softmax") -> dict[str, Any]:
+                        progress: bool = False, head: str = "softmax", write: bool = True) -> dict[str, Any]:
     """Evaluate, then write metrics.json and confusion_matrix.png to ``out_dir``; returns the metrics."""
     result = evaluate(model, loader, preprocess=preprocess, dtype=dtype, progress=progress, return_outputs=True,
                       desc=f"eval {dataset.split}")
@@ -39,10 +39,19 @@ def evaluate_and_report(model: nn.Module, loader: torch.utils.data.DataLoader, d
     report = classification_report(labels, preds, class_names)
     metrics = {"split": dataset.split, "data": str(dataset.root), "checkpoint": str(checkpoint) if checkpoint else None,
                "count": result["count"], "top1": result["top1"], "top5": result["top5"], **report}
+    if not write:  # another rank of a distributed run writes the files
+        return metrics
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_confusion_matrix(report["confusion_matrix"], class_names, out_dir / "confusion_matrix.png",
                           title=f"{dataset.split}: top-1 {result['top1']:.2f}%")
+    confidence = probs.max(dim=1).values.numpy()
+    worst = most_confident_errors(labels, preds, confidence, n=16)
+    if len(worst):
+        indices = result["indices"].tolist()
+        save_error_grid([dataset.load(indices[k]) for k in worst], [class_names[labels[k]] for k in worst],
+                        [class_names[preds[k]] for k in worst], [float(confidence[k]) for k in worst],
+                        out_dir / "errors.png")
     if predictions_file:
         rows = [{"path": dataset.samples[i][0], "label": int(labels[k]), "label_name": class_names[labels[k]],
                  "prediction": int(preds[k]), "prediction_name": class_names[preds[k]],

@@ -6,6 +6,7 @@ application calls them rather than writing its own loop.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -26,11 +27,14 @@ from config import config_conflicts, config_to_dict, save_config
 from criterions import create_criterion
 from dataloader.enhancement import make_augmented_grid
 from models import create_model, extract_state_dict, load_state_dict_checked
+from models.memory import enable_gradient_checkpointing
 from optim import ModelEma, create_optimizer, create_scheduler
 from utils.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, previous_path, restore_rng_state,
                               save_checkpoint)
 from utils.metrics import hard_labels, topk_correct
-from utils.misc import log_to_file, resolve_device, seed_everything
+from utils.distributed import (DistInfo, all_reduce_sum, any_rank, barrier, cleanup, gather_objects,
+                               init_distributed)
+from utils.misc import log_to_file, seed_everything
 
 from .common import (amp_dtype, autocast, build_dataset, build_loader, check_num_classes, data_class_names,
                      preprocessor, run_dir_for)
@@ -79,7 +83,8 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
             images, target, weight = preprocess(images), target.to(device, non_blocking=True), None
             if batch_hook is not None:
                 images, target, weight = batch_hook(images, target, index, epoch, batch)
-            with autocast(device, dtype):
+            sync = i + 1 == group_end or not hasattr(model, "no_sync")  # DDP: all-reduce only when stepping
+            with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, dtype):
                 logits = model(images)
                 loss = criterion(logits, target, weight)
             if not torch.isfinite(loss):
@@ -89,7 +94,8 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
             # Weight each micro-batch by its share of the group's samples, so that accumulating k batches
             # of b gives exactly the gradient of one batch of k*b (the last, smaller batch included).
             scaled = loss * (images.shape[0] / sum(sizes[group_start:group_end]))
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            with contextlib.nullcontext() if sync else model.no_sync():
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
             n = images.shape[0]
             sums["loss"] += loss.item() * n
             sums["correct"] += topk_correct(logits.detach(), hard_labels(target), (1,))[0]
@@ -120,10 +126,12 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
             bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                             img_s=f"{seen_now / (time.perf_counter() - start):.0f}")
     elapsed = time.perf_counter() - start
-    seen = max(1, sums["seen"])
-    return {"loss": sums["loss"] / seen, "top1": 100.0 * sums["correct"] / seen, "lr": lr,
-            "img_per_s": seen_now / max(elapsed, 1e-9), "steps": steps, "time": elapsed,
-            "skipped": sums["expected"] - sums["seen"], "interrupted": interrupted, "batches_done": batch + 1,
+    # every rank's sums (identity in a single process); ``partial`` stays this rank's own, for resuming
+    loss_sum, correct, seen, expected, seen_all = all_reduce_sum(
+        [sums["loss"], sums["correct"], sums["seen"], sums["expected"], seen_now], device)
+    return {"loss": loss_sum / max(1, seen), "top1": 100.0 * correct / max(1, seen), "lr": lr,
+            "img_per_s": seen_all / max(elapsed, 1e-9), "steps": steps, "time": elapsed,
+            "skipped": int(expected - seen), "interrupted": interrupted, "batches_done": batch + 1,
             "partial": sums}
 
 
@@ -159,12 +167,19 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: n
             outputs["logits"].append(logits.cpu())
             outputs["targets"].append(target.cpu())
             outputs["indices"].append(index)
+    # Under DDP each rank saw a disjoint, unpadded shard: the sums over ranks count every sample once.
+    expected = sum(batch_sizes(loader))
+    top1, top5, seen, loss_sum, expected = all_reduce_sum([top1, top5, seen, loss_sum, expected], device)
     result: dict[str, Any] = {"top1": 100.0 * top1 / max(1, seen), "top5": 100.0 * top5 / max(1, seen),
-                              "count": seen, "skipped": sum(batch_sizes(loader)) - seen}
+                              "count": int(seen), "skipped": int(expected - seen)}
     if criterion is not None:
         result["loss"] = loss_sum / max(1, seen)
     if return_outputs:
-        result.update({k: torch.cat(v) if v else torch.empty(0) for k, v in outputs.items()})
+        parts = gather_objects({k: torch.cat(v) if v else torch.empty(0) for k, v in outputs.items()})
+        merged = {k: torch.cat([part[k] for part in parts if part[k].numel()]) if any(part[k].numel() for part in parts)
+                  else torch.empty(0) for k in outputs}
+        order = merged["indices"].argsort() if len(parts) > 1 else slice(None)
+        result.update({k: v[order] for k, v in merged.items()})
     return result
 
 
@@ -259,6 +274,32 @@ class StopRequest:
         return self.requested
 
 
+def _pictures(cfg: argparse.Namespace, run_dir: Path, history: list[dict], model: nn.Module, test_set: Any,
+              preprocess: Callable, class_names: list[str], split: str) -> None:
+    """curves.png, and the confusion matrix and a few CAM overlays of the test split in TensorBoard."""
+    from utils.plots import image_tensor, plot_training_curves
+    from .visualize import cam_overlays_for_tensorboard
+    if history:
+        plot_training_curves(history, run_dir / "curves.png")
+    writer = _tensorboard(run_dir, cfg.epochs)
+    try:
+        writer.add_image(f"{split}/confusion_matrix", image_tensor(run_dir / f"eval_{split}" / "confusion_matrix.png"),
+                         cfg.epochs)
+        try:
+            overlays = cam_overlays_for_tensorboard(model, test_set, preprocess, class_names, arch=cfg.arch,
+                                                    target_layer=cfg.target_layer, head=cfg.criterion, n=4)
+            writer.add_images(f"{split}/cam_overlays", overlays, cfg.epochs)
+        except ValueError as e:  # e.g. a layer without N x C x H x W maps: the run itself is fine
+            logger.warning("no CAM overlays in TensorBoard: %s", e)
+    finally:
+        writer.close()
+
+
+def _tensorboard(run_dir: Path, start_epoch: int):
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
+
+
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2))
@@ -266,38 +307,61 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
-    """Train ``cfg.arch`` on ``cfg.data``, checkpoint every epoch, then evaluate best.pth on the test split."""
+    """Train ``cfg.arch`` on ``cfg.data``, checkpoint every epoch, then evaluate best.pth on the test split.
+
+    Under ``torchrun`` every process trains its shard with DistributedDataParallel; rank 0 alone
+    writes files (its log file included).
+    """
+    info = init_distributed(cfg.device)
     run_dir = run_dir_for(cfg.output, cfg.arch, cfg.tag)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with log_to_file(run_dir / "log.txt"):
-        try:
-            return _train(cfg, run_dir)
-        except Exception:  # keep the traceback in the run's own log too
-            logger.debug("training failed", exc_info=True)
-            raise
+    try:
+        if not info.is_main:
+            logging.getLogger().setLevel(logging.WARNING)
+            return _train(cfg, run_dir, info)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with log_to_file(run_dir / "log.txt"):
+            try:
+                return _train(cfg, run_dir, info)
+            except Exception:  # keep the traceback in the run's own log too
+                logger.debug("training failed", exc_info=True)
+                raise
+    finally:
+        cleanup()
 
 
-def _train(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
-    device = resolve_device(cfg.device)
+def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, Any]:
+    device, main = info.device, info.is_main
     class_names = data_class_names(cfg)
     num_classes = check_num_classes(cfg.num_classes, class_names, cfg.data)
-    resume_from = _prepare_run_dir(cfg, run_dir)
-    save_config(cfg, run_dir / "config.yaml")
-    logger.info("run directory %s, device %s, %d classes", run_dir, device, num_classes)
+    resume_from = _prepare_run_dir(cfg, run_dir) if main else None
+    resume_from = gather_objects(resume_from)[0]  # rank 0 decides, every rank follows
+    if main:
+        save_config(cfg, run_dir / "config.yaml")
+    global_batch = cfg.batch_size * info.world_size * cfg.accumulation_steps
+    lr = cfg.lr * global_batch / cfg.lr_base_batch if cfg.lr_scale == "linear" else cfg.lr
+    logger.info("run directory %s, device %s%s, %d classes, global batch %d, lr %.4g", run_dir, device,
+                f" ({info.world_size} processes)" if info.distributed else "", num_classes, global_batch, lr)
 
     seed_everything(cfg.seed)
-    model = create_model(cfg.arch, num_classes, pretrained=cfg.pretrained).to(device)
+    model = create_model(cfg.arch, num_classes, pretrained=cfg.pretrained)
+    if cfg.use_checkpoint:
+        enable_gradient_checkpointing(model, cfg.arch)
+    if cfg.sync_bn and info.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     train_set = build_dataset(cfg, "train", class_names, train=True, policy=build_policy(cfg))
     val_set = build_dataset(cfg, "val", class_names, train=False)
-    train_loader = build_loader(cfg, train_set, train=True, device=device)
-    val_loader = build_loader(cfg, val_set, train=False, device=device)
+    train_loader = build_loader(cfg, train_set, train=True, device=device, dist_info=info)
+    val_loader = build_loader(cfg, val_set, train=False, device=device, dist_info=info)
     logger.info("train %d images, val %d images", len(train_set), len(val_set))
 
     class_counts = [train_set.targets.count(c) for c in range(num_classes)]
     criterion = build_criterion(cfg, class_counts).to(device)
     val_criterion = create_criterion(cfg.criterion)  # the plain head: comparable, and stateless
     batch_hook = build_batch_hook(cfg, train_set)
-    optimizer = create_optimizer(model, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+    optimizer = create_optimizer(model, cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay,
                                  momentum=cfg.momentum, nesterov=cfg.nesterov, lookahead=cfg.lookahead,
                                  lookahead_alpha=cfg.lookahead_alpha, lookahead_k=cfg.lookahead_k)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.accumulation_steps)
@@ -310,6 +374,11 @@ def _train(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     dtype = amp_dtype(cfg.amp, cfg.amp_dtype, device)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     preprocess = preprocessor(cfg, device)
+    net = model  # what runs the batches: DDP and/or compiled around ``model``, whose weights are saved
+    if info.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
 
     start_epoch, start_batch, partial, best_top1, history = 0, 0, None, -1.0, []
     if resume_from is not None:
@@ -333,13 +402,13 @@ def _train(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         start_epoch, best_top1, history = ckpt["epoch"] + 1, ckpt["best_top1"], list(ckpt.get("history", []))
         if ckpt.get("resume_at"):  # stopped mid-epoch: continue at the next batch of that epoch
             start_epoch, start_batch = ckpt["resume_at"]["epoch"], ckpt["resume_at"]["batch"]
-            partial = ckpt["resume_at"]["partial"]
+            partials = ckpt["resume_at"]["partial"]  # one per rank
+            partial = partials[info.rank] if len(partials) == info.world_size else None
         logger.info("resumed from %s at epoch %d%s (best val top-1 so far %.2f)", resume_from, start_epoch + 1,
                     f", batch {start_batch + 1}" if start_batch else "", best_top1)
 
-    from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
-    if start_epoch == 0:
+    writer = _tensorboard(run_dir, start_epoch) if main else None
+    if start_epoch == 0 and main:
         grid = make_augmented_grid(train_set, n=min(32, len(train_set)), seed=cfg.seed)
         Image.fromarray(grid.permute(1, 2, 0).numpy()).save(run_dir / "augmented_samples.png")
         writer.add_image("train/augmented_samples", grid, 0)
@@ -350,22 +419,25 @@ def _train(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         for epoch in range(start_epoch, cfg.epochs):
             train_loader.sampler.set_epoch(epoch, start=start_batch * cfg.batch_size)
             with stop:
-                tr = train_one_epoch(model, train_loader, criterion, optimizer, preprocess=preprocess,
+                tr = train_one_epoch(net, train_loader, criterion, optimizer, preprocess=preprocess,
                                      scheduler=scheduler, scaler=scaler, dtype=dtype,
                                      accumulation_steps=cfg.accumulation_steps, epoch=epoch, progress=progress,
                                      batch_hook=batch_hook, ema=ema, clip_grad=cfg.clip_grad,
-                                     start_batch=start_batch, partial=partial, should_stop=stop)
+                                     start_batch=start_batch, partial=partial,
+                                     should_stop=lambda: any_rank(stop.requested, device))
             start_batch, partial = 0, None
             if tr["interrupted"]:
                 state = checkpoint_state(model, optimizer, scheduler, scaler, epoch=epoch - 1, best_top1=best_top1,
                                          class_names=class_names, cfg=cfg, history=history, criterion=criterion,
                                          ema=ema)
-                state["resume_at"] = {"epoch": epoch, "batch": tr["batches_done"], "partial": tr["partial"]}
-                save_checkpoint(state, ckpt_dir / "last.pth", keep_previous=True)
+                state["resume_at"] = {"epoch": epoch, "batch": tr["batches_done"],
+                                      "partial": gather_objects(tr["partial"])}
+                if main:
+                    save_checkpoint(state, ckpt_dir / "last.pth", keep_previous=True)
                 logger.warning("stopped at epoch %d, batch %d; saved %s. Rerun the same command to resume there.",
                                epoch + 1, tr["batches_done"], ckpt_dir / "last.pth")
                 return {"run_dir": str(run_dir), "interrupted": True, "epoch": epoch, "batch": tr["batches_done"]}
-            va = evaluate(model, val_loader, val_criterion, preprocess=preprocess, dtype=dtype, progress=progress,
+            va = evaluate(net, val_loader, val_criterion, preprocess=preprocess, dtype=dtype, progress=progress,
                           desc=f"val {epoch}")
             is_best = va["top1"] > best_top1
             best_top1 = max(best_top1, va["top1"])
@@ -384,24 +456,28 @@ def _train(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             state = checkpoint_state(model, optimizer, scheduler, scaler, epoch=epoch, best_top1=best_top1,
                                      class_names=class_names, cfg=cfg, history=history, criterion=criterion,
                                      ema=ema)
-            save_checkpoint(state, ckpt_dir / "last.pth", keep_previous=True)
-            if is_best:
-                save_checkpoint(state, ckpt_dir / "best.pth")
-            _write_json(run_dir / "metrics.json", {"history": history})
-            for key, value in row.items():
+            if main:
+                save_checkpoint(state, ckpt_dir / "last.pth", keep_previous=True)
+                if is_best:
+                    save_checkpoint(state, ckpt_dir / "best.pth")
+                _write_json(run_dir / "metrics.json", {"history": history})
+            for key, value in row.items() if main else ():
                 if key not in ("epoch", "time") and not key.startswith("skipped"):
                     name = {"lr": "train/lr", "img_per_s": "train/img_per_s"}.get(key, key.replace("_", "/", 1))
                     writer.add_scalar(name, value, epoch + 1)
-            writer.flush()
+            if writer is not None:
+                writer.flush()
             logger.info("epoch %d/%d  train loss %.4f top-1 %.2f  val loss %.4f top-1 %.2f top-5 %.2f%s  "
                         "lr %.2e  %.0f img/s%s", epoch + 1, cfg.epochs, tr["loss"], tr["top1"], va["loss"],
                         va["top1"], va["top5"], f"  ema top-1 {row['val_ema_top1']:.2f}" if ema else "",
                         tr["lr"], tr["img_per_s"], "  *best*" if is_best else "")
-            if stop.requested:  # a signal during validation: the epoch is saved, stop before the next
+            if any_rank(stop.requested, device):  # a signal during validation: the epoch is saved, stop before the next
                 logger.warning("stopped after epoch %d; rerun the same command to resume.", epoch + 1)
                 return {"run_dir": str(run_dir), "interrupted": True, "epoch": epoch + 1, "batch": 0}
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
+    barrier()  # best.pth is on disk before any rank reads it
 
     from .test import evaluate_and_report
     best_path = ckpt_dir / "best.pth"
@@ -411,16 +487,18 @@ def _train(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         best_path = ckpt_dir / "last.pth"
     load_state_dict_checked(model, extract_state_dict(best), best_path)
     test_set = build_dataset(cfg, "test", class_names, train=False, fallback=True)
-    test_loader = build_loader(cfg, test_set, train=False, device=device)
-    report = evaluate_and_report(model, test_loader, test_set, class_names, preprocess=preprocess, dtype=dtype,
+    test_loader = build_loader(cfg, test_set, train=False, device=device, dist_info=info)
+    report = evaluate_and_report(net, test_loader, test_set, class_names, preprocess=preprocess, dtype=dtype,
                                  out_dir=run_dir / f"eval_{test_set.split}", checkpoint=best_path,
-                                 progress=progress, head=cfg.criterion)
+                                 progress=progress, head=cfg.criterion, write=main)
     summary = {"run_dir": str(run_dir), "best_val_top1": best_top1, "test_split": test_set.split,
                "test_top1": report["top1"], "test_top5": report["top5"]}
     if ema is not None and best.get("model_ema"):
         ema.module.load_state_dict(best["model_ema"])
         summary["test_ema_top1"] = evaluate(ema.module, test_loader, preprocess=preprocess, dtype=dtype)["top1"]
-    _write_json(run_dir / "metrics.json", {"history": history, "test": summary})
+    if main:
+        _write_json(run_dir / "metrics.json", {"history": history, "test": summary})
+        _pictures(cfg, run_dir, history, model, test_set, preprocess, class_names, test_set.split)
     logger.info("done: run directory %s; best val top-1 %.2f; %s top-1 %.2f top-5 %.2f (best.pth)%s",
                 run_dir, best_top1, test_set.split, report["top1"], report["top5"],
                 f"; EMA top-1 {summary['test_ema_top1']:.2f}" if "test_ema_top1" in summary else "")

@@ -25,6 +25,9 @@ class ModelEma(nn.Module):
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """One EMA step towards ``model`` (a DDP- or compile-wrapped model is unwrapped)."""
+        while isinstance(getattr(model, "module", None), nn.Module) or hasattr(model, "_orig_mod"):
+            model = getattr(model, "_orig_mod", None) or model.module
         own = self.module.state_dict()
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:

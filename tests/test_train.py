@@ -39,7 +39,7 @@ def test_training_writes_the_run_directory(tiny_data, tmp_path):
     assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "a")) == 0
     run = tmp_path / "resnet18" / "a"
     for rel in ["config.yaml", "log.txt", "metrics.json", "checkpoints/last.pth", "checkpoints/best.pth",
-                "eval_test/metrics.json", "eval_test/confusion_matrix.png"]:
+                "eval_test/metrics.json", "eval_test/confusion_matrix.png", "curves.png", "augmented_samples.png"]:
         assert (run / rel).is_file(), rel
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["lr"] == 0.05 and saved["image_size"] == [16, 16] and saved["tag"] == "a"
@@ -55,6 +55,9 @@ def test_training_writes_the_run_directory(tiny_data, tmp_path):
     assert {"train/loss", "train/lr", "val/loss", "val/top1", "val/top5"} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("val/top1")] == [1, 2]
     assert [e.value for e in events.Scalars("val/top1")] == pytest.approx([h["val_top1"] for h in metrics["history"]])
+    assert {"train/augmented_samples", "test/confusion_matrix", "test/cam_overlays"} <= set(events.Tags()["images"])
+    if metrics["test"]["test_top1"] < 100:
+        assert (run / "eval_test/errors.png").stat().st_size > 1000
 
 
 def test_same_seed_repeats_a_cpu_run_exactly(tiny_data, tmp_path):
