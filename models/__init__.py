@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from . import families  # noqa: F401  (registers torchvision, efficientnet-pytorch and resnest models)
+from . import families, simple  # noqa: F401  (register torchvision, efficientnet-pytorch, resnest, ours)
 from .pretrained import classifier_keys, extract_state_dict, load_pretrained, load_state_dict_checked
 from .registry import build_model, list_models, model_family, register_model
 from .cam_layers import default_target_layer, resolve_target_layer, target_layer_names  # noqa: F401

@@ -1,0 +1,147 @@
+"""DDP through real torchrun processes on the CPU (Gloo), and gradient checkpointing."""
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import models
+from conftest import ROOT, read_json, tiny_train_args
+from models.memory import enable_gradient_checkpointing
+from utils.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+def launch(args, nproc=2, legacy=False, **kw):
+    runner = ["-m", "torch.distributed.launch", f"--nproc_per_node={nproc}", f"--master_port={free_port()}"] \
+        if legacy else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *runner, "main.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=600, **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def single(args):
+    return subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_torchrun_training_writes_one_set_of_files_and_evaluates_exactly(tiny_data, tmp_path):
+    r = launch(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "ddp", "-b", "4"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "resnet18/ddp"
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        ["augmented_samples.png", "checkpoints", "config.yaml", "curves.png", "eval_test", "log.txt",
+         "metrics.json", "tensorboard"])
+    assert len(list((run / "tensorboard").iterdir())) == 2  # the training events and the end-of-run pictures
+    log = (run / "log.txt").read_text()
+    assert "(2 processes)" in log and log.count("epoch 2/2") == 1
+    ddp_top1 = read_json(run / "metrics.json")["test"]["test_top1"]
+    report = read_json(run / "eval_test/metrics.json")
+    assert report["count"] == 12  # every test image counted once, no padding duplicates
+    r = single(["--evaluation", "--resume", str(run / "checkpoints/best.pth"), "--data", str(tiny_data["folder"]),
+                "-j", "0", "--out", str(tmp_path / "single.json")])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert read_json(run / "eval_test/metrics.json")["top1"] == ddp_top1
+    assert read_json(run / "eval_test/metrics.json")["confusion_matrix"] == report["confusion_matrix"]
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(tiny_data, tmp_path):
+    common = ("--arch", "simple_cnn", "--epochs", "2", "--weight_decay", "1e-4", "--train_resize", "rrc",
+              "--rrc_scale", "0.5", "1")
+    r = launch(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "two", "-b", "5", *common), legacy=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = single(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "one", "-b", "10", *common))
+    assert r.returncode == 0, r.stderr[-2000:]
+    two = load_checkpoint(tmp_path / "simple_cnn/two/checkpoints/last.pth")["model"]
+    one = load_checkpoint(tmp_path / "simple_cnn/one/checkpoints/last.pth")["model"]
+    for k in one:
+        assert torch.allclose(one[k], two[k], atol=1e-5), k
+    assert max((one[k] - two[k]).abs().max().item() for k in one) < 1e-5
+
+
+def test_ddp_run_stopped_by_sigterm_resumes_on_both_ranks(tiny_data, tmp_path):
+    flags = ("--arch", "simple_cnn", "--epochs", "3", "-b", "2", "--image_size", "32", "32", "--mixup", "0.2")
+    ref = launch(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "ref", *flags))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    args = tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "stop", *flags)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "main.py", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    log = tmp_path / "simple_cnn/stop/log.txt"
+    end = time.time() + 300
+    while not (log.is_file() and "epoch 1/3" in log.read_text()):
+        assert time.time() < end and proc.poll() is None, "the run ended before its first epoch"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)  # torchrun and both workers, as a job scheduler would
+    proc.communicate(timeout=300)
+    state = load_checkpoint(tmp_path / "simple_cnn/stop/checkpoints/last.pth")
+    assert state["epoch"] >= 0
+    if state.get("resume_at"):
+        assert len(state["resume_at"]["partial"]) == 2  # each rank's running sums
+    again = launch(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in (tmp_path / "simple_cnn/stop/log.txt").read_text()
+    a = load_checkpoint(tmp_path / "simple_cnn/ref/checkpoints/last.pth")["model"]
+    b = load_checkpoint(tmp_path / "simple_cnn/stop/checkpoints/last.pth")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_port_in_use_is_a_clear_error(tiny_data, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port)}
+        r = subprocess.run([sys.executable, "main.py", *tiny_train_args(tiny_data["folder"], tmp_path)], cwd=ROOT,
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1
+    assert f"cannot start the gloo process group at 127.0.0.1:{port}" in r.stderr and "--master_port" in r.stderr
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "timm/resnet18", "resnest50"])
+def test_gradient_checkpointing_gives_the_same_gradients_and_statistics(arch):
+    torch.manual_seed(0)
+    plain = models.create_model(arch, 5)
+    ckpt = enable_gradient_checkpointing(copy.deepcopy(plain), arch)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    for m in (plain, ckpt):
+        m.train()
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+    sa, sb = plain.state_dict(), ckpt.state_dict()
+    assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)  # BN statistics updated once
+
+
+def test_gradient_checkpointing_refuses_other_models():
+    with pytest.raises(ValueError, match="--use_checkpoint is not supported for mobilenet_v3_small"):
+        enable_gradient_checkpointing(models.create_model("mobilenet_v3_small", 3), "mobilenet_v3_small")
+
+
+@pytest.mark.parametrize("flags", [["--use_checkpoint"], ["--channels_last"], ["--compile"],
+                                   ["--lr_scale", "linear", "--lr_base_batch", "16"]],
+                         ids=["use_checkpoint", "channels_last", "compile", "lr_scale"])
+def test_memory_and_speed_switches_train(tiny_data, tmp_path, flags):
+    from conftest import run_main
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "s", "--epochs", "1", *flags)) == 0
+    h = read_json(tmp_path / "resnet18/s/metrics.json")["history"][0]
+    assert h["train_loss"] > 0
+    if "--lr_scale" in flags:  # global batch 8 / base 16: half the LR, here at the 4th of 4 cosine steps
+        from optim import lr_factor
+        assert h["lr"] == pytest.approx(0.05 * 8 / 16 * lr_factor(3, total_steps=4, schedule="cosine"))
