@@ -145,3 +145,32 @@ def test_memory_and_speed_switches_train(tiny_data, tmp_path, flags):
     if "--lr_scale" in flags:  # global batch 8 / base 16: half the LR, here at the 4th of 4 cosine steps
         from optim import lr_factor
         assert h["lr"] == pytest.approx(0.05 * 8 / 16 * lr_factor(3, total_steps=4, schedule="cosine"))
+
+
+FAKE_SRUN = """#!/usr/bin/env bash
+# stands in for SLURM's srun on a machine without SLURM: drops srun's options, runs one task here
+while [ $# -gt 0 ] && [[ "$1" == -* ]]; do case "$1" in -p) shift 2;; *) shift;; esac; done
+export SLURM_JOB_NODELIST=localhost SLURM_JOB_ID=42 SLURM_NODEID=0
+exec "$@"
+"""
+
+
+def test_slurm_script_sets_up_the_rendezvous(tiny_data, tmp_path):
+    import yaml
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "scontrol").write_text("#!/usr/bin/env bash\necho localhost\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"data": str(tiny_data["folder"]), "arch": "simple_cnn", "image_size": [16, 16],
+                                      "batch_size": 4, "workers": 0, "epochs": 1, "warmup": 0, "no_progress": True}))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "GPUS": "2", "GPUS_PER_NODE": "2",
+           "PORT": str(free_port()), "PYTHON_BIN": sys.executable, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(["bash", "z_task_shell/slurm_train.sh", "debug", "tiny", str(config), str(tmp_path / "work"),
+                        "--tag", "slurm"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "(2 processes)" in (tmp_path / "work/simple_cnn/slurm/log.txt").read_text()
+    r = subprocess.run(["bash", "z_task_shell/slurm_train.sh", "debug"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "usage:" in r.stderr
