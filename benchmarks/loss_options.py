@@ -64,10 +64,10 @@ def main_cli() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.output or tmp)
         rows = [run_option(n, OPTIONS[n], epochs, out) for n in names]
-    print(f"\n| loss / strategy | flags added to the recipe | test top-1 | best val top-1 | minutes |")
-    print("|---|---|---|---|---|")
+    print(f"\n| loss / strategy | flags added to the recipe | test top-1 | best val top-1 |")
+    print("|---|---|---|---|")
     for r in rows:
-        print(f"| {r['name']} | `{r['flags']}` | {r['test_top1']:.2f} | {r['val_top1']:.2f} | {r['minutes']:.1f} |")
+        print(f"| {r['name']} | `{r['flags']}` | {r['test_top1']:.2f} | {r['val_top1']:.2f} |")
 
 
 if __name__ == "__main__":
