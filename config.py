@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -65,11 +66,21 @@ def _dataset_kind(value: str) -> str:
     return DATASET_ALIASES[key]
 
 
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask, so containers and taskset are respected)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def _workers(value: str) -> int:
+    if str(value).lower() == "auto":
+        return available_cores()
     try:
         n = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid worker count {value!r}: expected an integer >= 0") from None
+        raise argparse.ArgumentTypeError(f"invalid worker count {value!r}: expected an integer >= 0 or auto") from None
     if n < 0:
         raise argparse.ArgumentTypeError(f"invalid worker count {value!r}: expected an integer >= 0")
     return n
@@ -133,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mean", type=float, nargs=3, default=[0.485, 0.456, 0.406], help="normalisation mean (RGB)")
     g.add_argument("--std", type=float, nargs=3, default=[0.229, 0.224, 0.225], help="normalisation std (RGB)")
     g.add_argument("-b", "--batch_size", type=int, default=64, help="batch size per device")
-    g.add_argument("-j", "--workers", type=_workers, default=2, help="data-loading worker processes")
+    g.add_argument("-j", "--workers", type=_workers, default=2, help="data-loading worker processes, or auto (the available cores)")
     g.add_argument("--skip_bad_images", action="store_true",
                    help="skip images that fail to decode (counted per epoch) instead of stopping with an error")
 

@@ -18,6 +18,7 @@ def test_defaults_and_aliases():
     assert config.parse_config(["--train", "--dataset", "read_from_txt"]).dataset == "txt"
     assert config.parse_config(["--train", "--zip"]).dataset == "zip"
     assert config.parse_config(["--train", "-b", "7", "-j", "0"]).batch_size == 7
+    assert config.parse_config(["--train", "-j", "auto"]).workers == config.available_cores() >= 1
 
 
 def test_yaml_sets_defaults_and_flags_win(tmp_path):
