@@ -36,6 +36,8 @@ from .common import amp_dtype, autocast, model_from_checkpoint
 logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_CLASSES = 1000
+# --throughput: calls before timing, then at least this many timed calls and this many seconds per measurement
+WARMUP_STEPS, MIN_STEPS, MIN_SECONDS = 3, 5, 2.0
 
 
 @dataclass
@@ -125,18 +127,17 @@ VARIANTS: dict[str, Callable[[nn.Module, argparse.Namespace, torch.device], Vari
     "eager": _eager, "channels_last": _channels_last, "compile": _compile, "amp": _amp}
 
 
-def time_per_step(step: Callable[[], Any], device: torch.device, warmup: int = 3, min_steps: int = 5,
-                  min_seconds: float = 2.0, max_steps: int = 200) -> float:
-    """Median seconds of ``step()`` after ``warmup`` calls, over at least ``min_steps`` and ``min_seconds``."""
+def time_per_step(step: Callable[[], Any], device: torch.device, max_steps: int = 200) -> float:
+    """Median seconds of ``step()`` after ``WARMUP_STEPS`` calls, over at least ``MIN_STEPS`` and ``MIN_SECONDS``."""
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    for _ in range(warmup):
+    for _ in range(WARMUP_STEPS):
         step()
     sync()
     times: list[float] = []
     start = time.perf_counter()
-    while len(times) < max_steps and (len(times) < min_steps or time.perf_counter() - start < min_seconds):
+    while len(times) < max_steps and (len(times) < MIN_STEPS or time.perf_counter() - start < MIN_SECONDS):
         t = time.perf_counter()
         step()
         sync()

@@ -102,6 +102,7 @@ def export_checkpoint(cfg: argparse.Namespace, fmt: ExportFormat, out_dir: Path)
     except ExportError:
         raise
     except Exception as e:  # any exporter or runtime failure: say which path failed and offer the other
+        staging.unlink(missing_ok=True)
         reason = (str(e).strip().splitlines() or [""])[0][:300]
         raise ExportError(f"{arch} ({family} family) cannot be exported to {fmt.name}: {type(e).__name__}: "
                           f"{reason}; try {fmt.alternative} instead") from e

@@ -33,9 +33,6 @@ from .train import evaluate
 
 logger = logging.getLogger(__name__)
 
-UNREADABLE = -1  # the target slot of an image that could not be read
-
-
 def list_folder(folder: Path) -> list[Path]:
     """Every image under ``folder``, recursively, in a stable order (hidden files skipped)."""
     found = []
@@ -82,15 +79,15 @@ def collect_sources(source: str | Path) -> list[Path]:
 
 
 class SourceImages(Dataset):
-    """Images to classify, with the evaluation transform.
+    """Images to classify, with the evaluation transform, for the one evaluation loop (``evaluate``).
 
-    Labels are unknown: the target slot carries 0 for a decoded image and ``UNREADABLE`` for one that
-    could not be read (its image is a black placeholder), so that predict runs the one evaluation
-    loop, ``applications.train.evaluate``, and the unreadable images are dropped afterwards.
+    Labels are unknown (the target is always 0). An image that cannot be read comes out as None, which
+    the loader's collate drops as it drops ``--skip_bad_images`` samples: the images missing from
+    ``evaluate``'s indices are the unreadable ones.
     """
 
-    def __init__(self, paths: Sequence[Path], transform: torch.nn.Module, image_size: Sequence[int]):
-        self.paths, self.transform, self.image_size = list(paths), transform, tuple(image_size)
+    def __init__(self, paths: Sequence[Path], transform: torch.nn.Module):
+        self.paths, self.transform = list(paths), transform
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -100,12 +97,12 @@ class SourceImages(Dataset):
         path = self.paths[index]
         return decode_rgb(path.read_bytes(), name=str(path))
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int] | None:
         index = key[0] if isinstance(key, tuple) else key
         try:
             return self.transform(self.load(index)), 0, index
         except (ImageDecodeError, OSError):
-            return torch.zeros((3, *self.image_size), dtype=torch.uint8), UNREADABLE, index
+            return None
 
     def failure(self, index: int) -> str:
         """Why image ``index`` could not be read (without its path)."""
@@ -135,6 +132,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
 
 
 def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    """Classify the images of ``cfg.predict`` and write the CSV (and annotations, log) to ``out_dir``."""
     paths = collect_sources(cfg.predict)
     names = resolve_class_names(cfg)
     device = resolve_device(cfg.device)
@@ -149,19 +147,18 @@ def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     run_cfg = argparse.Namespace(**{**vars(cfg), **model_cfg})
     transform = create_transform(False, model_cfg["image_size"], eval_resize=model_cfg["eval_resize"],
                                  crop_pct=model_cfg["crop_pct"])
-    dataset = SourceImages(paths, transform, model_cfg["image_size"])
+    dataset = SourceImages(paths, transform)
     result = evaluate(model, build_loader(run_cfg, dataset, train=False, device=device),
                       preprocess=preprocessor(model_cfg, device), dtype=amp_dtype(cfg.amp, cfg.amp_dtype, device),
                       progress=not cfg.no_progress, return_outputs=True, desc="predict")
-    probs = probabilities(result["logits"], model_cfg.get("criterion") or "softmax")
     k = min(cfg.topk, len(class_names))
-    top_p, top_i = probs.topk(k, dim=1)
-    rows, failures = [], []
-    for row, index in enumerate(result["indices"].tolist()):
-        if result["targets"][row] == UNREADABLE:
-            failures.append((paths[index], dataset.failure(index)))
-            continue
-        rows.append((index, [(class_names[i], p) for p, i in zip(top_p[row].tolist(), top_i[row].tolist())]))
+    rows = []
+    if result["logits"].numel():  # else every image was unreadable
+        top_p, top_i = probabilities(result["logits"], model_cfg.get("criterion") or "softmax").topk(k, dim=1)
+        rows = [(index, [(class_names[i], p) for p, i in zip(ps, ix)])
+                for index, ps, ix in zip(result["indices"].tolist(), top_p.tolist(), top_i.tolist())]
+    predicted = {index for index, _ in rows}
+    failures = [(paths[i], dataset.failure(i)) for i in range(len(paths)) if i not in predicted]
     for path, why in failures:
         logger.warning("skipped unreadable image %s: %s", path, why)  # counted in the summary
 

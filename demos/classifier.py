@@ -1,0 +1,311 @@
+#!/usr/bin/env python
+"""Classify images with an exported model (TorchScript ``.pt`` or ONNX ``.onnx``), without the project.
+
+    python demos/classifier.py MODEL IMAGE_OR_FOLDER [--topk 5] [--backend auto|torchscript|onnxruntime]
+
+It imports only torch, numpy, Pillow and (for ``.onnx``) onnxruntime. The export carries its metadata
+(class names, input size, resize mode, mean/std, head), and the preprocessing below reproduces the
+project's evaluation pipeline bit for bit:
+
+1. decode any image to 8-bit RGB as ``dataloader/io.py`` does (palette via RGBA, 16-bit scaled);
+2. letterbox (resize keeping the aspect ratio, centred, padded with 0) or centre crop, resizing the
+   uint8 image with antialiased bilinear exactly as torchvision does on this CPU;
+3. ``(x / 255 - mean) / std`` in float32, in the same operation order as the project.
+
+``--backend auto`` runs ``.onnx`` files in ONNX Runtime and anything else as TorchScript. Folders are
+read recursively. To use it from another program::
+
+    from classifier import Classifier            # with demos/ on sys.path
+    clf = Classifier("export/model.onnx")
+    clf.predict(["cat.jpg", "dog.png"], topk=3)   # [[("cat", 0.97), ...], ...]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+METADATA_FILE = "metadata.json"
+BACKEND_BY_SUFFIX = {".onnx": "onnxruntime"}
+ImageSource = Union[str, os.PathLike, bytes, Image.Image]
+
+
+# --- decoding: the same pixels as dataloader/io.py ----------------------------------------------------
+
+def to_rgb_tensor(im: Image.Image) -> torch.Tensor:
+    """A Pillow image of any mode as a ``3 x H x W`` uint8 RGB tensor (16-bit scaled to 8, palette via RGBA)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if im.mode != "RGB":
+        im = im.convert("RGBA").convert("RGB") if im.mode == "P" else im.convert("RGB")
+    return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def read_image(source: ImageSource) -> torch.Tensor:
+    """Decode a path, encoded bytes or a Pillow image to a ``3 x H x W`` uint8 RGB tensor."""
+    if isinstance(source, Image.Image):
+        return to_rgb_tensor(source)
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    if not data:
+        raise ValueError("empty file (0 bytes)")
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return to_rgb_tensor(im)
+
+
+# --- geometry: the same pixels as dataloader/transforms.py (torchvision v2 on uint8 tensors) ------------
+
+def _native_uint8_resize() -> bool:
+    # torchvision resizes uint8 directly on CPUs with these kernels, else via float32 and rounding.
+    return (torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+            or platform.machine() in ("aarch64", "arm64"))
+
+
+def resize_uint8(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Antialiased bilinear resize of a ``3 x H x W`` uint8 tensor, as ``torchvision.transforms.v2.functional.resize``."""
+    if tuple(image.shape[-2:]) == (height, width):
+        return image
+    batch = image.unsqueeze(0)
+    if _native_uint8_resize():
+        out = F.interpolate(batch, size=[height, width], mode="bilinear", align_corners=False, antialias=True)
+    else:
+        out = F.interpolate(batch.float(), size=[height, width], mode="bilinear", align_corners=False,
+                            antialias=True).round_().to(torch.uint8)
+    return out[0]
+
+
+def letterbox(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize keeping the aspect ratio to fit ``size``, then pad with 0 to exactly ``size``, centred."""
+    h, w = image.shape[-2:]
+    out_h, out_w = size
+    scale = min(out_h / h, out_w / w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    image = resize_uint8(image, new_h, new_w)
+    if (new_h, new_w) == (out_h, out_w):
+        return image
+    top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
+    out = image.new_zeros((3, out_h, out_w))
+    out[:, top:top + new_h, left:left + new_w] = image
+    return out
+
+
+def center_crop(image: torch.Tensor, size: Sequence[int], crop_pct: float) -> torch.Tensor:
+    """Resize the short side to ``min(size) / crop_pct`` (truncated), then take the centre ``size``."""
+    h, w = image.shape[-2:]
+    short_target = int(min(size) / crop_pct)
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = short_target, int(short_target * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    image = resize_uint8(image, new_h, new_w)
+    crop_h, crop_w = size
+    if crop_h > new_h or crop_w > new_w:  # pad first, as torchvision's center_crop does
+        pad_l, pad_t = max(crop_w - new_w, 0) // 2, max(crop_h - new_h, 0) // 2
+        pad_r, pad_b = (max(crop_w - new_w, 0) + 1) // 2, (max(crop_h - new_h, 0) + 1) // 2
+        image = F.pad(image, [pad_l, pad_r, pad_t, pad_b], value=0)
+        new_h, new_w = image.shape[-2:]
+    top, left = int(round((new_h - crop_h) / 2.0)), int(round((new_w - crop_w) / 2.0))
+    return image[:, top:top + crop_h, left:left + crop_w]
+
+
+GEOMETRY = {
+    "letterbox": lambda image, meta: letterbox(image, meta["image_size"]),
+    "center_crop": lambda image, meta: center_crop(image, meta["image_size"], meta["crop_pct"]),
+}
+ACTIVATIONS = {
+    "softmax": lambda logits: logits.float().softmax(dim=1),
+    "bce": lambda logits: logits.float().sigmoid(),
+}
+
+
+# --- backends ---------------------------------------------------------------------------------------
+
+class TorchScriptBackend:
+    """A TorchScript export, optimised for inference on this machine when loaded."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        extra = {METADATA_FILE: ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notices
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            self.module = torch.jit.optimize_for_inference(module)
+        self.metadata = json.loads(extra[METADATA_FILE] or "{}")
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.module(batch)
+
+
+class OnnxRuntimeBackend:
+    """An ONNX export in an ONNX Runtime CPU session with every graph optimisation on."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = {k: json.loads(v) for k, v in props.items()}
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {self.input_name: batch.numpy()})[0])
+
+
+BACKENDS = {"torchscript": TorchScriptBackend, "onnxruntime": OnnxRuntimeBackend}
+REQUIRED_METADATA = ("class_names", "image_size", "resize", "mean", "std")
+
+
+class Preprocessor:
+    """The project's evaluation preprocessing, configured by an export's metadata."""
+
+    def __init__(self, metadata: dict[str, Any]):
+        if metadata.get("resize") not in GEOMETRY:
+            raise ValueError(f"unsupported resize {metadata.get('resize')!r}; this demo knows {', '.join(GEOMETRY)}")
+        self.metadata = metadata
+        std = torch.tensor(metadata["std"], dtype=torch.float32)
+        # The same float32 operations as the project's BatchPreprocessor, so the inputs are bit-identical.
+        self.scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
+        self.shift = (torch.tensor(metadata["mean"], dtype=torch.float32) / std).view(1, 3, 1, 1)
+
+    def load(self, source: ImageSource) -> torch.Tensor:
+        """One image as the network's ``3 x H x W`` uint8 input (decoded, resized, padded or cropped)."""
+        return GEOMETRY[self.metadata["resize"]](read_image(source), self.metadata)
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 ``N x 3 x H x W`` -> the float batch the export expects."""
+        return batch.float().mul_(self.scale).sub_(self.shift).contiguous()
+
+
+class Classifier:
+    """An exported classifier with the project's evaluation preprocessing.
+
+    ``backend`` is ``auto`` (ONNX Runtime for ``.onnx``, else TorchScript), ``torchscript`` or
+    ``onnxruntime``; ``threads`` sets the intra-op thread count (default: the library's).
+    """
+
+    def __init__(self, model_path: str | os.PathLike, backend: str = "auto", threads: int | None = None):
+        path = Path(model_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+        if backend == "auto":
+            backend = BACKEND_BY_SUFFIX.get(path.suffix.lower(), "torchscript")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose auto, {', '.join(BACKENDS)}")
+        self.backend_name = backend
+        self.backend = BACKENDS[backend](path, threads)
+        self.metadata: dict[str, Any] = self.backend.metadata
+        missing = [k for k in REQUIRED_METADATA if k not in self.metadata]
+        if missing:
+            raise ValueError(f"{path} carries no {', '.join(missing)} metadata: export it with "
+                             f"main.py --jit or --onnx")
+        self.class_names: list[str] = list(self.metadata["class_names"])
+        self.head = self.metadata.get("head", "softmax")
+        if self.head not in ACTIVATIONS:
+            raise ValueError(f"{path}: unsupported head {self.head!r}; this demo knows {', '.join(ACTIVATIONS)}")
+        self.preprocessor = Preprocessor(self.metadata)
+
+    def load(self, source: ImageSource) -> torch.Tensor:
+        """One image as the network's ``3 x H x W`` uint8 input."""
+        return self.preprocessor.load(source)
+
+    def classify(self, batch: torch.Tensor) -> torch.Tensor:
+        """``N x C`` class probabilities (softmax, or sigmoid for a bce head) of a uint8 batch from :meth:`load`."""
+        return ACTIVATIONS[self.head](self.backend(self.preprocessor.normalise(batch)))
+
+    def probabilities(self, images: Sequence[ImageSource]) -> torch.Tensor:
+        """``N x C`` class probabilities of ``images`` (paths, encoded bytes or Pillow images)."""
+        return self.classify(torch.stack([self.load(image) for image in images]))
+
+    def predict(self, images: Sequence[ImageSource], topk: int = 5) -> list[list[tuple[str, float]]]:
+        """The top-k ``(class name, probability)`` pairs of each image, most likely first."""
+        probs = self.probabilities(images)
+        values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
+        return [[(self.class_names[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())]
+                for vs, ix in zip(values, indices)]
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+def list_images(source: str | os.PathLike) -> list[Path]:
+    """``source`` itself, or every image under the folder ``source`` (recursively, sorted)."""
+    path = Path(source)
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*")
+                      if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    if path.is_file():
+        return [path]
+    raise FileNotFoundError(f"{str(path)!r} is neither an image nor a folder")
+
+
+def batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Classify images with a model exported by main.py --jit/--onnx.")
+    parser.add_argument("model", help="model_jit.pt (TorchScript) or model.onnx")
+    parser.add_argument("images", help="an image or a folder of images (searched recursively)")
+    parser.add_argument("--topk", type=int, default=5, help="classes printed per image")
+    parser.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
+                        help="auto: ONNX Runtime for .onnx, TorchScript otherwise")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the library's)")
+    parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object per image (path, top-k, all probabilities) instead of text")
+    args = parser.parse_args(argv)
+    if args.topk < 1 or args.batch_size < 1:
+        parser.error("--topk and --batch_size must be >= 1")
+    try:
+        paths = list_images(args.images)
+        clf = Classifier(args.model, args.backend, args.threads)
+    except Exception as e:  # a missing file, or a model the backend cannot load: one line, no traceback
+        print(f"classifier.py: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+              file=sys.stderr)
+        return 1
+    done, failed = 0, 0
+    for chunk in batches(paths, args.batch_size):
+        loaded, kept = [], []
+        for path in chunk:
+            try:
+                loaded.append(clf.load(path))
+                kept.append(path)
+            except Exception as e:  # Pillow raises many types for unreadable files
+                failed += 1
+                print(f"skipped {path}: cannot decode image ({type(e).__name__}: {e})", file=sys.stderr)
+        if not loaded:
+            continue
+        probs = clf.classify(torch.stack(loaded))
+        values, indices = probs.topk(min(args.topk, probs.shape[1]), dim=1)
+        for path, p, vs, ix in zip(kept, probs.tolist(), values.tolist(), indices.tolist()):
+            top = [(clf.class_names[i], v) for v, i in zip(vs, ix)]
+            if args.json:
+                print(json.dumps({"path": str(path), "topk": top, "probabilities": p}))
+            else:
+                print(f"{path}: " + ", ".join(f"{name} {v:.4f}" for name, v in top))
+        done += len(kept)
+    print(f"{done} image(s) classified with {Path(args.model).name} ({clf.backend_name})"
+          + (f", {failed} unreadable image(s) skipped" if failed else ""), file=sys.stderr)
+    return 0 if done or not paths else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""applications/convert.py and utils/export.py: TorchScript and ONNX exports, loaded back in a fresh process.
+
+Checkpoints are built in train.py's format from random weights whose batch-norm statistics are
+re-estimated on the training images: logits then have a trained network's scale and differ from image
+to image, without the time of a training run.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import config
+from conftest import run_main
+from dataloader import BatchPreprocessor, ClassificationDataset, create_transform, read_class_names
+from models import create_model
+from utils.checkpoint import save_checkpoint
+from utils.export import (ExportError, choose_opset, onnxruntime_max_opset, torch_onnx_max_opset,
+                          torchscript_runner, verify_export)
+
+# Runs in a separate process with nothing of the project importable: load an export the way any
+# consumer would, report its metadata and logits on the given inputs (batched and the first alone).
+LOADER = r"""
+import json, sys
+import numpy as np, torch
+path, inputs, out = sys.argv[1:4]
+x = torch.load(inputs)
+if path.endswith(".onnx"):
+    import onnxruntime as ort
+    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    meta = {k: json.loads(v) for k, v in s.get_modelmeta().custom_metadata_map.items()}
+    name = s.get_inputs()[0].name
+    y, y1 = s.run(None, {name: x.numpy()})[0], s.run(None, {name: x[:1].numpy()})[0]
+    info = {"batch_axis": s.get_inputs()[0].shape[0], "params": None}
+else:
+    extra = {"metadata.json": ""}
+    m = torch.jit.load(path, _extra_files=extra)
+    meta = json.loads(extra["metadata.json"])
+    with torch.no_grad():
+        y, y1 = m(x).numpy(), m(x[:1]).numpy()
+    info = {"batch_axis": None, "params": len(list(m.parameters()))}
+np.savez(out, y=y, y1=y1)
+project = sorted(m for m in sys.modules if m.split(".")[0] in ("models", "dataloader", "utils", "applications", "config"))
+print(json.dumps({"metadata": meta, "project_modules": project, **info}))
+"""
+
+
+def calibrated_checkpoint(run_dir: Path, arch: str, data: Path, image_size: int, **overrides) -> Path:
+    """``run_dir/checkpoints/best.pth`` in train.py's format: ``arch`` with random weights (seed 0) and
+    batch-norm statistics of the training images; ``overrides`` set config values (criterion, eval_resize...)."""
+    cfg = config.build_parser().parse_args(["--train", "--arch", arch, "--data", str(data),
+                                            "--image_size", str(image_size), str(image_size)])
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    classes = read_class_names(data, "folder")
+    train = ClassificationDataset(data, "folder", "train", transform=create_transform(False, cfg.image_size))
+    images = BatchPreprocessor(cfg.mean, cfg.std, torch.device("cpu"))(torch.stack([img for img, _, _ in train]))
+    torch.manual_seed(0)
+    model = create_model(arch, len(classes))
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # exact statistics of one pass
+    with torch.no_grad():
+        model.train()(images)
+    for m in norms:
+        m.momentum = 0.1
+    path = run_dir / "checkpoints" / "best.pth"
+    save_checkpoint({"model": model.state_dict(), "class_names": classes, "arch": arch,
+                     "config": config.config_to_dict(cfg)}, path)
+    return path
+
+
+def export(ckpt: Path, data: Path, fmt: str, capsys, *extra: str) -> dict:
+    """Run ``main.py --jit/--onnx`` and return its printed result."""
+    capsys.readouterr()
+    assert run_main([f"--{fmt}", "--resume", str(ckpt), "--data", str(data), "-j", "0", *extra]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def restored_checkpoint(ckpt: Path, data: Path):
+    from applications.common import restore_for_inference
+    cfg = config.parse_config(["--evaluation", "--resume", str(ckpt), "--data", str(data), "--device", "cpu"])
+    return restore_for_inference(cfg)
+
+
+def restore(ckpt: Path, data: Path) -> nn.Module:
+    return restored_checkpoint(ckpt, data).model
+
+
+def eager_logits(ckpt: Path, data: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real test images, preprocessed as evaluation does, and the checkpoint's eager logits on them."""
+    from applications.convert import sample_images
+    restored = restored_checkpoint(ckpt, data)
+    images = sample_images(restored, "test", count=12)
+    with torch.no_grad():
+        return images, restored.model(images)
+
+
+def load_in_fresh_process(model: Path, inputs: torch.Tensor, tmp_path: Path) -> tuple[dict, np.ndarray, np.ndarray]:
+    torch.save(inputs, tmp_path / "inputs.pt")
+    proc = subprocess.run([sys.executable, "-c", LOADER, str(model), str(tmp_path / "inputs.pt"),
+                           str(tmp_path / "out.npz")], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outputs = np.load(tmp_path / "out.npz")
+    return json.loads(proc.stdout.strip().splitlines()[-1]), outputs["y"], outputs["y1"]
+
+
+@pytest.fixture(scope="module")
+def resnet18_exports(tiny_data, tmp_path_factory):
+    """A resnet18 checkpoint (16x16, bce head) and both its exports."""
+    data = tiny_data["folder"]
+    run = tmp_path_factory.mktemp("convert") / "run"
+    ckpt = calibrated_checkpoint(run, "resnet18", data, 16, criterion="bce")
+    results = {}
+    for fmt in ("jit", "onnx"):  # capsys is function-scoped: capture main's printed result by hand
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            assert run_main([f"--{fmt}", "--resume", str(ckpt), "--data", str(data), "-j", "0"]) == 0
+        results[fmt] = json.loads(buf.getvalue())
+    return {"ckpt": ckpt, "data": data, "run": run, "results": results}
+
+
+@pytest.mark.parametrize("fmt, filename", [("jit", "model_jit.pt"), ("onnx", "model.onnx")])
+def test_export_loads_in_a_fresh_process_with_metadata_and_matches_eager(resnet18_exports, tmp_path, fmt,
+                                                                         filename):
+    run, result = resnet18_exports["run"], resnet18_exports["results"][fmt]
+    path = run / "export" / filename
+    assert result["path"] == str(path) and path.is_file()
+    assert not list((run / "export").glob("*.unverified"))
+    assert result["verified_images"] == 8 and result["max_abs_diff"] <= 1e-4
+    images, expected = eager_logits(resnet18_exports["ckpt"], resnet18_exports["data"])
+    assert expected.abs().max() > 0.1 and len(set(expected.argmax(1).tolist())) > 1  # a model worth comparing
+
+    info, y, y1 = load_in_fresh_process(path, images, tmp_path)
+    assert info["project_modules"] == []
+    np.testing.assert_allclose(y, expected.numpy(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(y1, expected[:1].numpy(), rtol=0, atol=1e-4)
+    meta = info["metadata"]
+    assert meta["class_names"] == ["0", "1", "7"] and meta["image_size"] == [16, 16]
+    assert meta["resize"] == "letterbox" and meta["head"] == "bce" and meta["arch"] == "resnet18"
+    assert meta["mean"] == [0.485, 0.456, 0.406] and meta["std"] == [0.229, 0.224, 0.225]
+    if fmt == "onnx":
+        assert isinstance(info["batch_axis"], str)  # a symbolic, dynamic batch dimension
+        assert result["opset"] == min(torch_onnx_max_opset(), onnxruntime_max_opset())
+        import onnx
+        opsets = {o.domain: o.version for o in onnx.load(str(path)).opset_import}
+        assert opsets[""] == result["opset"]
+    else:
+        assert info["params"] == 0  # frozen: the weights are constants of the graph
+        assert result["method"] == "script"
+
+
+def test_verification_catches_an_export_of_other_weights(resnet18_exports):
+    images, _ = eager_logits(resnet18_exports["ckpt"], resnet18_exports["data"])
+    runner = torchscript_runner(resnet18_exports["run"] / "export" / "model_jit.pt")
+    model = restore(resnet18_exports["ckpt"], resnet18_exports["data"])
+    assert verify_export("the right export", model, runner, images)["max_abs_diff"] <= 1e-4
+    torch.manual_seed(1)
+    other = create_model("resnet18", 3).eval()
+    with pytest.raises(ExportError, match=r"the wrong export does not reproduce the eager model: max \|logit "
+                                          r"difference\| [0-9.e+-]+ > 0.0001 on 12 real images; it is .* from exact"):
+        verify_export("the wrong export", other, runner, images)
+    with pytest.raises(ExportError, match="returns shape"):
+        verify_export("a headless export", model, lambda x: runner(x)[:, :2], images)
+
+
+@pytest.mark.parametrize("arch, size, method", [
+    ("efficientnet-b0", 32, "trace"),  # memory-efficient swish must be switched off, or tracing fails
+    ("timm/resnet18", 16, "script"),
+    pytest.param("resnest50", 32, "trace", marks=pytest.mark.slow),
+])
+def test_every_family_exports_both_ways(tiny_data, tmp_path, capsys, arch, size, method):
+    data = tiny_data["folder"]
+    ckpt = calibrated_checkpoint(tmp_path / "run", arch, data, size)
+    jit = export(ckpt, data, "jit", capsys)
+    onnx_result = export(ckpt, data, "onnx", capsys)
+    assert jit["method"] == method
+    for result in (jit, onnx_result):  # within 1e-4, or as exact as the eager model itself (resnest)
+        assert result["max_abs_diff"] <= 1e-4 or (
+            result["export_float64_error"] <= 2 * result["eager_float64_error"])
+    assert jit["max_abs_logit"] > 0.1  # not a model whose outputs are all ~0
+    assert (tmp_path / "run/export/model_jit.pt").is_file() and (tmp_path / "run/export/model.onnx").is_file()
+
+
+def test_efficientnet_is_built_with_the_swish_that_export_switches_off():
+    from efficientnet_pytorch.utils import MemoryEfficientSwish
+    assert isinstance(create_model("efficientnet-b0", 3)._swish, MemoryEfficientSwish)
+
+
+def test_a_path_that_fails_says_so_and_suggests_the_other(tiny_data, tmp_path, caplog):
+    # timm's ViT uses scaled_dot_product_attention, which ONNX has only from opset 14 on.
+    data = tiny_data["folder"]
+    ckpt = calibrated_checkpoint(tmp_path / "run", "timm/vit_tiny_patch16_224", data, 224)
+    assert run_main(["--onnx", "--opset", "13", "--resume", str(ckpt), "--data", str(data), "-j", "0"]) == 1
+    message = caplog.text
+    assert "timm/vit_tiny_patch16_224 (timm family) cannot be exported to ONNX" in message
+    assert "scaled_dot_product_attention" in message and "try --jit instead" in message
+    assert not (tmp_path / "run/export/model.onnx").exists()
+
+
+def test_opset_is_the_newest_both_sides_support_and_others_are_refused():
+    best = min(torch_onnx_max_opset(), onnxruntime_max_opset())
+    assert choose_opset() == best and choose_opset(13) == 13
+    assert onnxruntime_max_opset() >= 17
+    with pytest.raises(ExportError, match=f"use --opset 7..{best}"):
+        choose_opset(best + 1)

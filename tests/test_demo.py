@@ -1,0 +1,196 @@
+"""demos/classifier.py: a fresh process without the project reproduces main.py --evaluation exactly."""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT, read_json, run_main
+from dataloader import BatchPreprocessor, create_transform, decode_rgb
+from test_convert import calibrated_checkpoint
+
+DEMO = ROOT / "demos" / "classifier.py"
+PHOTOS = Path(__import__("sklearn").__file__).parent / "datasets" / "images"  # china.jpg, flower.jpg: 427x640
+# Run the demo as a script, then list what it imported that it must not (run from a folder where the
+# project is not importable, so an import of project code would fail anyway).
+WRAPPER = r"""
+import json, runpy, sys
+demo, *args = sys.argv[1:]
+sys.argv = [demo, *args]
+code = 0
+try:
+    runpy.run_path(demo, run_name="__main__")
+except SystemExit as e:
+    code = e.code or 0
+banned = ("torchvision", "timm", "config", "main", "models", "dataloader", "applications", "utils", "criterions", "optim")
+print("IMPORTED " + json.dumps(sorted({m.split(".")[0] for m in sys.modules} & set(banned))), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def demo_module():
+    """demos/classifier.py imported in this process, to test its preprocessing functions directly."""
+    spec = importlib.util.spec_from_file_location("demo_classifier", DEMO)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_demo(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess, list[str]]:
+    proc = subprocess.run([sys.executable, "-c", WRAPPER, str(DEMO), *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+    imported = json.loads(proc.stderr.strip().splitlines()[-1].removeprefix("IMPORTED "))
+    return proc, imported
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_data, tmp_path_factory):
+    """A resnet18 checkpoint (16x16), its two exports and --evaluation's predictions on the test split."""
+    data = tiny_data["folder"]
+    run = tmp_path_factory.mktemp("demo") / "run"
+    ckpt = calibrated_checkpoint(run, "resnet18", data, 16)
+    with contextlib.redirect_stdout(io.StringIO()):
+        for mode in ("--jit", "--onnx"):
+            assert run_main([mode, "--resume", str(ckpt), "--data", str(data), "-j", "0"]) == 0
+        assert run_main(["--evaluation", "--resume", str(ckpt), "--data", str(data), "-j", "0", "--no_progress",
+                         "--out", str(run / "preds.json")]) == 0
+    return {"data": data, "run": run, "preds": read_json(run / "preds.json")}
+
+
+@pytest.mark.parametrize("model, backend", [("model_jit.pt", "torchscript"), ("model.onnx", "onnxruntime")])
+def test_demo_reproduces_evaluation_in_a_fresh_process(exported, tmp_path, model, backend):
+    proc, imported = run_demo([str(exported["run"] / "export" / model), str(exported["data"] / "test"),
+                               "--json", "--topk", "3"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert imported == []
+    assert f"12 image(s) classified with {model} ({backend})" in proc.stderr
+    rows = {Path(r["path"]).resolve(): r for r in map(json.loads, proc.stdout.splitlines())}
+    preds = exported["preds"]
+    assert len(rows) == len(preds) == 12
+    assert len({p["prediction"] for p in preds}) > 1  # the model tells images apart
+    for p in preds:
+        row = rows[Path(p["path"]).resolve()]
+        assert int(np.argmax(row["probabilities"])) == p["prediction"], p["path"]
+        np.testing.assert_allclose(row["probabilities"], p["scores"], rtol=0, atol=1e-5)
+        assert row["topk"][0][0] == p["prediction_name"] and len(row["topk"]) == 3
+        assert [v for _, v in row["topk"]] == sorted(row["probabilities"], reverse=True)
+
+
+def test_demo_prints_topk_and_skips_unreadable_images(exported, tmp_path):
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    first, second = sorted((exported["data"] / "test" / "7").iterdir())[:2]
+    shutil.copy(first, folder / "a.png")
+    shutil.copy(second, folder / "sub" / "b.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    proc, _ = run_demo([str(exported["run"] / "export" / "model.onnx"), str(folder), "--topk", "2"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(folder / "a.png"), str(folder / "sub" / "b.png")]
+    for line in lines:  # "path: name p, name p"
+        pairs = [pair.split() for pair in line.split(": ", 1)[1].split(", ")]
+        assert len(pairs) == 2 and all(name in ("0", "1", "7") and 0 <= float(p) <= 1 for name, p in pairs)
+    assert f"skipped {folder / 'broken.jpg'}: cannot decode image" in proc.stderr
+    assert "2 image(s) classified with model.onnx (onnxruntime), 1 unreadable image(s) skipped" in proc.stderr
+
+
+def test_demo_classifier_class_in_process(exported):
+    demo = demo_module()
+    clf = demo.Classifier(exported["run"] / "export" / "model.onnx")
+    paths = [p["path"] for p in exported["preds"][:4]]
+    top = clf.predict(paths + [Image.open(paths[0])], topk=2)
+    assert [t[0][0] for t in top[:4]] == [p["prediction_name"] for p in exported["preds"][:4]]
+    assert top[4] == top[0]  # a Pillow image gives what its file gives
+    with pytest.raises(ValueError, match="unknown backend"):
+        demo.Classifier(exported["run"] / "export" / "model.onnx", backend="tensorrt")
+
+
+def _encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def sample_images(tiny_data) -> dict[str, bytes]:
+    """Digits PNGs, two real photos (JPEG, 427x640) and a non-square crop in many modes and formats."""
+    photo = Image.open(PHOTOS / "china.jpg")
+    photo.load()
+    crop = photo.crop((10, 20, 110, 57))
+    crop.info.pop("icc_profile", None)
+    digits = sorted((tiny_data["folder"] / "test").rglob("*.png"))[:3]
+    images = {p.name: p.read_bytes() for p in digits}
+    images.update({name: (PHOTOS / name).read_bytes() for name in ("china.jpg", "flower.jpg")})
+    images.update({
+        "rgb.png": _encoded(crop, "PNG"),
+        "palette.png": _encoded(crop.convert("P", palette=Image.Palette.ADAPTIVE, colors=16), "PNG", transparency=3),
+        "rgba.png": _encoded(crop.convert("RGBA"), "PNG"),
+        "grey.png": _encoded(crop.convert("L"), "PNG"),
+        "grey_alpha.png": _encoded(crop.convert("LA"), "PNG"),
+        "1bit.png": _encoded(crop.convert("1"), "PNG"),
+        "16bit.png": _encoded(Image.fromarray(np.asarray(crop.convert("L"), np.uint16) * 257), "PNG"),
+        "grey.jpg": _encoded(crop.convert("L"), "JPEG", quality=90),
+        "cmyk.jpg": _encoded(crop.convert("CMYK"), "JPEG", quality=90),
+        "progressive.jpg": _encoded(crop, "JPEG", quality=50, progressive=True, subsampling=2),
+        "rgb.bmp": _encoded(crop, "BMP"),
+        "tall.png": _encoded(photo.crop((0, 0, 41, 300)).convert("RGB"), "PNG"),
+    })
+    return images
+
+
+@pytest.mark.parametrize("size, resize, crop_pct", [
+    ((16, 16), "letterbox", 0.875), ((32, 48), "letterbox", 0.875), ((224, 224), "letterbox", 0.875),
+    ((32, 32), "center_crop", 0.875), ((24, 40), "center_crop", 0.875), ((64, 64), "center_crop", 1.0),
+])
+def test_demo_preprocessing_is_bit_exact(tiny_data, size, resize, crop_pct):
+    demo = demo_module()
+    meta = {"image_size": list(size), "resize": resize, "crop_pct": crop_pct,
+            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    ours = demo.Preprocessor(meta)
+    project = create_transform(False, size, eval_resize=resize, crop_pct=crop_pct)
+    batch_ours, batch_project = [], []
+    for name, data in sample_images(tiny_data).items():
+        expected, got = project(decode_rgb(data)), ours.load(data)
+        assert got.dtype == torch.uint8 and got.shape == expected.shape == (3, *size), name
+        assert torch.equal(got, expected), f"{name}: {int((got.int() - expected.int()).abs().max())} levels off"
+        batch_ours.append(got)
+        batch_project.append(expected)
+    normalised = BatchPreprocessor(meta["mean"], meta["std"], torch.device("cpu"))(torch.stack(batch_project))
+    assert torch.equal(ours.normalise(torch.stack(batch_ours)), normalised)
+
+
+@pytest.mark.slow
+def test_demo_reproduces_evaluation_on_the_bundled_digits_test_split(tmp_path):
+    """The trained quickstart recipe (2 epochs) on the real 270-image test split, both exports."""
+    from utils.make_digits import make_digits
+    data = make_digits(tmp_path / "digits")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert run_main(["--train", "--config", str(ROOT / "z_task_shell/configs/digits_resnet18.yaml"),
+                         "--data", str(data), "--output", str(tmp_path / "out"), "--epochs", "2", "-j", "0",
+                         "--no_progress"]) == 0
+        ckpt = tmp_path / "out/resnet18/digits_baseline/checkpoints/best.pth"
+        for mode in ("--jit", "--onnx"):
+            assert run_main([mode, "--resume", str(ckpt), "--data", str(data), "-j", "0"]) == 0
+        assert run_main(["--evaluation", "--resume", str(ckpt), "--data", str(data), "-j", "0", "--no_progress",
+                         "--out", str(tmp_path / "preds.json")]) == 0
+    preds = {str(Path(p["path"]).resolve()): p for p in read_json(tmp_path / "preds.json")}
+    assert len(preds) == 270
+    for model in ("model_jit.pt", "model.onnx"):
+        proc, imported = run_demo([str(ckpt.parent.parent / "export" / model), str(data / "test"), "--json"],
+                                  cwd=tmp_path)
+        assert proc.returncode == 0 and imported == [], proc.stderr[-3000:]
+        rows = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert len(rows) == 270
+        for row in rows:
+            p = preds[str(Path(row["path"]).resolve())]
+            assert int(np.argmax(row["probabilities"])) == p["prediction"], row["path"]
+            np.testing.assert_allclose(row["probabilities"], p["scores"], rtol=0, atol=1e-5)

@@ -1,0 +1,118 @@
+"""applications/predict.py: folders, txt lists and single images; class names, annotations, unreadable files."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import read_json, run_main
+from test_convert import calibrated_checkpoint
+from utils.checkpoint import load_checkpoint
+
+
+def main_result(args: list[str]) -> dict:
+    """Run main.py and return the result it prints."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert run_main(args) == 0
+    return json.loads(buf.getvalue())
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("predict") / "run"
+    return calibrated_checkpoint(run, "resnet18", tiny_data["folder"], 16)
+
+
+def test_predict_a_folder_matches_evaluation_and_counts_unreadable_images(tiny_data, checkpoint, tmp_path, caplog):
+    source = tmp_path / "images"
+    shutil.copytree(tiny_data["folder"] / "test", source)  # nested class folders: searched recursively
+    (source / "7" / "deeper").mkdir()
+    (source / "7" / "deeper" / "broken.png").write_bytes(b"\x89PNG not really")
+    (source / "empty.jpg").write_bytes(b"")
+    (source / "notes.txt").write_text("not an image extension: ignored")
+    result = main_result(["--predict", str(source), "--resume", str(checkpoint), "--topk", "2", "-j", "0",
+                          "-b", "5", "--no_progress"])
+    run = checkpoint.parent.parent
+    assert result["images"] == 14 and result["predicted"] == 12 and result["unreadable"] == 2
+    assert result["predictions"] == str(run / "predict" / "predictions.csv")
+    assert "skipped unreadable image" in caplog.text and "broken.png" in caplog.text and "empty.jpg" in caplog.text
+    rows = read_csv(run / "predict" / "predictions.csv")
+    assert list(rows[0]) == ["path", "class_1", "prob_1", "class_2", "prob_2"]
+    assert len(rows) == 12
+
+    assert run_main(["--evaluation", "--resume", str(checkpoint), "--data", str(tiny_data["folder"]), "-j", "0",
+                     "--no_progress", "--out", str(tmp_path / "preds.json")]) == 0
+    expected = {Path(p["path"]).relative_to(tiny_data["folder"] / "test"): p for p in read_json(tmp_path / "preds.json")}
+    assert len({p["prediction"] for p in expected.values()}) > 1
+    for row in rows:
+        p = expected[Path(row["path"]).relative_to(source)]
+        assert row["class_1"] == p["prediction_name"]
+        assert float(row["prob_1"]) == pytest.approx(max(p["scores"]), abs=2e-6)
+        assert float(row["prob_1"]) >= float(row["prob_2"])
+
+
+def test_predict_a_txt_list_with_class_indices_visualize_and_log(tiny_data, checkpoint, tmp_path):
+    # A bare state dict carries no class names and no config: --arch/--image_size and --class_indices say them.
+    bare = tmp_path / "bare.pth"
+    torch.save(load_checkpoint(checkpoint)["model"], bare)
+    images = sorted((tiny_data["folder"] / "test").rglob("*.png"))[:3]
+    listing = tmp_path / "lists" / "images.txt"
+    listing.parent.mkdir()
+    shutil.copy(images[0], listing.parent / "local.png")
+    listing.write_text(f"# a comment\nlocal.png\n{images[1]} 2\n\n{images[2]}\nmissing.png 0\n")
+    args = ["--predict", str(listing), "--resume", str(bare), "--arch", "resnet18", "--image_size", "16", "16",
+            "-j", "0", "--no_progress", "-v", "-s", "--topk", "5"]
+    assert run_main(args) == 1  # no class names anywhere: a clear error, no crash
+
+    indices = tmp_path / "classes.json"
+    indices.write_text(json.dumps({"0": "zero", "1": "one", "2": "seven"}))
+    result = main_result(args + ["--class_indices", str(indices)])
+    out = tmp_path / "predict"  # the run directory of a checkpoint outside checkpoints/ is its folder
+    assert result["images"] == 4 and result["predicted"] == 3 and result["unreadable"] == 1
+    rows = read_csv(out / "predictions.csv")
+    assert [Path(r["path"]).name for r in rows] == ["local.png", images[1].name, images[2].name]
+    assert list(rows[0])[-2:] == ["class_3", "prob_3"]  # --topk 5 capped at the 3 classes
+    for row in rows:
+        assert {row["class_1"], row["class_2"], row["class_3"]} == {"zero", "one", "seven"}
+        assert sum(float(row[f"prob_{k}"]) for k in (1, 2, 3)) == pytest.approx(1.0, abs=1e-5)
+    annotated = sorted((out / "images").iterdir())
+    assert len(annotated) == 3 and all(p.suffix == ".png" for p in annotated)
+    with Image.open(annotated[0]) as im:
+        assert im.width >= 256 and im.height > im.width  # blown up, with the text band under the image
+    log = (out / "predictions.log").read_text().splitlines()
+    assert len(log) == 4 and log[-1].startswith(str(listing.parent / "missing.png")) and "UNREADABLE" in log[-1]
+
+
+def test_predict_one_image_with_a_bce_head(tiny_data, tmp_path):
+    ckpt = calibrated_checkpoint(tmp_path / "run", "resnet18", tiny_data["folder"], 16, criterion="bce")
+    image = sorted((tiny_data["folder"] / "test").rglob("*.png"))[0]
+    result = main_result(["--predict", str(image), "--resume", str(ckpt), "-j", "0", "--no_progress", "--topk", "1"])
+    assert result["predicted"] == 1 and result["unreadable"] == 0
+    (row,) = read_csv(Path(result["predictions"]))
+    assert list(row) == ["path", "class_1", "prob_1"] and row["class_1"] in ("0", "1", "7")
+    assert 0 < float(row["prob_1"]) < 1
+
+
+def test_class_indices_formats(tmp_path):
+    from utils.class_indices import read_class_indices
+    cases = {"list.json": ["cat", "dog"], "map.json": {"1": "dog", "0": "cat"},
+             "keras.json": {"0": ["n0001", "cat"], "1": ["n0002", "dog"]}}
+    for name, content in cases.items():
+        (tmp_path / name).write_text(json.dumps(content))
+        assert read_class_indices(tmp_path / name) == ["cat", "dog"], name
+    (tmp_path / "gap.json").write_text(json.dumps({"0": "cat", "2": "dog"}))
+    with pytest.raises(ValueError, match="keys must be exactly 0..1"):
+        read_class_indices(tmp_path / "gap.json")

@@ -1,0 +1,282 @@
+"""Deployable exports of a classifier: TorchScript and ONNX files that carry their own metadata.
+
+Both formats take a float ``N x 3 x H x W`` batch, already normalised as ``(x / 255 - mean) / std``,
+and return logits. A consumer (``demos/classifier.py``) needs nothing but the file: the class names,
+input size, resize mode, normalisation and head travel inside it, as the TorchScript extra file
+``metadata.json`` and as the ONNX model's ``metadata_props`` (one JSON-encoded value per key).
+
+TorchScript files are frozen (weights inlined, conv+bn folded, dropout gone). The device-specific
+``torch.jit.optimize_for_inference`` pass (oneDNN layouts) cannot be serialised, so loaders apply it
+when they load the file (:func:`load_torchscript`), as the demo does.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import os
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+METADATA_FILE = "metadata.json"
+METADATA_VERSION = 1
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+ATOL = 1e-4  # max |logit difference| from the eager fp32 model accepted for an export (see verify_export)
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ExportError(ValueError):
+    """A model could not be exported, or its export does not reproduce the eager model."""
+
+
+def export_metadata(model_cfg: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
+    """What a consumer needs to preprocess images and name the outputs, from the checkpoint's model config."""
+    return {
+        "format_version": METADATA_VERSION,
+        "arch": str(model_cfg["arch"]),
+        "class_names": [str(c) for c in class_names],
+        "image_size": [int(s) for s in model_cfg["image_size"]],
+        "resize": str(model_cfg.get("eval_resize") or "letterbox"),
+        "crop_pct": float(model_cfg.get("crop_pct") or 0.875),
+        "mean": [float(v) for v in model_cfg["mean"]],
+        "std": [float(v) for v in model_cfg["std"]],
+        "head": str(model_cfg.get("criterion") or "softmax"),
+        "input": "float32 N x 3 x H x W, RGB, (x / 255 - mean) / std after the resize",
+        "output": "logits (probabilities: softmax, or sigmoid for head bce)",
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Family-specific preparation
+
+
+def _efficientnet_pytorch(model: nn.Module) -> nn.Module:
+    # Its memory-efficient swish is a custom autograd Function: a traced TorchScript module cannot hold it
+    # (saving fails), and exporters should see the plain x * sigmoid(x) it computes anyway.
+    model.set_swish(memory_efficient=False)
+    return model
+
+
+PREPARE: dict[str, Callable[[nn.Module], nn.Module]] = {"efficientnet-pytorch": _efficientnet_pytorch}
+
+
+def prepare_for_export(model: nn.Module, family: str) -> nn.Module:
+    """The model in eval mode with whatever its family needs switched for export (in place)."""
+    return PREPARE.get(family, lambda m: m)(model.eval())
+
+
+# ---------------------------------------------------------------------------------------------------
+# TorchScript
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' deprecation and tracer chatter (one warning per module otherwise)."""
+    with warnings.catch_warnings():
+        for category in (FutureWarning, DeprecationWarning, UserWarning, torch.jit.TracerWarning):
+            warnings.simplefilter("ignore", category)
+        yield
+
+
+def to_torchscript(model: nn.Module, example: torch.Tensor) -> tuple[torch.jit.ScriptModule, str]:
+    """A frozen TorchScript module of ``model``: scripted where it allows, else traced on ``example``.
+
+    Returns the module and how it was made (``script`` or ``trace``). A traced module keeps the
+    control flow of ``example``'s size: export at the size you serve.
+    """
+    with _quiet():
+        try:
+            module, method = torch.jit.script(model), "script"
+        except Exception as e:  # scripting fails in many ways on non-scriptable Python
+            logger.info("scripting failed (%s: %s); tracing instead", type(e).__name__,
+                        (str(e).strip().splitlines() or [""])[0][:200])
+            with torch.no_grad():
+                module, method = torch.jit.trace(model, example, check_trace=False), "trace"
+        return torch.jit.freeze(module.eval()), method
+
+
+def save_torchscript(module: torch.jit.ScriptModule, path: str | Path, metadata: Mapping[str, Any]) -> Path:
+    """Write ``module`` with ``metadata`` as its ``metadata.json`` extra file (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with _quiet():
+            torch.jit.save(module, str(tmp), _extra_files={METADATA_FILE: json.dumps(dict(metadata))})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_torchscript(path: str | Path, optimize: bool = True) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """A TorchScript export on the CPU and its metadata; ``optimize`` applies ``optimize_for_inference``."""
+    extra = {METADATA_FILE: ""}
+    with _quiet():
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        if optimize:
+            module = torch.jit.optimize_for_inference(module)
+    return module, json.loads(extra[METADATA_FILE] or "{}")
+
+
+def torchscript_runner(path: str | Path, optimize: bool = True) -> Runner:
+    """``batch -> logits`` through the TorchScript file at ``path``."""
+    module, _ = load_torchscript(path, optimize=optimize)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(x)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------
+# ONNX
+
+
+def torch_onnx_max_opset() -> int:
+    """The newest opset torch's TorchScript-based ONNX exporter writes (the one that needs no onnxscript)."""
+    try:
+        from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+        return int(ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    except ImportError:  # a private constant: fall back to a long-supported opset
+        return 17
+
+
+@functools.lru_cache(maxsize=None)
+def onnxruntime_max_opset() -> int:
+    """The newest ``ai.onnx`` opset the installed onnxruntime loads, found by loading a one-node model."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    for opset in range(onnx.defs.onnx_opset_version(), 6, -1):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+        try:
+            ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            return opset
+        except Exception:  # onnxruntime refuses opsets newer than it knows
+            continue
+    raise ExportError(f"onnxruntime {ort.__version__} loads no opset >= 7: reinstall onnxruntime")
+
+
+def choose_opset(requested: int | None = None) -> int:
+    """``requested``, or the newest opset both torch's exporter and the installed onnxruntime support."""
+    import onnxruntime as ort
+    torch_max, ort_max = torch_onnx_max_opset(), onnxruntime_max_opset()
+    best = min(torch_max, ort_max)
+    if requested is None:
+        return best
+    if not 7 <= requested <= best:
+        raise ExportError(f"--opset {requested} is not supported here: torch's exporter writes opsets up to "
+                          f"{torch_max}, onnxruntime {ort.__version__} runs up to {ort_max}; "
+                          f"use --opset 7..{best} or leave it out")
+    return requested
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, metadata: Mapping[str, Any],
+                opset: int) -> Path:
+    """Write ``model`` as ONNX with a dynamic batch axis and ``metadata`` in its metadata properties."""
+    import onnx
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with _quiet(), torch.no_grad():
+            torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+        proto = onnx.load(str(tmp))
+        onnx.checker.check_model(proto)
+        del proto.metadata_props[:]
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = str(key), json.dumps(value)
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session with every graph optimisation on (``threads`` intra-op threads)."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata an ONNX export carries, values decoded from JSON."""
+    props = onnx_session(path).get_modelmeta().custom_metadata_map
+    return {k: json.loads(v) for k, v in props.items()}
+
+
+def onnx_runner(path: str | Path, threads: int | None = None) -> Runner:
+    """``batch -> logits`` through the ONNX file at ``path`` in onnxruntime."""
+    session = onnx_session(path, threads)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.detach().cpu().numpy()})[0])
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------
+# Verification
+
+
+def float64_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor | None:
+    """Logits of ``model`` computed in float64 (``None`` when the model cannot run in float64)."""
+    try:
+        exact_model = copy.deepcopy(model).double()
+        with torch.no_grad():
+            return exact_model(images.double())
+    except Exception as e:  # e.g. an op without a float64 kernel
+        logger.info("cannot run the model in float64 (%s: %s)", type(e).__name__, e)
+        return None
+
+
+def verify_export(what: str, model: nn.Module, runner: Runner, images: torch.Tensor) -> dict[str, float]:
+    """Check ``runner`` (an export) against the eager ``model`` on ``images``, batched and the first alone
+    (which checks that the batch axis really is dynamic); raise :class:`ExportError` when it differs.
+
+    Accepted: max |logit difference| <= ``ATOL``; or, for a model whose own fp32 logits are less exact
+    than that, an export at most twice as far from the float64 logits as the eager model is.
+    Returns the differences measured.
+    """
+    with torch.no_grad():
+        expected = model(images).float()
+    got, got_one = runner(images).float(), runner(images[:1]).float()
+    if got.shape != expected.shape or got_one.shape != expected[:1].shape:
+        raise ExportError(f"{what} returns shape {tuple(got.shape)}, the eager model {tuple(expected.shape)}")
+    diff = float(torch.maximum((got - expected).abs().max(), (got_one - expected[:1]).abs().max()))
+    report = {"max_abs_diff": diff, "max_abs_logit": float(expected.abs().max())}
+    if diff <= ATOL:  # also False for NaN
+        return report
+    exact = float64_logits(model, images)
+    detail = ""
+    if exact is not None:
+        eager_error = float((expected.double() - exact).abs().max())
+        export_error = float(torch.maximum((got.double() - exact).abs().max(), (got_one.double() - exact[:1]).abs().max()))
+        report.update(eager_float64_error=eager_error, export_float64_error=export_error)
+        if export_error <= 2.0 * eager_error:
+            logger.warning("%s differs from eager by %.3g > %g, but the eager fp32 model is itself %.3g from exact "
+                           "(float64) logits and the export %.3g: accepted as equally exact", what, diff, ATOL,
+                           eager_error, export_error)
+            return report
+        detail = f"; it is {export_error:.3g} from exact (float64) logits, the eager model {eager_error:.3g}"
+    raise ExportError(f"{what} does not reproduce the eager model: max |logit difference| {diff:.3g} > {ATOL:g} "
+                      f"on {len(images)} real images{detail}")
