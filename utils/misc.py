@@ -34,12 +34,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (test runners swap and close it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Log to stderr (once per process)."""
     root = logging.getLogger()
     root.setLevel(level)
     if not any(getattr(h, "_playground", False) for h in root.handlers):
-        h = logging.StreamHandler(sys.stderr)
+        h = _StderrHandler()
         h._playground = True  # type: ignore[attr-defined]
         h.setFormatter(logging.Formatter(LOG_FORMAT, "%H:%M:%S"))
         root.addHandler(h)
