@@ -8,47 +8,50 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator
 
 SPLITS = ("train", "val", "test")
+SplitWriter = Callable[[Path, Path, str, list[tuple[Path, int]]], None]
 
 
-def _folder_samples(root: Path, split: str, classes: Sequence[str]) -> list[tuple[Path, int]]:
+def _splits(folder_root: Path, out_root: Path) -> Iterator[tuple[str, list[tuple[Path, int]]]]:
+    """Write ``out_root/classes.txt`` and yield ``(split, [(path, label), ...])`` for each split present."""
     from dataloader.datasets import FolderLayout
-    return [(Path(p), label) for p, label in FolderLayout.samples(root, split, classes)]
+    out_root.mkdir(parents=True, exist_ok=True)
+    classes = FolderLayout.classes(folder_root)
+    (out_root / "classes.txt").write_text("\n".join(classes) + "\n")
+    for split in SPLITS:
+        if (folder_root / split).is_dir():
+            yield split, [(Path(p), label) for p, label in FolderLayout.samples(folder_root, split, classes)]
+
+
+def _convert(folder_root: str | Path, out_root: str | Path, write_split: SplitWriter) -> Path:
+    folder_root, out_root = Path(folder_root).resolve(), Path(out_root)
+    for split, samples in _splits(folder_root, out_root):
+        write_split(folder_root, out_root, split, samples)
+    return out_root
+
+
+def _txt_split(folder_root: Path, out_root: Path, split: str, samples: list[tuple[Path, int]]) -> None:
+    lines = [f"{os.path.relpath(p, out_root.resolve())} {label}" for p, label in samples]
+    (out_root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def _zip_split(folder_root: Path, out_root: Path, split: str, samples: list[tuple[Path, int]]) -> None:
+    lines = []
+    with zipfile.ZipFile(out_root / f"{split}.zip", "w", zipfile.ZIP_STORED) as zf:
+        for path, label in samples:
+            member = path.relative_to(folder_root / split).as_posix()
+            zf.write(path, member)
+            lines.append(f"{member}\t{label}")
+    (out_root / f"{split}_map.txt").write_text("\n".join(lines) + "\n")
 
 
 def write_txt_lists(folder_root: str | Path, out_root: str | Path) -> Path:
     """``out_root/{split}.txt`` (paths relative to ``out_root``) and ``classes.txt`` for a folder dataset."""
-    from dataloader.datasets import FolderLayout
-    folder_root, out_root = Path(folder_root).resolve(), Path(out_root)
-    out_root.mkdir(parents=True, exist_ok=True)
-    classes = FolderLayout.classes(folder_root)
-    (out_root / "classes.txt").write_text("\n".join(classes) + "\n")
-    for split in SPLITS:
-        if not (folder_root / split).is_dir():
-            continue
-        lines = [f"{os.path.relpath(p, out_root.resolve())} {label}"
-                 for p, label in _folder_samples(folder_root, split, classes)]
-        (out_root / f"{split}.txt").write_text("\n".join(lines) + "\n")
-    return out_root
+    return _convert(folder_root, out_root, _txt_split)
 
 
 def write_zip_archives(folder_root: str | Path, out_root: str | Path) -> Path:
     """``out_root/{split}.zip`` with ``{split}_map.txt`` (``member<TAB>label``) and ``classes.txt``."""
-    from dataloader.datasets import FolderLayout
-    folder_root, out_root = Path(folder_root).resolve(), Path(out_root)
-    out_root.mkdir(parents=True, exist_ok=True)
-    classes = FolderLayout.classes(folder_root)
-    (out_root / "classes.txt").write_text("\n".join(classes) + "\n")
-    for split in SPLITS:
-        if not (folder_root / split).is_dir():
-            continue
-        lines = []
-        with zipfile.ZipFile(out_root / f"{split}.zip", "w", zipfile.ZIP_STORED) as zf:
-            for path, label in _folder_samples(folder_root, split, classes):
-                member = path.relative_to(folder_root / split).as_posix()
-                zf.write(path, member)
-                lines.append(f"{member}\t{label}")
-        (out_root / f"{split}_map.txt").write_text("\n".join(lines) + "\n")
-    return out_root
+    return _convert(folder_root, out_root, _zip_split)
