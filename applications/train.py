@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -295,6 +296,13 @@ def _pictures(cfg: argparse.Namespace, run_dir: Path, history: list[dict], model
         writer.close()
 
 
+def _stop_check(stop: StopRequest, device: torch.device, every: int) -> Callable[[], bool]:
+    """``should_stop`` for train_one_epoch: under DDP the ranks agree (one all-reduce) every ``every``
+    steps, the same steps on every rank, so all stop together without a sync point at each step."""
+    count = itertools.count(1)
+    return lambda: next(count) % every == 0 and any_rank(stop.requested, device)
+
+
 def _tensorboard(run_dir: Path, start_epoch: int):
     from torch.utils.tensorboard import SummaryWriter
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
@@ -424,7 +432,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
                                      accumulation_steps=cfg.accumulation_steps, epoch=epoch, progress=progress,
                                      batch_hook=batch_hook, ema=ema, clip_grad=cfg.clip_grad,
                                      start_batch=start_batch, partial=partial,
-                                     should_stop=lambda: any_rank(stop.requested, device))
+                                     should_stop=_stop_check(stop, device, every=10 if info.distributed else 1))
             start_batch, partial = 0, None
             if tr["interrupted"]:
                 state = checkpoint_state(model, optimizer, scheduler, scaler, epoch=epoch - 1, best_top1=best_top1,

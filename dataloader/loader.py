@@ -126,7 +126,7 @@ def create_loader(dataset: Dataset, *, batch_size: int, workers: int, train: boo
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
         drop_last=drop_last, collate_fn=collate_skipping_bad, persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=max(2, 8 // workers) if workers > 0 else None,  # about 8 batches in flight in all
     )
 
 
