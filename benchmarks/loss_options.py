@@ -25,6 +25,7 @@ OPTIONS: dict[str, list[str]] = {
     "softmax, no label smoothing": ["--label_smoothing", "0"],
     "bce": ["--criterion", "bce", "--label_smoothing", "0"],
     "bce + ghm": ["--criterion", "bce", "--ghm_loss", "--label_smoothing", "0"],
+    "bce + ghm, clipped": ["--criterion", "bce", "--ghm_loss", "--label_smoothing", "0", "--clip_grad", "2"],
     "softmax + ohm 0.7": ["--ohm_loss"],
     "softmax + threshold": ["--threshold_loss"],
     "softmax + focal 2": ["--focal_loss"],
