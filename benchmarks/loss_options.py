@@ -40,7 +40,7 @@ def run_option(name: str, flags: list[str], epochs: int, out: Path) -> dict:
     tag = "".join(c if c.isalnum() else "_" for c in name)
     argv = ["--train", "--config", str(ROOT / "z_task_shell/configs/digits_resnet18.yaml"), "--data",
             str(ROOT / "data/digits"), "--output", str(out), "--tag", tag, "--epochs", str(epochs),
-            "--no_progress", *flags]
+            "--no_progress", *(["--warmup", "0"] if epochs <= 1 else []), *flags]
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         code = main.main(argv)
