@@ -19,13 +19,12 @@ import numpy as np
 import torch
 
 from models import create_model
-from optim import create_optimizer
 from utils.misc import log_to_file, resolve_device, seed_everything
 from utils.plots import plot_lr_finder
 
 from .common import (amp_dtype, build_dataset, build_loader, check_num_classes, data_class_names, preprocessor,
                      run_dir_for)
-from .strategies import build_batch_hook, build_criterion, build_policy
+from .strategies import build_batch_hook, build_criterion, build_optimizer, build_policy
 from .train import train_one_epoch
 
 logger = logging.getLogger(__name__)
@@ -63,9 +62,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         train_set = build_dataset(cfg, "train", class_names, train=True, policy=build_policy(cfg))
         loader = build_loader(cfg, train_set, train=True, device=device)
         criterion = build_criterion(cfg, [train_set.targets.count(c) for c in range(num_classes)]).to(device)
-        optimizer = create_optimizer(model, cfg.optimizer, lr=cfg.lr_finder_min, weight_decay=cfg.weight_decay,
-                                     momentum=cfg.momentum, nesterov=cfg.nesterov, lookahead=cfg.lookahead,
-                                     lookahead_alpha=cfg.lookahead_alpha, lookahead_k=cfg.lookahead_k)
+        optimizer = build_optimizer(cfg, model, cfg.lr_finder_min)
         steps = cfg.lr_finder_steps
         ratio = cfg.lr_finder_max / cfg.lr_finder_min
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: ratio ** (min(s, steps - 1) / (steps - 1)))

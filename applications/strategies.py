@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from criterions import create_criterion
 from utils.loss_weights import load_class_weights, load_cost_matrix
 from dataloader import ClassificationDataset
+from optim import create_optimizer
 from dataloader.enhancement import CustomPolicyConfig, MixupCutmix, MultiScale, create_policy
 from utils.sidefiles import read_rows
 
@@ -44,6 +45,13 @@ def build_criterion(cfg: argparse.Namespace, class_counts: Sequence[int]) -> nn.
                             ghm_momentum=cfg.ghm_momentum, ohm=cfg.ohm_loss, ohm_ratio=cfg.ohm_ratio,
                             threshold=cfg.threshold_loss, threshold_low=cfg.threshold_low,
                             threshold_high=cfg.threshold_high, focal=cfg.focal_loss, focal_gamma=cfg.focal_gamma)
+
+
+def build_optimizer(cfg: argparse.Namespace, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """``--optimizer`` over ``model`` at ``lr`` with the config's decay, momentum and Lookahead settings."""
+    return create_optimizer(model, cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                            nesterov=cfg.nesterov, lookahead=cfg.lookahead, lookahead_alpha=cfg.lookahead_alpha,
+                            lookahead_k=cfg.lookahead_k)
 
 
 def build_policy(cfg: argparse.Namespace) -> nn.Module | None:

@@ -29,7 +29,7 @@ from criterions import create_criterion
 from dataloader.enhancement import make_augmented_grid
 from models import create_model, extract_state_dict, load_state_dict_checked
 from models.memory import enable_gradient_checkpointing
-from optim import ModelEma, create_optimizer, create_scheduler
+from optim import ModelEma, create_scheduler
 from utils.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, previous_path, restore_rng_state,
                               save_checkpoint)
 from utils.metrics import hard_labels, topk_correct
@@ -39,7 +39,7 @@ from utils.misc import log_to_file, seed_everything
 
 from .common import (amp_dtype, autocast, build_dataset, build_loader, check_num_classes, data_class_names,
                      preprocessor, run_dir_for)
-from .strategies import build_batch_hook, build_criterion, build_policy
+from .strategies import build_batch_hook, build_criterion, build_optimizer, build_policy
 
 logger = logging.getLogger(__name__)
 
@@ -369,9 +369,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     criterion = build_criterion(cfg, class_counts).to(device)
     val_criterion = create_criterion(cfg.criterion)  # the plain head: comparable, and stateless
     batch_hook = build_batch_hook(cfg, train_set)
-    optimizer = create_optimizer(model, cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay,
-                                 momentum=cfg.momentum, nesterov=cfg.nesterov, lookahead=cfg.lookahead,
-                                 lookahead_alpha=cfg.lookahead_alpha, lookahead_k=cfg.lookahead_k)
+    optimizer = build_optimizer(cfg, model, lr)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.accumulation_steps)
     scheduler = create_scheduler(
         optimizer, schedule=cfg.scheduler, total_steps=cfg.epochs * steps_per_epoch,
