@@ -50,7 +50,7 @@ RESUME_SAFE_KEYS = frozenset({
     "config", "train", "evaluation", "tag", "workers", "device", "epochs", "resume", "overwrite", "no_progress",
     "eval_split", "out", "log_interval", "output", "channels_last", "compile", "topk", "class_indices", "visualize",
     "save_log", "visual_method", "visual_class", "visual_limit", "target_layer", "opset", "skip_bad_images",
-    "local_rank", "use_checkpoint",
+    "local_rank", "use_checkpoint", "cache_dataset", "cache_max_gb", "gpu_decode",
 })
 
 
@@ -145,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--std", type=float, nargs=3, default=[0.229, 0.224, 0.225], help="normalisation std (RGB)")
     g.add_argument("-b", "--batch_size", type=int, default=64, help="batch size per device")
     g.add_argument("-j", "--workers", type=_workers, default=2, help="data-loading worker processes, or auto (the available cores)")
+    g.add_argument("--cache_dataset", choices=["none", "memory"], default="none",
+                   help="memory: decode the dataset once into one uint8 tensor (on the GPU under CUDA) and "
+                        "augment whole batches; for small sets such as the digits or CIFAR")
+    g.add_argument("--cache_max_gb", type=float, default=4.0,
+                   help="refuse --cache_dataset memory when a decoded split would exceed this many GB")
+    g.add_argument("--gpu_decode", action="store_true",
+                   help="CUDA only: workers read the files, JPEG batches are decoded on the GPU (nvjpeg)")
     g.add_argument("--skip_bad_images", action="store_true",
                    help="skip images that fail to decode (counted per epoch) instead of stopping with an error")
 
@@ -415,6 +422,11 @@ def validate(cfg: argparse.Namespace) -> None:
     for mode in CHECKPOINT_MODES:
         if getattr(cfg, mode):
             need(cfg.resume is not None, f"--{mode} needs a checkpoint: add --resume PATH/TO/best.pth")
+    need(not (cfg.gpu_decode and cfg.cache_dataset != "none"),
+         "--gpu_decode and --cache_dataset memory exclude each other: the cache decodes once, up front")
+    need(not cfg.gpu_decode or cfg.device is None or cfg.device.startswith("cuda"),
+         f"--gpu_decode decodes with nvjpeg on a CUDA device, but --device is {cfg.device}")
+    need(cfg.cache_max_gb > 0, f"--cache_max_gb must be > 0, got {cfg.cache_max_gb}")
     need(cfg.lr_base_batch >= 1, f"--lr_base_batch must be >= 1, got {cfg.lr_base_batch}")
     need(cfg.clip_grad is None or cfg.clip_grad > 0, f"--clip_grad must be > 0, got {cfg.clip_grad}")
     need(cfg.topk >= 1, f"--topk must be >= 1, got {cfg.topk}")

@@ -62,9 +62,14 @@ def build_loader(cfg: argparse.Namespace, dataset: ClassificationDataset, train:
                  device: torch.device, dist_info: Any = None) -> torch.utils.data.DataLoader:
     """A loader over ``dataset`` with the config's batch size, workers and seed (this rank's shard under DDP)."""
     rank, world = (dist_info.rank, dist_info.world_size) if dist_info is not None else (0, 1)
+    if cfg.gpu_decode and device.type != "cuda":
+        raise ValueError(f"--gpu_decode decodes JPEGs with nvjpeg on a CUDA device, but this run is on {device}; "
+                         f"drop --gpu_decode (the CPU workers decode)")
     return create_loader(dataset, batch_size=cfg.batch_size, workers=cfg.workers, train=train, seed=cfg.seed,
                          pin_memory=device.type == "cuda", class_balanced=train and cfg.class_balanced,
-                         rank=rank, world_size=world)
+                         rank=rank, world_size=world, cache=cfg.cache_dataset,
+                         cache_max_gb=cfg.cache_max_gb, device=device,
+                         decode_on_device=cfg.gpu_decode)
 
 
 def data_class_names(cfg: argparse.Namespace) -> list[str]:

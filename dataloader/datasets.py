@@ -246,6 +246,21 @@ def resolve_split(root: str | Path, kind: str, split: str) -> str:
     raise DatasetError(f"split {split!r} not found in {root} for --dataset {kind}")
 
 
+def call_seeded(fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, seed: int) -> torch.Tensor:
+    """``fn(image)`` with torch's, Python's and NumPy's global RNGs seeded from ``seed``, and restored
+    afterwards: a random transform becomes a pure function of the seed."""
+    with torch.random.fork_rng(devices=[]):
+        py_state, np_state = random.getstate(), np.random.get_state()
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            return fn(image)
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
 class ClassificationDataset(Dataset):
     """A list of ``(source, label)`` samples read by a layout's reader and decoded to uint8 RGB.
 
@@ -288,6 +303,11 @@ class ClassificationDataset(Dataset):
         except ValueError:
             return path.as_posix()
 
+    def decode_failure(self, error: Exception | str) -> ImageDecodeError:
+        """The error to raise for an image that does not decode, with how to fix or skip it."""
+        return ImageDecodeError(f"{error}; fix or remove the file (python utils/check_images.py {self.root} "
+                                f"lists every bad one), or pass --skip_bad_images")
+
     def _describe(self, source: str) -> str:
         return f"{self.root / (self.split + '.zip')}:{source}" if self.kind == "zip" else source
 
@@ -298,22 +318,9 @@ class ClassificationDataset(Dataset):
             image = self.load(index)
         except ImageDecodeError as e:
             if not self.skip_bad:
-                raise ImageDecodeError(f"{e}; fix or remove the file (python utils/check_images.py {self.root} "
-                                       f"lists every bad one), or pass --skip_bad_images") from None
+                raise self.decode_failure(e) from None
             logger.warning("skipping %s", e)
             return None
         if self.transform is not None:
-            if seed is None:
-                image = self.transform(image)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    py_state, np_state = random.getstate(), np.random.get_state()
-                    torch.manual_seed(seed)
-                    random.seed(seed)
-                    np.random.seed(seed % 2**32)
-                    try:
-                        image = self.transform(image)
-                    finally:
-                        random.setstate(py_state)
-                        np.random.set_state(np_state)
+            image = self.transform(image) if seed is None else call_seeded(self.transform, image, seed)
         return image, self.samples[index][1], index

@@ -108,13 +108,20 @@ def collate_skipping_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch
 
 def create_loader(dataset: Dataset, *, batch_size: int, workers: int, train: bool, seed: int = 0,
                   pin_memory: bool = False, rank: int = 0, world_size: int = 1,
-                  class_balanced: bool = False) -> DataLoader:
+                  class_balanced: bool = False, cache: str = "none", cache_max_gb: float = 4.0,
+                  device: torch.device | str = "cpu", decode_on_device: bool = False):
     """A DataLoader over ``dataset`` that collates uint8 batches.
 
     Training loaders shuffle with a :class:`SeededSampler` (call ``loader.sampler.set_epoch``), or with
     ``class_balanced`` draw classes equally often with a :class:`ClassBalancedSampler` over
     ``dataset.targets``; evaluation loaders ignore ``class_balanced``, keep the dataset order and, under
     DDP, shard it without padding so that every sample is counted exactly once.
+
+    ``cache="memory"`` decodes the dataset once onto ``device`` and returns a
+    :class:`dataloader.cache.CachedLoader` with the same sampler and batches (augmented batch-wise);
+    it refuses datasets that would exceed ``cache_max_gb`` decoded. ``decode_on_device`` returns a
+    :class:`dataloader.device_decode.DeviceDecodeLoader`: workers read bytes, ``device`` decodes
+    (nvjpeg on CUDA) and transforms.
     """
     sampler: Sampler
     if train and class_balanced:
@@ -123,6 +130,16 @@ def create_loader(dataset: Dataset, *, batch_size: int, workers: int, train: boo
         sampler = SeededSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size,
                                 pad=train)
     drop_last = train and len(sampler) % batch_size == 1  # a batch of one breaks batch norm
+    if cache == "memory":
+        from .cache import cache_loader
+        return cache_loader(dataset, sampler, batch_size=batch_size, drop_last=drop_last, max_gb=cache_max_gb,
+                            device=device, workers=workers)
+    if cache != "none":
+        raise ValueError(f"unknown cache {cache!r}; choose none or memory")
+    if decode_on_device:
+        from .device_decode import DeviceDecodeLoader
+        return DeviceDecodeLoader(dataset, sampler, batch_size=batch_size, drop_last=drop_last, workers=workers,
+                                  device=device)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
         drop_last=drop_last, collate_fn=collate_skipping_bad, persistent_workers=workers > 0,

@@ -1,6 +1,7 @@
 """Benchmark scripts run in their --quick mode (that they work, not their numbers)."""
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -16,3 +17,50 @@ def test_loss_options_quick():
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [line for line in r.stdout.splitlines() if line.startswith("| softmax (baseline)") or line.startswith("| bce + ghm")]
     assert len(rows) == 2 and all(0 <= float(row.split("|")[3]) <= 100 for row in rows)
+
+
+def _quick(script: str, *args: str) -> str:
+    r = subprocess.run([sys.executable, f"benchmarks/{script}", "--quick", *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_make_photo_set_is_reproducible_jpegs(tmp_path):
+    from PIL import Image
+    from benchmarks.make_photo_set import make_photo_set
+    a = make_photo_set(tmp_path / "a", train_per_class=3, val_per_class=1, classes=3)
+    b = make_photo_set(tmp_path / "b", train_per_class=3, val_per_class=1, classes=3)
+    files = sorted(p.relative_to(a) for p in a.rglob("*.jpg"))
+    assert len(files) == 12 and files == sorted(p.relative_to(b) for p in b.rglob("*.jpg"))
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    for f in files:
+        with Image.open(a / f) as im:
+            assert im.format == "JPEG" and im.mode == "RGB"
+            assert 0.8 * 375 <= min(im.size) <= 1.2 * 375 and 0.8 * 500 <= max(im.size) <= 1.2 * 500
+
+
+@pytest.mark.slow
+def test_data_pipeline_quick(tmp_path):
+    out = _quick("data_pipeline.py", "--data", str(tmp_path / "photos"))
+    rows = {line.split("  ")[0].strip(): line for line in out.splitlines()[1:]}
+    assert any(k.startswith("ours") for k in rows) and any(k.startswith("standard") for k in rows)
+    assert "x" in rows[next(k for k in rows if k.startswith("ours"))].split()[-1]  # the ratio column
+
+
+@pytest.mark.slow
+def test_train_speed_quick(tmp_path, tiny_data):
+    out = _quick("train_speed.py", "--photos", str(tmp_path / "photos"), "--digits", str(tiny_data["folder"]))
+    lines = [line for line in out.splitlines()[1:] if line.strip()]
+    assert [line.split()[0] for line in lines] == ["digits", "photos"]
+    assert all(float(line.split()[3].rstrip("x")) > 0 for line in lines)
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_quick(tiny_data):
+    out = _quick("time_to_accuracy.py", "--data", str(tiny_data["folder"]))
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["fastest", "standard"]
+    for r in rows:  # seconds (nan when the tiny run misses the target), epochs run, best val top-1, command
+        assert math.isnan(float(r[1])) or float(r[1]) > 0
+        assert 1 <= int(r[2]) <= 2 and 0 <= float(r[3]) <= 100 and r[4:6] == ["python", "main.py"]

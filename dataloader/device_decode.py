@@ -1,0 +1,109 @@
+"""``--gpu_decode``: workers only read the files; JPEG batches are decoded on the GPU with nvjpeg.
+
+On machines where the GPU waits for JPEG decoding, moving the decode to the GPU
+(``torchvision.io.decode_jpeg(list, device='cuda')``, one batched nvjpeg call) frees the CPU workers
+for reading. The transform then runs per image on the GPU, each under its sample's seed, exactly as
+:class:`dataloader.datasets.ClassificationDataset` runs it in a worker, and the batch is stacked there.
+Files that are not JPEG (or that nvjpeg refuses, such as CMYK) are decoded on the CPU by
+:func:`dataloader.io.decode_rgb` instead, so every format still works.
+
+The same code runs with ``device='cpu'`` (libjpeg-turbo through torchvision), which is how the tests
+check it on machines without a GPU.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.io import ImageReadMode, decode_jpeg
+
+from .datasets import ClassificationDataset, call_seeded
+from .io import ImageDecodeError, decode_rgb
+
+logger = logging.getLogger(__name__)
+
+
+class _Encoded(Dataset):
+    """``(file bytes as a uint8 tensor, label, index, seed)``: what a worker does under --gpu_decode."""
+
+    def __init__(self, dataset: ClassificationDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, seed = key if isinstance(key, tuple) else (key, 0)
+        source, label = self.dataset.samples[index]
+        data = self.dataset.reader(source)
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), label, index, seed
+
+
+def _is_jpeg(data: torch.Tensor) -> bool:
+    return data.numel() > 3 and data[:3].tolist() == [0xFF, 0xD8, 0xFF]
+
+
+def decode_batch(encoded: list[torch.Tensor], names: list[str], device: torch.device) -> list[torch.Tensor | Exception]:
+    """Each file decoded to uint8 RGB on ``device``: JPEGs in one batched call, the rest on the CPU.
+
+    An undecodable file gives its :class:`ImageDecodeError` in its place, for the caller to raise or skip.
+    """
+    out: list[torch.Tensor | Exception | None] = [None] * len(encoded)
+    jpegs = [i for i, data in enumerate(encoded) if _is_jpeg(data)]
+    if jpegs:
+        try:
+            decoded = decode_jpeg([encoded[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+            for i, image in zip(jpegs, decoded):
+                out[i] = image
+        except RuntimeError as e:  # one bad or unsupported file fails the batch: fall back file by file
+            logger.debug("batched JPEG decode failed (%s); decoding file by file", e)
+    for i, image in enumerate(out):
+        if image is None:
+            try:
+                out[i] = decode_rgb(encoded[i].numpy().tobytes(), name=names[i]).to(device)
+            except ImageDecodeError as e:
+                out[i] = e
+    return out
+
+
+class DeviceDecodeLoader:
+    """A DataLoader look-alike: workers read bytes, the batch is decoded and transformed on ``device``.
+
+    Yields ``(uint8 images on device, targets, indices)`` like the standard loader; it has what the loops
+    use of a DataLoader (``sampler``, ``batch_size``, ``drop_last``, ``dataset``, ``len``).
+    """
+
+    def __init__(self, dataset: ClassificationDataset, sampler: Sampler, *, batch_size: int, drop_last: bool,
+                 workers: int, device: torch.device | str):
+        self.dataset, self.sampler, self.batch_size, self.drop_last = dataset, sampler, batch_size, drop_last
+        self.device = torch.device(device)
+        self.loader = DataLoader(_Encoded(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                 drop_last=drop_last, collate_fn=list, persistent_workers=workers > 0,
+                                 prefetch_factor=max(2, 8 // workers) if workers > 0 else None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        transform = self.dataset.transform
+        for batch in self.loader:
+            names = [self.dataset._describe(self.dataset.samples[index][0]) for _, _, index, _ in batch]
+            images, kept = [], []
+            for image, item in zip(decode_batch([item[0] for item in batch], names, self.device), batch):
+                if isinstance(image, Exception):
+                    if not self.dataset.skip_bad:
+                        raise self.dataset.decode_failure(image)
+                    logger.warning("skipping %s", image)
+                    continue
+                if transform is not None:
+                    image = call_seeded(transform, image, item[3])
+                images.append(image)
+                kept.append(item)
+            if not kept:
+                yield torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+                continue
+            yield (torch.stack(images), torch.tensor([item[1] for item in kept]),
+                   torch.tensor([item[2] for item in kept]))
+
