@@ -248,10 +248,15 @@ def resolve_split(root: str | Path, kind: str, split: str) -> str:
 
 def call_seeded(fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, seed: int) -> torch.Tensor:
     """``fn(image)`` with torch's, Python's and NumPy's global RNGs seeded from ``seed``, and restored
-    afterwards: a random transform becomes a pure function of the seed."""
+    afterwards: a random transform becomes a pure function of the seed.
+
+    Transforms draw their parameters on the CPU generator, so that is the one seeded:
+    ``torch.manual_seed`` would also queue a CUDA seeding, which records a stack trace on each call
+    and cost more than decoding the image.
+    """
     with torch.random.fork_rng(devices=[]):
         py_state, np_state = random.getstate(), np.random.get_state()
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed % 2**32)
         try:

@@ -1,20 +1,40 @@
-"""The README's main job, end to end on the bundled digits: the accuracy the README promises."""
+"""The README's main job, end to end on the bundled digits: the recipe's accuracy, on the fast input path
+and on the standard one.
+
+The recipe runs 30 epochs in the README (about 2 minutes); here 10 epochs of the same recipe, which
+already pass 97%, keep the suite short. The same 10 epochs on the standard input path (workers decode and
+augment every image, contiguous memory format) must land within 0.5 points: the decoded-once cache with
+batched augmentation trains to the same accuracy.
+"""
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from conftest import ROOT, read_json, run_main
 from utils.make_digits import make_digits
 
+RECIPE = ROOT / "z_task_shell/configs/digits_resnet18.yaml"
+
+
+def _train(config, out, tag: str) -> dict:
+    data = make_digits(ROOT / "data" / "digits")
+    assert run_main(["--train", "--config", str(config), "--data", str(data), "--epochs", "10",
+                     "--output", str(out), "--tag", tag, "--no_progress"]) == 0
+    return read_json(out / "resnet18" / tag / "metrics.json")["test"]
+
 
 @pytest.mark.slow
-def test_quickstart_recipe_reaches_97_percent(tmp_path):
-    make_digits(ROOT / "data" / "digits")
-    assert run_main(["--train", "--config", str(ROOT / "z_task_shell/configs/digits_resnet18.yaml"),
-                     "--data", str(ROOT / "data" / "digits"), "--output", str(tmp_path), "--no_progress"]) == 0
-    run = tmp_path / "resnet18" / "digits_baseline"
-    test = read_json(run / "metrics.json")["test"]
-    assert test["test_top1"] >= 97.0
+def test_recipe_reaches_97_percent_on_the_fast_and_the_standard_input_path(tmp_path):
+    recipe = yaml.safe_load(RECIPE.read_text())
+    assert recipe["cache_dataset"] == "memory" and recipe["channels_last"] is True
+    fast = _train(RECIPE, tmp_path, "fast")
+    assert fast["test_top1"] >= 97.0
+    standard = {k: v for k, v in recipe.items() if k not in ("cache_dataset", "channels_last")}
+    (tmp_path / "standard.yaml").write_text(yaml.safe_dump(standard))
+    slow = _train(tmp_path / "standard.yaml", tmp_path, "standard")
+    assert abs(fast["test_top1"] - slow["test_top1"]) <= 0.5, (fast, slow)
+    run = tmp_path / "resnet18" / "fast"
     assert run_main(["--evaluation", "--resume", str(run / "checkpoints/best.pth"), "--data",
                      str(ROOT / "data" / "digits"), "--no_progress"]) == 0
-    assert read_json(run / "eval_test/metrics.json")["top1"] == test["test_top1"]
+    assert read_json(run / "eval_test/metrics.json")["top1"] == fast["test_top1"]
