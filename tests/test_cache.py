@@ -250,3 +250,25 @@ def test_gpu_decode_matches_cpu_decode_on_cuda(tiny_data, tmp_path):
         assert (a.float() - b.cpu().float()).abs().mean() < 2.0  # nvjpeg's IDCT differs by a level or so
     args = tiny_train_args(root, tmp_path / "run", "--gpu_decode", "--device", "cuda")
     assert run_main(args) == 0
+
+
+def test_cached_loader_shards_like_the_standard_loader_under_ddp(tiny_data):
+    """Each rank's cached loader serves exactly the keys its DistributedSampler-like shard holds: training
+    shards are padded to equal length and cover every sample, evaluation shards are disjoint and complete."""
+    dataset = ClassificationDataset(tiny_data["folder"], "folder", "train", transform=create_transform(False, (16, 16)))
+    for train in (True, False):
+        seen = []
+        for rank in range(3):
+            std = create_loader(dataset, batch_size=4, workers=0, train=train, seed=5, rank=rank, world_size=3)
+            cached = create_loader(dataset, batch_size=4, workers=0, train=train, seed=5, rank=rank, world_size=3,
+                                   cache="memory")
+            std.sampler.set_epoch(1)
+            cached.sampler.set_epoch(1)
+            a = torch.cat([index for _, _, index in std])
+            b = torch.cat([index for _, _, index in cached])
+            assert torch.equal(a, b)
+            seen.append(b)
+        allseen = torch.cat(seen)
+        assert set(allseen.tolist()) == set(range(len(dataset)))
+        if not train:
+            assert len(allseen) == len(dataset)
