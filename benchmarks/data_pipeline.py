@@ -34,11 +34,16 @@ from benchmarks.make_photo_set import make_photo_set  # noqa: E402
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
+def standard_transform(size: int, rrc_scale: tuple[float, float] = (0.08, 1.0), hflip: bool = True):
+    """The tutorials' training transform: Pillow RandomResizedCrop (and flip), ToTensor, Normalize."""
+    from torchvision import transforms
+    ops = [transforms.RandomResizedCrop(size, scale=rrc_scale)] + ([transforms.RandomHorizontalFlip()] if hflip else [])
+    return transforms.Compose(ops + [transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+
+
 def standard_loader(root: Path, size: int, batch_size: int, workers: int) -> Iterable:
-    from torchvision import datasets, transforms
-    transform = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
-                                    transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
-    dataset = datasets.ImageFolder(str(root / "train"), transform=transform)
+    from torchvision import datasets
+    dataset = datasets.ImageFolder(str(root / "train"), transform=standard_transform(size))
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                                        drop_last=True)
 

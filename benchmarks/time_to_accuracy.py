@@ -75,19 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not (args.data / "train").is_dir():
         subprocess.run([sys.executable, str(ROOT / "utils" / "make_digits.py"), "--out", str(args.data)], check=True)
-    tmp = tempfile.TemporaryDirectory()
-    settings = {"fastest": ["--config", str(RECIPE)], "standard": ["--config", str(standard_recipe(Path(tmp.name)))]}
-    if args.quick:
-        args.target = 30.0
-        settings = {name: flags + ["--epochs", "2", "--warmup", "0"] for name, flags in settings.items()}
-    print(f"target: {args.target:g}% val top-1 on {args.data}")
-    print(f"{'setting':8s} {'seconds':>8s} {'epochs':>6s} {'val top-1':>9s}  command")
-    for name, flags in settings.items():
-        seconds, epochs, best = time_to(args.target, flags, args.data)
-        shown = " ".join(flags).replace(str(ROOT) + "/", "").replace(tmp.name + "/", "")
-        print(f"{name:8s} {seconds if seconds is not None else float('nan'):8.1f} {epochs:6d} {best:9.2f}  "
-              f"python main.py --train {shown}")
-    tmp.cleanup()
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = {"fastest": ["--config", str(RECIPE)], "standard": ["--config", str(standard_recipe(Path(tmp)))]}
+        if args.quick:
+            args.target = 30.0
+            settings = {name: flags + ["--epochs", "2", "--warmup", "0"] for name, flags in settings.items()}
+        print(f"target: {args.target:g}% val top-1 on {args.data}")
+        print(f"{'setting':8s} {'seconds':>8s} {'epochs':>6s} {'val top-1':>9s}  command")
+        for name, flags in settings.items():
+            seconds, epochs, best = time_to(args.target, flags, args.data)
+            shown = " ".join(flags).replace(str(ROOT) + "/", "").replace(tmp + "/", "")
+            print(f"{name:8s} {seconds if seconds is not None else float('nan'):8.1f} {epochs:6d} {best:9.2f}  "
+                  f"python main.py --train {shown}")
     return 0
 
 

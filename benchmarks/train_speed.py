@@ -35,20 +35,17 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.data_pipeline import standard_transform  # noqa: E402
 from benchmarks.make_photo_set import make_photo_set  # noqa: E402
-
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def reference_rates(data: Path, size: int, rrc_scale: tuple[float, float], hflip: bool, batch_size: int,
                     workers: int, epochs: int, seed: int = 0) -> list[float]:
     """Images/s of each epoch of the plain loop (training pass only)."""
     import torchvision
-    from torchvision import datasets, transforms
+    from torchvision import datasets
     torch.manual_seed(seed)
-    ops = [transforms.RandomResizedCrop(size, scale=rrc_scale)] + ([transforms.RandomHorizontalFlip()] if hflip else [])
-    transform = transforms.Compose(ops + [transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
-    dataset = datasets.ImageFolder(str(data / "train"), transform=transform)
+    dataset = datasets.ImageFolder(str(data / "train"), transform=standard_transform(size, rrc_scale, hflip))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                                          drop_last=len(dataset) % batch_size == 1, persistent_workers=workers > 0)
     model = torchvision.models.resnet18(num_classes=len(dataset.classes))

@@ -44,9 +44,29 @@ class CacheTooLarge(ValueError):
 
 
 # ----------------------------------------------------------------------------- batched random ops
-def _first_valid(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For an ``N x T`` mask of valid tries: whether any is valid, and the index of the first."""
-    return valid.any(1), valid.to(torch.uint8).argmax(1)
+def _draw_sides(n: int, height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
+                generator: torch.Generator, tries: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n x tries`` candidate sides ``(round(sqrt(a * r)), round(sqrt(a / r)))`` with the area
+    ``a ~ U(scale) * height * width`` and ``log r ~ U(log ratio)``, drawn as torchvision draws them."""
+    log_ratio = torch.log(torch.tensor(ratio, dtype=torch.float64))
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, tries, generator=generator,
+                                                                              dtype=torch.float64))
+    aspect = torch.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand(n, tries, generator=generator,
+                                                                                     dtype=torch.float64))
+    return torch.sqrt(area * aspect).round().long(), torch.sqrt(area / aspect).round().long()
+
+
+def _pick_and_place(valid: torch.Tensor, h: torch.Tensor, w: torch.Tensor, height: int, width: int,
+                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                         torch.Tensor]:
+    """The first valid of each sample's tries and a uniform position for it: ``(found, top, left, h, w)``."""
+    found, pick = valid.any(1), valid.to(torch.uint8).argmax(1)
+    rows = torch.arange(len(valid))
+    h, w = h[rows, pick], w[rows, pick]
+    u = torch.rand(len(valid), 2, generator=generator, dtype=torch.float64)
+    top = (u[:, 0] * (height - h + 1)).floor().long()
+    left = (u[:, 1] * (width - w + 1)).floor().long()
+    return found, top, left, h, w
 
 
 def rrc_boxes(n: int, height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
@@ -56,19 +76,9 @@ def rrc_boxes(n: int, height: int, width: int, scale: Sequence[float], ratio: Se
     Up to ``tries`` candidates per sample (area fraction ~ U(scale), log aspect ~ U(log ratio)); the
     first that fits is kept, else the central crop clamped to ``ratio``, exactly torchvision's rule.
     """
-    area = height * width
-    log_ratio = torch.log(torch.tensor(ratio, dtype=torch.float64))
-    target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, tries, generator=generator, dtype=torch.float64))
-    aspect = torch.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand(n, tries, generator=generator,
-                                                                                     dtype=torch.float64))
-    w = torch.sqrt(target * aspect).round().long()
-    h = torch.sqrt(target / aspect).round().long()
-    found, pick = _first_valid((w > 0) & (w <= width) & (h > 0) & (h <= height))
-    rows = torch.arange(n)
-    h, w = h[rows, pick], w[rows, pick]
-    u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
-    top = (u[:, 0] * (height - h + 1)).floor().long()
-    left = (u[:, 1] * (width - w + 1)).floor().long()
+    w, h = _draw_sides(n, height, width, scale, ratio, generator, tries)
+    found, top, left, h, w = _pick_and_place((w > 0) & (w <= width) & (h > 0) & (h <= height), h, w, height, width,
+                                             generator)
     # torchvision's fallback: the whole image, cut to the nearest allowed aspect ratio, centred
     in_ratio = width / height
     if in_ratio < min(ratio):
@@ -99,20 +109,9 @@ def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: Sequence[int]
 def erasing_masks(n: int, height: int, width: int, p: float, scale: Sequence[float], ratio: Sequence[float],
                   generator: torch.Generator, tries: int = 10) -> torch.Tensor:
     """``n x H x W`` bool masks of the rectangles ``v2.RandomErasing`` would erase (none with prob ``1 - p``)."""
-    area = height * width
-    log_ratio = torch.log(torch.tensor(ratio, dtype=torch.float64))
     apply = torch.rand(n, generator=generator, dtype=torch.float64) < p
-    erase = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, tries, generator=generator, dtype=torch.float64))
-    aspect = torch.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * torch.rand(n, tries, generator=generator,
-                                                                                     dtype=torch.float64))
-    h = torch.sqrt(erase * aspect).round().long()
-    w = torch.sqrt(erase / aspect).round().long()
-    found, pick = _first_valid((h < height) & (w < width))
-    rows = torch.arange(n)
-    h, w = h[rows, pick], w[rows, pick]
-    u = torch.rand(n, 2, generator=generator, dtype=torch.float64)
-    top = (u[:, 0] * (height - h + 1)).floor().long()
-    left = (u[:, 1] * (width - w + 1)).floor().long()
+    h, w = _draw_sides(n, height, width, scale, ratio, generator, tries)
+    found, top, left, h, w = _pick_and_place((h < height) & (w < width), h, w, height, width, generator)
     on = apply & found
     ys, xs = torch.arange(height), torch.arange(width)
     in_rows = (ys[None] >= top[:, None]) & (ys[None] < (top + h)[:, None])

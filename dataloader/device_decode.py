@@ -16,11 +16,12 @@ import logging
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from .datasets import ClassificationDataset, call_seeded
 from .io import ImageDecodeError, decode_rgb
+from .loader import worker_loader
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +80,8 @@ class DeviceDecodeLoader:
                  workers: int, device: torch.device | str):
         self.dataset, self.sampler, self.batch_size, self.drop_last = dataset, sampler, batch_size, drop_last
         self.device = torch.device(device)
-        self.loader = DataLoader(_Encoded(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                 drop_last=drop_last, collate_fn=list, persistent_workers=workers > 0,
-                                 prefetch_factor=max(2, 8 // workers) if workers > 0 else None)
+        self.loader = worker_loader(_Encoded(dataset), sampler, batch_size=batch_size, workers=workers,
+                                    drop_last=drop_last, collate_fn=list)
 
     def __len__(self) -> int:
         return len(self.loader)

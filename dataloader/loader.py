@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
@@ -140,10 +140,18 @@ def create_loader(dataset: Dataset, *, batch_size: int, workers: int, train: boo
         from .device_decode import DeviceDecodeLoader
         return DeviceDecodeLoader(dataset, sampler, batch_size=batch_size, drop_last=drop_last, workers=workers,
                                   device=device)
+    return worker_loader(dataset, sampler, batch_size=batch_size, workers=workers, drop_last=drop_last,
+                         collate_fn=collate_skipping_bad, pin_memory=pin_memory)
+
+
+def worker_loader(dataset: Dataset, sampler: Sampler, *, batch_size: int, workers: int, drop_last: bool,
+                  collate_fn: Callable, pin_memory: bool = False) -> DataLoader:
+    """The DataLoader settings every per-batch loader shares: workers kept alive between epochs and
+    about 8 batches in flight in all."""
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-        drop_last=drop_last, collate_fn=collate_skipping_bad, persistent_workers=workers > 0,
-        prefetch_factor=max(2, 8 // workers) if workers > 0 else None,  # about 8 batches in flight in all
+        drop_last=drop_last, collate_fn=collate_fn, persistent_workers=workers > 0,
+        prefetch_factor=max(2, 8 // workers) if workers > 0 else None,
     )
 
 
