@@ -187,12 +187,12 @@ class DecodedCache:
 
     ``images`` is ``N x 3 x H x W`` on ``device``, ``H x W`` the size of the first image after ``head``;
     an image of another size is letterboxed to it (logged: the cache is meant for same-size sets).
-    ``valid`` marks the rows that decoded (all of them unless ``skip_bad``). Refuses, before allocating,
+    ``valid`` marks the rows that decoded (all of them unless ``dataset.skip_bad``). Refuses, before allocating,
     when the tensor would exceed ``max_gb``.
     """
 
     def __init__(self, dataset: ClassificationDataset, head: nn.Module | None = None, *, max_gb: float = 4.0,
-                 device: torch.device | str = "cpu", workers: int = 0, skip_bad: bool = False):
+                 device: torch.device | str = "cpu", workers: int = 0):
         self.dataset = dataset
         first = _first_image(dataset, head)
         self.size = tuple(first.shape[-2:])
@@ -209,9 +209,7 @@ class DecodedCache:
         for batch in loader:
             for index, image, error in batch:
                 if image is None:
-                    if not skip_bad:
-                        raise dataset.decode_failure(error)
-                    logger.warning("skipping %s", error)
+                    dataset.skip_or_raise(error)
                     valid[index] = False
                     images[index] = 0
                     continue
@@ -278,6 +276,6 @@ def cache_loader(dataset: ClassificationDataset, sampler: Sampler, *, batch_size
                  max_gb: float, device: torch.device | str, workers: int) -> CachedLoader:
     """Decode ``dataset`` once (its transform's deterministic head applied) and serve it like a DataLoader."""
     head, augment = split_transform(dataset.transform)
-    cache = DecodedCache(dataset, head, max_gb=max_gb, device=device, workers=workers, skip_bad=dataset.skip_bad)
+    cache = DecodedCache(dataset, head, max_gb=max_gb, device=device, workers=workers)
     return CachedLoader(cache, sampler, batch_size, drop_last, augment)
 

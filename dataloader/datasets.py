@@ -308,10 +308,12 @@ class ClassificationDataset(Dataset):
         except ValueError:
             return path.as_posix()
 
-    def decode_failure(self, error: Exception | str) -> ImageDecodeError:
-        """The error to raise for an image that does not decode, with how to fix or skip it."""
-        return ImageDecodeError(f"{error}; fix or remove the file (python utils/check_images.py {self.root} "
-                                f"lists every bad one), or pass --skip_bad_images")
+    def skip_or_raise(self, error: Exception | str) -> None:
+        """An image did not decode: raise, saying how to fix or skip it, or with ``skip_bad`` log the skip."""
+        if not self.skip_bad:
+            raise ImageDecodeError(f"{error}; fix or remove the file (python utils/check_images.py {self.root} "
+                                   f"lists every bad one), or pass --skip_bad_images") from None
+        logger.warning("skipping %s", error)
 
     def _describe(self, source: str) -> str:
         return f"{self.root / (self.split + '.zip')}:{source}" if self.kind == "zip" else source
@@ -322,9 +324,7 @@ class ClassificationDataset(Dataset):
         try:
             image = self.load(index)
         except ImageDecodeError as e:
-            if not self.skip_bad:
-                raise self.decode_failure(e) from None
-            logger.warning("skipping %s", e)
+            self.skip_or_raise(e)
             return None
         if self.transform is not None:
             image = self.transform(image) if seed is None else call_seeded(self.transform, image, seed)

@@ -93,9 +93,7 @@ class DeviceDecodeLoader:
             images, kept = [], []
             for image, item in zip(decode_batch([item[0] for item in batch], names, self.device), batch):
                 if isinstance(image, Exception):
-                    if not self.dataset.skip_bad:
-                        raise self.dataset.decode_failure(image)
-                    logger.warning("skipping %s", image)
+                    self.dataset.skip_or_raise(image)
                     continue
                 if transform is not None:
                     image = call_seeded(transform, image, item[3])
