@@ -70,6 +70,10 @@ def test_yaml_errors_name_the_key(tmp_path, capsys, content, message):
     (["--cost_matrix", "nofile.txt"], "--cost_matrix: file 'nofile.txt' does not exist"),
     (["--aug_policy", "cutout"], "argument --aug_policy: invalid choice: 'cutout'"),
     (["--scheduler", "linear"], "argument --scheduler: invalid choice: 'linear' (choose from 'step', 'multistep', 'cosine'"),
+    (["--cache_dataset", "disk"], "argument --cache_dataset: invalid choice: 'disk'"),
+    (["--cache_max_gb", "0"], "--cache_max_gb must be > 0, got 0.0"),
+    (["--gpu_decode", "--cache_dataset", "memory"], "--gpu_decode and --cache_dataset memory exclude each other"),
+    (["--gpu_decode", "--device", "cpu"], "--gpu_decode decodes with nvjpeg on a CUDA device, but --device is cpu"),
 ])
 def test_flag_errors_name_flag_and_allowed_values(capsys, argv, message):
     with pytest.raises(SystemExit):
