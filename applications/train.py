@@ -27,6 +27,7 @@ from tqdm import tqdm
 from config import config_conflicts, config_to_dict, save_config
 from criterions import create_criterion
 from dataloader.enhancement import make_augmented_grid
+from dataloader.loader import start_workers
 from models import create_model, extract_state_dict, load_state_dict_checked
 from models.memory import enable_gradient_checkpointing
 from optim import ModelEma, create_scheduler
@@ -363,6 +364,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     val_set = build_dataset(cfg, "val", class_names, train=False)
     train_loader = build_loader(cfg, train_set, train=True, device=device, dist_info=info)
     val_loader = build_loader(cfg, val_set, train=False, device=device, dist_info=info)
+    start_workers(val_loader)  # fork its workers while this process is small (see start_workers)
     logger.info("train %d images, val %d images", len(train_set), len(val_set))
 
     class_counts = [train_set.targets.count(c) for c in range(num_classes)]

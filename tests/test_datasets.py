@@ -15,6 +15,7 @@ from conftest import TINY_CLASSES, TINY_COUNTS
 from dataloader import (BatchPreprocessor, ClassificationDataset, DatasetError, Letterbox, SeededSampler,
                         create_loader, create_transform, decode_rgb, read_class_names, resolve_split)
 from dataloader.datasets import FolderLayout
+from dataloader.loader import start_workers
 
 
 def test_three_layouts_give_identical_samples(tiny_data):
@@ -192,3 +193,22 @@ def test_folder_order_is_sorted_and_recursive(tmp_path):
     samples = FolderLayout.samples(root, "train", ["a", "b"])
     assert [Path(p).relative_to(root).as_posix() for p, _ in samples] == \
         ["train/a/c.png", "train/a/z.png", "train/a/sub/b.png", "train/b/x.jpg"]
+
+
+def test_start_workers_forks_early_and_the_first_epoch_is_unchanged(tiny_data):
+    """Workers started before the first epoch (while the trainer is small, avoiding copy-on-write of a
+    large heap) are the ones the loader then uses, and the batches they prefetched early are dropped:
+    every epoch yields exactly what a loader started at its first use yields."""
+    ds = ClassificationDataset(tiny_data["folder"], "folder", "train",
+                               transform=create_transform(True, (16, 16), train_resize="rrc", hflip=0.5))
+    early, late = (create_loader(ds, batch_size=8, workers=2, train=True, seed=5) for _ in range(2))
+    start_workers(early)
+    workers = early._iterator._workers
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)
+    for epoch in (0, 1):
+        early.sampler.set_epoch(epoch)
+        late.sampler.set_epoch(epoch)
+        for (a, ta, ia), (b, tb, ib) in zip(early, late, strict=True):
+            assert torch.equal(a, b) and torch.equal(ta, tb) and torch.equal(ia, ib)
+    assert early._iterator._workers == workers  # the same processes served both epochs
+    start_workers(create_loader(ds, batch_size=8, workers=0, train=False))  # no workers: nothing to start
