@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import logging
 import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
+
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_DATA = REPO_ROOT / "data" / "digits"
@@ -508,11 +511,46 @@ def parse_config(argv: Sequence[str] | None = None) -> argparse.Namespace:
         except ConfigError as e:
             parser.error(str(e))
     cfg = parser.parse_args(argv)
+    given = given_on_command_line(argv) | (set(load_yaml_defaults(parser, pre.config)) if pre.config else set())
+    use_checkpoint_data(cfg, given)
     try:
         validate(cfg)
     except ConfigError as e:
         parser.error(str(e))
     return cfg
+
+
+def given_on_command_line(argv: Sequence[str] | None) -> set[str]:
+    """The config keys set by flags on the command line (not by defaults)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_known_args(argv)[0]))
+
+
+def use_checkpoint_data(cfg: argparse.Namespace, given: set[str]) -> None:
+    """A mode that runs a checkpoint with no ``--data`` given (flag or YAML) uses the data the checkpoint
+    was trained on, so that ``--evaluation --resume CKPT`` evaluates on that data's split and
+    ``--knowledge`` / ``--make_curriculum`` write next to it, not into the default ``data/digits``.
+    Left alone when the checkpoint carries no config or its data folder is gone (``--data`` then says
+    where the data is)."""
+    if selected_mode(cfg) not in CHECKPOINT_MODES or not cfg.resume or "data" in given or not Path(cfg.resume).is_file():
+        return
+    import torch
+    try:
+        saved = torch.load(cfg.resume, map_location="cpu", weights_only=True, mmap=True).get("config")
+    except Exception:  # not a checkpoint torch can map (a zip, a legacy file): loading it later says why
+        return
+    data = saved.get("data") if isinstance(saved, dict) else None
+    if not data or data == cfg.data:
+        return
+    if not Path(data).exists():
+        logger.warning("%s was trained on %s, which does not exist here: using --data %s", cfg.resume, data, cfg.data)
+        return
+    cfg.data = data
+    if "dataset" not in given and saved.get("dataset") in DATASET_ALIASES.values():
+        cfg.dataset = saved["dataset"]
+    logger.info("no --data given: using %s (%s layout), the data %s was trained on", data, cfg.dataset, cfg.resume)
 
 
 def config_to_dict(cfg: argparse.Namespace) -> dict[str, Any]:

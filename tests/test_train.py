@@ -135,6 +135,10 @@ def test_evaluation_reproduces_the_test_top1_and_writes_predictions(tiny_data, t
         assert 100.0 * correct / 12 == pytest.approx(trained_top1)
         assert all(r["scores"].index(max(r["scores"])) == r["prediction"] for r in rows)
         assert all(r["label_name"] == TINY_CLASSES[r["label"]] for r in rows)
+    # no --data: the data the checkpoint was trained on (not the default data/digits, whose 10 classes
+    # would not even match this 3-class model)
+    assert run_main(["--evaluation", "--resume", str(run / "checkpoints/best.pth"), "-j", "0", "--no_progress"]) == 0
+    assert read_json(run / "eval_test/metrics.json")["count"] == 12
 
 
 def test_txt_and_zip_layouts_give_the_same_numbers(tiny_data, tmp_path):
@@ -144,6 +148,9 @@ def test_txt_and_zip_layouts_give_the_same_numbers(tiny_data, tmp_path):
     assert history(runs["folder"]) == history(runs["txt"]) == history(runs["zip"])
     tops = {k: read_json(r / "metrics.json")["test"]["test_top1"] for k, r in runs.items()}
     assert tops["folder"] == tops["txt"] == tops["zip"]
+    # evaluating a checkpoint with no --data / --dataset reads its own data in its own layout
+    assert run_main(["--evaluation", "--resume", str(runs["zip"] / "checkpoints/best.pth"), "--no_progress"]) == 0
+    assert read_json(runs["zip"] / "eval_test/metrics.json")["top1"] == tops["zip"]
 
 
 def test_pretrained_starts_a_new_run_from_weights(tiny_data, tmp_path, caplog):
