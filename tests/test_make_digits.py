@@ -35,3 +35,13 @@ def test_make_digits_writes_pngs_once(tmp_path):
     mtime = files[0].stat().st_mtime_ns
     make_digits(tmp_path / "digits")  # idempotent: a complete dataset is left alone
     assert files[0].stat().st_mtime_ns == mtime
+
+
+def test_make_digits_per_class_keeps_the_first_n_of_each_class_and_split(tmp_path):
+    full = make_digits(tmp_path / "full")
+    tiny = make_digits(tmp_path / "tiny", per_class=3)
+    for split in ("train", "val", "test"):
+        for c in range(10):
+            names = sorted(p.name for p in (full / split / str(c)).iterdir())[:3]
+            assert sorted(p.name for p in (tiny / split / str(c)).iterdir()) == names
+    assert make_digits(tmp_path / "tiny", per_class=2) and len(list(tiny.rglob("*.png"))) == 60  # rebuilt for N=2

@@ -3,7 +3,10 @@
 1,797 real 8x8 images, upscaled to 32x32 RGB, split 70/15/15 stratified with a fixed seed into
 ``OUT/{train,val,test}/<0-9>/<index>.png``. Idempotent: an existing complete dataset is left alone.
 
-    python utils/make_digits.py [--out data/digits] [--txt DIR] [--zip DIR]
+    python utils/make_digits.py [--out data/digits] [--txt DIR] [--zip DIR] [--per_class N]
+
+``--per_class N`` keeps the first N images of each class in each split: a tiny set for smoke runs
+(``SMOKE=1`` in the z_task_shell recipes).
 """
 from __future__ import annotations
 
@@ -34,11 +37,14 @@ def split_indices(labels: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
 
 
-def make_digits(out: str | Path, size: int = SIZE) -> Path:
-    """Write the dataset to ``out`` unless a complete one is already there."""
+def make_digits(out: str | Path, size: int = SIZE, per_class: int | None = None) -> Path:
+    """Write the dataset to ``out`` unless a complete one (of the same ``per_class``) is already there."""
     from sklearn.datasets import load_digits
     out = Path(out)
-    if (out / MARKER).is_file():
+    description = "sklearn load_digits, 32x32 RGB PNG, stratified 70/15/15, seed 0\n"
+    if per_class is not None:
+        description += f"first {per_class} images per class and split\n"
+    if (out / MARKER).is_file() and (out / MARKER).read_text() == description:
         logger.info("digits dataset already complete at %s", out)
         return out
     if out.exists():
@@ -49,14 +55,16 @@ def make_digits(out: str | Path, size: int = SIZE) -> Path:
     digits = load_digits()
     images = (digits.images / 16.0 * 255.0).round().astype(np.uint8)
     for split, indices in split_indices(digits.target).items():
+        if per_class is not None:
+            indices = np.concatenate([indices[digits.target[indices] == c][:per_class] for c in range(10)])
         for i in indices:
             folder = tmp / split / str(digits.target[i])
             folder.mkdir(parents=True, exist_ok=True)
             img = Image.fromarray(images[i], mode="L").resize((size, size), Image.BICUBIC).convert("RGB")
             img.save(folder / f"{i:04d}.png")
-    (tmp / MARKER).write_text("sklearn load_digits, 32x32 RGB PNG, stratified 70/15/15, seed 0\n")
+    (tmp / MARKER).write_text(description)
     tmp.rename(out)
-    logger.info("wrote %d digits images to %s", len(images), out)
+    logger.info("wrote %d digits images to %s", sum(1 for _ in out.rglob("*.png")), out)
     return out
 
 
@@ -65,9 +73,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "data" / "digits"))
     parser.add_argument("--txt", default=None, help="also write the txt-list layout to this folder")
     parser.add_argument("--zip", default=None, help="also write the zip-archive layout to this folder")
+    parser.add_argument("--per_class", type=int, default=None,
+                        help="keep only the first N images of each class in each split (a tiny smoke-test set)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    root = make_digits(args.out)
+    root = make_digits(args.out, per_class=args.per_class)
     if args.txt:
         logger.info("txt lists: %s", write_txt_lists(root, args.txt))
     if args.zip:

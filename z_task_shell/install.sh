@@ -13,4 +13,4 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   .venv/bin/python -m pip install --disable-pip-version-check -q -r requirements.txt
   echo "$want" > "$stamp"
 fi
-.venv/bin/python utils/make_digits.py
+[ -f data/digits/.complete-v1 ] || .venv/bin/python utils/make_digits.py
