@@ -20,7 +20,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -66,14 +66,20 @@ def count_parameters(module: nn.Module) -> int:
 # --flops
 
 
-def flops(cfg: argparse.Namespace) -> dict[str, Any]:
-    """Parameters and FLOPs (``torch.utils.flop_counter``; 1 multiply-add = 2 FLOPs) per top-level module."""
+def count_flops(model: nn.Module, image_size: Sequence[int]) -> tuple[int, dict[str, dict[Any, int]]]:
+    """FLOPs of one forward pass of a ``1 x 3 x H x W`` input (``torch.utils.flop_counter``; 1 multiply-add
+    = 2 FLOPs): the total and the counts per module path."""
     from torch.utils.flop_counter import FlopCounterMode
-    tm = tool_model(cfg)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        tm.model(torch.zeros(1, 3, *tm.image_size))
-    by_module = counter.get_flop_counts()
+        model(torch.zeros(1, 3, *image_size))
+    return counter.get_total_flops(), counter.get_flop_counts()
+
+
+def flops(cfg: argparse.Namespace) -> dict[str, Any]:
+    """Parameters and FLOPs (``torch.utils.flop_counter``; 1 multiply-add = 2 FLOPs) per top-level module."""
+    tm = tool_model(cfg)
+    total_flops, by_module = count_flops(tm.model, tm.image_size)
     root = type(tm.model).__name__
     rows = []
     for name, child in tm.model.named_children():
@@ -82,7 +88,7 @@ def flops(cfg: argparse.Namespace) -> dict[str, Any]:
     own = sum(p.numel() for p in tm.model.parameters(recurse=False))
     if own:
         rows.append({"module": "(own parameters)", "type": root, "params": own, "flops": 0})
-    total_flops, total_params = counter.get_total_flops(), count_parameters(tm.model)
+    total_params = count_parameters(tm.model)
     table = format_table(
         ["module", "type", "parameters", "FLOPs", "share of FLOPs"],
         [[r["module"], r["type"], f"{r['params']:,}", human(r["flops"]),

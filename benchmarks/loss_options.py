@@ -2,9 +2,10 @@
 
 Every run uses the quickstart recipe (resnet18, 32x32, SGD 0.1 cosine, z_task_shell/configs/
 digits_resnet18.yaml) with one strategy changed, so the table compares like with like. Prints a
-markdown table; `--quick` runs 1 epoch of two options (what the test suite checks).
+markdown table; `--quick` runs 1 epoch of two options. Other data with `--data`; any other flags go to
+every run's main.py after the option's own (z_task_shell/2_train_with_strategies.sh uses both).
 
-    python benchmarks/loss_options.py [--epochs 30] [--only NAME ...] [--quick]
+    python benchmarks/loss_options.py [--epochs 30] [--only NAME ...] [--quick] [--data DIR] [main.py flags]
 """
 from __future__ import annotations
 
@@ -32,15 +33,21 @@ OPTIONS: dict[str, list[str]] = {
     "softmax + weighted (auto)": ["--weighted_loss"],
     "bce + focal + ohm": ["--criterion", "bce", "--focal_loss", "--ohm_loss", "--label_smoothing", "0"],
     "randaugment + mixup 0.2": ["--aug", "--aug_policy", "randaugment", "--mixup", "0.2"],
+    "autoaugment (cifar10)": ["--aug", "--aug_policy", "autoaugment", "--autoaugment_policy", "cifar10"],
+    "custom policy (rotate 15, noise 4)": ["--aug", "--aug_policy", "custom", "--custom_rotate", "15",
+                                           "--custom_noise", "4", "--custom_hflip", "0"],
+    "mixup 0.2 / cutmix 1.0": ["--mixup", "0.2", "--cutmix", "1.0", "--mix_switch_prob", "0.5"],
 }
 
 
-def run_option(name: str, flags: list[str], epochs: int, out: Path) -> dict:
+def run_option(name: str, flags: list[str], epochs: int, out: Path, data: Path = ROOT / "data/digits",
+               extra: list[str] = ()) -> dict:
+    """Train the recipe with ``flags`` (then ``extra``) added; its test and best val top-1 and minutes."""
     import main
     tag = "".join(c if c.isalnum() else "_" for c in name)
     argv = ["--train", "--config", str(ROOT / "z_task_shell/configs/digits_resnet18.yaml"), "--data",
-            str(ROOT / "data/digits"), "--output", str(out), "--tag", tag, "--epochs", str(epochs),
-            "--no_progress", *(["--warmup", "0"] if epochs <= 1 else []), *flags]
+            str(data), "--output", str(out), "--tag", tag, "--epochs", str(epochs),
+            "--no_progress", *(["--warmup", "0"] if epochs <= 1 else []), *flags, *extra]
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         code = main.main(argv)
@@ -57,18 +64,23 @@ def main_cli() -> None:
     parser.add_argument("--only", nargs="+", default=None, help="option names to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="1 epoch of two options, to check the script works")
     parser.add_argument("--output", default=None, help="where the runs go (default: a temporary folder)")
-    args = parser.parse_args()
-    from utils.make_digits import make_digits
-    make_digits(ROOT / "data/digits")
+    parser.add_argument("--data", type=Path, default=ROOT / "data/digits", help="class-folder data (default: the digits)")
+    args, extra = parser.parse_known_args()
+    unknown = [n for n in args.only or () if n not in OPTIONS]
+    if unknown:
+        parser.error(f"--only: unknown option(s) {unknown}; choose from {list(OPTIONS)}")
+    if args.data == ROOT / "data/digits":
+        from utils.make_digits import make_digits
+        make_digits(args.data)
     names = ["softmax (baseline)", "bce + ghm"] if args.quick else (args.only or list(OPTIONS))
     epochs = 1 if args.quick else args.epochs
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.output or tmp)
-        rows = [run_option(n, OPTIONS[n], epochs, out) for n in names]
-    print(f"\n| loss / strategy | flags added to the recipe | test top-1 | best val top-1 |")
-    print("|---|---|---|---|")
+        rows = [run_option(n, OPTIONS[n], epochs, out, args.data, extra) for n in names]
+    print("\n| loss / strategy | flags added to the recipe | test top-1 | best val top-1 | minutes |")
+    print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['name']} | `{r['flags']}` | {r['test_top1']:.2f} | {r['val_top1']:.2f} |")
+        print(f"| {r['name']} | `{r['flags']}` | {r['test_top1']:.2f} | {r['val_top1']:.2f} | {r['minutes']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Benchmark scripts run in their --quick mode (that they work, not their numbers)."""
+"""Benchmark scripts run in their --quick mode (that they work, not their numbers). loss_options.py runs
+with every option under z_task_shell/2_train_with_strategies.sh (tests/test_recipes.py)."""
 from __future__ import annotations
 
 import math
@@ -8,15 +9,6 @@ import sys
 import pytest
 
 from conftest import ROOT
-
-
-@pytest.mark.slow
-def test_loss_options_quick():
-    r = subprocess.run([sys.executable, "benchmarks/loss_options.py", "--quick"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-2000:]
-    rows = [line for line in r.stdout.splitlines() if line.startswith("| softmax (baseline)") or line.startswith("| bce + ghm")]
-    assert len(rows) == 2 and all(0 <= float(row.split("|")[3]) <= 100 for row in rows)
 
 
 def _quick(script: str, *args: str) -> str:
@@ -64,3 +56,13 @@ def test_time_to_accuracy_quick(tiny_data):
     for r in rows:  # seconds (nan when the tiny run misses the target), epochs run, best val top-1, command
         assert math.isnan(float(r[1])) or float(r[1]) > 0
         assert 1 <= int(r[2]) <= 2 and 0 <= float(r[3]) <= 100 and r[4:6] == ["python", "main.py"]
+
+
+@pytest.mark.slow
+def test_model_zoo_quick():
+    out = _quick("model_zoo.py")
+    row = next(line for line in out.splitlines() if line.startswith("mobilenet_v3_small"))
+    params, gflops, ms, test_top1 = (float(v) for v in row.split()[1:5])
+    assert params == pytest.approx(2.54, abs=0.01)  # torchvision's mobilenet_v3_small: 2,542,856 parameters
+    assert gflops == pytest.approx(0.115, abs=0.012)  # torchvision: 0.06 GFLOPS counted as multiply-adds
+    assert ms > 0 and 0 <= test_top1 <= 100
