@@ -1,0 +1,149 @@
+"""z_task_shell/: every recipe runs in smoke mode (SMOKE=1: the digits cut to 4 images per class and
+split, 16x16, 1 epoch), with its real flags, in a real bash process; each leaves what it promises."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import read_json
+
+ROOT = Path(__file__).resolve().parent.parent
+SHELL = ROOT / "z_task_shell"
+NOT_RECIPES = {"common.sh", "install.sh", "run_tests.sh"}
+BASELINE = "resnet18/baseline/checkpoints/best.pth"
+
+pytestmark = pytest.mark.slow
+
+
+def run_recipe(script: str, output: Path, *args: str, smoke: bool = True, **env: str) -> subprocess.CompletedProcess:
+    environ = {**os.environ, "OUTPUT": str(output), "SMOKE": "1" if smoke else "0", "OMP_NUM_THREADS": "2", **env}
+    r = subprocess.run(["bash", str(SHELL / script), *args], cwd=ROOT, env=environ, capture_output=True, text=True,
+                       timeout=600)
+    if smoke:
+        assert r.returncode == 0, f"{script} failed ({r.returncode}):\n{r.stderr[-4000:]}"
+    return r
+
+
+@pytest.fixture(scope="module")
+def smoke_output(tmp_path_factory) -> Path:
+    """One output folder for the recipes, with the smoke baseline the later recipes start from."""
+    output = tmp_path_factory.mktemp("recipes")
+    run_recipe("1_train_baseline.sh", output)
+    return output
+
+
+def test_every_script_is_covered():
+    scripts = {p.name for p in SHELL.glob("*.sh")} - NOT_RECIPES
+    covered = {"0_check_best_lr.sh", "1_train_baseline.sh", "2_train_with_strategies.sh", "3_evaluate.sh",
+               "4_distill.sh", "5_curriculum.sh", "6_visualize.sh", "7_export_and_demo.sh", "8_predict_folder.sh",
+               "quickstart_digits.sh", "resnext50_32x4d_imagenet.sh", "resnext101_64x4d_imagenet.sh",
+               "resnest50_imagenet.sh", "resnet50_b256_imagenet.sh", "efficientnet_b0_finetune.sh",
+               "slurm_train.sh", "torchrun_multinode.sh"}
+    assert scripts == covered
+    for p in SHELL.glob("*.sh"):  # each starts with a header comment saying what it does
+        lines = p.read_text().splitlines()
+        assert lines[0] == "#!/usr/bin/env bash" or p.name == "common.sh", p.name
+        assert lines[1].startswith("# ") and len(lines[1]) > 20, p.name
+
+
+def test_baseline_recipe(smoke_output):
+    run = smoke_output / "resnet18/baseline"
+    test = read_json(run / "metrics.json")["test"]
+    assert test["test_split"] == "test" and (run / "checkpoints/best.pth").is_file()
+    config = (run / "config.yaml").read_text()
+    assert "criterion: softmax" in config and "scheduler: cosine" in config and "smoke_digits" in config
+
+
+def test_lr_range_test_prints_the_suggestion(smoke_output):
+    r = run_recipe("0_check_best_lr.sh", smoke_output)
+    assert "suggested LR" in r.stdout and (smoke_output / "resnet18/lr_finder/lr_finder.png").is_file()
+
+
+def test_strategies_table_has_a_row_per_option(smoke_output):
+    from benchmarks.loss_options import OPTIONS
+    r = run_recipe("2_train_with_strategies.sh", smoke_output)
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "loss / strategy" not in line]
+    assert [row.split(" | ")[0][2:] for row in rows] == list(OPTIONS)
+    assert len(list((smoke_output / "strategies/resnet18").iterdir())) == len(OPTIONS)
+
+
+def test_evaluate_recipe(smoke_output):
+    run_recipe("3_evaluate.sh", smoke_output)
+    out = smoke_output / "resnet18/baseline/eval_test"
+    assert read_json(out / "metrics.json")["count"] == 40  # the smoke data's test split, from the checkpoint
+    assert {"confusion_matrix.png", "predictions.json"} <= {p.name for p in out.iterdir()}
+
+
+def test_distill_recipe(smoke_output):
+    r = run_recipe("4_distill.sh", smoke_output)
+    assert (smoke_output / "smoke_digits/distill_resnet50.txt").is_file()
+    assert "distill" in (smoke_output / "resnet18/student/config.yaml").read_text()
+    assert "resnet50/teacher: test top-1" in r.stdout and "resnet18/student: test top-1" in r.stdout
+
+
+def test_curriculum_recipe(smoke_output):
+    run_recipe("5_curriculum.sh", smoke_output)
+    weights = (smoke_output / "smoke_digits/curriculum.txt").read_text().splitlines()
+    assert len(weights) == 40 and {float(line.rsplit(",", 1)[1]) for line in weights} <= {1.0, 0.7, 0.4}
+    assert "curriculum_learning: true" in (smoke_output / "resnet18/curriculum/config.yaml").read_text()
+
+
+def test_visualize_recipe(smoke_output):
+    run_recipe("6_visualize.sh", smoke_output)
+    for method in ("cam", "grad-cam", "grad-cam++"):
+        assert (smoke_output / f"resnet18/baseline/visual/{method}/test/gallery.png").is_file()
+
+
+def test_export_and_demo_recipe(smoke_output):
+    r = run_recipe("7_export_and_demo.sh", smoke_output)
+    export = smoke_output / "resnet18/baseline/export"
+    assert (export / "model_jit.pt").is_file() and (export / "model.onnx").is_file()
+    log = r.stdout + r.stderr
+    assert "classified with model_jit.pt (torchscript)" in log and "classified with model.onnx (onnxruntime)" in log
+    assert log.count("smoke_digits/test/3/") >= 8  # each backend printed a line per image of the folder
+
+
+def test_predict_folder_recipe(smoke_output):
+    run_recipe("8_predict_folder.sh", smoke_output)
+    predict = smoke_output / "resnet18/baseline/predict"
+    assert len((predict / "predictions.csv").read_text().splitlines()) == 41  # header + the 40 test images
+    assert len(list((predict / "images").rglob("*.png"))) == 40 and (predict / "predictions.log").is_file()
+
+
+@pytest.mark.parametrize("script, run, expect", [
+    ("resnext50_32x4d_imagenet.sh", "resnext50_32x4d/imagenet", ["label_smoothing: 0.1", "amp: true", "lr_scale: linear"]),
+    ("resnext101_64x4d_imagenet.sh", "resnext101_64x4d/imagenet", ["lr_base_batch: 64", "scheduler: cosine", "rrc_scale:\n- 0.08"]),
+    ("resnest50_imagenet.sh", "resnest50/imagenet_8dev", ["mixup: 0.2", "amp: true"]),
+    ("resnet50_b256_imagenet.sh", "resnet50/b256", ["scheduler: multistep", "- 30"]),
+    ("efficientnet_b0_finetune.sh", "efficientnet-b0/finetune", ["pretrained: ", "eval_resize: center_crop"]),
+    ("quickstart_digits.sh", "resnet18/digits_baseline", ["cache_dataset: memory", "channels_last: true"]),
+])
+def test_training_recipes(smoke_output, script, run, expect):
+    """The ImageNet recipes (one process under SMOKE=1), the fine-tune and the quickstart: their flags are
+    accepted and land in the run's resolved config (the smoke overrides on top)."""
+    if script == "resnext50_32x4d_imagenet.sh":
+        run_recipe(script, smoke_output, ZIP="1")
+        assert "dataset: zip" in (smoke_output / "resnext50_32x4d/imagenet_zip/config.yaml").read_text()
+    run_recipe(script, smoke_output)
+    config = (smoke_output / run / "config.yaml").read_text()
+    assert all(e in config for e in expect), config
+    assert "image_size:\n- " in config and read_json(smoke_output / run / "metrics.json")["test"]
+
+
+def test_distributed_launch_recipes(smoke_output):
+    r = run_recipe("torchrun_multinode.sh", smoke_output, "z_task_shell/configs/digits_resnet18.yaml", "--tag", "multinode")
+    assert "torch.distributed.run --nnodes=1 --node_rank=0" in r.stderr
+    assert read_json(smoke_output / "resnet18/multinode/metrics.json")["test"]
+    run_recipe("slurm_train.sh", smoke_output, "partition", "job", "z_task_shell/configs/digits_resnet18.yaml",
+               str(smoke_output / "slurm"))
+    assert read_json(smoke_output / "slurm/resnet18/digits_baseline/metrics.json")["test"]
+
+
+def test_recipes_refuse_missing_inputs_clearly(tmp_path):
+    r = run_recipe("efficientnet_b0_finetune.sh", tmp_path, smoke=False)
+    assert r.returncode == 2 and "give the pretrained weights file" in r.stderr
+    r = run_recipe("3_evaluate.sh", tmp_path, str(tmp_path / "none.pth"), smoke=False)
+    assert r.returncode == 2 and "does not exist; train one first" in r.stderr

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# ResNeXt-50 32x4d on ImageNet-layout data: SGD momentum 0.9, LR 0.1 per 256 images scaled linearly with
+# the global batch (64 per device), 5 warm-up epochs then cosine to 0 over 100 epochs, weight decay 1e-4,
+# label smoothing 0.1, mixed precision. ZIP=1 reads DATA as zip archives ({split}.zip + {split}_map.txt,
+# utils/dataset_tools.py) without extracting them.
+#   [GPUS=8] [ZIP=1] [OUTPUT=output] [SMOKE=1] bash z_task_shell/resnext50_32x4d_imagenet.sh [DATA=data/imagenet] [main.py flags]
+source "$(dirname "$0")/common.sh"
+DATA=$(data_path "${1:-data/imagenet}"); shift $(( $# > 0 ? 1 : 0 ))
+LAYOUT=(--dataset folder)
+if [ "${ZIP:-0}" = 1 ]; then
+  LAYOUT=(--zip)
+  if [ "$SMOKE" = 1 ]; then  # the smoke set as zip archives
+    [ -f "$OUTPUT/smoke_digits_zip/train.zip" ] || "$PY" utils/make_digits.py --out "$DATA" --per_class 4 --zip "$OUTPUT/smoke_digits_zip"
+    DATA="$OUTPUT/smoke_digits_zip"
+  fi
+fi
+launch "${GPUS:-8}" --train --data "$DATA" "${LAYOUT[@]}" --arch resnext50_32x4d "${IMAGENET_GEOMETRY[@]}" \
+  -b 64 -j 8 --epochs 100 --optimizer sgd --momentum 0.9 --lr 0.1 --lr_scale linear --lr_base_batch 256 \
+  --weight_decay 1e-4 --scheduler cosine --warmup 5 --label_smoothing 0.1 --amp \
+  --tag "imagenet$([ "${ZIP:-0}" = 1 ] && echo _zip)" "$@"
