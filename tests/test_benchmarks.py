@@ -61,8 +61,8 @@ def test_time_to_accuracy_quick(tiny_data):
 @pytest.mark.slow
 def test_model_zoo_quick():
     out = _quick("model_zoo.py")
-    row = next(line for line in out.splitlines() if line.startswith("mobilenet_v3_small"))
-    params, gflops, ms, test_top1 = (float(v) for v in row.split()[1:5])
+    row = next(line for line in out.splitlines() if line.startswith("| mobilenet_v3_small"))
+    params, gflops, ms, test_top1 = (float(v) for v in row.strip("| ").split("|")[1:5])
     assert params == pytest.approx(2.54, abs=0.01)  # torchvision's mobilenet_v3_small: 2,542,856 parameters
     assert gflops == pytest.approx(0.115, abs=0.012)  # torchvision: 0.06 GFLOPS counted as multiply-adds
     assert ms > 0 and 0 <= test_top1 <= 100
