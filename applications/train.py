@@ -31,8 +31,8 @@ from dataloader.loader import start_workers
 from models import create_model, extract_state_dict, load_state_dict_checked
 from models.memory import enable_gradient_checkpointing
 from optim import ModelEma, create_scheduler
-from utils.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, previous_path, restore_rng_state,
-                              save_checkpoint)
+from utils.checkpoint import (CheckpointError, capture_rng_state, link_checkpoint, load_checkpoint, previous_path,
+                              restore_rng_state, save_checkpoint)
 from utils.metrics import hard_labels, topk_correct
 from utils.distributed import (DistInfo, all_reduce_sum, any_rank, barrier, cleanup, gather_objects,
                                init_distributed)
@@ -466,8 +466,8 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
                                      ema=ema)
             if main:
                 save_checkpoint(state, ckpt_dir / "last.pth", keep_previous=True)
-                if is_best:
-                    save_checkpoint(state, ckpt_dir / "best.pth")
+                if is_best:  # the same state: best.pth is linked to last.pth's file, not written again
+                    link_checkpoint(ckpt_dir / "last.pth", ckpt_dir / "best.pth")
                 _write_json(run_dir / "metrics.json", {"history": history})
             for key, value in row.items() if main else ():
                 if key not in ("epoch", "time") and not key.startswith("skipped"):

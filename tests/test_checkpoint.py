@@ -1,6 +1,7 @@
 """utils/checkpoint.py: atomic writes, safe loads, RNG state round trips."""
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -43,3 +44,14 @@ def test_rng_state_round_trip_through_a_safe_load(tmp_path):
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     restore_rng_state(load_checkpoint(tmp_path / "c.pth")["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_link_checkpoint_shares_the_file_and_survives_replacing_the_source(tmp_path):
+    from utils.checkpoint import link_checkpoint, save_checkpoint
+    last, best = tmp_path / "last.pth", tmp_path / "best.pth"
+    save_checkpoint({"epoch": 1, "w": torch.arange(4.0)}, last)
+    link_checkpoint(last, best)
+    assert os.path.samefile(last, best)  # one file, written once
+    save_checkpoint({"epoch": 2, "w": torch.zeros(4)}, last, keep_previous=True)
+    assert load_checkpoint(best)["epoch"] == 1 and load_checkpoint(last)["epoch"] == 2
+    assert not list(tmp_path.glob(".*tmp*"))

@@ -135,7 +135,9 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous(tiny_data, tmp_path,
     args = tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "c")  # 2 epochs
     assert run_main(args) == 0
     last = tmp_path / "resnet18/c/checkpoints/last.pth"
-    last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk
+    truncated = last.read_bytes()[:1000]
+    last.unlink()  # a new, truncated file in its place (best.pth, a hard link of the old one, stays whole)
+    last.write_bytes(truncated)
     args[args.index("--epochs") + 1] = "3"
     assert run_main(args) == 0
     assert "corrupt or truncated" in caplog.text and "falling back to the previous checkpoint" in caplog.text

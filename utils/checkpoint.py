@@ -9,6 +9,7 @@ import logging
 import os
 import pickle
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,33 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
     finally:
         if tmp.exists():
             tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def link_checkpoint(source: str | Path, path: str | Path) -> None:
+    """Make ``path`` the checkpoint just written to ``source`` (best.pth after an epoch that is also the
+    best), atomically and without writing the bytes again: a hard link, or a copy where the file system
+    has none. Checkpoints are only ever replaced (a new file renamed over the name), never written in
+    place, so replacing ``source`` later leaves ``path`` as it was."""
+    source, path = Path(source), Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:  # no hard links here (some network or FAT file systems)
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist a folder's entries (a rename is durable only once its folder is synced)."""
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
