@@ -213,3 +213,24 @@ def test_every_method_on_one_model_of_each_family(arch):
         assert result.heatmaps.shape == (1, 64, 64) and np.isfinite(result.heatmaps).all(), method
         assert result.logits.shape == (1, 3), method
     assert hook_count(model) == 0
+
+
+@pytest.mark.parametrize("classes", [None, [1, 0, 2, 1]])
+def test_our_grad_cam_equals_the_grad_cam_package(classes):
+    """``grad-cam`` is written out in utils/cam.py (the package import costs 2.5 s); it must give the
+    package's GradCAM heatmaps on the same model, layer, images and classes."""
+    import torchvision
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from utils.cam import CamExplainer
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3).eval()
+    images = torch.randn(4, 3, 48, 40)
+    with CamExplainer(model, "grad-cam", layer="layer3") as explainer:
+        ours = explainer(images, classes)
+    targets = None if classes is None else [ClassifierOutputTarget(c) for c in classes]
+    with GradCAM(model=model, target_layers=[model.layer3]) as cam:
+        expected = cam(input_tensor=images.clone().requires_grad_(True), targets=targets)
+    assert ours.heatmaps.shape == expected.shape == (4, 48, 40)
+    np.testing.assert_allclose(ours.heatmaps, expected, atol=1e-5)
+    assert ours.classes == (ours.logits.argmax(1).tolist() if classes is None else classes)
