@@ -505,13 +505,15 @@ def parse_config(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse flags (and ``--config`` YAML defaults) into a validated, resolved config."""
     parser = build_parser()
     pre, _ = parser.parse_known_args(argv)
+    yaml_defaults: dict[str, Any] = {}
     if pre.config:
         try:
-            parser.set_defaults(**load_yaml_defaults(parser, pre.config))
+            yaml_defaults = load_yaml_defaults(parser, pre.config)
         except ConfigError as e:
             parser.error(str(e))
+        parser.set_defaults(**yaml_defaults)
     cfg = parser.parse_args(argv)
-    given = given_on_command_line(argv) | (set(load_yaml_defaults(parser, pre.config)) if pre.config else set())
+    given = given_on_command_line(argv) | set(yaml_defaults)
     use_checkpoint_data(cfg, given)
     try:
         validate(cfg)
