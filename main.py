@@ -20,7 +20,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix (bad flags, data, checkpoints): a message, not a traceback."""
     from dataloader import ImageDecodeError
     from utils.checkpoint import CheckpointError
-    return (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, CheckpointError, ImageDecodeError)
+    from utils.runlock import RunDirLocked
+    return (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, CheckpointError, ImageDecodeError,
+            RunDirLocked)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch.nn as nn
 
 from dataloader import (BatchPreprocessor, ClassificationDataset, create_loader, create_transform,
                         read_class_names, resolve_split)
-from models import create_model, extract_state_dict, load_state_dict_checked
+from models import check_model_name, create_model, extract_state_dict, load_state_dict_checked
 from utils.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -26,7 +27,17 @@ MODEL_KEYS = ("arch", "num_classes", "image_size", "mean", "std", "eval_resize",
 
 
 def run_dir_for(output: str, arch: str, tag: str) -> Path:
-    """``<output>/<arch>/<tag>`` (a ``/`` in the arch, as in ``timm/resnet18``, becomes ``-``)."""
+    """``<output>/<arch>/<tag>`` (a ``/`` in the arch, as in ``timm/resnet18``, becomes ``-``).
+
+    Checked before anything touches the disk: ``arch`` must be a known model and both names one plain
+    folder name (not empty, ``.`` or ``..``, no separator), so the run directory is always a folder two
+    levels below ``output`` and whatever a run writes or deletes inside it stays there.
+    """
+    check_model_name(arch)
+    for flag, name in (("--arch", arch.replace("/", "-")), ("--tag", tag)):
+        if name.strip(".") == "" or any(sep and sep in name for sep in (os.sep, os.altsep, "\0")):
+            raise ValueError(f"{flag} {name!r} cannot name the run folder <output>/<arch>/<tag>: "
+                             f"use a plain folder name (not '.' or '..', no path separators)")
     return Path(output) / arch.replace("/", "-") / tag
 
 

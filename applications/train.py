@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -31,12 +31,13 @@ from dataloader.loader import start_workers
 from models import create_model, extract_state_dict, load_state_dict_checked
 from models.memory import enable_gradient_checkpointing
 from optim import ModelEma, create_scheduler
-from utils.checkpoint import (CheckpointError, capture_rng_state, link_checkpoint, load_checkpoint, previous_path,
-                              restore_rng_state, save_checkpoint)
+from utils.checkpoint import (CheckpointError, capture_rng_state, kill_point, link_checkpoint, load_checkpoint,
+                              previous_path, remove_stale_temporaries, restore_rng_state, save_checkpoint)
 from utils.metrics import hard_labels, topk_correct
 from utils.distributed import (DistInfo, all_reduce_sum, any_rank, barrier, cleanup, gather_objects,
                                init_distributed)
 from utils.misc import log_to_file, seed_everything
+from utils.runlock import LOCK_NAME, RunLock
 
 from .common import (amp_dtype, autocast, build_dataset, build_loader, check_num_classes, data_class_names,
                      preprocessor, run_dir_for)
@@ -187,10 +188,10 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: n
 
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                      scaler: torch.amp.GradScaler | None, *, epoch: int, best_top1: float,
-                     class_names: list[str], cfg: argparse.Namespace, history: list[dict],
+                     best_epoch: int | None, class_names: list[str], cfg: argparse.Namespace, history: list[dict],
                      criterion: nn.Module | None = None, ema: ModelEma | None = None) -> dict[str, Any]:
     """Everything needed to resume exactly: weights (and their EMA), optimizer, schedule, scaler, the
-    loss's own state (GHM's moving averages), RNG, bookkeeping."""
+    loss's own state (GHM's moving averages), RNG, bookkeeping (the best epoch: what best.pth holds)."""
     return {
         "model": model.state_dict(),
         "model_ema": ema.module.state_dict() if ema is not None else None,
@@ -200,6 +201,7 @@ def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, schedul
         "criterion": criterion.state_dict() if criterion is not None else {},
         "epoch": epoch,
         "best_top1": best_top1,
+        "best_epoch": best_epoch,  # the epoch best.pth holds: checked when a run resumes and at its end
         "rng": capture_rng_state(),
         "class_names": list(class_names),
         "arch": cfg.arch,
@@ -208,21 +210,27 @@ def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, schedul
     }
 
 
-def _prepare_run_dir(cfg: argparse.Namespace, run_dir: Path) -> Path | None:
-    """Decide whether this run resumes; returns the checkpoint to resume from, or None.
+# What a run directory holds before this run writes anything: the log it has just opened, its lock.
+OPEN_RUN_FILES = frozenset({"log.txt", LOCK_NAME})
+
+
+def _prepare_run_dir(cfg: argparse.Namespace, run_dir: Path) -> tuple[Path | None, bool]:
+    """Decide how this run starts, changing nothing on disk: returns the checkpoint to resume from (or
+    None) and whether the run directory is to be cleared first (``--overwrite``).
 
     A rerun of the same command resumes from ``last.pth``; different flags in an existing run
-    directory are refused unless ``--resume`` or ``--overwrite`` says what to do.
+    directory are refused unless ``--resume`` or ``--overwrite`` says what to do. ``--overwrite`` clears
+    only a folder that holds a run of this very ``--arch`` and ``--tag`` (see ``_holds_this_run``).
     """
     last = run_dir / "checkpoints" / "last.pth"
     if cfg.resume:
-        return Path(cfg.resume)
+        return Path(cfg.resume), False
     if cfg.overwrite:
-        logger.info("--overwrite: starting afresh in %s", run_dir)
-        for child in run_dir.iterdir():
-            if child.name != "log.txt":  # the log of this very run is already open
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-        return None
+        if not _holds_this_run(run_dir, cfg):
+            raise ValueError(f"--overwrite refused: {run_dir} does not hold a training run of --arch {cfg.arch} "
+                             f"--tag {cfg.tag} (no config.yaml of such a run in it), so nothing was deleted; "
+                             f"pick another --tag or --output, or empty that folder yourself")
+        return None, True
     saved_cfg = run_dir / "config.yaml"
     if saved_cfg.is_file() and (last.is_file() or previous_path(last).is_file()):
         conflicts = config_conflicts(yaml.safe_load(saved_cfg.read_text()) or {}, cfg)
@@ -230,8 +238,99 @@ def _prepare_run_dir(cfg: argparse.Namespace, run_dir: Path) -> Path | None:
             diff = "; ".join(f"--{k}: {a!r} -> {b!r}" for k, (a, b) in conflicts.items())
             raise ValueError(f"run directory {run_dir} holds a run with other settings ({diff}); use another "
                              f"--tag, pass --overwrite to start afresh, or --resume to continue from a checkpoint")
-        return last
-    return None
+        return last, False
+    return None, False
+
+
+def _holds_this_run(run_dir: Path, cfg: argparse.Namespace) -> bool:
+    """True when ``run_dir`` is ours to clear: nothing in it but what this run just opened, or a
+    ``config.yaml`` written by a training run of the same ``--arch`` and ``--tag`` (the marker a run
+    directory carries from its first epoch on; a folder of anything else has no such file)."""
+    if {child.name for child in run_dir.iterdir()} <= OPEN_RUN_FILES:
+        return True
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(saved, dict) and saved.get("train") is True and \
+        saved.get("arch") == cfg.arch and saved.get("tag") == cfg.tag
+
+
+def _clear_dir(folder: Path, keep: frozenset[str] = frozenset()) -> None:
+    """Delete everything in ``folder`` but the names in ``keep``; links are removed, never followed."""
+    for child in folder.iterdir():
+        if child.name in keep:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+@contextlib.contextmanager
+def _own_run_dir(run_dir: Path) -> Iterator[None]:
+    """Create ``run_dir`` if needed and hold its lock (one run per directory) while the block runs.
+
+    A run that fails before writing its first checkpoint leaves nothing behind: a folder it created goes
+    (and so do the folders above it that it created, ``<output>/<arch>``, ...), in a folder that was
+    there only the log it started.
+    """
+    created = [p for p in reversed(run_dir.parents) if not p.exists()]  # outermost first
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir()
+        created.append(run_dir)
+    except FileExistsError:
+        pass
+    new_log = not (run_dir / "log.txt").exists()
+    remove: list[Path] = []
+    try:
+        with RunLock(run_dir):
+            try:
+                yield
+            except BaseException:
+                if run_dir in created and not _has_checkpoint(run_dir):
+                    _clear_dir(run_dir, keep=frozenset({LOCK_NAME}))  # the lock file goes as the lock is released
+                    remove = created[::-1]  # deepest first
+                elif new_log and not _has_checkpoint(run_dir):  # a folder that was there: only our log goes
+                    (run_dir / "log.txt").unlink(missing_ok=True)
+                raise
+    finally:
+        for folder in remove:
+            with contextlib.suppress(OSError):  # not empty: another run has started there meanwhile
+                folder.rmdir()
+        if remove and not run_dir.exists():
+            logger.info("removed %s: this run failed before its first checkpoint", run_dir)
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    last = run_dir / "checkpoints" / "last.pth"
+    return last.is_file() or previous_path(last).is_file()
+
+
+def _end_of_epoch(path: Path) -> int | None:
+    """The epoch whose end ``path`` holds, or None (missing, unreadable, or saved in the middle of an epoch)."""
+    try:
+        ckpt = load_checkpoint(path, mmap=True)
+    except CheckpointError:
+        return None
+    return None if ckpt.get("resume_at") else ckpt.get("epoch")
+
+
+def restore_best_link(ckpt_dir: Path, best_epoch: int | None) -> None:
+    """Make ``best.pth`` the checkpoint of epoch ``best_epoch`` (recorded in every checkpoint since the
+    best epoch). A run killed between saving ``last.pth`` and linking ``best.pth`` left the previous
+    best there: it is linked again from ``last.pth`` or ``last.pth.prev``, whichever holds that epoch."""
+    best = ckpt_dir / "best.pth"
+    if best_epoch is None or _end_of_epoch(best) == best_epoch:  # None: a checkpoint from before best_epoch
+        return
+    for source in (ckpt_dir / "last.pth", previous_path(ckpt_dir / "last.pth")):
+        if _end_of_epoch(source) == best_epoch:
+            logger.warning("%s does not hold the best epoch %d (a run stopped before linking it): linked it to %s",
+                           best, best_epoch + 1, source.name)
+            link_checkpoint(source, best)
+            return
+    logger.warning("%s does not hold the best epoch %d, and no checkpoint here does any more", best, best_epoch + 1)
 
 
 def load_resume_checkpoint(path: Path) -> tuple[dict[str, Any], Path]:
@@ -319,16 +418,15 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
     """Train ``cfg.arch`` on ``cfg.data``, checkpoint every epoch, then evaluate best.pth on the test split.
 
     Under ``torchrun`` every process trains its shard with DistributedDataParallel; rank 0 alone
-    writes files (its log file included).
+    writes files (its log file included) and holds the run directory's lock.
     """
     info = init_distributed(cfg.device)
-    run_dir = run_dir_for(cfg.output, cfg.arch, cfg.tag)
     try:
+        run_dir = run_dir_for(cfg.output, cfg.arch, cfg.tag)  # checks --arch and --tag before any disk access
         if not info.is_main:
             logging.getLogger().setLevel(logging.WARNING)
             return _train(cfg, run_dir, info)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with log_to_file(run_dir / "log.txt"):
+        with _own_run_dir(run_dir), log_to_file(run_dir / "log.txt"):
             try:
                 return _train(cfg, run_dir, info)
             except Exception:  # keep the traceback in the run's own log too
@@ -342,10 +440,8 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     device, main = info.device, info.is_main
     class_names = data_class_names(cfg)
     num_classes = check_num_classes(cfg.num_classes, class_names, cfg.data)
-    resume_from = _prepare_run_dir(cfg, run_dir) if main else None
+    resume_from, afresh = _prepare_run_dir(cfg, run_dir) if main else (None, False)
     resume_from = gather_objects(resume_from)[0]  # rank 0 decides, every rank follows
-    if main:
-        save_config(cfg, run_dir / "config.yaml")
     global_batch = cfg.batch_size * info.world_size * cfg.accumulation_steps
     lr = cfg.lr * global_batch / cfg.lr_base_batch if cfg.lr_scale == "linear" else cfg.lr
     logger.info("run directory %s, device %s%s, %d classes, global batch %d, lr %.4g", run_dir, device,
@@ -388,7 +484,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     if cfg.compile:
         net = torch.compile(net)
 
-    start_epoch, start_batch, partial, best_top1, history = 0, 0, None, -1.0, []
+    start_epoch, start_batch, partial, best_top1, best_epoch, history = 0, 0, None, -1.0, None, []
     if resume_from is not None:
         ckpt, resume_from = load_resume_checkpoint(resume_from)
         if ckpt.get("class_names") not in (None, class_names):
@@ -408,6 +504,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
             ema.module.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") else model.state_dict())
         restore_rng_state(ckpt["rng"])
         start_epoch, best_top1, history = ckpt["epoch"] + 1, ckpt["best_top1"], list(ckpt.get("history", []))
+        best_epoch = ckpt.get("best_epoch")
         if ckpt.get("resume_at"):  # stopped mid-epoch: continue at the next batch of that epoch
             start_epoch, start_batch = ckpt["resume_at"]["epoch"], ckpt["resume_at"]["batch"]
             partials = ckpt["resume_at"]["partial"]  # one per rank
@@ -415,12 +512,21 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
         logger.info("resumed from %s at epoch %d%s (best val top-1 so far %.2f)", resume_from, start_epoch + 1,
                     f", batch {start_batch + 1}" if start_batch else "", best_top1)
 
+    ckpt_dir = run_dir / "checkpoints"
+    if main:  # the new run is built: only now is anything in the run directory changed
+        if afresh:
+            logger.info("--overwrite: starting afresh in %s", run_dir)
+            _clear_dir(run_dir, keep=OPEN_RUN_FILES)
+        if ckpt_dir.is_dir():
+            remove_stale_temporaries(ckpt_dir)
+            if resume_from is not None and resume_from.parent.resolve() == ckpt_dir.resolve():
+                restore_best_link(ckpt_dir, best_epoch)
+        save_config(cfg, run_dir / "config.yaml")
     writer = _tensorboard(run_dir, start_epoch) if main else None
     if start_epoch == 0 and main:
         grid = make_augmented_grid(train_set, n=min(32, len(train_set)), seed=cfg.seed)
         Image.fromarray(grid.permute(1, 2, 0).numpy()).save(run_dir / "augmented_samples.png")
         writer.add_image("train/augmented_samples", grid, 0)
-    ckpt_dir = run_dir / "checkpoints"
     progress = not cfg.no_progress
     stop = StopRequest()
     try:
@@ -436,7 +542,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
             start_batch, partial = 0, None
             if tr["interrupted"]:
                 state = checkpoint_state(model, optimizer, scheduler, scaler, epoch=epoch - 1, best_top1=best_top1,
-                                         class_names=class_names, cfg=cfg, history=history, criterion=criterion,
+                                         best_epoch=best_epoch, class_names=class_names, cfg=cfg, history=history, criterion=criterion,
                                          ema=ema)
                 state["resume_at"] = {"epoch": epoch, "batch": tr["batches_done"],
                                       "partial": gather_objects(tr["partial"])}
@@ -449,6 +555,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
                           desc=f"val {epoch}")
             is_best = va["top1"] > best_top1
             best_top1 = max(best_top1, va["top1"])
+            best_epoch = epoch if is_best else best_epoch
             row = {"epoch": epoch, "train_loss": tr["loss"], "train_top1": tr["top1"], "lr": tr["lr"],
                    "val_loss": va["loss"], "val_top1": va["top1"], "val_top5": va["top5"],
                    "img_per_s": tr["img_per_s"], "time": tr["time"]}
@@ -462,7 +569,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
                 row.update(val_ema_loss=va_ema["loss"], val_ema_top1=va_ema["top1"], val_ema_top5=va_ema["top5"])
             history.append(row)
             state = checkpoint_state(model, optimizer, scheduler, scaler, epoch=epoch, best_top1=best_top1,
-                                     class_names=class_names, cfg=cfg, history=history, criterion=criterion,
+                                     best_epoch=best_epoch, class_names=class_names, cfg=cfg, history=history, criterion=criterion,
                                      ema=ema)
             if main:
                 save_checkpoint(state, ckpt_dir / "last.pth", keep_previous=True)
@@ -485,6 +592,8 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     finally:
         if writer is not None:
             writer.close()
+    if main:
+        restore_best_link(ckpt_dir, best_epoch)
     barrier()  # best.pth is on disk before any rank reads it
 
     from .test import evaluate_and_report
@@ -496,6 +605,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     load_state_dict_checked(model, extract_state_dict(best), best_path)
     test_set = build_dataset(cfg, "test", class_names, train=False, fallback=True)
     test_loader = build_loader(cfg, test_set, train=False, device=device, dist_info=info)
+    kill_point("final_test")
     report = evaluate_and_report(net, test_loader, test_set, class_names, preprocess=preprocess, dtype=dtype,
                                  out_dir=run_dir / f"eval_{test_set.split}", checkpoint=best_path,
                                  progress=progress, head=cfg.criterion, write=main)

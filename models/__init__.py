@@ -7,10 +7,10 @@ import torch.nn as nn
 
 from . import families, simple  # noqa: F401  (register torchvision, efficientnet-pytorch, resnest, ours)
 from .pretrained import classifier_keys, extract_state_dict, load_pretrained, load_state_dict_checked
-from .registry import build_model, list_models, model_family, register_model
+from .registry import build_model, check_model_name, list_models, model_family, register_model
 from .cam_layers import default_target_layer, resolve_target_layer, target_layer_names  # noqa: F401
 
-__all__ = ["create_model", "list_models", "model_family", "register_model", "load_pretrained",
+__all__ = ["create_model", "check_model_name", "list_models", "model_family", "register_model", "load_pretrained",
            "extract_state_dict", "classifier_keys", "load_state_dict_checked"]
 
 

@@ -36,7 +36,7 @@ def model_family(name: str) -> str:
     """``torchvision``, ``efficientnet-pytorch``, ``resnest`` or ``timm``."""
     if name.startswith(TIMM_PREFIX):
         return "timm"
-    _check_known(name)
+    check_model_name(name)
     return _FAMILY[name]
 
 
@@ -45,7 +45,8 @@ def _timm_names() -> list[str]:
     return timm.list_models()
 
 
-def _check_known(name: str) -> None:
+def check_model_name(name: str) -> None:
+    """Raise ValueError (with close matches) unless ``name`` is a model ``create_model`` can build."""
     if name in _REGISTRY:
         return
     if name.startswith(TIMM_PREFIX):
@@ -65,7 +66,7 @@ def _check_known(name: str) -> None:
 
 def build_model(name: str, num_classes: int) -> nn.Module:
     """Instantiate ``name`` with a fresh head of ``num_classes`` outputs and random weights."""
-    _check_known(name)
+    check_model_name(name)
     if name.startswith(TIMM_PREFIX):
         import timm
         return timm.create_model(name[len(TIMM_PREFIX):], pretrained=False, num_classes=num_classes)

@@ -60,6 +60,69 @@ CASES += [
 
 # ==== run directories: paths, --overwrite, stale best, locks ====
 
+CASES += [
+    Case("tag-dotdot-overwrite", lambda tmp, data: _other_runs(tmp) + tiny_train(data, tmp / "out", "--tag", "..",
+                                                                                 "--overwrite"), 2,
+         r"--tag names the run folder <output>/<arch>/<tag>.*not '\.' or '\.\.', got '\.\.'",
+         check=lambda tmp: _other_runs_intact(tmp)),
+    Case("tag-dot-overwrite", lambda tmp, data: _other_runs(tmp) + tiny_train(data, tmp / "out", "--tag", ".",
+                                                                              "--overwrite"), 2,
+         r"--tag names the run folder.*got '\.'", check=lambda tmp: _other_runs_intact(tmp)),
+    Case("arch-dotdot-overwrite", lambda tmp, data: _other_runs(tmp) + tiny_train(data, tmp / "out", "--arch", "..",
+                                                                                  "--tag", "x", "--overwrite"), 1,
+         r"unknown model '\.\.'", check=lambda tmp: _other_runs_intact(tmp)),
+    Case("overwrite-foreign-folder", lambda tmp, data: _other_runs(tmp) + tiny_train(data, tmp / "out", "--tag", "b",
+                                                                                     "--overwrite"), 1,
+         r"--overwrite refused: .*resnet18/b does not hold a training run of --arch resnet18 --tag b",
+         check=lambda tmp: _other_runs_intact(tmp)),
+    Case("run-dir-locked", lambda tmp, data: _locked(tmp / "out/resnet18/default") + tiny_train(data, tmp / "out"), 1,
+         r"run directory .*resnet18/default is in use by another training run \(pid \d+ on host",
+         check=lambda tmp: _unlock(tmp / "out/resnet18/default")),
+    Case("failed-run-leaves-no-folder", lambda tmp, data: tiny_train(data, tmp / "out", "--num_classes", "5"), 1,
+         r"--num_classes 5 disagrees with the data", check=lambda tmp: _absent(tmp / "out")),
+]
+
+
+def _other_runs(tmp: Path) -> list[str]:
+    """Folders next to the run directory that a bad --tag/--arch/--overwrite must leave alone."""
+    for rel, text in _OTHER_RUNS.items():
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_text(text)
+    return []
+
+
+_OTHER_RUNS = {"project.py": "the user's source", "out/resnet18/a/config.yaml": "arch: resnet18\ntag: a\ntrain: true\n",
+               "out/resnet34/c/checkpoints/last.pth": "weights", "out/resnet18/b/notes.txt": "not a run"}
+
+
+def _other_runs_intact(tmp: Path) -> None:
+    for rel, text in _OTHER_RUNS.items():
+        assert (tmp / rel).read_text() == text, rel
+    assert sorted(p.name for p in (tmp / "out/resnet18/b").iterdir()) == ["notes.txt"]
+
+
+_HELD: dict = {}  # run directory -> the RunLock this process holds on it
+
+
+def _locked(run_dir: Path) -> list[str]:
+    """Hold run_dir's lock in this (the test) process while the case runs."""
+    from utils.runlock import RunLock
+    run_dir.mkdir(parents=True)
+    _HELD[run_dir] = RunLock(run_dir)
+    _HELD[run_dir].acquire()
+    return []
+
+
+def _unlock(run_dir: Path) -> None:
+    from utils.runlock import LOCK_NAME
+    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_NAME]  # the refused run wrote nothing
+    _HELD.pop(run_dir).release()
+
+
+def _absent(path: Path) -> None:
+    assert not path.exists(), sorted(path.rglob("*"))
+
+
 # ==== decompression bombs and image limits ====
 
 # ==== non-finite numbers, one-line messages, silent acceptance ====

@@ -10,6 +10,8 @@ import os
 import pickle
 import random
 import shutil
+import signal
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,47 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, corrupt, unsafe or does not fit the model."""
 
 
+# Test-only fault injection: ``PLAYGROUND_KILL_AT=POINT:N`` makes this process SIGKILL itself the N-th
+# time (default 1) it reaches POINT, so tests can kill a real run at an exact moment of a save. The
+# points: ``last_tmp`` (last.pth's temporary file half written), ``last_replaced`` (last.pth just
+# renamed into place), ``best_tmp`` (best.pth's temporary link made, not yet renamed), and ``final_test``
+# (applications/train.py: the final test evaluation begins). last.pth is saved once per epoch, so N is
+# the epoch (1-based) in a run started afresh; best.pth is linked once per new best epoch.
+KILL_AT_ENV = "PLAYGROUND_KILL_AT"
+_kill_hits: Counter = Counter()
+
+
+def kill_point(name: str) -> None:
+    """SIGKILL this process here when ``$PLAYGROUND_KILL_AT`` names this point and hit (tests only)."""
+    wanted = os.environ.get(KILL_AT_ENV)
+    if not wanted:
+        return
+    point, _, nth = wanted.partition(":")
+    if point == name:
+        _kill_hits[name] += 1
+        if _kill_hits[name] == int(nth or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _tmp_path(path: Path) -> Path:
+    """The temporary file a save of ``path`` writes first (named per process, hidden)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that killed saves left in ``folder`` (``.<name>.tmp-<pid>``; each can be
+    a whole checkpoint). Call it only while holding the run directory's lock: no other save is running."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp-*"):
+        if tmp.is_file() and not tmp.is_symlink():
+            tmp.unlink()
+            removed.append(tmp)
+    if removed:
+        logger.info("removed %d temporary file(s) left by an interrupted save in %s: %s", len(removed), folder,
+                    ", ".join(p.name for p in removed))
+    return removed
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = False) -> None:
     """Write ``state`` atomically: a temporary file in the same folder, fsync, then rename.
 
@@ -32,15 +75,17 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _tmp_path(path)
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)
+            kill_point(f"{path.stem}_tmp")
             f.flush()
             os.fsync(f.fileno())
         if keep_previous and path.exists():
             os.replace(path, previous_path(path))
         os.replace(tmp, path)
+        kill_point(f"{path.stem}_replaced")
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -53,7 +98,7 @@ def link_checkpoint(source: str | Path, path: str | Path) -> None:
     has none. Checkpoints are only ever replaced (a new file renamed over the name), never written in
     place, so replacing ``source`` later leaves ``path`` as it was."""
     source, path = Path(source), Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = _tmp_path(path)
     try:
         try:
             os.link(source, tmp)
@@ -61,6 +106,7 @@ def link_checkpoint(source: str | Path, path: str | Path) -> None:
             shutil.copyfile(source, tmp)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
+        kill_point(f"{path.stem}_tmp")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -83,13 +129,14 @@ def previous_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".prev")
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint or weights file with ``weights_only=True`` and explain failures."""
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint or weights file with ``weights_only=True`` and explain failures (``mmap``: map the
+    tensors instead of reading them, for a look at a checkpoint's bookkeeping)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path} cannot be loaded safely (weights_only=True): it holds objects that need arbitrary code "
