@@ -415,8 +415,8 @@ def validate(cfg: argparse.Namespace) -> None:
     need(0 < cfg.crop_pct <= 1, f"--crop_pct must be in (0, 1], got {cfg.crop_pct}")
     need(all(s > 0 for s in cfg.std), f"--std must be positive, got {cfg.std}")
     need(bool(re.fullmatch(r"[A-Za-z0-9_.\-]+", cfg.tag)) and cfg.tag.strip(".") != "",
-         f"--tag names the run folder <output>/<arch>/<tag>: letters, digits, '_', '.' and '-' only, and not "
-         f"'.' or '..', got {cfg.tag!r}")
+         f"--tag may hold letters, digits, '_', '.' and '-' only, and not be '.' or '..' (it names the run "
+         f"folder <output>/<arch>/<tag>), got {cfg.tag!r}")
     if cfg.device is not None:
         need(bool(re.fullmatch(r"cpu|cuda(:\d+)?", cfg.device)),
              f"--device must be cpu, cuda or cuda:N, got {cfg.device!r}")

@@ -41,7 +41,7 @@ def test_a_tag_that_is_no_plain_folder_name_is_refused_before_anything_is_writte
     (out / "resnet18" / "keep" / "config.yaml").write_text("arch: resnet18\n")
     before = _tree(tmp_path)
     err = _parse_error(tiny_train_args(tiny_data["folder"], out, "--tag", tag, "--overwrite"), capsys)
-    assert "--tag names the run folder" in err and "not '.' or '..'" in err
+    assert "--tag may hold letters" in err and "not be '.' or '..' (it names the run folder" in err
     assert _tree(tmp_path) == before
 
 
