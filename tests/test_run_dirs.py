@@ -129,11 +129,16 @@ def test_a_second_run_in_a_locked_directory_is_refused_naming_the_holder(tiny_da
 
 @pytest.mark.slow
 def test_two_trainings_started_together_in_one_directory(tiny_data, tmp_path):
-    """Real processes: the second one is refused at once, the first one is not disturbed."""
+    """Real processes, the second started while the first is running: the second is refused at once,
+    the first is not disturbed."""
     args = tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "same", *FAST)
     first = subprocess.Popen(_cli(args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(tmp_path / "simple_cnn/same/log.txt", "run directory", first)
-    second = subprocess.run(_cli(args), cwd=ROOT, capture_output=True, text=True)
+    first.send_signal(signal.SIGSTOP)  # paused mid-run (lock held), however slow the second one starts
+    try:
+        second = subprocess.run(_cli(args), cwd=ROOT, capture_output=True, text=True)
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 1 and "Traceback" not in second.stderr
     assert f"is in use by another training run (pid {first.pid} on host" in second.stderr
     out, err = first.communicate(timeout=300)
