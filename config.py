@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -45,6 +46,32 @@ MODES: dict[str, str] = {
 CHECKPOINT_MODES = ("evaluation", "knowledge", "make_curriculum", "jit", "onnx", "predict", "visual_data",
                     "visual_source")
 
+# Flags that only training reads (found by what the other modes read): given on the command line with
+# a mode that ignores them, they are refused (``check_mode_flags``) rather than silently dropped. The LR
+# range test trains too and reads most of them; --throughput measures its --channels_last and --compile
+# variants. YAML keys are not refused: the config.yaml of a training run passed to --evaluation is fine.
+_LR_FINDER_READS = frozenset({
+    "train_resize", "rrc_scale", "hflip", "pretrained", "optimizer", "momentum", "nesterov", "weight_decay",
+    "lookahead", "lookahead_alpha", "lookahead_k", "label_smoothing", "accumulation_steps", "aug", "aug_policy",
+    "autoaugment_policy", "randaugment_n", "randaugment_m", "custom_hflip", "custom_vflip", "custom_rotate",
+    "custom_crop", "custom_blur", "custom_noise", "custom_jitter", "random_erasing", "mixup", "mixup_prob", "cutmix",
+    "mix_switch_prob", "multi_scale", "class_balanced", "weighted_loss", "class_weights", "cost_matrix", "ghm_loss",
+    "ghm_bins", "ghm_momentum", "ohm_loss", "ohm_ratio", "threshold_loss", "threshold_low", "threshold_high",
+    "focal_loss", "focal_gamma", "channels_last",
+})
+TRAINING_ONLY_FLAGS = _LR_FINDER_READS | frozenset({
+    "epochs", "lr", "scheduler", "lr_steps", "lr_ratios", "poly_power", "onecycle_pct", "warmup", "ema", "ema_decay",
+    "clip_grad", "distill", "distill_files", "distill_alpha", "distill_temperature", "distill_missing",
+    "curriculum_learning", "curriculum_missing_weight", "sync_bn", "lr_scale", "lr_base_batch", "use_checkpoint",
+    "compile",
+})
+# The training-only flags that another mode reads as well.
+TRAINING_FLAGS_ALSO_READ_BY = {"lr_finder": _LR_FINDER_READS, "throughput": frozenset({"channels_last", "compile"})}
+
+# Largest --image_size side: a network input far beyond any classification model's (224-800 px), still
+# allocatable; 100000 x 100000 would be a 120 GB tensor per image, which the kernel may kill, not refuse.
+MAX_IMAGE_SIDE = 4096
+
 DATASET_ALIASES = {"folder": "folder", "imagenet": "folder", "txt": "txt", "read_from_txt": "txt", "zip": "zip"}
 
 # Keys that may differ when a run is resumed in the same run directory (they do not change what is
@@ -67,6 +94,17 @@ def _dataset_kind(value: str) -> str:
         raise argparse.ArgumentTypeError(
             f"invalid dataset kind {value!r} (choose from folder, txt, zip; aliases: imagenet, read_from_txt)")
     return DATASET_ALIASES[key]
+
+
+def finite_float(value: str) -> float:
+    """The type of every float flag: a number, never ``inf``, ``nan`` or one that overflows (``1e400``)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"invalid number {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
+    return number
 
 
 def available_cores() -> int:
@@ -138,20 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network input size")
     g.add_argument("--train_resize", choices=["letterbox", "rrc"], default="letterbox",
                    help="training geometry: letterbox (keep aspect, pad) or rrc (RandomResizedCrop)")
-    g.add_argument("--rrc_scale", type=float, nargs=2, default=[0.08, 1.0], metavar=("MIN", "MAX"),
+    g.add_argument("--rrc_scale", type=finite_float, nargs=2, default=[0.08, 1.0], metavar=("MIN", "MAX"),
                    help="area range of RandomResizedCrop (with --train_resize rrc)")
-    g.add_argument("--hflip", type=float, default=0.0, help="horizontal flip probability for training images")
+    g.add_argument("--hflip", type=finite_float, default=0.0, help="horizontal flip probability for training images")
     g.add_argument("--eval_resize", choices=["letterbox", "center_crop"], default="letterbox",
                    help="evaluation geometry: letterbox, or resize the short side to size/crop_pct and centre-crop")
-    g.add_argument("--crop_pct", type=float, default=0.875, help="centre-crop fraction for --eval_resize center_crop")
-    g.add_argument("--mean", type=float, nargs=3, default=[0.485, 0.456, 0.406], help="normalisation mean (RGB)")
-    g.add_argument("--std", type=float, nargs=3, default=[0.229, 0.224, 0.225], help="normalisation std (RGB)")
+    g.add_argument("--crop_pct", type=finite_float, default=0.875, help="centre-crop fraction for --eval_resize center_crop")
+    g.add_argument("--mean", type=finite_float, nargs=3, default=[0.485, 0.456, 0.406], help="normalisation mean (RGB)")
+    g.add_argument("--std", type=finite_float, nargs=3, default=[0.229, 0.224, 0.225], help="normalisation std (RGB)")
     g.add_argument("-b", "--batch_size", type=int, default=64, help="batch size per device")
     g.add_argument("-j", "--workers", type=_workers, default=2, help="data-loading worker processes, or auto (the available cores)")
     g.add_argument("--cache_dataset", choices=["none", "memory"], default="none",
                    help="memory: decode the dataset once into one uint8 tensor (on the GPU under CUDA) and "
                         "augment whole batches; for small sets such as the digits or CIFAR")
-    g.add_argument("--cache_max_gb", type=float, default=4.0,
+    g.add_argument("--cache_max_gb", type=finite_float, default=4.0,
                    help="refuse --cache_dataset memory when a decoded split would exceed this many GB")
     g.add_argument("--gpu_decode", action="store_true",
                    help="CUDA only: workers read the files, JPEG batches are decoded on the GPU (nvjpeg)")
@@ -168,33 +206,33 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=30, help="number of training epochs")
     g.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "radam", "nadam", "lamb", "ranger"], default="sgd",
                    help="optimizer (ranger = RAdam inside Lookahead)")
-    g.add_argument("--lr", type=float, default=0.1, help="peak learning rate")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--lr", type=finite_float, default=0.1, help="peak learning rate")
+    g.add_argument("--momentum", type=finite_float, default=0.9, help="SGD momentum")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
-    g.add_argument("--weight_decay", type=float, default=1e-4,
+    g.add_argument("--weight_decay", type=finite_float, default=1e-4,
                    help="weight decay (never applied to biases and normalisation weights)")
     g.add_argument("--scheduler", choices=["step", "multistep", "cosine", "poly", "onecycle"], default="cosine",
                    help="learning-rate schedule after warm-up")
-    g.add_argument("--lr_steps", type=float, nargs="+", default=None, metavar="EPOCH",
+    g.add_argument("--lr_steps", type=finite_float, nargs="+", default=None, metavar="EPOCH",
                    help="milestones in epochs for multistep (also override the default step schedule)")
-    g.add_argument("--lr_ratios", type=float, nargs="+", default=None, metavar="FACTOR",
+    g.add_argument("--lr_ratios", type=finite_float, nargs="+", default=None, metavar="FACTOR",
                    help="LR factor (of the peak) from each milestone on; default 0.1, 0.01, ...")
-    g.add_argument("--poly_power", type=float, default=0.9, help="power of the poly schedule")
-    g.add_argument("--onecycle_pct", type=float, default=0.3, help="fraction of steps rising in the one-cycle schedule")
+    g.add_argument("--poly_power", type=finite_float, default=0.9, help="power of the poly schedule")
+    g.add_argument("--onecycle_pct", type=finite_float, default=0.3, help="fraction of steps rising in the one-cycle schedule")
     g.add_argument("--lookahead", action="store_true", help="wrap the optimizer in Lookahead")
-    g.add_argument("--lookahead_alpha", type=float, default=0.5, help="Lookahead slow-weight step")
+    g.add_argument("--lookahead_alpha", type=finite_float, default=0.5, help="Lookahead slow-weight step")
     g.add_argument("--lookahead_k", type=int, default=6, help="Lookahead synchronisation period")
     g.add_argument("--ema", action="store_true",
                    help="keep an exponential moving average of the weights, evaluated and saved beside them")
-    g.add_argument("--ema_decay", type=float, default=0.9998, help="EMA decay per optimizer step")
-    g.add_argument("--warmup", type=float, default=1.0, help="linear warm-up length in epochs")
-    g.add_argument("--label_smoothing", type=float, default=0.0, help="label smoothing for softmax cross-entropy")
+    g.add_argument("--ema_decay", type=finite_float, default=0.9998, help="EMA decay per optimizer step")
+    g.add_argument("--warmup", type=finite_float, default=1.0, help="linear warm-up length in epochs")
+    g.add_argument("--label_smoothing", type=finite_float, default=0.0, help="label smoothing for softmax cross-entropy")
     g.add_argument("--accumulation_steps", type=int, default=1,
                    help="micro-batches whose gradients are summed before one optimizer step")
     g.add_argument("--amp", action="store_true",
                    help="mixed precision (bf16 where supported, else fp16 with a gradient scaler)")
     g.add_argument("--amp_dtype", choices=["auto", "bf16", "fp16"], default="auto", help="mixed-precision dtype")
-    g.add_argument("--clip_grad", type=float, default=None, metavar="NORM",
+    g.add_argument("--clip_grad", type=finite_float, default=None, metavar="NORM",
                    help="clip the gradient norm to this value before each optimizer step")
 
     g = p.add_argument_group("augmentation")
@@ -205,20 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AutoAugment's learned policy")
     g.add_argument("--randaugment_n", type=int, default=2, help="RandAugment: operations per image")
     g.add_argument("--randaugment_m", type=int, default=9, help="RandAugment: magnitude (0-30)")
-    g.add_argument("--custom_hflip", type=float, default=0.5, help="custom policy: horizontal flip probability")
-    g.add_argument("--custom_vflip", type=float, default=0.0, help="custom policy: vertical flip probability")
-    g.add_argument("--custom_rotate", type=float, default=10.0, help="custom policy: max rotation in degrees")
-    g.add_argument("--custom_crop", type=float, default=0.8,
+    g.add_argument("--custom_hflip", type=finite_float, default=0.5, help="custom policy: horizontal flip probability")
+    g.add_argument("--custom_vflip", type=finite_float, default=0.0, help="custom policy: vertical flip probability")
+    g.add_argument("--custom_rotate", type=finite_float, default=10.0, help="custom policy: max rotation in degrees")
+    g.add_argument("--custom_crop", type=finite_float, default=0.8,
                    help="custom policy: min area of a random crop resized back (1 = off)")
-    g.add_argument("--custom_blur", type=float, default=0.1, help="custom policy: Gaussian blur probability")
-    g.add_argument("--custom_noise", type=float, default=0.0, help="custom policy: Gaussian noise std (0-255 units)")
-    g.add_argument("--custom_jitter", type=float, default=0.2,
+    g.add_argument("--custom_blur", type=finite_float, default=0.1, help="custom policy: Gaussian blur probability")
+    g.add_argument("--custom_noise", type=finite_float, default=0.0, help="custom policy: Gaussian noise std (0-255 units)")
+    g.add_argument("--custom_jitter", type=finite_float, default=0.2,
                    help="custom policy: colour jitter strength (brightness/contrast/saturation; hue = s/4)")
-    g.add_argument("--random_erasing", type=float, default=0.0, help="random erasing probability per image")
-    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup Beta(alpha, alpha); 0 = off")
-    g.add_argument("--mixup_prob", type=float, default=1.0, help="probability that a batch is mixed")
-    g.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="cutmix Beta(alpha, alpha); 0 = off")
-    g.add_argument("--mix_switch_prob", type=float, default=0.5,
+    g.add_argument("--random_erasing", type=finite_float, default=0.0, help="random erasing probability per image")
+    g.add_argument("--mixup", type=finite_float, default=0.0, metavar="ALPHA", help="mixup Beta(alpha, alpha); 0 = off")
+    g.add_argument("--mixup_prob", type=finite_float, default=1.0, help="probability that a batch is mixed")
+    g.add_argument("--cutmix", type=finite_float, default=0.0, metavar="ALPHA", help="cutmix Beta(alpha, alpha); 0 = off")
+    g.add_argument("--mix_switch_prob", type=finite_float, default=0.5,
                    help="with both mixup and cutmix on: probability of cutmix for a mixed batch")
     g.add_argument("--multi_scale", action="store_true",
                    help="per batch, a random input size within +-15%% of --image_size (aspect kept)")
@@ -235,36 +273,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file of C rows of C costs (cost of predicting column for true row), with --weighted_loss")
     g.add_argument("--ghm_loss", action="store_true", help="gradient harmonizing mechanism (Li et al., AAAI 2019)")
     g.add_argument("--ghm_bins", type=int, default=30, help="GHM: gradient-norm bins")
-    g.add_argument("--ghm_momentum", type=float, default=0.75, help="GHM: moving-average momentum of bin counts")
+    g.add_argument("--ghm_momentum", type=finite_float, default=0.75, help="GHM: moving-average momentum of bin counts")
     g.add_argument("--ohm_loss", action="store_true", help="online hard-example mining")
-    g.add_argument("--ohm_ratio", type=float, default=0.7, help="OHM: fraction of terms kept (the hardest)")
+    g.add_argument("--ohm_ratio", type=finite_float, default=0.7, help="OHM: fraction of terms kept (the hardest)")
     g.add_argument("--threshold_loss", action="store_true", help="ignore terms already beyond a confidence threshold")
-    g.add_argument("--threshold_low", type=float, default=0.1, help="threshold loss: other-class p below this is ignored")
-    g.add_argument("--threshold_high", type=float, default=0.9, help="threshold loss: true-class p above this is ignored")
+    g.add_argument("--threshold_low", type=finite_float, default=0.1, help="threshold loss: other-class p below this is ignored")
+    g.add_argument("--threshold_high", type=finite_float, default=0.9, help="threshold loss: true-class p above this is ignored")
     g.add_argument("--focal_loss", action="store_true", help="focal modulation (1 - p_t) ** gamma")
-    g.add_argument("--focal_gamma", type=float, default=2.0, help="focal loss gamma")
+    g.add_argument("--focal_gamma", type=finite_float, default=2.0, help="focal loss gamma")
 
     g = p.add_argument_group("distillation and curriculum")
     g.add_argument("--distill", action="store_true",
                    help="train on alpha * teacher + (1 - alpha) * label targets from DATA/distill*.txt")
     g.add_argument("--distill_files", type=str, nargs="+", default=None,
                    help="teacher files to average (default: every DATA/distill*.txt)")
-    g.add_argument("--distill_alpha", type=float, default=0.5, help="weight of the teachers' probabilities")
-    g.add_argument("--distill_temperature", type=float, default=1.0,
+    g.add_argument("--distill_alpha", type=finite_float, default=0.5, help="weight of the teachers' probabilities")
+    g.add_argument("--distill_temperature", type=finite_float, default=1.0,
                    help="softens the teachers' probabilities: p ** (1/T), renormalised")
     g.add_argument("--distill_missing", choices=["error", "label"], default="error",
                    help="an image missing from the teacher files: an error, or train it on its label")
-    g.add_argument("--curriculum_thresholds", type=float, nargs="+", default=[0.7, 0.5, 0.3, 0.0],
+    g.add_argument("--curriculum_thresholds", type=finite_float, nargs="+", default=[0.7, 0.5, 0.3, 0.0],
                    help="--make_curriculum: true-class probability thresholds, high to low")
-    g.add_argument("--curriculum_weights", type=float, nargs="+", default=[1.0, 0.7, 0.4, 0.1],
+    g.add_argument("--curriculum_weights", type=finite_float, nargs="+", default=[1.0, 0.7, 0.4, 0.1],
                    help="--make_curriculum: the weight paired with each threshold")
     g.add_argument("--curriculum_learning", action="store_true",
                    help="multiply each training sample's loss by its weight from the curriculum file")
     g.add_argument("--curriculum_file", type=str, default=None, help="curriculum file (default DATA/curriculum.txt)")
-    g.add_argument("--curriculum_missing_weight", type=float, default=None,
+    g.add_argument("--curriculum_missing_weight", type=finite_float, default=None,
                    help="weight for training images missing from the curriculum file (default: an error)")
-    g.add_argument("--lr_finder_min", type=float, default=1e-6, help="LR range test: start LR")
-    g.add_argument("--lr_finder_max", type=float, default=10.0, help="LR range test: end LR")
+    g.add_argument("--lr_finder_min", type=finite_float, default=1e-6, help="LR range test: start LR")
+    g.add_argument("--lr_finder_max", type=finite_float, default=10.0, help="LR range test: end LR")
     g.add_argument("--lr_finder_steps", type=int, default=100, help="LR range test: number of steps")
 
     g = p.add_argument_group("export, predict and explain")
@@ -350,9 +388,9 @@ def _coerce_yaml_value(action: argparse.Action, key: str, value: Any, source: st
     converted = []
     for item in items:
         try:
-            if action.type in (int, float):
+            if action.type in (int, finite_float):
                 if isinstance(item, bool) or (action.type is int and isinstance(item, float)):
-                    raise ValueError(f"expected {action.type.__name__}")
+                    raise ValueError("expected " + ("an integer" if action.type is int else "a number"))
                 item = action.type(item)
             elif action.type in (None, str):
                 item = str(item)
@@ -407,7 +445,9 @@ def validate(cfg: argparse.Namespace) -> None:
          f"--warmup ({cfg.warmup} epochs) must be shorter than --epochs ({cfg.epochs})")
     need(0 <= cfg.label_smoothing < 1, f"--label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     need(cfg.accumulation_steps >= 1, f"--accumulation_steps must be >= 1, got {cfg.accumulation_steps}")
-    need(all(s >= 8 for s in cfg.image_size), f"--image_size must be two integers >= 8, got {cfg.image_size}")
+    need(all(8 <= s <= MAX_IMAGE_SIDE for s in cfg.image_size),
+         f"--image_size must be two integers in 8..{MAX_IMAGE_SIDE}, got {cfg.image_size} (one float input of "
+         f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} already takes 200 MB, before activations)")
     need(cfg.num_classes is None or cfg.num_classes >= 1, f"--num_classes must be >= 1, got {cfg.num_classes}")
     need(0 <= cfg.hflip <= 1, f"--hflip must be a probability in [0, 1], got {cfg.hflip}")
     need(0 < cfg.rrc_scale[0] <= cfg.rrc_scale[1] <= 1,
@@ -490,9 +530,6 @@ def validate(cfg: argparse.Namespace) -> None:
                           f"{cfg.data}; run --knowledge train --resume TEACHER.pth first")
         for f in files:
             need(Path(f).is_file(), f"--distill_files: file {f!r} does not exist")
-    if not cfg.train:
-        for flag in ("distill", "curriculum_learning"):
-            need(not getattr(cfg, flag), f"--{flag} is a training option: add --train")
     for flag in ("resume", "pretrained"):
         path = getattr(cfg, flag)
         need(path is None or Path(path).is_file(), f"--{flag}: file {path!r} does not exist")
@@ -513,13 +550,27 @@ def parse_config(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(str(e))
         parser.set_defaults(**yaml_defaults)
     cfg = parser.parse_args(argv)
-    given = given_on_command_line(argv) | set(yaml_defaults)
-    use_checkpoint_data(cfg, given)
+    on_command_line = given_on_command_line(argv)
+    use_checkpoint_data(cfg, on_command_line | set(yaml_defaults))
     try:
         validate(cfg)
+        check_mode_flags(cfg, on_command_line)
     except ConfigError as e:
         parser.error(str(e))
     return cfg
+
+
+def check_mode_flags(cfg: argparse.Namespace, on_command_line: set[str]) -> None:
+    """Refuse training-only flags given on the command line with a mode that would ignore them."""
+    mode = selected_mode(cfg)
+    if mode is None or mode == "train":
+        return
+    ignored = TRAINING_ONLY_FLAGS - TRAINING_FLAGS_ALSO_READ_BY.get(mode, frozenset())
+    flags = sorted(_flag_name(a) for dest, a in _actions_by_dest(build_parser()).items()
+                   if dest in ignored and dest in on_command_line)
+    if flags:
+        raise ConfigError(f"--{mode} ignores training options, but the command line gives {', '.join(flags)}: "
+                          f"drop {'it' if len(flags) == 1 else 'them'}, or train with --train")
 
 
 def given_on_command_line(argv: Sequence[str] | None) -> set[str]:
