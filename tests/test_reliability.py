@@ -114,6 +114,23 @@ def test_non_finite_loss_stops_with_advice(tiny_data, tmp_path, caplog):
     assert not ckpts.exists() or all(p.suffix in (".pth", ".prev") for p in ckpts.iterdir())
 
 
+def test_non_finite_validation_loss_stops_and_keeps_the_last_good_epoch(tiny_data, tmp_path, caplog):
+    """Epoch 2 runs at LR 100 (a x2000 milestone): its training loss stays finite (batch statistics) but
+    the BN running statistics blow up, so validation gives nan. It used to exit 0, save the nan weights
+    as last.pth and go on to the test; now it stops like a non-finite training loss and saves nothing of
+    that epoch: last.pth and best.pth still hold epoch 1, metrics.json has one row."""
+    args = tiny_train_args(tiny_data["folder"], tmp_path, "--scheduler", "multistep", "--lr_steps", "1",
+                           "--lr_ratios", "2000")
+    assert run_main(args) == 1
+    assert "the validation loss became nan at epoch 2 (that epoch is not saved" in caplog.text
+    assert "lower --lr or add --clip_grad" in caplog.text
+    ckpts = tmp_path / "resnet18/default/checkpoints"
+    last, best = load_checkpoint(ckpts / "last.pth"), load_checkpoint(ckpts / "best.pth")
+    assert last["epoch"] == 0 and best["epoch"] == 0
+    assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+    assert len(read_json(tmp_path / "resnet18/default/metrics.json")["history"]) == 1
+
+
 def test_clip_grad_bounds_the_update(tiny_data):
     from applications.train import train_one_epoch
     from criterions import create_criterion
