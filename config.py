@@ -617,6 +617,24 @@ def save_config(cfg: argparse.Namespace, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(data, sort_keys=True))
 
 
+def load_saved_config(path: str | Path) -> dict[str, Any]:
+    """Read a run directory's ``config.yaml`` (written by ``save_config``); a damaged one is a ConfigError
+    that names the file and the way out, never a YAML traceback."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = (f"line {mark.line + 1}, column {mark.column + 1}: {e.problem}" if mark is not None
+                   else " ".join(str(e).split())[:200])
+        data = None
+    else:
+        problem = f"it holds a {type(data).__name__}, not a mapping of flags"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is damaged ({problem}); pass --overwrite to start afresh in that run directory, "
+                          f"or use another --tag")
+    return data
+
+
 def config_conflicts(saved: dict[str, Any], cfg: argparse.Namespace) -> dict[str, tuple[Any, Any]]:
     """Keys whose value differs between a saved config and this one, ignoring resume-safe keys."""
     now = config_to_dict(cfg)

@@ -20,11 +20,10 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from config import config_conflicts, config_to_dict, save_config
+from config import config_conflicts, config_to_dict, load_saved_config, save_config
 from criterions import create_criterion
 from dataloader.enhancement import make_augmented_grid
 from dataloader.loader import start_workers
@@ -230,7 +229,7 @@ def _prepare_run_dir(cfg: argparse.Namespace, run_dir: Path) -> Path | None:
         return None
     saved_cfg = run_dir / "config.yaml"
     if saved_cfg.is_file() and (last.is_file() or previous_path(last).is_file()):
-        conflicts = config_conflicts(yaml.safe_load(saved_cfg.read_text()) or {}, cfg)
+        conflicts = config_conflicts(load_saved_config(saved_cfg), cfg)
         if conflicts:
             diff = "; ".join(f"--{k}: {a!r} -> {b!r}" for k, (a, b) in conflicts.items())
             raise ValueError(f"run directory {run_dir} holds a run with other settings ({diff}); use another "

@@ -204,3 +204,15 @@ def test_image_size_has_a_sane_maximum(capsys):
     assert f"--image_size must be two integers in 8..{config.MAX_IMAGE_SIDE}, got [100000, 100000]" in \
         capsys.readouterr().err
     assert config.parse_config(["--train", "--image_size", "8", str(config.MAX_IMAGE_SIDE)]).image_size[1] == 4096
+
+
+@pytest.mark.parametrize("text, problem", [(b"lr: [0.1\nepochs: 3\n", "line 2, column 7: expected ',' or ']'"),
+                                           (b"\x00\xff\xfe", "can't decode byte 0xff"),
+                                           (b"- a\n- b\n", "it holds a list, not a mapping of flags")])
+def test_a_damaged_saved_config_is_one_clear_error(tmp_path, text, problem):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(text)
+    with pytest.raises(config.ConfigError) as e:
+        config.load_saved_config(path)
+    assert str(e.value).startswith(f"{path} is damaged (") and problem in str(e.value)
+    assert "pass --overwrite to start afresh in that run directory, or use another --tag" in str(e.value)
