@@ -176,20 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="network input size")
     g.add_argument("--train_resize", choices=["letterbox", "rrc"], default="letterbox",
                    help="training geometry: letterbox (keep aspect, pad) or rrc (RandomResizedCrop)")
-    g.add_argument("--rrc_scale", type=finite_float, nargs=2, default=[0.08, 1.0], metavar=("MIN", "MAX"),
+    g.add_argument("--rrc_scale", type=float, nargs=2, default=[0.08, 1.0], metavar=("MIN", "MAX"),
                    help="area range of RandomResizedCrop (with --train_resize rrc)")
-    g.add_argument("--hflip", type=finite_float, default=0.0, help="horizontal flip probability for training images")
+    g.add_argument("--hflip", type=float, default=0.0, help="horizontal flip probability for training images")
     g.add_argument("--eval_resize", choices=["letterbox", "center_crop"], default="letterbox",
                    help="evaluation geometry: letterbox, or resize the short side to size/crop_pct and centre-crop")
-    g.add_argument("--crop_pct", type=finite_float, default=0.875, help="centre-crop fraction for --eval_resize center_crop")
-    g.add_argument("--mean", type=finite_float, nargs=3, default=[0.485, 0.456, 0.406], help="normalisation mean (RGB)")
-    g.add_argument("--std", type=finite_float, nargs=3, default=[0.229, 0.224, 0.225], help="normalisation std (RGB)")
+    g.add_argument("--crop_pct", type=float, default=0.875, help="centre-crop fraction for --eval_resize center_crop")
+    g.add_argument("--mean", type=float, nargs=3, default=[0.485, 0.456, 0.406], help="normalisation mean (RGB)")
+    g.add_argument("--std", type=float, nargs=3, default=[0.229, 0.224, 0.225], help="normalisation std (RGB)")
     g.add_argument("-b", "--batch_size", type=int, default=64, help="batch size per device")
     g.add_argument("-j", "--workers", type=_workers, default=2, help="data-loading worker processes, or auto (the available cores)")
     g.add_argument("--cache_dataset", choices=["none", "memory"], default="none",
                    help="memory: decode the dataset once into one uint8 tensor (on the GPU under CUDA) and "
                         "augment whole batches; for small sets such as the digits or CIFAR")
-    g.add_argument("--cache_max_gb", type=finite_float, default=4.0,
+    g.add_argument("--cache_max_gb", type=float, default=4.0,
                    help="refuse --cache_dataset memory when a decoded split would exceed this many GB")
     g.add_argument("--gpu_decode", action="store_true",
                    help="CUDA only: workers read the files, JPEG batches are decoded on the GPU (nvjpeg)")
@@ -206,33 +206,33 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=30, help="number of training epochs")
     g.add_argument("--optimizer", choices=["sgd", "adam", "adamw", "radam", "nadam", "lamb", "ranger"], default="sgd",
                    help="optimizer (ranger = RAdam inside Lookahead)")
-    g.add_argument("--lr", type=finite_float, default=0.1, help="peak learning rate")
-    g.add_argument("--momentum", type=finite_float, default=0.9, help="SGD momentum")
+    g.add_argument("--lr", type=float, default=0.1, help="peak learning rate")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
-    g.add_argument("--weight_decay", type=finite_float, default=1e-4,
+    g.add_argument("--weight_decay", type=float, default=1e-4,
                    help="weight decay (never applied to biases and normalisation weights)")
     g.add_argument("--scheduler", choices=["step", "multistep", "cosine", "poly", "onecycle"], default="cosine",
                    help="learning-rate schedule after warm-up")
-    g.add_argument("--lr_steps", type=finite_float, nargs="+", default=None, metavar="EPOCH",
+    g.add_argument("--lr_steps", type=float, nargs="+", default=None, metavar="EPOCH",
                    help="milestones in epochs for multistep (also override the default step schedule)")
-    g.add_argument("--lr_ratios", type=finite_float, nargs="+", default=None, metavar="FACTOR",
+    g.add_argument("--lr_ratios", type=float, nargs="+", default=None, metavar="FACTOR",
                    help="LR factor (of the peak) from each milestone on; default 0.1, 0.01, ...")
-    g.add_argument("--poly_power", type=finite_float, default=0.9, help="power of the poly schedule")
-    g.add_argument("--onecycle_pct", type=finite_float, default=0.3, help="fraction of steps rising in the one-cycle schedule")
+    g.add_argument("--poly_power", type=float, default=0.9, help="power of the poly schedule")
+    g.add_argument("--onecycle_pct", type=float, default=0.3, help="fraction of steps rising in the one-cycle schedule")
     g.add_argument("--lookahead", action="store_true", help="wrap the optimizer in Lookahead")
-    g.add_argument("--lookahead_alpha", type=finite_float, default=0.5, help="Lookahead slow-weight step")
+    g.add_argument("--lookahead_alpha", type=float, default=0.5, help="Lookahead slow-weight step")
     g.add_argument("--lookahead_k", type=int, default=6, help="Lookahead synchronisation period")
     g.add_argument("--ema", action="store_true",
                    help="keep an exponential moving average of the weights, evaluated and saved beside them")
-    g.add_argument("--ema_decay", type=finite_float, default=0.9998, help="EMA decay per optimizer step")
-    g.add_argument("--warmup", type=finite_float, default=1.0, help="linear warm-up length in epochs")
-    g.add_argument("--label_smoothing", type=finite_float, default=0.0, help="label smoothing for softmax cross-entropy")
+    g.add_argument("--ema_decay", type=float, default=0.9998, help="EMA decay per optimizer step")
+    g.add_argument("--warmup", type=float, default=1.0, help="linear warm-up length in epochs")
+    g.add_argument("--label_smoothing", type=float, default=0.0, help="label smoothing for softmax cross-entropy")
     g.add_argument("--accumulation_steps", type=int, default=1,
                    help="micro-batches whose gradients are summed before one optimizer step")
     g.add_argument("--amp", action="store_true",
                    help="mixed precision (bf16 where supported, else fp16 with a gradient scaler)")
     g.add_argument("--amp_dtype", choices=["auto", "bf16", "fp16"], default="auto", help="mixed-precision dtype")
-    g.add_argument("--clip_grad", type=finite_float, default=None, metavar="NORM",
+    g.add_argument("--clip_grad", type=float, default=None, metavar="NORM",
                    help="clip the gradient norm to this value before each optimizer step")
 
     g = p.add_argument_group("augmentation")
@@ -243,20 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AutoAugment's learned policy")
     g.add_argument("--randaugment_n", type=int, default=2, help="RandAugment: operations per image")
     g.add_argument("--randaugment_m", type=int, default=9, help="RandAugment: magnitude (0-30)")
-    g.add_argument("--custom_hflip", type=finite_float, default=0.5, help="custom policy: horizontal flip probability")
-    g.add_argument("--custom_vflip", type=finite_float, default=0.0, help="custom policy: vertical flip probability")
-    g.add_argument("--custom_rotate", type=finite_float, default=10.0, help="custom policy: max rotation in degrees")
-    g.add_argument("--custom_crop", type=finite_float, default=0.8,
+    g.add_argument("--custom_hflip", type=float, default=0.5, help="custom policy: horizontal flip probability")
+    g.add_argument("--custom_vflip", type=float, default=0.0, help="custom policy: vertical flip probability")
+    g.add_argument("--custom_rotate", type=float, default=10.0, help="custom policy: max rotation in degrees")
+    g.add_argument("--custom_crop", type=float, default=0.8,
                    help="custom policy: min area of a random crop resized back (1 = off)")
-    g.add_argument("--custom_blur", type=finite_float, default=0.1, help="custom policy: Gaussian blur probability")
-    g.add_argument("--custom_noise", type=finite_float, default=0.0, help="custom policy: Gaussian noise std (0-255 units)")
-    g.add_argument("--custom_jitter", type=finite_float, default=0.2,
+    g.add_argument("--custom_blur", type=float, default=0.1, help="custom policy: Gaussian blur probability")
+    g.add_argument("--custom_noise", type=float, default=0.0, help="custom policy: Gaussian noise std (0-255 units)")
+    g.add_argument("--custom_jitter", type=float, default=0.2,
                    help="custom policy: colour jitter strength (brightness/contrast/saturation; hue = s/4)")
-    g.add_argument("--random_erasing", type=finite_float, default=0.0, help="random erasing probability per image")
-    g.add_argument("--mixup", type=finite_float, default=0.0, metavar="ALPHA", help="mixup Beta(alpha, alpha); 0 = off")
-    g.add_argument("--mixup_prob", type=finite_float, default=1.0, help="probability that a batch is mixed")
-    g.add_argument("--cutmix", type=finite_float, default=0.0, metavar="ALPHA", help="cutmix Beta(alpha, alpha); 0 = off")
-    g.add_argument("--mix_switch_prob", type=finite_float, default=0.5,
+    g.add_argument("--random_erasing", type=float, default=0.0, help="random erasing probability per image")
+    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup Beta(alpha, alpha); 0 = off")
+    g.add_argument("--mixup_prob", type=float, default=1.0, help="probability that a batch is mixed")
+    g.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="cutmix Beta(alpha, alpha); 0 = off")
+    g.add_argument("--mix_switch_prob", type=float, default=0.5,
                    help="with both mixup and cutmix on: probability of cutmix for a mixed batch")
     g.add_argument("--multi_scale", action="store_true",
                    help="per batch, a random input size within +-15%% of --image_size (aspect kept)")
@@ -273,36 +273,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file of C rows of C costs (cost of predicting column for true row), with --weighted_loss")
     g.add_argument("--ghm_loss", action="store_true", help="gradient harmonizing mechanism (Li et al., AAAI 2019)")
     g.add_argument("--ghm_bins", type=int, default=30, help="GHM: gradient-norm bins")
-    g.add_argument("--ghm_momentum", type=finite_float, default=0.75, help="GHM: moving-average momentum of bin counts")
+    g.add_argument("--ghm_momentum", type=float, default=0.75, help="GHM: moving-average momentum of bin counts")
     g.add_argument("--ohm_loss", action="store_true", help="online hard-example mining")
-    g.add_argument("--ohm_ratio", type=finite_float, default=0.7, help="OHM: fraction of terms kept (the hardest)")
+    g.add_argument("--ohm_ratio", type=float, default=0.7, help="OHM: fraction of terms kept (the hardest)")
     g.add_argument("--threshold_loss", action="store_true", help="ignore terms already beyond a confidence threshold")
-    g.add_argument("--threshold_low", type=finite_float, default=0.1, help="threshold loss: other-class p below this is ignored")
-    g.add_argument("--threshold_high", type=finite_float, default=0.9, help="threshold loss: true-class p above this is ignored")
+    g.add_argument("--threshold_low", type=float, default=0.1, help="threshold loss: other-class p below this is ignored")
+    g.add_argument("--threshold_high", type=float, default=0.9, help="threshold loss: true-class p above this is ignored")
     g.add_argument("--focal_loss", action="store_true", help="focal modulation (1 - p_t) ** gamma")
-    g.add_argument("--focal_gamma", type=finite_float, default=2.0, help="focal loss gamma")
+    g.add_argument("--focal_gamma", type=float, default=2.0, help="focal loss gamma")
 
     g = p.add_argument_group("distillation and curriculum")
     g.add_argument("--distill", action="store_true",
                    help="train on alpha * teacher + (1 - alpha) * label targets from DATA/distill*.txt")
     g.add_argument("--distill_files", type=str, nargs="+", default=None,
                    help="teacher files to average (default: every DATA/distill*.txt)")
-    g.add_argument("--distill_alpha", type=finite_float, default=0.5, help="weight of the teachers' probabilities")
-    g.add_argument("--distill_temperature", type=finite_float, default=1.0,
+    g.add_argument("--distill_alpha", type=float, default=0.5, help="weight of the teachers' probabilities")
+    g.add_argument("--distill_temperature", type=float, default=1.0,
                    help="softens the teachers' probabilities: p ** (1/T), renormalised")
     g.add_argument("--distill_missing", choices=["error", "label"], default="error",
                    help="an image missing from the teacher files: an error, or train it on its label")
-    g.add_argument("--curriculum_thresholds", type=finite_float, nargs="+", default=[0.7, 0.5, 0.3, 0.0],
+    g.add_argument("--curriculum_thresholds", type=float, nargs="+", default=[0.7, 0.5, 0.3, 0.0],
                    help="--make_curriculum: true-class probability thresholds, high to low")
-    g.add_argument("--curriculum_weights", type=finite_float, nargs="+", default=[1.0, 0.7, 0.4, 0.1],
+    g.add_argument("--curriculum_weights", type=float, nargs="+", default=[1.0, 0.7, 0.4, 0.1],
                    help="--make_curriculum: the weight paired with each threshold")
     g.add_argument("--curriculum_learning", action="store_true",
                    help="multiply each training sample's loss by its weight from the curriculum file")
     g.add_argument("--curriculum_file", type=str, default=None, help="curriculum file (default DATA/curriculum.txt)")
-    g.add_argument("--curriculum_missing_weight", type=finite_float, default=None,
+    g.add_argument("--curriculum_missing_weight", type=float, default=None,
                    help="weight for training images missing from the curriculum file (default: an error)")
-    g.add_argument("--lr_finder_min", type=finite_float, default=1e-6, help="LR range test: start LR")
-    g.add_argument("--lr_finder_max", type=finite_float, default=10.0, help="LR range test: end LR")
+    g.add_argument("--lr_finder_min", type=float, default=1e-6, help="LR range test: start LR")
+    g.add_argument("--lr_finder_max", type=float, default=10.0, help="LR range test: end LR")
     g.add_argument("--lr_finder_steps", type=int, default=100, help="LR range test: number of steps")
 
     g = p.add_argument_group("export, predict and explain")
@@ -345,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=str, default=None,
                    help="with --evaluation: write per-image predictions to this .json, .yaml or .pkl file")
     g.add_argument("--no_progress", action="store_true", help="no tqdm progress bars")
+    for action in p._actions:  # every float flag, present and future, refuses inf, nan and overflow
+        if action.type is float:
+            action.type = finite_float
     return p
 
 
