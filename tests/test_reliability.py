@@ -237,11 +237,6 @@ def test_unsafe_checkpoint_is_refused_by_every_mode(tiny_data, tmp_path, caplog)
     assert "cannot be loaded safely (weights_only=True)" in caplog.text
 
 
-def _cli(args: list[str], cwd: Path, **popen) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, **popen)
-
-
 @pytest.fixture
 def small_disk(tmp_path):
     """A real tmpfs of the given size (root only), unmounted afterwards."""
@@ -268,7 +263,8 @@ def test_an_unwritable_output_is_one_line(tiny_data, tmp_path, small_disk):
     else:
         out = tmp_path / "ro"
         out.mkdir(mode=0o555)
-    r = _cli(tiny_train_args(tiny_data["folder"], out, "--epochs", "1"), tmp_path)
+    r = subprocess.run(_cli(tiny_train_args(tiny_data["folder"], out, "--epochs", "1")), cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert re.search(rf"ERROR main: (PermissionError|OSError): cannot use {re.escape(str(out))}/resnet18: "
                      rf"(Permission denied|Read-only file system); check its permissions", r.stderr), r.stderr
@@ -281,7 +277,8 @@ def test_a_disk_that_fills_up_during_training_is_one_line_and_keeps_the_last_che
     'unexpected pos ...' traceback before). Epoch 1's checkpoint stays whole and a rerun on a disk with
     room resumes from it."""
     out = small_disk("120m")
-    r = _cli(tiny_train_args(tiny_data["folder"], out), tmp_path)
+    r = subprocess.run(_cli(tiny_train_args(tiny_data["folder"], out)), cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600)
     last = out / "resnet18/default/checkpoints/last.pth"
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert f"ERROR main: CheckpointError: cannot write checkpoint {last}: No space left on device (write failed; " \
