@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -45,6 +46,32 @@ MODES: dict[str, str] = {
 CHECKPOINT_MODES = ("evaluation", "knowledge", "make_curriculum", "jit", "onnx", "predict", "visual_data",
                     "visual_source")
 
+# Flags that only training reads (found by what the other modes read): given on the command line with
+# a mode that ignores them, they are refused (``check_mode_flags``) rather than silently dropped. The LR
+# range test trains too and reads most of them; --throughput measures its --channels_last and --compile
+# variants. YAML keys are not refused: the config.yaml of a training run passed to --evaluation is fine.
+_LR_FINDER_READS = frozenset({
+    "train_resize", "rrc_scale", "hflip", "pretrained", "optimizer", "momentum", "nesterov", "weight_decay",
+    "lookahead", "lookahead_alpha", "lookahead_k", "label_smoothing", "accumulation_steps", "aug", "aug_policy",
+    "autoaugment_policy", "randaugment_n", "randaugment_m", "custom_hflip", "custom_vflip", "custom_rotate",
+    "custom_crop", "custom_blur", "custom_noise", "custom_jitter", "random_erasing", "mixup", "mixup_prob", "cutmix",
+    "mix_switch_prob", "multi_scale", "class_balanced", "weighted_loss", "class_weights", "cost_matrix", "ghm_loss",
+    "ghm_bins", "ghm_momentum", "ohm_loss", "ohm_ratio", "threshold_loss", "threshold_low", "threshold_high",
+    "focal_loss", "focal_gamma", "channels_last",
+})
+TRAINING_ONLY_FLAGS = _LR_FINDER_READS | frozenset({
+    "epochs", "lr", "scheduler", "lr_steps", "lr_ratios", "poly_power", "onecycle_pct", "warmup", "ema", "ema_decay",
+    "clip_grad", "distill", "distill_files", "distill_alpha", "distill_temperature", "distill_missing",
+    "curriculum_learning", "curriculum_missing_weight", "sync_bn", "lr_scale", "lr_base_batch", "use_checkpoint",
+    "compile",
+})
+# The training-only flags that another mode reads as well.
+TRAINING_FLAGS_ALSO_READ_BY = {"lr_finder": _LR_FINDER_READS, "throughput": frozenset({"channels_last", "compile"})}
+
+# Largest --image_size side: a network input far beyond any classification model's (224-800 px), still
+# allocatable; 100000 x 100000 would be a 120 GB tensor per image, which the kernel may kill, not refuse.
+MAX_IMAGE_SIDE = 4096
+
 DATASET_ALIASES = {"folder": "folder", "imagenet": "folder", "txt": "txt", "read_from_txt": "txt", "zip": "zip"}
 
 # Keys that may differ when a run is resumed in the same run directory (they do not change what is
@@ -67,6 +94,17 @@ def _dataset_kind(value: str) -> str:
         raise argparse.ArgumentTypeError(
             f"invalid dataset kind {value!r} (choose from folder, txt, zip; aliases: imagenet, read_from_txt)")
     return DATASET_ALIASES[key]
+
+
+def finite_float(value: str) -> float:
+    """The type of every float flag: a number, never ``inf``, ``nan`` or one that overflows (``1e400``)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"invalid number {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
+    return number
 
 
 def available_cores() -> int:
@@ -307,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=str, default=None,
                    help="with --evaluation: write per-image predictions to this .json, .yaml or .pkl file")
     g.add_argument("--no_progress", action="store_true", help="no tqdm progress bars")
+    for action in p._actions:  # every float flag, present and future, refuses inf, nan and overflow
+        if action.type is float:
+            action.type = finite_float
     return p
 
 
@@ -350,9 +391,9 @@ def _coerce_yaml_value(action: argparse.Action, key: str, value: Any, source: st
     converted = []
     for item in items:
         try:
-            if action.type in (int, float):
+            if action.type in (int, finite_float):
                 if isinstance(item, bool) or (action.type is int and isinstance(item, float)):
-                    raise ValueError(f"expected {action.type.__name__}")
+                    raise ValueError("expected " + ("an integer" if action.type is int else "a number"))
                 item = action.type(item)
             elif action.type in (None, str):
                 item = str(item)
@@ -407,7 +448,9 @@ def validate(cfg: argparse.Namespace) -> None:
          f"--warmup ({cfg.warmup} epochs) must be shorter than --epochs ({cfg.epochs})")
     need(0 <= cfg.label_smoothing < 1, f"--label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
     need(cfg.accumulation_steps >= 1, f"--accumulation_steps must be >= 1, got {cfg.accumulation_steps}")
-    need(all(s >= 8 for s in cfg.image_size), f"--image_size must be two integers >= 8, got {cfg.image_size}")
+    need(all(8 <= s <= MAX_IMAGE_SIDE for s in cfg.image_size),
+         f"--image_size must be two integers in 8..{MAX_IMAGE_SIDE}, got {cfg.image_size} (one float input of "
+         f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} already takes 200 MB, before activations)")
     need(cfg.num_classes is None or cfg.num_classes >= 1, f"--num_classes must be >= 1, got {cfg.num_classes}")
     need(0 <= cfg.hflip <= 1, f"--hflip must be a probability in [0, 1], got {cfg.hflip}")
     need(0 < cfg.rrc_scale[0] <= cfg.rrc_scale[1] <= 1,
@@ -491,9 +534,6 @@ def validate(cfg: argparse.Namespace) -> None:
                           f"{cfg.data}; run --knowledge train --resume TEACHER.pth first")
         for f in files:
             need(Path(f).is_file(), f"--distill_files: file {f!r} does not exist")
-    if not cfg.train:
-        for flag in ("distill", "curriculum_learning"):
-            need(not getattr(cfg, flag), f"--{flag} is a training option: add --train")
     for flag in ("resume", "pretrained"):
         path = getattr(cfg, flag)
         need(path is None or Path(path).is_file(), f"--{flag}: file {path!r} does not exist")
@@ -514,13 +554,27 @@ def parse_config(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(str(e))
         parser.set_defaults(**yaml_defaults)
     cfg = parser.parse_args(argv)
-    given = given_on_command_line(argv) | set(yaml_defaults)
-    use_checkpoint_data(cfg, given)
+    on_command_line = given_on_command_line(argv)
+    use_checkpoint_data(cfg, on_command_line | set(yaml_defaults))
     try:
         validate(cfg)
+        check_mode_flags(cfg, on_command_line)
     except ConfigError as e:
         parser.error(str(e))
     return cfg
+
+
+def check_mode_flags(cfg: argparse.Namespace, on_command_line: set[str]) -> None:
+    """Refuse training-only flags given on the command line with a mode that would ignore them."""
+    mode = selected_mode(cfg)
+    if mode is None or mode == "train":
+        return
+    ignored = TRAINING_ONLY_FLAGS - TRAINING_FLAGS_ALSO_READ_BY.get(mode, frozenset())
+    flags = sorted(_flag_name(a) for dest, a in _actions_by_dest(build_parser()).items()
+                   if dest in ignored and dest in on_command_line)
+    if flags:
+        raise ConfigError(f"--{mode} ignores training options, but the command line gives {', '.join(flags)}: "
+                          f"drop {'it' if len(flags) == 1 else 'them'}, or train with --train")
 
 
 def given_on_command_line(argv: Sequence[str] | None) -> set[str]:
@@ -565,6 +619,24 @@ def save_config(cfg: argparse.Namespace, path: str | Path) -> None:
     """Write the resolved config as YAML; it can be passed back with ``--config``."""
     data = {k: v for k, v in config_to_dict(cfg).items() if k != "config"}
     Path(path).write_text(yaml.safe_dump(data, sort_keys=True))
+
+
+def load_saved_config(path: str | Path) -> dict[str, Any]:
+    """Read a run directory's ``config.yaml`` (written by ``save_config``); a damaged one is a ConfigError
+    that names the file and the way out, never a YAML traceback."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = (f"line {mark.line + 1}, column {mark.column + 1}: {e.problem}" if mark is not None
+                   else " ".join(str(e).split())[:200])
+        data = None
+    else:
+        problem = f"it holds a {type(data).__name__}, not a mapping of flags"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is damaged ({problem}); pass --overwrite to start afresh in that run directory, "
+                          f"or use another --tag")
+    return data
 
 
 def config_conflicts(saved: dict[str, Any], cfg: argparse.Namespace) -> dict[str, tuple[Any, Any]]:

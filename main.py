@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import json
 import logging
@@ -25,6 +26,21 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             RunDirLocked)
 
 
+# OSErrors the user fixes outside the program: no permission, a read-only file system, a full disk or
+# quota, a file over the size limit. Other OSErrors may be bugs and keep their traceback.
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _environment_error(e: OSError) -> str | None:
+    """The one-line message for an OSError in ``_ENVIRONMENT_ERRNOS`` (what, which path, what to do), else None."""
+    if e.errno not in _ENVIRONMENT_ERRNOS:
+        return None
+    where = f" {e.filename}" if e.filename else ""
+    fix = ("free some space or choose another --output" if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+           else "check its permissions, or choose another --output for run directories")
+    return f"{type(e).__name__}: cannot use{where}: {e.strerror}; {fix}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_config(argv)
     mode = selected_mode(cfg)
@@ -43,6 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if logger.isEnabledFor(logging.DEBUG):
             raise
         logger.error("%s: %s", type(e).__name__, e)
+        return 1
+    except OSError as e:
+        message = _environment_error(e)
+        if message is None or logger.isEnabledFor(logging.DEBUG):
+            raise
+        logger.error("%s", message)
         return 1
     print(json.dumps(result, indent=2, default=str))
     return 130 if result.get("interrupted") else 0

@@ -20,11 +20,10 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
-import yaml
 from PIL import Image
 from tqdm import tqdm
 
-from config import config_conflicts, config_to_dict, save_config
+from config import config_conflicts, config_to_dict, load_saved_config, save_config
 from criterions import create_criterion
 from dataloader.enhancement import make_augmented_grid
 from dataloader.loader import start_workers
@@ -91,9 +90,7 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
                 logits = model(images)
                 loss = criterion(logits, target, weight)
             if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"the loss became {loss.item()} at epoch {epoch + 1}, batch {batch + 1}: training stopped, "
-                    f"the last good checkpoint is kept; lower --lr or add --clip_grad (e.g. --clip_grad 5)")
+                raise non_finite_loss(f"the loss became {loss.item()} at epoch {epoch + 1}, batch {batch + 1}")
             # Weight each micro-batch by its share of the group's samples, so that accumulating k batches
             # of b gives exactly the gradient of one batch of k*b (the last, smaller batch included).
             scaled = loss * (images.shape[0] / sum(sizes[group_start:group_end]))
@@ -136,6 +133,13 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
             "img_per_s": seen_all / max(elapsed, 1e-9), "steps": steps, "time": elapsed,
             "skipped": int(expected - seen), "interrupted": interrupted, "batches_done": batch + 1,
             "partial": sums}
+
+
+def non_finite_loss(what: str) -> FloatingPointError:
+    """The error that stops training when a loss (training or validation) is inf or nan: ``what`` says
+    which and where; the advice is the same for both."""
+    return FloatingPointError(f"{what}: training stopped, the last good checkpoint is kept; lower --lr or add "
+                              f"--clip_grad (e.g. --clip_grad 5)")
 
 
 def batch_sizes(loader: torch.utils.data.DataLoader) -> list[int]:
@@ -233,7 +237,7 @@ def _prepare_run_dir(cfg: argparse.Namespace, run_dir: Path) -> tuple[Path | Non
         return None, True
     saved_cfg = run_dir / "config.yaml"
     if saved_cfg.is_file() and (last.is_file() or previous_path(last).is_file()):
-        conflicts = config_conflicts(yaml.safe_load(saved_cfg.read_text()) or {}, cfg)
+        conflicts = config_conflicts(load_saved_config(saved_cfg), cfg)
         if conflicts:
             diff = "; ".join(f"--{k}: {a!r} -> {b!r}" for k, (a, b) in conflicts.items())
             raise ValueError(f"run directory {run_dir} holds a run with other settings ({diff}); use another "
@@ -553,6 +557,12 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
                 return {"run_dir": str(run_dir), "interrupted": True, "epoch": epoch, "batch": tr["batches_done"]}
             va = evaluate(net, val_loader, val_criterion, preprocess=preprocess, dtype=dtype, progress=progress,
                           desc=f"val {epoch}")
+            # Weights whose validation loss is inf/nan (BN statistics blown up by a huge LR, while the
+            # training loss, on batch statistics, stayed finite) are neither saved nor ever "best": last.pth
+            # and best.pth keep the last good epoch, so nothing is lost.
+            if not math.isfinite(va["loss"]):
+                raise non_finite_loss(f"the validation loss became {va['loss']} at epoch {epoch + 1} (that epoch is "
+                                      f"not saved; val top-1 {va['top1']:.2f})")
             is_best = va["top1"] > best_top1
             best_top1 = max(best_top1, va["top1"])
             best_epoch = epoch if is_best else best_epoch
@@ -566,6 +576,9 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
                                    epoch + 1, tr["skipped"], va["skipped"])
             if ema is not None:
                 va_ema = evaluate(ema.module, val_loader, val_criterion, preprocess=preprocess, dtype=dtype)
+                if not math.isfinite(va_ema["loss"]):
+                    raise non_finite_loss(f"the EMA weights' validation loss became {va_ema['loss']} at epoch "
+                                          f"{epoch + 1} (that epoch is not saved)")
                 row.update(val_ema_loss=va_ema["loss"], val_ema_top1=va_ema["top1"], val_ema_top5=va_ema["top5"])
             history.append(row)
             state = checkpoint_state(model, optimizer, scheduler, scaler, epoch=epoch, best_top1=best_top1,

@@ -127,6 +127,77 @@ def _absent(path: Path) -> None:
 
 # ==== non-finite numbers, one-line messages, silent acceptance ====
 
+def write_text_or_bytes(path: Path, content: str | bytes) -> str:
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return str(path)
+
+
+def evaluation_of(data: Path, checkpoint: str) -> list[str]:
+    return ["--evaluation", "--resume", checkpoint, "--data", str(data), "-j", "0", "--no_progress"]
+
+
+def malicious_checkpoint(path: Path) -> str:
+    """A checkpoint whose unpickling would run os.system (torch.save writes it; loading it must refuse)."""
+    import os
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, ("echo pwned",)
+    torch.save({"model": {}, "payload": Payload()}, path)
+    return str(path)
+
+
+def run_dir_with_damaged_config(out: Path) -> Path:
+    """A run directory whose config.yaml is not YAML (beside a last.pth, so that it is read)."""
+    run = out / "resnet18" / "default"
+    (run / "checkpoints").mkdir(parents=True)
+    write_text_or_bytes(run / "checkpoints" / "last.pth", "x")
+    write_text_or_bytes(run / "config.yaml", "lr: [0.1\nepochs: 3\n")
+    return out
+
+
+def assert_absent(path: Path) -> None:
+    assert not path.exists(), path
+
+
+CASES += [
+    Case("lr-inf", lambda tmp, data: tiny_train(data, tmp / "out", "--lr", "inf"), 2,
+         r"argument --lr: 'inf' is not a finite number"),
+    Case("lr-overflows-to-inf", lambda tmp, data: tiny_train(data, tmp / "out", "--lr", "1e400"), 2,
+         r"argument --lr: '1e400' is not a finite number"),
+    Case("yaml-lr-inf",
+         lambda tmp, data: [*tiny_train(data, tmp / "out"), "--config",
+                            write_text_or_bytes(tmp / "c.yaml", "lr: .inf\n")],
+         2, r"c\.yaml: key 'lr' \(flag --lr\) has invalid value inf: inf is not a finite number"),
+    Case("nan-validation-loss", lambda tmp, data: tiny_train(data, tmp / "out", "--lr", "100"), 1,
+         r"FloatingPointError: the validation loss became nan at epoch 1 \(that epoch is not saved.*lower --lr",
+         check=lambda tmp: assert_absent(tmp / "out/resnet18/default/checkpoints/best.pth")),
+    Case("text-file-as-checkpoint",
+         lambda tmp, data: evaluation_of(data, write_text_or_bytes(tmp / "notes.pth", "epoch 3: 91% top-1\n")), 1,
+         r"CheckpointError: .*notes\.pth is not a PyTorch checkpoint"),
+    Case("random-bytes-as-checkpoint",
+         lambda tmp, data: evaluation_of(data, write_text_or_bytes(tmp / "r.pth", bytes(range(256)) * 8)),
+         1, r"^(?!.*weights_only=False).*CheckpointError: .*r\.pth is not a PyTorch checkpoint"),
+    Case("malicious-checkpoint", lambda tmp, data: evaluation_of(data, malicious_checkpoint(tmp / "evil.pth")), 1,
+         r"^(?!.*weights_only=False).*evil\.pth cannot be loaded safely \(weights_only=True\): unpickling it would "
+         r"import and call (posix|nt)\.system"),
+    Case("unwritable-output", lambda tmp, data: tiny_train(data, "/sys/playground_out"), 1,
+         r"cannot use /sys/playground_out.*: (Operation not permitted|Permission denied|Read-only file system); "
+         r"check its permissions"),
+    Case("damaged-config-yaml-in-run-dir",
+         lambda tmp, data: tiny_train(data, run_dir_with_damaged_config(tmp / "out")), 1,
+         r"ConfigError: .*resnet18/default/config\.yaml is damaged \(line 2, column 7: expected .*\); pass --overwrite"),
+    Case("huge-image-size", lambda tmp, data: tiny_train(data, tmp / "out", "--image_size", "100000", "100000"), 2,
+         r"--image_size must be two integers in 8\.\.4096, got \[100000, 100000\]"),
+    Case("training-flags-with-evaluation",
+         lambda tmp, data: [*evaluation_of(data, write_text_or_bytes(tmp / "b.pth", "x")), "--epochs", "5",
+                            "--lr", "0.1", "--ema"], 2,
+         r"--evaluation ignores training options, but the command line gives --ema, --epochs, --lr: drop them"),
+    Case("training-flags-with-lr-finder", lambda tmp, data: ["--lr_finder", "--data", str(data), "--warmup", "0"], 2,
+         r"--lr_finder ignores training options, but the command line gives --warmup: drop it"),
+]
+
 # ==== correctness round (mnasnet, sync BN, LR finder, CAM, DDP evaluation) ====
 
 

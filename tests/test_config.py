@@ -116,7 +116,40 @@ def test_knowledge_and_curriculum_need_a_checkpoint(capsys):
 def test_training_options_without_train_are_refused(capsys):
     with pytest.raises(SystemExit):
         config.parse_config(["--lr_finder", "--curriculum_learning"])
-    assert "--curriculum_learning is a training option: add --train" in capsys.readouterr().err
+    assert "--lr_finder ignores training options, but the command line gives --curriculum_learning" in \
+        capsys.readouterr().err
+
+
+def test_training_only_flags_on_the_command_line_of_another_mode_are_refused(tmp_path, capsys):
+    ckpt = tmp_path / "best.pth"
+    ckpt.write_bytes(b"x")
+    for argv, named in [
+        (["--evaluation", "--resume", str(ckpt), "--epochs", "3", "--lr", "0.1", "--ema", "--aug"],
+         "--aug, --ema, --epochs, --lr: drop them"),
+        (["--predict", str(tmp_path), "--resume", str(ckpt), "--hflip", "0.5"], "--hflip: drop it"),
+        (["--lr_finder", "--epochs", "5", "--optimizer", "adam"], "--epochs: drop it"),  # the sweep reads --optimizer
+        (["--throughput", "--warmup", "0", "--channels_last", "--compile"], "--warmup: drop it"),
+        (["--flops", "--pretrained", str(ckpt)], "--pretrained: drop it"),
+    ]:
+        with pytest.raises(SystemExit):
+            config.parse_config(argv)
+        err = capsys.readouterr().err
+        assert f"--{argv[0][2:]} ignores training options, but the command line gives {named}" in err, err
+    # what those modes do read stays accepted
+    assert config.parse_config(["--lr_finder", "--optimizer", "adam", "--aug", "--channels_last"]).optimizer == "adam"
+    assert config.parse_config(["--throughput", "--channels_last", "--compile", "--amp"]).compile
+
+
+def test_training_keys_from_yaml_are_accepted_by_other_modes(tmp_path):
+    """A recipe's YAML sets training keys that --evaluation does not read: the user did not type them for
+    this mode, so they are not refused (only flags given on the command line are)."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"epochs": 3, "ema": True, "lr": 0.2, "aug": True, "curriculum_learning": True,
+                                      "image_size": [32, 32]}))
+    ckpt = tmp_path / "best.pth"
+    ckpt.write_bytes(b"x")
+    cfg = config.parse_config(["--config", str(recipe), "--evaluation", "--resume", str(ckpt)])
+    assert cfg.evaluation and cfg.epochs == 3 and cfg.ema
 
 
 def test_strategy_keys_from_yaml(tmp_path):
@@ -130,3 +163,56 @@ def test_strategy_keys_from_yaml(tmp_path):
     assert cfg.aug and cfg.autoaugment_policy == "svhn" and cfg.mixup == 0.2 and cfg.ghm_bins == 10
     assert cfg.lr_steps == [3.0, 6.0] and cfg.optimizer == "ranger" and cfg.class_weights == ["1", "2", "3"]
     assert cfg.curriculum_weights == [1.0, 0.5]
+
+
+def _float_flags() -> list[tuple[str, int]]:
+    """(flag, number of values) of every flag whose default is a float or a list of floats."""
+    flags = []
+    for action in config.build_parser()._actions:
+        default = action.default
+        values = default if isinstance(default, list) else [default]
+        if values and all(isinstance(v, float) for v in values) and action.option_strings:
+            flags.append((action.option_strings[-1], len(values) if isinstance(default, list) else 1))
+    return flags
+
+
+@pytest.mark.parametrize("bad", ["inf", "-inf", "1e400", "nan"])
+def test_every_float_flag_refuses_non_finite_values(bad, capsys):
+    flags = _float_flags()
+    assert len(flags) > 30 and ("--lr", 1) in flags and ("--mean", 3) in flags
+    for flag, n in flags:
+        if n > 1 and bad.startswith("-"):
+            continue  # argparse reads a lone "-inf" as a flag name (and "--lr=-inf" has no list form)
+        with pytest.raises(SystemExit):
+            config.parse_config(["--train", f"{flag}={bad}"] if n == 1 else ["--train", flag, *["0.5"] * (n - 1), bad])
+        assert "is not a finite number" in capsys.readouterr().err, flag
+
+
+@pytest.mark.parametrize("value", [float("inf"), "1e400", float("nan")])
+def test_yaml_float_values_refuse_non_finite_values(tmp_path, value, capsys):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump({"lr": value, "image_size": [32, 32]}))
+    with pytest.raises(SystemExit):
+        config.parse_config(["--train", "--config", str(f)])
+    assert "key 'lr' (flag --lr) has invalid value" in capsys.readouterr().err
+
+
+def test_image_size_has_a_sane_maximum(capsys):
+    """100000 x 100000 passed the old check (>= 8) and died allocating a 120 GB input tensor."""
+    with pytest.raises(SystemExit):
+        config.parse_config(["--train", "--image_size", "100000", "100000"])
+    assert f"--image_size must be two integers in 8..{config.MAX_IMAGE_SIDE}, got [100000, 100000]" in \
+        capsys.readouterr().err
+    assert config.parse_config(["--train", "--image_size", "8", str(config.MAX_IMAGE_SIDE)]).image_size[1] == 4096
+
+
+@pytest.mark.parametrize("text, problem", [(b"lr: [0.1\nepochs: 3\n", "line 2, column 7: expected ',' or ']'"),
+                                           (b"\x00\xff\xfe", "can't decode byte 0xff"),
+                                           (b"- a\n- b\n", "it holds a list, not a mapping of flags")])
+def test_a_damaged_saved_config_is_one_clear_error(tmp_path, text, problem):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(text)
+    with pytest.raises(config.ConfigError) as e:
+        config.load_saved_config(path)
+    assert str(e.value).startswith(f"{path} is damaged (") and problem in str(e.value)
+    assert "pass --overwrite to start afresh in that run directory, or use another --tag" in str(e.value)

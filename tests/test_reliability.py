@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -114,6 +115,23 @@ def test_non_finite_loss_stops_with_advice(tiny_data, tmp_path, caplog):
     assert not ckpts.exists() or all(p.suffix in (".pth", ".prev") for p in ckpts.iterdir())
 
 
+def test_non_finite_validation_loss_stops_and_keeps_the_last_good_epoch(tiny_data, tmp_path, caplog):
+    """Epoch 2 runs at LR 100 (a x2000 milestone): its training loss stays finite (batch statistics) but
+    the BN running statistics blow up, so validation gives nan. It used to exit 0, save the nan weights
+    as last.pth and go on to the test; now it stops like a non-finite training loss and saves nothing of
+    that epoch: last.pth and best.pth still hold epoch 1, metrics.json has one row."""
+    args = tiny_train_args(tiny_data["folder"], tmp_path, "--scheduler", "multistep", "--lr_steps", "1",
+                           "--lr_ratios", "2000")
+    assert run_main(args) == 1
+    assert "the validation loss became nan at epoch 2 (that epoch is not saved" in caplog.text
+    assert "lower --lr or add --clip_grad" in caplog.text
+    ckpts = tmp_path / "resnet18/default/checkpoints"
+    last, best = load_checkpoint(ckpts / "last.pth"), load_checkpoint(ckpts / "best.pth")
+    assert last["epoch"] == 0 and best["epoch"] == 0
+    assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+    assert len(read_json(tmp_path / "resnet18/default/metrics.json")["history"]) == 1
+
+
 def test_clip_grad_bounds_the_update(tiny_data):
     from applications.train import train_one_epoch
     from criterions import create_criterion
@@ -217,3 +235,63 @@ def test_unsafe_checkpoint_is_refused_by_every_mode(tiny_data, tmp_path, caplog)
     assert run_main(["--evaluation", "--resume", str(tmp_path / "unsafe.pth"), "--data",
                      str(tiny_data["folder"])]) == 1
     assert "cannot be loaded safely (weights_only=True)" in caplog.text
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real tmpfs of the given size (root only), unmounted afterwards."""
+    mounted = []
+
+    def mount(size: str, *options: str) -> Path:
+        disk = tmp_path / f"disk{len(mounted)}"
+        disk.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(disk)],
+                           capture_output=True)
+        if r.returncode:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mounted.append(disk)
+        return disk
+    yield mount
+    for disk in mounted:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_an_unwritable_output_is_one_line(tiny_data, tmp_path, small_disk):
+    """A read-only --output: a PermissionError (or EROFS) traceback before; now one line naming the path."""
+    if os.geteuid() == 0:
+        out = small_disk("1m", "ro")  # root may write through any mode bits: a read-only file system instead
+    else:
+        out = tmp_path / "ro"
+        out.mkdir(mode=0o555)
+    r = subprocess.run(_cli(tiny_train_args(tiny_data["folder"], out, "--epochs", "1")), cwd=tmp_path,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert re.search(rf"ERROR main: (PermissionError|OSError): cannot use {re.escape(str(out))}/resnet18: "
+                     rf"(Permission denied|Read-only file system); check its permissions", r.stderr), r.stderr
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_up_during_training_is_one_line_and_keeps_the_last_checkpoint(tiny_data, tmp_path,
+                                                                                      small_disk):
+    """A real 120 MB file system: epoch 1's 90 MB last.pth fits, epoch 2's does not (torch.save's
+    'unexpected pos ...' traceback before). Epoch 1's checkpoint stays whole and a rerun on a disk with
+    room resumes from it."""
+    out = small_disk("120m")
+    r = subprocess.run(_cli(tiny_train_args(tiny_data["folder"], out)), cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600)
+    last = out / "resnet18/default/checkpoints/last.pth"
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert f"ERROR main: CheckpointError: cannot write checkpoint {last}: No space left on device (write failed; " \
+           f"the previous last.pth is kept)" in r.stderr, r.stderr[-3000:]
+    assert load_checkpoint(last)["epoch"] == 0
+    assert not list(last.parent.glob(".*tmp*"))
+
+
+def test_only_environment_os_errors_become_one_line():
+    import errno
+    import main
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/out/x")
+    assert main._environment_error(full) == ("OSError: cannot use /data/out/x: No space left on device; free some "
+                                             "space or choose another --output")
+    assert main._environment_error(OSError(errno.EIO, "Input/output error")) is None  # may be a bug: traceback
+    assert main._environment_error(OSError("no errno")) is None

@@ -9,8 +9,10 @@ import logging
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
+import zipfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -71,14 +73,15 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
 
     A kill at any moment leaves either the old file or the new one, never a half-written one. With
     ``keep_previous`` the file being replaced is kept as ``<name>.prev`` so a corrupt newest file still
-    leaves one valid checkpoint behind.
+    leaves one valid checkpoint behind. A write the system refuses (a full disk, a read-only or
+    unwritable folder) raises CheckpointError naming the file and the reason, the old file untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            _save_reporting_write_errors(state, f)
             kill_point(f"{path.stem}_tmp")
             f.flush()
             os.fsync(f.fileno())
@@ -86,10 +89,43 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
             os.replace(path, previous_path(path))
         os.replace(tmp, path)
         kill_point(f"{path.stem}_replaced")
+    except OSError as e:
+        kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
+        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e} (write failed; {kept}); free "
+                              f"space or fix the folder's permissions, then rerun the same command") from e
     finally:
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(path.parent)
+
+
+class _WriteErrors:
+    """A file's ``write`` that remembers the OSError it raised: torch.save turns a failed write (a full
+    disk) into a bare 'unexpected pos 704 vs 598' RuntimeError, which would hide the reason."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _save_reporting_write_errors(state: dict[str, Any], file: Any) -> None:
+    """``torch.save(state, file)``, raising the OSError behind a failed write instead of torch's RuntimeError."""
+    writer = _WriteErrors(file)
+    try:
+        torch.save(state, writer)
+    except RuntimeError:
+        if writer.error is None:
+            raise
+        raise writer.error from None
 
 
 def link_checkpoint(source: str | Path, path: str | Path) -> None:
@@ -129,24 +165,52 @@ def previous_path(path: str | Path) -> Path:
     return path.with_name(path.name + ".prev")
 
 
+# How torch.save files start: a zip archive (the format since torch 1.6), or the legacy format, which
+# opens with the pickled magic number.
+_ZIP_SIGNATURE = b"PK\x03\x04"
+_LEGACY_SIGNATURE = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)
+
+
 def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint or weights file with ``weights_only=True`` and explain failures (``mmap``: map the
-    tensors instead of reading them, for a look at a checkpoint's bookkeeping)."""
+    tensors instead of reading them, for a look at a checkpoint's bookkeeping).
+
+    Files that are not torch.save output at all (text, random bytes, a plain pickle) are called that,
+    rather than whatever torch's unpickler trips over first; a file refused for holding code names the
+    callable it would run. torch's advice to retry with ``weights_only=False`` is never passed on.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_SIGNATURE))
+    if not head:
+        raise CheckpointError(f"{path} is empty: not a PyTorch checkpoint (a truncated write?)")
+    if not (head.startswith(_ZIP_SIGNATURE) or head == _LEGACY_SIGNATURE):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor its legacy "
+                              f"format); pass the .pth file written by training or torch.save")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f"unpickling it would import and call {refused.group(1)}" if refused else \
+            "it holds objects that need code to unpickle"
         raise CheckpointError(
-            f"{path} cannot be loaded safely (weights_only=True): it holds objects that need arbitrary code "
-            f"to unpickle. Re-save only its state dict, e.g. torch.save(model.state_dict(), 'weights.pth'). "
-            f"Detail: {str(e).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+            f"{path} cannot be loaded safely (weights_only=True): {what}; only tensors and plain data are "
+            f"loaded. If you made it yourself, re-save only its state dict, e.g. "
+            f"torch.save(model.state_dict(), 'weights.pth')") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
+        if head.startswith(_ZIP_SIGNATURE) and zipfile.is_zipfile(path) and not _holds_torch_data(path):
+            raise CheckpointError(f"{path} is a zip archive but not a PyTorch checkpoint (no data.pkl inside)") from None
         raise CheckpointError(f"{path} is corrupt or truncated and cannot be read: {e}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict (a state dict or a checkpoint)")
     return obj
+
+
+def _holds_torch_data(path: Path) -> bool:
+    with zipfile.ZipFile(path) as z:
+        return any(name.endswith("/data.pkl") or name == "data.pkl" for name in z.namelist())
 
 
 def capture_rng_state() -> dict[str, Any]:

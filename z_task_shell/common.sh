@@ -14,10 +14,12 @@ PY="$ROOT/.venv/bin/python"
 OUTPUT=${OUTPUT:-output}
 SMOKE=${SMOKE:-0}
 SMOKE_ARGS=()
+SMOKE_INPUT_ARGS=()  # the part of SMOKE_ARGS for modes other than --train, which refuse training flags
 if [ "$SMOKE" = 1 ]; then
   SMOKE_DATA="$OUTPUT/smoke_digits"
   [ -f "$SMOKE_DATA/.complete-v1" ] || "$PY" utils/make_digits.py --out "$SMOKE_DATA" --per_class 4
-  SMOKE_ARGS=(--image_size "${SMOKE_SIZE:-16}" "${SMOKE_SIZE:-16}" --epochs 1 -b 8 -j 0 --warmup 0 --lr 0.01)
+  SMOKE_INPUT_ARGS=(--image_size "${SMOKE_SIZE:-16}" "${SMOKE_SIZE:-16}" -b 8 -j 0)
+  SMOKE_ARGS=("${SMOKE_INPUT_ARGS[@]}" --epochs 1 --warmup 0 --lr 0.01)
 fi
 
 # The data folder a recipe uses: its argument, or the smoke set under SMOKE=1.
@@ -26,8 +28,15 @@ data_path() { if [ "$SMOKE" = 1 ]; then echo "$SMOKE_DATA"; else echo "$1"; fi; 
 # Print a command, then run it.
 show_run() { echo "+ $*" >&2; "$@"; }
 
-# main.py with the recipe's flags, the output folder and (SMOKE=1) the smoke overrides, which win.
-main_py() { show_run "$PY" main.py "$@" --output "$OUTPUT" --no_progress ${SMOKE_ARGS[@]+"${SMOKE_ARGS[@]}"}; }
+# main.py with the recipe's flags (the mode first), the output folder and (SMOKE=1) the smoke overrides,
+# which win: the training ones only after --train.
+main_py() {
+  if [ "$1" = --train ]; then
+    show_run "$PY" main.py "$@" --output "$OUTPUT" --no_progress ${SMOKE_ARGS[@]+"${SMOKE_ARGS[@]}"}
+  else
+    show_run "$PY" main.py "$@" --output "$OUTPUT" --no_progress ${SMOKE_INPUT_ARGS[@]+"${SMOKE_INPUT_ARGS[@]}"}
+  fi
+}
 
 # torchrun with NPROC processes per node (SMOKE=1: one process) running main.py like main_py.
 torchrun_main_py() {
