@@ -55,7 +55,7 @@ def build_dataset(cfg: argparse.Namespace, split: str, class_names: Sequence[str
                                  hflip=cfg.hflip, eval_resize=cfg.eval_resize, crop_pct=cfg.crop_pct,
                                  policy=policy, random_erasing=cfg.random_erasing if train else 0.0)
     return ClassificationDataset(cfg.data, cfg.dataset, split, class_names=class_names, transform=transform,
-                                 skip_bad=getattr(cfg, "skip_bad_images", False))
+                                 skip_bad=getattr(cfg, "skip_bad_images", False), max_pixels=cfg.max_image_pixels)
 
 
 def build_loader(cfg: argparse.Namespace, dataset: ClassificationDataset, train: bool,
