@@ -365,7 +365,8 @@ class ClassificationDataset(Dataset):
     def skip_or_raise(self, error: Exception | str) -> None:
         """An image did not decode: raise, saying how to fix or skip it, or with ``skip_bad`` log the skip."""
         if not self.skip_bad:
-            raise ImageDecodeError(f"{error}; fix or remove the file (python utils/check_images.py {self.root} "
+            kind = type(error) if isinstance(error, ImageDecodeError) else ImageDecodeError  # e.g. ImageTooLarge
+            raise kind(f"{error}; fix or remove the file (python utils/check_images.py {self.root} "
                                    f"lists every bad one), or pass --skip_bad_images") from None
         logger.warning("skipping %s", error)
 
