@@ -71,6 +71,9 @@ TRAINING_FLAGS_ALSO_READ_BY = {"lr_finder": _LR_FINDER_READS, "throughput": froz
 # Largest --image_size side: a network input far beyond any classification model's (224-800 px), still
 # allocatable; 100000 x 100000 would be a 120 GB tensor per image, which the kernel may kill, not refuse.
 MAX_IMAGE_SIDE = 4096
+# Pillow's default ``Image.MAX_IMAGE_PIXELS`` (1 GiB / 4 bytes / 3), kept here so that this module does not
+# import Pillow; tests/test_bombs.py checks that it equals dataloader.io.DEFAULT_MAX_IMAGE_PIXELS.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 DATASET_ALIASES = {"folder": "folder", "imagenet": "folder", "txt": "txt", "read_from_txt": "txt", "zip": "zip"}
 
@@ -80,7 +83,7 @@ RESUME_SAFE_KEYS = frozenset({
     "config", "train", "evaluation", "tag", "workers", "device", "epochs", "resume", "overwrite", "no_progress",
     "eval_split", "out", "log_interval", "output", "channels_last", "compile", "topk", "class_indices", "visualize",
     "save_log", "visual_method", "visual_class", "visual_limit", "target_layer", "opset", "skip_bad_images",
-    "local_rank", "use_checkpoint", "cache_dataset", "cache_max_gb", "gpu_decode",
+    "local_rank", "use_checkpoint", "cache_dataset", "cache_max_gb", "gpu_decode", "max_image_pixels",
 })
 
 
@@ -195,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CUDA only: workers read the files, JPEG batches are decoded on the GPU (nvjpeg)")
     g.add_argument("--skip_bad_images", action="store_true",
                    help="skip images that fail to decode (counted per epoch) instead of stopping with an error")
+    g.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                   help="refuse images of more pixels, from their header before decoding (decompression bombs), "
+                        "and zip members over 4 bytes per pixel + 16 MiB; 0 = no limit (default: Pillow's)")
 
     g = p.add_argument_group("model")
     g.add_argument("--arch", type=str, default="resnet18",
@@ -473,6 +479,7 @@ def validate(cfg: argparse.Namespace) -> None:
          "--gpu_decode and --cache_dataset memory exclude each other: the cache decodes once, up front")
     need(not cfg.gpu_decode or cfg.device is None or cfg.device.startswith("cuda"),
          f"--gpu_decode decodes with nvjpeg on a CUDA device, but --device is {cfg.device}")
+    need(cfg.max_image_pixels >= 0, f"--max_image_pixels must be >= 0 (0 = no limit), got {cfg.max_image_pixels}")
     need(cfg.cache_max_gb > 0, f"--cache_max_gb must be > 0, got {cfg.cache_max_gb}")
     need(cfg.lr_base_batch >= 1, f"--lr_base_batch must be >= 1, got {cfg.lr_base_batch}")
     need(cfg.clip_grad is None or cfg.clip_grad > 0, f"--clip_grad must be > 0, got {cfg.clip_grad}")

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from dataloader import (BatchPreprocessor, ClassificationDataset, create_loader, create_transform,
                         read_class_names, resolve_split)
+from dataloader.io import DEFAULT_MAX_IMAGE_PIXELS
 from models import check_model_name, create_model, extract_state_dict, load_state_dict_checked
 from utils.checkpoint import load_checkpoint
 
@@ -66,7 +67,8 @@ def build_dataset(cfg: argparse.Namespace, split: str, class_names: Sequence[str
                                  hflip=cfg.hflip, eval_resize=cfg.eval_resize, crop_pct=cfg.crop_pct,
                                  policy=policy, random_erasing=cfg.random_erasing if train else 0.0)
     return ClassificationDataset(cfg.data, cfg.dataset, split, class_names=class_names, transform=transform,
-                                 skip_bad=getattr(cfg, "skip_bad_images", False))
+                                 skip_bad=getattr(cfg, "skip_bad_images", False),
+                                 max_pixels=getattr(cfg, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
 
 
 def build_loader(cfg: argparse.Namespace, dataset: ClassificationDataset, train: bool,

@@ -86,16 +86,17 @@ class SourceImages(Dataset):
     ``evaluate``'s indices are the unreadable ones.
     """
 
-    def __init__(self, paths: Sequence[Path], transform: torch.nn.Module):
-        self.paths, self.transform = list(paths), transform
+    def __init__(self, paths: Sequence[Path], transform: torch.nn.Module, max_pixels: int):
+        self.paths, self.transform, self.max_pixels = list(paths), transform, max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def load(self, index: int) -> torch.Tensor:
-        """The decoded image ``index``; raises ImageDecodeError or OSError when it cannot be read."""
+        """The decoded image ``index``; raises ImageDecodeError (also over ``max_pixels``, from the header)
+        or OSError when it cannot be read."""
         path = self.paths[index]
-        return decode_rgb(path.read_bytes(), name=str(path))
+        return decode_rgb(path.read_bytes(), name=str(path), max_pixels=self.max_pixels)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int] | None:
         index = key[0] if isinstance(key, tuple) else key
@@ -147,7 +148,7 @@ def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     run_cfg = argparse.Namespace(**{**vars(cfg), **model_cfg})
     transform = create_transform(False, model_cfg["image_size"], eval_resize=model_cfg["eval_resize"],
                                  crop_pct=model_cfg["crop_pct"])
-    dataset = SourceImages(paths, transform)
+    dataset = SourceImages(paths, transform, cfg.max_image_pixels)
     result = evaluate(model, build_loader(run_cfg, dataset, train=False, device=device),
                       preprocess=preprocessor(model_cfg, device), dtype=amp_dtype(cfg.amp, cfg.amp_dtype, device),
                       progress=not cfg.no_progress, return_outputs=True, desc="predict")

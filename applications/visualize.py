@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from dataloader import DatasetError, ImageDecodeError, create_transform, decode_rgb
-from dataloader.io import IMG_EXTENSIONS
+from dataloader.io import DEFAULT_MAX_IMAGE_PIXELS, IMG_EXTENSIONS
 from utils.cam import CamExplainer, Explanation
 from utils.metrics import probabilities
 from utils.misc import log_to_file, resolve_device
@@ -50,9 +50,11 @@ UNKNOWN = "unknown"   # the true class of an image from --visual_source
 # ------------------------------------------------------------------------------------------------ inputs
 class SourceImages(Dataset):
     """Images from a file or a folder (recursive, hidden files skipped), with the evaluation transform;
-    labels are unknown (-1). With ``skip_bad`` an undecodable image is logged and yields None."""
+    labels are unknown (-1). An image over ``max_pixels`` is refused from its header. With ``skip_bad`` an
+    unreadable, undecodable or too large image is logged and yields None."""
 
-    def __init__(self, path: str | Path, transform: Callable[[torch.Tensor], torch.Tensor], skip_bad: bool = False):
+    def __init__(self, path: str | Path, transform: Callable[[torch.Tensor], torch.Tensor], skip_bad: bool = False,
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         root = Path(path)
         files = [root] if root.is_file() else sorted(
             p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
@@ -60,6 +62,7 @@ class SourceImages(Dataset):
         if not files:
             raise ValueError(f"--visual_source {path}: no images ({', '.join(IMG_EXTENSIONS)}) found")
         self.root, self.split, self.transform, self.skip_bad = root, "source", transform, skip_bad
+        self.max_pixels = max_pixels
         self.samples = [(str(f), -1) for f in files]
         self.targets = [-1] * len(files)
 
@@ -70,7 +73,11 @@ class SourceImages(Dataset):
         index = key[0] if isinstance(key, tuple) else key
         path = self.samples[index][0]
         try:
-            image = decode_rgb(Path(path).read_bytes(), name=path)
+            try:
+                data = Path(path).read_bytes()
+            except OSError as e:
+                raise ImageDecodeError(f"{path}: cannot read ({e.strerror or e})") from None
+            image = decode_rgb(data, name=path, max_pixels=self.max_pixels)
         except ImageDecodeError as e:
             if not self.skip_bad:
                 raise ImageDecodeError(f"{e}; fix or remove it, or pass --skip_bad_images") from None
@@ -132,7 +139,8 @@ def _restore(cfg: argparse.Namespace) -> Restored:
 
 def _source_dataset(cfg: argparse.Namespace, path: str) -> SourceImages:
     transform = create_transform(False, cfg.image_size, eval_resize=cfg.eval_resize, crop_pct=cfg.crop_pct)
-    return SourceImages(path, transform, skip_bad=bool(getattr(cfg, "skip_bad_images", False)))
+    return SourceImages(path, transform, skip_bad=bool(getattr(cfg, "skip_bad_images", False)),
+                        max_pixels=cfg.max_image_pixels)
 
 
 # ----------------------------------------------------------------------------------------------- drawing

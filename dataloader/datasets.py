@@ -9,6 +9,10 @@ Layouts (``--dataset``):
 
 Class names always come from the train split (or classes.txt); a class in val or test that train
 does not have is an error, as is any malformed line, which is reported with its file and line number.
+Without classes.txt the train labels must be exactly 0..K-1 (a gap is an error naming the line).
+
+Every reader applies one pixel limit (``max_pixels``, ``--max_image_pixels``) from the image header before
+decoding, and zip members are refused from the archive's directory when larger than such an image can be.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .io import IMG_EXTENSIONS, ImageDecodeError, decode_rgb
+from .io import (DEFAULT_MAX_IMAGE_PIXELS, IMG_EXTENSIONS, ImageDecodeError, check_size, decode_rgb)
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +50,18 @@ def _read_classes_file(root: Path) -> list[str] | None:
     return names
 
 
-def _parse_label_list(file: Path, sep: str | None) -> list[tuple[int, str, int]]:
+Errors = list[DatasetError] | None  # where check_images collects structural errors
+
+
+def _report(errors: list[DatasetError] | None, error: DatasetError) -> None:
+    """Raise ``error``, or with an ``errors`` list collect it and let the caller go on (``check_images``
+    reports every problem of a split, not only the first)."""
+    if errors is None:
+        raise error
+    errors.append(error)
+
+
+def _parse_label_list(file: Path, sep: str | None, errors: Errors = None) -> list[tuple[int, str, int]]:
     """``(line number, name, label)`` for each non-blank, non-comment line of a ``name<sep>label`` list."""
     if not file.is_file():
         raise DatasetError(f"list file {file} does not exist")
@@ -58,33 +73,52 @@ def _parse_label_list(file: Path, sep: str | None) -> list[tuple[int, str, int]]
         parts = text.rsplit(sep, 1)
         if len(parts) != 2 or not parts[0].strip():
             want = "'path label'" if sep is None else "'member<TAB>label' (a tab, not spaces)"
-            raise DatasetError(f"{file}:{lineno}: malformed line {line!r}: expected {want}")
+            _report(errors, DatasetError(f"{file}:{lineno}: malformed line {line!r}: expected {want}"))
+            continue
         name, label = parts[0].strip() if sep is None else parts[0], parts[1].strip()
         try:
             value = int(label)
         except ValueError:
-            raise DatasetError(f"{file}:{lineno}: label {label!r} is not an integer") from None
+            _report(errors, DatasetError(f"{file}:{lineno}: label {label!r} is not an integer"))
+            continue
         if value < 0:
-            raise DatasetError(f"{file}:{lineno}: label {value} is negative")
+            _report(errors, DatasetError(f"{file}:{lineno}: label {value} is negative"))
+            continue
         rows.append((lineno, name, value))
     return rows
 
 
-def _check_label_range(file: Path, rows: list[tuple[int, str, int]], num_classes: int) -> None:
-    for lineno, _, label in rows:
+def _check_label_range(file: Path, rows: list[tuple[int, str, int]], num_classes: int,
+                       errors: Errors = None) -> list[tuple[int, str, int]]:
+    """The rows whose label is a class index (the others are reported)."""
+    kept = []
+    for row in rows:
+        lineno, _, label = row
         if label >= num_classes:
-            raise DatasetError(f"{file}:{lineno}: label {label} is out of range: there are {num_classes} "
-                               f"classes (labels 0..{num_classes - 1})")
+            _report(errors, DatasetError(f"{file}:{lineno}: label {label} is out of range: there are {num_classes} "
+                                         f"classes (labels 0..{num_classes - 1})"))
+            continue
+        kept.append(row)
+    return kept
 
 
 def _classes_from_labels(root: Path, file: Path, sep: str | None) -> list[str]:
+    """Names from classes.txt, else ``0..K-1`` when the train labels are exactly 0..K-1: a gap (a typo such
+    as 15 among labels 0..2) would silently add classes that have no image, so it is an error naming the line."""
     names = _read_classes_file(root)
     if names is not None:
         return names
     rows = _parse_label_list(file, sep)
     if not rows:
         raise DatasetError(f"{file}: no samples")
-    return [str(i) for i in range(max(r[2] for r in rows) + 1)]
+    present = {label for _, _, label in rows}
+    missing = min(set(range(max(present) + 1)) - present, default=None)
+    if missing is not None:
+        lineno, _, label = min((r for r in rows if r[2] > missing), key=lambda r: r[0])
+        raise DatasetError(f"{file}:{lineno}: label {label} leaves label {missing} without an image: with no "
+                           f"classes.txt the labels must be 0..K-1 with none missing; fix the label, or add "
+                           f"{root / 'classes.txt'} (one class name per line, in label order)")
+    return [str(i) for i in range(max(present) + 1)]
 
 
 class FolderLayout:
@@ -105,28 +139,29 @@ class FolderLayout:
         return names
 
     @staticmethod
-    def samples(root: Path, split: str, class_names: Sequence[str]) -> list[Sample]:
+    def samples(root: Path, split: str, class_names: Sequence[str], errors: Errors = None) -> list[Sample]:
         split_dir = root / split
         index = {name: i for i, name in enumerate(class_names)}
         samples: list[Sample] = []
         for class_dir in sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")):
             if class_dir.name not in index:
-                raise DatasetError(f"class {class_dir.name!r} in {split_dir} is not a training class "
-                                   f"(training classes: {', '.join(class_names[:20])}); "
-                                   f"add it to DATA/train or remove it from {split}")
+                _report(errors, DatasetError(f"class {class_dir.name!r} in {split_dir} is not a training class "
+                                             f"(training classes: {', '.join(class_names[:20])}); "
+                                             f"add it to DATA/train or remove it from {split}"))
+                continue
             files = []
             for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
                 dirnames.sort()
                 files += [os.path.join(dirpath, f) for f in sorted(filenames)
                           if f.lower().endswith(IMG_EXTENSIONS) and not f.startswith(".")]
             if not files:
-                raise DatasetError(f"class folder {class_dir} holds no images ({', '.join(IMG_EXTENSIONS)}); "
-                                   f"add images or remove the folder")
+                _report(errors, DatasetError(f"class folder {class_dir} holds no images "
+                                             f"({', '.join(IMG_EXTENSIONS)}); add images or remove the folder"))
             samples += [(f, index[class_dir.name]) for f in files]
         return samples
 
     @staticmethod
-    def reader(root: Path, split: str) -> Callable[[str], bytes]:
+    def reader(root: Path, split: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Callable[[str], bytes]:
         return _read_file
 
 
@@ -142,21 +177,21 @@ class TxtLayout:
         return _classes_from_labels(root, root / "train.txt", None)
 
     @staticmethod
-    def samples(root: Path, split: str, class_names: Sequence[str]) -> list[Sample]:
+    def samples(root: Path, split: str, class_names: Sequence[str], errors: Errors = None) -> list[Sample]:
         file = root / f"{split}.txt"
-        rows = _parse_label_list(file, None)
-        _check_label_range(file, rows, len(class_names))
+        rows = _check_label_range(file, _parse_label_list(file, None, errors), len(class_names), errors)
         samples = []
         for lineno, name, label in rows:
             path = Path(name) if os.path.isabs(name) else file.parent / name
             if not path.is_file():
-                raise DatasetError(f"{file}:{lineno}: image {str(path)!r} does not exist "
-                                   f"(relative paths resolve against {file.parent})")
+                _report(errors, DatasetError(f"{file}:{lineno}: image {str(path)!r} does not exist "
+                                             f"(relative paths resolve against {file.parent})"))
+                continue
             samples.append((str(path), label))
         return samples
 
     @staticmethod
-    def reader(root: Path, split: str) -> Callable[[str], bytes]:
+    def reader(root: Path, split: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Callable[[str], bytes]:
         return _read_file
 
 
@@ -172,26 +207,28 @@ class ZipLayout:
         return _classes_from_labels(root, root / "train_map.txt", "\t")
 
     @staticmethod
-    def samples(root: Path, split: str, class_names: Sequence[str]) -> list[Sample]:
+    def samples(root: Path, split: str, class_names: Sequence[str], errors: Errors = None) -> list[Sample]:
         archive, file = root / f"{split}.zip", root / f"{split}_map.txt"
-        rows = _parse_label_list(file, "\t")
-        _check_label_range(file, rows, len(class_names))
+        rows = _check_label_range(file, _parse_label_list(file, "\t", errors), len(class_names), errors)
         try:
             with zipfile.ZipFile(archive) as zf:
                 members = set(zf.namelist())
         except zipfile.BadZipFile as e:
             raise DatasetError(f"{archive} is not a valid zip archive: {e}") from None
-        for lineno, name, _ in rows:
+        samples = []
+        for lineno, name, label in rows:
             pure = PurePosixPath(name)
             if pure.is_absolute() or ".." in pure.parts:
-                raise DatasetError(f"{file}:{lineno}: unsafe member path {name!r} (absolute or with '..')")
-            if name not in members:
-                raise DatasetError(f"{file}:{lineno}: member {name!r} is not in {archive}")
-        return [(name, label) for _, name, label in rows]
+                _report(errors, DatasetError(f"{file}:{lineno}: unsafe member path {name!r} (absolute or with '..')"))
+            elif name not in members:
+                _report(errors, DatasetError(f"{file}:{lineno}: member {name!r} is not in {archive}"))
+            else:
+                samples.append((name, label))
+        return samples
 
     @staticmethod
-    def reader(root: Path, split: str) -> Callable[[str], bytes]:
-        return ZipReader(root / f"{split}.zip")
+    def reader(root: Path, split: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Callable[[str], bytes]:
+        return ZipReader(root / f"{split}.zip", max_pixels)
 
 
 LAYOUTS = {"folder": FolderLayout, "txt": TxtLayout, "zip": ZipLayout}
@@ -203,10 +240,16 @@ def _read_file(path: str) -> bytes:
 
 
 class ZipReader:
-    """Reads members of one archive, with one open handle per process (re-opened after a fork)."""
+    """Reads members of one archive, with one open handle per process (re-opened after a fork).
 
-    def __init__(self, path: Path):
-        self.path = path
+    A member whose uncompressed size (from the archive's directory, before reading) is over what an image
+    of ``max_pixels`` needs (:func:`dataloader.io.max_encoded_bytes`) is refused with ImageTooLarge: a 1 MB
+    member can inflate to gigabytes. zipfile never returns more than that directory size, so the check holds
+    even for a member that lies about it.
+    """
+
+    def __init__(self, path: Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+        self.path, self.max_pixels = path, max_pixels
         self._zip: zipfile.ZipFile | None = None
         self._pid: int | None = None
 
@@ -214,10 +257,11 @@ class ZipReader:
         if self._zip is None or self._pid != os.getpid():
             self._zip = zipfile.ZipFile(self.path)
             self._pid = os.getpid()
+        check_size(self._zip.getinfo(member).file_size, f"{self.path}:{member}", self.max_pixels)
         return self._zip.read(member)
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_zip": None, "_pid": None}
+        return {"path": self.path, "max_pixels": self.max_pixels, "_zip": None, "_pid": None}
 
 
 def get_layout(kind: str):
@@ -275,8 +319,10 @@ class ClassificationDataset(Dataset):
     """
 
     def __init__(self, root: str | Path, kind: str, split: str, class_names: Sequence[str] | None = None,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, skip_bad: bool = False):
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, skip_bad: bool = False,
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         self.root, self.kind, self.split, self.skip_bad = Path(root), kind, split, skip_bad
+        self.max_pixels = max_pixels
         self.class_names = list(class_names) if class_names is not None else read_class_names(root, kind)
         layout = get_layout(kind)
         if not layout.exists(self.root, split):
@@ -285,16 +331,24 @@ class ClassificationDataset(Dataset):
         if not self.samples:
             raise DatasetError(f"split {split!r} of {self.root} holds no images")
         self.targets = [label for _, label in self.samples]
-        self.reader = layout.reader(self.root, split)
+        self.reader = layout.reader(self.root, split, max_pixels)
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def load(self, index: int) -> torch.Tensor:
-        """The decoded, untransformed image of sample ``index``."""
+    def read(self, index: int) -> bytes:
+        """The encoded bytes of sample ``index``; a file that cannot be read (a dangling link, no permission)
+        is an ImageDecodeError like an undecodable one, so ``skip_bad`` skips it too."""
         source = self.samples[index][0]
-        return decode_rgb(self.reader(source), name=self._describe(source))
+        try:
+            return self.reader(source)
+        except OSError as e:
+            raise ImageDecodeError(f"{self._describe(source)}: cannot read ({e.strerror or e})") from None
+
+    def load(self, index: int) -> torch.Tensor:
+        """The decoded, untransformed image of sample ``index`` (refused over ``max_pixels``, from its header)."""
+        return decode_rgb(self.read(index), name=self._describe(self.samples[index][0]), max_pixels=self.max_pixels)
 
     def key(self, index: int) -> str:
         """A stable name of sample ``index`` for side files (teacher outputs, curricula): its path
@@ -311,7 +365,8 @@ class ClassificationDataset(Dataset):
     def skip_or_raise(self, error: Exception | str) -> None:
         """An image did not decode: raise, saying how to fix or skip it, or with ``skip_bad`` log the skip."""
         if not self.skip_bad:
-            raise ImageDecodeError(f"{error}; fix or remove the file (python utils/check_images.py {self.root} "
+            kind = type(error) if isinstance(error, ImageDecodeError) else ImageDecodeError  # e.g. ImageTooLarge
+            raise kind(f"{error}; fix or remove the file (python utils/check_images.py {self.root} "
                                    f"lists every bad one), or pass --skip_bad_images") from None
         logger.warning("skipping %s", error)
 

@@ -20,14 +20,15 @@ from torch.utils.data import Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from .datasets import ClassificationDataset, call_seeded
-from .io import ImageDecodeError, decode_rgb
+from .io import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, check_header, decode_rgb
 from .loader import worker_loader
 
 logger = logging.getLogger(__name__)
 
 
 class _Encoded(Dataset):
-    """``(file bytes as a uint8 tensor, label, index, seed)``: what a worker does under --gpu_decode."""
+    """``(file bytes as a uint8 tensor, label, index, seed)``: what a worker does under --gpu_decode.
+    A file that cannot be read gives its ImageDecodeError in place of the bytes."""
 
     def __init__(self, dataset: ClassificationDataset):
         self.dataset = dataset
@@ -37,8 +38,11 @@ class _Encoded(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]):
         index, seed = key if isinstance(key, tuple) else (key, 0)
-        source, label = self.dataset.samples[index]
-        data = self.dataset.reader(source)
+        label = self.dataset.samples[index][1]
+        try:
+            data = self.dataset.read(index)
+        except ImageDecodeError as e:
+            return e, label, index, seed
         return torch.frombuffer(bytearray(data), dtype=torch.uint8), label, index, seed
 
 
@@ -46,13 +50,24 @@ def _is_jpeg(data: torch.Tensor) -> bool:
     return data.numel() > 3 and data[:3].tolist() == [0xFF, 0xD8, 0xFF]
 
 
-def decode_batch(encoded: list[torch.Tensor], names: list[str], device: torch.device) -> list[torch.Tensor | Exception]:
+def decode_batch(encoded: list[torch.Tensor | Exception], names: list[str], device: torch.device,
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> list[torch.Tensor | Exception]:
     """Each file decoded to uint8 RGB on ``device``: JPEGs in one batched call, the rest on the CPU.
 
-    An undecodable file gives its :class:`ImageDecodeError` in its place, for the caller to raise or skip.
+    Every header is checked against ``max_pixels`` on the CPU first (nvjpeg has no limit of its own). An
+    undecodable, unreadable (an exception already in ``encoded``) or too large file gives its
+    :class:`ImageDecodeError` in its place, for the caller to raise or skip.
     """
     out: list[torch.Tensor | Exception | None] = [None] * len(encoded)
-    jpegs = [i for i, data in enumerate(encoded) if _is_jpeg(data)]
+    for i, data in enumerate(encoded):
+        if isinstance(data, Exception):
+            out[i] = data
+            continue
+        try:
+            check_header(data.numpy().data, names[i], max_pixels)
+        except ImageDecodeError as e:
+            out[i] = e
+    jpegs = [i for i, data in enumerate(encoded) if out[i] is None and _is_jpeg(data)]
     if jpegs:
         try:
             decoded = decode_jpeg([encoded[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
@@ -63,7 +78,7 @@ def decode_batch(encoded: list[torch.Tensor], names: list[str], device: torch.de
     for i, image in enumerate(out):
         if image is None:
             try:
-                out[i] = decode_rgb(encoded[i].numpy().tobytes(), name=names[i]).to(device)
+                out[i] = decode_rgb(encoded[i].numpy().tobytes(), name=names[i], max_pixels=max_pixels).to(device)
             except ImageDecodeError as e:
                 out[i] = e
     return out
@@ -91,7 +106,8 @@ class DeviceDecodeLoader:
         for batch in self.loader:
             names = [self.dataset._describe(self.dataset.samples[index][0]) for _, _, index, _ in batch]
             images, kept = [], []
-            for image, item in zip(decode_batch([item[0] for item in batch], names, self.device), batch):
+            decoded = decode_batch([item[0] for item in batch], names, self.device, self.dataset.max_pixels)
+            for image, item in zip(decoded, batch):
                 if isinstance(image, Exception):
                     self.dataset.skip_or_raise(image)
                     continue

@@ -2,6 +2,7 @@
 """Classify images with an exported model (TorchScript ``.pt`` or ONNX ``.onnx``), without the project.
 
     python demos/classifier.py MODEL IMAGE_OR_FOLDER [--topk 5] [--backend auto|torchscript|onnxruntime]
+                               [--max_image_pixels N]
 
 It imports only torch, numpy, Pillow and (for ``.onnx``) onnxruntime. The export carries its metadata
 (class names, input size, resize mode, mean/std, head), and the preprocessing below reproduces the
@@ -13,7 +14,9 @@ project's evaluation pipeline bit for bit:
 3. ``(x / 255 - mean) / std`` in float32, in the same operation order as the project.
 
 ``--backend auto`` runs ``.onnx`` files in ONNX Runtime and anything else as TorchScript. Folders are
-read recursively. To use it from another program::
+read recursively; an empty one is an error. An image of more than ``--max_image_pixels`` pixels (Pillow's
+default; 0 = no limit) is refused from its header before decoding, as the project refuses it. To use it
+from another program::
 
     from classifier import Classifier            # with demos/ on sys.path
     clf = Classifier("export/model.onnx")
@@ -28,6 +31,8 @@ import os
 import platform
 import sys
 import warnings
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
 
@@ -40,6 +45,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".t
 METADATA_FILE = "metadata.json"
 BACKEND_BY_SUFFIX = {".onnx": "onnxruntime"}
 ImageSource = Union[str, os.PathLike, bytes, Image.Image]
+DEFAULT_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's default, as in the project
 
 
 # --- decoding: the same pixels as dataloader/io.py ----------------------------------------------------
@@ -55,14 +61,35 @@ def to_rgb_tensor(im: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
-def read_image(source: ImageSource) -> torch.Tensor:
-    """Decode a path, encoded bytes or a Pillow image to a ``3 x H x W`` uint8 RGB tensor."""
+class ImageTooLarge(ValueError):
+    """An image declares more pixels than the limit: refused from its header, never decoded."""
+
+
+@contextmanager
+def _open_checked(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
+    """A Pillow image opened lazily (header only) and refused over ``max_pixels`` before it is decoded.
+    Pillow's own check (a warning up to twice its limit) is off meanwhile: this one replaces it."""
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+            if max_pixels and width * height > max_pixels:
+                raise ImageTooLarge(f"{width}x{height} pixels is over the limit of {max_pixels} pixels, a possible "
+                                    f"decompression bomb; not decoded (raise it with --max_image_pixels N, 0 = no limit)")
+            yield im
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def read_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
+    """Decode a path, encoded bytes or a Pillow image to a ``3 x H x W`` uint8 RGB tensor; encoded images
+    of more than ``max_pixels`` pixels (0: no limit) are refused from their header with ImageTooLarge."""
     if isinstance(source, Image.Image):
         return to_rgb_tensor(source)
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     if not data:
         raise ValueError("empty file (0 bytes)")
-    with Image.open(io.BytesIO(data)) as im:
+    with _open_checked(data, max_pixels) as im:
         im.load()
         return to_rgb_tensor(im)
 
@@ -176,10 +203,10 @@ REQUIRED_METADATA = ("class_names", "image_size", "resize", "mean", "std")
 class Preprocessor:
     """The project's evaluation preprocessing, configured by an export's metadata."""
 
-    def __init__(self, metadata: dict[str, Any]):
+    def __init__(self, metadata: dict[str, Any], max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         if metadata.get("resize") not in GEOMETRY:
             raise ValueError(f"unsupported resize {metadata.get('resize')!r}; this demo knows {', '.join(GEOMETRY)}")
-        self.metadata = metadata
+        self.metadata, self.max_pixels = metadata, max_pixels
         std = torch.tensor(metadata["std"], dtype=torch.float32)
         # The same float32 operations as the project's BatchPreprocessor, so the inputs are bit-identical.
         self.scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
@@ -187,7 +214,7 @@ class Preprocessor:
 
     def load(self, source: ImageSource) -> torch.Tensor:
         """One image as the network's ``3 x H x W`` uint8 input (decoded, resized, padded or cropped)."""
-        return GEOMETRY[self.metadata["resize"]](read_image(source), self.metadata)
+        return GEOMETRY[self.metadata["resize"]](read_image(source, self.max_pixels), self.metadata)
 
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 ``N x 3 x H x W`` -> the float batch the export expects."""
@@ -198,13 +225,18 @@ class Classifier:
     """An exported classifier with the project's evaluation preprocessing.
 
     ``backend`` is ``auto`` (ONNX Runtime for ``.onnx``, else TorchScript), ``torchscript`` or
-    ``onnxruntime``; ``threads`` sets the intra-op thread count (default: the library's).
+    ``onnxruntime``; ``threads`` sets the intra-op thread count (default: the library's); images of more
+    than ``max_pixels`` pixels are refused (0: no limit).
     """
 
-    def __init__(self, model_path: str | os.PathLike, backend: str = "auto", threads: int | None = None):
+    def __init__(self, model_path: str | os.PathLike, backend: str = "auto", threads: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         path = Path(model_path)
         if not path.is_file():
             raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+        if is_training_checkpoint(path):
+            raise ValueError(f"{path} is a training checkpoint (torch.save), not an exported model: export it "
+                             f"with python main.py --jit --resume {path} (or --onnx) and pass the file it writes")
         if backend == "auto":
             backend = BACKEND_BY_SUFFIX.get(path.suffix.lower(), "torchscript")
         if backend not in BACKENDS:
@@ -220,7 +252,7 @@ class Classifier:
         self.head = self.metadata.get("head", "softmax")
         if self.head not in ACTIVATIONS:
             raise ValueError(f"{path}: unsupported head {self.head!r}; this demo knows {', '.join(ACTIVATIONS)}")
-        self.preprocessor = Preprocessor(self.metadata)
+        self.preprocessor = Preprocessor(self.metadata, max_pixels)
 
     def load(self, source: ImageSource) -> torch.Tensor:
         """One image as the network's ``3 x H x W`` uint8 input."""
@@ -240,6 +272,18 @@ class Classifier:
         values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
         return [[(self.class_names[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())]
                 for vs, ix in zip(values, indices)]
+
+
+def is_training_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a ``torch.save`` archive (``<name>/data.pkl``) rather than a TorchScript one,
+    which also holds ``constants.pkl`` and ``code/``; TorchScript calls both "corrupted" otherwise."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return (any(n.endswith("/data.pkl") for n in names)
+            and not any(n.endswith("/constants.pkl") or "/code/" in n for n in names))
 
 
 # --- command line -----------------------------------------------------------------------------------
@@ -271,12 +315,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object per image (path, top-k, all probabilities) instead of text")
+    parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                        help="refuse images of more pixels, from their header (decompression bombs); 0 = no limit")
     args = parser.parse_args(argv)
     if args.topk < 1 or args.batch_size < 1:
         parser.error("--topk and --batch_size must be >= 1")
+    if args.max_image_pixels < 0:
+        parser.error(f"--max_image_pixels must be >= 0 (0 = no limit), got {args.max_image_pixels}")
     try:
         paths = list_images(args.images)
-        clf = Classifier(args.model, args.backend, args.threads)
+        if not paths:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the folder {args.images}")
+        clf = Classifier(args.model, args.backend, args.threads, args.max_image_pixels)
     except Exception as e:  # a missing file, or a model the backend cannot load: one line, no traceback
         print(f"classifier.py: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
               file=sys.stderr)
@@ -288,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 loaded.append(clf.load(path))
                 kept.append(path)
+            except ImageTooLarge as e:
+                failed += 1
+                print(f"skipped {path}: {e}", file=sys.stderr)
             except Exception as e:  # Pillow raises many types for unreadable files
                 failed += 1
                 print(f"skipped {path}: cannot decode image ({type(e).__name__}: {e})", file=sys.stderr)
@@ -304,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         done += len(kept)
     print(f"{done} image(s) classified with {Path(args.model).name} ({clf.backend_name})"
           + (f", {failed} unreadable image(s) skipped" if failed else ""), file=sys.stderr)
-    return 0 if done or not paths else 1
+    return 0 if done else 1
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import struct
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +46,22 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
     folder = write_digit_folders(base / "folder")
     return {"folder": folder, "txt": write_txt_lists(folder, base / "txt"),
             "zip": write_zip_archives(folder, base / "zip")}
+
+
+def write_png_bomb(path: Path, width: int = 30000, height: int = 30000) -> Path:
+    """A real, valid 1-bit grey PNG of ``width x height`` black pixels, written without ever holding them:
+    30000 x 30000 (900 megapixels, 2.7 GB as RGB) compresses to about 110 KB."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the packed bits
+    deflate = zlib.compressobj(9)
+    rows_per_block = max(1, 2**22 // len(row))
+    idat = b"".join(deflate.compress(row * min(rows_per_block, height - start))
+                    for start in range(0, height, rows_per_block)) + deflate.flush()
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+                           + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return Path(path)
 
 
 def tiny_train_args(data: Path, out: Path, *extra: str, dataset: str = "folder") -> list[str]:

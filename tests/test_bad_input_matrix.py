@@ -125,6 +125,97 @@ def _absent(path: Path) -> None:
 
 # ==== decompression bombs and image limits ====
 
+CASES += [
+    Case("bomb-png-in-training", lambda tmp, data: tiny_train(_with_bomb(data, tmp), tmp / "out"), 1,
+         r"ImageTooLarge: \S*/train/1/bomb\.png: 30000x30000 pixels .*over the limit of 89478485 pixels.*"
+         r"--max_image_pixels.*--skip_bad_images"),
+    Case("bomb-png-with-2-workers-same-line", lambda tmp, data: tiny_train(_with_bomb(data, tmp), tmp / "out", "-j", "2"),
+         1, r"ImageTooLarge: \S*/train/1/bomb\.png: 30000x30000 pixels .*--max_image_pixels"),
+    Case("zip-member-too-large", lambda tmp, data: tiny_train(_zip_with_huge_member(data, tmp), tmp / "out",
+                                                              "--dataset", "zip"), 1,
+         r"train\.zip:1/huge\.png: 402653184 bytes uncompressed, over the limit of 374691156 bytes.*--max_image_pixels"),
+    Case("max-image-pixels-negative", lambda tmp, data: tiny_train(data, tmp / "out", "--max_image_pixels", "-1"), 2,
+         r"--max_image_pixels must be >= 0"),
+    Case("unreadable-file-is-a-bad-image", lambda tmp, data: tiny_train(_with_dangling(data, tmp), tmp / "out"), 1,
+         r"dangling\.png: cannot read \(No such file or directory\).*--skip_bad_images"),
+    Case("skip-bad-images-skips-an-unreadable-file",
+         lambda tmp, data: tiny_train(_with_dangling(data, tmp), tmp / "out", "--skip_bad_images"), 0, r"",
+         check=lambda tmp: _assert_skipped(tmp / "out/resnet18/default/metrics.json", 1)),
+    Case("txt-label-gap-without-classes-txt",
+         lambda tmp, data: tiny_train(_txt_with_label(data, tmp, 15), tmp / "out", "--dataset", "txt"), 1,
+         r"train\.txt:5: label 15 leaves label 3 without an image: with no classes\.txt"),
+    Case("check-images-missing-folder", lambda tmp, data: [str(tmp / "nowhere"), "--no_progress"], 2,
+         r"check_images\.py: error: dataset root '\S*nowhere' does not exist", script="utils/check_images.py"),
+    Case("check-images-move-target-inside-the-data",
+         lambda tmp, data: [str(data), "--move_bad_to", str(data / "train" / "bad"), "--no_progress"], 2,
+         r"--move_bad_to \S*/train/bad is inside the dataset", script="utils/check_images.py"),
+    Case("check-images-bombs-are-bad-not-a-crash",  # exit 1, the findings on stdout, nothing on stderr
+         lambda tmp, data: [str(_with_bomb(data, tmp, (13000, 13000))), "-j", "2", "--no_progress"], 1, r"^$",
+         script="utils/check_images.py"),
+    Case("demo-training-checkpoint", lambda tmp, data: [str(_training_checkpoint(tmp)), str(data / "test")], 1,
+         r"ckpt\.pth is a training checkpoint \(torch\.save\), not an exported model: export it with "
+         r"python main\.py --jit --resume", script="demos/classifier.py"),
+    Case("demo-empty-folder", lambda tmp, data: [str(_training_checkpoint(tmp)), str(_mkdir(tmp / "empty"))], 1,
+         r"no images \(\.jpg.*\) in the folder \S*empty", script="demos/classifier.py"),
+]
+
+
+def _with_bomb(data: Path, tmp: Path, size: tuple[int, int] = (30000, 30000)) -> Path:
+    """A copy of the data with a 30000x30000 PNG (110 KB, 2.7 GB decoded) in train/1 (and one of ``size``)."""
+    from conftest import write_png_bomb
+    root = copy_data(data, tmp)
+    write_png_bomb(root / "train" / "1" / "bomb.png")
+    if size != (30000, 30000):
+        write_png_bomb(root / "train" / "7" / "big.png", *size)
+    return root
+
+
+def _with_dangling(data: Path, tmp: Path) -> Path:
+    root = copy_data(data, tmp)
+    (root / "train" / "7" / "dangling.png").symlink_to(tmp / "gone.png")
+    return root
+
+
+def _zip_with_huge_member(data: Path, tmp: Path) -> Path:
+    """The data as zip archives, train.zip with one more member of 384 MiB of zeros (0.4 MB deflated)."""
+    import zipfile
+    from utils.dataset_tools import write_zip_archives
+    root = write_zip_archives(data, tmp / "zip")
+    with zipfile.ZipFile(root / "train.zip", "a", zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+        with zf.open("1/huge.png", "w", force_zip64=True) as f:
+            for _ in range(6):
+                f.write(bytes(64 * 2**20))
+    with open(root / "train_map.txt", "a") as f:
+        f.write("1/huge.png\t1\n")
+    return root
+
+
+def _txt_with_label(data: Path, tmp: Path, label: int) -> Path:
+    """The data as txt lists without classes.txt, line 5 of train.txt relabelled."""
+    from utils.dataset_tools import write_txt_lists
+    root = write_txt_lists(data, tmp / "txt")
+    (root / "classes.txt").unlink()
+    lines = (root / "train.txt").read_text().splitlines()
+    lines[4] = f"{lines[4].rsplit(' ', 1)[0]} {label}"
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _training_checkpoint(tmp: Path) -> Path:
+    import torch
+    torch.save({"model": {"fc.weight": torch.zeros(3, 4)}, "epoch": 1}, tmp / "ckpt.pth")
+    return tmp / "ckpt.pth"
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def _assert_skipped(metrics: Path, n: int) -> None:
+    import json
+    assert json.loads(metrics.read_text())["history"][0]["skipped_train"] == n
+
 # ==== non-finite numbers, one-line messages, silent acceptance ====
 
 def write_text_or_bytes(path: Path, content: str | bytes) -> str:

@@ -194,3 +194,33 @@ def test_demo_reproduces_evaluation_on_the_bundled_digits_test_split(tmp_path):
             p = preds[str(Path(row["path"]).resolve())]
             assert int(np.argmax(row["probabilities"])) == p["prediction"], row["path"]
             np.testing.assert_allclose(row["probabilities"], p["scores"], rtol=0, atol=1e-5)
+
+
+def test_demo_refuses_a_bomb_from_its_header_and_says_what_is_wrong(exported, tmp_path):
+    from conftest import write_png_bomb
+    folder = tmp_path / "images"
+    folder.mkdir()
+    shutil.copy(sorted((exported["data"] / "test" / "7").iterdir())[0], folder / "a.png")
+    write_png_bomb(folder / "bomb.png")
+    proc, imported = run_demo([str(exported["run"] / "export" / "model.onnx"), str(folder)], cwd=tmp_path)
+    assert proc.returncode == 0 and imported == [], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "DecompressionBomb" not in proc.stderr
+    assert (f"skipped {folder / 'bomb.png'}: 30000x30000 pixels is over the limit of 89478485 pixels" in proc.stderr
+            and "--max_image_pixels" in proc.stderr and "1 unreadable image(s) skipped" in proc.stderr)
+    assert proc.stdout.startswith(str(folder / "a.png"))
+    demo = demo_module()
+    with pytest.raises(demo.ImageTooLarge, match="16x16 pixels is over the limit of 255 pixels"):
+        demo.read_image(folder / "a.png", max_pixels=255)
+    assert demo.read_image(folder / "a.png", max_pixels=256).shape == (3, 16, 16)
+
+
+def test_demo_names_a_training_checkpoint_and_refuses_an_empty_folder(exported, tmp_path):
+    ckpt = next(exported["run"].rglob("best.pth"))
+    image = sorted((exported["data"] / "test" / "7").iterdir())[0]
+    proc, _ = run_demo([str(ckpt), str(image)], cwd=tmp_path)
+    assert proc.returncode == 1 and "corrupted" not in proc.stderr, proc.stderr[-3000:]
+    assert f"{ckpt} is a training checkpoint (torch.save), not an exported model" in proc.stderr
+    assert f"python main.py --jit --resume {ckpt} (or --onnx)" in proc.stderr
+    (tmp_path / "empty").mkdir()
+    proc, _ = run_demo([str(exported["run"] / "export" / "model.onnx"), str(tmp_path / "empty")], cwd=tmp_path)
+    assert proc.returncode == 1 and f"no images (.jpg, .jpeg" in proc.stderr and "Traceback" not in proc.stderr

@@ -3,7 +3,10 @@
 Each image is fully decoded, with the project's own decoder (as training reads it) and with Pillow
 (which notices truncation that libjpeg/libpng tolerate). Reported, with the reason:
 
-  bad      zero-byte, non-image (an image name but not an image), unreadable or truncated files
+  bad      zero-byte, non-image (an image name but not an image), unreadable or truncated files, images
+           over --max_image_pixels (checked from the header, never decoded: decompression bombs), zip
+           members too large for that limit, and structural errors (a malformed list line, a missing file,
+           an unknown class), each reported with the rest of its split still checked
   unusual  images that decode but in an unusual mode (CMYK, 16-bit, palette with transparency):
            training converts them to RGB, but they are worth a look
   stray    files in class folders without an image extension (training ignores them)
@@ -12,11 +15,14 @@ A summary counts images, bad and unusual files per split and class. The exit cod
 is bad (with ``--strict``, also when any is unusual), else 0.
 
     python utils/check_images.py DATA [--dataset folder|txt|zip] [--move_bad_to DIR] [-j N] [--strict]
+                                      [--max_image_pixels N]
+
+A missing DATA, or a --move_bad_to folder inside DATA (moved files would become a class), is refused
+with one line and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import multiprocessing
 import os
@@ -28,10 +34,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from PIL import Image, UnidentifiedImageError  # noqa: E402
+from PIL import UnidentifiedImageError  # noqa: E402
 
-from dataloader.datasets import LAYOUTS, DatasetError  # noqa: E402
-from dataloader.io import IMG_EXTENSIONS, ImageDecodeError, decode_rgb  # noqa: E402
+from dataloader.datasets import LAYOUTS, DatasetError, ZipReader  # noqa: E402
+from dataloader.io import (DEFAULT_MAX_IMAGE_PIXELS, IMG_EXTENSIONS, ImageDecodeError, ImageTooLarge,  # noqa: E402
+                           decode_rgb, open_image)
 
 logger = logging.getLogger("check_images")
 SPLITS = ("train", "val", "test")
@@ -58,21 +65,23 @@ def detect_kind(root: Path) -> str:
     return "folder"
 
 
-def check_bytes(data: bytes, name: str) -> tuple[str, str]:
-    """``(status, reason)`` for one encoded image."""
+def check_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[str, str]:
+    """``(status, reason)`` for one encoded image; one over ``max_pixels`` (0: no limit) is bad, from its header."""
     if not data:
         return "bad", "zero-byte file"
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(data, name, max_pixels) as im:
             mode, info = im.mode, dict(im.info)
             im.load()
+    except ImageTooLarge as e:
+        return "bad", f"too large: {str(e).removeprefix(name + ': ')}"
     except UnidentifiedImageError:
         return "bad", "not an image (Pillow cannot identify it)"
     except (OSError, SyntaxError, ValueError) as e:
         kind = "truncated" if "truncated" in str(e).lower() else "unreadable"
         return "bad", f"{kind}: {e}"
     try:
-        decode_rgb(data, name)
+        decode_rgb(data, name, max_pixels)
     except ImageDecodeError as e:
         return "bad", f"unreadable by the training decoder: {e}"
     if mode in UNUSUAL_MODES:
@@ -82,43 +91,50 @@ def check_bytes(data: bytes, name: str) -> tuple[str, str]:
     return "ok", ""
 
 
-def _check_task(task: tuple[str, str, str, str | None]) -> Finding:
-    split, label, source, archive = task
+Task = tuple[str, str, str, "str | None", int]  # split, class, source, archive, max_pixels
+
+
+def _check_task(task: Task) -> Finding:
+    split, label, source, archive, max_pixels = task
+    name = source if archive is None else f"{archive}:{source}"
     try:
         if archive is None:
             with open(source, "rb") as f:
                 data = f.read()
-            name = source
-        else:
-            import zipfile
-            with zipfile.ZipFile(archive) as zf:
-                data = zf.read(source)
-            name = f"{archive}:{source}"
+        else:  # the member's size is checked from the archive's directory before it is inflated
+            data = ZipReader(Path(archive), max_pixels)(source)
     except OSError as e:
-        return Finding(split, label, source, "bad", f"cannot read: {e}")
-    status, reason = check_bytes(data, name)
+        return Finding(split, label, name, "bad", f"cannot read: {e}")
+    except ImageTooLarge as e:
+        return Finding(split, label, name, "bad", f"too large: {str(e).removeprefix(name + ': ')}")
+    status, reason = check_bytes(data, name, max_pixels)
     return Finding(split, label, name, status, reason)
 
 
-def _tasks(root: Path, kind: str) -> tuple[list[tuple[str, str, str, str | None]], list[Finding]]:
-    """Every image to check, and findings already known without decoding (stray files, list errors)."""
+def _tasks(root: Path, kind: str, max_pixels: int) -> tuple[list[Task], list[Finding]]:
+    """Every image to check, and findings already known without decoding (stray files, list errors).
+
+    A structural error (a malformed line, a missing file, an unknown class) is one bad finding, and the
+    rest of its split is still checked."""
     layout = LAYOUTS[kind]
     findings: list[Finding] = []
     try:
         class_names = layout.classes(root)
     except DatasetError as e:
         return [], [Finding("-", "-", str(root), "bad", str(e))]
-    tasks = []
+    tasks: list[Task] = []
     for split in SPLITS:
         if not layout.exists(root, split):
             continue
+        errors: list[DatasetError] = []
         try:
-            samples = layout.samples(root, split, class_names)
-        except DatasetError as e:
-            findings.append(Finding(split, "-", str(root), "bad", str(e)))
-            continue
+            samples = layout.samples(root, split, class_names, errors=errors)
+        except DatasetError as e:  # nothing of the split can be read (e.g. not a zip archive)
+            errors.append(e)
+            samples = []
+        findings += [Finding(split, "-", str(root), "bad", str(e)) for e in errors]
         archive = str(root / f"{split}.zip") if kind == "zip" else None
-        tasks += [(split, class_names[label], source, archive) for source, label in samples]
+        tasks += [(split, class_names[label], source, archive, max_pixels) for source, label in samples]
         if kind == "folder":
             for class_dir in sorted(d for d in (root / split).iterdir() if d.is_dir()):
                 for dirpath, _, files in os.walk(class_dir):
@@ -129,13 +145,13 @@ def _tasks(root: Path, kind: str) -> tuple[list[tuple[str, str, str, str | None]
     return tasks, findings
 
 
-def check_dataset(root: str | Path, kind: str | None = None, workers: int = 1,
-                  progress: bool = False) -> list[Finding]:
+def check_dataset(root: str | Path, kind: str | None = None, workers: int = 1, progress: bool = False,
+                  max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> list[Finding]:
     """Check every image of the dataset at ``root``; returns one finding per image (and stray file)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {str(root)!r} does not exist")
-    tasks, findings = _tasks(root, kind or detect_kind(root))
+    tasks, findings = _tasks(root, kind or detect_kind(root), max_pixels)
     from tqdm import tqdm
     bar = tqdm(total=len(tasks), desc="checking", disable=not progress, dynamic_ncols=True)
     if workers > 1 and len(tasks) > 1:
@@ -192,11 +208,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--move_bad_to", default=None, help="move bad files into this folder")
     parser.add_argument("-j", "--workers", type=int, default=os.cpu_count() or 1, help="parallel worker processes")
     parser.add_argument("--strict", action="store_true", help="unusual images count as bad for the exit code")
+    parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                        help="images of more pixels are bad (checked from the header, never decoded); 0 = no limit")
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = Path(args.data)
-    findings = check_dataset(root, args.dataset, max(1, args.workers), progress=not args.no_progress)
+    if not root.is_dir():
+        parser.error(f"dataset root {str(root)!r} does not exist or is not a folder")
+    if args.max_image_pixels < 0:
+        parser.error(f"--max_image_pixels must be >= 0 (0 = no limit), got {args.max_image_pixels}")
+    if args.move_bad_to and Path(args.move_bad_to).resolve().is_relative_to(root.resolve()):
+        parser.error(f"--move_bad_to {args.move_bad_to} is inside the dataset {root}: moved files would become "
+                     f"a class of their own; choose a folder outside it")
+    findings = check_dataset(root, args.dataset, max(1, args.workers), progress=not args.no_progress,
+                             max_pixels=args.max_image_pixels)
     for f in findings:
         if f.status != "ok":
             print(f"{f.status.upper():8}{f.source}: {f.reason}")
