@@ -145,6 +145,22 @@ def test_lr_finder(data, tmp_path):
     assert (tmp_path / "resnet18/default/lr_finder.png").stat().st_size > 1000
 
 
+def test_lr_finder_never_suggests_the_first_or_last_tenth_of_its_sweep():
+    """The issue's sweep: the second batch's lower loss made step 0 the steepest, so 1e-6 was suggested.
+    A curve that drops at once, stays flat, falls fastest around step 50 and diverges after 80."""
+    import numpy as np
+    from applications.lr_finder import smooth, suggest_lr
+    steps = 100
+    lrs = (1e-6 * (10 / 1e-6) ** (np.arange(steps) / (steps - 1))).tolist()
+    losses = [2.4, 1.4] + [1.4 - 0.001 * i for i in range(38)] \
+        + [1.36 - 0.05 * i for i in range(20)] + [0.36 + 0.002 * i for i in range(20)] + [0.4 * 1.2 ** i for i in range(20)]
+    suggestion = suggest_lr(lrs, smooth(losses), planned_steps=steps)
+    assert lrs[10] <= suggestion < lrs[90]
+    assert lrs[40] <= suggestion <= lrs[60]  # where the loss falls fastest
+    # a sweep that diverged early: still not from its first tenth, nor from the smoothing's warm-up
+    assert suggest_lr(lrs[:30], smooth(losses[:30]), planned_steps=steps) >= lrs[10]
+
+
 LOSS_OPTIONS = [
     ["--criterion", "bce"], ["--criterion", "bce", "--ghm_loss"], ["--ohm_loss"], ["--threshold_loss"],
     ["--focal_loss"], ["--weighted_loss"], ["--weighted_loss", "--class_weights", "1", "2", "0.5"],
