@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
 
     g = p.add_argument_group("distributed and memory")
-    g.add_argument("--sync_bn", action="store_true", help="convert batch norms to SyncBatchNorm under DDP")
+    g.add_argument("--sync_bn", action="store_true", help="convert batch norms to SyncBatchNorm under DDP (CUDA only: refused on the CPU)")
     g.add_argument("--lr_scale", choices=["none", "linear"], default="none",
                    help="linear: scale --lr by global batch / --lr_base_batch (the global batch is -b x processes "
                         "x --accumulation_steps); none: --lr is the LR of the global batch as given")

@@ -324,6 +324,10 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
     info = init_distributed(cfg.device)
     run_dir = run_dir_for(cfg.output, cfg.arch, cfg.tag)
     try:
+        if cfg.sync_bn and info.device.type != "cuda":
+            raise ValueError(f"--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPU modules only) and "
+                             f"this run is on {info.device}; drop --sync_bn: each process then normalises with "
+                             f"its own batch's statistics")
         if not info.is_main:
             logging.getLogger().setLevel(logging.WARNING)
             return _train(cfg, run_dir, info)
