@@ -297,6 +297,17 @@ def _pictures(cfg: argparse.Namespace, run_dir: Path, history: list[dict], model
         writer.close()
 
 
+def warn_if_diverging(val_loss: float, history: list[dict], epoch: int, factor: float = 100.0) -> bool:
+    """Warn when the validation loss is ``factor`` times its best so far (a run diverging without yet
+    reaching inf/nan); returns whether it warned, so the caller warns once per run."""
+    best = min((row["val_loss"] for row in history if math.isfinite(row["val_loss"])), default=math.inf)
+    if not val_loss > factor * best:
+        return False
+    logger.warning("epoch %d: val loss %.3g is over %gx its best (%.3g): training is diverging; add --clip_grad "
+                   "(e.g. --clip_grad 5) or lower --lr", epoch + 1, val_loss, factor, best)
+    return True
+
+
 def _stop_check(stop: StopRequest, device: torch.device, every: int) -> Callable[[], bool]:
     """``should_stop`` for train_one_epoch: under DDP the ranks agree (one all-reduce) every ``every``
     steps, the same steps on every rank, so all stop together without a sync point at each step."""
@@ -416,8 +427,9 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
             start_epoch, start_batch = ckpt["resume_at"]["epoch"], ckpt["resume_at"]["batch"]
             partials = ckpt["resume_at"]["partial"]  # one per rank
             partial = partials[info.rank] if len(partials) == info.world_size else None
-        logger.info("resumed from %s at epoch %d%s (best val top-1 so far %.2f)", resume_from, start_epoch + 1,
-                    f", batch {start_batch + 1}" if start_batch else "", best_top1)
+        logger.info("resumed from %s at epoch %d%s (%s)", resume_from, start_epoch + 1,
+                    f", batch {start_batch + 1}" if start_batch else "",
+                    f"best val top-1 so far {best_top1:.2f}" if history else "no epoch validated yet")
 
     writer = _tensorboard(run_dir, start_epoch) if main else None
     if start_epoch == 0 and main:
@@ -427,6 +439,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     ckpt_dir = run_dir / "checkpoints"
     progress = not cfg.no_progress
     stop = StopRequest()
+    diverging = False
     try:
         for epoch in range(start_epoch, cfg.epochs):
             train_loader.sampler.set_epoch(epoch, start=start_batch * cfg.batch_size)
@@ -464,6 +477,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
             if ema is not None:
                 va_ema = evaluate(ema.module, val_loader, val_criterion, preprocess=preprocess, dtype=dtype)
                 row.update(val_ema_loss=va_ema["loss"], val_ema_top1=va_ema["top1"], val_ema_top5=va_ema["top5"])
+            diverging = diverging or warn_if_diverging(va["loss"], history, epoch)
             history.append(row)
             state = checkpoint_state(model, optimizer, scheduler, scaler, epoch=epoch, best_top1=best_top1,
                                      class_names=class_names, cfg=cfg, history=history, criterion=criterion,
@@ -511,7 +525,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     if main:
         _write_json(run_dir / "metrics.json", {"history": history, "test": summary})
         _pictures(cfg, run_dir, history, model, test_set, preprocess, class_names, test_set.split)
-    logger.info("done: run directory %s; best val top-1 %.2f; %s top-1 %.2f top-5 %.2f (best.pth)%s",
-                run_dir, best_top1, test_set.split, report["top1"], report["top5"],
+    logger.info("done: run directory %s; best val top-1 %.2f; %s top-1 %.2f top-5 %.2f (%s)%s",
+                run_dir, best_top1, test_set.split, report["top1"], report["top5"], best_path.name,
                 f"; EMA top-1 {summary['test_ema_top1']:.2f}" if "test_ema_top1" in summary else "")
     return summary
