@@ -1,6 +1,7 @@
 """Training strategies end to end: distillation, curriculum, LR range test, losses, augmentation, EMA."""
 from __future__ import annotations
 
+import logging
 import shutil
 
 import pytest
@@ -98,13 +99,15 @@ def test_curriculum_end_to_end(data, tmp_path, caplog):
     assert read_json(run / "metrics.json")["history"][0]["train_loss"] >= 0
 
 
-def test_curriculum_zero_weight_gives_no_gradient(data, tmp_path):
+def test_curriculum_zero_weight_gives_no_gradient(data, tmp_path, caplog):
     ds = ClassificationDataset(data, "folder", "train", transform=create_transform(False, (16, 16)))
     keys = [ds.key(i) for i in range(len(ds))]
     weights = [0.0 if t == 0 else 1.0 for t in ds.targets]  # every image of class 0 weighs nothing
     (data / "curriculum.txt").write_text("".join(f"{k},{w}\n" for k, w in zip(keys, weights)))
     cfg = config.parse_config(tiny_train_args(data, tmp_path, "--curriculum_learning"))
-    hook = build_batch_hook(cfg, ds)
+    with caplog.at_level(logging.INFO):
+        hook = build_batch_hook(cfg, ds)
+    assert f"curriculum {data / 'curriculum.txt'}: loss weights 1 / 0 for 20 / 10 training images" in caplog.text
     criterion = build_criterion(cfg, [10, 10, 10])
     images = torch.stack([ds[i][0] for i in range(len(ds))])
     x = BatchPreprocessor([0.5] * 3, [0.25] * 3, torch.device("cpu"))(images)
