@@ -36,7 +36,7 @@ from utils.checkpoint import (CheckpointError, capture_rng_state, link_checkpoin
 from utils.metrics import hard_labels, topk_correct
 from utils.distributed import (DistInfo, all_reduce_sum, any_rank, barrier, cleanup, gather_objects,
                                init_distributed)
-from utils.misc import log_to_file, seed_everything
+from utils.misc import main_process_log, seed_everything
 
 from .common import (amp_dtype, autocast, build_dataset, build_loader, check_num_classes, data_class_names,
                      preprocessor, run_dir_for)
@@ -339,11 +339,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPU modules only) and "
                              f"this run is on {info.device}; drop --sync_bn: each process then normalises with "
                              f"its own batch's statistics")
-        if not info.is_main:
-            logging.getLogger().setLevel(logging.WARNING)
-            return _train(cfg, run_dir, info)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with log_to_file(run_dir / "log.txt"):
+        with main_process_log(info.is_main, run_dir / "log.txt"):
             try:
                 return _train(cfg, run_dir, info)
             except Exception:  # keep the traceback in the run's own log too
