@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="explain this class (a name) instead of the predicted one")
     g.add_argument("--visual_limit", type=int, default=None, help="at most this many images for --visual_data")
     g.add_argument("--target_layer", type=str, default=None,
-                   help="dotted module name of the layer to explain (default: the family's last conv stage)")
+                   help="dotted module name of the layer to explain (default: the family's last conv stage with maps of at least 4 x 4)")
     g.add_argument("--channels_last", action="store_true", help="channels-last memory format for the model and inputs")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
 
