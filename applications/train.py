@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from config import config_conflicts, config_to_dict, save_config
 from criterions import create_criterion
-from dataloader.enhancement import make_augmented_grid
+from dataloader.enhancement import augmented_batch_sheet
 from dataloader.loader import start_workers
 from models import create_model, extract_state_dict, load_state_dict_checked
 from models.memory import enable_gradient_checkpointing
@@ -308,6 +308,14 @@ def warn_if_diverging(val_loss: float, history: list[dict], epoch: int, factor: 
     return True
 
 
+def _preview_title(cfg: argparse.Namespace) -> str:
+    """What augmented_samples.png shows: the first training batch and the strategies applied to it."""
+    steps = [name for name, on in (("per-image policy", cfg.aug), ("random erasing", cfg.random_erasing > 0),
+                                   ("teacher targets", cfg.distill), ("mixup", cfg.mixup > 0),
+                                   ("cutmix", cfg.cutmix > 0), ("multi-scale", cfg.multi_scale)) if on]
+    return "first training batch as the model sees it" + (f" ({', '.join(steps)})" if steps else "")
+
+
 def _stop_check(stop: StopRequest, device: torch.device, every: int) -> Callable[[], bool]:
     """``should_stop`` for train_one_epoch: under DDP the ranks agree (one all-reduce) every ``every``
     steps, the same steps on every rank, so all stop together without a sync point at each step."""
@@ -429,9 +437,10 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
 
     writer = _tensorboard(run_dir, start_epoch) if main else None
     if start_epoch == 0 and main:
-        grid = make_augmented_grid(train_set, n=min(32, len(train_set)), seed=cfg.seed)
-        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(run_dir / "augmented_samples.png")
-        writer.add_image("train/augmented_samples", grid, 0)
+        sheet = augmented_batch_sheet(train_set, class_names, n=min(32, len(train_set)), seed=cfg.seed,
+                                      batch_hook=batch_hook, title=_preview_title(cfg))
+        Image.fromarray(sheet).save(run_dir / "augmented_samples.png")
+        writer.add_image("train/augmented_samples", torch.tensor(sheet).permute(2, 0, 1), 0)
     ckpt_dir = run_dir / "checkpoints"
     progress = not cfg.no_progress
     stop = StopRequest()

@@ -4,11 +4,13 @@ from __future__ import annotations
 import logging
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import yaml
+from PIL import Image
 
 import config
 from applications.curriculum import curriculum_weights
@@ -195,8 +197,27 @@ def test_cost_matrix_from_yaml(tiny_data, tmp_path):
 ], ids=["randaugment", "autoaugment", "trivialaugment", "custom", "erasing_balanced", "mix_multiscale"])
 def test_augmentations_train_and_show_samples(tiny_data, tmp_path, flags):
     run = train(tiny_data["folder"], tmp_path, "aug", "--epochs", "1", *flags)
-    assert (run / "augmented_samples.png").stat().st_size > 500
+    sheet = np.asarray(Image.open(run / "augmented_samples.png"))
+    assert sheet.shape[1] > 800 and sheet.shape[0] > 300  # 96 px tiles with captions, not 16 px thumbnails
     assert read_json(run / "metrics.json")["history"][0]["train_loss"] > 0
+
+
+def test_augmented_samples_are_a_shuffled_batch_after_every_batch_strategy(tiny_data, tmp_path):
+    """The preview showed the first 32 images in dataset order (all one class on the digits), before
+    mixup, cutmix and multi-scale: it is now the first shuffled training batch after the batch hook."""
+    from dataloader.enhancement import first_training_batch, label_caption
+    cfg = config.parse_config(tiny_train_args(tiny_data["folder"], tmp_path, "--mixup", "1.0", "--multi_scale"))
+    ds = ClassificationDataset(tiny_data["folder"], "folder", "train", transform=create_transform(True, (16, 16)))
+    plain, labels = first_training_batch(ds, n=8, seed=0)
+    assert labels.ndim == 1 and len(set(labels.tolist())) > 1  # shuffled: more than one class
+    images, target = first_training_batch(ds, n=8, seed=0, batch_hook=build_batch_hook(cfg, ds))
+    assert target.shape == (8, 3) and (target.max(dim=1).values < 0.995).any()  # mixed: soft labels
+    expected, *_ = build_batch_hook(cfg, ds)(plain, labels, torch.tensor([0] * 8), 0, 0)  # the same draw
+    assert images.shape == expected.shape and images.shape[-1] % 8 == 0  # multi-scale's size
+    names = ["zero", "one", "seven"]
+    assert label_caption(torch.tensor(2), names) == "seven"
+    assert label_caption(torch.tensor([0.7, 0.0, 0.3]), names) == "zero:0.70 seven:0.30"
+    assert label_caption(torch.tensor([0.0, 1.0, 0.0]), names) == "one"
 
 
 def test_mixing_run_resumes_exactly(tiny_data, tmp_path):
