@@ -11,8 +11,8 @@ each class:
 
 ``--visual_class NAME`` explains that class instead of each image's prediction, ``--visual_limit N`` takes
 the first N images (in turn from each class, so a small N still covers every class) and
-``--target_layer NAME`` picks the layer (default: the family's last convolutional stage, see
-``models/cam_layers.py``). The methods themselves live in ``utils/cam.py``.
+``--target_layer NAME`` picks the layer (default: the family's last convolutional stage with maps of at
+least 4 x 4, see ``models/cam_layers.py``). The methods themselves live in ``utils/cam.py``.
 """
 from __future__ import annotations
 
