@@ -324,12 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="explain this class (a name) instead of the predicted one")
     g.add_argument("--visual_limit", type=int, default=None, help="at most this many images for --visual_data")
     g.add_argument("--target_layer", type=str, default=None,
-                   help="dotted module name of the layer to explain (default: the family's last conv stage)")
+                   help="dotted module name of the layer to explain (default: the family's last conv stage with maps of at least 4 x 4)")
     g.add_argument("--channels_last", action="store_true", help="channels-last memory format for the model and inputs")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
 
     g = p.add_argument_group("distributed and memory")
-    g.add_argument("--sync_bn", action="store_true", help="convert batch norms to SyncBatchNorm under DDP")
+    g.add_argument("--sync_bn", action="store_true", help="convert batch norms to SyncBatchNorm under DDP (CUDA only: refused on the CPU)")
     g.add_argument("--lr_scale", choices=["none", "linear"], default="none",
                    help="linear: scale --lr by global batch / --lr_base_batch (the global batch is -b x processes "
                         "x --accumulation_steps); none: --lr is the LR of the global batch as given")

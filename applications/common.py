@@ -144,10 +144,11 @@ class Restored:
     cfg: argparse.Namespace  # the command line's config with the checkpoint's model keys laid over it
 
 
-def restore_for_inference(cfg: argparse.Namespace) -> Restored:
-    """Load ``--resume`` for inference on ``--data``, whose classes must be the model's."""
+def restore_for_inference(cfg: argparse.Namespace, device: torch.device | None = None) -> Restored:
+    """Load ``--resume`` for inference on ``--data``, whose classes must be the model's, onto ``device``
+    (default: ``--device``'s)."""
     from utils.misc import resolve_device
-    device = resolve_device(cfg.device)
+    device = device or resolve_device(cfg.device)
     data_classes = data_class_names(cfg)
     model, model_cfg, class_names = model_from_checkpoint(cfg.resume, cfg, fallback_class_names=data_classes)
     if data_classes != class_names:

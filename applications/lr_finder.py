@@ -4,7 +4,9 @@ Trains from the initial weights with the LR growing exponentially from ``--lr_fi
 ``--lr_finder_max`` over ``--lr_finder_steps`` optimizer steps, through the same ``train_one_epoch``
 as training, and records the loss at each step. It stops early once the smoothed loss exceeds four
 times its minimum. The suggested LR is where the smoothed loss falls fastest (the steepest negative
-slope against log LR), as torch-lr-finder and fastai suggest. Writes ``lr_finder.png`` and
+slope against log LR), as torch-lr-finder and fastai suggest, looked for only after the smoothing has
+warmed up and never in the first or last tenth of the sweep (the first batches' own drop in loss would
+otherwise make the sweep's first LR the steepest). Writes ``lr_finder.png`` and
 ``lr_finder.json`` to the run directory.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .train import train_one_epoch
 logger = logging.getLogger(__name__)
 DIVERGENCE = 4.0
 SMOOTHING = 0.9
+WARMUP_POINTS = round(1 / (1 - SMOOTHING))  # the moving average's memory: noisier before it
 
 
 def smooth(losses: list[float], beta: float = SMOOTHING) -> list[float]:
@@ -41,13 +44,23 @@ def smooth(losses: list[float], beta: float = SMOOTHING) -> list[float]:
     return out
 
 
-def suggest_lr(lrs: list[float], smoothed: list[float]) -> float:
-    """The LR where the smoothed loss falls fastest against log LR (before it diverges)."""
-    if len(lrs) < 3:
-        return lrs[int(np.argmin(smoothed))]
-    slope = np.gradient(np.asarray(smoothed), np.log(np.asarray(lrs)))
-    stop = int(np.argmin(smoothed)) + 1  # the steepest descent lies before the minimum
-    return float(lrs[int(np.argmin(slope[:max(stop, 2)]))])
+def suggest_lr(lrs: list[float], smoothed: list[float], planned_steps: int | None = None) -> float:
+    """The LR where the smoothed loss falls fastest against log LR, before its minimum.
+
+    Points in the first ``WARMUP_POINTS`` (the average is still warming up) and in the first or last tenth
+    of the ``planned_steps`` sweep are never suggested; a sweep too short to leave three points falls
+    back to those edges only, then to the LR of the smallest smoothed loss.
+    """
+    n = len(lrs)
+    tenth = (planned_steps or n) // 10
+    end = min(n, (planned_steps or n) - tenth)
+    start = max(tenth, WARMUP_POINTS) if end - max(tenth, WARMUP_POINTS) >= 3 else tenth
+    if end - start < 3:
+        return float(lrs[int(np.argmin(smoothed))])
+    window = np.asarray(smoothed)[start:end]
+    slope = np.gradient(window, np.log(np.asarray(lrs[start:end])))
+    stop = int(np.argmin(window)) + 1  # the steepest descent lies before the minimum
+    return float(lrs[start + int(np.argmin(slope[:max(stop, 2)]))])
 
 
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
@@ -92,7 +105,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
                 break  # the loss diverged: exactly where the sweep is meant to end
             epoch += 1
         smoothed = smooth(losses)
-        suggestion = suggest_lr(lrs, smoothed)
+        suggestion = suggest_lr(lrs, smoothed, planned_steps=steps)
         plot_lr_finder(lrs, losses, smoothed, suggestion, run_dir / "lr_finder.png")
         result = {"suggested_lr": suggestion, "min_loss_lr": lrs[int(np.argmin(smoothed))], "steps": len(lrs),
                   "plot": str(run_dir / "lr_finder.png")}

@@ -162,6 +162,9 @@ def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     failures = [(paths[i], dataset.failure(i)) for i in range(len(paths)) if i not in predicted]
     for path, why in failures:
         logger.warning("skipped unreadable image %s: %s", path, why)  # counted in the summary
+    if not rows:
+        raise ValueError(f"--predict: none of the {len(paths)} images of {cfg.predict} could be read (first: "
+                         f"{failures[0][0]}: {failures[0][1]}); {out_dir} is left as it was")
 
     csv_path = write_csv(out_dir / "predictions.csv", [(paths[i], top) for i, top in rows], k)
     summary: dict[str, Any] = {"source": str(cfg.predict), "checkpoint": str(cfg.resume), "images": len(paths),

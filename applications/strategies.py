@@ -122,7 +122,12 @@ def load_curriculum(cfg: argparse.Namespace, dataset: ClassificationDataset) -> 
     if missing and cfg.curriculum_missing_weight is None:
         raise _missing_error(str(path), missing, len(keys), "remake the curriculum or pass --curriculum_missing_weight")
     default = cfg.curriculum_missing_weight
-    return torch.tensor([table[k][0] if k in table else default for k in keys], dtype=torch.float32)
+    weights = torch.tensor([table[k][0] if k in table else default for k in keys], dtype=torch.float32)
+    values, counts = weights.unique(return_counts=True)
+    logger.info("curriculum %s: loss weights %s for %s training images%s", path,
+                " / ".join(f"{v:g}" for v in values.flip(0).tolist()), " / ".join(map(str, counts.flip(0).tolist())),
+                f" ({len(missing)} missing from the file, weighted {default:g})" if missing else "")
+    return weights
 
 
 class BatchHook:

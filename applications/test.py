@@ -17,7 +17,8 @@ import torch.nn as nn
 import yaml
 
 from utils.metrics import classification_report, probabilities
-from utils.misc import log_to_file
+from utils.distributed import DistInfo, cleanup, init_distributed
+from utils.misc import main_process_log
 from utils.plots import most_confident_errors, plot_confusion_matrix, save_error_grid
 
 from .common import (amp_dtype, build_dataset, build_loader, checkpoint_run_dir, preprocessor,
@@ -78,22 +79,30 @@ def write_predictions(rows: list[dict[str, Any]], path: str | Path) -> None:
 
 
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
-    """Evaluate ``--resume`` on ``--eval_split`` of ``--data``."""
+    """Evaluate ``--resume`` on ``--eval_split`` of ``--data``.
+
+    Under ``torchrun`` each process evaluates its disjoint shard and the results are gathered, as in
+    training's evaluation, so the report equals a single process's; rank 0 alone logs and writes it.
+    """
+    info = init_distributed(cfg.device)
     run_dir = checkpoint_run_dir(cfg.resume)
-    with log_to_file(run_dir / "log.txt"):
-        return _evaluate_checkpoint(cfg, run_dir)
+    try:
+        with main_process_log(info.is_main, run_dir / "log.txt"):
+            return _evaluate_checkpoint(cfg, run_dir, info)
+    finally:
+        cleanup()
 
 
-def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
-    restored = restore_for_inference(cfg)
+def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, Any]:
+    restored = restore_for_inference(cfg, info.device)
     dataset = build_dataset(restored.cfg, cfg.eval_split, restored.class_names, train=False, fallback=True)
-    loader = build_loader(restored.cfg, dataset, train=False, device=restored.device)
+    loader = build_loader(restored.cfg, dataset, train=False, device=restored.device, dist_info=info)
     metrics = evaluate_and_report(restored.model, loader, dataset, restored.class_names,
                                   preprocess=preprocessor(restored.model_cfg, restored.device),
                                   dtype=amp_dtype(cfg.amp, cfg.amp_dtype, restored.device),
                                   out_dir=run_dir / f"eval_{dataset.split}", checkpoint=cfg.resume,
-                                  predictions_file=cfg.out, progress=not cfg.no_progress,
-                                  head=restored.model_cfg.get("criterion") or "softmax")
+                                  predictions_file=cfg.out, progress=not cfg.no_progress and info.is_main,
+                                  head=restored.model_cfg.get("criterion") or "softmax", write=info.is_main)
     logger.info("%s on %s split (%d images): top-1 %.2f  top-5 %.2f  macro F1 %.4f; report in %s",
                 cfg.resume, dataset.split, metrics["count"], metrics["top1"], metrics["top5"],
                 metrics["macro"]["f1"], run_dir / f"eval_{dataset.split}")

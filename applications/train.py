@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from config import config_conflicts, config_to_dict, load_saved_config, save_config
 from criterions import create_criterion
-from dataloader.enhancement import make_augmented_grid
+from dataloader.enhancement import augmented_batch_sheet
 from dataloader.loader import start_workers
 from models import create_model, extract_state_dict, load_state_dict_checked
 from models.memory import enable_gradient_checkpointing
@@ -400,6 +400,25 @@ def _pictures(cfg: argparse.Namespace, run_dir: Path, history: list[dict], model
         writer.close()
 
 
+def warn_if_diverging(val_loss: float, history: list[dict], epoch: int, factor: float = 100.0) -> bool:
+    """Warn when the validation loss is ``factor`` times its best so far (a run diverging without yet
+    reaching inf/nan); returns whether it warned, so the caller warns once per run."""
+    best = min((row["val_loss"] for row in history if math.isfinite(row["val_loss"])), default=math.inf)
+    if not val_loss > factor * best:
+        return False
+    logger.warning("epoch %d: val loss %.3g is over %gx its best (%.3g): training is diverging; add --clip_grad "
+                   "(e.g. --clip_grad 5) or lower --lr", epoch + 1, val_loss, factor, best)
+    return True
+
+
+def _preview_title(cfg: argparse.Namespace) -> str:
+    """What augmented_samples.png shows: the first training batch and the strategies applied to it."""
+    steps = [name for name, on in (("per-image policy", cfg.aug), ("random erasing", cfg.random_erasing > 0),
+                                   ("teacher targets", cfg.distill), ("mixup", cfg.mixup > 0),
+                                   ("cutmix", cfg.cutmix > 0), ("multi-scale", cfg.multi_scale)) if on]
+    return "first training batch as the model sees it" + (f" ({', '.join(steps)})" if steps else "")
+
+
 def _stop_check(stop: StopRequest, device: torch.device, every: int) -> Callable[[], bool]:
     """``should_stop`` for train_one_epoch: under DDP the ranks agree (one all-reduce) every ``every``
     steps, the same steps on every rank, so all stop together without a sync point at each step."""
@@ -427,6 +446,10 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
     info = init_distributed(cfg.device)
     try:
         run_dir = run_dir_for(cfg.output, cfg.arch, cfg.tag)  # checks --arch and --tag before any disk access
+        if cfg.sync_bn and info.device.type != "cuda":
+            raise ValueError(f"--sync_bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPU modules only) and "
+                             f"this run is on {info.device}; drop --sync_bn: each process then normalises with "
+                             f"its own batch's statistics")
         if not info.is_main:
             logging.getLogger().setLevel(logging.WARNING)
             return _train(cfg, run_dir, info)
@@ -513,8 +536,9 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
             start_epoch, start_batch = ckpt["resume_at"]["epoch"], ckpt["resume_at"]["batch"]
             partials = ckpt["resume_at"]["partial"]  # one per rank
             partial = partials[info.rank] if len(partials) == info.world_size else None
-        logger.info("resumed from %s at epoch %d%s (best val top-1 so far %.2f)", resume_from, start_epoch + 1,
-                    f", batch {start_batch + 1}" if start_batch else "", best_top1)
+        logger.info("resumed from %s at epoch %d%s (%s)", resume_from, start_epoch + 1,
+                    f", batch {start_batch + 1}" if start_batch else "",
+                    f"best val top-1 so far {best_top1:.2f}" if history else "no epoch validated yet")
 
     ckpt_dir = run_dir / "checkpoints"
     if main:  # the new run is built: only now is anything in the run directory changed
@@ -528,11 +552,13 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
         save_config(cfg, run_dir / "config.yaml")
     writer = _tensorboard(run_dir, start_epoch) if main else None
     if start_epoch == 0 and main:
-        grid = make_augmented_grid(train_set, n=min(32, len(train_set)), seed=cfg.seed)
-        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(run_dir / "augmented_samples.png")
-        writer.add_image("train/augmented_samples", grid, 0)
+        sheet = augmented_batch_sheet(train_set, class_names, n=min(32, len(train_set)), seed=cfg.seed,
+                                      batch_hook=batch_hook, title=_preview_title(cfg))
+        Image.fromarray(sheet).save(run_dir / "augmented_samples.png")
+        writer.add_image("train/augmented_samples", torch.tensor(sheet).permute(2, 0, 1), 0)
     progress = not cfg.no_progress
     stop = StopRequest()
+    diverging = False
     try:
         for epoch in range(start_epoch, cfg.epochs):
             train_loader.sampler.set_epoch(epoch, start=start_batch * cfg.batch_size)
@@ -580,6 +606,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
                     raise non_finite_loss(f"the EMA weights' validation loss became {va_ema['loss']} at epoch "
                                           f"{epoch + 1} (that epoch is not saved)")
                 row.update(val_ema_loss=va_ema["loss"], val_ema_top1=va_ema["top1"], val_ema_top5=va_ema["top5"])
+            diverging = diverging or warn_if_diverging(va["loss"], history, epoch)
             history.append(row)
             state = checkpoint_state(model, optimizer, scheduler, scaler, epoch=epoch, best_top1=best_top1,
                                      best_epoch=best_epoch, class_names=class_names, cfg=cfg, history=history, criterion=criterion,
@@ -630,7 +657,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     if main:
         _write_json(run_dir / "metrics.json", {"history": history, "test": summary})
         _pictures(cfg, run_dir, history, model, test_set, preprocess, class_names, test_set.split)
-    logger.info("done: run directory %s; best val top-1 %.2f; %s top-1 %.2f top-5 %.2f (best.pth)%s",
-                run_dir, best_top1, test_set.split, report["top1"], report["top5"],
+    logger.info("done: run directory %s; best val top-1 %.2f; %s top-1 %.2f top-5 %.2f (%s)%s",
+                run_dir, best_top1, test_set.split, report["top1"], report["top5"], best_path.name,
                 f"; EMA top-1 {summary['test_ema_top1']:.2f}" if "test_ema_top1" in summary else "")
     return summary

@@ -11,8 +11,8 @@ each class:
 
 ``--visual_class NAME`` explains that class instead of each image's prediction, ``--visual_limit N`` takes
 the first N images (in turn from each class, so a small N still covers every class) and
-``--target_layer NAME`` picks the layer (default: the family's last convolutional stage, see
-``models/cam_layers.py``). The methods themselves live in ``utils/cam.py``.
+``--target_layer NAME`` picks the layer (default: the family's last convolutional stage with maps of at
+least 4 x 4, see ``models/cam_layers.py``). The methods themselves live in ``utils/cam.py``.
 """
 from __future__ import annotations
 
@@ -196,7 +196,7 @@ def visualize_dataset(restored: Restored, dataset: Dataset, out_dir: Path, *, me
     used: set[Path] = set()
     written = correct = labelled = 0
     start = time.perf_counter()
-    with CamExplainer(restored.model, method, layer=target_layer, arch=arch) as explainer:
+    with CamExplainer(restored.model, method, layer=target_layer, arch=arch, input_size=cfg.image_size) as explainer:
         for images, labels, indices in tqdm(loader, desc=f"{method} {dataset.split}", disable=not progress,
                                             leave=False, dynamic_ncols=True):
             if not images.numel():  # every image of the batch was skipped (--skip_bad_images)
@@ -262,7 +262,7 @@ def cam_overlays_for_tensorboard(model: nn.Module, dataset: Dataset, preprocess:
     order = class_interleaved(dataset.targets, n)
     items = [item for item in (dataset[i] for i in order) if item is not None]
     images = torch.stack([item[0] for item in items])
-    with CamExplainer(model, method, layer=target_layer, arch=arch) as explainer:
+    with CamExplainer(model, method, layer=target_layer, arch=arch, input_size=images.shape[-2:]) as explainer:
         result = explainer(preprocess(images))
     confidence, preds = probabilities(result.logits, head).max(dim=1)
     pictures = [render_overlay(images[k], result.heatmaps[k], true_name=class_names[items[k][1]],

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence
@@ -333,6 +334,7 @@ class ClassificationDataset(Dataset):
         self.targets = [label for _, label in self.samples]
         self.reader = layout.reader(self.root, split, max_pixels)
         self.transform = transform
+        self._skips_logged: set[str] = set()  # one warning per bad file (per process), not one per read
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -363,12 +365,16 @@ class ClassificationDataset(Dataset):
             return path.as_posix()
 
     def skip_or_raise(self, error: Exception | str) -> None:
-        """An image did not decode: raise, saying how to fix or skip it, or with ``skip_bad`` log the skip."""
+        """An image did not decode: raise, saying how to fix or skip it, or with ``skip_bad`` log the skip
+        (once per file: the preview, every epoch and the cache read the same file again; counts say the rest)."""
         if not self.skip_bad:
             kind = type(error) if isinstance(error, ImageDecodeError) else ImageDecodeError  # e.g. ImageTooLarge
             raise kind(f"{error}; fix or remove the file (python utils/check_images.py {self.root} "
                                    f"lists every bad one), or pass --skip_bad_images") from None
-        logger.warning("skipping %s", error)
+        message = re.sub(r" at 0x[0-9a-fA-F]+", "", str(error))  # Pillow names a fresh BytesIO object each time
+        if message not in self._skips_logged:
+            self._skips_logged.add(message)
+            logger.warning("skipping %s", message)
 
     def _describe(self, source: str) -> str:
         return f"{self.root / (self.split + '.zip')}:{source}" if self.kind == "zip" else source

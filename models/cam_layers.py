@@ -10,8 +10,9 @@ from __future__ import annotations
 import difflib
 import logging
 import re
-from typing import Callable
+from typing import Callable, Sequence
 
+import torch
 import torch.nn as nn
 
 from .registry import model_family
@@ -93,6 +94,75 @@ def default_target_layer(model: nn.Module, arch: str | None = None) -> str:
             return name
     raise ValueError(f"no convolutional layer found in {arch or type(model).__name__}; pass --target_layer NAME "
                      f"(one of: {_short_list(target_layer_names(model))})")
+
+
+MIN_MAP_SIDE = 4  # a smaller map (1 x 1 for resnet18's layer4 on 32 px inputs) gives a blank, uniform heatmap
+
+
+def stage_candidates(model: nn.Module, default: str) -> list[str]:
+    """The stages up to ``default``, in forward order: the modules before it under the same parent, with
+    the blocks of a ModuleList before it (never called itself) and of ``default`` itself when it is a
+    container (``features``, ``layers``, ``trunk_output``), ending with ``default``."""
+    parent_name, _, _ = default.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    names = []
+    for child_name, child in parent.named_children():
+        full = f"{parent_name}.{child_name}" if parent_name else child_name
+        if isinstance(child, nn.ModuleList) or (full == default and isinstance(child, nn.Sequential)):
+            names += [f"{full}.{n}" for n, _ in child.named_children()]
+        if not isinstance(child, nn.ModuleList):
+            names.append(full)
+        if full == default:
+            break
+    return names
+
+
+@torch.no_grad()
+def map_sizes(model: nn.Module, names: Sequence[str], input_size: Sequence[int]) -> dict[str, tuple[int, int]]:
+    """The spatial size of each named module's output for one ``input_size`` image; modules called more
+    than once per forward (shared activations, which cannot be hooked reliably) are left out."""
+    sizes: dict[str, list[tuple[int, int]]] = {n: [] for n in names}
+
+    def record(name: str) -> Callable:
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() == 4:
+                sizes[name].append(tuple(output.shape[-2:]))
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_hook(record(n)) for n in names]
+    training = model.training
+    try:
+        parameter = next(model.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        model.eval()(torch.zeros(1, 3, *input_size, device=device))
+    finally:
+        model.train(training)
+        for handle in handles:
+            handle.remove()
+    return {n: s[0] for n, s in sizes.items() if len(s) == 1}
+
+
+def spatial_target_layer(model: nn.Module, arch: str | None, input_size: Sequence[int],
+                         min_side: int = MIN_MAP_SIDE) -> str:
+    """The default target layer at ``input_size``: the family's last stage, or, when its maps are smaller
+    than ``min_side`` a side there, the last earlier stage whose maps are not (said in the log)."""
+    default = default_target_layer(model, arch)
+    candidates = stage_candidates(model, default)
+    sizes = map_sizes(model, candidates, input_size)
+    if default not in sizes or min(sizes[default]) >= min_side:
+        return default
+    fitting = [n for n in candidates if n in sizes and min(sizes[n]) >= min_side]
+    size = "x".join(map(str, input_size))
+    if not fitting:
+        logger.warning("every stage of %s is smaller than %d x %d at input size %s: explaining %r (%s maps)",
+                       arch or type(model).__name__, min_side, min_side, size, default,
+                       " x ".join(map(str, sizes[default])))
+        return default
+    chosen = fitting[-1]
+    logger.info("target layer %r (%s maps at input size %s): the family's last stage %r gives %s maps, too "
+                "small to show where the model looks; --target_layer picks another", chosen,
+                " x ".join(map(str, sizes[chosen])), size, default, " x ".join(map(str, sizes[default])))
+    return chosen
 
 
 def _short_list(names: list[str], limit: int = 60) -> str:

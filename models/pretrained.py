@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -13,25 +14,34 @@ from utils.checkpoint import CheckpointError, load_checkpoint
 logger = logging.getLogger(__name__)
 
 _STATE_KEYS = ("model", "state_dict", "model_state_dict", "module")
+_WRAPPER_PREFIXES = ("module", "_orig_mod")  # DataParallel/DDP, torch.compile
+
+
+def _strip_wrappers(key: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        if key == prefix:  # a metadata key: the wrapped model's own root
+            key = ""
+        elif key.startswith(prefix + "."):
+            key = key[len(prefix) + 1:]
+    return key
 
 
 def extract_state_dict(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The state dict inside a torchvision/timm weights file or one of our checkpoints.
 
     ``module.`` prefixes left by DataParallel/DDP and ``_orig_mod.`` left by ``torch.compile`` are removed.
+    The state dict's ``_metadata`` (each module's format version, which e.g. torchvision's MNASNet
+    requires to load) is kept, under the same renaming.
     """
     for key in _STATE_KEYS:
         if key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break
-    state = {}
-    for k, v in obj.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        for prefix in ("module.", "_orig_mod."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        state[k] = v
+    state: dict[str, torch.Tensor] = OrderedDict(
+        (_strip_wrappers(k), v) for k, v in obj.items() if isinstance(v, torch.Tensor))
+    metadata = getattr(obj, "_metadata", None)
+    if isinstance(metadata, dict):
+        state._metadata = OrderedDict((_strip_wrappers(k), v) for k, v in metadata.items())  # type: ignore[attr-defined]
     return state
 
 
@@ -52,10 +62,14 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
     """Load ``state`` into ``model``; keys in ``skippable`` whose shape differs are skipped and returned.
 
     Any other missing, unexpected or mis-shaped key is an error that lists the keys: the weights belong
-    to another architecture or class count.
+    to another architecture or class count. ``state._metadata`` (module format versions) is passed on;
+    a state dict without it (built by hand) is read as in this model's own format, which its keys and
+    shapes, checked here, match.
     """
     own = model.state_dict()
-    state = dict(state)
+    metadata = getattr(state, "_metadata", None)
+    state = OrderedDict(state)
+    state._metadata = metadata if metadata is not None else own._metadata  # type: ignore[attr-defined]
     skipped, mismatched = [], []
     for k, v in list(state.items()):
         if k in own and own[k].shape != v.shape:

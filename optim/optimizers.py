@@ -1,10 +1,12 @@
 """``create_optimizer``: optimizers by name, without weight decay on 1-D parameters.
 
 ``torch.optim`` supplies SGD, Adam, AdamW, RAdam and NAdam; ``timm.optim`` supplies LAMB and
-Lookahead, which wraps any of them (``ranger`` is RAdam inside Lookahead, as in Wright's Ranger).
+Lookahead (with its slow weights fixed to start at step 0, see :func:`wrap_lookahead`), which wraps any of
+them (``ranger`` is RAdam inside Lookahead, as in Wright's Ranger).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import torch
@@ -52,6 +54,39 @@ def create_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.1, weigh
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
     optimizer = OPTIMIZERS[name](param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov)
     if lookahead or name in ALWAYS_LOOKAHEAD:
-        from timm.optim import Lookahead
-        optimizer = Lookahead(optimizer, alpha=lookahead_alpha, k=lookahead_k)
+        optimizer = wrap_lookahead(optimizer, alpha=lookahead_alpha, k=lookahead_k)
     return optimizer
+
+
+def wrap_lookahead(optimizer: torch.optim.Optimizer, alpha: float = 0.5, k: int = 6) -> torch.optim.Optimizer:
+    """``optimizer`` inside Lookahead, with the slow weights starting as the weights before the first step."""
+    return _lookahead_class()(optimizer, alpha=alpha, k=k)
+
+
+@functools.cache
+def _lookahead_class() -> type:
+    """timm's Lookahead copies the slow weights lazily at the first synchronisation (step k), from the fast
+    weights of that moment: that synchronisation moves nothing, and the first k steps equal the bare
+    optimizer's (``ranger`` was ``radam`` until step 2k). This subclass keeps the weights from before the
+    first step and stores them as the slow copy right after it (not before: Adam-like optimizers
+    initialise their state only when it is empty), so the first synchronisation pulls the fast weights
+    ``alpha`` of the way back to the start, as in the paper. The slow copy lives in the inner
+    optimizer's state, so it is saved and resumed with it."""
+    from timm.optim import Lookahead
+
+    class SlowFromStartLookahead(Lookahead):
+        @torch.no_grad()
+        def step(self, closure: Callable | None = None) -> Any:
+            state = self._base_optimizer.state
+            start = [(p, p.detach().clone()) for group in self.param_groups for p in group["params"]
+                     if p.grad is not None and "lookahead_slow_buff" not in state[p]]
+            loss = self._base_optimizer.step(closure)
+            for p, weights in start:
+                state[p]["lookahead_slow_buff"] = weights
+            for group in self.param_groups:
+                group["lookahead_step"] += 1
+                if group["lookahead_step"] % group["lookahead_k"] == 0:
+                    self.update_slow(group)
+            return loss
+
+    return SlowFromStartLookahead

@@ -291,6 +291,12 @@ CASES += [
 
 # ==== correctness round (mnasnet, sync BN, LR finder, CAM, DDP evaluation) ====
 
+CASES += [
+    Case("sync-bn-on-cpu", lambda tmp, data: tiny_train(data, tmp / "out", "--sync_bn", "--device", "cpu"), 1,
+         r"--sync_bn needs CUDA devices .* on cpu; drop --sync_bn",
+         check=lambda tmp: None if not (tmp / "out").exists() else pytest.fail("a run directory was created")),
+]
+
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, tiny_data, tmp_path):

@@ -196,6 +196,27 @@ def test_each_family_has_a_default_target_layer(arch, layer):
     assert hook_count(model) == 0
 
 
+@pytest.mark.parametrize("arch, size, layer", [
+    ("resnet18", 224, "layer4"), ("resnet18", 32, "layer2"), ("resnet18", 16, "layer1"),
+    ("mobilenet_v3_small", 32, "features.3"), ("shufflenet_v2_x0_5", 32, "stage2"), ("mnasnet0_5", 32, "layers.9"),
+    ("regnet_x_400mf", 32, "trunk_output.block2"), ("timm/resnet18", 32, "layer2"),
+    pytest.param("efficientnet-b0", 32, "_blocks.4", marks=slow),
+])
+def test_default_target_layer_is_the_last_stage_with_at_least_4x4_maps(arch, size, layer, caplog):
+    """On 32 px inputs resnet18's layer4 is 1 x 1 and every heatmap was uniform: the default is now the last
+    stage whose maps are at least 4 x 4 at the input size, and the log says so."""
+    import logging
+    torch.manual_seed(0)
+    model = create_model(arch, 3).eval()
+    with caplog.at_level(logging.INFO):
+        with CamExplainer(model, "grad-cam", arch=arch, input_size=(size, size)) as explainer:
+            result = explainer(torch.randn(2, 3, size, size))
+    assert explainer.layer == layer
+    assert min(result.feature_size) >= 4 and result.heatmaps.std() > 0.01  # a layout, not a uniform map
+    assert (f"the family's last stage {default_target_layer(model, arch)!r} gives" in caplog.text) == (size < 224)
+    assert hook_count(model) == 0 and not model.training
+
+
 # Score-CAM runs the model once per channel of the layer: on the wide default layers of the big models
 # (2048 and 1280 channels) that is minutes on a CPU, so it explains a narrower stage there.
 SCORE_CAM_LAYER = {"resnest50": "layer1", "efficientnet-b0": "_blocks.0"}

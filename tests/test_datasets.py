@@ -212,3 +212,15 @@ def test_start_workers_forks_early_and_the_first_epoch_is_unchanged(tiny_data):
             assert torch.equal(a, b) and torch.equal(ta, tb) and torch.equal(ia, ib)
     assert early._iterator._workers == workers  # the same processes served both epochs
     start_workers(create_loader(ds, batch_size=8, workers=0, train=False))  # no workers: nothing to start
+
+
+def test_a_skipped_bad_image_is_warned_once_however_often_it_is_read(tiny_data, tmp_path, caplog):
+    """The preview grid, every epoch and the cache read a bad file again: one warning, not one per read."""
+    root = shutil.copytree(tiny_data["folder"], tmp_path / "data")
+    (root / "train" / "0" / "0000_bad.png").write_bytes(b"not an image")
+    ds = ClassificationDataset(root, "folder", "train", skip_bad=True)
+    bad = next(i for i, (path, _) in enumerate(ds.samples) if path.endswith("0000_bad.png"))
+    with caplog.at_level(logging.WARNING):
+        assert [ds[bad], ds[(bad, 7)], ds[bad]] == [None, None, None]
+    assert caplog.text.count("skipping") == 1 and "0000_bad.png: cannot decode image" in caplog.text
+    assert " at 0x" not in caplog.text

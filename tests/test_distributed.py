@@ -175,3 +175,25 @@ def test_slurm_script_sets_up_the_rendezvous(tiny_data, tmp_path):
     assert "(2 processes)" in (tmp_path / "work/simple_cnn/slurm/log.txt").read_text()
     r = subprocess.run(["bash", "z_task_shell/slurm_train.sh", "debug"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "usage:" in r.stderr
+
+
+def test_evaluation_under_torchrun_shards_gathers_and_writes_once(tiny_data, tmp_path):
+    """Each rank evaluates its shard, rank 0 alone logs and writes, and the report and predictions equal
+    a single process's (both ranks used to evaluate the whole split and write the same report)."""
+    from conftest import run_main
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--arch", "simple_cnn", "--epochs", "1")) == 0
+    run = tmp_path / "simple_cnn/default"
+    best, data = str(run / "checkpoints/best.pth"), str(tiny_data["folder"])
+    r = single(["--evaluation", "--resume", best, "--data", data, "-j", "0", "--out", str(tmp_path / "one.json")])
+    assert r.returncode == 0, r.stderr[-2000:]
+    one = read_json(run / "eval_test/metrics.json")
+    (run / "eval_test/metrics.json").unlink()
+    log_before = (run / "log.txt").read_text()
+    r = launch(["--evaluation", "--resume", best, "--data", data, "-j", "0", "-b", "5", "--no_progress",
+                "--out", str(tmp_path / "two.json")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert read_json(run / "eval_test/metrics.json") == one
+    assert read_json(tmp_path / "two.json") == read_json(tmp_path / "one.json")
+    new_log = (run / "log.txt").read_text()[len(log_before):]
+    assert new_log.count("test split (12 images)") == 1, new_log
+    assert r.stderr.count("test split (12 images)") == 1 and "(6 images)" not in r.stderr

@@ -85,3 +85,79 @@ def test_pretrained_needing_code_to_unpickle_is_refused(tmp_path):
                tmp_path / "unsafe.pth")
     with pytest.raises(CheckpointError, match="cannot be loaded safely"):
         models.create_model("resnet18", 2, pretrained=tmp_path / "unsafe.pth")
+
+
+# One model per family at the smallest input it accepts (vit_b_16 and maxvit_t are built for 224 only).
+ROUND_TRIP = {"alexnet": 64, "convnext_tiny": 32, "densenet121": 32, "efficientnet_b0": 32, "googlenet": 32,
+              "inception_v3": 75, "maxvit_t": 224, "mnasnet0_5": 32, "mobilenet_v2": 32, "mobilenet_v3_small": 32,
+              "regnet_x_400mf": 32, "resnet18": 32, "shufflenet_v2_x0_5": 32, "squeezenet1_1": 32, "swin_t": 32,
+              "vgg11": 32, "vit_b_16": 224, "efficientnet-b0": 32, "resnest50": 32, "simple_cnn": 32}
+
+
+def _torchvision_family(name: str) -> str:
+    import torchvision
+    return torchvision.models.get_model_builder(name).__module__
+
+
+def test_round_trip_list_covers_every_registered_family():
+    families = {models.model_family(n) if models.model_family(n) != "torchvision" else _torchvision_family(n)
+                for n in models.list_models()}
+    covered = {models.model_family(n) if models.model_family(n) != "torchvision" else _torchvision_family(n)
+               for n in ROUND_TRIP}
+    assert families == covered, families - covered
+
+
+def _real_images(folder, size: int, n: int) -> torch.Tensor:
+    from torchvision.io import read_image
+    files = sorted(folder.rglob("*.png"))[:n]
+    images = torch.stack([read_image(str(f)).float() / 255 for f in files])
+    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def _train_one_step_and_save(name: str, images: torch.Tensor, path) -> torch.Tensor:
+    from utils.checkpoint import save_checkpoint
+    torch.manual_seed(0)
+    model = models.create_model(name, num_classes=3)
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(images), torch.arange(len(images)) % 3)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # BN over 2 images of 1 x 1 maps: huge gradients
+    torch.optim.SGD(model.parameters(), lr=0.01).step()
+    save_checkpoint({"model": model.state_dict(), "arch": name, "epoch": 0}, path)
+    with torch.no_grad():
+        outputs = model.eval()(images)
+    assert torch.isfinite(outputs).all()
+    return outputs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ROUND_TRIP))
+def test_every_family_round_trips_through_our_checkpoint(name, tiny_data, tmp_path):
+    """Train one step, save our checkpoint, load it as --pretrained/--resume/--evaluation do (the same
+    extract_state_dict + load_state_dict_checked): the evaluation outputs are equal."""
+    size = ROUND_TRIP[name]
+    images = _real_images(tiny_data["folder"] / "train", size, 1 if size >= 224 else 2)
+    before = _train_one_step_and_save(name, images, tmp_path / "ckpt.pth")
+    torch.manual_seed(1)  # another initialisation: only the loaded weights can make the outputs equal
+    loaded = models.create_model(name, num_classes=3, pretrained=tmp_path / "ckpt.pth").eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(images), before)
+
+
+def test_mnasnet_loads_from_our_checkpoint_a_ddp_state_dict_and_a_bare_dict(tiny_data, tmp_path):
+    """MNASNet reads its format version from the state dict's _metadata: it must survive extraction
+    (also under DDP's ``module.`` prefix), and a hand-built dict without it still loads."""
+    from models.pretrained import extract_state_dict
+    images = _real_images(tiny_data["folder"] / "train", 32, 2)
+    before = _train_one_step_and_save("mnasnet0_5", images, tmp_path / "ckpt.pth")
+    state = torch.load(tmp_path / "ckpt.pth", weights_only=True)["model"]
+    wrapped = torch.nn.Module()
+    wrapped.module = models.create_model("mnasnet0_5", num_classes=3)
+    wrapped.module.load_state_dict(state)
+    torch.save(wrapped.state_dict(), tmp_path / "ddp.pth")
+    assert extract_state_dict(torch.load(tmp_path / "ddp.pth", weights_only=True))._metadata[""] == {"version": 2}
+    torch.save(dict(state), tmp_path / "bare.pth")
+    for file in ("ckpt.pth", "ddp.pth", "bare.pth"):
+        loaded = models.create_model("mnasnet0_5", num_classes=3, pretrained=tmp_path / file).eval()
+        with torch.no_grad():
+            assert torch.equal(loaded(images), before), file

@@ -93,9 +93,35 @@ def test_lookahead_wraps_any_optimizer_and_interpolates():
     for _ in range(4):  # constant gradient: each SGD step moves the fast weights by -0.1 * grad
         model.weight.grad = grad.clone()
         opt.step()
-    # timm's Lookahead takes its slow copy at the first sync (step 2: start - 0.2 g); at step 4 the fast
-    # weights (start - 0.4 g) are pulled half-way back to it: start - 0.3 g
-    assert torch.allclose(model.weight, start - 0.3 * grad, atol=1e-6)
+    # by hand: the slow weights start at `start`; step 2: fast = start - 0.2 g, slow = start + 0.5 (-0.2 g)
+    # = start - 0.1 g, fast := slow; step 4: fast = start - 0.3 g, slow = start - 0.1 g + 0.5 (-0.2 g)
+    assert torch.allclose(model.weight, start - 0.2 * grad, atol=1e-6)
+
+
+def test_ranger_pulls_back_at_its_first_sync_unlike_radam():
+    """ranger = RAdam inside Lookahead: equal to radam for k - 1 steps, then the first synchronisation
+    puts the weights at start + alpha (fast - start), not at radam's fast weights."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    models, opts = {}, {}
+    for name in ("radam", "ranger"):
+        torch.manual_seed(1)
+        models[name] = nn.Linear(3, 1)
+        opts[name] = create_optimizer(models[name], name, lr=0.05, lookahead_alpha=0.5, lookahead_k=3)
+    start = [p.detach().clone() for p in models["ranger"].parameters()]
+    for step in range(1, 4):
+        for name in models:
+            loss = ((models[name](x) - y) ** 2).mean()
+            opts[name].zero_grad(), loss.backward(), opts[name].step()
+        fast, ranger = list(models["radam"].parameters()), list(models["ranger"].parameters())
+        if step < 3:
+            assert all(torch.equal(a, b) for a, b in zip(fast, ranger))
+    for s, f, r in zip(start, fast, ranger):
+        assert not torch.allclose(r, f)
+        assert torch.allclose(r, s + 0.5 * (f - s), atol=1e-7)
+    # the slow copy is in the state dict, so a resumed run continues from it
+    slow = [opts["ranger"].state_dict()["state"][i]["lookahead_slow_buff"] for i in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(slow, ranger))
 
 
 def test_multistep_schedule_with_ratios():

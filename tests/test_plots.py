@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from utils.plots import (figure_to_tensor, image_tensor, most_confident_errors, plot_training_curves,
-                         save_error_grid)
+                         save_error_grid, training_curves_figure)
 
 
 def history(epochs: int, ema: bool = False) -> list[dict]:
@@ -26,6 +26,22 @@ def test_training_curves_png(tmp_path):
         image = np.asarray(Image.open(path).convert("RGB"))
         assert image.shape[1] > 2 * image.shape[0] > 500  # three panels side by side
         assert image.std() > 20 and (image.min(axis=2) < 200).mean() > 0.01  # lines and text, not a blank page
+
+
+def test_training_curves_use_a_log_loss_axis_and_integer_epoch_ticks():
+    """An exploding val loss (6e12 at epoch 3, the issue's efficientnet-b0 run) must not flatten the train
+    curve: the loss axis is logarithmic; epochs are whole numbers; a nan row is left out."""
+    import matplotlib.pyplot as plt
+    rows = history(4)
+    rows[2]["val_loss"], rows[3]["val_loss"] = 6e12, float("nan")
+    fig = training_curves_figure(rows)
+    try:
+        loss, top1, lr = fig.axes[:3]
+        assert loss.get_yscale() == "log" and top1.get_yscale() == "linear" and lr.get_yscale() == "log"
+        for ax in (loss, top1, lr):
+            assert all(float(t).is_integer() for t in ax.get_xticks())
+    finally:
+        plt.close(fig)
 
 
 def test_most_confident_errors_order():

@@ -116,3 +116,18 @@ def test_class_indices_formats(tmp_path):
     (tmp_path / "gap.json").write_text(json.dumps({"0": "cat", "2": "dog"}))
     with pytest.raises(ValueError, match="keys must be exactly 0..1"):
         read_class_indices(tmp_path / "gap.json")
+
+
+def test_predict_with_no_readable_image_is_an_error_and_keeps_the_previous_predictions(tiny_data, checkpoint,
+                                                                                       tmp_path, caplog):
+    run = checkpoint.parent.parent
+    main_result(["--predict", str(tiny_data["folder"] / "test" / "7"), "--resume", str(checkpoint), "-j", "0",
+                 "--no_progress"])
+    before = (run / "predict" / "predictions.csv").read_bytes()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.png").write_bytes(b"\x89PNG not really")
+    (broken / "b.jpg").write_bytes(b"")
+    assert run_main(["--predict", str(broken), "--resume", str(checkpoint), "-j", "0", "--no_progress"]) == 1
+    assert "none of the 2 images" in caplog.text and "is left as it was" in caplog.text
+    assert (run / "predict" / "predictions.csv").read_bytes() == before

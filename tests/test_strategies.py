@@ -1,13 +1,16 @@
 """Training strategies end to end: distillation, curriculum, LR range test, losses, augmentation, EMA."""
 from __future__ import annotations
 
+import logging
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import yaml
+from PIL import Image
 
 import config
 from applications.curriculum import curriculum_weights
@@ -98,13 +101,15 @@ def test_curriculum_end_to_end(data, tmp_path, caplog):
     assert read_json(run / "metrics.json")["history"][0]["train_loss"] >= 0
 
 
-def test_curriculum_zero_weight_gives_no_gradient(data, tmp_path):
+def test_curriculum_zero_weight_gives_no_gradient(data, tmp_path, caplog):
     ds = ClassificationDataset(data, "folder", "train", transform=create_transform(False, (16, 16)))
     keys = [ds.key(i) for i in range(len(ds))]
     weights = [0.0 if t == 0 else 1.0 for t in ds.targets]  # every image of class 0 weighs nothing
     (data / "curriculum.txt").write_text("".join(f"{k},{w}\n" for k, w in zip(keys, weights)))
     cfg = config.parse_config(tiny_train_args(data, tmp_path, "--curriculum_learning"))
-    hook = build_batch_hook(cfg, ds)
+    with caplog.at_level(logging.INFO):
+        hook = build_batch_hook(cfg, ds)
+    assert f"curriculum {data / 'curriculum.txt'}: loss weights 1 / 0 for 20 / 10 training images" in caplog.text
     criterion = build_criterion(cfg, [10, 10, 10])
     images = torch.stack([ds[i][0] for i in range(len(ds))])
     x = BatchPreprocessor([0.5] * 3, [0.25] * 3, torch.device("cpu"))(images)
@@ -145,6 +150,22 @@ def test_lr_finder(data, tmp_path):
     assert (tmp_path / "resnet18/default/lr_finder.png").stat().st_size > 1000
 
 
+def test_lr_finder_never_suggests_the_first_or_last_tenth_of_its_sweep():
+    """The issue's sweep: the second batch's lower loss made step 0 the steepest, so 1e-6 was suggested.
+    A curve that drops at once, stays flat, falls fastest around step 50 and diverges after 80."""
+    import numpy as np
+    from applications.lr_finder import smooth, suggest_lr
+    steps = 100
+    lrs = (1e-6 * (10 / 1e-6) ** (np.arange(steps) / (steps - 1))).tolist()
+    losses = [2.4, 1.4] + [1.4 - 0.001 * i for i in range(38)] \
+        + [1.36 - 0.05 * i for i in range(20)] + [0.36 + 0.002 * i for i in range(20)] + [0.4 * 1.2 ** i for i in range(20)]
+    suggestion = suggest_lr(lrs, smooth(losses), planned_steps=steps)
+    assert lrs[10] <= suggestion < lrs[90]
+    assert lrs[40] <= suggestion <= lrs[60]  # where the loss falls fastest
+    # a sweep that diverged early: still not from its first tenth, nor from the smoothing's warm-up
+    assert suggest_lr(lrs[:30], smooth(losses[:30]), planned_steps=steps) >= lrs[10]
+
+
 LOSS_OPTIONS = [
     ["--criterion", "bce"], ["--criterion", "bce", "--ghm_loss"], ["--ohm_loss"], ["--threshold_loss"],
     ["--focal_loss"], ["--weighted_loss"], ["--weighted_loss", "--class_weights", "1", "2", "0.5"],
@@ -176,8 +197,27 @@ def test_cost_matrix_from_yaml(tiny_data, tmp_path):
 ], ids=["randaugment", "autoaugment", "trivialaugment", "custom", "erasing_balanced", "mix_multiscale"])
 def test_augmentations_train_and_show_samples(tiny_data, tmp_path, flags):
     run = train(tiny_data["folder"], tmp_path, "aug", "--epochs", "1", *flags)
-    assert (run / "augmented_samples.png").stat().st_size > 500
+    sheet = np.asarray(Image.open(run / "augmented_samples.png"))
+    assert sheet.shape[1] > 800 and sheet.shape[0] > 300  # 96 px tiles with captions, not 16 px thumbnails
     assert read_json(run / "metrics.json")["history"][0]["train_loss"] > 0
+
+
+def test_augmented_samples_are_a_shuffled_batch_after_every_batch_strategy(tiny_data, tmp_path):
+    """The preview showed the first 32 images in dataset order (all one class on the digits), before
+    mixup, cutmix and multi-scale: it is now the first shuffled training batch after the batch hook."""
+    from dataloader.enhancement import first_training_batch, label_caption
+    cfg = config.parse_config(tiny_train_args(tiny_data["folder"], tmp_path, "--mixup", "1.0", "--multi_scale"))
+    ds = ClassificationDataset(tiny_data["folder"], "folder", "train", transform=create_transform(True, (16, 16)))
+    plain, labels = first_training_batch(ds, n=8, seed=0)
+    assert labels.ndim == 1 and len(set(labels.tolist())) > 1  # shuffled: more than one class
+    images, target = first_training_batch(ds, n=8, seed=0, batch_hook=build_batch_hook(cfg, ds))
+    assert target.shape == (8, 3) and (target.max(dim=1).values < 0.995).any()  # mixed: soft labels
+    expected, *_ = build_batch_hook(cfg, ds)(plain, labels, torch.tensor([0] * 8), 0, 0)  # the same draw
+    assert images.shape == expected.shape and images.shape[-1] % 8 == 0  # multi-scale's size
+    names = ["zero", "one", "seven"]
+    assert label_caption(torch.tensor(2), names) == "seven"
+    assert label_caption(torch.tensor([0.7, 0.0, 0.3]), names) == "zero:0.70 seven:0.30"
+    assert label_caption(torch.tensor([0.0, 1.0, 0.0]), names) == "one"
 
 
 def test_mixing_run_resumes_exactly(tiny_data, tmp_path):

@@ -218,3 +218,44 @@ def test_cli_exit_codes_and_messages(tiny_data, tmp_path):
     r = cli(*tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "cli", "--epochs", "1"))
     assert r.returncode == 0, r.stderr
     assert '"test_top1"' in r.stdout and "run directory" in r.stderr
+
+
+@pytest.mark.slow
+def test_log_lines_name_the_evaluated_checkpoint_and_no_fake_best(tiny_data, tmp_path, caplog):
+    """The done line names the checkpoint actually evaluated (not always best.pth), and a run resumed
+    inside its first epoch says no epoch was validated yet (it said 'best val top-1 so far -1.00')."""
+    import logging
+    from utils.checkpoint import save_checkpoint
+    args = tiny_train_args(tiny_data["folder"], tmp_path, "--arch", "simple_cnn", "--epochs", "1")
+    assert run_main(args) == 0
+    ckpts = tmp_path / "simple_cnn/default/checkpoints"
+    (ckpts / "best.pth").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert run_main(args) == 0  # nothing left to train: evaluates what is there
+    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("done:")][-1]
+    evaluated = read_json(tmp_path / "simple_cnn/default/eval_test/metrics.json")["checkpoint"]
+    assert done.endswith(f"({evaluated.rsplit('/', 1)[-1]})"), (done, evaluated)
+    # a checkpoint as a stop at epoch 1, batch 1 leaves it: no epoch validated, best -1
+    state = load_checkpoint(ckpts / "last.pth")
+    state.update(epoch=-1, best_top1=-1.0, history=[], resume_at={
+        "epoch": 0, "batch": 1, "partial": [{"loss": 8.8, "correct": 3, "seen": 8, "expected": 8}]})
+    save_checkpoint(state, tmp_path / "stopped.pth")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert run_main([*args, "--tag", "resumed", "--resume", str(tmp_path / "stopped.pth")]) == 0
+    resumed = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed from"))
+    assert "epoch 1, batch 2 (no epoch validated yet)" in resumed and "-1.00" not in caplog.text
+
+
+def test_a_diverging_validation_loss_is_warned_about(caplog):
+    import logging
+    from applications.train import warn_if_diverging
+    history = [{"val_loss": 2.0}, {"val_loss": 0.5}, {"val_loss": float("nan")}]
+    with caplog.at_level(logging.WARNING):
+        assert not warn_if_diverging(49.0, history, epoch=3)
+        assert warn_if_diverging(60.0, history, epoch=3)
+        assert not warn_if_diverging(float("nan"), history, epoch=3)  # nan: the non-finite guard's case
+        assert not warn_if_diverging(1e9, [], epoch=0)
+    assert caplog.text.count("diverging") == 1
+    assert "epoch 4: val loss 60 is over 100x its best (0.5)" in caplog.text and "--clip_grad" in caplog.text

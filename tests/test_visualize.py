@@ -42,8 +42,11 @@ def test_visual_data_writes_an_overlay_per_image_and_a_gallery(tiny_data, checkp
     assert overlay.shape[1] >= 128 and overlay.shape[0] > 128  # enlarged from 16 px, with a title bar
     gallery = np.asarray(Image.open(out / "gallery.png"))
     assert gallery.shape[0] > 3 * 96 and gallery.std() > 10
-    assert f"{method} on layer 'layer4'" in caplog.text
-    assert "1 x 1 maps at input size 16x16" in caplog.text  # resnet18 at 16 px: said, not hidden
+    if method == "cam":  # bound to the pooled map: 1 x 1 for resnet18 at 16 px, said, not hidden
+        assert f"{method} on layer 'layer4'" in caplog.text and "1 x 1 maps at input size 16x16" in caplog.text
+    else:  # the default is the last stage with at least 4 x 4 maps, and the log says why
+        assert f"{method} on layer 'layer1' of resnet18 (4x4 maps)" in caplog.text
+        assert "the family's last stage 'layer4' gives 1 x 1 maps" in caplog.text and "1 x 1 maps at" not in caplog.text
 
 
 def test_visual_class_limit_and_layer(tiny_data, checkpoint):
@@ -99,3 +102,14 @@ def test_cam_overlays_for_tensorboard(tiny_data, checkpoint, tmp_path):
     with SummaryWriter(str(tmp_path / "tb")) as writer:
         writer.add_images("val/cam", batch, 1)
     assert any((tmp_path / "tb").iterdir())
+
+
+def test_a_narrow_gallery_widens_for_its_whole_title():
+    """--visual_limit 1 leaves one tile per row: the title must not be cut at the sheet's edge."""
+    from utils.overlay import _font, contact_sheet
+    title = "grad-cam++ on features.denseblock4 (densenet121), test, explaining 7"
+    tile = np.full((96, 96, 3), 128, np.uint8)
+    sheet = contact_sheet([("7", [(tile, "7", True)])], title=title)
+    assert sheet.shape[1] >= _font(13).getlength(title) + 8
+    right = sheet[:20, -4:]  # the title bar's right edge stays white: the text ends inside the sheet
+    assert (right == 255).all()

@@ -373,11 +373,14 @@ class CamExplainer:
     """
 
     def __init__(self, model: nn.Module, method: str = "grad-cam", layer: str | None = None,
-                 arch: str | None = None):
+                 arch: str | None = None, input_size: Sequence[int] | None = None):
         self.model, self.method, self.spec = model, method, method_spec(method)
         if layer is not None:
             from models import resolve_target_layer
             resolve_target_layer(model, layer)  # an unknown name fails here, listing the valid ones
+        elif method != "cam" and input_size is not None:  # the last stage whose maps are at least 4 x 4
+            from models import spatial_target_layer
+            layer = spatial_target_layer(model, arch, input_size)
         elif method != "cam":
             from models import default_target_layer
             layer = default_target_layer(model, arch)

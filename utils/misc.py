@@ -71,3 +71,16 @@ def log_to_file(path: str | Path) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         handler.close()
+
+
+@contextmanager
+def main_process_log(is_main: bool, path: str | Path) -> Iterator[None]:
+    """Under DDP: the main process logs to the console and ``path`` (its folder created), as
+    :func:`log_to_file`; every other process logs only warnings and writes no file."""
+    if not is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with log_to_file(path):
+        yield

@@ -112,7 +112,9 @@ def contact_sheet(rows: Sequence[tuple[str, Sequence[tuple[np.ndarray, str, bool
     cap_h, pad = font_size + 6, 4
     cell_w, cell_h = tile + pad, tile + cap_h + pad
     top = (font_size + 12) if title else 0
-    canvas = Image.new("RGB", (label_w + columns * cell_w + pad, top + max(1, len(rows)) * cell_h + pad), WHITE)
+    title_w = 2 * pad + int(math.ceil(_font(font_size + 2).getlength(title))) if title else 0
+    width = max(label_w + columns * cell_w + pad, title_w)  # a narrow sheet (--visual_limit) widens for its title
+    canvas = Image.new("RGB", (width, top + max(1, len(rows)) * cell_h + pad), WHITE)
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((pad, 4), title, fill=BLACK, font=_font(font_size + 2))

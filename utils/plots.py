@@ -1,6 +1,7 @@
 """Plots written to files with matplotlib's Agg backend (no display needed)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -60,22 +61,26 @@ def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequ
     return path
 
 
-def plot_training_curves(history: Sequence[dict], path: str | Path) -> Path:
-    """Loss, top-1 and learning rate per epoch (train and val, EMA top-1 when present) from metrics.json's history."""
+def training_curves_figure(history: Sequence[dict]):
+    """The figure of :func:`plot_training_curves`: loss (log scale, so an exploding val loss does not flatten
+    the train curve), top-1 and learning rate (log scale) per epoch, on integer epoch ticks."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
     epochs = [row["epoch"] + 1 for row in history]
     marker = "o" if len(history) < 30 else None
-    panels = [("loss", [("train_loss", "train"), ("val_loss", "val"), ("val_ema_loss", "val EMA")], "linear"),
+    panels = [("loss", [("train_loss", "train"), ("val_loss", "val"), ("val_ema_loss", "val EMA")], "log"),
               ("top-1 (%)", [("train_top1", "train"), ("val_top1", "val"), ("val_ema_top1", "val EMA")], "linear"),
               ("learning rate", [("lr", "lr")], "log")]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, (ylabel, series, scale) in zip(axes, panels):
+        values = []
         for key, label in series:
-            points = [(e, row[key]) for e, row in zip(epochs, history) if row.get(key) is not None]
+            points = [(e, row[key]) for e, row in zip(epochs, history)
+                      if row.get(key) is not None and math.isfinite(row[key])]
             if points:
                 ax.plot(*zip(*points), marker=marker, markersize=3, label=label)
-        if scale == "log" and all(row.get("lr", 0) > 0 for row in history) and history:
+                values += [v for _, v in points]
+        if scale == "log" and values and min(values) > 0:
             ax.set_yscale("log")
         ax.set(xlabel="epoch", ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -85,9 +90,15 @@ def plot_training_curves(history: Sequence[dict], path: str | Path) -> Path:
     best = [row["val_top1"] for row in history if row.get("val_top1") is not None]
     fig.suptitle(f"{len(history)} epochs" + (f", best val top-1 {max(best):.2f}%" if best else ""))
     fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(history: Sequence[dict], path: str | Path) -> Path:
+    """Loss, top-1 and learning rate per epoch (train and val, EMA top-1 when present) from metrics.json's history."""
+    fig = training_curves_figure(history)
     path = Path(path)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
