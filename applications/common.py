@@ -46,6 +46,9 @@ def apply_weights_preprocessing(cfg: argparse.Namespace) -> Any:
             logger.info("%s = %s from %s", key, weights.preprocessing[key], weights.source)
         else:
             logger.info("%s = %s as set (the weights' own is %s)", key, getattr(cfg, key), weights.preprocessing[key])
+    if weights.preprocessing["interpolation"] != "bilinear":
+        logger.info("the weights were trained with %s resizing; this project resizes bilinear (antialiased) in "
+                    "training, evaluation, exports and the demo alike", weights.preprocessing["interpolation"])
     return weights
 
 
