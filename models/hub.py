@@ -26,12 +26,11 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from utils.weights_name import WEIGHTS_DEFAULT as DEFAULT_NAME, is_weights_name  # noqa: F401 (re-exported)
+
 from .registry import TIMM_PREFIX, model_family
 
 logger = logging.getLogger(__name__)
-
-from utils.weights_name import WEIGHTS_DEFAULT as DEFAULT_NAME, is_weights_name  # noqa: F401 (re-exported)
-
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PROBE_TIMEOUT_S = 5.0
 
