@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 import yaml
 
+from utils.weights_name import is_weights_name
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -57,13 +59,13 @@ _LR_FINDER_READS = frozenset({
     "custom_crop", "custom_blur", "custom_noise", "custom_jitter", "random_erasing", "mixup", "mixup_prob", "cutmix",
     "mix_switch_prob", "multi_scale", "class_balanced", "weighted_loss", "class_weights", "cost_matrix", "ghm_loss",
     "ghm_bins", "ghm_momentum", "ohm_loss", "ohm_ratio", "threshold_loss", "threshold_low", "threshold_high",
-    "focal_loss", "focal_gamma", "channels_last",
+    "focal_loss", "focal_gamma", "channels_last", "head_lr_mult", "layer_decay", "drop_rate", "drop_path_rate",
 })
 TRAINING_ONLY_FLAGS = _LR_FINDER_READS | frozenset({
     "epochs", "lr", "scheduler", "lr_steps", "lr_ratios", "poly_power", "onecycle_pct", "warmup", "ema", "ema_decay",
     "clip_grad", "distill", "distill_files", "distill_alpha", "distill_temperature", "distill_missing",
     "curriculum_learning", "curriculum_missing_weight", "sync_bn", "lr_scale", "lr_base_batch", "use_checkpoint",
-    "compile",
+    "compile", "freeze_backbone", "unfreeze_epoch", "precise_bn",
 })
 # The training-only flags that another mode reads as well.
 TRAINING_FLAGS_ALSO_READ_BY = {"lr_finder": _LR_FINDER_READS, "throughput": frozenset({"channels_last", "compile"})}
@@ -85,6 +87,13 @@ RESUME_SAFE_KEYS = frozenset({
     "save_log", "visual_method", "visual_class", "visual_limit", "target_layer", "opset", "skip_bad_images",
     "local_rank", "use_checkpoint", "cache_dataset", "cache_max_gb", "gpu_decode", "max_image_pixels",
 })
+# Not resume-safe on purpose: pretrained, freeze_backbone, unfreeze_epoch, head_lr_mult, layer_decay, drop_rate,
+# drop_path_rate and precise_bn change what is trained (the frozen/unfrozen state follows from the epoch).
+
+# Preprocessing keys that named --pretrained weights supply unless set (see defer_preprocessing).
+PREPROCESSING_KEYS = ("mean", "std", "eval_resize", "crop_pct")
+# Modes that build a model from --pretrained (and so may take named weights and their preprocessing).
+PRETRAINED_MODES = ("train", "lr_finder")
 
 
 class ConfigError(ValueError):
@@ -183,10 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="area range of RandomResizedCrop (with --train_resize rrc)")
     g.add_argument("--hflip", type=float, default=0.0, help="horizontal flip probability for training images")
     g.add_argument("--eval_resize", choices=["letterbox", "center_crop"], default="letterbox",
-                   help="evaluation geometry: letterbox, or resize the short side to size/crop_pct and centre-crop")
-    g.add_argument("--crop_pct", type=float, default=0.875, help="centre-crop fraction for --eval_resize center_crop")
-    g.add_argument("--mean", type=float, nargs=3, default=[0.485, 0.456, 0.406], help="normalisation mean (RGB)")
-    g.add_argument("--std", type=float, nargs=3, default=[0.229, 0.224, 0.225], help="normalisation std (RGB)")
+                   help="evaluation geometry: letterbox, or resize the short side to size/crop_pct and centre-crop "
+                        "(unless set: named --pretrained weights' own)")
+    g.add_argument("--crop_pct", type=float, default=0.875,
+                   help="centre-crop fraction for --eval_resize center_crop (unless set: named --pretrained "
+                        "weights' own)")
+    g.add_argument("--mean", type=float, nargs=3, default=[0.485, 0.456, 0.406],
+                   help="normalisation mean (RGB) (unless set: named --pretrained weights' own)")
+    g.add_argument("--std", type=float, nargs=3, default=[0.229, 0.224, 0.225],
+                   help="normalisation std (RGB) (unless set: named --pretrained weights' own)")
     g.add_argument("-b", "--batch_size", type=int, default=64, help="batch size per device")
     g.add_argument("-j", "--workers", type=_workers, default=2, help="data-loading worker processes, or auto (the available cores)")
     g.add_argument("--cache_dataset", choices=["none", "memory"], default="none",
@@ -206,7 +220,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--arch", type=str, default="resnet18",
                    help="model name: a torchvision name, efficientnet-b0..b7, resnest50..269, or timm/<name>")
     g.add_argument("--pretrained", type=str, default=None,
-                   help="local weights file (torchvision, timm or our checkpoint); a head of another size is skipped")
+                   help="a local weights file (torchvision, timm or our checkpoint; a head of another size is "
+                        "skipped), or weights by name with a new head: imagenet (the family's default ImageNet "
+                        "weights), a torchvision weights name (IMAGENET1K_V2) or a timm tag (a1_in1k), fetched by "
+                        "the library into its cache (TORCH_HOME, the Hugging Face cache for timm); their "
+                        "preprocessing becomes the default")
+    g.add_argument("--drop_rate", type=float, default=None,
+                   help="dropout before the classifier (timm drop_rate, torchvision dropout, efficientnet-pytorch "
+                        "dropout_rate, resnest final_drop); default: the model's own")
+    g.add_argument("--drop_path_rate", type=float, default=None,
+                   help="stochastic depth (timm drop_path_rate, torchvision stochastic_depth_prob, "
+                        "efficientnet-pytorch drop_connect_rate); default: the model's own")
+
+    g = p.add_argument_group("fine-tuning")
+    g.add_argument("--freeze_backbone", action="store_true",
+                   help="train only the classifier head; the backbone's weights and batch-norm statistics stay "
+                        "fixed (its batch norms in eval mode) until --unfreeze_epoch")
+    g.add_argument("--unfreeze_epoch", type=int, default=None, metavar="N",
+                   help="with --freeze_backbone: train every layer from epoch N on (0-based: 1 = after one "
+                        "frozen epoch); default: frozen for the whole run")
+    g.add_argument("--head_lr_mult", type=float, default=1.0, metavar="M",
+                   help="the classifier head's LR is M x the LR (e.g. 10 with pretrained weights)")
+    g.add_argument("--layer_decay", type=float, default=None, metavar="D",
+                   help="layer-wise LR decay as timm's: a layer k below the head trains at D**k x the LR")
+    g.add_argument("--precise_bn", type=int, default=0, metavar="N",
+                   help="recompute batch-norm running statistics over N training batches before each "
+                        "evaluation and the checkpoint save (0 = off)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=30, help="number of training epochs")
@@ -466,6 +505,17 @@ def validate(cfg: argparse.Namespace) -> None:
     need(bool(re.fullmatch(r"[A-Za-z0-9_.\-]+", cfg.tag)) and cfg.tag.strip(".") != "",
          f"--tag may hold letters, digits, '_', '.' and '-' only, and not be '.' or '..' (it names the run "
          f"folder <output>/<arch>/<tag>), got {cfg.tag!r}")
+    for flag in ("drop_rate", "drop_path_rate"):
+        value = getattr(cfg, flag)
+        need(value is None or 0 <= value < 1, f"--{flag} must be in [0, 1), got {value}")
+    need(cfg.head_lr_mult > 0, f"--head_lr_mult must be > 0, got {cfg.head_lr_mult}")
+    need(cfg.layer_decay is None or 0 < cfg.layer_decay <= 1, f"--layer_decay must be in (0, 1], got {cfg.layer_decay}")
+    need(cfg.precise_bn >= 0, f"--precise_bn must be >= 0 batches, got {cfg.precise_bn}")
+    if cfg.unfreeze_epoch is not None:
+        need(cfg.freeze_backbone, "--unfreeze_epoch needs --freeze_backbone (it says when the frozen backbone "
+                                  "starts training)")
+        need(cfg.unfreeze_epoch >= 1, f"--unfreeze_epoch must be >= 1 (epochs are counted from 0), "
+                                      f"got {cfg.unfreeze_epoch}")
     if cfg.device is not None:
         need(bool(re.fullmatch(r"cpu|cuda(:\d+)?", cfg.device)),
              f"--device must be cpu, cuda or cuda:N, got {cfg.device!r}")
@@ -541,9 +591,14 @@ def validate(cfg: argparse.Namespace) -> None:
                           f"{cfg.data}; run --knowledge train --resume TEACHER.pth first")
         for f in files:
             need(Path(f).is_file(), f"--distill_files: file {f!r} does not exist")
-    for flag in ("resume", "pretrained"):
-        path = getattr(cfg, flag)
-        need(path is None or Path(path).is_file(), f"--{flag}: file {path!r} does not exist")
+    need(cfg.resume is None or Path(cfg.resume).is_file(), f"--resume: file {cfg.resume!r} does not exist")
+    if cfg.pretrained is not None and not is_weights_name(cfg.pretrained):
+        need(Path(cfg.pretrained).is_file(), f"--pretrained: file {cfg.pretrained!r} does not exist (or give a "
+                                             f"weights name such as imagenet)")
+    if is_weights_name(cfg.pretrained):
+        need(selected_mode(cfg) in PRETRAINED_MODES,
+             f"--pretrained {cfg.pretrained}: weights by name are for --train and --lr_finder; other modes "
+             f"read --resume or a local file")
     need(not (cfg.resume and cfg.pretrained and cfg.train),
          "--resume and --pretrained together: --resume continues a run (weights, optimizer, epoch), "
          "--pretrained starts a new one from weights only; pick one")
@@ -568,6 +623,7 @@ def parse_config(argv: Sequence[str] | None = None) -> argparse.Namespace:
         check_mode_flags(cfg, on_command_line)
     except ConfigError as e:
         parser.error(str(e))
+    defer_preprocessing(cfg, on_command_line | set(yaml_defaults))
     return cfg
 
 
@@ -582,6 +638,15 @@ def check_mode_flags(cfg: argparse.Namespace, on_command_line: set[str]) -> None
     if flags:
         raise ConfigError(f"--{mode} ignores training options, but the command line gives {', '.join(flags)}: "
                           f"drop {'it' if len(flags) == 1 else 'them'}, or train with --train")
+
+
+def defer_preprocessing(cfg: argparse.Namespace, given: set[str]) -> None:
+    """With named ``--pretrained`` weights, the preprocessing keys not set (flag or YAML) become None: the
+    weights' own values fill them (``applications.common.apply_weights_preprocessing``), not the defaults."""
+    if is_weights_name(cfg.pretrained) and selected_mode(cfg) in PRETRAINED_MODES:
+        for key in PREPROCESSING_KEYS:
+            if key not in given:
+                setattr(cfg, key, None)
 
 
 def given_on_command_line(argv: Sequence[str] | None) -> set[str]:

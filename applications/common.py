@@ -42,6 +42,28 @@ def run_dir_for(output: str, arch: str, tag: str) -> Path:
     return Path(output) / arch.replace("/", "-") / tag
 
 
+def apply_weights_preprocessing(cfg: argparse.Namespace) -> Any:
+    """With named ``--pretrained`` weights: resolve them, make sure they are in the library's cache (else
+    ``WeightsUnavailable`` before any work starts), and fill the preprocessing keys the user left unset
+    with the weights' own. Returns the ``NamedWeights``, or None for no or local weights."""
+    from config import PREPROCESSING_KEYS
+    from models.hub import fetch_weights, is_weights_name, resolve_weights
+    if not is_weights_name(cfg.pretrained):
+        return None
+    weights = resolve_weights(cfg.arch, cfg.pretrained)
+    fetch_weights(weights)
+    for key in PREPROCESSING_KEYS:
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, weights.preprocessing[key])
+            logger.info("%s = %s from %s", key, weights.preprocessing[key], weights.source)
+        else:
+            logger.info("%s = %s as set (the weights' own is %s)", key, getattr(cfg, key), weights.preprocessing[key])
+    if weights.preprocessing["interpolation"] != "bilinear":
+        logger.info("the weights were trained with %s resizing; this project resizes bilinear (antialiased) in "
+                    "training, evaluation, exports and the demo alike", weights.preprocessing["interpolation"])
+    return weights
+
+
 def checkpoint_run_dir(path: str | Path) -> Path:
     """The run directory a checkpoint belongs to (``<run>/checkpoints/x.pth`` -> ``<run>``)."""
     path = Path(path).resolve()

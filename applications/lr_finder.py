@@ -24,8 +24,8 @@ from models import create_model
 from utils.misc import log_to_file, resolve_device, seed_everything
 from utils.plots import plot_lr_finder
 
-from .common import (amp_dtype, build_dataset, build_loader, check_num_classes, data_class_names, preprocessor,
-                     run_dir_for)
+from .common import (amp_dtype, apply_weights_preprocessing, build_dataset, build_loader, check_num_classes,
+                     data_class_names, preprocessor, run_dir_for)
 from .strategies import build_batch_hook, build_criterion, build_optimizer, build_policy
 from .train import train_one_epoch
 
@@ -64,6 +64,7 @@ def suggest_lr(lrs: list[float], smoothed: list[float], planned_steps: int | Non
 
 
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
+    apply_weights_preprocessing(cfg)  # named --pretrained: in the cache (or an error) before anything starts
     run_dir = run_dir_for(cfg.output, cfg.arch, cfg.tag)
     run_dir.mkdir(parents=True, exist_ok=True)
     with log_to_file(run_dir / "log.txt"):
@@ -71,11 +72,12 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         class_names = data_class_names(cfg)
         num_classes = check_num_classes(cfg.num_classes, class_names, cfg.data)
         seed_everything(cfg.seed)
-        model = create_model(cfg.arch, num_classes, pretrained=cfg.pretrained).to(device)
+        model = create_model(cfg.arch, num_classes, pretrained=cfg.pretrained, drop_rate=cfg.drop_rate,
+                             drop_path_rate=cfg.drop_path_rate).to(device)
         train_set = build_dataset(cfg, "train", class_names, train=True, policy=build_policy(cfg))
         loader = build_loader(cfg, train_set, train=True, device=device)
         criterion = build_criterion(cfg, [train_set.targets.count(c) for c in range(num_classes)]).to(device)
-        optimizer = build_optimizer(cfg, model, cfg.lr_finder_min)
+        optimizer = build_optimizer(cfg, model, cfg.lr_finder_min, num_classes)
         steps = cfg.lr_finder_steps
         ratio = cfg.lr_finder_max / cfg.lr_finder_min
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: ratio ** (min(s, steps - 1) / (steps - 1)))

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from criterions import create_criterion
 from utils.loss_weights import load_class_weights, load_cost_matrix
 from dataloader import ClassificationDataset
+from models.finetune import head_parameter_names, lr_scales
 from optim import create_optimizer
 from dataloader.enhancement import CustomPolicyConfig, MixupCutmix, MultiScale, create_policy
 from utils.sidefiles import read_rows
@@ -47,11 +48,19 @@ def build_criterion(cfg: argparse.Namespace, class_counts: Sequence[int]) -> nn.
                             threshold_high=cfg.threshold_high, focal=cfg.focal_loss, focal_gamma=cfg.focal_gamma)
 
 
-def build_optimizer(cfg: argparse.Namespace, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """``--optimizer`` over ``model`` at ``lr`` with the config's decay, momentum and Lookahead settings."""
+def build_optimizer(cfg: argparse.Namespace, model: nn.Module, lr: float,
+                    num_classes: int | None = None) -> torch.optim.Optimizer:
+    """``--optimizer`` over ``model`` at ``lr`` with the config's decay, momentum and Lookahead settings;
+    ``--head_lr_mult`` and ``--layer_decay`` give the head (``num_classes`` outputs) and each layer its LR."""
+    scales = None
+    if cfg.head_lr_mult != 1.0 or cfg.layer_decay is not None:
+        head = head_parameter_names(model, num_classes if num_classes is not None else cfg.num_classes)
+        scales = lr_scales(model, head, head_lr_mult=cfg.head_lr_mult, layer_decay=cfg.layer_decay)
+        logger.info("per-layer LR factors: head %g, backbone %s", cfg.head_lr_mult,
+                    ", ".join(f"{s:.3g}" for s in sorted({v for k, v in scales.items() if k not in head})))
     return create_optimizer(model, cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                             nesterov=cfg.nesterov, lookahead=cfg.lookahead, lookahead_alpha=cfg.lookahead_alpha,
-                            lookahead_k=cfg.lookahead_k)
+                            lookahead_k=cfg.lookahead_k, lr_scales=scales)
 
 
 def build_policy(cfg: argparse.Namespace) -> nn.Module | None:

@@ -28,8 +28,9 @@ from criterions import create_criterion
 from dataloader.enhancement import augmented_batch_sheet
 from dataloader.loader import start_workers
 from models import create_model, extract_state_dict, load_state_dict_checked
+from models.finetune import freeze_backbone, head_parameter_names, unfreeze, update_bn_stats
 from models.memory import enable_gradient_checkpointing
-from optim import ModelEma, create_scheduler
+from optim import ModelEma, base_lr, create_scheduler
 from utils.checkpoint import (CheckpointError, capture_rng_state, kill_point, link_checkpoint, load_checkpoint,
                               previous_path, remove_stale_temporaries, restore_rng_state, save_checkpoint)
 from utils.metrics import hard_labels, topk_correct
@@ -38,8 +39,8 @@ from utils.distributed import (DistInfo, all_reduce_sum, any_rank, barrier, clea
 from utils.misc import log_to_file, seed_everything
 from utils.runlock import LOCK_NAME, RunLock
 
-from .common import (amp_dtype, autocast, build_dataset, build_loader, check_num_classes, data_class_names,
-                     preprocessor, run_dir_for)
+from .common import (amp_dtype, apply_weights_preprocessing, autocast, build_dataset, build_loader,
+                     check_num_classes, data_class_names, preprocessor, run_dir_for)
 from .strategies import build_batch_hook, build_criterion, build_optimizer, build_policy
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
     n_batches = len(sizes)
     sums = dict(partial or {"loss": 0.0, "correct": 0, "seen": 0, "expected": 0})
     steps, seen_now, interrupted, batch = 0, 0, False, start_batch
-    lr = optimizer.param_groups[0]["lr"]
+    lr = base_lr(optimizer)
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"train {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
     optimizer.zero_grad(set_to_none=True)
@@ -102,7 +103,7 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
             sums["seen"] += n
             seen_now += n
         if i + 1 == group_end:
-            lr = optimizer.param_groups[0]["lr"]  # the LR this step used (reported per epoch)
+            lr = base_lr(optimizer)  # the LR this step used (reported per epoch; per-group factors aside)
             if clip_grad is not None:
                 if scaler is not None:
                     scaler.unscale_(optimizer)
@@ -123,7 +124,7 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
                 interrupted = i + 1 < n_batches
                 break
         if progress and sums["seen"] and (i % 10 == 0 or i == n_batches - 1):
-            bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+            bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}", lr=f"{base_lr(optimizer):.2e}",
                             img_s=f"{seen_now / (time.perf_counter() - start):.0f}")
     elapsed = time.perf_counter() - start
     # every rank's sums (identity in a single process); ``partial`` stays this rank's own, for resuming
@@ -426,6 +427,18 @@ def _stop_check(stop: StopRequest, device: torch.device, every: int) -> Callable
     return lambda: next(count) % every == 0 and any_rank(stop.requested, device)
 
 
+def precise_bn(model: nn.Module, loader: torch.utils.data.DataLoader, epoch: int, num_batches: int, *,
+               preprocess: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype | None) -> None:
+    """``--precise_bn``: batch-norm statistics recomputed over the first ``num_batches`` batches of this
+    epoch's training order (the same batches on a resumed run)."""
+    loader.sampler.set_epoch(epoch)
+    device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
+    batches = (preprocess(images) for images, _, _ in loader if images.numel())
+    with autocast(device, dtype):
+        used = update_bn_stats(model, batches, num_batches)
+    logger.info("--precise_bn: batch-norm statistics recomputed over %d training batches", used)
+
+
 def _tensorboard(run_dir: Path, start_epoch: int):
     from torch.utils.tensorboard import SummaryWriter
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start_epoch + 1)
@@ -443,6 +456,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
     Under ``torchrun`` every process trains its shard with DistributedDataParallel; rank 0 alone
     writes files (its log file included) and holds the run directory's lock.
     """
+    apply_weights_preprocessing(cfg)  # named --pretrained: in the cache (or an error) before anything starts
     info = init_distributed(cfg.device)
     try:
         run_dir = run_dir_for(cfg.output, cfg.arch, cfg.tag)  # checks --arch and --tag before any disk access
@@ -475,7 +489,8 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
                 f" ({info.world_size} processes)" if info.distributed else "", num_classes, global_batch, lr)
 
     seed_everything(cfg.seed)
-    model = create_model(cfg.arch, num_classes, pretrained=cfg.pretrained)
+    model = create_model(cfg.arch, num_classes, pretrained=cfg.pretrained, drop_rate=cfg.drop_rate,
+                         drop_path_rate=cfg.drop_path_rate)
     if cfg.use_checkpoint:
         enable_gradient_checkpointing(model, cfg.arch)
     if cfg.sync_bn and info.distributed:
@@ -494,7 +509,10 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     criterion = build_criterion(cfg, class_counts).to(device)
     val_criterion = create_criterion(cfg.criterion)  # the plain head: comparable, and stateless
     batch_hook = build_batch_hook(cfg, train_set)
-    optimizer = build_optimizer(cfg, model, lr)
+    optimizer = build_optimizer(cfg, model, lr, num_classes)  # every parameter, frozen ones too
+    # --freeze_backbone: frozen from the start; the epoch loop unfreezes at --unfreeze_epoch (a resumed
+    # run past it unfreezes before its first epoch), so the state always follows from the epoch.
+    frozen = freeze_backbone(model, head_parameter_names(model, num_classes)) if cfg.freeze_backbone else None
     steps_per_epoch = math.ceil(len(train_loader) / cfg.accumulation_steps)
     scheduler = create_scheduler(
         optimizer, schedule=cfg.scheduler, total_steps=cfg.epochs * steps_per_epoch,
@@ -505,11 +523,15 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     dtype = amp_dtype(cfg.amp, cfg.amp_dtype, device)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     preprocess = preprocessor(cfg, device)
-    net = model  # what runs the batches: DDP and/or compiled around ``model``, whose weights are saved
-    if info.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
+    def wrap() -> nn.Module:
+        """What runs the batches: DDP and/or compiled around ``model``, whose weights are saved (built again
+        when the backbone unfreezes: DDP registers the parameters that train when it is made)."""
+        out = model
+        if info.distributed:
+            out = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                            else None)
+        return torch.compile(out) if cfg.compile else out
+    net = wrap()
 
     start_epoch, start_batch, partial, best_top1, best_epoch, history = 0, 0, None, -1.0, None, []
     if resume_from is not None:
@@ -561,6 +583,11 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     diverging = False
     try:
         for epoch in range(start_epoch, cfg.epochs):
+            if frozen is not None and cfg.unfreeze_epoch is not None and epoch >= cfg.unfreeze_epoch:
+                unfreeze(model, frozen)
+                frozen, net = None, wrap()
+                logger.info("epoch %d: the backbone trains from now on (--unfreeze_epoch %d)", epoch + 1,
+                            cfg.unfreeze_epoch)
             train_loader.sampler.set_epoch(epoch, start=start_batch * cfg.batch_size)
             with stop:
                 tr = train_one_epoch(net, train_loader, criterion, optimizer, preprocess=preprocess,
@@ -581,6 +608,8 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
                 logger.warning("stopped at epoch %d, batch %d; saved %s. Rerun the same command to resume there.",
                                epoch + 1, tr["batches_done"], ckpt_dir / "last.pth")
                 return {"run_dir": str(run_dir), "interrupted": True, "epoch": epoch, "batch": tr["batches_done"]}
+            if cfg.precise_bn:
+                precise_bn(model, train_loader, epoch, cfg.precise_bn, preprocess=preprocess, dtype=dtype)
             va = evaluate(net, val_loader, val_criterion, preprocess=preprocess, dtype=dtype, progress=progress,
                           desc=f"val {epoch}")
             # Weights whose validation loss is inf/nan (BN statistics blown up by a huge LR, while the

@@ -58,8 +58,9 @@ def classifier_keys(model: nn.Module, num_classes: int) -> set[str]:
 
 
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path,
-                            skippable: set[str] = frozenset()) -> list[str]:
-    """Load ``state`` into ``model``; keys in ``skippable`` whose shape differs are skipped and returned.
+                            skippable: set[str] = frozenset(), replace: set[str] = frozenset()) -> list[str]:
+    """Load ``state`` into ``model``; keys in ``skippable`` whose shape differs are skipped and returned,
+    keys in ``replace`` (a new head) are never loaded and keep the model's own initial values.
 
     Any other missing, unexpected or mis-shaped key is an error that lists the keys: the weights belong
     to another architecture or class count. ``state._metadata`` (module format versions) is passed on;
@@ -68,7 +69,7 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
     """
     own = model.state_dict()
     metadata = getattr(state, "_metadata", None)
-    state = OrderedDict(state)
+    state = OrderedDict((k, v) for k, v in state.items() if k not in replace)
     state._metadata = metadata if metadata is not None else own._metadata  # type: ignore[attr-defined]
     skipped, mismatched = [], []
     for k, v in list(state.items()):
@@ -78,7 +79,7 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
                 del state[k]
             else:
                 mismatched.append(f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}")
-    missing = sorted(set(own) - set(state) - set(skipped))
+    missing = sorted(set(own) - set(state) - set(skipped) - set(replace))
     unexpected = sorted(set(state) - set(own))
     if mismatched or missing or unexpected:
         def show(keys: list[str]) -> str:

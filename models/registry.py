@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-Builder = Callable[[int], nn.Module]
+Builder = Callable[..., nn.Module]  # builder(num_classes, **regularisation kwargs of its family)
 _REGISTRY: dict[str, Builder] = {}
 _FAMILY: dict[str, str] = {}
 TIMM_PREFIX = "timm/"
@@ -64,10 +64,40 @@ def check_model_name(name: str) -> None:
         f"efficientnet-b0..b7, resnest50/101/200/269, or timm/<name>; see models.list_models().")
 
 
-def build_model(name: str, num_classes: int) -> nn.Module:
-    """Instantiate ``name`` with a fresh head of ``num_classes`` outputs and random weights."""
+# ``drop_rate`` (dropout before the classifier) and ``drop_path_rate`` (stochastic depth) under each
+# family's own keyword; a family missing one does not support it.
+DROP_KWARGS: dict[str, dict[str, str]] = {
+    "timm": {"drop_rate": "drop_rate", "drop_path_rate": "drop_path_rate"},
+    "torchvision": {"drop_rate": "dropout", "drop_path_rate": "stochastic_depth_prob"},
+    "efficientnet-pytorch": {"drop_rate": "dropout_rate", "drop_path_rate": "drop_connect_rate"},
+    "resnest": {"drop_rate": "final_drop"},
+}
+
+
+def build_model(name: str, num_classes: int, drop_rate: float | None = None,
+                drop_path_rate: float | None = None) -> nn.Module:
+    """Instantiate ``name`` with a fresh head of ``num_classes`` outputs and random weights.
+
+    ``drop_rate`` / ``drop_path_rate`` (None: the model's own) go to the family's keyword for them; a model
+    without one is a ValueError naming the flag.
+    """
     check_model_name(name)
-    if name.startswith(TIMM_PREFIX):
-        import timm
-        return timm.create_model(name[len(TIMM_PREFIX):], pretrained=False, num_classes=num_classes)
-    return _REGISTRY[name](num_classes)
+    family = model_family(name)
+    kwargs = {}
+    for flag, value in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
+        if value is None:
+            continue
+        key = DROP_KWARGS.get(family, {}).get(flag)
+        if key is None:
+            raise ValueError(f"--{flag}: {name} ({family}) has no such setting; drop the flag")
+        kwargs[key] = value
+    try:
+        if name.startswith(TIMM_PREFIX):
+            import timm
+            return timm.create_model(name[len(TIMM_PREFIX):], pretrained=False, num_classes=num_classes, **kwargs)
+        return _REGISTRY[name](num_classes, **kwargs)
+    except TypeError as e:
+        if not kwargs:
+            raise
+        flags = ", ".join(f"--{f}" for f in ("drop_rate", "drop_path_rate") if DROP_KWARGS[family].get(f) in kwargs)
+        raise ValueError(f"{flags}: {name} does not take them ({e}); drop the flag") from None

@@ -13,15 +13,31 @@ import torch
 import torch.nn as nn
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two groups: weights with decay, and biases and normalisation weights (every 1-D tensor) without."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                 lr_scales: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Weights with decay, and biases and normalisation weights (every 1-D tensor) without.
+
+    With ``lr_scales`` (parameter name -> LR factor: a higher LR for a new head, layer-wise decay) there is
+    one such pair per factor, each with ``lr = lr * factor`` and its ``lr_scale``; the schedule then scales
+    every group's own LR. Without, two groups at the optimizer's LR.
+    """
+    groups: dict[tuple[float, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+        scale = lr_scales[name] if lr_scales is not None else 1.0
+        decay = p.ndim > 1
+        group = groups.setdefault((scale, decay), {"params": [], "weight_decay": weight_decay if decay else 0.0})
+        if lr_scales is not None:
+            group.update(lr=lr * scale, lr_scale=scale)
+        group["params"].append(p)
+    return [groups[k] for k in sorted(groups, key=lambda k: (-k[0], not k[1]))]
+
+
+def base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The schedule's current LR without per-group factors (the LR of a group at factor 1)."""
+    group = optimizer.param_groups[0]
+    return group["lr"] / group.get("lr_scale", 1.0)
 
 
 def _lamb(params: list[dict[str, Any]], lr: float, **_: Any) -> torch.optim.Optimizer:
@@ -44,15 +60,18 @@ ALWAYS_LOOKAHEAD = {"ranger"}
 
 def create_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.1, weight_decay: float = 0.0,
                      momentum: float = 0.9, nesterov: bool = False, lookahead: bool = False,
-                     lookahead_alpha: float = 0.5, lookahead_k: int = 6) -> torch.optim.Optimizer:
-    """Build optimizer ``name`` over ``model``'s parameters (decay only on weights of rank >= 2).
+                     lookahead_alpha: float = 0.5, lookahead_k: int = 6,
+                     lr_scales: dict[str, float] | None = None) -> torch.optim.Optimizer:
+    """Build optimizer ``name`` over ``model``'s parameters (decay only on weights of rank >= 2);
+    ``lr_scales`` gives parameters their own LR factor (see ``param_groups``).
 
     ``lookahead`` wraps it in Lookahead (Zhang et al., 2019): every ``lookahead_k`` steps the slow
     weights move ``lookahead_alpha`` of the way to the fast ones.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
-    optimizer = OPTIMIZERS[name](param_groups(model, weight_decay), lr=lr, momentum=momentum, nesterov=nesterov)
+    optimizer = OPTIMIZERS[name](param_groups(model, weight_decay, lr, lr_scales), lr=lr, momentum=momentum,
+                                 nesterov=nesterov)
     if lookahead or name in ALWAYS_LOOKAHEAD:
         optimizer = wrap_lookahead(optimizer, alpha=lookahead_alpha, k=lookahead_k)
     return optimizer

@@ -297,6 +297,30 @@ CASES += [
          check=lambda tmp: None if not (tmp / "out").exists() else pytest.fail("a run directory was created")),
 ]
 
+# ==== pretrained weights and fine-tuning ====
+
+def _nothing_started(tmp: Path) -> None:
+    assert not (tmp / "out").exists(), "a run directory was made before the weights were resolved"
+
+
+CASES += [
+    Case("pretrained-unknown-weights-name", lambda tmp, data: tiny_train(data, tmp / "out", "--pretrained",
+                                                                          "IMAGENET1K_V9"), 1,
+         r"--pretrained: resnet18 has no weights 'IMAGENET1K_V9'; choose imagenet .*IMAGENET1K_V1",
+         check=_nothing_started),
+    Case("pretrained-name-for-a-model-without-weights",
+         lambda tmp, data: tiny_train(data, tmp / "out", "--arch", "simple_cnn", "--pretrained", "imagenet"), 1,
+         r"--pretrained: simple_cnn \(playground\) has no named weights; give a local file", check=_nothing_started),
+    Case("pretrained-missing-file", lambda tmp, data: tiny_train(data, tmp / "out", "--pretrained", "w/missing.pth"), 2,
+         r"--pretrained: file 'w/missing.pth' does not exist"),
+    Case("unfreeze-epoch-without-freeze-backbone",
+         lambda tmp, data: tiny_train(data, tmp / "out", "--unfreeze_epoch", "1"), 2,
+         r"--unfreeze_epoch needs --freeze_backbone"),
+    Case("drop-path-rate-unsupported",
+         lambda tmp, data: tiny_train(data, tmp / "out", "--arch", "resnest50", "--drop_path_rate", "0.1"), 1,
+         r"--drop_path_rate: resnest50 \(resnest\) has no such setting"),
+]
+
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, tiny_data, tmp_path):

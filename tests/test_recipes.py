@@ -42,6 +42,7 @@ def test_every_script_is_covered():
                "4_distill.sh", "5_curriculum.sh", "6_visualize.sh", "7_export_and_demo.sh", "8_predict_folder.sh",
                "quickstart_digits.sh", "resnext50_32x4d_imagenet.sh", "resnext101_64x4d_imagenet.sh",
                "resnest50_imagenet.sh", "resnet50_b256_imagenet.sh", "efficientnet_b0_finetune.sh",
+               "finetune_pretrained.sh",
                "slurm_train.sh", "torchrun_multinode.sh"}
     assert scripts == covered
     for p in SHELL.glob("*.sh"):  # each starts with a header comment saying what it does
@@ -120,14 +121,25 @@ def test_predict_folder_recipe(smoke_output):
     ("resnext101_64x4d_imagenet.sh", "resnext101_64x4d/imagenet", ["lr_base_batch: 64", "scheduler: cosine", "rrc_scale:\n- 0.08"]),
     ("resnest50_imagenet.sh", "resnest50/imagenet_8dev", ["mixup: 0.2", "amp: true"]),
     ("resnet50_b256_imagenet.sh", "resnet50/b256", ["scheduler: multistep", "- 30"]),
-    ("efficientnet_b0_finetune.sh", "efficientnet-b0/finetune", ["pretrained: ", "eval_resize: center_crop"]),
+    ("efficientnet_b0_finetune.sh", "efficientnet-b0/finetune", ["pretrained: imagenet", "eval_resize: center_crop",
+                                                                 "crop_pct: 0.875"]),
+    ("finetune_pretrained.sh", "resnet18/finetune_pretrained", ["pretrained: imagenet", "freeze_backbone: true",
+                                                                "unfreeze_epoch: 1", "head_lr_mult: 10.0",
+                                                                "eval_resize: center_crop"]),
     ("quickstart_digits.sh", "resnet18/digits_baseline", ["cache_dataset: memory", "channels_last: true"]),
 ])
-def test_training_recipes(smoke_output, script, run, expect):
-    """The ImageNet recipes (one process under SMOKE=1), the fine-tune and the quickstart: their flags are
+def test_training_recipes(smoke_output, script, run, expect, tmp_path, monkeypatch):
+    """The ImageNet recipes (one process under SMOKE=1), the fine-tunes and the quickstart: their flags are
     accepted and land in the run's resolved config (the smoke overrides on top). The ResNeXt-50 recipe
-    runs its ZIP=1 variant (the same flags, read from zip archives)."""
-    run_recipe(script, smoke_output, **({"ZIP": "1"} if "_zip" in run else {}))
+    runs its ZIP=1 variant (the same flags, read from zip archives); the fine-tunes take --pretrained
+    imagenet from a temporary TORCH_HOME holding the file torchvision / efficientnet-pytorch read, offline."""
+    env = {"ZIP": "1"} if "_zip" in run else {}
+    if "finetune" in run:
+        from test_finetune import put_in_cache
+        env.update(TORCH_HOME=str(tmp_path / "torch"), HF_HUB_OFFLINE="1")
+        monkeypatch.setenv("TORCH_HOME", env["TORCH_HOME"])
+        put_in_cache(run.split("/")[0], tmp_path)
+    run_recipe(script, smoke_output, **env)
     config = (smoke_output / run / "config.yaml").read_text()
     assert all(e in config for e in expect), config
     assert "image_size:\n- " in config and read_json(smoke_output / run / "metrics.json")["test"]
@@ -144,7 +156,7 @@ def test_distributed_launch_recipes(smoke_output):
 
 
 def test_recipes_refuse_missing_inputs_clearly(tmp_path):
-    r = run_recipe("efficientnet_b0_finetune.sh", tmp_path, smoke=False)
-    assert r.returncode == 2 and "give the pretrained weights file" in r.stderr
+    r = run_recipe("efficientnet_b0_finetune.sh", tmp_path, str(tmp_path / "none.pth"), smoke=False)
+    assert r.returncode == 2 and "weights file" in r.stderr and "none.pth' does not exist" in r.stderr
     r = run_recipe("3_evaluate.sh", tmp_path, str(tmp_path / "none.pth"), smoke=False)
     assert r.returncode == 2 and "does not exist; train one first" in r.stderr

@@ -1,0 +1,252 @@
+"""Pretrained weights by name, fetched by each library's own loader into its own cache.
+
+``--pretrained imagenet`` (or a torchvision weights name such as ``IMAGENET1K_V2``) resolves, with no
+network and no loading, to a :class:`NamedWeights`: which weights, their URL, the exact file the library
+reads from its cache, and the preprocessing they were trained with. :func:`fetch_weights` makes sure the
+file is there (the library's downloader with its progress bar and hash check fills the cache when the
+network is up) and otherwise stops with one message naming the URL, the cache path and ``--pretrained PATH``.
+:func:`pretrained_state` then lets the library build its own pretrained ImageNet model from the cache,
+and returns that model's state dict.
+
+Caches: torchvision, efficientnet-pytorch and resnest use ``torch.hub.load_state_dict_from_url``
+(``$TORCH_HOME/hub/checkpoints/<file name of the URL>``); timm uses the Hugging Face hub cache
+(``$HF_HOME/hub/models--timm--<name>/snapshots/<revision>/model.safetensors``). ``HF_HUB_OFFLINE=1``
+means offline for every family, exactly as an unreachable network does.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from utils.weights_name import WEIGHTS_DEFAULT as DEFAULT_NAME, is_weights_name  # noqa: F401 (re-exported)
+
+from .registry import TIMM_PREFIX, model_family
+
+logger = logging.getLogger(__name__)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PROBE_TIMEOUT_S = 5.0
+
+
+class WeightsUnavailable(FileNotFoundError):
+    """Named weights are neither in the cache nor downloadable (offline, or the download failed)."""
+
+
+@dataclass(frozen=True)
+class NamedWeights:
+    """Pretrained weights of one model by name, resolved without network access."""
+    arch: str
+    name: str                      # e.g. ResNet18_Weights.IMAGENET1K_V1, timm/resnet10t.c3_in1k
+    url: str
+    cache_path: Path               # the file the library reads (for timm: the snapshot of refs/main)
+    preprocessing: dict[str, Any]  # mean, std, interpolation, eval_resize, crop_pct (the weights' own)
+    source: str                    # where the preprocessing was taken from, for the log
+    build: Callable[[], nn.Module] = field(repr=False, compare=False)  # the library's pretrained model
+    download: Callable[[], None] = field(repr=False, compare=False)    # the library's downloader
+    cache_hint: str = ""           # how to place the file by hand when the path needs more than a copy
+
+
+def resolve_weights(arch: str, spec: str) -> NamedWeights:
+    """The weights ``spec`` names for ``arch``; an unknown name is a ValueError listing the valid ones."""
+    family = model_family(arch)
+    if family not in _RESOLVERS:
+        raise ValueError(f"--pretrained: {arch} ({family}) has no named weights; give a local file")
+    return _RESOLVERS[family](arch, spec)
+
+
+def is_cached(weights: NamedWeights) -> bool:
+    """The weights file is in the library's cache."""
+    return weights.cache_path.is_file()
+
+
+def offline() -> bool:
+    """``HF_HUB_OFFLINE`` is set to a true value (read now, so a test or a shell may set it late)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "on", "yes", "true")
+
+
+def reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """A TCP connection to ``url``'s host opens within ``timeout`` seconds (no request is sent).
+
+    The libraries' own downloaders have no timeout (torch.hub) or retry for about 25 s (huggingface_hub):
+    this probe lets a machine without network fail at once with the same message as ``HF_HUB_OFFLINE=1``.
+    """
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def unavailable_message(weights: NamedWeights, why: str) -> str:
+    """One message: which weights, the URL, the exact cache path, and ``--pretrained PATH`` instead."""
+    hint = f" ({weights.cache_hint})" if weights.cache_hint else ""
+    return (f"--pretrained: the {weights.name} weights for {weights.arch} are not cached and {why}; "
+            f"download {weights.url} and put it at {weights.cache_path}{hint}, "
+            f"or pass a local file with --pretrained PATH")
+
+
+def fetch_weights(weights: NamedWeights) -> None:
+    """Make sure ``weights`` is in the cache: nothing to do when it is; else the library downloads it,
+    unless offline (``HF_HUB_OFFLINE=1``) or the host cannot be reached, which raise WeightsUnavailable."""
+    if is_cached(weights):
+        logger.info("pretrained %s: cached at %s", weights.name, weights.cache_path)
+        return
+    if offline():
+        raise WeightsUnavailable(unavailable_message(weights, "HF_HUB_OFFLINE=1 forbids downloads"))
+    if not reachable(weights.url):
+        raise WeightsUnavailable(unavailable_message(
+            weights, f"{urllib.parse.urlsplit(weights.url).hostname} cannot be reached (no network?)"))
+    logger.info("pretrained %s: downloading %s into %s", weights.name, weights.url, weights.cache_path)
+    try:
+        weights.download()
+    except Exception as e:  # the libraries raise URLError, HTTPError, requests' and huggingface_hub's errors
+        raise WeightsUnavailable(unavailable_message(weights, f"the download failed ({type(e).__name__}: {e})"))
+    if not is_cached(weights):
+        raise WeightsUnavailable(unavailable_message(weights, "the download left no file there"))
+
+
+def pretrained_state(weights: NamedWeights) -> dict[str, torch.Tensor]:
+    """The state dict of the library's own pretrained ImageNet model, built from the cache (no network)."""
+    fetch_weights(weights)
+    return weights.build().state_dict()
+
+
+# ---- torchvision -------------------------------------------------------------------------------------
+
+def _torch_hub_file(url: str) -> Path:
+    """Where ``torch.hub.load_state_dict_from_url`` keeps ``url``: ``$TORCH_HOME/hub/checkpoints/<name>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urllib.parse.urlparse(url).path)
+
+
+def _torch_hub_download(url: str) -> Callable[[], None]:
+    """torch.hub's downloader into its cache, checking the hash prefix in the file name as the libraries do."""
+    def download() -> None:
+        target = _torch_hub_file(url)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        match = torch.hub.HASH_REGEX.search(target.name)
+        torch.hub.download_url_to_file(url, str(target), match.group(1) if match else None, progress=True)
+    return download
+
+
+def _torchvision(arch: str, spec: str) -> NamedWeights:
+    import torchvision
+    enum = torchvision.models.get_model_weights(arch)
+    valid = [w.name for w in enum]
+    if spec.lower() == DEFAULT_NAME:
+        w = enum.DEFAULT
+    elif spec in valid:
+        w = enum[spec]
+    else:
+        raise ValueError(f"--pretrained: {arch} has no weights {spec!r}; choose {DEFAULT_NAME} (= {enum.DEFAULT.name}) "
+                         f"or one of {', '.join(valid)}, or give a local file")
+    t = w.transforms()
+    crop, resize = list(t.crop_size), list(t.resize_size)
+    pre = {"mean": list(t.mean), "std": list(t.std), "interpolation": t.interpolation.value,
+           "eval_resize": "center_crop", "crop_pct": round(crop[0] / resize[0], 4)}
+    extra = {"aux_logits": False} if arch in ("inception_v3", "googlenet") else {}
+    return NamedWeights(arch, f"{type(w).__name__}.{w.name}", w.url, _torch_hub_file(w.url), pre,
+                        f"torchvision {type(w).__name__}.{w.name}.transforms()",
+                        build=lambda: torchvision.models.get_model(arch, weights=w, **extra),
+                        download=_torch_hub_download(w.url))
+
+
+# ---- efficientnet-pytorch ----------------------------------------------------------------------------
+
+def _efficientnet_pytorch(arch: str, spec: str) -> NamedWeights:
+    from efficientnet_pytorch import EfficientNet
+    from efficientnet_pytorch.utils import efficientnet_params, url_map
+    if spec.lower() != DEFAULT_NAME:
+        raise ValueError(f"--pretrained: efficientnet-pytorch has one set of weights per model; "
+                         f"use --pretrained {DEFAULT_NAME}, or give a local file")
+    url = url_map[arch]
+    # The library ships no preprocessing metadata: its README evaluates with ImageNet mean/std, bicubic
+    # resize and a 0.875 centre crop at the model's resolution (as timm's tf_efficientnet_bN).
+    pre = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "interpolation": "bicubic",
+           "eval_resize": "center_crop", "crop_pct": 0.875}
+    resolution = efficientnet_params(arch)[2]
+    return NamedWeights(arch, f"{arch} ImageNet", url, _torch_hub_file(url), pre,
+                        f"efficientnet-pytorch's README (ImageNet mean/std, bicubic, crop 0.875; trained at "
+                        f"{resolution}x{resolution})",
+                        build=lambda: EfficientNet.from_pretrained(arch), download=_torch_hub_download(url))
+
+
+# ---- resnest -----------------------------------------------------------------------------------------
+
+def _resnest(arch: str, spec: str) -> NamedWeights:
+    import resnest.torch
+    from resnest.torch.resnest import resnest_model_urls
+    if spec.lower() != DEFAULT_NAME:
+        raise ValueError(f"--pretrained: resnest has one set of weights per model; use --pretrained {DEFAULT_NAME}, "
+                         f"or give a local file")
+    url = resnest_model_urls[arch]
+    pre = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "interpolation": "bilinear",
+           "eval_resize": "center_crop", "crop_pct": 0.875}
+    return NamedWeights(arch, f"{arch} ImageNet", url, _torch_hub_file(url), pre,
+                        "resnest's ImageNet recipe (ImageNet mean/std, bilinear, crop 0.875)",
+                        build=lambda: getattr(resnest.torch, arch)(pretrained=True), download=_torch_hub_download(url))
+
+
+# ---- timm (Hugging Face hub) -------------------------------------------------------------------------
+
+HF_FILE = "model.safetensors"
+
+
+def _hf_cache_file(repo_id: str, filename: str) -> tuple[Path, str]:
+    """The snapshot file huggingface_hub reads for ``repo_id`` at ``main``, and how to place one by hand."""
+    from huggingface_hub import constants
+    hub = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or constants.HF_HOME) / "hub")
+    repo = hub / f"models--{repo_id.replace('/', '--')}"
+    ref = repo / "refs" / "main"
+    revision = ref.read_text().strip() if ref.is_file() else "main"
+    hint = "" if ref.is_file() else f"and write the word main into {ref}"
+    return repo / "snapshots" / revision / filename, hint
+
+
+def _timm(arch: str, spec: str) -> NamedWeights:
+    import timm
+    from timm.models import get_pretrained_cfg
+    name = arch[len(TIMM_PREFIX):]
+    base, _, tag = name.partition(".")
+    if spec.lower() != DEFAULT_NAME:
+        if tag:
+            raise ValueError(f"--pretrained: {arch} already names its weights ({tag}); use --pretrained {DEFAULT_NAME}")
+        name = f"{base}.{spec}"
+    tags = timm.list_pretrained(f"{base}.*")
+    named = bool(tag) or spec.lower() != DEFAULT_NAME
+    cfg = get_pretrained_cfg(name) if tags and (name in tags or not named) else None
+    if cfg is None or not getattr(cfg, "hf_hub_id", None):
+        raise ValueError(f"--pretrained: timm has no hub weights for {name!r}; "
+                         + (f"choose --pretrained {DEFAULT_NAME} or a tag of {', '.join(tags)}" if tags
+                            else "this model has no pretrained weights (train it from scratch)"))
+    repo_id = cfg.hf_hub_id
+    path, hint = _hf_cache_file(repo_id, HF_FILE)
+    url = f"https://huggingface.co/{repo_id}/resolve/main/{HF_FILE}"
+    pre = {"mean": list(cfg.mean), "std": list(cfg.std), "interpolation": cfg.interpolation,
+           "eval_resize": "center_crop" if cfg.crop_mode == "center" else "letterbox", "crop_pct": cfg.crop_pct}
+    full = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
+
+    def build() -> nn.Module:  # timm's own loader, from the cached file (no hub request)
+        return timm.create_model(full, pretrained=True,
+                                 pretrained_cfg_overlay={"file": str(_hf_cache_file(repo_id, HF_FILE)[0]),
+                                                         "source": ""})
+
+    def download() -> None:
+        from huggingface_hub import hf_hub_download
+        hf_hub_download(repo_id, HF_FILE)
+
+    return NamedWeights(arch, f"timm/{full}", url, path, pre, f"timm pretrained_cfg of {full}",
+                        build=build, download=download, cache_hint=hint)
+
+
+_RESOLVERS: dict[str, Callable[[str, str], NamedWeights]] = {
+    "torchvision": _torchvision, "efficientnet-pytorch": _efficientnet_pytorch, "resnest": _resnest, "timm": _timm,
+}
