@@ -356,7 +356,11 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     if cfg.use_checkpoint:
         enable_gradient_checkpointing(model, cfg.arch)
     if cfg.sync_bn and info.distributed:
+        if device.type != "cuda":  # torch's SyncBatchNorm raises on CPU tensors at the first forward
+            raise ValueError(f"--sync_bn synchronises batch norms across GPUs (torch's SyncBatchNorm runs on CUDA "
+                             f"only), but this run is on {device}; drop --sync_bn")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        logger.info("batch norms converted to SyncBatchNorm")
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
