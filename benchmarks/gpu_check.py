@@ -727,7 +727,7 @@ def markdown(report: dict[str, Any]) -> str:
         rows = s.get("rows", [])
         if rows:
             keys = list(dict.fromkeys(k for r in rows for k in r))
-            lines += ["| " + " | ".join(k.replace("_", " ") for k in keys) + " |", "|" + "---|" * len(keys)]
+            lines += ["| " + " | ".join(header(k) for k in keys) + " |", "|" + "---|" * len(keys)]
             lines += ["| " + " | ".join(fmt_cell(k, r.get(k)) for k in keys) + " |" for r in rows]
             lines.append("")
         extras = {k: v for k, v in s.items() if k in ("band", "clocks_under_load")}
@@ -735,6 +735,10 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"- {note}" for note in s.get("notes", [])]
         lines.append("")
     return "\n".join(lines)
+
+
+def header(key: str) -> str:
+    return key.replace("img_s", "img/s").replace("top1", "top-1").replace("_gib", " (GiB)").replace("_", " ")
 
 
 def fmt_cell(key: str, value: Any) -> str:
