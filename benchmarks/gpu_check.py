@@ -197,7 +197,7 @@ def section_context(ctx: Ctx) -> None:
     cpu = cpu_name()
     props = torch.cuda.get_device_properties(0) if ctx.cuda else None
     ctx.rec.data["device"] = props.name if props else f"cpu: {cpu}"
-    rows = [("GPU", ctx.cuda_only(lambda: props.name)),
+    rows = [("GPU", ctx.cuda_only(lambda: props.name)), ("GPUs visible", ctx.cuda_only(torch.cuda.device_count)),
             ("GPU memory (GiB)", ctx.cuda_only(lambda: round(props.total_memory / 2**30, 1))),
             ("SMs", ctx.cuda_only(lambda: props.multi_processor_count)),
             ("compute capability", ctx.cuda_only(lambda: f"{props.major}.{props.minor}")),
@@ -206,6 +206,8 @@ def section_context(ctx: Ctx) -> None:
             ("bf16 supported", ctx.cuda_only(torch.cuda.is_bf16_supported)),
             ("nvidia-smi at start", ctx.cuda_only(lambda: nvidia_smi("driver_version,power.limit," + CLOCKS))),
             ("torch", torch.__version__), ("CPU", cpu), ("CPU cores available", available_cores()),
+            ("/dev/shm (GiB, the loader workers' batches)", round(shutil.disk_usage("/dev/shm").total / 2**30, 1)
+             if Path("/dev/shm").is_dir() else "none"),
             ("python", platform.python_version())]
     for key, value in rows:
         ctx.rec.row(key=key, value=value)
