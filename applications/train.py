@@ -493,8 +493,9 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
                          drop_path_rate=cfg.drop_path_rate)
     if cfg.use_checkpoint:
         enable_gradient_checkpointing(model, cfg.arch)
-    if cfg.sync_bn and info.distributed:
+    if cfg.sync_bn and info.distributed:  # a CPU run was refused in run()
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        logger.info("batch norms converted to SyncBatchNorm")
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -57,8 +57,9 @@ def our_loader(root: Path, size: int, batch_size: int, workers: int) -> Iterable
     return ((preprocess(images), target) for images, target, _ in loader)
 
 
-def rate(batches: Iterable, images: int) -> float:
-    """Images per second from the second batch until ``images`` more have been produced."""
+def rate(batches: Iterable, images: int, sync: Callable[[], None] | None = None) -> float:
+    """Images per second from the second batch until ``images`` more have been produced (``sync``, e.g.
+    ``torch.cuda.synchronize``, waits for batches made on a device before the clock stops)."""
     it = iter(batches)
     first, _ = next(it)
     n, start = 0, time.perf_counter()
@@ -69,6 +70,8 @@ def rate(batches: Iterable, images: int) -> float:
             break
         assert x.dtype == torch.float32 and x.shape[-2:] == first.shape[-2:]
         n += x.shape[0]
+    if sync is not None:
+        sync()
     return n / (time.perf_counter() - start)
 
 

@@ -239,6 +239,7 @@ def test_gpu_decode_needs_cuda(tiny_data, tmp_path):
     assert run_main(args) == 1  # a clear one-line error, not a silent CPU decode
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvjpeg)")
 def test_gpu_decode_matches_cpu_decode_on_cuda(tiny_data, tmp_path):
     root = _jpeg_copy(tiny_data["folder"], tmp_path / "jpegs")

@@ -101,6 +101,23 @@ def test_ddp_run_stopped_by_sigterm_resumes_on_both_ranks(tiny_data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_torchrun_with_one_process_starts_the_process_group(tiny_data, tmp_path):
+    """--nproc_per_node=1 runs DDP over a real process group (how one GPU checks NCCL and --sync_bn)."""
+    r = launch(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "one", "--arch", "simple_cnn", "--epochs", "1"),
+               nproc=1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "started the gloo process group: rank 0 of 1 on cpu" in r.stderr
+    assert "(1 processes)" in (tmp_path / "simple_cnn/one/log.txt").read_text()
+
+
+def test_sync_bn_on_the_cpu_is_a_clear_error(tiny_data, tmp_path):
+    r = launch(tiny_train_args(tiny_data["folder"], tmp_path, "--arch", "simple_cnn", "--sync_bn"), nproc=1)
+    assert r.returncode == 1
+    line = next(line for line in r.stderr.splitlines() if "--sync_bn" in line)  # main.py's one-line error
+    assert "ERROR main: ValueError: --sync_bn needs CUDA devices" in line
+    assert "this run is on cpu; drop --sync_bn" in line
+
+
 def test_port_in_use_is_a_clear_error(tiny_data, tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

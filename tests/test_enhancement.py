@@ -170,6 +170,7 @@ def test_mix_prob_zero_and_switching():
     assert torch.allclose(smooth.sum(1), torch.ones(6)) and smooth.min().item() == pytest.approx(0.02)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_mix_on_cuda_matches_cpu():
     mix = MixupCutmix(5, mixup_alpha=0.4, cutmix_alpha=1.0)

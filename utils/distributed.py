@@ -1,7 +1,9 @@
 """Distributed data parallel helpers: process-group set-up from torchrun's environment, and gathers.
 
 ``torchrun`` (or SLURM through ``z_task_shell/slurm_train.sh``) sets RANK, WORLD_SIZE, LOCAL_RANK,
-MASTER_ADDR and MASTER_PORT; without them everything here is a single-process no-op.
+MASTER_ADDR and MASTER_PORT; without them everything here is a single-process no-op. A launched run
+starts its process group even with one process (``torchrun --nproc_per_node=1``), as torchvision's
+reference scripts do, so that DDP, NCCL and ``--sync_bn`` can be checked on a machine with one GPU.
 """
 from __future__ import annotations
 
@@ -19,15 +21,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DistInfo:
-    """Where this process stands: its rank, the world size, its device."""
+    """Where this process stands: its rank, the world size, its device, and whether a process group
+    runs (``distributed``: launched by torchrun/SLURM, with one process or more)."""
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
+    distributed: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -39,6 +39,11 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched() -> bool:
+    """True when a launcher (torchrun, torch.distributed.launch, SLURM's script) started this process."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
 def init_distributed(device_arg: str | None) -> DistInfo:
     """Start the process group when launched by torchrun: NCCL on CUDA, Gloo on the CPU.
 
@@ -47,7 +52,7 @@ def init_distributed(device_arg: str | None) -> DistInfo:
     """
     from utils.misc import resolve_device
     world = env_world_size()
-    if world <= 1:
+    if world <= 1 and not launched():
         return DistInfo(device=resolve_device(device_arg))
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -72,7 +77,8 @@ def init_distributed(device_arg: str | None) -> DistInfo:
             raise ValueError(f"cannot start the {backend} process group at {addr}:{port} ({e}); if the port is "
                              f"in use pick another with torchrun --master_port (MASTER_PORT) or "
                              f"--rdzv_endpoint HOST:PORT") from None
-    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+    logger.info("started the %s process group: rank %d of %d on %s", backend, rank, world, device)
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, distributed=True)
 
 
 def cleanup() -> None:
