@@ -37,6 +37,7 @@ from utils.metrics import hard_labels, topk_correct
 from utils.distributed import (DistInfo, all_reduce_sum, any_rank, barrier, cleanup, gather_objects,
                                init_distributed)
 from utils.misc import log_to_file, seed_everything
+from utils.tracking import RunRecorder
 
 from .common import (amp_dtype, autocast, build_dataset, build_loader, check_num_classes, data_class_names,
                      preprocessor, run_dir_for)
@@ -416,6 +417,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
                     f", batch {start_batch + 1}" if start_batch else "", best_top1)
 
     writer = _tensorboard(run_dir, start_epoch) if main else None
+    recorder = RunRecorder(config_to_dict(cfg), run_dir, resumed=resume_from is not None, enabled=main)
     if start_epoch == 0 and main:
         grid = make_augmented_grid(train_set, n=min(32, len(train_set)), seed=cfg.seed)
         Image.fromarray(grid.permute(1, 2, 0).numpy()).save(run_dir / "augmented_samples.png")
@@ -461,6 +463,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
                 va_ema = evaluate(ema.module, val_loader, val_criterion, preprocess=preprocess, dtype=dtype)
                 row.update(val_ema_loss=va_ema["loss"], val_ema_top1=va_ema["top1"], val_ema_top5=va_ema["top5"])
             history.append(row)
+            recorder.epoch(row)
             state = checkpoint_state(model, optimizer, scheduler, scaler, epoch=epoch, best_top1=best_top1,
                                      class_names=class_names, cfg=cfg, history=history, criterion=criterion,
                                      ema=ema)
@@ -507,6 +510,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     if main:
         _write_json(run_dir / "metrics.json", {"history": history, "test": summary})
         _pictures(cfg, run_dir, history, model, test_set, preprocess, class_names, test_set.split)
+    recorder.finish(summary)  # HParams; --tracker's final metrics and pictures
     logger.info("done: run directory %s; best val top-1 %.2f; %s top-1 %.2f top-5 %.2f (best.pth)%s",
                 run_dir, best_top1, test_set.split, report["top1"], report["top5"],
                 f"; EMA top-1 {summary['test_ema_top1']:.2f}" if "test_ema_top1" in summary else "")
