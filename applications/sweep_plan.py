@@ -115,9 +115,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
                        for key, value in _mapping(body, f"{where}: search").items()]
         spec.trials = _positive_int(data.get("trials"), f"{where}: trials")
         spec.sampler_seed = None if data.get("sampler_seed") is None else int(data["sampler_seed"])
-        pruning = data.get("pruning", {})
+        pruning = data.get("pruning")
         if pruning is not False:
-            pruning = _mapping(pruning or {}, f"{where}: pruning")
+            pruning = {} if pruning is None else _mapping(pruning, f"{where}: pruning")
             bad = sorted(set(pruning) - {"startup_trials", "warmup_epochs"})
             if bad:
                 raise ConfigError(f"{where}: pruning: unknown key(s) {bad}; allowed: startup_trials, warmup_epochs")
