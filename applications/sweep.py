@@ -23,11 +23,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from config import MODES, SORT_KEYS, ConfigError, build_parser, validate
+from config import SORT_KEYS, ConfigError, build_parser, validate
 from utils.runs import NOT_SETTINGS, PRUNED_FILE, compare_runs, read_run
 
 from .common import run_dir_for
-from .sweep_plan import (Children, ForwardSignals, SweepSpec, Variant, device_flags_env, last_error, load_sweep,
+from .sweep_plan import (Children, ForwardSignals, SweepSpec, device_flags_env, last_error, load_sweep,
                          parse_devices, train_command, variant_tag)
 
 logger = logging.getLogger(__name__)
@@ -59,9 +59,9 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
 
 def command_line_flags(cfg: argparse.Namespace) -> dict[str, Any]:
     """Flags given next to ``--sweep`` (those that differ from their defaults): they apply to every run,
-    over the sweep file's base and under each variant's own values."""
+    over the sweep file's base and under each variant's own values. ``--tracker`` is passed on too."""
     defaults = vars(build_parser().parse_args([]))
-    skip = set(MODES) | NOT_SETTINGS
+    skip = NOT_SETTINGS - {"tracker"}
     return {k: v for k, v in vars(cfg).items() if k not in skip and v != defaults.get(k)}
 
 
@@ -99,15 +99,26 @@ def _launch(children: Children, flags: dict[str, Any], device: str | None, sweep
     return code
 
 
-def _in_parallel(devices: list[str | None], work) -> None:
+def _in_parallel(devices: list[str | None], work, children: Children) -> None:
     """``work(device)`` once per device slot, each in its own thread; the main thread waits (and stays
-    free to take signals)."""
-    threads = [threading.Thread(target=work, args=(d,), daemon=True) for d in devices]
+    free to take signals). An error in one stops the others' runs and is raised here."""
+    errors: list[BaseException] = []
+
+    def guarded(device: str | None) -> None:
+        try:
+            work(device)
+        except BaseException as e:  # raised again in the main thread below
+            errors.append(e)
+            children.stop()
+
+    threads = [threading.Thread(target=guarded, args=(d,), daemon=True) for d in devices]
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):
         for t in threads:
             t.join(timeout=0.2)
+    if errors:
+        raise errors[0]
 
 
 def _variants(spec: SweepSpec, base: dict[str, Any], sweep_dir: Path, devices: list[str | None],
@@ -137,7 +148,7 @@ def _variants(spec: SweepSpec, base: dict[str, Any], sweep_dir: Path, devices: l
                 flags = queue.pop(0)
             codes[flags["tag"]] = _launch(children, flags, device, sweep_dir)
 
-    _in_parallel(devices, work)
+    _in_parallel(devices, work, children)
     run_dirs = [str(_run_dir(f, sweep_dir)) for _, f in planned if (_run_dir(f, sweep_dir) / "config.yaml").is_file()]
     return {"variants": len(planned), "ran": len(codes), "skipped": len(planned) - len(todo),
             "failed": sorted(t for t, c in codes.items() if c not in (0, 130)), "run_dirs": run_dirs}
@@ -189,6 +200,9 @@ def _search(spec: SweepSpec, cfg: argparse.Namespace, base: dict[str, Any], swee
     if target is None:
         raise ConfigError(f"--sweep: {spec.path} has a search space: give the number of trials (--trials N or "
                           f"trials: N in the file)")
+    for p in spec.search:  # each choice and each end of each range must make a valid run: checked up front
+        for value in p.choices or ([int(p.low), int(p.high)] if p.kind == "int" else [p.low, p.high]):
+            run_flags(base, {p.dest: value}, sweep_dir, variant_tag({p.dest: value}))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     storage = cfg.study_storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=spec.pruning["startup_trials"],
@@ -225,7 +239,7 @@ def _search(spec: SweepSpec, cfg: argparse.Namespace, base: dict[str, Any], swee
             state = _run_trial(trial, flags, run_dir, device, sweep_dir, children)
             logger.info("trial %d (%s): %s", trial.number, flags["tag"], state)
 
-    _in_parallel(devices, work)
+    _in_parallel(devices, work, children)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     result: dict[str, Any] = {"study": spec.name, "storage": storage, "trials": len(study.trials),
                               "complete": len(complete),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shlex
 import signal
@@ -98,6 +99,12 @@ def test_compare_edge_cases_failed_unfinished_and_list_flags(tmp_path):
     assert r.returncode == 0 and r.stdout.splitlines()[2].startswith("| done ")
 
 
+def test_mode_flags_are_not_settings():
+    from config import MODES
+    from utils.runs import NOT_SETTINGS
+    assert set(MODES) <= NOT_SETTINGS
+
+
 def test_compare_refuses_a_missing_path(tmp_path):
     r = main_process("--compare", str(tmp_path / "nope"))
     assert r.returncode == 1 and "--compare:" in r.stderr and "does not exist" in r.stderr
@@ -163,6 +170,7 @@ def test_tracker_mlflow_records_params_metrics_and_pictures(tiny_data, tmp_path,
     saved = read_json(out / "resnet18/ml2/mlflow_run.json")
     assert saved["tracking_uri"] == other
     assert MlflowClient(other).get_run(saved["run_id"]).data.params["epochs"] == "1"
+    assert (tmp_path / "artifacts").is_dir() and not (Path.cwd() / "mlruns").exists()  # artifacts beside the db
 
 
 # ---- sweep files -----------------------------------------------------------------------------------
@@ -216,9 +224,10 @@ def test_run_flags_layering_and_checks(tmp_path):
     from applications.sweep import command_line_flags, run_flags
     from config import parse_config
     cfg = parse_config(["--sweep", str(sweep_file(tmp_path, {"grid": {"lr": [0.1]}})), "--epochs", "3",
-                        "--label_smoothing", "0.2", "--sweep_devices", "0,1"])
+                        "--label_smoothing", "0.2", "--sweep_devices", "0,1", "--tracker", "mlflow"])
     given = command_line_flags(cfg)
-    assert given == {"epochs": 3, "label_smoothing": 0.2}
+    assert given == {"epochs": 3, "label_smoothing": 0.2, "tracker": "mlflow"}
+    given.pop("tracker")
     flags = run_flags({"epochs": 5, "optimizer": "adamw", **given}, {"label_smoothing": 0.3}, tmp_path, "t")
     assert flags == {"epochs": 3, "optimizer": "adamw", "label_smoothing": 0.3, "output": str(tmp_path),
                      "tag": "t", "no_progress": True}
@@ -303,3 +312,23 @@ def test_search_four_trials_with_pruning_prints_a_best_command_that_runs(tiny_da
                        cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "test" in read_json(tmp_path / "best/simple_cnn/default/metrics.json")
+
+
+@pytest.mark.slow
+def test_a_crashing_variant_does_not_stop_the_sweep(tiny_data, tmp_path):
+    sweep = sweep_file(tmp_path, {"name": "c", "base": tiny_base(tiny_data["folder"]),
+                                  "variants": {"crash": {"arch": "resnet181"}, "fine": {}}})
+    r = main_process("--sweep", str(sweep), "--output", str(tmp_path / "out"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = sweep_result(r)
+    assert result["ran"] == 2 and result["failed"] == ["crash"]
+    assert re.search(r"ERROR applications\.sweep: crash failed \(exit 1\): .*unknown model 'resnet181'", r.stderr)
+    assert "test" in read_json(tmp_path / "out/c/simple_cnn/fine/metrics.json")
+
+
+def test_device_slots():
+    from applications.sweep_plan import device_flags_env, parse_devices
+    assert parse_devices("0, 1,cpu") == ["0", "1", "cpu"] and parse_devices(None) == [None]
+    assert device_flags_env("1") == ({"device": "cuda"}, {"CUDA_VISIBLE_DEVICES": "1"})
+    assert device_flags_env("cpu") == ({"device": "cpu"}, {"CUDA_VISIBLE_DEVICES": ""})
+    assert device_flags_env(None) == ({}, {})

@@ -32,9 +32,13 @@ from utils.table import format_table
 logger = logging.getLogger(__name__)
 
 PRUNED_FILE = "PRUNED"
-# Keys that never describe what a run trained (where it lives, how it was launched): not "differing flags".
-NOT_SETTINGS = frozenset({"tag", "output", "config", "resume", "overwrite", "no_progress", "local_rank", "train",
-                          "compare", "sort_by", "sweep", "sweep_devices", "trials", "study_storage", "tracker"})
+# Keys that never describe what a run trained (where it lives, how it was launched, the mode flags of
+# config.MODES): not "differing flags", not HParams.
+NOT_SETTINGS = frozenset({"tag", "output", "config", "resume", "overwrite", "no_progress", "local_rank",
+                          "sort_by", "sweep_devices", "trials", "study_storage", "tracker",
+                          "train", "evaluation", "knowledge", "make_curriculum", "lr_finder", "jit", "onnx", "predict",
+                          "visual_data", "visual_source", "flops", "throughput", "summary", "publish", "compare",
+                          "sweep"})
 # Folders a run search never enters: inside a run, or a tracker's store.
 _SKIP_DIRS = frozenset({"checkpoints", "tensorboard", "export", "mlruns", "__pycache__"})
 

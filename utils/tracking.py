@@ -28,7 +28,7 @@ def hparams_of(config: dict[str, Any]) -> dict[str, Any]:
     text); None values and keys that do not describe training (``NOT_SETTINGS``) left out."""
     out = {}
     for key, value in sorted(config.items()):
-        if key in NOT_SETTINGS or value is None or key in ("evaluation",):
+        if key in NOT_SETTINGS or value is None:
             continue
         out[key] = value if isinstance(value, (bool, int, float, str)) else format_value(value)
     return out
@@ -58,10 +58,12 @@ class MlflowRun:
     def __init__(self, config: dict[str, Any], run_dir: Path, resumed: bool) -> None:
         from mlflow.tracking import MlflowClient
         output = Path(config.get("output") or run_dir.parent.parent).resolve()
-        local = output / "mlruns"
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{local / 'mlflow.db'}"
-        if uri.startswith("sqlite:///"):
-            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{output / 'mlruns' / 'mlflow.db'}"
+        # A local database keeps its artifacts beside it (MLflow's default would be ./mlruns of the current
+        # folder); a server decides for itself.
+        local = Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///") else None
+        if local is not None:
+            local.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(tracking_uri=uri)
         saved = run_dir / MLFLOW_RUN_FILE
         known = json.loads(saved.read_text()) if saved.is_file() else {}
@@ -72,7 +74,7 @@ class MlflowRun:
             name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or output.name
             experiment = self.client.get_experiment_by_name(name)
             experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
-                name, artifact_location=None if os.environ.get("MLFLOW_TRACKING_URI") else (local / "artifacts").as_uri())
+                name, artifact_location=None if local is None else (local / "artifacts").as_uri())
             run = self.client.create_run(experiment_id, run_name=f"{run_dir.parent.name}/{run_dir.name}",
                                          tags={"run_dir": str(run_dir.resolve())})
             self.run_id = run.info.run_id
