@@ -237,8 +237,10 @@ def plot_comparison(records: Sequence[RunRecord], keys: Sequence[str], path: Pat
         loss.plot(epochs, [row.get("train_loss") for row in r.history], marker=".", label=label)
     acc.set(xlabel="epoch", ylabel="val top-1 (%)", title="validation top-1")
     loss.set(xlabel="epoch", ylabel="train loss", title="training loss")
+    from matplotlib.ticker import MaxNLocator
     for ax in (acc, loss):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if 0 < len(records) <= 20:
         loss.legend(fontsize=8, loc="best")
     fig.tight_layout()
