@@ -210,7 +210,11 @@ def _search(spec: SweepSpec, cfg: argparse.Namespace, base: dict[str, Any], swee
               if spec.pruning else optuna.pruners.NopPruner())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=spec.name, storage=storage, load_if_exists=True, direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=spec.sampler_seed), pruner=pruner)
+                                pruner=pruner)
+    # A fresh study draws from sampler_seed; a continued one from sampler_seed + its trial count, so that a
+    # rerun does not repeat the first run's random draws.
+    seed = None if spec.sampler_seed is None else spec.sampler_seed + len(study.trials)
+    study.sampler = optuna.samplers.TPESampler(seed=seed)
     distributions = _distributions(spec)
     # Trials a stopped sweep left unfinished are asked again with the same flags: the same tag, so their
     # run resumes where it stopped.

@@ -332,3 +332,29 @@ def test_device_slots():
     assert device_flags_env("1") == ({"device": "cuda"}, {"CUDA_VISIBLE_DEVICES": "1"})
     assert device_flags_env("cpu") == ({"device": "cpu"}, {"CUDA_VISIBLE_DEVICES": ""})
     assert device_flags_env(None) == ({}, {})
+
+
+@pytest.mark.slow
+def test_search_stopped_by_sigterm_continues_its_study(tiny_data, tmp_path):
+    """A SIGTERM mid-trial leaves the trial failed-as-interrupted; the rerun asks for its flags again (the
+    same run directory, resumed) and draws new flags for the next trial, not the first run's draws."""
+    import optuna
+    sweep = sweep_file(tmp_path, {"name": "r", "base": tiny_base(tiny_data["folder"], epochs=3),
+                                  "search": {"lr": {"low": 1.0e-3, "high": 0.1, "log": True}},
+                                  "trials": 2, "sampler_seed": 0, "pruning": False})
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--sweep", str(sweep), "--output", str(out)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not list(out.glob("r/simple_cnn/*/metrics.json")):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130
+    r = main_process("--sweep", str(sweep), "--output", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = optuna.load_study(study_name="r", storage=f"sqlite:///{out / 'r/study.db'}").trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"] and trials[0].user_attrs["interrupted"]
+    assert trials[1].params == trials[0].params and trials[2].params != trials[0].params
+    assert "resumed from" in (Path(trials[1].user_attrs["run_dir"]) / "log.txt").read_text()

@@ -19,10 +19,11 @@ BASELINE = "resnet18/baseline/checkpoints/best.pth"
 pytestmark = pytest.mark.slow
 
 
-def run_recipe(script: str, output: Path, *args: str, smoke: bool = True, **env: str) -> subprocess.CompletedProcess:
+def run_recipe(script: str, output: Path, *args: str, smoke: bool = True, timeout: int = 600,
+               **env: str) -> subprocess.CompletedProcess:
     environ = {**os.environ, "OUTPUT": str(output), "SMOKE": "1" if smoke else "0", "OMP_NUM_THREADS": "2", **env}
     r = subprocess.run(["bash", str(SHELL / script), *args], cwd=ROOT, env=environ, capture_output=True, text=True,
-                       timeout=600)
+                       timeout=timeout)
     if smoke:
         assert r.returncode == 0, f"{script} failed ({r.returncode}):\n{r.stderr[-4000:]}"
     return r
@@ -68,7 +69,7 @@ def test_strategies_sweep_table_has_a_finished_row_per_variant(smoke_output):
     rerunning it runs nothing."""
     import yaml
     variants = list(yaml.safe_load((SHELL / "configs/strategies.yaml").read_text())["variants"])
-    r = run_recipe("2_train_with_strategies.sh", smoke_output)
+    r = run_recipe("2_train_with_strategies.sh", smoke_output, timeout=1200)  # 14 runs
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in r.stdout.splitlines() if line.startswith("| ")]
     header, rows = rows[0], rows[1:]
     assert header[0] == "run" and header[-1] == "status" and "test top-1" in header
