@@ -351,10 +351,13 @@ def test_search_stopped_by_sigterm_continues_its_study(tiny_data, tmp_path):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 130
+    first = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, first[-3000:]
     r = main_process("--sweep", str(sweep), "--output", str(out), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     trials = optuna.load_study(study_name="r", storage=f"sqlite:///{out / 'r/study.db'}").trials
-    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"] and trials[0].user_attrs["interrupted"]
+    states = [(t.state.name, t.params, t.user_attrs) for t in trials]
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"], (states, first[-2000:], r.stderr[-2000:])
+    assert trials[0].user_attrs["interrupted"]
     assert trials[1].params == trials[0].params and trials[2].params != trials[0].params
     assert "resumed from" in (Path(trials[1].user_attrs["run_dir"]) / "log.txt").read_text()
