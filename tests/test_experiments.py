@@ -274,7 +274,7 @@ def test_sweep_stopped_by_sigterm_resumes(tiny_data, tmp_path):
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     first = out / "v/simple_cnn/first"
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while not ((first / "metrics.json").is_file() and read_json(first / "metrics.json")["history"]):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.2)
@@ -346,7 +346,7 @@ def test_search_stopped_by_sigterm_continues_its_study(tiny_data, tmp_path):
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--sweep", str(sweep), "--output", str(out)],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while not list(out.glob("r/simple_cnn/*/metrics.json")):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.2)
