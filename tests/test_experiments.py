@@ -148,14 +148,15 @@ def test_tracker_mlflow_records_params_metrics_and_pictures(tiny_data, tmp_path,
     from mlflow.tracking import MlflowClient
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "out"
-    assert run_main(tiny_train_args(tiny_data["folder"], out, "--tracker", "mlflow", "--tag", "ml")) == 0
-    saved = read_json(out / "resnet18/ml/mlflow_run.json")
+    assert run_main(tiny_train_args(tiny_data["folder"], out, "--tracker", "mlflow", "--tag", "ml",
+                                    "--arch", "simple_cnn")) == 0
+    saved = read_json(out / "simple_cnn/ml/mlflow_run.json")
     assert saved["tracking_uri"] == f"sqlite:///{(out / 'mlruns' / 'mlflow.db').resolve()}"
     client = MlflowClient(saved["tracking_uri"])
     run = client.get_run(saved["run_id"])
-    assert run.info.status == "FINISHED" and run.info.run_name == "resnet18/ml"
+    assert run.info.status == "FINISHED" and run.info.run_name == "simple_cnn/ml"
     assert run.data.params["lr"] == "0.05" and run.data.params["image_size"] == f"{TINY_SIZE} {TINY_SIZE}"
-    history = read_json(out / "resnet18/ml/metrics.json")
+    history = read_json(out / "simple_cnn/ml/metrics.json")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_top1")] == [1, 2]
     assert [m.value for m in client.get_metric_history(run.info.run_id, "val_top1")] == \
         pytest.approx([row["val_top1"] for row in history["history"]])
@@ -166,8 +167,8 @@ def test_tracker_mlflow_records_params_metrics_and_pictures(tiny_data, tmp_path,
     other = f"sqlite:///{tmp_path / 'server.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
     assert run_main(tiny_train_args(tiny_data["folder"], out, "--tracker", "mlflow", "--tag", "ml2",
-                                    "--epochs", "1")) == 0
-    saved = read_json(out / "resnet18/ml2/mlflow_run.json")
+                                    "--epochs", "1", "--arch", "simple_cnn")) == 0
+    saved = read_json(out / "simple_cnn/ml2/mlflow_run.json")
     assert saved["tracking_uri"] == other
     assert MlflowClient(other).get_run(saved["run_id"]).data.params["epochs"] == "1"
     assert (tmp_path / "artifacts").is_dir() and not (Path.cwd() / "mlruns").exists()  # artifacts beside the db

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +33,8 @@ from utils.table import format_table
 logger = logging.getLogger(__name__)
 
 PRUNED_FILE = "PRUNED"
+# libyaml's safe loader when PyYAML has it: 10x faster than the pure-Python one over hundreds of configs.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Keys that never describe what a run trained (where it lives, how it was launched, the mode flags of
 # config.MODES): not "differing flags", not HParams.
 NOT_SETTINGS = frozenset({"tag", "output", "config", "resume", "overwrite", "no_progress", "local_rank",
@@ -53,7 +56,7 @@ class RunRecord:
     status: str = "interrupted"
     failure: str = ""
 
-    @property
+    @cached_property
     def metrics(self) -> dict[str, Any]:
         """The comparison's numbers: best val top-1 and its (1-based) epoch, test top-1/top-5, epochs done,
         training minutes (the sum of the epochs' training time) and the median training img/s."""
@@ -98,7 +101,7 @@ def _runs_under(root: Path) -> list[Path]:
 
 def read_run(path: Path) -> RunRecord:
     """The flags, history, test result and status of the run in ``path``."""
-    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    config = yaml.load((path / "config.yaml").read_text(), Loader=_YAML_LOADER) or {}
     metrics: dict[str, Any] = {}
     if (path / "metrics.json").is_file():
         try:
