@@ -201,7 +201,8 @@ def test_grid_expands_to_tagged_variants(tmp_path):
 
 
 @pytest.mark.parametrize("body, message", [
-    ({"grid": {"lr": [0.1]}, "variants": {"a": {}}}, r"exactly one of grid:, variants:, search: \(found grid, variants"),
+    ({"grid": {"lr": [0.1]}, "variants": {"a": {}}},
+     r"exactly one of grid:, variants:, search: \(found grid, variants"),
     ({"grid": {"lrr": [0.1]}}, r"grid: unknown key 'lrr' \(did you mean lr"),
     ({"grid": {"lr": 0.1}}, r"grid: lr: expected a list of values to try"),
     ({"grid": {"optimizer": ["sgd", "adamm"]}}, r"key 'optimizer' \(flag --optimizer\) has invalid value 'adamm'"),

@@ -116,7 +116,8 @@ class RunRecorder:
 
     def __init__(self, config: dict[str, Any], run_dir: Path, resumed: bool, enabled: bool = True) -> None:
         self.config, self.run_dir, self.enabled = config, Path(run_dir), enabled
-        self.mlflow = MlflowRun(config, self.run_dir, resumed) if enabled and config.get("tracker") == "mlflow" else None
+        wanted = enabled and config.get("tracker") == "mlflow"
+        self.mlflow = MlflowRun(config, self.run_dir, resumed) if wanted else None
 
     def epoch(self, row: dict[str, Any]) -> None:
         """One history row (``epoch`` is 0-based; it is logged as step epoch + 1, as in TensorBoard)."""
