@@ -43,6 +43,8 @@ MODES: dict[str, str] = {
     "throughput": "applications.benchmark",
     "summary": "applications.benchmark",
     "publish": "applications.benchmark",
+    "compare": "applications.compare",
+    "sweep": "applications.sweep",
 }
 # Modes that run a trained checkpoint and so need --resume.
 CHECKPOINT_MODES = ("evaluation", "knowledge", "make_curriculum", "jit", "onnx", "predict", "visual_data",
@@ -86,6 +88,7 @@ RESUME_SAFE_KEYS = frozenset({
     "eval_split", "out", "log_interval", "output", "channels_last", "compile", "topk", "class_indices", "visualize",
     "save_log", "visual_method", "visual_class", "visual_limit", "target_layer", "opset", "skip_bad_images",
     "local_rank", "use_checkpoint", "cache_dataset", "cache_max_gb", "gpu_decode", "max_image_pixels",
+    "compare", "sort_by", "sweep", "sweep_devices", "trials", "study_storage", "tracker",
 })
 # Not resume-safe on purpose: pretrained, freeze_backbone, unfreeze_epoch, head_lr_mult, layer_decay, drop_rate,
 # drop_path_rate and precise_bn change what is trained (the frozen/unfrozen state follows from the epoch).
@@ -94,6 +97,11 @@ RESUME_SAFE_KEYS = frozenset({
 PREPROCESSING_KEYS = ("mean", "std", "eval_resize", "crop_pct")
 # Modes that build a model from --pretrained (and so may take named weights and their preprocessing).
 PRETRAINED_MODES = ("train", "lr_finder")
+
+
+# --sort_by: the comparison columns a table can be sorted by, and whether larger is better.
+SORT_KEYS: dict[str, bool] = {"best_val_top1": True, "test_top1": True, "test_top5": True, "img_per_s": True,
+                              "train_min": False, "epochs_done": True}
 
 
 class ConfigError(ValueError):
@@ -175,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--summary", action="store_true", help="layer table: name, type, output shape, parameters")
     g.add_argument("--publish", type=str, nargs=2, default=None, metavar=("CKPT", "OUT"),
                    help="strip training state from CKPT and write OUT-<sha256[:8]>.pth")
+    g.add_argument("--compare", type=str, nargs="+", default=None, metavar="RUN",
+                   help="compare run directories (folders searched for runs; globs allowed): prints the table and "
+                        "writes compare.md, compare.csv and compare.png")
+    g.add_argument("--sweep", type=str, default=None, metavar="FILE",
+                   help="run the grid, the named variants or the Optuna search of a sweep YAML file, one run "
+                        "directory per variant, then compare them")
 
     g = p.add_argument_group("data")
     g.add_argument("--data", type=str, default=str(DEFAULT_DATA), help="dataset root")
@@ -367,6 +381,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels_last", action="store_true", help="channels-last memory format for the model and inputs")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
 
+    g = p.add_argument_group("experiments")
+    g.add_argument("--sort_by", choices=list(SORT_KEYS), default="best_val_top1",
+                   help="--compare and --sweep: the column the table is sorted by (best first)")
+    g.add_argument("--sweep_devices", type=str, default=None, metavar="LIST",
+                   help="--sweep: comma-separated devices, one run on each at a time: CUDA indices (0,1,2,3) or cpu; "
+                        "a device listed twice runs two at once (default: one run at a time, default device)")
+    g.add_argument("--trials", type=int, default=None,
+                   help="--sweep with a search space: trials the study should hold (default: the file's trials)")
+    g.add_argument("--study_storage", type=str, default=None, metavar="URL",
+                   help="--sweep search: Optuna RDB URL shared by every worker (default: sqlite in the sweep folder)")
+    g.add_argument("--tracker", choices=["none", "mlflow"], default="none",
+                   help="also log params, per-epoch metrics and pictures to MLflow (MLFLOW_TRACKING_URI, else "
+                        "<output>/mlruns)")
+
     g = p.add_argument_group("distributed and memory")
     g.add_argument("--sync_bn", action="store_true", help="convert batch norms to SyncBatchNorm under DDP (CUDA only: refused on the CPU)")
     g.add_argument("--lr_scale", choices=["none", "linear"], default="none",
@@ -463,16 +491,50 @@ def load_yaml_defaults(parser: argparse.ArgumentParser, path: str) -> dict[str, 
         raise ConfigError(f"--config: {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config: {path} must hold a mapping of flag names to values, got {type(data).__name__}")
+    return coerce_flag_values(parser, data, f"--config: {path}", path)
+
+
+def flag_dest(parser: argparse.ArgumentParser, key: Any, where: str) -> str:
+    """The config key (dest) of a YAML key such as ``lr`` or ``--image-size``; unknown keys are errors
+    with the closest names."""
     actions = _actions_by_dest(parser)
-    defaults = {}
+    dest = str(key).lstrip("-").replace("-", "_")
+    if dest not in actions or dest == "config":
+        close = difflib.get_close_matches(dest, list(actions), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+    return dest
+
+
+def coerce_flag_values(parser: argparse.ArgumentParser, data: dict, where: str,
+                       source: str | None = None) -> dict[str, Any]:
+    """Flag values from YAML (``{flag: value}``) converted and checked as the parser would convert the
+    same flags; ``where`` prefixes the error of an unknown key, ``source`` that of a bad value."""
+    actions = _actions_by_dest(parser)
+    values = {}
     for key, value in data.items():
-        dest = str(key).lstrip("-").replace("-", "_")
-        if dest not in actions or dest == "config":
-            close = difflib.get_close_matches(dest, list(actions), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"--config: {path}: unknown key {key!r}{hint}")
-        defaults[dest] = _coerce_yaml_value(actions[dest], str(key), value, path)
-    return defaults
+        dest = flag_dest(parser, key, where)
+        values[dest] = _coerce_yaml_value(actions[dest], str(key), value, source or where)
+    return values
+
+
+def flags_to_argv(parser: argparse.ArgumentParser, values: dict[str, Any]) -> list[str]:
+    """Command-line flags that set ``values`` (config keys -> values); the inverse of parsing them.
+    A false switch and a None value are left out (they are the defaults)."""
+    actions = _actions_by_dest(parser)
+    argv: list[str] = []
+    for dest, value in values.items():
+        action = actions[dest]
+        flag = _flag_name(action)
+        if value is None or value is False:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *(str(v) for v in value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
 
 
 def validate(cfg: argparse.Namespace) -> None:
@@ -538,6 +600,15 @@ def validate(cfg: argparse.Namespace) -> None:
     for flag in ("predict", "visual_source", "class_indices"):
         path = getattr(cfg, flag)
         need(path is None or Path(path).exists(), f"--{flag}: {path!r} does not exist")
+    if cfg.sweep is not None:
+        need(Path(cfg.sweep).is_file(), f"--sweep: file {cfg.sweep!r} does not exist")
+    need(cfg.trials is None or cfg.trials >= 1, f"--trials must be >= 1, got {cfg.trials}")
+    for flag in ("sweep_devices", "trials", "study_storage"):
+        need(getattr(cfg, flag) is None or cfg.sweep is not None, f"--{flag} is a --sweep option: add --sweep FILE")
+    if cfg.sweep_devices is not None:
+        need(all(re.fullmatch(r"\d+|cpu", d.strip()) for d in cfg.sweep_devices.split(",")),
+             f"--sweep_devices must be comma-separated CUDA indices or cpu (e.g. 0,1 or cpu,cpu), "
+             f"got {cfg.sweep_devices!r}")
     if cfg.publish:
         need(Path(cfg.publish[0]).is_file(), f"--publish: checkpoint {cfg.publish[0]!r} does not exist")
     for flag in ("hflip", "mixup_prob", "mix_switch_prob", "random_erasing", "custom_hflip", "custom_vflip",

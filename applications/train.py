@@ -38,6 +38,7 @@ from utils.distributed import (DistInfo, all_reduce_sum, any_rank, barrier, clea
                                init_distributed)
 from utils.misc import log_to_file, seed_everything
 from utils.runlock import LOCK_NAME, RunLock
+from utils.tracking import RunRecorder
 
 from .common import (amp_dtype, apply_weights_preprocessing, autocast, build_dataset, build_loader,
                      check_num_classes, data_class_names, preprocessor, run_dir_for)
@@ -574,6 +575,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
                 restore_best_link(ckpt_dir, best_epoch)
         save_config(cfg, run_dir / "config.yaml")
     writer = _tensorboard(run_dir, start_epoch) if main else None
+    recorder = RunRecorder(config_to_dict(cfg), run_dir, resumed=resume_from is not None, enabled=main)
     if start_epoch == 0 and main:
         sheet = augmented_batch_sheet(train_set, class_names, n=min(32, len(train_set)), seed=cfg.seed,
                                       batch_hook=batch_hook, title=_preview_title(cfg))
@@ -638,6 +640,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
                 row.update(val_ema_loss=va_ema["loss"], val_ema_top1=va_ema["top1"], val_ema_top5=va_ema["top5"])
             diverging = diverging or warn_if_diverging(va["loss"], history, epoch)
             history.append(row)
+            recorder.epoch(row)
             state = checkpoint_state(model, optimizer, scheduler, scaler, epoch=epoch, best_top1=best_top1,
                                      best_epoch=best_epoch, class_names=class_names, cfg=cfg, history=history, criterion=criterion,
                                      ema=ema)
@@ -687,6 +690,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     if main:
         _write_json(run_dir / "metrics.json", {"history": history, "test": summary})
         _pictures(cfg, run_dir, history, model, test_set, preprocess, class_names, test_set.split)
+    recorder.finish(summary)  # HParams; --tracker's final metrics and pictures
     logger.info("done: run directory %s; best val top-1 %.2f; %s top-1 %.2f top-5 %.2f (%s)%s",
                 run_dir, best_top1, test_set.split, report["top1"], report["top5"], best_path.name,
                 f"; EMA top-1 {summary['test_ema_top1']:.2f}" if "test_ema_top1" in summary else "")

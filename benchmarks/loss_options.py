@@ -1,9 +1,13 @@
 """Test top-1 on the bundled digits for every loss option (and the augmentation recipes), one run each.
 
+The options are the variants of the strategies sweep (z_task_shell/configs/strategies.yaml), which
+`main.py --sweep` runs as separate processes (z_task_shell/2_train_with_strategies.sh); this script
+runs them in one process and prints its own table.
+
 Every run uses the quickstart recipe (resnet18, 32x32, SGD 0.1 cosine, z_task_shell/configs/
 digits_resnet18.yaml) with one strategy changed, so the table compares like with like. Prints a
 markdown table; `--quick` runs 1 epoch of two options. Other data with `--data`; any other flags go to
-every run's main.py after the option's own (z_task_shell/2_train_with_strategies.sh uses both).
+every run's main.py after the option's own.
 
     python benchmarks/loss_options.py [--epochs 30] [--only NAME ...] [--quick] [--data DIR] [main.py flags]
 """
@@ -21,23 +25,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-OPTIONS: dict[str, list[str]] = {
-    "softmax (baseline)": [],
-    "softmax, no label smoothing": ["--label_smoothing", "0"],
-    "bce": ["--criterion", "bce", "--label_smoothing", "0"],
-    "bce + ghm": ["--criterion", "bce", "--ghm_loss", "--label_smoothing", "0"],
-    "bce + ghm, clipped": ["--criterion", "bce", "--ghm_loss", "--label_smoothing", "0", "--clip_grad", "2"],
-    "softmax + ohm 0.7": ["--ohm_loss"],
-    "softmax + threshold": ["--threshold_loss"],
-    "softmax + focal 2": ["--focal_loss"],
-    "softmax + weighted (auto)": ["--weighted_loss"],
-    "bce + focal + ohm": ["--criterion", "bce", "--focal_loss", "--ohm_loss", "--label_smoothing", "0"],
-    "randaugment + mixup 0.2": ["--aug", "--aug_policy", "randaugment", "--mixup", "0.2"],
-    "autoaugment (cifar10)": ["--aug", "--aug_policy", "autoaugment", "--autoaugment_policy", "cifar10"],
-    "custom policy (rotate 15, noise 4)": ["--aug", "--aug_policy", "custom", "--custom_rotate", "15",
-                                           "--custom_noise", "4", "--custom_hflip", "0"],
-    "mixup 0.2 / cutmix 1.0": ["--mixup", "0.2", "--cutmix", "1.0", "--mix_switch_prob", "0.5"],
-}
+SWEEP = ROOT / "z_task_shell/configs/strategies.yaml"
+
+
+def sweep_options(path: Path = SWEEP) -> dict[str, list[str]]:
+    """The variants of the strategies sweep file, each as the main.py flags it adds to the recipe."""
+    from applications.sweep_plan import load_sweep
+    from config import build_parser, flags_to_argv
+    return {v.tag: flags_to_argv(build_parser(), v.values) for v in load_sweep(path).variants}
+
+
+OPTIONS: dict[str, list[str]] = sweep_options()
 
 
 def run_option(name: str, flags: list[str], epochs: int, out: Path, data: Path = ROOT / "data/digits",
@@ -72,7 +70,7 @@ def main_cli() -> None:
     if args.data == ROOT / "data/digits":
         from utils.make_digits import make_digits
         make_digits(args.data)
-    names = ["softmax (baseline)", "bce + ghm"] if args.quick else (args.only or list(OPTIONS))
+    names = ["baseline", "bce_ghm"] if args.quick else (args.only or list(OPTIONS))
     epochs = 1 if args.quick else args.epochs
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.output or tmp)

@@ -321,6 +321,38 @@ CASES += [
          r"--drop_path_rate: resnest50 \(resnest\) has no such setting"),
 ]
 
+# ==== experiments: compare, sweep, search ====
+
+def sweep_setup(body: str, *extra: str) -> Callable[[Path, Path], list[str]]:
+    def setup(tmp: Path, data: Path) -> list[str]:
+        (tmp / "s.yaml").write_text(body)
+        return ["--sweep", str(tmp / "s.yaml"), "--output", str(tmp / "out"), *extra]
+    return setup
+
+
+def nothing_written(tmp: Path) -> None:
+    assert not (tmp / "out").exists()
+
+
+CASES += [
+    Case("sweep-unknown-flag", sweep_setup("grid: {lrr: [0.1, 0.2]}\n"), 1,
+         r"--sweep: .*s\.yaml: grid: unknown key 'lrr' \(did you mean lr", check=nothing_written),
+    Case("sweep-two-kinds", sweep_setup("grid: {lr: [0.1]}\nvariants: {a: {}}\n"), 1,
+         r"needs exactly one of grid:, variants:, search:", check=nothing_written),
+    Case("sweep-bad-variant-combination", sweep_setup("base: {epochs: 2}\nvariants: {long_warmup: {warmup: 5}}\n"),
+         1, r"--sweep: variant long_warmup: --warmup \(5.0 epochs\) must be shorter than --epochs \(2\)",
+         check=nothing_written),
+    Case("search-without-trials", sweep_setup("search: {lr: {low: 0.001, high: 0.1, log: true}}\n"), 1,
+         r"has a search space: give the number of trials"),
+    Case("sweep-devices-bad", sweep_setup("grid: {lr: [0.1]}\n", "--sweep_devices", "0,gpu1"), 2,
+         r"--sweep_devices must be comma-separated CUDA indices or cpu"),
+    Case("trials-without-sweep", lambda tmp, data: ["--train", "--trials", "3"], 2, r"--trials is a --sweep option"),
+    Case("compare-missing", lambda tmp, data: ["--compare", str(tmp / "no_such_runs")], 1,
+         r"--compare: '.*no_such_runs' does not exist"),
+    Case("compare-no-runs", lambda tmp, data: ["--compare", str(data)], 1,
+         r"--compare: no run directories \(folders with a config\.yaml\) under"),
+]
+
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, tiny_data, tmp_path):

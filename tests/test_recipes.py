@@ -19,10 +19,11 @@ BASELINE = "resnet18/baseline/checkpoints/best.pth"
 pytestmark = pytest.mark.slow
 
 
-def run_recipe(script: str, output: Path, *args: str, smoke: bool = True, **env: str) -> subprocess.CompletedProcess:
+def run_recipe(script: str, output: Path, *args: str, smoke: bool = True, timeout: int = 600,
+               **env: str) -> subprocess.CompletedProcess:
     environ = {**os.environ, "OUTPUT": str(output), "SMOKE": "1" if smoke else "0", "OMP_NUM_THREADS": "2", **env}
     r = subprocess.run(["bash", str(SHELL / script), *args], cwd=ROOT, env=environ, capture_output=True, text=True,
-                       timeout=600)
+                       timeout=timeout)
     if smoke:
         assert r.returncode == 0, f"{script} failed ({r.returncode}):\n{r.stderr[-4000:]}"
     return r
@@ -64,12 +65,20 @@ def test_lr_range_test_prints_the_suggestion(smoke_output):
     assert "suggested LR" in r.stdout and (smoke_output / "resnet18/lr_finder/lr_finder.png").is_file()
 
 
-def test_strategies_table_has_a_row_per_option(smoke_output):
-    from benchmarks.loss_options import OPTIONS
-    r = run_recipe("2_train_with_strategies.sh", smoke_output)
-    rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "loss / strategy" not in line]
-    assert [row.split(" | ")[0][2:] for row in rows] == list(OPTIONS)
-    assert len(list((smoke_output / "strategies/resnet18").iterdir())) == len(OPTIONS)
+def test_strategies_sweep_table_has_a_finished_row_per_variant(smoke_output):
+    """The recipe is a sweep: one run per variant of its file, then the --compare table of them all;
+    rerunning it runs nothing."""
+    import yaml
+    variants = list(yaml.safe_load((SHELL / "configs/strategies.yaml").read_text())["variants"])
+    r = run_recipe("2_train_with_strategies.sh", smoke_output, timeout=1200)  # 14 runs
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in r.stdout.splitlines() if line.startswith("| ")]
+    header, rows = rows[0], rows[1:]
+    assert header[0] == "run" and header[-1] == "status" and "test top-1" in header
+    assert sorted(row[0] for row in rows) == sorted(variants) and all(row[-1] == "finished" for row in rows)
+    assert sorted(p.name for p in (smoke_output / "strategies/resnet18").iterdir()) == sorted(variants)
+    assert (smoke_output / "strategies/compare.md").read_text().count("| finished") == len(variants)
+    again = run_recipe("2_train_with_strategies.sh", smoke_output)
+    assert f'"skipped": {len(variants)}' in again.stdout and '"ran": 0' in again.stdout
 
 
 def test_evaluate_recipe(smoke_output):

@@ -1,4 +1,8 @@
-"""Devices, seeds and logging set-up."""
+"""Devices, seeds and logging set-up.
+
+torch is imported inside the functions that need it: ``main.py`` sets up logging for every mode, and
+``--compare`` must not pay for importing torch.
+"""
 from __future__ import annotations
 
 import logging
@@ -9,13 +13,13 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def resolve_device(name: str | None) -> torch.device:
     """``cpu``, ``cuda`` or ``cuda:N``; None picks CUDA when present. Asking for a missing GPU is an error."""
+    import torch
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -29,6 +33,7 @@ def resolve_device(name: str | None) -> torch.device:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch so that a CPU run repeats exactly."""
+    import torch
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -57,9 +62,17 @@ def setup_logging(level: int = logging.INFO) -> None:
         root.addHandler(h)
 
 
+# The last line log_to_file writes when its block ends with an error: how ``--compare`` tells a failed run.
+FAILED_MARK = "run failed: "
+
+
 @contextmanager
 def log_to_file(path: str | Path) -> Iterator[None]:
-    """Also write every log record to ``path`` (the run directory's log.txt) while the block runs."""
+    """Also write every log record to ``path`` (the run directory's log.txt) while the block runs.
+
+    A block that ends with an exception (other than an interrupt) ends the file with one ERROR line
+    ``run failed: <type>: <message>`` (the file only: the caller reports the error on stderr), so the
+    run directory itself says that its last process failed."""
     root = logging.getLogger()
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
@@ -68,6 +81,10 @@ def log_to_file(path: str | Path) -> Iterator[None]:
     root.addHandler(handler)
     try:
         yield
+    except Exception as e:
+        handler.emit(logging.LogRecord("run", logging.ERROR, __file__, 0, "%s%s: %s",
+                                       (FAILED_MARK, type(e).__name__, e), None))
+        raise
     finally:
         root.removeHandler(handler)
         handler.close()

@@ -1,0 +1,24 @@
+"""``--compare RUN [RUN ...]``: one table of many runs (the flags that differ, best val and test top-1,
+epochs, time, speed, status), written as compare.md / compare.csv with the curves in compare.png.
+
+Reads only each run's config.yaml, metrics.json and the last line of its log (see ``utils.runs``):
+no torch, so it stays fast over hundreds of runs.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from config import SORT_KEYS
+from utils.runs import compare_runs
+
+logger = logging.getLogger(__name__)
+
+
+def run(cfg: argparse.Namespace) -> dict[str, Any]:
+    """Compare the runs under ``cfg.compare``, best ``cfg.sort_by`` first; print the table."""
+    result = compare_runs(cfg.compare, sort_by=cfg.sort_by, larger_is_better=SORT_KEYS[cfg.sort_by])
+    print(result.pop("table"), flush=True)
+    logger.info("compared %d runs: %s, %s, %s", result["runs"], result["markdown"], result["csv"], result["plot"])
+    return result
