@@ -23,7 +23,7 @@ import torch.nn as nn
 from PIL import Image
 from tqdm import tqdm
 
-from config import config_conflicts, config_to_dict, load_saved_config, save_config
+from config import ConfigError, config_conflicts, config_to_dict, load_saved_config, save_config
 from criterions import create_criterion
 from dataloader.enhancement import augmented_batch_sheet
 from dataloader.loader import start_workers
@@ -254,11 +254,15 @@ def _holds_this_run(run_dir: Path, cfg: argparse.Namespace) -> bool:
     directory carries from its first epoch on; a folder of anything else has no such file)."""
     if {child.name for child in run_dir.iterdir()} <= OPEN_RUN_FILES:
         return True
-    try:
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    if not (run_dir / "config.yaml").is_file():
         return False
-    return isinstance(saved, dict) and saved.get("train") is True and \
+    try:
+        saved = load_saved_config(run_dir / "config.yaml")
+    except ConfigError:  # damaged: still ours when our checkpoints sit beside it (the message offers --overwrite)
+        return _has_checkpoint(run_dir)
+    except OSError:
+        return False
+    return saved.get("train") is True and \
         saved.get("arch") == cfg.arch and saved.get("tag") == cfg.tag
 
 
