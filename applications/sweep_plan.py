@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import yaml
 
-from config import ConfigError, build_parser, coerce_flag_values, flag_dest, load_yaml_defaults
+from config import ConfigError, build_parser, coerce_flag_values, finite_float, flag_dest, load_yaml_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def _search_param(parser, key: str, value: Any, where: str) -> SearchParam:
     if isinstance(value, list) and value:
         return SearchParam(dest, "choice", choices=coerce_values(parser, dest, value, f"{where}: {key}"))
     if isinstance(value, dict) and {"low", "high"} <= set(value) and set(value) <= {"low", "high", "log", "step"}:
-        if action.type not in (int, float) or action.nargs not in (None, "?"):
+        if action.type not in (int, finite_float) or action.nargs not in (None, "?"):
             raise ConfigError(f"{where}: {key}: a range needs a number flag; give a list of choices instead")
         try:
             low, high = float(value["low"]), float(value["high"])
