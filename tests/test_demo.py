@@ -175,7 +175,7 @@ def test_demo_reproduces_evaluation_on_the_bundled_digits_test_split(tmp_path):
     data = make_digits(tmp_path / "digits")
     with contextlib.redirect_stdout(io.StringIO()):
         assert run_main(["--train", "--config", str(ROOT / "z_task_shell/configs/digits_resnet18.yaml"),
-                         "--data", str(data), "--output", str(tmp_path / "out"), "--epochs", "2", "-j", "0",
+                         "--data", str(data), "--output", str(tmp_path / "out"), "--epochs", "2", "--warmup", "1", "-j", "0",
                          "--no_progress"]) == 0
         ckpt = tmp_path / "out/resnet18/digits_baseline/checkpoints/best.pth"
         for mode in ("--jit", "--onnx"):

@@ -46,7 +46,7 @@ def test_torchrun_training_writes_one_set_of_files_and_evaluates_exactly(tiny_da
     assert sorted(p.name for p in run.iterdir()) == sorted(
         ["augmented_samples.png", "checkpoints", "config.yaml", "curves.png", "eval_test", "log.txt",
          "metrics.json", "tensorboard"])
-    assert len(list((run / "tensorboard").iterdir())) == 2  # the training events and the end-of-run pictures
+    assert len(list((run / "tensorboard").iterdir())) == 3  # training events, end-of-run pictures, HParams (rank 0 only)
     log = (run / "log.txt").read_text()
     assert "(2 processes)" in log and log.count("epoch 2/2") == 1
     ddp_top1 = read_json(run / "metrics.json")["test"]["test_top1"]

@@ -96,7 +96,7 @@ def test_publish_keeps_weights_names_and_config_only(tiny_data, tmp_path):
     optimizer.step()
     model.load_state_dict(load_checkpoint(ckpt)["model"])  # the weights under test stay the calibrated ones
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    full = checkpoint_state(model, optimizer, scheduler, None, epoch=3, best_top1=50.0,
+    full = checkpoint_state(model, optimizer, scheduler, None, epoch=3, best_top1=50.0, best_epoch=3,
                             class_names=["0", "1", "7"], cfg=cfg, history=[{"epoch": 0}])
     save_checkpoint(full, ckpt)
 
