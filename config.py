@@ -701,7 +701,7 @@ def parse_config(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def check_mode_flags(cfg: argparse.Namespace, on_command_line: set[str]) -> None:
     """Refuse training-only flags given on the command line with a mode that would ignore them."""
     mode = selected_mode(cfg)
-    if mode is None or mode == "train":
+    if mode is None or mode in ("train", "sweep"):  # a sweep passes the training flags on to every variant
         return
     ignored = TRAINING_ONLY_FLAGS - TRAINING_FLAGS_ALSO_READ_BY.get(mode, frozenset())
     flags = sorted(_flag_name(a) for dest, a in _actions_by_dest(build_parser()).items()
