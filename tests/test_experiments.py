@@ -319,12 +319,12 @@ def test_search_four_trials_with_pruning_prints_a_best_command_that_runs(tiny_da
 @pytest.mark.slow
 def test_a_crashing_variant_does_not_stop_the_sweep(tiny_data, tmp_path):
     sweep = sweep_file(tmp_path, {"name": "c", "base": tiny_base(tiny_data["folder"]),
-                                  "variants": {"crash": {"arch": "resnet181"}, "fine": {}}})
+                                  "variants": {"crash": {"num_classes": 5}, "fine": {}}})
     r = main_process("--sweep", str(sweep), "--output", str(tmp_path / "out"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     result = sweep_result(r)
     assert result["ran"] == 2 and result["failed"] == ["crash"]
-    assert re.search(r"ERROR applications\.sweep: crash failed \(exit 1\): .*unknown model 'resnet181'", r.stderr)
+    assert re.search(r"ERROR applications\.sweep: crash failed \(exit 1\): .*--num_classes 5 disagrees with the data", r.stderr)
     assert "test" in read_json(tmp_path / "out/c/simple_cnn/fine/metrics.json")
 
 
