@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import shlex
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -291,7 +292,10 @@ def _run_trial(trial, flags: dict[str, Any], run_dir: Path, device: str | None, 
         (run_dir / PRUNED_FILE).unlink(missing_ok=True)
         trial.study.tell(trial, max(row["val_top1"] for row in history))
         return "complete"
-    if code == 130:
+    # 130: the run saved and stopped; -SIGTERM/-SIGINT: the signal the sweep forwarded landed where the run
+    # has no handler (its final test): either way a rerun resumes or finishes it
+    interrupted = code in (130, -signal.SIGTERM, -signal.SIGINT)
+    if interrupted:
         trial.set_user_attr("interrupted", True)
     trial.study.tell(trial, state=TrialState.FAIL)
-    return "interrupted" if code == 130 else "failed"
+    return "interrupted" if interrupted else "failed"

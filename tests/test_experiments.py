@@ -341,7 +341,7 @@ def test_search_stopped_by_sigterm_continues_its_study(tiny_data, tmp_path):
     """A SIGTERM mid-trial leaves the trial failed-as-interrupted; the rerun asks for its flags again (the
     same run directory, resumed) and draws new flags for the next trial, not the first run's draws."""
     import optuna
-    sweep = sweep_file(tmp_path, {"name": "r", "base": tiny_base(tiny_data["folder"], epochs=3),
+    sweep = sweep_file(tmp_path, {"name": "r", "base": tiny_base(tiny_data["folder"], epochs=8),
                                   "search": {"lr": {"low": 1.0e-3, "high": 0.1, "log": True}},
                                   "trials": 2, "sampler_seed": 0, "pruning": False})
     out = tmp_path / "out"
