@@ -41,6 +41,7 @@ from typing import Any, Callable
 import yaml
 
 from config import ConfigError, build_parser, coerce_flag_values, finite_float, flag_dest, load_yaml_defaults
+from utils.misc import StopSignals
 
 logger = logging.getLogger(__name__)
 
@@ -290,27 +291,17 @@ class Children:
                     proc.send_signal(signal.SIGTERM)
 
 
-class ForwardSignals:
+class ForwardSignals(StopSignals):
     """While the block runs, SIGINT and SIGTERM to the sweep stop its children (see ``Children.stop``)."""
 
     def __init__(self, children: Children) -> None:
+        super().__init__()
         self.children = children
-        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         logger.warning("%s received: stopping the running variants (each saves and exits; rerun the sweep "
                        "to continue)", signal.Signals(signum).name)
         self.children.stop()
-
-    def __enter__(self) -> "ForwardSignals":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def train_command(flags: dict[str, Any]) -> list[str]:

@@ -13,7 +13,6 @@ import logging
 import math
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -36,7 +35,7 @@ from utils.checkpoint import (CheckpointError, capture_rng_state, kill_point, li
 from utils.metrics import hard_labels, topk_correct
 from utils.distributed import (DistInfo, all_reduce_sum, any_rank, barrier, cleanup, gather_objects,
                                init_distributed)
-from utils.misc import log_to_file, seed_everything
+from utils.misc import StopSignals, log_to_file, seed_everything
 from utils.runlock import LOCK_NAME, RunLock
 from utils.tracking import RunRecorder
 
@@ -356,13 +355,13 @@ def load_resume_checkpoint(path: Path) -> tuple[dict[str, Any], Path]:
         return load_checkpoint(prev), prev
 
 
-class StopRequest:
+class StopRequest(StopSignals):
     """Turns the first SIGINT/SIGTERM into a request to stop after the current optimizer step (a second
     one interrupts at once); the handlers are restored on exit."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.requested = False
-        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
@@ -370,16 +369,6 @@ class StopRequest:
         self.requested = True
         logger.warning("%s received: finishing the current step, then saving last.pth (again to stop at once)",
                        signal.Signals(signum).name)
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
     def __call__(self) -> bool:
         return self.requested

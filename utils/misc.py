@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -101,3 +103,25 @@ def main_process_log(is_main: bool, path: str | Path) -> Iterator[None]:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with log_to_file(path):
         yield
+
+
+class StopSignals:
+    """Routes SIGINT and SIGTERM to ``self._handle`` while the block runs (signals reach the main thread
+    only, so elsewhere it does nothing), then restores the previous handlers. Subclasses say what a
+    signal does: the training run's stop request, the sweep's forwarding to its children."""
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
