@@ -4,11 +4,11 @@
     python main.py --onnx --resume output/resnet18/default/checkpoints/best.pth   # -> <run>/export/model.onnx
 
 The export is made on the CPU in fp32 and carries the class names, input size, resize mode, mean/std
-and head (``utils.export.export_metadata``). Before it is reported, the written file is loaded back
+and head (``export.core.export_metadata``). Before it is reported, the written file is loaded back
 the way consumers load it and run on a few real images of ``--eval_split`` (batched, and one alone to
 check the dynamic batch axis); its logits must match the eager model's within 1e-4 (for a model whose
 own fp32 logits are less exact than that: be at most twice as far from float64 logits as eager is; see
-``utils.export.verify_export``). A file that fails is left as ``<name>.unverified`` and the run fails
+``export.core.verify_export``). A file that fails is left as ``<name>.unverified`` and the run fails
 with the difference.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from config import selected_mode
 from models import model_family
-from utils.export import (ExportError, Runner, choose_opset, export_metadata, export_onnx, onnx_runner,
+from export.core import (ExportError, Runner, choose_opset, export_metadata, export_onnx, onnx_runner,
                           prepare_for_export, save_torchscript, to_torchscript, torchscript_runner, verify_export)
 from utils.misc import log_to_file
 

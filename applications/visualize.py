@@ -12,7 +12,7 @@ each class:
 ``--visual_class NAME`` explains that class instead of each image's prediction, ``--visual_limit N`` takes
 the first N images (in turn from each class, so a small N still covers every class) and
 ``--target_layer NAME`` picks the layer (default: the family's last convolutional stage with maps of at
-least 4 x 4, see ``models/cam_layers.py``). The methods themselves live in ``utils/cam.py``.
+least 4 x 4, see ``models/cam_layers.py``). The methods themselves live in ``explain/cam.py``.
 """
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ from tqdm import tqdm
 
 from dataloader import DatasetError, ImageDecodeError, create_transform, decode_rgb
 from dataloader.io import DEFAULT_MAX_IMAGE_PIXELS, IMG_EXTENSIONS
-from utils.cam import CamExplainer, Explanation
+from explain.cam import CamExplainer, Explanation
 from utils.metrics import probabilities
 from utils.misc import log_to_file, resolve_device
-from utils.overlay import (BLACK, GREEN, RED, add_title, contact_sheet, overlay_heatmap, save_png, to_hwc,
+from explain.overlay import (BLACK, GREEN, RED, add_title, contact_sheet, overlay_heatmap, save_png, to_hwc,
                            upscale)
 
 from .common import (Restored, build_dataset, build_loader, checkpoint_run_dir, data_class_names,

@@ -1,7 +1,7 @@
 """CPU inference latency: eager PyTorch vs our TorchScript export vs our ONNX export in ONNX Runtime.
 
 For each model (random weights, 1000 classes, 224x224) the script writes the two exports with the
-project's own export code (``utils/export.py``, exactly what ``main.py --jit`` / ``--onnx`` write) and
+project's own export code (``export/core.py``, exactly what ``main.py --jit`` / ``--onnx`` write) and
 loads them the way the deploy demo does (TorchScript with ``optimize_for_inference`` on load; ONNX
 Runtime with every graph optimisation). Every path runs with 2 intra-op threads, in blocks of calls
 that take turns in alternating order (see ``time_paths``), and the median call is reported. The table
@@ -57,7 +57,7 @@ def calibrate_batch_norm(model: nn.Module, x: torch.Tensor) -> nn.Module:
 def build_paths(name: str, image_size: int, folder: Path) -> tuple[nn.Module, dict[str, Callable]]:
     """The eager model and a ``batch -> logits`` callable for each path."""
     from models import create_model, model_family
-    from utils.export import (choose_opset, export_metadata, export_onnx, onnx_runner, prepare_for_export,
+    from export.core import (choose_opset, export_metadata, export_onnx, onnx_runner, prepare_for_export,
                               save_torchscript, to_torchscript, torchscript_runner)
     torch.manual_seed(0)
     model = create_model(name, 1000)
@@ -122,7 +122,7 @@ def benchmark(models: list[str], image_size: int, schedule: dict[int, tuple[int,
 
 
 def report(rows: list[dict], image_size: int, load: tuple[float, float]) -> str:
-    from utils.export import ATOL
+    from export.core import ATOL
     from utils.table import format_table
     table = format_table(
         ["model", "batch", "eager ms", "TorchScript ms", "ONNX Runtime ms", "eager/TorchScript",

@@ -40,7 +40,7 @@ def size_and_latency(name: str, image_size: int, calls: int) -> dict[str, float]
     from applications.benchmark import count_flops, count_parameters
     from benchmarks.cpu_inference import calibrate_batch_norm, time_paths
     from models import create_model, model_family
-    from utils.export import prepare_for_export
+    from export.core import prepare_for_export
     torch.manual_seed(0)
     model = create_model(name, 1000)
     calibrate_batch_norm(model, torch.randn(8, 3, image_size, image_size))

@@ -1,4 +1,4 @@
-"""utils/cam.py and models/cam_layers.py: heatmaps find the evidence, CAM equals Grad-CAM on a GAP + linear
+"""explain/cam.py and models/cam_layers.py: heatmaps find the evidence, CAM equals Grad-CAM on a GAP + linear
 model, hooks never outlive a call, and every family has a default target layer."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from models import create_model, default_target_layer, resolve_target_layer
-from utils.cam import METHODS, CamExplainer, explain
+from explain.cam import METHODS, CamExplainer, explain
 
 SIZE, PATCH = 32, 8
 # class -> (colour channel, top-left corner of its quadrant): a bright patch of that colour somewhere in it
@@ -238,12 +238,12 @@ def test_every_method_on_one_model_of_each_family(arch):
 
 @pytest.mark.parametrize("classes", [None, [1, 0, 2, 1]])
 def test_our_grad_cam_equals_the_grad_cam_package(classes):
-    """``grad-cam`` is written out in utils/cam.py (the package import costs 2.5 s); it must give the
+    """``grad-cam`` is written out in explain/cam.py (the package import costs 2.5 s); it must give the
     package's GradCAM heatmaps on the same model, layer, images and classes."""
     import torchvision
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-    from utils.cam import CamExplainer
+    from explain.cam import CamExplainer
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=3).eval()
     images = torch.randn(4, 3, 48, 40)

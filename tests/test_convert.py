@@ -1,4 +1,4 @@
-"""applications/convert.py and utils/export.py: TorchScript and ONNX exports, loaded back in a fresh process.
+"""applications/convert.py and export/core.py: TorchScript and ONNX exports, loaded back in a fresh process.
 
 Checkpoints are built in train.py's format from random weights whose batch-norm statistics are
 re-estimated on the training images: logits then have a trained network's scale and differ from image
@@ -23,7 +23,7 @@ from conftest import run_main
 from dataloader import BatchPreprocessor, ClassificationDataset, create_transform, read_class_names
 from models import create_model
 from utils.checkpoint import save_checkpoint
-from utils.export import (ExportError, choose_opset, onnxruntime_max_opset, torch_onnx_max_opset,
+from export.core import (ExportError, choose_opset, onnxruntime_max_opset, torch_onnx_max_opset,
                           torchscript_runner, verify_export)
 
 # Runs in a separate process with nothing of the project importable: load an export the way any

@@ -106,7 +106,7 @@ def test_cam_overlays_for_tensorboard(tiny_data, checkpoint, tmp_path):
 
 def test_a_narrow_gallery_widens_for_its_whole_title():
     """--visual_limit 1 leaves one tile per row: the title must not be cut at the sheet's edge."""
-    from utils.overlay import _font, contact_sheet
+    from explain.overlay import _font, contact_sheet
     title = "grad-cam++ on features.denseblock4 (densenet121), test, explaining 7"
     tile = np.full((96, 96, 3), 128, np.uint8)
     sheet = contact_sheet([("7", [(tile, "7", True)])], title=title)

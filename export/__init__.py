@@ -1,0 +1,1 @@
+"""Deployable exports of a classifier (TorchScript, ONNX) that carry their own metadata; see :mod:`export.core`."""
