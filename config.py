@@ -76,7 +76,7 @@ TRAINING_FLAGS_ALSO_READ_BY = {"lr_finder": _LR_FINDER_READS, "throughput": froz
 # allocatable; 100000 x 100000 would be a 120 GB tensor per image, which the kernel may kill, not refuse.
 MAX_IMAGE_SIDE = 4096
 # Pillow's default ``Image.MAX_IMAGE_PIXELS`` (1 GiB / 4 bytes / 3), kept here so that this module does not
-# import Pillow; tests/test_bombs.py checks that it equals dataloader.io.DEFAULT_MAX_IMAGE_PIXELS.
+# import Pillow; tests/unit/test_bombs.py checks that it equals dataloader.io.DEFAULT_MAX_IMAGE_PIXELS.
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 DATASET_ALIASES = {"folder": "folder", "imagenet": "folder", "txt": "txt", "read_from_txt": "txt", "zip": "zip"}

@@ -23,7 +23,7 @@ Published anchors are printed next to the resnet50 training numbers (see ``ANCHO
 Each section runs in its own process with a time box (the boxes add up to the budget): a section that
 fails, crashes or overruns its box is recorded with its error and the rows it finished, the others
 still run, and the exit code is 1. ``--quick`` runs the same code on the CPU at tiny sizes; what needs
-CUDA says "skipped: no CUDA" (tests/test_gpu_check.py runs it).
+CUDA says "skipped: no CUDA" (tests/unit/test_gpu_check.py and tests/e2e/test_gpu_check.py run it).
 
     python benchmarks/gpu_check.py --out gpu_check                 # on a GPU: about 7 minutes
     python benchmarks/gpu_check.py --quick --out /tmp/gpu_check    # the CPU smoke run, 1-2 minutes
@@ -255,7 +255,7 @@ def run_summary(out: Path, arch: str, tag: str) -> dict[str, Any]:
 
 def cuda_test_files() -> list[str]:
     """The test files that hold a ``@pytest.mark.cuda`` test (the decorator at the start of a line)."""
-    return sorted(str(f.relative_to(ROOT)) for f in (ROOT / "tests").glob("test_*.py")
+    return sorted(str(f.relative_to(ROOT)) for f in (ROOT / "tests").rglob("test_*.py")
                   if re.search(r"^\s*@pytest\.mark\.cuda\b", f.read_text(), re.M))
 
 

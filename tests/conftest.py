@@ -9,11 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn as nn
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import config  # noqa: E402
+from dataloader import BatchPreprocessor, ClassificationDataset, create_transform, read_class_names  # noqa: E402
+from models import create_model  # noqa: E402
+from utils.checkpoint import save_checkpoint  # noqa: E402
 from utils.dataset_tools import write_txt_lists, write_zip_archives  # noqa: E402
 
 TINY_CLASSES = ("0", "1", "7")
@@ -78,3 +84,29 @@ def run_main(args: list[str]) -> int:
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+def calibrated_checkpoint(run_dir: Path, arch: str, data: Path, image_size: int, **overrides) -> Path:
+    """``run_dir/checkpoints/best.pth`` in train.py's format: ``arch`` with random weights (seed 0) and
+    batch-norm statistics of the training images; ``overrides`` set config values (criterion, eval_resize...)."""
+    cfg = config.build_parser().parse_args(["--train", "--arch", arch, "--data", str(data),
+                                            "--image_size", str(image_size), str(image_size)])
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    classes = read_class_names(data, "folder")
+    train = ClassificationDataset(data, "folder", "train", transform=create_transform(False, cfg.image_size))
+    images = BatchPreprocessor(cfg.mean, cfg.std, torch.device("cpu"))(torch.stack([img for img, _, _ in train]))
+    torch.manual_seed(0)
+    model = create_model(arch, len(classes))
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # exact statistics of one pass
+    with torch.no_grad():
+        model.train()(images)
+    for m in norms:
+        m.momentum = 0.1
+    path = run_dir / "checkpoints" / "best.pth"
+    save_checkpoint({"model": model.state_dict(), "class_names": classes, "arch": arch,
+                     "config": config.config_to_dict(cfg)}, path)
+    return path

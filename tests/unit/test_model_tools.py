@@ -16,7 +16,7 @@ from applications import benchmark
 from applications.train import checkpoint_state
 from conftest import ROOT, read_json, run_main
 from models import create_model
-from test_convert import calibrated_checkpoint
+from conftest import calibrated_checkpoint
 from utils.checkpoint import load_checkpoint, save_checkpoint
 
 

@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_json
+from conftest import ROOT, read_json
 
-ROOT = Path(__file__).resolve().parent.parent
 SHELL = ROOT / "z_task_shell"
-NOT_RECIPES = {"common.sh", "install.sh", "run_tests.sh"}
 BASELINE = "resnet18/baseline/checkpoints/best.pth"
 
 pytestmark = pytest.mark.slow
@@ -35,21 +33,6 @@ def smoke_output(tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("recipes")
     run_recipe("1_train_baseline.sh", output)
     return output
-
-
-def test_every_script_is_covered():
-    scripts = {p.name for p in SHELL.glob("*.sh")} - NOT_RECIPES
-    covered = {"0_check_best_lr.sh", "1_train_baseline.sh", "2_train_with_strategies.sh", "3_evaluate.sh",
-               "4_distill.sh", "5_curriculum.sh", "6_visualize.sh", "7_export_and_demo.sh", "8_predict_folder.sh",
-               "quickstart_digits.sh", "resnext50_32x4d_imagenet.sh", "resnext101_64x4d_imagenet.sh",
-               "resnest50_imagenet.sh", "resnet50_b256_imagenet.sh", "efficientnet_b0_finetune.sh",
-               "finetune_pretrained.sh",
-               "slurm_train.sh", "torchrun_multinode.sh"}
-    assert scripts == covered
-    for p in SHELL.glob("*.sh"):  # each starts with a header comment saying what it does
-        lines = p.read_text().splitlines()
-        assert lines[0] == "#!/usr/bin/env bash" or p.name == "common.sh", p.name
-        assert lines[1].startswith("# ") and len(lines[1]) > 20, p.name
 
 
 def test_baseline_recipe(smoke_output):
@@ -144,7 +127,7 @@ def test_training_recipes(smoke_output, script, run, expect, tmp_path, monkeypat
     imagenet from a temporary TORCH_HOME holding the file torchvision / efficientnet-pytorch read, offline."""
     env = {"ZIP": "1"} if "_zip" in run else {}
     if "finetune" in run:
-        from test_finetune import put_in_cache
+        from unit.test_finetune import put_in_cache
         env.update(TORCH_HOME=str(tmp_path / "torch"), HF_HUB_OFFLINE="1")
         monkeypatch.setenv("TORCH_HOME", env["TORCH_HOME"])
         put_in_cache(run.split("/")[0], tmp_path)

@@ -5,21 +5,14 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from benchmarks import gpu_check
-from conftest import ROOT
+from unit.test_gpu_check import _run
 
 CUDA = torch.cuda.is_available()
-
-
-def _run(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "benchmarks/gpu_check.py", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def _numbers(value, key=""):
@@ -29,25 +22,6 @@ def _numbers(value, key=""):
             yield from _numbers(v, k)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         yield key, value
-
-
-def test_every_cuda_only_test_carries_the_cuda_marker():
-    skipping = set()
-    for f in (ROOT / "tests").glob("test_*.py"):
-        text = f.read_text()
-        for m in re.finditer(r"@pytest\.mark\.skipif\(not torch\.cuda\.is_available\(\)", text):
-            before = text[:m.start()].rstrip().splitlines()[-1]
-            assert before == "@pytest.mark.cuda", f"{f.name}: a CUDA-only test without @pytest.mark.cuda"
-            skipping.add(str(f.relative_to(ROOT)))
-    assert skipping and sorted(skipping) == gpu_check.cuda_test_files()  # what gpu_check.py hands to pytest -m cuda
-    assert "cuda:" in (ROOT / "pytest.ini").read_text()
-
-
-def test_bad_box_is_a_clear_error(capsys):
-    with pytest.raises(SystemExit) as e:
-        gpu_check.main(["--box", "warp=10"])
-    assert e.value.code == 2
-    assert "--box takes SECTION=SECONDS with SECTION one of context, precision" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -136,15 +110,3 @@ def test_a_failing_and_an_overrunning_section_are_recorded_and_the_rest_runs(tmp
     assert "**failed: precision, resnet50**" in md and "Status **timeout**" in md
     assert "Error: FileNotFoundError: --digits" in md
     assert "Traceback" in (out / "logs" / "precision.log").read_text()  # the details stay in the section's log
-
-
-def test_sections_the_global_budget_cannot_fit_are_skipped(tmp_path):
-    r = _run("--quick", "--out", str(tmp_path), "--sections", "context", "ddp", "--budget", "1", timeout=120)
-    assert r.returncode == 1
-    report = json.loads((tmp_path / "gpu_check.json").read_text())
-    for name, title in (("context", "Context"), ("ddp", "torchrun, one process")):
-        assert report["sections"][name] == {"title": title, "box_s": report["sections"][name]["box_s"],
-                                            "status": "skipped", "error": "the global time budget (1 s) was spent",
-                                            "rows": [], "notes": [], "seconds": 0}
-    assert report["failed"] == ["context", "ddp"] and report["device"].startswith("unknown")
-    assert "Status **skipped** after 0 s" in (tmp_path / "gpu_check.md").read_text()

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from conftest import read_json, run_main
-from test_convert import calibrated_checkpoint
+from conftest import calibrated_checkpoint
 from utils.checkpoint import load_checkpoint
 
 

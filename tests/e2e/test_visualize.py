@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_CLASSES, run_main, tiny_train_args
-from applications.visualize import cam_overlays_for_tensorboard, class_interleaved
+from applications.visualize import cam_overlays_for_tensorboard
 from applications.common import build_dataset, preprocessor, restore_for_inference
 
 
@@ -82,11 +82,6 @@ def test_bad_class_or_layer_is_a_one_line_error(tiny_data, checkpoint, flags, me
     assert message in caplog.text
 
 
-def test_class_interleaved_order():
-    assert class_interleaved([0, 0, 0, 1, 2, 2]) == [0, 3, 4, 1, 5, 2]
-    assert class_interleaved([0, 0, 0, 1, 2, 2], limit=4) == [0, 3, 4, 1]
-
-
 def test_cam_overlays_for_tensorboard(tiny_data, checkpoint, tmp_path):
     from config import parse_config
     cfg = parse_config(visual_args(checkpoint, tiny_data["folder"], "--visual_data", "val"))
@@ -102,14 +97,3 @@ def test_cam_overlays_for_tensorboard(tiny_data, checkpoint, tmp_path):
     with SummaryWriter(str(tmp_path / "tb")) as writer:
         writer.add_images("val/cam", batch, 1)
     assert any((tmp_path / "tb").iterdir())
-
-
-def test_a_narrow_gallery_widens_for_its_whole_title():
-    """--visual_limit 1 leaves one tile per row: the title must not be cut at the sheet's edge."""
-    from explain.overlay import _font, contact_sheet
-    title = "grad-cam++ on features.denseblock4 (densenet121), test, explaining 7"
-    tile = np.full((96, 96, 3), 128, np.uint8)
-    sheet = contact_sheet([("7", [(tile, "7", True)])], title=title)
-    assert sheet.shape[1] >= _font(13).getlength(title) + 8
-    right = sheet[:20, -4:]  # the title bar's right edge stays white: the text ends inside the sheet
-    assert (right == 255).all()

@@ -19,12 +19,9 @@ import torch
 import torch.nn as nn
 
 import config
-from conftest import run_main
-from dataloader import BatchPreprocessor, ClassificationDataset, create_transform, read_class_names
+from conftest import calibrated_checkpoint, run_main
 from models import create_model
-from utils.checkpoint import save_checkpoint
-from export.core import (ExportError, choose_opset, onnxruntime_max_opset, torch_onnx_max_opset,
-                          torchscript_runner, verify_export)
+from export.core import ExportError, onnxruntime_max_opset, torch_onnx_max_opset, torchscript_runner, verify_export
 
 # Runs in a separate process with nothing of the project importable: load an export the way any
 # consumer would, report its metadata and logits on the given inputs (batched and the first alone).
@@ -51,32 +48,6 @@ np.savez(out, y=y, y1=y1)
 project = sorted(m for m in sys.modules if m.split(".")[0] in ("models", "dataloader", "utils", "applications", "config"))
 print(json.dumps({"metadata": meta, "project_modules": project, **info}))
 """
-
-
-def calibrated_checkpoint(run_dir: Path, arch: str, data: Path, image_size: int, **overrides) -> Path:
-    """``run_dir/checkpoints/best.pth`` in train.py's format: ``arch`` with random weights (seed 0) and
-    batch-norm statistics of the training images; ``overrides`` set config values (criterion, eval_resize...)."""
-    cfg = config.build_parser().parse_args(["--train", "--arch", arch, "--data", str(data),
-                                            "--image_size", str(image_size), str(image_size)])
-    for key, value in overrides.items():
-        setattr(cfg, key, value)
-    classes = read_class_names(data, "folder")
-    train = ClassificationDataset(data, "folder", "train", transform=create_transform(False, cfg.image_size))
-    images = BatchPreprocessor(cfg.mean, cfg.std, torch.device("cpu"))(torch.stack([img for img, _, _ in train]))
-    torch.manual_seed(0)
-    model = create_model(arch, len(classes))
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # exact statistics of one pass
-    with torch.no_grad():
-        model.train()(images)
-    for m in norms:
-        m.momentum = 0.1
-    path = run_dir / "checkpoints" / "best.pth"
-    save_checkpoint({"model": model.state_dict(), "class_names": classes, "arch": arch,
-                     "config": config.config_to_dict(cfg)}, path)
-    return path
 
 
 def export(ckpt: Path, data: Path, fmt: str, capsys, *extra: str) -> dict:
@@ -191,11 +162,6 @@ def test_every_family_exports_both_ways(tiny_data, tmp_path, capsys, arch, size,
     assert (tmp_path / "run/export/model_jit.pt").is_file() and (tmp_path / "run/export/model.onnx").is_file()
 
 
-def test_efficientnet_is_built_with_the_swish_that_export_switches_off():
-    from efficientnet_pytorch.utils import MemoryEfficientSwish
-    assert isinstance(create_model("efficientnet-b0", 3)._swish, MemoryEfficientSwish)
-
-
 def test_a_path_that_fails_says_so_and_suggests_the_other(tiny_data, tmp_path, caplog):
     # timm's ViT uses scaled_dot_product_attention, which ONNX has only from opset 14 on.
     data = tiny_data["folder"]
@@ -205,11 +171,3 @@ def test_a_path_that_fails_says_so_and_suggests_the_other(tiny_data, tmp_path, c
     assert "timm/vit_tiny_patch16_224 (timm family) cannot be exported to ONNX" in message
     assert "scaled_dot_product_attention" in message and "try --jit instead" in message
     assert not (tmp_path / "run/export/model.onnx").exists()
-
-
-def test_opset_is_the_newest_both_sides_support_and_others_are_refused():
-    best = min(torch_onnx_max_opset(), onnxruntime_max_opset())
-    assert choose_opset() == best and choose_opset(13) == 13
-    assert onnxruntime_max_opset() >= 17
-    with pytest.raises(ExportError, match=f"use --opset 7..{best}"):
-        choose_opset(best + 1)

@@ -1,0 +1,155 @@
+"""Experiments: --compare over run directories, HParams in every run's events, --tracker mlflow, and
+--sweep (grid, named variants, Optuna search) as real processes on the tiny digits."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from config import ConfigError
+
+
+def main_process(*args: str, cwd: Path | None = None, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd or ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+def write_run(folder: Path, config: dict, history: list[dict] | None = None, test: dict | None = None,
+              log: str | None = None) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    if history is not None:
+        metrics = {"history": history, **({"test": test} if test else {})}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    if log is not None:
+        (folder / "log.txt").write_text(log)
+    return folder
+
+
+def epoch_row(epoch: int, val: float, loss: float = 1.0) -> dict:
+    return {"epoch": epoch, "train_loss": loss, "val_top1": val, "img_per_s": 100.0 + epoch, "time": 30.0}
+
+
+def test_compare_edge_cases_failed_unfinished_and_list_flags(tmp_path):
+    base = {"arch": "resnet18", "lr": 0.1, "epochs": 3, "image_size": [16, 16], "output": "x"}
+    write_run(tmp_path / "runs/done", {**base, "tag": "done"},
+              [epoch_row(0, 50.0), epoch_row(1, 80.0), epoch_row(2, 70.0)], {"test_top1": 75.0, "test_top5": 99.0})
+    write_run(tmp_path / "runs/failed", {**base, "tag": "failed"}, [epoch_row(0, 60.0)],
+              log="2026-01-01 10:00:00 INFO x: epoch 1/3\n"
+                  "2026-01-01 10:00:05 ERROR run: run failed: FloatingPointError: the loss became nan\n")
+    write_run(tmp_path / "runs/stopped", {**base, "tag": "stopped", "image_size": [32, 32]},
+              [epoch_row(0, 90.0)], log="2026-01-01 10:00:05 WARNING x: stopped at epoch 2, batch 1\n")
+    write_run(tmp_path / "runs/nothing_yet", {**base, "tag": "nothing_yet"})  # config.yaml only
+    r = main_process("--compare", str(tmp_path / "runs"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [line.split("|")[1:-1] for line in r.stdout.splitlines() if line.startswith("| ")]
+    header, rows = [c.strip() for c in lines[0]], [[c.strip() for c in row] for row in lines[1:]]
+    assert header[:2] == ["run", "image_size"]  # the list-valued flag is the one that differs
+    table = {row[0]: dict(zip(header, row)) for row in rows}
+    assert [row[0] for row in rows] == ["stopped", "done", "failed", "nothing_yet"]  # by best val, no number last
+    assert table["stopped"]["image_size"] == "32 32" and table["done"]["image_size"] == "16 16"
+    assert table["done"]["status"] == "finished" and table["done"]["best epoch"] == "2"
+    assert table["done"]["test top-1"] == "75.00" and table["done"]["epochs"] == "3/3"
+    assert table["done"]["train min"] == "1.50" and table["done"]["train img/s"] == "101"
+    assert table["failed"]["status"] == "failed" and table["failed"]["test top-1"] == ""
+    assert table["stopped"]["status"] == "interrupted" and table["nothing_yet"]["status"] == "interrupted"
+    r = main_process("--compare", str(tmp_path / "runs/*"), "--sort_by", "test_top1")
+    assert r.returncode == 0 and r.stdout.splitlines()[2].startswith("| done ")
+
+
+def test_mode_flags_are_not_settings():
+    from config import MODES
+    from utils.runs import NOT_SETTINGS
+    assert set(MODES) <= NOT_SETTINGS
+
+
+def test_compare_refuses_a_missing_path(tmp_path):
+    r = main_process("--compare", str(tmp_path / "nope"))
+    assert r.returncode == 1 and "--compare:" in r.stderr and "does not exist" in r.stderr
+
+
+def test_a_run_ending_in_an_error_says_so_in_its_log(tmp_path):
+    """log_to_file ends the log with the error (--compare's 'failed'); a finished run's log does not."""
+    from utils.misc import FAILED_MARK, log_to_file
+    from utils.runs import read_run
+    run = write_run(tmp_path / "run", {"tag": "run"}, [epoch_row(0, 10.0)])
+    with pytest.raises(ValueError), log_to_file(run / "log.txt"):
+        raise ValueError("bad thing")
+    assert (run / "log.txt").read_text().strip().endswith(f"{FAILED_MARK}ValueError: bad thing")
+    assert read_run(run).status == "failed" and read_run(run).failure == "ValueError: bad thing"
+    with log_to_file(run / "log.txt"):
+        import logging
+        logging.getLogger("x").warning("resumed")
+    assert read_run(run).status == "interrupted"
+
+
+# ---- sweep files -----------------------------------------------------------------------------------
+
+def sweep_file(tmp_path: Path, body: dict, name: str = "sweep.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def test_grid_expands_to_tagged_variants(tmp_path):
+    from applications.sweep_plan import load_sweep
+    spec = load_sweep(sweep_file(tmp_path, {"base": {"epochs": 2}, "grid": {
+        "lr": [0.05, 0.1], "arch": ["resnet18", "timm/resnet18"], "ghm_loss": [True, False],
+        "image_size": [[16, 16], [32, 32]]}}))
+    assert spec.name == "sweep" and spec.base == {"epochs": 2} and len(spec.variants) == 16
+    first = spec.variants[0]
+    assert first.values == {"lr": 0.05, "arch": "resnet18", "ghm_loss": True, "image_size": [16, 16]}
+    assert first.tag == "lr-0.05_arch-resnet18_ghm_loss-true_image_size-16-16"
+    assert spec.variants[4].tag.startswith("lr-0.05_arch-timm-resnet18")
+    assert len({v.tag for v in spec.variants}) == 16
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"grid": {"lr": [0.1]}, "variants": {"a": {}}},
+     r"exactly one of grid:, variants:, search: \(found grid, variants"),
+    ({"grid": {"lrr": [0.1]}}, r"grid: unknown key 'lrr' \(did you mean lr"),
+    ({"grid": {"lr": 0.1}}, r"grid: lr: expected a list of values to try"),
+    ({"grid": {"optimizer": ["sgd", "adamm"]}}, r"key 'optimizer' \(flag --optimizer\) has invalid value 'adamm'"),
+    ({"variants": {"a b": {"lr": 0.1}}}, r"variant name 'a b' becomes a run tag.*'a-b'"),
+    ({"search": {"lr": {"low": 0.3, "high": 0.001}}}, r"search: lr: need low < high"),
+    ({"search": {"optimizer": {"low": 1, "high": 2}}}, r"search: optimizer: a range needs a number flag"),
+    ({"grid": {"lr": [0.1]}, "trials": 3}, r"trials: is a search option"),
+    ({"grid": {"lr": [0.1]}, "gird": 1}, r"unknown key\(s\) \['gird'\]"),
+])
+def test_bad_sweep_files_are_refused_clearly(tmp_path, body, message):
+    import re
+    from applications.sweep_plan import load_sweep
+    with pytest.raises(ConfigError) as e:
+        load_sweep(sweep_file(tmp_path, body))
+    assert re.search(message, str(e.value)), str(e.value)
+    assert str(e.value).startswith(f"--sweep: {tmp_path / 'sweep.yaml'}") or "sweep.yaml" in str(e.value)
+
+
+def test_run_flags_layering_and_checks(tmp_path):
+    """base < flags next to --sweep < the variant's own values; a bad combination is refused up front."""
+    from applications.sweep import command_line_flags, run_flags
+    from config import parse_config
+    cfg = parse_config(["--sweep", str(sweep_file(tmp_path, {"grid": {"lr": [0.1]}})), "--epochs", "3",
+                        "--label_smoothing", "0.2", "--sweep_devices", "0,1", "--tracker", "mlflow"])
+    given = command_line_flags(cfg)
+    assert given == {"epochs": 3, "label_smoothing": 0.2, "tracker": "mlflow"}
+    given.pop("tracker")
+    flags = run_flags({"epochs": 5, "optimizer": "adamw", **given}, {"label_smoothing": 0.3}, tmp_path, "t")
+    assert flags == {"epochs": 3, "optimizer": "adamw", "label_smoothing": 0.3, "output": str(tmp_path),
+                     "tag": "t", "no_progress": True}
+    with pytest.raises(ConfigError, match=r"--sweep: variant t: --warmup \(5.0 epochs\) must be shorter"):
+        run_flags({"epochs": 3}, {"warmup": 5.0}, tmp_path, "t")
+
+
+def test_device_slots():
+    from applications.sweep_plan import device_flags_env, parse_devices
+    assert parse_devices("0, 1,cpu") == ["0", "1", "cpu"] and parse_devices(None) == [None]
+    assert device_flags_env("1") == ({"device": "cuda"}, {"CUDA_VISIBLE_DEVICES": "1"})
+    assert device_flags_env("cpu") == ({"device": "cpu"}, {"CUDA_VISIBLE_DEVICES": ""})
+    assert device_flags_env(None) == ({}, {})
