@@ -133,7 +133,7 @@ def test_non_finite_validation_loss_stops_and_keeps_the_last_good_epoch(tiny_dat
 
 
 def test_clip_grad_bounds_the_update(tiny_data):
-    from applications.train import train_one_epoch
+    from engine import train_one_epoch
     from criterions import create_criterion
     from dataloader import BatchPreprocessor, ClassificationDataset, create_loader, create_transform
     ds = ClassificationDataset(tiny_data["folder"], "folder", "train", transform=create_transform(False, (16, 16)))

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_CLASSES, run_main, tiny_train_args
-from applications.visualize import cam_overlays_for_tensorboard, class_interleaved
+from explain.pictures import cam_overlays_for_tensorboard, class_interleaved
 from applications.common import build_dataset, preprocessor, restore_for_inference
 
 
@@ -92,8 +92,8 @@ def test_cam_overlays_for_tensorboard(tiny_data, checkpoint, tmp_path):
     cfg = parse_config(visual_args(checkpoint, tiny_data["folder"], "--visual_data", "val"))
     restored = restore_for_inference(cfg)
     model = restored.model.train()
-    dataset = build_dataset(restored.cfg, "val", restored.class_names, train=False)
-    batch = cam_overlays_for_tensorboard(model, dataset, preprocessor(restored.model_cfg, restored.device),
+    dataset = build_dataset(cfg, "val", restored.class_names, train=False, spec=restored.spec)
+    batch = cam_overlays_for_tensorboard(model, dataset, preprocessor(restored.spec, restored.device),
                                          restored.class_names, arch="resnet18", target_layer="layer2", n=4)
     assert batch.dtype == torch.uint8 and batch.shape[:2] == (4, 3) and batch.shape[3] >= 128
     assert model.training and all(p.requires_grad and p.grad is None for p in model.parameters())
@@ -106,7 +106,7 @@ def test_cam_overlays_for_tensorboard(tiny_data, checkpoint, tmp_path):
 
 def test_a_narrow_gallery_widens_for_its_whole_title():
     """--visual_limit 1 leaves one tile per row: the title must not be cut at the sheet's edge."""
-    from explain.overlay import _font, contact_sheet
+    from utils.images import _font, contact_sheet
     title = "grad-cam++ on features.denseblock4 (densenet121), test, explaining 7"
     tile = np.full((96, 96, 3), 128, np.uint8)
     sheet = contact_sheet([("7", [(tile, "7", True)])], title=title)
