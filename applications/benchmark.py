@@ -26,12 +26,13 @@ import torch
 import torch.nn as nn
 
 from config import selected_mode
+from engine import amp_dtype, autocast
 from models import create_model, extract_state_dict
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.misc import resolve_device
 from utils.table import format_table, human
 
-from .common import amp_dtype, autocast, model_from_checkpoint
+from .common import model_from_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ def tool_model(cfg: argparse.Namespace) -> ToolModel:
     """The model to measure: the checkpoint's (``--resume``) or a fresh ``--arch``, on the CPU, in eval mode."""
     if cfg.resume:
         fallback = [str(i) for i in range(cfg.num_classes or DEFAULT_NUM_CLASSES)]
-        model, model_cfg, class_names = model_from_checkpoint(cfg.resume, cfg, fallback_class_names=fallback)
-        return ToolModel(model.eval(), model_cfg["arch"], tuple(model_cfg["image_size"]), len(class_names))
+        model, spec = model_from_checkpoint(cfg.resume, cfg, fallback_class_names=fallback)
+        return ToolModel(model.eval(), spec.arch, spec.image_size, spec.num_classes)
     num_classes = cfg.num_classes or DEFAULT_NUM_CLASSES
     return ToolModel(create_model(cfg.arch, num_classes).eval(), cfg.arch, tuple(cfg.image_size), num_classes)
 
@@ -254,11 +255,11 @@ def summary(cfg: argparse.Namespace) -> dict[str, Any]:
 # --publish
 
 
-PUBLISHED_KEYS = ("class_names", "config", "arch")
+PUBLISHED_KEYS = ("class_names", "config", "arch", "model_spec")
 
 
 def publish_checkpoint(src: str | Path, out: str | Path) -> tuple[Path, str]:
-    """Write ``OUT-<sha256[:8]>.pth`` holding only the weights, class names and config of ``src``.
+    """Write ``OUT-<sha256[:8]>.pth`` holding only the weights, class names, model spec and config of ``src``.
 
     As MMClassification's ``publish_model.py``: the file is written, hashed, then named after its hash,
     so a download can be checked against its name. Returns the path and the full sha256.

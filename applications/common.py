@@ -1,4 +1,4 @@
-"""Turning the resolved config into parts: run directory, datasets, loaders, precision, model restore.
+"""Turning the resolved config into parts: run directory, side-file names, datasets, loaders, model restore.
 
 Only ``applications/`` reads the whole config; these helpers pass explicit values to the factories.
 """
@@ -7,10 +7,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ContextManager, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -18,14 +17,12 @@ import torch.nn as nn
 from dataloader import (BatchPreprocessor, ClassificationDataset, create_loader, create_transform,
                         read_class_names, resolve_split)
 from dataloader.io import DEFAULT_MAX_IMAGE_PIXELS
+from engine import amp_dtype, evaluate
 from models import check_model_name, create_model, extract_state_dict, load_state_dict_checked
+from models.spec import ModelSpec
 from utils.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
-
-# Config keys that define the model and its preprocessing: evaluation takes them from the checkpoint.
-MODEL_KEYS = ("arch", "num_classes", "image_size", "mean", "std", "eval_resize", "crop_pct", "criterion")
-
 
 def run_dir_for(output: str, arch: str, tag: str) -> Path:
     """``<output>/<arch>/<tag>`` (a ``/`` in the arch, as in ``timm/resnet18``, becomes ``-``).
@@ -70,6 +67,16 @@ def checkpoint_run_dir(path: str | Path) -> Path:
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
+def curriculum_path(cfg: argparse.Namespace) -> Path:
+    """``--curriculum_file`` or ``DATA/curriculum.txt`` (written by ``--make_curriculum``, read by training)."""
+    return Path(cfg.curriculum_file) if cfg.curriculum_file else Path(cfg.data) / "curriculum.txt"
+
+
+def teacher_file(data: str | Path, arch: str) -> Path:
+    """Where the teacher ``arch`` writes its probabilities (``--knowledge``)."""
+    return Path(data) / f"distill_{arch.replace('/', '-')}.txt"
+
+
 def check_num_classes(requested: int | None, class_names: Sequence[str], data: str) -> int:
     """The class count: the data's, which ``--num_classes`` (when given) must equal."""
     found = len(class_names)
@@ -81,13 +88,18 @@ def check_num_classes(requested: int | None, class_names: Sequence[str], data: s
 
 
 def build_dataset(cfg: argparse.Namespace, split: str, class_names: Sequence[str], train: bool,
-                  fallback: bool = False, policy: nn.Module | None = None) -> ClassificationDataset:
-    """The dataset of ``split`` with the training (with ``policy``) or evaluation transform from the config."""
+                  fallback: bool = False, policy: nn.Module | None = None,
+                  spec: ModelSpec | None = None) -> ClassificationDataset:
+    """The dataset of ``split`` with the training (with ``policy``) or evaluation transform from the config,
+    or, given a trained model's ``spec``, with that model's evaluation transform."""
     if fallback:
         split = resolve_split(cfg.data, cfg.dataset, split)
-    transform = create_transform(train, cfg.image_size, train_resize=cfg.train_resize, rrc_scale=cfg.rrc_scale,
-                                 hflip=cfg.hflip, eval_resize=cfg.eval_resize, crop_pct=cfg.crop_pct,
-                                 policy=policy, random_erasing=cfg.random_erasing if train else 0.0)
+    if spec is not None:
+        transform = spec_transform(spec)
+    else:
+        transform = create_transform(train, cfg.image_size, train_resize=cfg.train_resize, rrc_scale=cfg.rrc_scale,
+                                     hflip=cfg.hflip, eval_resize=cfg.eval_resize, crop_pct=cfg.crop_pct,
+                                     policy=policy, random_erasing=cfg.random_erasing if train else 0.0)
     return ClassificationDataset(cfg.data, cfg.dataset, split, class_names=class_names, transform=transform,
                                  skip_bad=getattr(cfg, "skip_bad_images", False),
                                  max_pixels=getattr(cfg, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
@@ -112,58 +124,66 @@ def data_class_names(cfg: argparse.Namespace) -> list[str]:
     return read_class_names(cfg.data, cfg.dataset)
 
 
-def amp_dtype(enabled: bool, choice: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for full precision: bf16 where supported, else fp16 on CUDA."""
-    if not enabled:
-        return None
-    if choice == "fp16":
-        return torch.float16
-    if choice == "bf16" or device.type != "cuda" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
+def spec_transform(spec: ModelSpec) -> nn.Module:
+    """The evaluation transform a trained model expects (its input size and resize)."""
+    return create_transform(False, spec.image_size, eval_resize=spec.eval_resize, crop_pct=spec.crop_pct)
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
-    """``torch.autocast`` for ``dtype``, or a no-op context for full precision."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+def preprocessor(source: argparse.Namespace | ModelSpec, device: torch.device) -> BatchPreprocessor:
+    """The on-device uint8 -> normalised float step with the mean and std of the config (training: with its
+    ``--channels_last``) or of a trained model's spec (inference)."""
+    return BatchPreprocessor(source.mean, source.std, device, channels_last=bool(getattr(source, "channels_last", False)))
 
 
-def preprocessor(cfg: argparse.Namespace | dict[str, Any], device: torch.device) -> BatchPreprocessor:
-    """The on-device uint8 -> normalised float step with the config's mean and std."""
-    get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k, None)
-    return BatchPreprocessor(get("mean"), get("std"), device, channels_last=bool(get("channels_last")))
+def training_spec(cfg: argparse.Namespace, class_names: Sequence[str]) -> ModelSpec:
+    """The spec of the model ``--train`` makes (saved in its checkpoints)."""
+    return ModelSpec.from_config(vars(cfg), class_names)
 
 
-def model_from_checkpoint(path: str | Path, cfg: argparse.Namespace,
-                          fallback_class_names: Sequence[str]) -> tuple[nn.Module, dict[str, Any], list[str]]:
-    """Build the model a checkpoint was trained as and load its weights.
+def checkpoint_spec(ckpt: dict[str, Any], cfg: argparse.Namespace, fallback_class_names: Sequence[str]) -> ModelSpec:
+    """The spec of the model in ``ckpt``: its own ``model_spec``; for a checkpoint saved before specs, built
+    from its stored config (the command line filling what it lacks); for a bare state dict, from the
+    command line. Class names: the checkpoint's, else ``fallback_class_names``."""
+    if isinstance(ckpt.get("model_spec"), dict):
+        spec = ModelSpec.from_dict(ckpt["model_spec"])
+    else:
+        saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+        spec = ModelSpec.from_config({**vars(cfg), **saved}, ckpt.get("class_names") or fallback_class_names)
+    if not spec.class_names:
+        spec = replace(spec, class_names=tuple(fallback_class_names))
+    for key, value in spec.config_values().items():
+        given = getattr(cfg, key, None)
+        if given is not None and (list(given) if isinstance(given, tuple) else given) != value:
+            logger.info("using the checkpoint's %s=%s (the command line had %s)", key, value, given)
+    return spec
 
-    Returns the model, the model-defining config (``MODEL_KEYS``: the checkpoint's own values win over
-    the command line, so evaluation applies the preprocessing the model was trained with) and the
-    class names it carries. A bare state dict carries none: ``--arch`` and ``fallback_class_names``
-    (the data's) are used instead.
+
+def model_from_checkpoint(path: str | Path, cfg: argparse.Namespace, fallback_class_names: Sequence[str],
+                          ckpt: dict[str, Any] | None = None) -> tuple[nn.Module, ModelSpec]:
+    """Build the model a checkpoint was trained as and load its weights (``ckpt``: the checkpoint already
+    read from ``path``, else it is read here, once).
+
+    Returns the model and its spec (the checkpoint's own values win over the command line, so inference
+    applies the preprocessing the model was trained with). A bare state dict carries none: ``--arch``,
+    the preprocessing flags and ``fallback_class_names`` (the data's) are used instead.
     """
-    ckpt = load_checkpoint(path)
-    saved = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    for k in MODEL_KEYS:
-        if k in saved and getattr(cfg, k) not in (None, saved[k]):
-            logger.info("using the checkpoint's %s=%s (the command line had %s)", k, saved[k], getattr(cfg, k))
-    model_cfg = {k: saved.get(k, getattr(cfg, k)) for k in MODEL_KEYS}
-    class_names = list(ckpt.get("class_names") or fallback_class_names)
-    model_cfg["num_classes"] = len(class_names)
-    model = create_model(model_cfg["arch"], len(class_names))
+    ckpt = load_checkpoint(path) if ckpt is None else ckpt
+    spec = checkpoint_spec(ckpt, cfg, fallback_class_names)
+    model = create_model(spec.arch, spec.num_classes)
     load_state_dict_checked(model, extract_state_dict(ckpt), path)
-    return model, model_cfg, class_names
+    return model, spec
 
 
 @dataclass
 class Restored:
-    """A checkpoint ready for inference: the model on its device, in eval mode, and what it was trained as."""
+    """A checkpoint ready for inference: the model on its device, in eval mode, and what it is (its spec)."""
     model: nn.Module
-    model_cfg: dict[str, Any]
-    class_names: list[str]
+    spec: ModelSpec
     device: torch.device
-    cfg: argparse.Namespace  # the command line's config with the checkpoint's model keys laid over it
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.spec.class_names)
 
 
 def restore_for_inference(cfg: argparse.Namespace, device: torch.device | None = None) -> Restored:
@@ -172,22 +192,19 @@ def restore_for_inference(cfg: argparse.Namespace, device: torch.device | None =
     from utils.misc import resolve_device
     device = device or resolve_device(cfg.device)
     data_classes = data_class_names(cfg)
-    model, model_cfg, class_names = model_from_checkpoint(cfg.resume, cfg, fallback_class_names=data_classes)
-    if data_classes != class_names:
+    model, spec = model_from_checkpoint(cfg.resume, cfg, fallback_class_names=data_classes)
+    if data_classes != list(spec.class_names):
         raise ValueError(f"{cfg.data} has classes {data_classes[:10]} but {cfg.resume} was trained on "
-                         f"{class_names[:10]}; use data with the model's classes")
-    return Restored(model.to(device).eval(), model_cfg, class_names, device,
-                    argparse.Namespace(**{**vars(cfg), **model_cfg}))
+                         f"{list(spec.class_names)[:10]}; use data with the model's classes")
+    return Restored(model.to(device).eval(), spec, device)
 
 
-def predict_split(restored: Restored, split: str, *, fallback: bool = False,
+def predict_split(cfg: argparse.Namespace, restored: Restored, split: str, *, fallback: bool = False,
                   progress: bool = False) -> tuple[ClassificationDataset, dict[str, Any]]:
     """Run the restored model over ``split``: the dataset and ``evaluate``'s outputs (logits in dataset order)."""
-    from .train import evaluate
-    cfg = restored.cfg
-    dataset = build_dataset(cfg, split, restored.class_names, train=False, fallback=fallback)
+    dataset = build_dataset(cfg, split, restored.class_names, train=False, fallback=fallback, spec=restored.spec)
     loader = build_loader(cfg, dataset, train=False, device=restored.device)
-    result = evaluate(restored.model, loader, preprocess=preprocessor(restored.model_cfg, restored.device),
+    result = evaluate(restored.model, loader, preprocess=preprocessor(restored.spec, restored.device),
                       dtype=amp_dtype(cfg.amp, cfg.amp_dtype, restored.device), progress=progress,
                       return_outputs=True, desc=f"predict {dataset.split}")
     return dataset, result

@@ -75,26 +75,26 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         return export_checkpoint(cfg, FORMATS[selected_mode(cfg)], run_dir / "export")
 
 
-def sample_images(restored: Restored, split: str, count: int = VERIFY_IMAGES) -> torch.Tensor:
+def sample_images(cfg: argparse.Namespace, restored: Restored, split: str, count: int = VERIFY_IMAGES) -> torch.Tensor:
     """``count`` images spread evenly over ``split``, preprocessed as evaluation does (float, on the CPU)."""
-    dataset = build_dataset(restored.cfg, split, restored.class_names, train=False, fallback=True)
+    dataset = build_dataset(cfg, split, restored.class_names, train=False, fallback=True, spec=restored.spec)
     n = min(count, len(dataset))
     picks = sorted(set(torch.linspace(0, len(dataset) - 1, n).round().long().tolist()))
     batch = torch.stack([dataset[i][0] for i in picks])
-    return preprocessor(restored.model_cfg, torch.device("cpu"))(batch)
+    return preprocessor(restored.spec, torch.device("cpu"))(batch)
 
 
 def export_checkpoint(cfg: argparse.Namespace, fmt: ExportFormat, out_dir: Path) -> dict[str, Any]:
     """Write ``fmt``'s file for the checkpoint ``cfg.resume`` into ``out_dir``, verify it, return a summary."""
     restored = restore_for_inference(argparse.Namespace(**{**vars(cfg), "device": "cpu"}))
-    arch = restored.model_cfg["arch"]
+    arch = restored.spec.arch
     family = model_family(arch)
     model = prepare_for_export(restored.model, family)
-    images = sample_images(restored, cfg.eval_split)
+    images = sample_images(cfg, restored, cfg.eval_split)
     path = out_dir / fmt.filename
     staging = path.with_name(path.name + ".unverified")
     try:
-        info = fmt.write(model, images[:2], staging, export_metadata(restored.model_cfg, restored.class_names), cfg)
+        info = fmt.write(model, images[:2], staging, export_metadata(restored.spec), cfg)
         runners = fmt.runners(staging)
         with torch.no_grad():
             for runner in runners.values():
@@ -114,6 +114,6 @@ def export_checkpoint(cfg: argparse.Namespace, fmt: ExportFormat, out_dir: Path)
     worst = max(checks.values(), key=lambda c: c["max_abs_diff"])
     os.replace(staging, path)
     logger.info("wrote %s (%s, %s, %d classes, input %s)", path, arch, fmt.name, len(restored.class_names),
-                "x".join(map(str, restored.model_cfg["image_size"])))
+                "x".join(map(str, restored.spec.image_size)))
     return {"format": fmt.name, "path": str(path), "arch": arch, "family": family,
             "verified_images": len(images), **worst, **info}

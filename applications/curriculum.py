@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import Counter
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -19,14 +18,9 @@ from utils.metrics import probabilities
 from utils.misc import log_to_file
 from utils.sidefiles import write_rows
 
-from .common import checkpoint_run_dir, predict_split, restore_for_inference
+from .common import checkpoint_run_dir, curriculum_path, predict_split, restore_for_inference
 
 logger = logging.getLogger(__name__)
-
-
-def curriculum_path(cfg: argparse.Namespace) -> Path:
-    """``--curriculum_file`` or ``DATA/curriculum.txt``."""
-    return Path(cfg.curriculum_file) if cfg.curriculum_file else Path(cfg.data) / "curriculum.txt"
 
 
 def curriculum_weights(p_true: torch.Tensor, thresholds: Sequence[float], weights: Sequence[float]) -> torch.Tensor:
@@ -46,8 +40,8 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         out = curriculum_path(cfg)
         if out.exists() and not cfg.overwrite:
             raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-        dataset, result = predict_split(restored, "train", progress=not cfg.no_progress)
-        probs = probabilities(result["logits"], restored.model_cfg.get("criterion") or "softmax")
+        dataset, result = predict_split(cfg, restored, "train", progress=not cfg.no_progress)
+        probs = probabilities(result["logits"], restored.spec.head)
         p_true = probs.gather(1, result["targets"].view(-1, 1)).squeeze(1)
         weights = curriculum_weights(p_true, cfg.curriculum_thresholds, cfg.curriculum_weights)
         keys = [dataset.key(i) for i in result["indices"].tolist()]

@@ -17,25 +17,20 @@ from utils.metrics import probabilities
 from utils.misc import log_to_file
 from utils.sidefiles import write_rows
 
-from .common import checkpoint_run_dir, predict_split, restore_for_inference
+from .common import checkpoint_run_dir, predict_split, restore_for_inference, teacher_file
 
 logger = logging.getLogger(__name__)
-
-
-def teacher_file(data: str | Path, arch: str) -> Path:
-    """Where the teacher ``arch`` writes its probabilities."""
-    return Path(data) / f"distill_{arch.replace('/', '-')}.txt"
 
 
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
     with log_to_file(checkpoint_run_dir(cfg.resume) / "log.txt"):
         restored = restore_for_inference(cfg)
-        out, labels_out = teacher_file(cfg.data, restored.model_cfg["arch"]), Path(cfg.data) / "label.txt"
+        out, labels_out = teacher_file(cfg.data, restored.spec.arch), Path(cfg.data) / "label.txt"
         for path in (out, labels_out):
             if path.exists() and not cfg.overwrite:
                 raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
-        dataset, result = predict_split(restored, cfg.knowledge, progress=not cfg.no_progress)
-        probs = probabilities(result["logits"], restored.model_cfg.get("criterion") or "softmax")
+        dataset, result = predict_split(cfg, restored, cfg.knowledge, progress=not cfg.no_progress)
+        probs = probabilities(result["logits"], restored.spec.head)
         onehot = F.one_hot(result["targets"], len(restored.class_names))
         keys = [dataset.key(i) for i in result["indices"].tolist()]
         write_rows(out, zip(keys, probs.tolist()), overwrite=True)

@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine import amp_dtype, train_one_epoch
 from models import create_model
 from utils.misc import log_to_file, resolve_device, seed_everything
 from utils.plots import plot_lr_finder
 
-from .common import (amp_dtype, apply_weights_preprocessing, build_dataset, build_loader, check_num_classes,
+from .common import (apply_weights_preprocessing, build_dataset, build_loader, check_num_classes,
                      data_class_names, preprocessor, run_dir_for)
 from .strategies import build_batch_hook, build_criterion, build_optimizer, build_policy
-from .train import train_one_epoch
 
 logger = logging.getLogger(__name__)
 DIVERGENCE = 4.0

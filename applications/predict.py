@@ -14,22 +14,23 @@ import argparse
 import csv
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
-from dataloader import ImageDecodeError, create_transform, decode_rgb
+from dataloader import ImageDecodeError, decode_rgb
 from dataloader.io import IMG_EXTENSIONS
+from engine import amp_dtype, evaluate
 from utils.annotate import annotate
 from utils.checkpoint import load_checkpoint
 from utils.class_indices import read_class_indices
 from utils.metrics import probabilities
 from utils.misc import log_to_file, resolve_device
 
-from .common import amp_dtype, build_loader, checkpoint_run_dir, model_from_checkpoint, preprocessor
-from .train import evaluate
+from .common import build_loader, checkpoint_run_dir, model_from_checkpoint, preprocessor, spec_transform
 
 logger = logging.getLogger(__name__)
 
@@ -114,11 +115,11 @@ class SourceImages(Dataset):
         return "could not be read"
 
 
-def resolve_class_names(cfg: argparse.Namespace) -> list[str] | None:
-    """``--class_indices`` names, or None when the checkpoint's own names are to be used."""
+def resolve_class_names(cfg: argparse.Namespace, ckpt: dict[str, Any]) -> list[str] | None:
+    """``--class_indices`` names, or None when the checkpoint's (``ckpt``) own names are to be used."""
     if cfg.class_indices:
         return read_class_indices(cfg.class_indices)
-    if not load_checkpoint(cfg.resume).get("class_names"):
+    if not ckpt.get("class_names") and not (ckpt.get("model_spec") or {}).get("class_names"):
         raise ValueError(f"{cfg.resume} carries no class names: pass --class_indices FILE.json "
                          f"(a JSON list of names in label order, or {{\"0\": \"name\", ...}})")
     return None
@@ -135,27 +136,26 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
 def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     """Classify the images of ``cfg.predict`` and write the CSV (and annotations, log) to ``out_dir``."""
     paths = collect_sources(cfg.predict)
-    names = resolve_class_names(cfg)
+    ckpt = load_checkpoint(cfg.resume)  # read once: names, spec and weights all come from it
+    names = resolve_class_names(cfg, ckpt)
     device = resolve_device(cfg.device)
-    model, model_cfg, class_names = model_from_checkpoint(cfg.resume, cfg, fallback_class_names=names or [])
-    if names is not None and names != class_names:
-        if len(names) != len(class_names):
+    model, spec = model_from_checkpoint(cfg.resume, cfg, fallback_class_names=names or [], ckpt=ckpt)
+    if names is not None and names != list(spec.class_names):
+        if len(names) != spec.num_classes:
             raise ValueError(f"--class_indices {cfg.class_indices} names {len(names)} classes, but {cfg.resume} "
-                             f"has {len(class_names)} outputs")
-        logger.info("class names from %s (the checkpoint has %s)", cfg.class_indices, class_names[:10])
-        class_names = names
+                             f"has {spec.num_classes} outputs")
+        logger.info("class names from %s (the checkpoint has %s)", cfg.class_indices, list(spec.class_names)[:10])
+        spec = replace(spec, class_names=tuple(names))
+    class_names = list(spec.class_names)
     model = model.to(device).eval()
-    run_cfg = argparse.Namespace(**{**vars(cfg), **model_cfg})
-    transform = create_transform(False, model_cfg["image_size"], eval_resize=model_cfg["eval_resize"],
-                                 crop_pct=model_cfg["crop_pct"])
-    dataset = SourceImages(paths, transform, cfg.max_image_pixels)
-    result = evaluate(model, build_loader(run_cfg, dataset, train=False, device=device),
-                      preprocess=preprocessor(model_cfg, device), dtype=amp_dtype(cfg.amp, cfg.amp_dtype, device),
+    dataset = SourceImages(paths, spec_transform(spec), cfg.max_image_pixels)
+    result = evaluate(model, build_loader(cfg, dataset, train=False, device=device),
+                      preprocess=preprocessor(spec, device), dtype=amp_dtype(cfg.amp, cfg.amp_dtype, device),
                       progress=not cfg.no_progress, return_outputs=True, desc="predict")
     k = min(cfg.topk, len(class_names))
     rows = []
     if result["logits"].numel():  # else every image was unreadable
-        top_p, top_i = probabilities(result["logits"], model_cfg.get("criterion") or "softmax").topk(k, dim=1)
+        top_p, top_i = probabilities(result["logits"], spec.head).topk(k, dim=1)
         rows = [(index, [(class_names[i], p) for p, i in zip(ps, ix)])
                 for index, ps, ix in zip(result["indices"].tolist(), top_p.tolist(), top_i.tolist())]
     predicted = {index for index, _ in rows}

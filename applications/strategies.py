@@ -24,7 +24,7 @@ from optim import create_optimizer
 from dataloader.enhancement import CustomPolicyConfig, MixupCutmix, MultiScale, create_policy
 from utils.sidefiles import read_rows
 
-from .curriculum import curriculum_path
+from .common import curriculum_path
 
 logger = logging.getLogger(__name__)
 

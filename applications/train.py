@@ -1,7 +1,7 @@
-"""``--train``: the one training loop and the one evaluation loop, and the run that drives them.
+"""``--train``: the run that drives the engine's loops: run directory, resume, epochs, checkpoints, final test.
 
-``train_one_epoch`` and ``evaluate`` are plain functions returning metric dicts; every other
-application calls them rather than writing its own loop.
+The loops (``engine.train_one_epoch``, ``engine.evaluate``), the train state and the evaluation report
+live in ``engine/``; this mode turns the config into their arguments.
 """
 from __future__ import annotations
 
@@ -13,206 +13,35 @@ import logging
 import math
 import shutil
 import signal
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
 from PIL import Image
-from tqdm import tqdm
 
 from config import ConfigError, config_conflicts, config_to_dict, load_saved_config, save_config
 from criterions import create_criterion
 from dataloader.enhancement import augmented_batch_sheet
 from dataloader.loader import start_workers
+from engine import amp_dtype, evaluate, evaluate_and_report, non_finite_loss, precise_bn, train_one_epoch
+from engine.state import CheckpointSaver, Progress, TrainState
+from explain.pictures import cam_overlays_for_tensorboard
 from models import create_model, extract_state_dict, load_state_dict_checked
-from models.finetune import freeze_backbone, head_parameter_names, unfreeze, update_bn_stats
+from models.finetune import freeze_backbone, head_parameter_names, unfreeze
 from models.memory import enable_gradient_checkpointing
-from optim import ModelEma, base_lr, create_scheduler
-from utils.checkpoint import (CheckpointError, capture_rng_state, kill_point, link_checkpoint, load_checkpoint,
-                              previous_path, remove_stale_temporaries, restore_rng_state, save_checkpoint)
-from utils.metrics import hard_labels, topk_correct
-from utils.distributed import (DistInfo, all_reduce_sum, any_rank, barrier, cleanup, gather_objects,
-                               init_distributed)
+from optim import ModelEma, create_scheduler
+from utils.checkpoint import kill_point, previous_path
+from utils.distributed import DistInfo, any_rank, barrier, cleanup, gather_objects, init_distributed
 from utils.misc import StopSignals, log_to_file, seed_everything
 from utils.runlock import LOCK_NAME, RunLock
 from utils.tracking import RunRecorder
 
-from .common import (amp_dtype, apply_weights_preprocessing, autocast, build_dataset, build_loader,
-                     check_num_classes, data_class_names, preprocessor, run_dir_for)
+from .common import (apply_weights_preprocessing, build_dataset, build_loader, check_num_classes, data_class_names,
+                     preprocessor, run_dir_for, training_spec)
 from .strategies import build_batch_hook, build_criterion, build_optimizer, build_policy
 
 logger = logging.getLogger(__name__)
-
-
-def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module,
-                    optimizer: torch.optim.Optimizer, *, preprocess: Callable[[torch.Tensor], torch.Tensor],
-                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                    scaler: torch.amp.GradScaler | None = None, dtype: torch.dtype | None = None,
-                    accumulation_steps: int = 1, epoch: int = 0, progress: bool = True,
-                    batch_hook: Callable | None = None, ema: ModelEma | None = None,
-                    on_step: Callable[[int, float], bool] | None = None, clip_grad: float | None = None,
-                    start_batch: int = 0, partial: dict[str, float] | None = None,
-                    should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """One pass over ``loader``: forward, backward, an optimizer (and scheduler) step every
-    ``accumulation_steps`` micro-batches. Returns mean loss, top-1 on the hard labels, the LR of the
-    last step, img/s, and the number of images skipped as undecodable.
-
-    ``batch_hook(images, target, index, epoch, batch) -> (images, target, weight)`` applies per-batch
-    strategies (soft targets, per-sample weights, mixing, rescaling); ``ema`` is updated after every
-    optimizer step; ``clip_grad`` clips the gradient norm before it. ``on_step(steps, loss)`` and
-    ``should_stop()`` are asked after each optimizer step: True ends the epoch there (the LR range test;
-    a SIGTERM), and the result then says ``interrupted`` with ``batches_done`` and the running sums in
-    ``partial``, from which a later call continues (``start_batch``, ``partial``; the loader's sampler
-    must skip the same batches).
-    """
-    model.train()
-    device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
-    sizes = batch_sizes(loader)
-    n_batches = len(sizes)
-    sums = dict(partial or {"loss": 0.0, "correct": 0, "seen": 0, "expected": 0})
-    steps, seen_now, interrupted, batch = 0, 0, False, start_batch
-    lr = base_lr(optimizer)
-    start = time.perf_counter()
-    bar = tqdm(loader, desc=f"train {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
-    optimizer.zero_grad(set_to_none=True)
-    for i, (images, target, index) in enumerate(bar):
-        batch = start_batch + i
-        sums["expected"] += sizes[i]
-        group_start = i - i % accumulation_steps
-        group_end = min(group_start + accumulation_steps, n_batches)
-        if images.numel():
-            images, target, weight = preprocess(images), target.to(device, non_blocking=True), None
-            if batch_hook is not None:
-                images, target, weight = batch_hook(images, target, index, epoch, batch)
-            sync = i + 1 == group_end or not hasattr(model, "no_sync")  # DDP: all-reduce only when stepping
-            with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, dtype):
-                logits = model(images)
-                loss = criterion(logits, target, weight)
-            if not torch.isfinite(loss):
-                raise non_finite_loss(f"the loss became {loss.item()} at epoch {epoch + 1}, batch {batch + 1}")
-            # Weight each micro-batch by its share of the group's samples, so that accumulating k batches
-            # of b gives exactly the gradient of one batch of k*b (the last, smaller batch included).
-            scaled = loss * (images.shape[0] / sum(sizes[group_start:group_end]))
-            with contextlib.nullcontext() if sync else model.no_sync():
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            n = images.shape[0]
-            sums["loss"] += loss.item() * n
-            sums["correct"] += topk_correct(logits.detach(), hard_labels(target), (1,))[0]
-            sums["seen"] += n
-            seen_now += n
-        if i + 1 == group_end:
-            lr = base_lr(optimizer)  # the LR this step used (reported per epoch; per-group factors aside)
-            if clip_grad is not None:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            steps += 1
-            if scheduler is not None:
-                scheduler.step()
-            if ema is not None:
-                ema.update(model)
-            stop_early = on_step is not None and images.numel() and on_step(steps, loss.item())
-            if stop_early or (should_stop is not None and should_stop()):
-                interrupted = i + 1 < n_batches
-                break
-        if progress and sums["seen"] and (i % 10 == 0 or i == n_batches - 1):
-            bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}", lr=f"{base_lr(optimizer):.2e}",
-                            img_s=f"{seen_now / (time.perf_counter() - start):.0f}")
-    elapsed = time.perf_counter() - start
-    # every rank's sums (identity in a single process); ``partial`` stays this rank's own, for resuming
-    loss_sum, correct, seen, expected, seen_all = all_reduce_sum(
-        [sums["loss"], sums["correct"], sums["seen"], sums["expected"], seen_now], device)
-    return {"loss": loss_sum / max(1, seen), "top1": 100.0 * correct / max(1, seen), "lr": lr,
-            "img_per_s": seen_all / max(elapsed, 1e-9), "steps": steps, "time": elapsed,
-            "skipped": int(expected - seen), "interrupted": interrupted, "batches_done": batch + 1,
-            "partial": sums}
-
-
-def non_finite_loss(what: str) -> FloatingPointError:
-    """The error that stops training when a loss (training or validation) is inf or nan: ``what`` says
-    which and where; the advice is the same for both."""
-    return FloatingPointError(f"{what}: training stopped, the last good checkpoint is kept; lower --lr or add "
-                              f"--clip_grad (e.g. --clip_grad 5)")
-
-
-def batch_sizes(loader: torch.utils.data.DataLoader) -> list[int]:
-    """The size of every batch ``loader`` will yield this epoch (known from its sampler)."""
-    n, b = len(loader.sampler), loader.batch_size
-    full, rest = divmod(n, b)
-    return [b] * full + ([rest] if rest and not loader.drop_last else [])
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module | None = None, *,
-             preprocess: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype | None = None,
-             progress: bool = False, return_outputs: bool = False, desc: str = "eval") -> dict[str, Any]:
-    """Loss, top-1 and top-5 (percent) over ``loader``; with ``return_outputs`` also the logits,
-    targets and dataset indices of every sample (CPU tensors, in loader order)."""
-    model.eval()
-    device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
-    loss_sum, top1, top5, seen = 0.0, 0, 0, 0
-    outputs: dict[str, list[torch.Tensor]] = {"logits": [], "targets": [], "indices": []}
-    for images, target, index in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
-        if not images.numel():
-            continue
-        images, target = preprocess(images), target.to(device, non_blocking=True)
-        with autocast(device, dtype):
-            logits = model(images)
-        logits = logits.float()
-        if criterion is not None:
-            loss_sum += criterion(logits, target).item() * images.shape[0]
-        c1, c5 = topk_correct(logits, target, (1, 5))
-        top1, top5, seen = top1 + c1, top5 + c5, seen + images.shape[0]
-        if return_outputs:
-            outputs["logits"].append(logits.cpu())
-            outputs["targets"].append(target.cpu())
-            outputs["indices"].append(index)
-    # Under DDP each rank saw a disjoint, unpadded shard: the sums over ranks count every sample once.
-    expected = sum(batch_sizes(loader))
-    top1, top5, seen, loss_sum, expected = all_reduce_sum([top1, top5, seen, loss_sum, expected], device)
-    result: dict[str, Any] = {"top1": 100.0 * top1 / max(1, seen), "top5": 100.0 * top5 / max(1, seen),
-                              "count": int(seen), "skipped": int(expected - seen)}
-    if criterion is not None:
-        result["loss"] = loss_sum / max(1, seen)
-    if return_outputs:
-        parts = gather_objects({k: torch.cat(v) if v else torch.empty(0) for k, v in outputs.items()})
-        merged = {k: torch.cat([part[k] for part in parts if part[k].numel()]) if any(part[k].numel() for part in parts)
-                  else torch.empty(0) for k in outputs}
-        order = merged["indices"].argsort() if len(parts) > 1 else slice(None)
-        result.update({k: v[order] for k, v in merged.items()})
-    return result
-
-
-def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                     scaler: torch.amp.GradScaler | None, *, epoch: int, best_top1: float,
-                     best_epoch: int | None, class_names: list[str], cfg: argparse.Namespace, history: list[dict],
-                     criterion: nn.Module | None = None, ema: ModelEma | None = None) -> dict[str, Any]:
-    """Everything needed to resume exactly: weights (and their EMA), optimizer, schedule, scaler, the
-    loss's own state (GHM's moving averages), RNG, bookkeeping (the best epoch: what best.pth holds)."""
-    return {
-        "model": model.state_dict(),
-        "model_ema": ema.module.state_dict() if ema is not None else None,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "criterion": criterion.state_dict() if criterion is not None else {},
-        "epoch": epoch,
-        "best_top1": best_top1,
-        "best_epoch": best_epoch,  # the epoch best.pth holds: checked when a run resumes and at its end
-        "rng": capture_rng_state(),
-        "class_names": list(class_names),
-        "arch": cfg.arch,
-        "config": config_to_dict(cfg),
-        "history": history,
-    }
 
 
 # What a run directory holds before this run writes anything: the log it has just opened, its lock.
@@ -317,44 +146,6 @@ def _has_checkpoint(run_dir: Path) -> bool:
     return last.is_file() or previous_path(last).is_file()
 
 
-def _end_of_epoch(path: Path) -> int | None:
-    """The epoch whose end ``path`` holds, or None (missing, unreadable, or saved in the middle of an epoch)."""
-    try:
-        ckpt = load_checkpoint(path, mmap=True)
-    except CheckpointError:
-        return None
-    return None if ckpt.get("resume_at") else ckpt.get("epoch")
-
-
-def restore_best_link(ckpt_dir: Path, best_epoch: int | None) -> None:
-    """Make ``best.pth`` the checkpoint of epoch ``best_epoch`` (recorded in every checkpoint since the
-    best epoch). A run killed between saving ``last.pth`` and linking ``best.pth`` left the previous
-    best there: it is linked again from ``last.pth`` or ``last.pth.prev``, whichever holds that epoch."""
-    best = ckpt_dir / "best.pth"
-    if best_epoch is None or _end_of_epoch(best) == best_epoch:  # None: a checkpoint from before best_epoch
-        return
-    for source in (ckpt_dir / "last.pth", previous_path(ckpt_dir / "last.pth")):
-        if _end_of_epoch(source) == best_epoch:
-            logger.warning("%s does not hold the best epoch %d (a run stopped before linking it): linked it to %s",
-                           best, best_epoch + 1, source.name)
-            link_checkpoint(source, best)
-            return
-    logger.warning("%s does not hold the best epoch %d, and no checkpoint here does any more", best, best_epoch + 1)
-
-
-def load_resume_checkpoint(path: Path) -> tuple[dict[str, Any], Path]:
-    """Load the checkpoint to resume from; a missing, corrupt or truncated one is reported and the
-    previous one (``last.pth.prev``) used instead, when there is one."""
-    try:
-        return load_checkpoint(path), path
-    except CheckpointError as e:
-        prev = previous_path(path)
-        if not prev.is_file():
-            raise
-        logger.error("%s; falling back to the previous checkpoint %s", e, prev)
-        return load_checkpoint(prev), prev
-
-
 class StopRequest(StopSignals):
     """Turns the first SIGINT/SIGTERM into a request to stop after the current optimizer step (a second
     one interrupts at once); the handlers are restored on exit."""
@@ -378,7 +169,6 @@ def _pictures(cfg: argparse.Namespace, run_dir: Path, history: list[dict], model
               preprocess: Callable, class_names: list[str], split: str) -> None:
     """curves.png, and the confusion matrix and a few CAM overlays of the test split in TensorBoard."""
     from utils.plots import image_tensor, plot_training_curves
-    from .visualize import cam_overlays_for_tensorboard
     if history:
         plot_training_curves(history, run_dir / "curves.png")
     writer = _tensorboard(run_dir, cfg.epochs)
@@ -419,18 +209,6 @@ def _stop_check(stop: StopRequest, device: torch.device, every: int) -> Callable
     steps, the same steps on every rank, so all stop together without a sync point at each step."""
     count = itertools.count(1)
     return lambda: next(count) % every == 0 and any_rank(stop.requested, device)
-
-
-def precise_bn(model: nn.Module, loader: torch.utils.data.DataLoader, epoch: int, num_batches: int, *,
-               preprocess: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype | None) -> None:
-    """``--precise_bn``: batch-norm statistics recomputed over the first ``num_batches`` batches of this
-    epoch's training order (the same batches on a resumed run)."""
-    loader.sampler.set_epoch(epoch)
-    device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
-    batches = (preprocess(images) for images, _, _ in loader if images.numel())
-    with autocast(device, dtype):
-        used = update_bn_stats(model, batches, num_batches)
-    logger.info("--precise_bn: batch-norm statistics recomputed over %d training batches", used)
 
 
 def _tensorboard(run_dir: Path, start_epoch: int):
@@ -528,44 +306,25 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
         return torch.compile(out) if cfg.compile else out
     net = wrap()
 
-    start_epoch, start_batch, partial, best_top1, best_epoch, history = 0, 0, None, -1.0, None, []
+    train_state = TrainState(model, optimizer, scheduler, scaler, criterion, ema)
+    spec, config = training_spec(cfg, class_names), config_to_dict(cfg)
+    saver = CheckpointSaver(run_dir / "checkpoints")
+    at = Progress()
     if resume_from is not None:
-        ckpt, resume_from = load_resume_checkpoint(resume_from)
-        if ckpt.get("class_names") not in (None, class_names):
-            raise CheckpointError(f"{resume_from} was trained on classes {ckpt['class_names'][:10]}, "
-                                  f"the data has {class_names[:10]}")
-        load_state_dict_checked(model, extract_state_dict(ckpt), resume_from)
-        if "optimizer" not in ckpt:
-            raise CheckpointError(f"{resume_from} holds weights only and cannot be resumed; "
-                                  f"use --pretrained to start a new run from it")
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        if ckpt.get("criterion"):
-            criterion.load_state_dict(ckpt["criterion"])
-        if ema is not None:
-            ema.module.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") else model.state_dict())
-        restore_rng_state(ckpt["rng"])
-        start_epoch, best_top1, history = ckpt["epoch"] + 1, ckpt["best_top1"], list(ckpt.get("history", []))
-        best_epoch = ckpt.get("best_epoch")
-        if ckpt.get("resume_at"):  # stopped mid-epoch: continue at the next batch of that epoch
-            start_epoch, start_batch = ckpt["resume_at"]["epoch"], ckpt["resume_at"]["batch"]
-            partials = ckpt["resume_at"]["partial"]  # one per rank
-            partial = partials[info.rank] if len(partials) == info.world_size else None
-        logger.info("resumed from %s at epoch %d%s (%s)", resume_from, start_epoch + 1,
-                    f", batch {start_batch + 1}" if start_batch else "",
-                    f"best val top-1 so far {best_top1:.2f}" if history else "no epoch validated yet")
+        ckpt, resume_from = saver.load_resume(resume_from)
+        at = train_state.restore(ckpt, resume_from, class_names=class_names, rank=info.rank,
+                                 world_size=info.world_size)
+        logger.info("resumed from %s at epoch %d%s (%s)", resume_from, at.start_epoch + 1,
+                    f", batch {at.start_batch + 1}" if at.start_batch else "",
+                    f"best val top-1 so far {at.best_top1:.2f}" if at.history else "no epoch validated yet")
+    start_epoch, start_batch, partial = at.start_epoch, at.start_batch, at.partial
+    best_top1, best_epoch, history = at.best_top1, at.best_epoch, at.history
 
-    ckpt_dir = run_dir / "checkpoints"
     if main:  # the new run is built: only now is anything in the run directory changed
         if afresh:
             logger.info("--overwrite: starting afresh in %s", run_dir)
             _clear_dir(run_dir, keep=OPEN_RUN_FILES)
-        if ckpt_dir.is_dir():
-            remove_stale_temporaries(ckpt_dir)
-            if resume_from is not None and resume_from.parent.resolve() == ckpt_dir.resolve():
-                restore_best_link(ckpt_dir, best_epoch)
+        saver.tidy(resume_from, best_epoch)
         save_config(cfg, run_dir / "config.yaml")
     writer = _tensorboard(run_dir, start_epoch) if main else None
     recorder = RunRecorder(config_to_dict(cfg), run_dir, resumed=resume_from is not None, enabled=main)
@@ -594,15 +353,14 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
                                      should_stop=_stop_check(stop, device, every=10 if info.distributed else 1))
             start_batch, partial = 0, None
             if tr["interrupted"]:
-                state = checkpoint_state(model, optimizer, scheduler, scaler, epoch=epoch - 1, best_top1=best_top1,
-                                         best_epoch=best_epoch, class_names=class_names, cfg=cfg, history=history, criterion=criterion,
-                                         ema=ema)
+                state = train_state.capture(epoch=epoch - 1, best_top1=best_top1, best_epoch=best_epoch, spec=spec,
+                                            config=config, history=history)
                 state["resume_at"] = {"epoch": epoch, "batch": tr["batches_done"],
                                       "partial": gather_objects(tr["partial"])}
                 if main:
-                    save_checkpoint(state, ckpt_dir / "last.pth", keep_previous=True)
+                    saver.save(state)
                 logger.warning("stopped at epoch %d, batch %d; saved %s. Rerun the same command to resume there.",
-                               epoch + 1, tr["batches_done"], ckpt_dir / "last.pth")
+                               epoch + 1, tr["batches_done"], saver.last)
                 return {"run_dir": str(run_dir), "interrupted": True, "epoch": epoch, "batch": tr["batches_done"]}
             if cfg.precise_bn:
                 precise_bn(model, train_loader, epoch, cfg.precise_bn, preprocess=preprocess, dtype=dtype)
@@ -634,13 +392,10 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
             diverging = diverging or warn_if_diverging(va["loss"], history, epoch)
             history.append(row)
             recorder.epoch(row)
-            state = checkpoint_state(model, optimizer, scheduler, scaler, epoch=epoch, best_top1=best_top1,
-                                     best_epoch=best_epoch, class_names=class_names, cfg=cfg, history=history, criterion=criterion,
-                                     ema=ema)
+            state = train_state.capture(epoch=epoch, best_top1=best_top1, best_epoch=best_epoch, spec=spec,
+                                        config=config, history=history)
             if main:
-                save_checkpoint(state, ckpt_dir / "last.pth", keep_previous=True)
-                if is_best:  # the same state: best.pth is linked to last.pth's file, not written again
-                    link_checkpoint(ckpt_dir / "last.pth", ckpt_dir / "best.pth")
+                saver.save(state, is_best)  # best: best.pth is linked to last.pth's file, not written again
                 _write_json(run_dir / "metrics.json", {"history": history})
             for key, value in row.items() if main else ():
                 if key not in ("epoch", "time") and not key.startswith("skipped"):
@@ -659,22 +414,17 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
         if writer is not None:
             writer.close()
     if main:
-        restore_best_link(ckpt_dir, best_epoch)
+        saver.restore_best_link(best_epoch)
     barrier()  # best.pth is on disk before any rank reads it
 
-    from .test import evaluate_and_report
-    best_path = ckpt_dir / "best.pth"
-    best = load_checkpoint(best_path if best_path.is_file() else ckpt_dir / "last.pth")
-    if not best_path.is_file():  # e.g. a run directory assembled by hand from a last.pth
-        logger.warning("%s is missing: evaluating the last weights instead", best_path)
-        best_path = ckpt_dir / "last.pth"
+    best, best_path = saver.load_best()
     load_state_dict_checked(model, extract_state_dict(best), best_path)
     test_set = build_dataset(cfg, "test", class_names, train=False, fallback=True)
     test_loader = build_loader(cfg, test_set, train=False, device=device, dist_info=info)
     kill_point("final_test")
     report = evaluate_and_report(net, test_loader, test_set, class_names, preprocess=preprocess, dtype=dtype,
                                  out_dir=run_dir / f"eval_{test_set.split}", checkpoint=best_path,
-                                 progress=progress, head=cfg.criterion, write=main)
+                                 progress=progress, head=spec.head, write=main)
     summary = {"run_dir": str(run_dir), "best_val_top1": best_top1, "test_split": test_set.split,
                "test_top1": report["top1"], "test_top5": report["top5"]}
     if ema is not None and best.get("model_ema"):

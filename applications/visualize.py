@@ -25,26 +25,24 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from dataloader import DatasetError, ImageDecodeError, create_transform, decode_rgb
+from dataloader import DatasetError, ImageDecodeError, decode_rgb
 from dataloader.io import DEFAULT_MAX_IMAGE_PIXELS, IMG_EXTENSIONS
 from explain.cam import CamExplainer, Explanation
+from explain.overlay import overlay_heatmap
+from explain.pictures import UNKNOWN, class_interleaved, render_overlay
+from utils.images import contact_sheet, save_png, to_hwc, upscale
 from utils.metrics import probabilities
 from utils.misc import log_to_file, resolve_device
-from explain.overlay import (BLACK, GREEN, RED, add_title, contact_sheet, overlay_heatmap, save_png, to_hwc,
-                           upscale)
 
 from .common import (Restored, build_dataset, build_loader, checkpoint_run_dir, data_class_names,
-                     model_from_checkpoint, preprocessor, restore_for_inference)
+                     model_from_checkpoint, preprocessor, restore_for_inference, spec_transform)
 
 logger = logging.getLogger(__name__)
 
-MIN_SIDE = 128        # small inputs (32 x 32 digits) are enlarged for reading
 GALLERY_COLUMNS = 8   # images per class on the contact sheet
-UNKNOWN = "unknown"   # the true class of an image from --visual_source
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -100,16 +98,6 @@ class Selection(Dataset):
         return self.dataset[self.indices[position]]
 
 
-def class_interleaved(targets: Sequence[int], limit: int | None = None) -> list[int]:
-    """Dataset indices taking one image of each class in turn (dataset order within a class), first ``limit``."""
-    by_class: dict[int, list[int]] = defaultdict(list)
-    for index, label in enumerate(targets):
-        by_class[label].append(index)
-    queues = [by_class[c] for c in sorted(by_class)]
-    order = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
-    return order[:limit] if limit else order
-
-
 def class_index(name: str | None, class_names: Sequence[str]) -> int | None:
     """The index of ``--visual_class NAME``; an unknown name is a ValueError listing the names."""
     if name is None:
@@ -130,34 +118,18 @@ def _restore(cfg: argparse.Namespace) -> Restored:
     except (DatasetError, FileNotFoundError, OSError):
         fallback = []
     device = resolve_device(cfg.device)
-    model, model_cfg, class_names = model_from_checkpoint(cfg.resume, cfg, fallback_class_names=fallback)
-    if not class_names:
+    model, spec = model_from_checkpoint(cfg.resume, cfg, fallback_class_names=fallback)
+    if not spec.class_names:
         raise ValueError(f"{cfg.resume} carries no class names; pass --data with the dataset it was trained on")
-    return Restored(model.to(device).eval(), model_cfg, class_names, device,
-                    argparse.Namespace(**{**vars(cfg), **model_cfg}))
+    return Restored(model.to(device).eval(), spec, device)
 
 
-def _source_dataset(cfg: argparse.Namespace, path: str) -> SourceImages:
-    transform = create_transform(False, cfg.image_size, eval_resize=cfg.eval_resize, crop_pct=cfg.crop_pct)
-    return SourceImages(path, transform, skip_bad=bool(getattr(cfg, "skip_bad_images", False)),
+def _source_dataset(cfg: argparse.Namespace, restored: Restored, path: str) -> SourceImages:
+    return SourceImages(path, spec_transform(restored.spec), skip_bad=bool(getattr(cfg, "skip_bad_images", False)),
                         max_pixels=cfg.max_image_pixels)
 
 
 # ----------------------------------------------------------------------------------------------- drawing
-def render_overlay(image: torch.Tensor | np.ndarray, heatmap: np.ndarray, *, true_name: str | None,
-                   pred_name: str, confidence: float, explained: str | None = None,
-                   min_side: int = MIN_SIDE) -> np.ndarray:
-    """The image (enlarged to ``min_side``) with its heatmap overlaid, under the true and predicted class."""
-    picture = overlay_heatmap(upscale(to_hwc(image), min_side), heatmap)
-    correct = None if true_name is None else true_name == pred_name
-    lines = [f"true: {true_name or UNKNOWN}", f"pred: {pred_name} ({confidence:.2f})"]
-    colors = [BLACK, BLACK if correct is None else (GREEN if correct else RED)]
-    if explained is not None:
-        lines.append(f"explains: {explained}")
-        colors.append(BLACK)
-    return add_title(picture, lines, colors)
-
-
 def _folder_name(class_name: str) -> str:
     """A class name as one folder name (names from classes.txt may hold path separators)."""
     return class_name.replace("/", "_").replace("\\", "_").strip(". ") or "_"
@@ -180,23 +152,22 @@ def _warn_if_flat(explanation: Explanation, layer: str | None, image_size: Seque
 
 
 # ------------------------------------------------------------------------------------------------- runs
-def visualize_dataset(restored: Restored, dataset: Dataset, out_dir: Path, *, method: str,
+def visualize_dataset(cfg: argparse.Namespace, restored: Restored, dataset: Dataset, out_dir: Path, *, method: str,
                       target_layer: str | None = None, target_class: int | None = None,
                       limit: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Write an overlay per image of ``dataset`` (uint8 images, labels, indices; label -1 = unknown) and
     ``gallery.png`` under ``out_dir``; returns counts, accuracy on the labelled images and paths."""
-    cfg, class_names = restored.cfg, restored.class_names
-    head = restored.model_cfg.get("criterion") or "softmax"
+    class_names, head = restored.class_names, restored.spec.head
     order = class_interleaved(dataset.targets, limit)
     loader = build_loader(cfg, Selection(dataset, order), train=False, device=restored.device)
-    preprocess = preprocessor(restored.model_cfg, restored.device)
+    preprocess = preprocessor(restored.spec, restored.device)
     explained = None if target_class is None else class_names[target_class]
-    arch = restored.model_cfg.get("arch")
+    arch, image_size = restored.spec.arch, restored.spec.image_size
     gallery: dict[str, list[tuple[np.ndarray, str, bool | None]]] = defaultdict(list)
     used: set[Path] = set()
     written = correct = labelled = 0
     start = time.perf_counter()
-    with CamExplainer(restored.model, method, layer=target_layer, arch=arch, input_size=cfg.image_size) as explainer:
+    with CamExplainer(restored.model, method, layer=target_layer, arch=arch, input_size=image_size) as explainer:
         for images, labels, indices in tqdm(loader, desc=f"{method} {dataset.split}", disable=not progress,
                                             leave=False, dynamic_ncols=True):
             if not images.numel():  # every image of the batch was skipped (--skip_bad_images)
@@ -205,7 +176,7 @@ def visualize_dataset(restored: Restored, dataset: Dataset, out_dir: Path, *, me
             if written == 0:
                 logger.info("%s on layer %r of %s (%s maps)", method, explainer.layer, arch,
                             "x".join(map(str, result.feature_size)))
-                _warn_if_flat(result, explainer.layer, cfg.image_size, method)
+                _warn_if_flat(result, explainer.layer, image_size, method)
             probs = probabilities(result.logits, head)
             confidence, preds = probs.max(dim=1)
             for k in range(images.shape[0]):
@@ -244,32 +215,10 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         restored = _restore(cfg)
         target_class = class_index(cfg.visual_class, restored.class_names)
         if cfg.visual_data:
-            dataset = build_dataset(restored.cfg, cfg.visual_data, restored.class_names, train=False, fallback=True)
+            dataset = build_dataset(cfg, cfg.visual_data, restored.class_names, train=False, fallback=True,
+                                    spec=restored.spec)
         else:
-            dataset = _source_dataset(restored.cfg, cfg.visual_source)
+            dataset = _source_dataset(cfg, restored, cfg.visual_source)
         out_dir = run_dir / "visual" / cfg.visual_method / dataset.split
-        return visualize_dataset(restored, dataset, out_dir, method=cfg.visual_method, target_layer=cfg.target_layer,
+        return visualize_dataset(cfg, restored, dataset, out_dir, method=cfg.visual_method, target_layer=cfg.target_layer,
                                  target_class=target_class, limit=cfg.visual_limit, progress=not cfg.no_progress)
-
-
-# ----------------------------------------------------------------------------------------- TensorBoard
-def cam_overlays_for_tensorboard(model: nn.Module, dataset: Dataset, preprocess: Callable[[torch.Tensor], torch.Tensor],
-                                 class_names: Sequence[str], *, arch: str | None = None, method: str = "grad-cam",
-                                 target_layer: str | None = None, n: int = 4, head: str = "softmax",
-                                 min_side: int = MIN_SIDE) -> torch.Tensor:
-    """``n`` titled overlays (one image of each class in turn) as a uint8 ``n x 3 x H x W`` batch for
-    ``SummaryWriter.add_images``. The model's mode, parameters and gradients are left as they were."""
-    order = class_interleaved(dataset.targets, n)
-    items = [item for item in (dataset[i] for i in order) if item is not None]
-    images = torch.stack([item[0] for item in items])
-    with CamExplainer(model, method, layer=target_layer, arch=arch, input_size=images.shape[-2:]) as explainer:
-        result = explainer(preprocess(images))
-    confidence, preds = probabilities(result.logits, head).max(dim=1)
-    pictures = [render_overlay(images[k], result.heatmaps[k], true_name=class_names[items[k][1]],
-                               pred_name=class_names[int(preds[k])], confidence=float(confidence[k]),
-                               min_side=min_side) for k in range(len(items))]
-    height, width = max(p.shape[0] for p in pictures), max(p.shape[1] for p in pictures)
-    batch = np.full((len(pictures), height, width, 3), 255, np.uint8)  # titles may widen some: pad to one size
-    for k, p in enumerate(pictures):
-        batch[k, :p.shape[0], :p.shape[1]] = p
-    return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()

@@ -57,6 +57,7 @@ def calibrate_batch_norm(model: nn.Module, x: torch.Tensor) -> nn.Module:
 def build_paths(name: str, image_size: int, folder: Path) -> tuple[nn.Module, dict[str, Callable]]:
     """The eager model and a ``batch -> logits`` callable for each path."""
     from models import create_model, model_family
+    from models.spec import ModelSpec
     from export.core import (choose_opset, export_metadata, export_onnx, onnx_runner, prepare_for_export,
                               save_torchscript, to_torchscript, torchscript_runner)
     torch.manual_seed(0)
@@ -64,8 +65,8 @@ def build_paths(name: str, image_size: int, folder: Path) -> tuple[nn.Module, di
     calibrate_batch_norm(model, torch.randn(16, 3, image_size, image_size))
     model = prepare_for_export(model, model_family(name))
     example = torch.randn(2, 3, image_size, image_size)
-    metadata = export_metadata({"arch": name, "image_size": [image_size, image_size], "mean": [0.485, 0.456, 0.406],
-                                "std": [0.229, 0.224, 0.225]}, [str(i) for i in range(1000)])
+    metadata = export_metadata(ModelSpec(name, [str(i) for i in range(1000)], (image_size, image_size),
+                                         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
     start = time.perf_counter()
     module, _ = to_torchscript(model, example)
     save_torchscript(module, folder / f"{name}.pt", metadata)

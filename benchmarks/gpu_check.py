@@ -387,7 +387,7 @@ def synthetic_loader(ctx: Ctx, n: int, size: int, batch: int, classes: int):
 def our_training(ctx: Ctx, model, loader, epochs: int, dtype) -> float:
     """img/s of ``train_one_epoch`` over ``epochs`` epochs after a warm-up one (wall clock, device synced)."""
     import torch
-    from applications.train import train_one_epoch
+    from engine import train_one_epoch
     from criterions import create_criterion
     from dataloader import BatchPreprocessor
     preprocess = BatchPreprocessor(MEAN, STD, ctx.device, channels_last=True)
@@ -407,7 +407,7 @@ def our_training(ctx: Ctx, model, loader, epochs: int, dtype) -> float:
 
 def our_inference(ctx: Ctx, model, loader, epochs: int, dtype) -> float:
     """img/s of ``evaluate`` over ``epochs`` passes after a warm-up one (wall clock, device synced)."""
-    from applications.train import evaluate
+    from engine import evaluate
     from dataloader import BatchPreprocessor
     preprocess = BatchPreprocessor(MEAN, STD, ctx.device, channels_last=True)
     for epoch in range(epochs + 1):

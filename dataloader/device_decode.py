@@ -21,7 +21,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from .datasets import ClassificationDataset, call_seeded
 from .io import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, check_header, decode_rgb
-from .loader import worker_loader
+from .workers import worker_loader
 
 logger = logging.getLogger(__name__)
 

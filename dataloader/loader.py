@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+from .workers import worker_loader
 
 
 class EpochSampler(Sampler):
@@ -142,17 +144,6 @@ def create_loader(dataset: Dataset, *, batch_size: int, workers: int, train: boo
                                   device=device)
     return worker_loader(dataset, sampler, batch_size=batch_size, workers=workers, drop_last=drop_last,
                          collate_fn=collate_skipping_bad, pin_memory=pin_memory)
-
-
-def worker_loader(dataset: Dataset, sampler: Sampler, *, batch_size: int, workers: int, drop_last: bool,
-                  collate_fn: Callable, pin_memory: bool = False) -> DataLoader:
-    """The DataLoader settings every per-batch loader shares: workers kept alive between epochs and
-    about 8 batches in flight in all."""
-    return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-        drop_last=drop_last, collate_fn=collate_fn, persistent_workers=workers > 0,
-        prefetch_factor=max(2, 8 // workers) if workers > 0 else None,
-    )
 
 
 def start_workers(loader: object) -> None:

@@ -19,10 +19,12 @@ import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn as nn
+
+from models.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -38,18 +40,19 @@ class ExportError(ValueError):
     """A model could not be exported, or its export does not reproduce the eager model."""
 
 
-def export_metadata(model_cfg: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
-    """What a consumer needs to preprocess images and name the outputs, from the checkpoint's model config."""
+def export_metadata(spec: ModelSpec) -> dict[str, Any]:
+    """What a consumer needs to preprocess images and name the outputs: the model's spec, under the keys
+    ``demos/classifier.py`` reads (``resize`` is the spec's ``eval_resize``)."""
     return {
         "format_version": METADATA_VERSION,
-        "arch": str(model_cfg["arch"]),
-        "class_names": [str(c) for c in class_names],
-        "image_size": [int(s) for s in model_cfg["image_size"]],
-        "resize": str(model_cfg.get("eval_resize") or "letterbox"),
-        "crop_pct": float(model_cfg.get("crop_pct") or 0.875),
-        "mean": [float(v) for v in model_cfg["mean"]],
-        "std": [float(v) for v in model_cfg["std"]],
-        "head": str(model_cfg.get("criterion") or "softmax"),
+        "arch": spec.arch,
+        "class_names": list(spec.class_names),
+        "image_size": list(spec.image_size),
+        "resize": spec.eval_resize,
+        "crop_pct": spec.crop_pct,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "head": spec.head,
         "input": "float32 N x 3 x H x W, RGB, (x / 255 - mean) / std after the resize",
         "output": "logits (probabilities: softmax, or sigmoid for head bce)",
     }

@@ -124,7 +124,7 @@ def augmented_batch_sheet(dataset: Dataset, class_names: Sequence[str], n: int =
                           columns: int = 8, tile: int = 96) -> np.ndarray:
     """``augmented_samples.png``: :func:`first_training_batch` as a contact sheet of ``tile``-pixel images,
     each captioned with its (soft) label; a uint8 ``H x W x 3`` array."""
-    from explain.overlay import contact_sheet
+    from utils.images import contact_sheet
     images, target = first_training_batch(dataset, n=n, seed=seed, batch_hook=batch_hook)
     pixels = images.mul(255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     tiles = [(pixels[k], label_caption(target[k], class_names), None) for k in range(len(pixels))]

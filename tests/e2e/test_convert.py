@@ -60,18 +60,18 @@ def export(ckpt: Path, data: Path, fmt: str, capsys, *extra: str) -> dict:
 def restored_checkpoint(ckpt: Path, data: Path):
     from applications.common import restore_for_inference
     cfg = config.parse_config(["--evaluation", "--resume", str(ckpt), "--data", str(data), "--device", "cpu"])
-    return restore_for_inference(cfg)
+    return cfg, restore_for_inference(cfg)
 
 
 def restore(ckpt: Path, data: Path) -> nn.Module:
-    return restored_checkpoint(ckpt, data).model
+    return restored_checkpoint(ckpt, data)[1].model
 
 
 def eager_logits(ckpt: Path, data: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Real test images, preprocessed as evaluation does, and the checkpoint's eager logits on them."""
     from applications.convert import sample_images
-    restored = restored_checkpoint(ckpt, data)
-    images = sample_images(restored, "test", count=12)
+    cfg, restored = restored_checkpoint(ckpt, data)
+    images = sample_images(cfg, restored, "test", count=12)
     with torch.no_grad():
         return images, restored.model(images)
 

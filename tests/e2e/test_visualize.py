@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_CLASSES, run_main, tiny_train_args
-from applications.visualize import cam_overlays_for_tensorboard
+from explain.pictures import cam_overlays_for_tensorboard
 from applications.common import build_dataset, preprocessor, restore_for_inference
 
 

@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from applications import benchmark
-from applications.train import checkpoint_state
+from engine.state import TrainState
+from models.spec import ModelSpec
 from conftest import ROOT, read_json, run_main
 from models import create_model
 from conftest import calibrated_checkpoint
@@ -96,8 +97,9 @@ def test_publish_keeps_weights_names_and_config_only(tiny_data, tmp_path):
     optimizer.step()
     model.load_state_dict(load_checkpoint(ckpt)["model"])  # the weights under test stay the calibrated ones
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    full = checkpoint_state(model, optimizer, scheduler, None, epoch=3, best_top1=50.0, best_epoch=3,
-                            class_names=["0", "1", "7"], cfg=cfg, history=[{"epoch": 0}])
+    full = TrainState(model, optimizer, scheduler).capture(
+        epoch=3, best_top1=50.0, best_epoch=3, spec=ModelSpec.from_config(vars(cfg), ["0", "1", "7"]),
+        config=vars(cfg), history=[{"epoch": 0}])
     save_checkpoint(full, ckpt)
 
     result, _ = tool(["--publish", str(ckpt), str(tmp_path / "pub" / "resnet18_digits.pth")])
@@ -106,8 +108,9 @@ def test_publish_keeps_weights_names_and_config_only(tiny_data, tmp_path):
     assert hashlib.sha256(published.read_bytes()).hexdigest() == result["sha256"]
     assert result["size_mib"] < result["source_size_mib"] / 1.5  # the optimizer's momentum is gone
     slim = load_checkpoint(published)  # weights_only load
-    assert set(slim) == {"model", "class_names", "config", "arch"}
+    assert set(slim) == {"model", "class_names", "config", "arch", "model_spec"}
     assert slim["class_names"] == ["0", "1", "7"] and slim["config"] == full["config"]
+    assert slim["model_spec"] == full["model_spec"]
     assert all(torch.equal(slim["model"][k], v) for k, v in full["model"].items())
     again, _ = tool(["--publish", str(ckpt), str(tmp_path / "pub" / "resnet18_digits")])
     assert again["published"] == str(published)  # same content, same name

@@ -93,7 +93,7 @@ def test_check_images_on_txt_and_zip_and_the_bundled_digits(tiny_data):
 
 
 def test_clip_grad_bounds_the_update(tiny_data):
-    from applications.train import train_one_epoch
+    from engine import train_one_epoch
     from criterions import create_criterion
     from dataloader import BatchPreprocessor, ClassificationDataset, create_loader, create_transform
     ds = ClassificationDataset(tiny_data["folder"], "folder", "train", transform=create_transform(False, (16, 16)))

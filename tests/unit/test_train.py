@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from conftest import run_main, tiny_train_args
-from applications.train import evaluate, train_one_epoch
+from engine import evaluate, train_one_epoch
 from dataloader import BatchPreprocessor, ClassificationDataset, create_loader, create_transform
 from optim import create_optimizer
 from criterions import create_criterion

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from applications.visualize import class_interleaved
+from explain.pictures import class_interleaved
 
 
 def test_class_interleaved_order():
@@ -14,7 +14,7 @@ def test_class_interleaved_order():
 
 def test_a_narrow_gallery_widens_for_its_whole_title():
     """--visual_limit 1 leaves one tile per row: the title must not be cut at the sheet's edge."""
-    from explain.overlay import _font, contact_sheet
+    from utils.images import _font, contact_sheet
     title = "grad-cam++ on features.denseblock4 (densenet121), test, explaining 7"
     tile = np.full((96, 96, 3), 128, np.uint8)
     sheet = contact_sheet([("7", [(tile, "7", True)])], title=title)

@@ -1,0 +1,183 @@
+"""The one training loop and the one evaluation loop (plain functions returning metric dicts).
+
+Every mode calls these rather than writing its own loop: EMA, distillation, curriculum weights and
+mixing plug in through arguments (``ema``, ``batch_hook``), the LR range test and a SIGTERM through
+``on_step`` / ``should_stop``. Nothing here reads the run's config.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from models.finetune import update_bn_stats
+from optim import ModelEma, base_lr
+from utils.distributed import all_reduce_sum, gather_objects
+from utils.metrics import hard_labels, topk_correct
+
+from .precision import autocast
+
+logger = logging.getLogger(__name__)
+
+
+def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module,
+                    optimizer: torch.optim.Optimizer, *, preprocess: Callable[[torch.Tensor], torch.Tensor],
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                    scaler: torch.amp.GradScaler | None = None, dtype: torch.dtype | None = None,
+                    accumulation_steps: int = 1, epoch: int = 0, progress: bool = True,
+                    batch_hook: Callable | None = None, ema: ModelEma | None = None,
+                    on_step: Callable[[int, float], bool] | None = None, clip_grad: float | None = None,
+                    start_batch: int = 0, partial: dict[str, float] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """One pass over ``loader``: forward, backward, an optimizer (and scheduler) step every
+    ``accumulation_steps`` micro-batches. Returns mean loss, top-1 on the hard labels, the LR of the
+    last step, img/s, and the number of images skipped as undecodable.
+
+    ``batch_hook(images, target, index, epoch, batch) -> (images, target, weight)`` applies per-batch
+    strategies (soft targets, per-sample weights, mixing, rescaling); ``ema`` is updated after every
+    optimizer step; ``clip_grad`` clips the gradient norm before it. ``on_step(steps, loss)`` and
+    ``should_stop()`` are asked after each optimizer step: True ends the epoch there (the LR range test;
+    a SIGTERM), and the result then says ``interrupted`` with ``batches_done`` and the running sums in
+    ``partial``, from which a later call continues (``start_batch``, ``partial``; the loader's sampler
+    must skip the same batches).
+    """
+    model.train()
+    device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
+    sizes = batch_sizes(loader)
+    n_batches = len(sizes)
+    sums = dict(partial or {"loss": 0.0, "correct": 0, "seen": 0, "expected": 0})
+    steps, seen_now, interrupted, batch = 0, 0, False, start_batch
+    lr = base_lr(optimizer)
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=f"train {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
+    optimizer.zero_grad(set_to_none=True)
+    for i, (images, target, index) in enumerate(bar):
+        batch = start_batch + i
+        sums["expected"] += sizes[i]
+        group_start = i - i % accumulation_steps
+        group_end = min(group_start + accumulation_steps, n_batches)
+        if images.numel():
+            images, target, weight = preprocess(images), target.to(device, non_blocking=True), None
+            if batch_hook is not None:
+                images, target, weight = batch_hook(images, target, index, epoch, batch)
+            sync = i + 1 == group_end or not hasattr(model, "no_sync")  # DDP: all-reduce only when stepping
+            with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, dtype):
+                logits = model(images)
+                loss = criterion(logits, target, weight)
+            if not torch.isfinite(loss):
+                raise non_finite_loss(f"the loss became {loss.item()} at epoch {epoch + 1}, batch {batch + 1}")
+            # Weight each micro-batch by its share of the group's samples, so that accumulating k batches
+            # of b gives exactly the gradient of one batch of k*b (the last, smaller batch included).
+            scaled = loss * (images.shape[0] / sum(sizes[group_start:group_end]))
+            with contextlib.nullcontext() if sync else model.no_sync():
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            n = images.shape[0]
+            sums["loss"] += loss.item() * n
+            sums["correct"] += topk_correct(logits.detach(), hard_labels(target), (1,))[0]
+            sums["seen"] += n
+            seen_now += n
+        if i + 1 == group_end:
+            lr = base_lr(optimizer)  # the LR this step used (reported per epoch; per-group factors aside)
+            if clip_grad is not None:
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+            if scheduler is not None:
+                scheduler.step()
+            if ema is not None:
+                ema.update(model)
+            stop_early = on_step is not None and images.numel() and on_step(steps, loss.item())
+            if stop_early or (should_stop is not None and should_stop()):
+                interrupted = i + 1 < n_batches
+                break
+        if progress and sums["seen"] and (i % 10 == 0 or i == n_batches - 1):
+            bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}", lr=f"{base_lr(optimizer):.2e}",
+                            img_s=f"{seen_now / (time.perf_counter() - start):.0f}")
+    elapsed = time.perf_counter() - start
+    # every rank's sums (identity in a single process); ``partial`` stays this rank's own, for resuming
+    loss_sum, correct, seen, expected, seen_all = all_reduce_sum(
+        [sums["loss"], sums["correct"], sums["seen"], sums["expected"], seen_now], device)
+    return {"loss": loss_sum / max(1, seen), "top1": 100.0 * correct / max(1, seen), "lr": lr,
+            "img_per_s": seen_all / max(elapsed, 1e-9), "steps": steps, "time": elapsed,
+            "skipped": int(expected - seen), "interrupted": interrupted, "batches_done": batch + 1,
+            "partial": sums}
+
+
+def non_finite_loss(what: str) -> FloatingPointError:
+    """The error that stops training when a loss (training or validation) is inf or nan: ``what`` says
+    which and where; the advice is the same for both."""
+    return FloatingPointError(f"{what}: training stopped, the last good checkpoint is kept; lower --lr or add "
+                              f"--clip_grad (e.g. --clip_grad 5)")
+
+
+def batch_sizes(loader: torch.utils.data.DataLoader) -> list[int]:
+    """The size of every batch ``loader`` will yield this epoch (known from its sampler)."""
+    n, b = len(loader.sampler), loader.batch_size
+    full, rest = divmod(n, b)
+    return [b] * full + ([rest] if rest and not loader.drop_last else [])
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module | None = None, *,
+             preprocess: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype | None = None,
+             progress: bool = False, return_outputs: bool = False, desc: str = "eval") -> dict[str, Any]:
+    """Loss, top-1 and top-5 (percent) over ``loader``; with ``return_outputs`` also the logits,
+    targets and dataset indices of every sample (CPU tensors, in loader order)."""
+    model.eval()
+    device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
+    loss_sum, top1, top5, seen = 0.0, 0, 0, 0
+    outputs: dict[str, list[torch.Tensor]] = {"logits": [], "targets": [], "indices": []}
+    for images, target, index in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        if not images.numel():
+            continue
+        images, target = preprocess(images), target.to(device, non_blocking=True)
+        with autocast(device, dtype):
+            logits = model(images)
+        logits = logits.float()
+        if criterion is not None:
+            loss_sum += criterion(logits, target).item() * images.shape[0]
+        c1, c5 = topk_correct(logits, target, (1, 5))
+        top1, top5, seen = top1 + c1, top5 + c5, seen + images.shape[0]
+        if return_outputs:
+            outputs["logits"].append(logits.cpu())
+            outputs["targets"].append(target.cpu())
+            outputs["indices"].append(index)
+    # Under DDP each rank saw a disjoint, unpadded shard: the sums over ranks count every sample once.
+    expected = sum(batch_sizes(loader))
+    top1, top5, seen, loss_sum, expected = all_reduce_sum([top1, top5, seen, loss_sum, expected], device)
+    result: dict[str, Any] = {"top1": 100.0 * top1 / max(1, seen), "top5": 100.0 * top5 / max(1, seen),
+                              "count": int(seen), "skipped": int(expected - seen)}
+    if criterion is not None:
+        result["loss"] = loss_sum / max(1, seen)
+    if return_outputs:
+        parts = gather_objects({k: torch.cat(v) if v else torch.empty(0) for k, v in outputs.items()})
+        merged = {k: torch.cat([part[k] for part in parts if part[k].numel()]) if any(part[k].numel() for part in parts)
+                  else torch.empty(0) for k in outputs}
+        order = merged["indices"].argsort() if len(parts) > 1 else slice(None)
+        result.update({k: v[order] for k, v in merged.items()})
+    return result
+
+
+def precise_bn(model: nn.Module, loader: torch.utils.data.DataLoader, epoch: int, num_batches: int, *,
+               preprocess: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype | None) -> None:
+    """``--precise_bn``: batch-norm statistics recomputed over the first ``num_batches`` batches of this
+    epoch's training order (the same batches on a resumed run)."""
+    loader.sampler.set_epoch(epoch)
+    device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
+    batches = (preprocess(images) for images, _, _ in loader if images.numel())
+    with autocast(device, dtype):
+        used = update_bn_stats(model, batches, num_batches)
+    logger.info("--precise_bn: batch-norm statistics recomputed over %d training batches", used)
+

@@ -1,0 +1,66 @@
+"""Titled CAM overlays of a model's predictions: one per image (``--visual_data``), and a few as one
+batch for TensorBoard (the end of ``--train``)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from utils.images import BLACK, GREEN, RED, add_title, to_hwc, upscale
+from utils.metrics import probabilities
+
+from .cam import CamExplainer
+from .overlay import overlay_heatmap
+
+MIN_SIDE = 128        # small inputs (32 x 32 digits) are enlarged for reading
+UNKNOWN = "unknown"   # the true class of an image without a label
+
+
+def class_interleaved(targets: Sequence[int], limit: int | None = None) -> list[int]:
+    """Dataset indices taking one image of each class in turn (dataset order within a class), first ``limit``."""
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for index, label in enumerate(targets):
+        by_class[label].append(index)
+    queues = [by_class[c] for c in sorted(by_class)]
+    order = [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
+    return order[:limit] if limit else order
+
+
+def render_overlay(image: torch.Tensor | np.ndarray, heatmap: np.ndarray, *, true_name: str | None,
+                   pred_name: str, confidence: float, explained: str | None = None,
+                   min_side: int = MIN_SIDE) -> np.ndarray:
+    """The image (enlarged to ``min_side``) with its heatmap overlaid, under the true and predicted class."""
+    picture = overlay_heatmap(upscale(to_hwc(image), min_side), heatmap)
+    correct = None if true_name is None else true_name == pred_name
+    lines = [f"true: {true_name or UNKNOWN}", f"pred: {pred_name} ({confidence:.2f})"]
+    colors = [BLACK, BLACK if correct is None else (GREEN if correct else RED)]
+    if explained is not None:
+        lines.append(f"explains: {explained}")
+        colors.append(BLACK)
+    return add_title(picture, lines, colors)
+
+
+def cam_overlays_for_tensorboard(model: nn.Module, dataset: Dataset, preprocess: Callable[[torch.Tensor], torch.Tensor],
+                                 class_names: Sequence[str], *, arch: str | None = None, method: str = "grad-cam",
+                                 target_layer: str | None = None, n: int = 4, head: str = "softmax",
+                                 min_side: int = MIN_SIDE) -> torch.Tensor:
+    """``n`` titled overlays (one image of each class in turn) as a uint8 ``n x 3 x H x W`` batch for
+    ``SummaryWriter.add_images``. The model's mode, parameters and gradients are left as they were."""
+    order = class_interleaved(dataset.targets, n)
+    items = [item for item in (dataset[i] for i in order) if item is not None]
+    images = torch.stack([item[0] for item in items])
+    with CamExplainer(model, method, layer=target_layer, arch=arch, input_size=images.shape[-2:]) as explainer:
+        result = explainer(preprocess(images))
+    confidence, preds = probabilities(result.logits, head).max(dim=1)
+    pictures = [render_overlay(images[k], result.heatmaps[k], true_name=class_names[items[k][1]],
+                               pred_name=class_names[int(preds[k])], confidence=float(confidence[k]),
+                               min_side=min_side) for k in range(len(items))]
+    height, width = max(p.shape[0] for p in pictures), max(p.shape[1] for p in pictures)
+    batch = np.full((len(pictures), height, width, 3), 255, np.uint8)  # titles may widen some: pad to one size
+    for k, p in enumerate(pictures):
+        batch[k, :p.shape[0], :p.shape[1]] = p
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,60 @@
+"""``ModelSpec``: a trained model's identity, written into its checkpoints and exports and read back once.
+
+What a consumer needs to rebuild the network and feed it: the architecture, the class names (their
+count is the head's size), the input size, the evaluation resize (letterbox or centre crop, with its
+crop fraction), the normalisation mean/std and the head (``softmax`` or per-class sigmoid ``bce``, the
+training criterion). Inference reads it from the checkpoint instead of from the command line.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping, Sequence
+
+# spec field -> the config key (flag) it is taken from
+CONFIG_KEYS = {"arch": "arch", "image_size": "image_size", "eval_resize": "eval_resize", "crop_pct": "crop_pct",
+               "mean": "mean", "std": "std", "head": "criterion"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A trained model's architecture, classes, input size, evaluation resize, mean/std and head."""
+    arch: str
+    class_names: tuple[str, ...]
+    image_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    eval_resize: str = "letterbox"
+    crop_pct: float = 0.875
+    head: str = "softmax"
+
+    def __post_init__(self) -> None:  # lists (from YAML, JSON, a checkpoint) become tuples: frozen all the way
+        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists, strings and numbers (safe for ``torch.load(weights_only=True)``, YAML and JSON)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelSpec":
+        """The spec :meth:`to_dict` wrote."""
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], class_names: Sequence[str]) -> "ModelSpec":
+        """The spec of a model trained with ``config`` (a run's flags as a dict, e.g. an old checkpoint's
+        ``config``) on ``class_names``; unset resize, crop fraction and head take their defaults."""
+        values = {field: config.get(key) for field, key in CONFIG_KEYS.items()}
+        return cls(class_names=tuple(class_names),
+                   **{k: v for k, v in values.items() if v is not None or k in ("arch", "image_size", "mean", "std")})
+
+    def config_values(self) -> dict[str, Any]:
+        """The spec as the config keys it comes from (``head`` as ``criterion``), lists for tuples."""
+        data = self.to_dict()
+        return {key: data[field] for field, key in CONFIG_KEYS.items()}
