@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import logging
 import math
 import shutil
@@ -35,6 +34,7 @@ from utils.checkpoint import (CheckpointError, capture_rng_state, kill_point, li
 from utils.metrics import hard_labels, topk_correct
 from utils.distributed import (DistInfo, all_reduce_sum, any_rank, barrier, cleanup, gather_objects,
                                init_distributed)
+from utils.atomic import write_json_atomic
 from utils.misc import StopSignals, log_to_file, seed_everything
 from utils.runlock import LOCK_NAME, RunLock
 from utils.tracking import RunRecorder
@@ -439,9 +439,7 @@ def _tensorboard(run_dir: Path, start_epoch: int):
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    write_json_atomic(path, data)
 
 
 def run(cfg: argparse.Namespace) -> dict[str, Any]:

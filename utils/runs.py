@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from utils.atomic import atomic_write, write_text_atomic
 from utils.misc import FAILED_MARK
 from utils.table import format_table
 
@@ -216,8 +217,8 @@ def compare_runs(paths: Sequence[str | Path], out_dir: str | Path | None = None,
     records = sort_runs(records, sort_by, larger_is_better)
     headers, rows, keys = comparison_table(records, root)
     table = format_table(headers, rows)
-    (out / "compare.md").write_text(f"Runs under {root}, best {sort_by} first.\n\n{table}\n")
-    with open(out / "compare.csv", "w", newline="") as f:
+    write_text_atomic(out / "compare.md", f"Runs under {root}, best {sort_by} first.\n\n{table}\n")
+    with atomic_write(out / "compare.csv", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(headers)
         writer.writerows([["" if v is None else v for v in row] for row in rows])
