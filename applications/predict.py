@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from dataloader import create_transform
 from dataloader.sources import SourceImages, collect_sources
 from utils.annotate import annotate
-from utils.atomic import atomic_write
+from utils.atomic import atomic_write, save_image_atomic
 from utils.checkpoint import load_checkpoint
 from utils.class_indices import read_class_indices
 from utils.metrics import probabilities
@@ -125,5 +125,5 @@ def save_annotated(dataset: SourceImages, rows: Sequence[tuple[int, Sequence[tup
     folder.mkdir(parents=True, exist_ok=True)
     for index, top in rows:
         lines = [f"{name}: {p:.2%}" for name, p in top]
-        annotate(dataset.load(index), lines).save(folder / f"{index:05d}_{dataset.paths[index].stem}.png")
+        save_image_atomic(annotate(dataset.load(index), lines), folder / f"{index:05d}_{dataset.paths[index].stem}.png")
     return folder

@@ -34,7 +34,7 @@ from utils.checkpoint import (CheckpointError, capture_rng_state, kill_point, li
 from utils.metrics import hard_labels, topk_correct
 from utils.distributed import (DistInfo, all_reduce_sum, any_rank, barrier, cleanup, gather_objects,
                                init_distributed)
-from utils.atomic import write_json_atomic
+from utils.atomic import save_image_atomic, write_json_atomic
 from utils.misc import StopSignals, log_to_file, seed_everything
 from utils.runlock import LOCK_NAME, RunLock
 from utils.tracking import RunRecorder
@@ -570,7 +570,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     if start_epoch == 0 and main:
         sheet = augmented_batch_sheet(train_set, class_names, n=min(32, len(train_set)), seed=cfg.seed,
                                       batch_hook=batch_hook, title=_preview_title(cfg))
-        Image.fromarray(sheet).save(run_dir / "augmented_samples.png")
+        save_image_atomic(Image.fromarray(sheet), run_dir / "augmented_samples.png")
         writer.add_image("train/augmented_samples", torch.tensor(sheet).permute(2, 0, 1), 0)
     progress = not cfg.no_progress
     stop = StopRequest()

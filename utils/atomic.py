@@ -95,3 +95,14 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 def write_json_atomic(path: str | Path, data: Any, indent: int | None = 2, **dumps_kwargs: Any) -> Path:
     """Write ``data`` as JSON to ``path`` atomically; returns ``path``."""
     return write_text_atomic(path, json.dumps(data, indent=indent, **dumps_kwargs))
+
+
+def save_image_atomic(image: Any, path: str | Path, **save_kwargs: Any) -> Path:
+    """``image.save(path)`` for a PIL image, atomically; the format comes from ``path``'s suffix (PNG without
+    one) since the temporary name has none. Returns ``path``."""
+    path = Path(path)
+    from PIL import Image
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt, **save_kwargs)
+    return path

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import TEMP_PATTERN, atomic_path, atomic_write
+from utils.atomic import TEMP_PATTERN, atomic_path, atomic_write
 
 logger = logging.getLogger(__name__)
 

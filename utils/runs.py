@@ -231,7 +231,7 @@ def compare_runs(paths: Sequence[str | Path], out_dir: str | Path | None = None,
 def plot_comparison(records: Sequence[RunRecord], keys: Sequence[str], path: Path) -> Path:
     """Val top-1 and train loss per epoch of every run on shared axes, each line labelled by the run's
     differing flags (the legend is left out beyond 20 runs: the table names them)."""
-    from utils.plots import _pyplot
+    from utils.plots import _pyplot, save_figure
     plt = _pyplot()
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(12, 4.8))
     for r in records:
@@ -248,6 +248,4 @@ def plot_comparison(records: Sequence[RunRecord], keys: Sequence[str], path: Pat
     if 0 < len(records) <= 20:
         loss.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

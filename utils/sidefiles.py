@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .atomic import atomic_write
+from utils.atomic import atomic_write
 
 
 def write_rows(path: str | Path, rows: Iterable[tuple[str, Sequence[float]]], overwrite: bool, fmt: str = "{:.6g}") -> Path:
