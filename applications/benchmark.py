@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import io
 import logging
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -28,7 +28,8 @@ import torch.nn as nn
 from config import selected_mode
 from engine import amp_dtype, autocast
 from models import create_model, extract_state_dict
-from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.atomic import write_bytes_atomic
+from utils.checkpoint import load_checkpoint
 from utils.misc import resolve_device
 from utils.table import format_table, human
 
@@ -270,14 +271,11 @@ def publish_checkpoint(src: str | Path, out: str | Path) -> tuple[Path, str]:
     dropped = sorted(k for k in ckpt if k not in published)
     out = Path(out)
     stem = out.name[:-len(".pth")] if out.name.endswith(".pth") else out.name
-    tmp = out.with_name(f".{stem}.publish-{os.getpid()}")
-    save_checkpoint(published, tmp)
-    try:
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        final = out.with_name(f"{stem}-{digest[:8]}.pth")
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    torch.save(published, buffer)  # hashed before it is written: the name holds the hash
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    final = write_bytes_atomic(out.with_name(f"{stem}-{digest[:8]}.pth"), data)
     logger.info("published %s -> %s (dropped %s)", src, final, ", ".join(dropped) or "nothing")
     return final, digest
 

@@ -12,7 +12,6 @@ otherwise make the sweep's first LR the steepest). Writes ``lr_finder.png`` and
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 
 from engine import amp_dtype, train_one_epoch
 from models import create_model
+from utils.atomic import write_json_atomic
 from utils.misc import log_to_file, resolve_device, seed_everything
 from utils.plots import plot_lr_finder
 
@@ -111,7 +111,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         plot_lr_finder(lrs, losses, smoothed, suggestion, run_dir / "lr_finder.png")
         result = {"suggested_lr": suggestion, "min_loss_lr": lrs[int(np.argmin(smoothed))], "steps": len(lrs),
                   "plot": str(run_dir / "lr_finder.png")}
-        (run_dir / "lr_finder.json").write_text(json.dumps({**result, "lrs": lrs, "losses": losses}, indent=1))
+        write_json_atomic(run_dir / "lr_finder.json", {**result, "lrs": lrs, "losses": losses}, indent=1)
         logger.info("LR range test over %d steps: suggested LR %.3g (steepest descent); loss minimum at %.3g; "
                     "plot %s", len(lrs), suggestion, result["min_loss_lr"], result["plot"])
         return result

@@ -13,18 +13,14 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-from torch.utils.data import Dataset
-
-from dataloader import ImageDecodeError, decode_rgb
-from dataloader.io import IMG_EXTENSIONS
+from dataloader.sources import SourceImages, collect_sources
 from engine import amp_dtype, evaluate
 from utils.annotate import annotate
+from utils.atomic import atomic_write, save_image_atomic
 from utils.checkpoint import load_checkpoint
 from utils.class_indices import read_class_indices
 from utils.metrics import probabilities
@@ -33,86 +29,6 @@ from utils.misc import log_to_file, resolve_device
 from .common import build_loader, checkpoint_run_dir, model_from_checkpoint, preprocessor, spec_transform
 
 logger = logging.getLogger(__name__)
-
-def list_folder(folder: Path) -> list[Path]:
-    """Every image under ``folder``, recursively, in a stable order (hidden files skipped)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath) / f for f in sorted(filenames)
-                  if f.lower().endswith(IMG_EXTENSIONS) and not f.startswith(".")]
-    return found
-
-
-def read_list(file: Path) -> list[Path]:
-    """Paths from a txt list: one per line, optionally followed by an integer label (ignored);
-    relative paths resolve against the list's folder, blank lines and ``#`` comments are skipped."""
-    paths = []
-    for line in file.read_text().splitlines():
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        parts = text.rsplit(None, 1)
-        if len(parts) == 2 and parts[1].lstrip("-").isdigit() and not _resolve(file, text).is_file():
-            text = parts[0]
-        paths.append(_resolve(file, text))
-    return paths
-
-
-def _resolve(file: Path, name: str) -> Path:
-    return Path(name) if os.path.isabs(name) else file.parent / name
-
-
-def collect_sources(source: str | Path) -> list[Path]:
-    """The images of ``--predict``: a folder (recursive), a ``.txt`` list, or one image."""
-    source = Path(source)
-    if source.is_dir():
-        paths = list_folder(source)
-    elif source.suffix.lower() == ".txt":
-        paths = read_list(source)
-    elif source.is_file():
-        paths = [source]
-    else:
-        raise FileNotFoundError(f"--predict: {str(source)!r} does not exist")
-    if not paths:
-        raise ValueError(f"--predict: no images in {source} ({', '.join(IMG_EXTENSIONS)})")
-    return paths
-
-
-class SourceImages(Dataset):
-    """Images to classify, with the evaluation transform, for the one evaluation loop (``evaluate``).
-
-    Labels are unknown (the target is always 0). An image that cannot be read comes out as None, which
-    the loader's collate drops as it drops ``--skip_bad_images`` samples: the images missing from
-    ``evaluate``'s indices are the unreadable ones.
-    """
-
-    def __init__(self, paths: Sequence[Path], transform: torch.nn.Module, max_pixels: int):
-        self.paths, self.transform, self.max_pixels = list(paths), transform, max_pixels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def load(self, index: int) -> torch.Tensor:
-        """The decoded image ``index``; raises ImageDecodeError (also over ``max_pixels``, from the header)
-        or OSError when it cannot be read."""
-        path = self.paths[index]
-        return decode_rgb(path.read_bytes(), name=str(path), max_pixels=self.max_pixels)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int] | None:
-        index = key[0] if isinstance(key, tuple) else key
-        try:
-            return self.transform(self.load(index)), 0, index
-        except (ImageDecodeError, OSError):
-            return None
-
-    def failure(self, index: int) -> str:
-        """Why image ``index`` could not be read (without its path)."""
-        try:
-            self.load(index)
-        except (ImageDecodeError, OSError) as e:
-            return str(e).removeprefix(f"{self.paths[index]}: ")
-        return "could not be read"
 
 
 def resolve_class_names(cfg: argparse.Namespace, ckpt: dict[str, Any]) -> list[str] | None:
@@ -135,7 +51,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
 
 def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     """Classify the images of ``cfg.predict`` and write the CSV (and annotations, log) to ``out_dir``."""
-    paths = collect_sources(cfg.predict)
+    paths = collect_sources(cfg.predict, "--predict")
     ckpt = load_checkpoint(cfg.resume)  # read once: names, spec and weights all come from it
     names = resolve_class_names(cfg, ckpt)
     device = resolve_device(cfg.device)
@@ -148,7 +64,7 @@ def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         spec = replace(spec, class_names=tuple(names))
     class_names = list(spec.class_names)
     model = model.to(device).eval()
-    dataset = SourceImages(paths, spec_transform(spec), cfg.max_image_pixels)
+    dataset = SourceImages(paths, spec_transform(spec), cfg.max_image_pixels, skip_bad=True)  # skips are counted below
     result = evaluate(model, build_loader(cfg, dataset, train=False, device=device),
                       preprocess=preprocessor(spec, device), dtype=amp_dtype(cfg.amp, cfg.amp_dtype, device),
                       progress=not cfg.no_progress, return_outputs=True, desc="predict")
@@ -159,9 +75,7 @@ def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         rows = [(index, [(class_names[i], p) for p, i in zip(ps, ix)])
                 for index, ps, ix in zip(result["indices"].tolist(), top_p.tolist(), top_i.tolist())]
     predicted = {index for index, _ in rows}
-    failures = [(paths[i], dataset.failure(i)) for i in range(len(paths)) if i not in predicted]
-    for path, why in failures:
-        logger.warning("skipped unreadable image %s: %s", path, why)  # counted in the summary
+    failures = [(paths[i], dataset.failure(i)) for i in range(len(paths)) if i not in predicted]  # logged by dataset
     if not rows:
         raise ValueError(f"--predict: none of the {len(paths)} images of {cfg.predict} could be read (first: "
                          f"{failures[0][0]}: {failures[0][1]}); {out_dir} is left as it was")
@@ -185,7 +99,7 @@ def describe(top: Sequence[tuple[str, float]]) -> str:
 def write_csv(path: Path, rows: Sequence[tuple[Path, Sequence[tuple[str, float]]]], k: int) -> Path:
     """``path,class_1,prob_1,...,class_k,prob_k`` per image."""
     header = ["path"] + [f"{col}_{r}" for r in range(1, k + 1) for col in ("class", "prob")]
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for image, top in rows:
@@ -196,7 +110,7 @@ def write_csv(path: Path, rows: Sequence[tuple[Path, Sequence[tuple[str, float]]
 def write_log(path: Path, rows: Sequence[tuple[Path, Sequence[tuple[str, float]]]],
               failures: Sequence[tuple[Path, str]]) -> Path:
     """One human-readable line per image, unreadable ones included."""
-    with open(path, "w") as f:
+    with atomic_write(path) as f:
         for image, top in rows:
             f.write(f"{image}\t{describe(top)}\n")
         for image, why in failures:
@@ -210,5 +124,5 @@ def save_annotated(dataset: SourceImages, rows: Sequence[tuple[int, Sequence[tup
     folder.mkdir(parents=True, exist_ok=True)
     for index, top in rows:
         lines = [f"{name}: {p:.2%}" for name, p in top]
-        annotate(dataset.load(index), lines).save(folder / f"{index:05d}_{dataset.paths[index].stem}.png")
+        save_image_atomic(annotate(dataset.load(index), lines), folder / f"{index:05d}_{dataset.paths[index].stem}.png")
     return folder

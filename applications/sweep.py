@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from config import SORT_KEYS, ConfigError, build_parser, validate
+from utils.atomic import write_text_atomic
 from utils.runs import NOT_SETTINGS, PRUNED_FILE, compare_runs, read_run
 
 from .common import run_dir_for
@@ -279,7 +280,7 @@ def _run_trial(trial, flags: dict[str, Any], run_dir: Path, device: str | None, 
             reported["epochs"] += 1
             if trial.should_prune():
                 reported["pruned"] = True
-                (run_dir / PRUNED_FILE).write_text(f"pruned by the search after epoch {row['epoch'] + 1}\n")
+                write_text_atomic(run_dir / PRUNED_FILE, f"pruned by the search after epoch {row['epoch'] + 1}\n")
                 if proc.poll() is None:
                     proc.terminate()
 

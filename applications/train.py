@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import logging
 import math
 import shutil
@@ -33,6 +32,7 @@ from models.memory import enable_gradient_checkpointing
 from optim import ModelEma, create_scheduler
 from utils.checkpoint import kill_point, previous_path
 from utils.distributed import DistInfo, any_rank, barrier, cleanup, gather_objects, init_distributed
+from utils.atomic import save_image_atomic, write_json_atomic
 from utils.misc import StopSignals, log_to_file, seed_everything
 from utils.runlock import LOCK_NAME, RunLock
 from utils.tracking import RunRecorder
@@ -217,9 +217,7 @@ def _tensorboard(run_dir: Path, start_epoch: int):
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    write_json_atomic(path, data)
 
 
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
@@ -331,7 +329,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     if start_epoch == 0 and main:
         sheet = augmented_batch_sheet(train_set, class_names, n=min(32, len(train_set)), seed=cfg.seed,
                                       batch_hook=batch_hook, title=_preview_title(cfg))
-        Image.fromarray(sheet).save(run_dir / "augmented_samples.png")
+        save_image_atomic(Image.fromarray(sheet), run_dir / "augmented_samples.png")
         writer.add_image("train/augmented_samples", torch.tensor(sheet).permute(2, 0, 1), 0)
     progress = not cfg.no_progress
     stop = StopRequest()

@@ -21,15 +21,14 @@ import logging
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from dataloader import DatasetError, ImageDecodeError, decode_rgb
-from dataloader.io import DEFAULT_MAX_IMAGE_PIXELS, IMG_EXTENSIONS
+from dataloader import DatasetError
+from dataloader.sources import UNKNOWN_LABEL, SourceImages, collect_sources
 from explain.cam import CamExplainer, Explanation
 from explain.overlay import overlay_heatmap
 from explain.pictures import UNKNOWN, class_interleaved, render_overlay
@@ -46,44 +45,6 @@ GALLERY_COLUMNS = 8   # images per class on the contact sheet
 
 
 # ------------------------------------------------------------------------------------------------ inputs
-class SourceImages(Dataset):
-    """Images from a file or a folder (recursive, hidden files skipped), with the evaluation transform;
-    labels are unknown (-1). An image over ``max_pixels`` is refused from its header. With ``skip_bad`` an
-    unreadable, undecodable or too large image is logged and yields None."""
-
-    def __init__(self, path: str | Path, transform: Callable[[torch.Tensor], torch.Tensor], skip_bad: bool = False,
-                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
-        root = Path(path)
-        files = [root] if root.is_file() else sorted(
-            p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
-            and not any(part.startswith(".") for part in p.relative_to(root).parts))
-        if not files:
-            raise ValueError(f"--visual_source {path}: no images ({', '.join(IMG_EXTENSIONS)}) found")
-        self.root, self.split, self.transform, self.skip_bad = root, "source", transform, skip_bad
-        self.max_pixels = max_pixels
-        self.samples = [(str(f), -1) for f in files]
-        self.targets = [-1] * len(files)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int] | None:
-        index = key[0] if isinstance(key, tuple) else key
-        path = self.samples[index][0]
-        try:
-            try:
-                data = Path(path).read_bytes()
-            except OSError as e:
-                raise ImageDecodeError(f"{path}: cannot read ({e.strerror or e})") from None
-            image = decode_rgb(data, name=path, max_pixels=self.max_pixels)
-        except ImageDecodeError as e:
-            if not self.skip_bad:
-                raise ImageDecodeError(f"{e}; fix or remove it, or pass --skip_bad_images") from None
-            logger.warning("skipping %s", e)
-            return None
-        return self.transform(image), -1, index
-
-
 class Selection(Dataset):
     """The samples of ``dataset`` at ``indices``, in that order; items keep the dataset's own index."""
 
@@ -125,8 +86,8 @@ def _restore(cfg: argparse.Namespace) -> Restored:
 
 
 def _source_dataset(cfg: argparse.Namespace, restored: Restored, path: str) -> SourceImages:
-    return SourceImages(path, spec_transform(restored.spec), skip_bad=bool(getattr(cfg, "skip_bad_images", False)),
-                        max_pixels=cfg.max_image_pixels)
+    return SourceImages(collect_sources(path, "--visual_source"), spec_transform(restored.spec),
+                        max_pixels=cfg.max_image_pixels, skip_bad=bool(getattr(cfg, "skip_bad_images", False)))
 
 
 # ----------------------------------------------------------------------------------------------- drawing
@@ -155,7 +116,7 @@ def _warn_if_flat(explanation: Explanation, layer: str | None, image_size: Seque
 def visualize_dataset(cfg: argparse.Namespace, restored: Restored, dataset: Dataset, out_dir: Path, *, method: str,
                       target_layer: str | None = None, target_class: int | None = None,
                       limit: int | None = None, progress: bool = False) -> dict[str, Any]:
-    """Write an overlay per image of ``dataset`` (uint8 images, labels, indices; label -1 = unknown) and
+    """Write an overlay per image of ``dataset`` (uint8 images, labels, indices; label ``UNKNOWN_LABEL``: not known) and
     ``gallery.png`` under ``out_dir``; returns counts, accuracy on the labelled images and paths."""
     class_names, head = restored.class_names, restored.spec.head
     order = class_interleaved(dataset.targets, limit)
@@ -181,19 +142,19 @@ def visualize_dataset(cfg: argparse.Namespace, restored: Restored, dataset: Data
             confidence, preds = probs.max(dim=1)
             for k in range(images.shape[0]):
                 label, pred = int(labels[k]), int(preds[k])
-                true_name = class_names[label] if label >= 0 else None
+                true_name = class_names[label] if label != UNKNOWN_LABEL else None
                 picture = render_overlay(images[k], result.heatmaps[k], true_name=true_name,
                                          pred_name=class_names[pred], confidence=float(confidence[k]),
                                          explained=explained)
                 stem = Path(dataset.samples[int(indices[k])][0]).stem
                 save_png(picture, _unique_path(out_dir / _folder_name(true_name or UNKNOWN), stem, used))
                 written += 1
-                if label >= 0:
+                if label != UNKNOWN_LABEL:
                     labelled, correct = labelled + 1, correct + int(pred == label)
                 group = true_name if true_name is not None else f"pred {class_names[pred]}"
                 if len(gallery[group]) < GALLERY_COLUMNS:
                     tile = overlay_heatmap(upscale(to_hwc(images[k]), 96), result.heatmaps[k])
-                    gallery[group].append((tile, class_names[pred], None if label < 0 else pred == label))
+                    gallery[group].append((tile, class_names[pred], None if label == UNKNOWN_LABEL else pred == label))
         layer = explainer.layer
     seconds = time.perf_counter() - start
     rows = [(name, gallery[name]) for name in [*class_names, *(f"pred {c}" for c in class_names)] if name in gallery]

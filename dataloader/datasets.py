@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .io import (DEFAULT_MAX_IMAGE_PIXELS, IMG_EXTENSIONS, ImageDecodeError, check_size, decode_rgb)
+from utils.walk import visible_subfolders
+
+from .io import (DEFAULT_MAX_IMAGE_PIXELS, IMG_EXTENSIONS, ImageDecodeError, check_size, decode_rgb, list_images)
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +136,7 @@ class FolderLayout:
         train = root / "train"
         if not train.is_dir():
             raise DatasetError(f"{train} does not exist: a folder dataset needs DATA/train/<class>/<image>")
-        names = sorted(d.name for d in train.iterdir() if d.is_dir() and not d.name.startswith("."))
+        names = [d.name for d in visible_subfolders(train)]
         if not names:
             raise DatasetError(f"{train} holds no class folders (expected DATA/train/<class>/<image>)")
         return names
@@ -144,17 +146,13 @@ class FolderLayout:
         split_dir = root / split
         index = {name: i for i, name in enumerate(class_names)}
         samples: list[Sample] = []
-        for class_dir in sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        for class_dir in visible_subfolders(split_dir):
             if class_dir.name not in index:
                 _report(errors, DatasetError(f"class {class_dir.name!r} in {split_dir} is not a training class "
                                              f"(training classes: {', '.join(class_names[:20])}); "
                                              f"add it to DATA/train or remove it from {split}"))
                 continue
-            files = []
-            for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-                dirnames.sort()
-                files += [os.path.join(dirpath, f) for f in sorted(filenames)
-                          if f.lower().endswith(IMG_EXTENSIONS) and not f.startswith(".")]
+            files = [str(f) for f in list_images(class_dir)]
             if not files:
                 _report(errors, DatasetError(f"class folder {class_dir} holds no images "
                                              f"({', '.join(IMG_EXTENSIONS)}); add images or remove the folder"))

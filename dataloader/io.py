@@ -13,6 +13,7 @@ import io
 import re
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -20,12 +21,25 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image
 
+from utils.walk import has_extension, visible_files
+
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec, but they remain the fastest way to
 # turn PNG/JPEG bytes into uint8 tensors here; the warning would otherwise repeat once per image.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
                         category=DeprecationWarning)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file name has an image extension (any case)."""
+    return has_extension(name, IMG_EXTENSIONS)
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Every image under ``folder``, recursively, as every image-folder reader of the project sees them
+    (hidden names skipped, symlinks followed, deterministic order: see ``utils/walk.py``)."""
+    return visible_files(folder, IMG_EXTENSIONS)
 
 
 # Pillow's default limit (89,478,485 pixels: a 1 GiB image at 4 bytes per pixel, / 3), taken before anything

@@ -2,7 +2,6 @@
 every image's prediction, for a model evaluated on one split (``--evaluation`` and the end of training)."""
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 import torch.nn as nn
 import yaml
 
+from utils.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from utils.metrics import classification_report, probabilities
 from utils.plots import most_confident_errors, plot_confusion_matrix, save_error_grid
 
@@ -35,7 +35,7 @@ def evaluate_and_report(model: nn.Module, loader: torch.utils.data.DataLoader, d
     if not write:  # another rank of a distributed run writes the files
         return metrics
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json_atomic(out_dir / "metrics.json", metrics)
     plot_confusion_matrix(report["confusion_matrix"], class_names, out_dir / "confusion_matrix.png",
                           title=f"{dataset.split}: top-1 {result['top1']:.2f}%")
     confidence = probs.max(dim=1).values.numpy()
@@ -60,11 +60,10 @@ def write_predictions(rows: list[dict[str, Any]], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".json":
-        path.write_text(json.dumps(rows, indent=1))
+        write_json_atomic(path, rows, indent=1)
     elif path.suffix in (".yaml", ".yml"):
-        path.write_text(yaml.safe_dump(rows, sort_keys=False))
+        write_text_atomic(path, yaml.safe_dump(rows, sort_keys=False))
     elif path.suffix == ".pkl":
-        with open(path, "wb") as f:
-            pickle.dump(rows, f)
+        write_bytes_atomic(path, pickle.dumps(rows))
     else:
         raise ValueError(f"--out must end in .json, .yaml or .pkl, got {str(path)!r}")

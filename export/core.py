@@ -15,7 +15,6 @@ import copy
 import functools
 import json
 import logging
-import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from models.spec import ModelSpec
+from utils.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -110,14 +110,8 @@ def to_torchscript(model: nn.Module, example: torch.Tensor) -> tuple[torch.jit.S
 def save_torchscript(module: torch.jit.ScriptModule, path: str | Path, metadata: Mapping[str, Any]) -> Path:
     """Write ``module`` with ``metadata`` as its ``metadata.json`` extra file (atomically)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with _quiet():
-            torch.jit.save(module, str(tmp), _extra_files={METADATA_FILE: json.dumps(dict(metadata))})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, _quiet():
+        torch.jit.save(module, str(tmp), _extra_files={METADATA_FILE: json.dumps(dict(metadata))})
     return path
 
 
@@ -192,9 +186,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, metad
     """Write ``model`` as ONNX with a dynamic batch axis and ``metadata`` in its metadata properties."""
     import onnx
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         with _quiet(), torch.no_grad():
             torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
@@ -206,9 +198,6 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, metad
             entry = proto.metadata_props.add()
             entry.key, entry.value = str(key), json.dumps(value)
         onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

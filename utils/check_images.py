@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from PIL import UnidentifiedImageError  # noqa: E402
 
 from dataloader.datasets import LAYOUTS, DatasetError, ZipReader  # noqa: E402
-from dataloader.io import (DEFAULT_MAX_IMAGE_PIXELS, IMG_EXTENSIONS, ImageDecodeError, ImageTooLarge,  # noqa: E402
-                           decode_rgb, open_image)
+from dataloader.io import (DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, ImageTooLarge, decode_rgb,  # noqa: E402
+                           is_image_name, open_image)
+from utils.walk import visible_files, visible_subfolders  # noqa: E402
 
 logger = logging.getLogger("check_images")
 SPLITS = ("train", "val", "test")
@@ -136,12 +137,9 @@ def _tasks(root: Path, kind: str, max_pixels: int) -> tuple[list[Task], list[Fin
         archive = str(root / f"{split}.zip") if kind == "zip" else None
         tasks += [(split, class_names[label], source, archive, max_pixels) for source, label in samples]
         if kind == "folder":
-            for class_dir in sorted(d for d in (root / split).iterdir() if d.is_dir()):
-                for dirpath, _, files in os.walk(class_dir):
-                    for f in sorted(files):
-                        if not f.lower().endswith(IMG_EXTENSIONS) and not f.startswith("."):
-                            findings.append(Finding(split, class_dir.name, os.path.join(dirpath, f), "stray",
-                                                    "not an image extension: training ignores it"))
+            for class_dir in visible_subfolders(root / split):  # the files training sees, less its images
+                findings += [Finding(split, class_dir.name, str(f), "stray", "not an image extension: training "
+                                     "ignores it") for f in visible_files(class_dir) if not is_image_name(f.name)]
     return tasks, findings
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from utils.atomic import TEMP_PATTERN, atomic_path, atomic_write
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,16 +51,11 @@ def kill_point(name: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _tmp_path(path: Path) -> Path:
-    """The temporary file a save of ``path`` writes first (named per process, hidden)."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Delete the temporary files that killed saves left in ``folder`` (``.<name>.tmp-<pid>``; each can be
     a whole checkpoint). Call it only while holding the run directory's lock: no other save is running."""
     removed = []
-    for tmp in Path(folder).glob(".*.tmp-*"):
+    for tmp in Path(folder).glob(TEMP_PATTERN):
         if tmp.is_file() and not tmp.is_symlink():
             tmp.unlink()
             removed.append(tmp)
@@ -77,26 +74,15 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool
     unwritable folder) raises CheckpointError naming the file and the reason, the old file untouched.
     """
     path = Path(path)
-    tmp = _tmp_path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_write(path, "wb", previous=previous_path(path) if keep_previous else None) as f:
             _save_reporting_write_errors(state, f)
             kill_point(f"{path.stem}_tmp")
-            f.flush()
-            os.fsync(f.fileno())
-        if keep_previous and path.exists():
-            os.replace(path, previous_path(path))
-        os.replace(tmp, path)
         kill_point(f"{path.stem}_replaced")
     except OSError as e:
         kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
         raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e} (write failed; {kept}); free "
                               f"space or fix the folder's permissions, then rerun the same command") from e
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 class _WriteErrors:
@@ -134,29 +120,12 @@ def link_checkpoint(source: str | Path, path: str | Path) -> None:
     has none. Checkpoints are only ever replaced (a new file renamed over the name), never written in
     place, so replacing ``source`` later leaves ``path`` as it was."""
     source, path = Path(source), Path(path)
-    tmp = _tmp_path(path)
-    try:
+    with atomic_path(path) as tmp:
         try:
             os.link(source, tmp)
         except OSError:  # no hard links here (some network or FAT file systems)
             shutil.copyfile(source, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
         kill_point(f"{path.stem}_tmp")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist a folder's entries (a rename is durable only once its folder is synced)."""
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def previous_path(path: str | Path) -> Path:

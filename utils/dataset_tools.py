@@ -10,6 +10,8 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+from utils.atomic import atomic_write, write_text_atomic
+
 SPLITS = ("train", "val", "test")
 SplitWriter = Callable[[Path, Path, str, list[tuple[Path, int]]], None]
 
@@ -19,7 +21,7 @@ def _splits(folder_root: Path, out_root: Path) -> Iterator[tuple[str, list[tuple
     from dataloader.datasets import FolderLayout
     out_root.mkdir(parents=True, exist_ok=True)
     classes = FolderLayout.classes(folder_root)
-    (out_root / "classes.txt").write_text("\n".join(classes) + "\n")
+    write_text_atomic(out_root / "classes.txt", "\n".join(classes) + "\n")
     for split in SPLITS:
         if (folder_root / split).is_dir():
             yield split, [(Path(p), label) for p, label in FolderLayout.samples(folder_root, split, classes)]
@@ -34,17 +36,17 @@ def _convert(folder_root: str | Path, out_root: str | Path, write_split: SplitWr
 
 def _txt_split(folder_root: Path, out_root: Path, split: str, samples: list[tuple[Path, int]]) -> None:
     lines = [f"{os.path.relpath(p, out_root.resolve())} {label}" for p, label in samples]
-    (out_root / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out_root / f"{split}.txt", "\n".join(lines) + "\n")
 
 
 def _zip_split(folder_root: Path, out_root: Path, split: str, samples: list[tuple[Path, int]]) -> None:
     lines = []
-    with zipfile.ZipFile(out_root / f"{split}.zip", "w", zipfile.ZIP_STORED) as zf:
+    with atomic_write(out_root / f"{split}.zip", "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
         for path, label in samples:
             member = path.relative_to(folder_root / split).as_posix()
             zf.write(path, member)
             lines.append(f"{member}\t{label}")
-    (out_root / f"{split}_map.txt").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out_root / f"{split}_map.txt", "\n".join(lines) + "\n")
 
 
 def write_txt_lists(folder_root: str | Path, out_root: str | Path) -> Path:

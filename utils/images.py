@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from utils.atomic import save_image_atomic
+
 WHITE, BLACK, GREEN, RED, GREY = (255, 255, 255), (0, 0, 0), (0, 140, 0), (200, 0, 0), (90, 90, 90)
 
 
@@ -64,10 +66,7 @@ def add_title(image: np.ndarray, lines: Sequence[str], colors: Sequence[tuple[in
 
 def save_png(image: np.ndarray, path: str | Path) -> Path:
     """Write a uint8 RGB array as PNG, creating the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(to_hwc(image)).save(path, optimize=False)
-    return path
+    return save_image_atomic(Image.fromarray(to_hwc(image)), path, optimize=False)
 
 
 def _fit(image: np.ndarray, tile: int) -> np.ndarray:

@@ -7,12 +7,23 @@ from typing import Sequence
 
 import numpy as np
 
+from utils.atomic import atomic_path
+
 
 def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Write a matplotlib figure atomically (its format from ``path``'s suffix, PNG without one) and close it."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
+    _pyplot().close(fig)
+    return path
 
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path,
@@ -35,10 +46,7 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if cm[i, j] > thresh else "black")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], suggestion: float,
@@ -55,10 +63,7 @@ def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequ
         ax.set_ylim(min(finite) * 0.9, min(max(finite), 4 * min(finite)) * 1.1)
     ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def training_curves_figure(history: Sequence[dict]):
@@ -96,10 +101,7 @@ def training_curves_figure(history: Sequence[dict]):
 def plot_training_curves(history: Sequence[dict], path: str | Path) -> Path:
     """Loss, top-1 and learning rate per epoch (train and val, EMA top-1 when present) from metrics.json's history."""
     fig = training_curves_figure(history)
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def most_confident_errors(labels: Sequence[int], preds: Sequence[int], confidences: Sequence[float],
@@ -132,10 +134,7 @@ def save_error_grid(images: Sequence, true_names: Sequence[str], pred_names: Seq
         axes[0, 0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center", fontsize=12)
     fig.suptitle(f"most confident errors ({len(order)} shown)")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _hwc(image) -> np.ndarray:

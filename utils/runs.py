@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from utils.atomic import atomic_write, write_text_atomic
 from utils.misc import FAILED_MARK
 from utils.table import format_table
 
@@ -216,8 +217,8 @@ def compare_runs(paths: Sequence[str | Path], out_dir: str | Path | None = None,
     records = sort_runs(records, sort_by, larger_is_better)
     headers, rows, keys = comparison_table(records, root)
     table = format_table(headers, rows)
-    (out / "compare.md").write_text(f"Runs under {root}, best {sort_by} first.\n\n{table}\n")
-    with open(out / "compare.csv", "w", newline="") as f:
+    write_text_atomic(out / "compare.md", f"Runs under {root}, best {sort_by} first.\n\n{table}\n")
+    with atomic_write(out / "compare.csv", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(headers)
         writer.writerows([["" if v is None else v for v in row] for row in rows])
@@ -230,7 +231,7 @@ def compare_runs(paths: Sequence[str | Path], out_dir: str | Path | None = None,
 def plot_comparison(records: Sequence[RunRecord], keys: Sequence[str], path: Path) -> Path:
     """Val top-1 and train loss per epoch of every run on shared axes, each line labelled by the run's
     differing flags (the legend is left out beyond 20 runs: the table names them)."""
-    from utils.plots import _pyplot
+    from utils.plots import _pyplot, save_figure
     plt = _pyplot()
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(12, 4.8))
     for r in records:
@@ -247,6 +248,4 @@ def plot_comparison(records: Sequence[RunRecord], keys: Sequence[str], path: Pat
     if 0 < len(records) <= 20:
         loss.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -6,9 +6,10 @@ off from the right.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterable, Sequence
+
+from utils.atomic import atomic_write
 
 
 def write_rows(path: str | Path, rows: Iterable[tuple[str, Sequence[float]]], overwrite: bool, fmt: str = "{:.6g}") -> Path:
@@ -16,11 +17,9 @@ def write_rows(path: str | Path, rows: Iterable[tuple[str, Sequence[float]]], ov
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         for key, values in rows:
             f.write(",".join([key, *(fmt.format(v) for v in values)]) + "\n")
-    tmp.replace(path)
     return path
 
 

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from utils.atomic import write_json_atomic
 from utils.runs import NOT_SETTINGS, format_value
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ class MlflowRun:
             from mlflow.entities import Param
             self.client.log_batch(self.run_id, params=[Param(k, format_value(v)[:6000])
                                                        for k, v in hparams_of(config).items()])
-            saved.write_text(json.dumps({"tracking_uri": uri, "run_id": self.run_id}))
+            write_json_atomic(saved, {"tracking_uri": uri, "run_id": self.run_id}, indent=None)
         self.uri = uri
         atexit.register(self._end, "KILLED")  # a run that stops before finish() is not left RUNNING
         logger.info("MLflow run %s in %s", self.run_id, uri)

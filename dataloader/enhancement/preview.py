@@ -18,6 +18,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.utils import make_grid
 
+from utils.atomic import save_image_atomic
+
 from ..transforms import Letterbox
 
 logger = logging.getLogger(__name__)
@@ -71,8 +73,7 @@ def save_augmented_grid(dataset: Dataset, path: str | Path, n: int = 32, seed: i
     """Write :func:`make_augmented_grid` as a PNG at ``path`` (parents created) and return the path."""
     path = Path(path)
     grid = make_augmented_grid(dataset, n=n, seed=seed, mean=mean, std=std, nrow=nrow)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(grid.permute(1, 2, 0).numpy())).save(path, format="PNG")
+    save_image_atomic(Image.fromarray(np.ascontiguousarray(grid.permute(1, 2, 0).numpy())), path)
     logger.info("augmentation preview (%d x %d grid image) written to %s", grid.shape[-1], grid.shape[-2], path)
     return path
 

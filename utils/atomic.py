@@ -1,0 +1,108 @@
+"""Atomic file writes: the one way this project writes a file a user keeps.
+
+Every writer goes through a hidden temporary file in the target's own folder (``.<name>.tmp-<pid>``),
+which is flushed and fsynced, then renamed over the target with ``os.replace`` and the folder synced. A
+kill, a full disk or an exception at any moment leaves either the old file or the new one, never half
+of one, and the temporary file is removed on every way out (KeyboardInterrupt included). A process that
+is SIGKILLed leaves its temporary file behind; :func:`utils.checkpoint.remove_stale_temporaries` cleans
+those up by the same name pattern.
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+TEMP_PATTERN = ".*.tmp-*"  # what temp_path names look like, for a glob that cleans up after killed writers
+
+
+def temp_path(path: str | Path) -> Path:
+    """The temporary file a write of ``path`` goes through first (hidden, in the same folder, per process)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Persist a folder's entries (a rename is durable only once its folder is synced)."""
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+@contextmanager
+def atomic_path(path: str | Path, previous: str | Path | None = None) -> Iterator[Path]:
+    """Yield the temporary path for a writer that wants a file name (``torch.jit.save``, ``savefig``,
+    ``os.link``); when the block ends normally the file there is fsynced and renamed to ``path``.
+
+    Writers that pick a format from the name's suffix must be told the format: the temporary name ends in
+    ``.tmp-<pid>``. With ``previous``, an existing ``path`` is first moved there (a backup of the file being
+    replaced). On any exception, KeyboardInterrupt included, the temporary file is removed and ``path`` is
+    left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        if previous is not None and path.exists():
+            os.replace(path, previous)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+    fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "w", *, previous: str | Path | None = None,
+                 **open_kwargs: Any) -> Iterator[IO]:
+    """``open(path, mode)`` made atomic: yield the open temporary file; on a normal exit it is flushed,
+    fsynced and renamed to ``path`` (see :func:`atomic_path` for ``previous`` and the failure cases).
+    ``mode`` is ``"w"`` or ``"wb"``; ``open_kwargs`` (``newline``, ``encoding``) go to ``open``."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write writes a whole file: mode must be 'w' or 'wb', got {mode!r}")
+    with atomic_path(path, previous=previous) as tmp:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns ``path``."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically; returns ``path``."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | Path, data: Any, indent: int | None = 2, **dumps_kwargs: Any) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically; returns ``path``."""
+    return write_text_atomic(path, json.dumps(data, indent=indent, **dumps_kwargs))
+
+
+def save_image_atomic(image: Any, path: str | Path, **save_kwargs: Any) -> Path:
+    """``image.save(path)`` for a PIL image, atomically; the format comes from ``path``'s suffix (PNG without
+    one) since the temporary name has none. Returns ``path``."""
+    path = Path(path)
+    from PIL import Image
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt, **save_kwargs)
+    return path
