@@ -159,6 +159,7 @@ def test_datasets_predict_visualize_and_check_images_see_the_same_files(messy_da
     from applications.predict import collect_sources
     from applications.visualize import _source_dataset
     from dataloader.datasets import ClassificationDataset
+    from models.spec import ModelSpec
     from utils.check_images import check_dataset
 
     root, expected = messy_dataset
@@ -168,9 +169,9 @@ def test_datasets_predict_visualize_and_check_images_see_the_same_files(messy_da
     assert dataset.class_names == ["a", "b"]
     seen = {"datasets": [path for path, label in dataset.samples if label == 0],
             "predict": [str(p) for p in collect_sources(a)]}
-    cfg = argparse.Namespace(image_size=(8, 8), eval_resize="letterbox", crop_pct=1.0, max_image_pixels=10**6,
-                             skip_bad_images=False)
-    seen["visualize"] = [path for path, _ in _source_dataset(cfg, str(a)).samples]
+    cfg = argparse.Namespace(max_image_pixels=10**6, skip_bad_images=False)
+    restored = argparse.Namespace(spec=ModelSpec("resnet18", ("a", "b"), (8, 8), (0.5,) * 3, (0.25,) * 3))
+    seen["visualize"] = [path for path, _ in _source_dataset(cfg, restored, str(a)).samples]
     findings = check_dataset(root)
     seen["check_images"] = [f.source for f in findings if f.label == "a" and f.status != "stray"]
     assert seen == {name: expected for name in seen}
