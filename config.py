@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from applications.flags import ConfigError, FlagGroup, Mode, need, need_probability
+from applications.flags import ConfigError, FlagGroup, Mode, need, use_checkpoint_data
 from applications.flags import benchmark, compare, convert, curriculum, knowledge, lr_finder, predict, sweep, test, \
     train, visualize
 from applications.flags.compare import SORT_KEYS
@@ -431,6 +431,8 @@ def check_files(cfg: argparse.Namespace, given: set[str]) -> None:
     for group in (*SHARED_GROUPS, *spec.groups):
         if group.check_files is not None:
             group.check_files(cfg, given)
+    if spec.needs_checkpoint:
+        use_checkpoint_data(cfg, given)
     if spec.check_files is not None:
         spec.check_files(cfg, given)
 

@@ -212,3 +212,11 @@ def test_config_stays_torch_free():
             "config.flag_reference(); assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_sweep_refuses_flags_its_training_runs_do_not_read(tmp_path):
+    from applications.sweep import run_flags
+    assert run_flags({"epochs": 2}, {"lr": 0.2, "aug": True}, tmp_path, "a")["lr"] == 0.2
+    with pytest.raises(config.ConfigError, match=r"--sweep: variant b: --topk is a --predict option that --train "
+                                                 r"does not read"):
+        run_flags({"epochs": 2}, {"topk": 3}, tmp_path, "b")

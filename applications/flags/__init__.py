@@ -76,7 +76,7 @@ def use_checkpoint_data(cfg: argparse.Namespace, given: set[str]) -> None:
     was trained on, so that ``--evaluation --resume CKPT`` evaluates on that data's split and
     ``--knowledge`` / ``--make_curriculum`` write next to it, not into the default ``data/digits``.
     Left alone when the checkpoint carries no config or its data folder is gone (``--data`` then says
-    where the data is). The file check of every mode with ``needs_checkpoint``."""
+    where the data is). Run before every mode with ``needs_checkpoint`` (``config.check_files``)."""
     import logging
 
     import torch

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import FlagGroup, Mode, use_checkpoint_data
+from . import FlagGroup, Mode
 
 
 def _add_export(g: argparse._ArgumentGroup) -> None:
@@ -18,10 +18,10 @@ MODES = (
          lambda g: g.add_argument("--jit", action="store_true",
                                   help="export --resume as TorchScript to <run_dir>/export/model_jit.pt, verified "
                                        "against eager"),
-         flags=("eval_split",), needs_checkpoint=True, check_files=use_checkpoint_data),
+         flags=("eval_split",), needs_checkpoint=True),
     Mode("onnx", "applications.convert",
          lambda g: g.add_argument("--onnx", action="store_true",
                                   help="export --resume as ONNX to <run_dir>/export/model.onnx, verified in ONNX "
                                        "Runtime"),
-         groups=(EXPORT,), flags=("eval_split",), needs_checkpoint=True, check_files=use_checkpoint_data),
+         groups=(EXPORT,), flags=("eval_split",), needs_checkpoint=True),
 )

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import FlagGroup, Mode, need, use_checkpoint_data
+from . import FlagGroup, Mode, need
 
 
 def _add_curriculum(g: argparse._ArgumentGroup) -> None:
@@ -31,5 +31,5 @@ MODES = (
          lambda g: g.add_argument("--make_curriculum", action="store_true",
                                   help="score the training images with --resume and write DATA/curriculum.txt "
                                        "(path,weight)"),
-         groups=(CURRICULUM,), needs_checkpoint=True, check_files=use_checkpoint_data),
+         groups=(CURRICULUM,), needs_checkpoint=True),
 )

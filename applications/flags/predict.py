@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import FlagGroup, Mode, need, use_checkpoint_data
+from . import FlagGroup, Mode, need
 
 
 def _add_predict(g: argparse._ArgumentGroup) -> None:
@@ -23,7 +23,6 @@ def _predict_files(cfg: argparse.Namespace, given: set[str]) -> None:
     for flag in ("predict", "class_indices"):
         path = getattr(cfg, flag)
         need(path is None or Path(path).exists(), f"--{flag}: {path!r} does not exist")
-    use_checkpoint_data(cfg, given)
 
 
 PREDICT = FlagGroup("predict", _add_predict, _check_predict, resume_safe=True)

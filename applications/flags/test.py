@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import FlagGroup, Mode, need, use_checkpoint_data
+from . import FlagGroup, Mode, need
 
 
 def _add_evaluation(g: argparse._ArgumentGroup) -> None:
@@ -27,5 +27,5 @@ MODES = (
          lambda g: g.add_argument("--evaluation", action="store_true",
                                   help="evaluate a checkpoint (--resume) on --eval_split: metrics, confusion "
                                        "matrix, predictions"),
-         groups=(EVALUATION,), needs_checkpoint=True, check_files=use_checkpoint_data),
+         groups=(EVALUATION,), needs_checkpoint=True),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import FlagGroup, Mode, need, use_checkpoint_data
+from . import FlagGroup, Mode, need
 
 
 def _add_explain(g: argparse._ArgumentGroup) -> None:
@@ -23,7 +23,6 @@ def _check_explain(cfg: argparse.Namespace) -> None:
 
 def _source_files(cfg: argparse.Namespace, given: set[str]) -> None:
     need(Path(cfg.visual_source).exists(), f"--visual_source: {cfg.visual_source!r} does not exist")
-    use_checkpoint_data(cfg, given)
 
 
 EXPLAIN = FlagGroup("explain", _add_explain, _check_explain, resume_safe=True)
@@ -32,7 +31,7 @@ MODES = (
     Mode("visual_data", "applications.visualize",
          lambda g: g.add_argument("--visual_data", choices=["train", "val", "test"], default=None,
                                   help="explain --resume's predictions on this split with --visual_method heatmaps"),
-         groups=(EXPLAIN,), needs_checkpoint=True, check_files=use_checkpoint_data),
+         groups=(EXPLAIN,), needs_checkpoint=True),
     Mode("visual_source", "applications.visualize",
          lambda g: g.add_argument("--visual_source", type=str, default=None, metavar="PATH",
                                   help="like --visual_data, for an image or a folder of images"),
