@@ -30,12 +30,10 @@ import yaml
 from applications.flags import ConfigError, FlagGroup, Mode, need, use_checkpoint_data
 from applications.flags import benchmark, compare, convert, curriculum, knowledge, lr_finder, predict, sweep, test, \
     train, visualize
-from applications.flags.compare import SORT_KEYS
+from applications.flags.compare import SORT_KEYS  # noqa: F401  (compare and sweep import it from here)
 from utils.weights_name import is_weights_name
 
 logger = logging.getLogger(__name__)
-
-__all__ = ["ConfigError", "SORT_KEYS", "MODES", "MODE_REGISTRY", "parse_config", "build_parser", "validate"]
 
 REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_DATA = REPO_ROOT / "data" / "digits"
