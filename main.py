@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Sequence
 
-from config import MODES, parse_config, selected_mode
+from config import MODES, ConfigError, check_files, parse_command_line, selected_mode
 
 logger = logging.getLogger("main")
 
@@ -42,13 +42,18 @@ def _environment_error(e: OSError) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    cfg = parse_config(argv)
+    cfg, given = parse_command_line(argv)
     mode = selected_mode(cfg)
     if mode is None:
         print("main.py: choose a mode: " + ", ".join(f"--{m}" for m in MODES) + " (see --help)", file=sys.stderr)
         return 2
     from utils.misc import setup_logging
     setup_logging()
+    try:
+        check_files(cfg, given)  # the mode's checks of its files: after parsing, which reads none
+    except ConfigError as e:
+        print(f"main.py: error: {e}", file=sys.stderr)
+        return 2
     application = importlib.import_module(MODES[mode])
     try:
         result = application.run(cfg)

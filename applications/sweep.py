@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from config import SORT_KEYS, ConfigError, build_parser, validate
+from config import SORT_KEYS, ConfigError, build_parser, check_mode_flags, validate
 from utils.atomic import write_text_atomic
 from utils.runs import NOT_SETTINGS, PRUNED_FILE, compare_runs, read_run
 
@@ -74,6 +74,7 @@ def run_flags(base: dict[str, Any], values: dict[str, Any], sweep_dir: Path, tag
     cfg = argparse.Namespace(**{**defaults, **flags, "train": True})
     try:
         validate(cfg)
+        check_mode_flags(cfg, set(flags))  # a flag --train does not read would fail every run: refused now
     except ConfigError as e:
         raise ConfigError(f"--sweep: variant {tag}: {e}") from None
     return {k: v for k, v in flags.items() if v != defaults.get(k)}

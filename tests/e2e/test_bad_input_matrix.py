@@ -53,6 +53,22 @@ CASES: list[Case] = []
 
 # ==== flags and config values ====
 
+def _no_run_started(tmp: Path) -> None:
+    assert not (tmp / "out").exists(), "a run directory was made before the teacher files were checked"
+
+
+CASES += [
+    Case("flag-of-another-mode", lambda tmp, data: ["--evaluation", "--resume", "b.pth", "--data", str(data),
+                                                    "--topk", "3"], 2,
+         r"--topk is a --predict option that --evaluation does not read: drop it, or run --predict"),
+    Case("resume-missing-reported-before-the-mode-runs",
+         lambda tmp, data: ["--evaluation", "--resume", "nothere.pth", "--data", str(data)], 2,
+         r"main\.py: error: --resume: file 'nothere\.pth' does not exist"),
+    Case("distill-without-teacher-files", lambda tmp, data: tiny_train(data, tmp / "out", "--distill"), 2,
+         r"--distill needs teacher files: none given with --distill_files and no distill\*\.txt in .*; "
+         r"run --knowledge train", check=_no_run_started),
+]
+
 CASES += [
     Case("unknown-arch", lambda tmp, data: tiny_train(data, tmp / "out", "--arch", "resnet181"), 1,
          r"unknown model 'resnet181'.*resnet18"),

@@ -53,7 +53,6 @@ def test_yaml_errors_name_the_key(tmp_path, capsys, content, message):
     (["--device", "tpu"], "--device must be cpu, cuda or cuda:N, got 'tpu'"),
     (["--label_smoothing", "1.5"], "--label_smoothing must be in [0, 1)"),
     (["--accumulation_steps", "0"], "--accumulation_steps must be >= 1"),
-    (["--resume", "/no/such.pth"], "--resume: file '/no/such.pth' does not exist"),
     (["--out", "p.csv"], "--out must end in .json, .yaml or .pkl"),
     (["--tag", "a/b"], "--tag may hold letters"),
     (["--mixup_prob", "1.5"], "--mixup_prob must be a probability in [0, 1], got 1.5"),
@@ -66,8 +65,6 @@ def test_yaml_errors_name_the_key(tmp_path, capsys, content, message):
      "--curriculum_thresholds must decrease"),
     (["--curriculum_weights", "1", "0.5"], "must pair up"),
     (["--ema_decay", "1"], "--ema_decay must be in [0, 1)"),
-    (["--class_weights", "nofile.txt"], "--class_weights: 'nofile.txt' is neither auto, numbers, nor an existing file"),
-    (["--cost_matrix", "nofile.txt"], "--cost_matrix: file 'nofile.txt' does not exist"),
     (["--aug_policy", "cutout"], "argument --aug_policy: invalid choice: 'cutout'"),
     (["--scheduler", "linear"], "argument --scheduler: invalid choice: 'linear' (choose from 'step', 'multistep', 'cosine'"),
     (["--cache_dataset", "disk"], "argument --cache_dataset: invalid choice: 'disk'"),
@@ -78,6 +75,19 @@ def test_yaml_errors_name_the_key(tmp_path, capsys, content, message):
 def test_flag_errors_name_flag_and_allowed_values(capsys, argv, message):
     with pytest.raises(SystemExit):
         config.parse_config(["--train", *argv])
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--resume", "/no/such.pth"], "--resume: file '/no/such.pth' does not exist"),
+    (["--class_weights", "nofile.txt"], "--class_weights: 'nofile.txt' is neither auto, numbers, nor an existing file"),
+    (["--cost_matrix", "nofile.txt"], "--cost_matrix: file 'nofile.txt' does not exist"),
+])
+def test_missing_files_name_the_flag(capsys, argv, message):
+    """The parser reads no file: main.py checks the mode's files after parsing, with the same message."""
+    import main
+    config.parse_config(["--train", *argv])
+    assert main.main(["--train", *argv]) == 2
     assert message in capsys.readouterr().err
 
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import config
 from applications.strategies import build_batch_hook, build_criterion, soften
-from conftest import tiny_train_args
+from conftest import run_main, tiny_train_args
 from dataloader import BatchPreprocessor, ClassificationDataset, create_transform
 
 
@@ -39,9 +39,9 @@ def test_distill_temperature_and_missing_images(data, tmp_path, caplog):
 
 
 def test_distill_without_teacher_files_is_refused(data, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        config.parse_config(tiny_train_args(data, tmp_path, "--distill"))
+    assert run_main(tiny_train_args(data, tmp_path, "--distill")) == 2  # checked before the run, not by the parser
     assert "run --knowledge train --resume TEACHER.pth first" in capsys.readouterr().err
+    assert not (tmp_path / "resnet18").exists()
 
 
 def test_curriculum_zero_weight_gives_no_gradient(data, tmp_path, caplog):
