@@ -52,33 +52,6 @@ def test_distillation_end_to_end(data, tmp_path, caplog):
     assert read_json(student / "metrics.json")["history"][0]["train_loss"] > 0
 
 
-<<<<<<< HEAD:tests/e2e/test_strategies.py
-=======
-def test_distill_temperature_and_missing_images(data, tmp_path, caplog):
-    ds = ClassificationDataset(data, "folder", "train")
-    keys = [ds.key(i) for i in range(len(ds))]
-    lines = [f"{k},0.6,0.3,0.1" for k in keys[1:]]  # the first image has no teacher output
-    (data / "distill_manual.txt").write_text("\n".join(lines) + "\n")
-    cfg = config.parse_config(tiny_train_args(data, tmp_path, "--distill", "--distill_temperature", "2"))
-    with pytest.raises(ValueError, match=r"1 of 30 training images are missing from the teacher files .*"
-                                         r"first: train/0/"):
-        build_batch_hook(cfg, ds)
-    cfg.distill_missing, cfg.distill_alpha = "label", 1.0
-    hook = build_batch_hook(cfg, ds)
-    _, soft, _ = hook(torch.zeros(2, 3, 16, 16), torch.tensor([0, 0]), torch.tensor([0, 1]), 0, 0)
-    assert soft[0].tolist() == [1.0, 0.0, 0.0]  # falls back to its label
-    expected = torch.tensor([0.6, 0.3, 0.1]) ** 0.5
-    assert torch.allclose(soft[1], expected / expected.sum(), atol=1e-6)  # T = 2 softens
-    assert torch.allclose(soften(torch.tensor([[0.6, 0.3, 0.1]]), 1.0, "softmax"), torch.tensor([[0.6, 0.3, 0.1]]))
-
-
-def test_distill_without_teacher_files_is_refused(data, tmp_path, capsys):
-    assert run_main(tiny_train_args(data, tmp_path, "--distill")) == 2  # checked before the run, not by the parser
-    assert "run --knowledge train --resume TEACHER.pth first" in capsys.readouterr().err
-    assert not (tmp_path / "resnet18").exists()
-
-
->>>>>>> flags:tests/test_strategies.py
 def test_curriculum_end_to_end(data, tmp_path, caplog):
     model_run = train(data, tmp_path / "out", "scorer")
     best = str(model_run / "checkpoints/best.pth")

@@ -202,9 +202,10 @@ def test_resume_conflicts_follow_the_groups():
                                                                    "image_size": ([224, 224], [32, 32])}
 
 
-def test_model_identity_keys_are_what_inference_takes_from_a_checkpoint():
-    from applications.common import MODEL_KEYS
-    assert set(config.MODEL_IDENTITY_KEYS) == set(MODEL_KEYS)
+def test_model_identity_keys_are_the_model_spec_and_the_class_count():
+    from models.spec import CONFIG_KEYS  # the config keys a ModelSpec is built from
+    assert set(config.MODEL_IDENTITY_KEYS) == set(CONFIG_KEYS.values()) | {"num_classes"}
+    assert not set(config.MODEL_IDENTITY_KEYS) & set(config.RESUME_SAFE_KEYS)
 
 
 def test_config_stays_torch_free():
