@@ -16,7 +16,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -36,6 +36,7 @@ MODES: dict[str, str] = {
     "lr_finder": "applications.lr_finder",
     "jit": "applications.convert",
     "onnx": "applications.convert",
+    "openvino": "applications.convert",
     "predict": "applications.predict",
     "visual_data": "applications.visualize",
     "visual_source": "applications.visualize",
@@ -47,7 +48,7 @@ MODES: dict[str, str] = {
     "sweep": "applications.sweep",
 }
 # Modes that run a trained checkpoint and so need --resume.
-CHECKPOINT_MODES = ("evaluation", "knowledge", "make_curriculum", "jit", "onnx", "predict", "visual_data",
+CHECKPOINT_MODES = ("evaluation", "knowledge", "make_curriculum", "jit", "onnx", "openvino", "predict", "visual_data",
                     "visual_source")
 
 # Flags that only training reads (found by what the other modes read): given on the command line with
@@ -171,6 +172,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export --resume as TorchScript to <run_dir>/export/model_jit.pt, verified against eager")
     g.add_argument("--onnx", action="store_true",
                    help="export --resume as ONNX to <run_dir>/export/model.onnx, verified in ONNX Runtime")
+    # -- int8 and OpenVINO export (issue #16): the --openvino mode and the quantization flags, one block
+    g.add_argument("--openvino", action="store_true",
+                   help="export --resume as OpenVINO IR to <run_dir>/export/model.xml + .bin, verified in OpenVINO")
+    q = p.add_argument_group("int8 export (--onnx / --openvino)")
+    q.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: also write model.int8.onnx (ONNX Runtime static QDQ) or model.int8.xml (NNCF), "
+                        "calibrated on training images and kept only if it passes the accuracy guard")
+    q.add_argument("--calib_images", type=int, default=256,
+                   help="training images (spread over the split, evaluation preprocessing) that calibrate int8 ranges")
+    q.add_argument("--calib_method", choices=["minmax", "entropy", "percentile"], default="minmax",
+                   help="how activation ranges are calibrated (OpenVINO/NNCF: minmax or percentile)")
+    q.add_argument("--verify_images", type=int, default=None,
+                   help="accuracy guard: images spread over --eval_split (default: all of it)")
+    q.add_argument("--max_accuracy_drop", type=float, default=1.0,
+                   help="accuracy guard: most top-1 points the int8 file may lose to fp32, else the export fails")
     g.add_argument("--predict", type=str, default=None, metavar="SOURCE",
                    help="classify an image, a folder (recursive) or a txt list with --resume; writes predictions.csv")
     g.add_argument("--visual_data", choices=["train", "val", "test"], default=None,
@@ -584,6 +600,7 @@ def validate(cfg: argparse.Namespace) -> None:
     if cfg.out is not None:
         need(Path(cfg.out).suffix in (".json", ".yaml", ".yml", ".pkl"),
              f"--out must end in .json, .yaml or .pkl, got {cfg.out!r}")
+    check_quantize_flags(cfg, need)
     for mode in CHECKPOINT_MODES:
         if getattr(cfg, mode):
             need(cfg.resume is not None, f"--{mode} needs a checkpoint: add --resume PATH/TO/best.pth")
@@ -673,6 +690,19 @@ def validate(cfg: argparse.Namespace) -> None:
     need(not (cfg.resume and cfg.pretrained and cfg.train),
          "--resume and --pretrained together: --resume continues a run (weights, optimizer, epoch), "
          "--pretrained starts a new one from weights only; pick one")
+
+
+def check_quantize_flags(cfg: argparse.Namespace, need: Callable[[bool, str], None]) -> None:
+    """The int8 export flags (issue #16): values, and only with the export modes that read them."""
+    need(cfg.calib_images >= 1, f"--calib_images must be >= 1, got {cfg.calib_images}")
+    need(cfg.verify_images is None or cfg.verify_images >= 1, f"--verify_images must be >= 1, got {cfg.verify_images}")
+    need(cfg.max_accuracy_drop >= 0, f"--max_accuracy_drop must be >= 0 points, got {cfg.max_accuracy_drop}")
+    mode = selected_mode(cfg)
+    if cfg.quantize != "none":
+        need(mode in ("onnx", "openvino"), f"--quantize {cfg.quantize} quantizes an export: add --onnx or --openvino")
+    if mode == "openvino" and cfg.quantize == "int8":
+        need(cfg.calib_method != "entropy", "--calib_method entropy is ONNX Runtime's; OpenVINO (NNCF) calibrates "
+                                            "with minmax or percentile: pick one of those, or export with --onnx")
 
 
 def parse_config(argv: Sequence[str] | None = None) -> argparse.Namespace:
