@@ -1,7 +1,11 @@
-"""``--jit`` / ``--onnx``: export a checkpoint as a self-describing, verified TorchScript or ONNX file.
+"""``--jit`` / ``--onnx`` / ``--openvino``: export a checkpoint as a self-describing, verified TorchScript,
+ONNX or OpenVINO IR file, and with ``--quantize int8`` also its int8 version behind an accuracy guard.
 
     python main.py --jit  --resume output/resnet18/default/checkpoints/best.pth   # -> <run>/export/model_jit.pt
     python main.py --onnx --resume output/resnet18/default/checkpoints/best.pth   # -> <run>/export/model.onnx
+    python main.py --openvino --resume ...                     # -> <run>/export/model.xml + model.bin
+    python main.py --onnx --quantize int8 --resume ...         # -> also <run>/export/model.int8.onnx
+    python main.py --openvino --quantize int8 --resume ...     # -> also <run>/export/model.int8.xml + .bin
 
 The export is made on the CPU in fp32 and carries the class names, input size, resize mode, mean/std
 and head (``export.core.export_metadata``). Before it is reported, the written file is loaded back
@@ -10,6 +14,13 @@ check the dynamic batch axis); its logits must match the eager model's within 1e
 own fp32 logits are less exact than that: be at most twice as far from float64 logits as eager is; see
 ``export.core.verify_export``). A file that fails is left as ``<name>.unverified`` and the run fails
 with the difference.
+
+An int8 file is made from the verified fp32 one, calibrated on ``--calib_images`` training images
+through the evaluation preprocessing (``export.quantize``, ``export.openvino``). It computes an
+approximation, so it is not held to a logit tolerance but to accuracy: the fp32 and the int8 file are
+evaluated on ``--eval_split`` (all of it, or ``--verify_images`` images spread over it) and the int8
+top-1 may be at most ``--max_accuracy_drop`` points lower (``export.guard``); otherwise it is left as
+``model.int8.onnx.unverified`` (``model.int8.unverified.xml``) and the run fails with both numbers.
 """
 from __future__ import annotations
 
@@ -18,8 +29,9 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -27,6 +39,7 @@ from config import selected_mode
 from models import model_family
 from export.core import (ExportError, Runner, choose_opset, export_metadata, export_onnx, onnx_runner,
                           prepare_for_export, save_torchscript, to_torchscript, torchscript_runner, verify_export)
+from export.guard import check_accuracy_drop, compare_accuracy
 from utils.misc import log_to_file
 
 from .common import Restored, build_dataset, checkpoint_run_dir, preprocessor, restore_for_inference
@@ -34,16 +47,34 @@ from .common import Restored, build_dataset, checkpoint_run_dir, preprocessor, r
 logger = logging.getLogger(__name__)
 
 VERIFY_IMAGES = 8
+GUARD_BATCH = 32  # images per forward pass of the accuracy guard
+
+Quantizer = Callable[[Path, Path, np.ndarray, str, dict[str, Any], str], dict[str, Any]]
+
+
+def _unverified(path: Path) -> Path:
+    return path.with_name(path.name + ".unverified")
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
 class ExportFormat:
-    """One export path: its file name, how to write it and how consumers run it."""
+    """One export path: its file name, how to write it and how consumers run it; for formats with an int8
+    version, its file name and how to quantize the fp32 file. A file is written under its ``unverified``
+    name and ``move``d to its own once verified (an OpenVINO IR is two files)."""
     name: str
     filename: str
     alternative: str  # the other mode flag, suggested when this path fails
     write: Callable[[nn.Module, torch.Tensor, Path, dict[str, Any], argparse.Namespace], dict[str, Any]]
     runners: Callable[[Path], dict[str, Runner]]
+    int8_filename: str | None = None
+    quantize: Quantizer | None = None
+    unverified: Callable[[Path], Path] = _unverified
+    move: Callable[[Path, Path], None] = os.replace
+    remove: Callable[[Path], None] = _remove
 
 
 def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any],
@@ -60,39 +91,111 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: d
     return {"opset": opset}
 
 
+def _write_openvino(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any],
+                     cfg: argparse.Namespace) -> dict[str, Any]:
+    from export.openvino import onnx_to_ir
+    onnx_path = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
+    try:  # through the ONNX file: the converter's most travelled road, and the same graph as --onnx
+        info = _write_onnx(model, example, onnx_path, metadata, cfg)
+        onnx_to_ir(onnx_path, path, metadata)
+    finally:
+        onnx_path.unlink(missing_ok=True)
+    return info
+
+
+def _openvino_runners(path: Path) -> dict[str, Runner]:
+    from export.openvino import openvino_runner
+    return {"openvino": openvino_runner(path)}
+
+
+def _quantize_onnx(*args: Any) -> dict[str, Any]:
+    from export.quantize import quantize_onnx
+    return quantize_onnx(*args)
+
+
+def _quantize_ir(*args: Any) -> dict[str, Any]:
+    from export.openvino import quantize_ir
+    return quantize_ir(*args)
+
+
+def _ir_unverified(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.unverified.xml")  # OpenVINO finds the .bin by the .xml's stem
+
+
+def _move_ir(src: Path, dst: Path) -> None:
+    from export.openvino import move_ir
+    move_ir(src, dst)
+
+
+def _remove_ir(path: Path) -> None:
+    from export.openvino import remove_ir
+    remove_ir(path)
+
+
 FORMATS: dict[str, ExportFormat] = {
     "jit": ExportFormat("TorchScript", "model_jit.pt", "--onnx", _write_torchscript,
                         lambda p: {"as saved": torchscript_runner(p, optimize=False),
                                    "optimised on load": torchscript_runner(p, optimize=True)}),
-    "onnx": ExportFormat("ONNX", "model.onnx", "--jit", _write_onnx, lambda p: {"onnxruntime": onnx_runner(p)}),
+    "onnx": ExportFormat("ONNX", "model.onnx", "--jit", _write_onnx, lambda p: {"onnxruntime": onnx_runner(p)},
+                         int8_filename="model.int8.onnx", quantize=_quantize_onnx),
+    "openvino": ExportFormat("OpenVINO", "model.xml", "--onnx", _write_openvino, _openvino_runners,
+                             int8_filename="model.int8.xml", quantize=_quantize_ir, unverified=_ir_unverified,
+                             move=_move_ir, remove=_remove_ir),
 }
 
 
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
-    """Export ``--resume`` in the format of the mode flag (``--jit`` or ``--onnx``) to ``<run_dir>/export/``."""
+    """Export ``--resume`` in the format of the mode flag (``--jit``, ``--onnx`` or ``--openvino``) to
+    ``<run_dir>/export/``, and with ``--quantize int8`` its int8 version too."""
     run_dir = checkpoint_run_dir(cfg.resume)
+    fmt = FORMATS[selected_mode(cfg)]
     with log_to_file(run_dir / "log.txt"):
-        return export_checkpoint(cfg, FORMATS[selected_mode(cfg)], run_dir / "export")
+        restored = restore_for_inference(argparse.Namespace(**{**vars(cfg), "device": "cpu"}))
+        summary = export_checkpoint(cfg, fmt, run_dir / "export", restored)
+        if getattr(cfg, "quantize", "none") == "int8":
+            summary["int8"] = quantize_export(cfg, fmt, Path(summary["path"]), restored)
+        return summary
 
 
-def sample_images(cfg: argparse.Namespace, restored: Restored, split: str, count: int = VERIFY_IMAGES) -> torch.Tensor:
-    """``count`` images spread evenly over ``split``, preprocessed as evaluation does (float, on the CPU)."""
+def _spread(count: int | None, size: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(size)`` (all of them for ``None``)."""
+    if count is None or count >= size:
+        return list(range(size))
+    return sorted(set(torch.linspace(0, size - 1, count).round().long().tolist()))
+
+
+def sample_images(cfg: argparse.Namespace, restored: Restored, split: str,
+                  count: int | None = VERIFY_IMAGES) -> torch.Tensor:
+    """``count`` images spread evenly over ``split`` (all for ``None``), preprocessed as evaluation does
+    (float, on the CPU)."""
     dataset = build_dataset(cfg, split, restored.class_names, train=False, fallback=True, spec=restored.spec)
-    n = min(count, len(dataset))
-    picks = sorted(set(torch.linspace(0, len(dataset) - 1, n).round().long().tolist()))
-    batch = torch.stack([dataset[i][0] for i in picks])
+    batch = torch.stack([dataset[i][0] for i in _spread(count, len(dataset))])
     return preprocessor(restored.spec, torch.device("cpu"))(batch)
 
 
-def export_checkpoint(cfg: argparse.Namespace, fmt: ExportFormat, out_dir: Path) -> dict[str, Any]:
-    """Write ``fmt``'s file for the checkpoint ``cfg.resume`` into ``out_dir``, verify it, return a summary."""
-    restored = restore_for_inference(argparse.Namespace(**{**vars(cfg), "device": "cpu"}))
+def labelled_batches(cfg: argparse.Namespace, restored: Restored, split: str, count: int | None,
+                     batch_size: int = GUARD_BATCH) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(images, labels)`` batches of ``count`` images spread evenly over ``split`` (all for ``None``),
+    preprocessed as evaluation does; read batch by batch, so a large split never sits in memory."""
+    dataset = build_dataset(cfg, split, restored.class_names, train=False, fallback=True, spec=restored.spec)
+    normalise = preprocessor(restored.spec, torch.device("cpu"))
+    picks = _spread(count, len(dataset))
+    for start in range(0, len(picks), batch_size):
+        items = [dataset[i] for i in picks[start:start + batch_size]]
+        yield normalise(torch.stack([item[0] for item in items])), torch.tensor([int(item[1]) for item in items])
+
+
+def export_checkpoint(cfg: argparse.Namespace, fmt: ExportFormat, out_dir: Path,
+                      restored: Restored | None = None) -> dict[str, Any]:
+    """Write ``fmt``'s file for the checkpoint ``cfg.resume`` (``restored``, loaded on the CPU when not
+    given) into ``out_dir``, verify it, return a summary."""
+    restored = restored or restore_for_inference(argparse.Namespace(**{**vars(cfg), "device": "cpu"}))
     arch = restored.spec.arch
     family = model_family(arch)
     model = prepare_for_export(restored.model, family)
     images = sample_images(cfg, restored, cfg.eval_split)
     path = out_dir / fmt.filename
-    staging = path.with_name(path.name + ".unverified")
+    staging = fmt.unverified(path)
     try:
         info = fmt.write(model, images[:2], staging, export_metadata(restored.spec), cfg)
         runners = fmt.runners(staging)
@@ -102,7 +205,7 @@ def export_checkpoint(cfg: argparse.Namespace, fmt: ExportFormat, out_dir: Path)
     except ExportError:
         raise
     except Exception as e:  # any exporter or runtime failure: say which path failed and offer the other
-        staging.unlink(missing_ok=True)
+        fmt.remove(staging)
         reason = (str(e).strip().splitlines() or [""])[0][:300]
         raise ExportError(f"{arch} ({family} family) cannot be exported to {fmt.name}: {type(e).__name__}: "
                           f"{reason}; try {fmt.alternative} instead") from e
@@ -112,8 +215,35 @@ def export_checkpoint(cfg: argparse.Namespace, fmt: ExportFormat, out_dir: Path)
         logger.info("%s export, %s: max |logit difference| from eager %.3g on %d images (max |logit| %.3g)",
                     fmt.name, how, checks[how]["max_abs_diff"], len(images), checks[how]["max_abs_logit"])
     worst = max(checks.values(), key=lambda c: c["max_abs_diff"])
-    os.replace(staging, path)
+    fmt.move(staging, path)
     logger.info("wrote %s (%s, %s, %d classes, input %s)", path, arch, fmt.name, len(restored.class_names),
                 "x".join(map(str, restored.spec.image_size)))
     return {"format": fmt.name, "path": str(path), "arch": arch, "family": family,
             "verified_images": len(images), **worst, **info}
+
+
+def quantize_export(cfg: argparse.Namespace, fmt: ExportFormat, fp32_path: Path, restored: Restored) -> dict[str, Any]:
+    """Write the int8 version of the verified ``fp32_path`` next to it, calibrated on ``--calib_images``
+    training images, and keep it only if it passes the accuracy guard on ``--eval_split``."""
+    if fmt.quantize is None or fmt.int8_filename is None:
+        raise ExportError(f"--quantize int8 is not available for {fmt.name}; use --onnx or --openvino")
+    path = fp32_path.with_name(fmt.int8_filename)
+    staging = fmt.unverified(path)
+    calibration = sample_images(cfg, restored, "train", cfg.calib_images).numpy()
+    metadata = export_metadata(restored.spec)
+    try:
+        settings = fmt.quantize(fp32_path, staging, calibration, cfg.calib_method, metadata, "train")
+        runners = {"fp32": fmt.runners(fp32_path), "int8": fmt.runners(staging)}
+    except Exception as e:  # a quantizer or runtime failure: one line naming the path
+        fmt.remove(staging)
+        reason = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ExportError(f"cannot quantize {fp32_path} to int8 ({fmt.name}): {type(e).__name__}: {reason}") from e
+    what = f"the int8 {fmt.name} export {staging}"
+    report = compare_accuracy({name: next(iter(r.values())) for name, r in runners.items()},
+                              labelled_batches(cfg, restored, cfg.eval_split, cfg.verify_images))
+    drop = check_accuracy_drop(what, report, cfg.max_accuracy_drop, cfg.eval_split)
+    fmt.move(staging, path)
+    logger.info("wrote %s (int8, %s calibration on %d training images): top-1 %.2f%% (fp32 %.2f%%), predictions "
+                "agree on %.2f%% of %d %s images", path, cfg.calib_method, len(calibration), report["int8_top1"],
+                report["fp32_top1"], report["agreement"], report["images"], cfg.eval_split)
+    return {"path": str(path), **settings, "eval_split": cfg.eval_split, **report, "top1_drop": drop}

@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Classify images with an exported model (TorchScript ``.pt`` or ONNX ``.onnx``), without the project.
+"""Classify images with an exported model (TorchScript ``.pt``, ONNX ``.onnx`` fp32 or int8, OpenVINO IR
+``.xml`` fp32 or int8), without the project.
 
-    python demos/classifier.py MODEL IMAGE_OR_FOLDER [--topk 5] [--backend auto|torchscript|onnxruntime]
-                               [--max_image_pixels N]
+    python demos/classifier.py MODEL IMAGE_OR_FOLDER [--topk 5]
+                               [--backend auto|torchscript|onnxruntime|openvino] [--max_image_pixels N]
 
-It imports only torch, numpy, Pillow and (for ``.onnx``) onnxruntime. The export carries its metadata
+It imports only torch, numpy, Pillow and (for ``.onnx``) onnxruntime or (for ``.xml``) openvino. The export carries its metadata
 (class names, input size, resize mode, mean/std, head), and the preprocessing below reproduces the
 project's evaluation pipeline bit for bit:
 
@@ -13,7 +14,10 @@ project's evaluation pipeline bit for bit:
    uint8 image with antialiased bilinear exactly as torchvision does on this CPU;
 3. ``(x / 255 - mean) / std`` in float32, in the same operation order as the project.
 
-``--backend auto`` runs ``.onnx`` files in ONNX Runtime and anything else as TorchScript. Folders are
+``--backend auto`` runs ``.onnx`` files (``model.onnx``, ``model.int8.onnx``) in ONNX Runtime, ``.xml``
+files (``model.xml``, ``model.int8.xml``, with their ``.bin``) in OpenVINO and anything else as TorchScript.
+An int8 file's metadata holds its ``quantization`` settings; its predictions agree with the fp32 file's at
+the rate the export measured (``main.py --quantize int8`` prints it), not always. Folders are
 read recursively; an empty one is an error. An image of more than ``--max_image_pixels`` pixels (Pillow's
 default; 0 = no limit) is refused from its header before decoding, as the project refuses it. To use it
 from another program::
@@ -43,7 +47,8 @@ from PIL import Image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 METADATA_FILE = "metadata.json"
-BACKEND_BY_SUFFIX = {".onnx": "onnxruntime"}
+BACKEND_BY_SUFFIX = {".onnx": "onnxruntime", ".xml": "openvino"}
+OPENVINO_METADATA_KEY = ["classifier", "metadata"]  # where main.py --openvino puts the metadata JSON in rt_info
 ImageSource = Union[str, os.PathLike, bytes, Image.Image]
 DEFAULT_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's default, as in the project
 
@@ -196,7 +201,27 @@ class OnnxRuntimeBackend:
         return torch.from_numpy(self.session.run(None, {self.input_name: batch.numpy()})[0])
 
 
-BACKENDS = {"torchscript": TorchScriptBackend, "onnxruntime": OnnxRuntimeBackend}
+class OpenVinoBackend:
+    """An OpenVINO IR (``.xml`` + ``.bin``) compiled for the CPU, computing in fp32 where the file is fp32
+    (OpenVINO would pick bf16 on CPUs that have it) and in int8 where it is quantized."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        import openvino as ov
+        core = ov.Core()
+        model = core.read_model(str(path))
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.request = core.compile_model(model, "CPU", config).create_infer_request()
+        self.metadata = (json.loads(model.get_rt_info(OPENVINO_METADATA_KEY).astype(str))
+                         if model.has_rt_info(OPENVINO_METADATA_KEY) else {})
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        self.request.infer({0: batch.numpy()})
+        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+
+
+BACKENDS = {"torchscript": TorchScriptBackend, "onnxruntime": OnnxRuntimeBackend, "openvino": OpenVinoBackend}
 REQUIRED_METADATA = ("class_names", "image_size", "resize", "mean", "std")
 
 
@@ -224,8 +249,8 @@ class Preprocessor:
 class Classifier:
     """An exported classifier with the project's evaluation preprocessing.
 
-    ``backend`` is ``auto`` (ONNX Runtime for ``.onnx``, else TorchScript), ``torchscript`` or
-    ``onnxruntime``; ``threads`` sets the intra-op thread count (default: the library's); images of more
+    ``backend`` is ``auto`` (ONNX Runtime for ``.onnx``, OpenVINO for ``.xml``, else TorchScript),
+    ``torchscript``, ``onnxruntime`` or ``openvino``; ``threads`` sets the intra-op thread count (default: the library's); images of more
     than ``max_pixels`` pixels are refused (0: no limit).
     """
 
@@ -247,7 +272,7 @@ class Classifier:
         missing = [k for k in REQUIRED_METADATA if k not in self.metadata]
         if missing:
             raise ValueError(f"{path} carries no {', '.join(missing)} metadata: export it with "
-                             f"main.py --jit or --onnx")
+                             f"main.py --jit, --onnx or --openvino")
         self.class_names: list[str] = list(self.metadata["class_names"])
         self.head = self.metadata.get("head", "softmax")
         if self.head not in ACTIVATIONS:
@@ -305,12 +330,13 @@ def batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Classify images with a model exported by main.py --jit/--onnx.")
-    parser.add_argument("model", help="model_jit.pt (TorchScript) or model.onnx")
+    parser = argparse.ArgumentParser(description="Classify images with a model exported by main.py "
+                                                 "--jit/--onnx/--openvino.")
+    parser.add_argument("model", help="model_jit.pt (TorchScript), model[.int8].onnx or model[.int8].xml (OpenVINO)")
     parser.add_argument("images", help="an image or a folder of images (searched recursively)")
     parser.add_argument("--topk", type=int, default=5, help="classes printed per image")
     parser.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
-                        help="auto: ONNX Runtime for .onnx, TorchScript otherwise")
+                        help="auto: ONNX Runtime for .onnx, OpenVINO for .xml, TorchScript otherwise")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the library's)")
     parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--json", action="store_true",

@@ -191,14 +191,20 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, metad
             torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], do_constant_folding=True,
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-        proto = onnx.load(str(tmp))
-        onnx.checker.check_model(proto)
-        del proto.metadata_props[:]
-        for key, value in metadata.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = str(key), json.dumps(value)
-        onnx.save(proto, str(tmp))
+        onnx.checker.check_model(onnx.load(str(tmp)))
+        set_onnx_metadata(tmp, metadata)
     return path
+
+
+def set_onnx_metadata(path: str | Path, metadata: Mapping[str, Any]) -> None:
+    """Replace the metadata properties of the ONNX file at ``path`` by ``metadata`` (one JSON value per key)."""
+    import onnx
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = str(key), json.dumps(value)
+    onnx.save(proto, str(path))
 
 
 def onnx_session(path: str | Path, threads: int | None = None):

@@ -370,6 +370,23 @@ CASES += [
 ]
 
 
+# ==== int8 and OpenVINO export ====
+
+CASES += [
+    Case("quantize-without-export", lambda tmp, data: ["--evaluation", "--resume", str(_training_checkpoint(tmp)),
+                                                       "--quantize", "int8"], 2,
+         r"--quantize int8 quantizes an export: add --onnx or --openvino"),
+    Case("openvino-entropy-calibration", lambda tmp, data: ["--openvino", "--quantize", "int8", "--calib_method",
+                                                            "entropy", "--resume", str(_training_checkpoint(tmp))], 2,
+         r"--calib_method entropy is ONNX Runtime's; OpenVINO \(NNCF\) calibrates with minmax or percentile"),
+    Case("calib-images-zero", lambda tmp, data: ["--onnx", "--quantize", "int8", "--calib_images", "0",
+                                                 "--resume", str(_training_checkpoint(tmp))], 2,
+         r"--calib_images must be >= 1, got 0"),
+    Case("max-accuracy-drop-negative", lambda tmp, data: ["--onnx", "--quantize", "int8", "--max_accuracy_drop", "-1",
+                                                          "--resume", str(_training_checkpoint(tmp))], 2,
+         r"--max_accuracy_drop must be >= 0 points, got -1"),
+]
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, tiny_data, tmp_path):
     args = case.setup(tmp_path, tiny_data["folder"])

@@ -1,0 +1,92 @@
+"""--openvino [--quantize int8] (export/openvino.py, applications/convert.py) and the demo's OpenVINO backend:
+the IR loads in OpenVINO in a separate process and matches eager; the int8 IR passes the accuracy guard
+and carries its settings; the demo's three backends give --evaluation's predictions on the digits."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import config
+from applications.common import restore_for_inference
+from applications.convert import sample_images
+from export.core import ATOL
+from quant_fixtures import evaluation_predictions, run_main_json, trained_once
+from test_quantize import demo_predictions
+
+# A separate process with nothing of the project importable: OpenVINO alone reads the IR and its metadata.
+LOADER = r"""
+import json, sys
+import numpy as np, openvino as ov
+path, inputs, out = sys.argv[1:4]
+core = ov.Core()
+model = core.read_model(path)
+compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+x = np.load(inputs)
+np.savez(out, y=compiled(x)[0], y1=compiled(x[:1])[0])
+meta = json.loads(model.get_rt_info(["classifier", "metadata"]).astype(str))
+project = sorted(m for m in sys.modules if m.split(".")[0] in ("models", "dataloader", "utils", "applications", "config", "export"))
+print(json.dumps({"metadata": meta, "project_modules": project, "batch_axis": str(model.inputs[0].get_partial_shape()[0])}))
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return trained_once(tmp_path_factory)
+
+
+@pytest.mark.slow
+def test_openvino_ir_loads_in_a_separate_process_and_matches_eager(trained, tmp_path):
+    summary = run_main_json(["--openvino", "--resume", str(trained["ckpt"])])
+    xml = trained["export"] / "model.xml"
+    assert summary["path"] == str(xml) and xml.is_file() and xml.with_suffix(".bin").is_file()
+    assert not list(trained["export"].glob("*unverified*"))
+    cfg = config.parse_config(["--evaluation", "--resume", str(trained["ckpt"]), "--device", "cpu"])
+    restored = restore_for_inference(cfg)
+    images = sample_images(restored, "test", count=16)
+    np.save(tmp_path / "x.npy", images.numpy())
+    proc = subprocess.run([sys.executable, "-c", LOADER, str(xml), str(tmp_path / "x.npy"), str(tmp_path / "y.npz")],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["project_modules"] == [] and info["batch_axis"] == "?"
+    assert info["metadata"]["class_names"] == ["0", "1", "7"] and info["metadata"]["image_size"] == [32, 32]
+    assert "quantization" not in info["metadata"]
+    with torch.no_grad():
+        expected = restored.model(images).numpy()
+    got = np.load(tmp_path / "y.npz")
+    # fp32 all the way (weights not compressed to fp16, no bf16 inference): the export tolerance
+    np.testing.assert_allclose(got["y"], expected, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(got["y1"], expected[:1], rtol=0, atol=ATOL)
+
+
+@pytest.mark.slow
+def test_openvino_int8_passes_the_guard_and_the_three_demo_backends_agree_on_the_digits(trained, tmp_path):
+    summary = run_main_json(["--openvino", "--quantize", "int8", "--resume", str(trained["ckpt"]),
+                             "--calib_images", "32", "--calib_method", "percentile"])
+    int8 = summary["int8"]
+    xml = trained["export"] / "model.int8.xml"
+    assert int8["path"] == str(xml) and xml.is_file() and xml.with_suffix(".bin").is_file()
+    assert int8["images"] == 60 and int8["fp32_top1"] - int8["int8_top1"] <= 1.0
+    assert int8["calib_method"] == "percentile" and int8["calib_images"] == 32 and "nncf" in int8["tool"]
+    import openvino as ov
+    model = ov.Core().read_model(str(xml))
+    meta = json.loads(model.get_rt_info(["classifier", "metadata"]).astype(str))
+    assert meta["quantization"]["calib_method"] == "percentile" and meta["class_names"] == ["0", "1", "7"]
+    assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    with __import__("contextlib").redirect_stdout(__import__("io").StringIO()):
+        from conftest import run_main
+        assert run_main(["--jit", "--resume", str(trained["ckpt"])]) == 0
+        assert run_main(["--onnx", "--resume", str(trained["ckpt"])]) == 0
+    expected = evaluation_predictions(trained)
+    test = trained["data"] / "test"
+    for name in ("model_jit.pt", "model.onnx", "model.xml"):  # auto-detected backends: .pt, .onnx, .xml
+        assert demo_predictions(trained["export"] / name, test, tmp_path) == expected, name
+    got = demo_predictions(xml, test, tmp_path)
+    agreement = 100.0 * np.mean([got[k] == expected[k] for k in expected])
+    assert agreement == pytest.approx(int8["agreement"])

@@ -1,0 +1,64 @@
+"""Shared by tests/test_quantize.py and tests/test_openvino.py: a small resnet18 really trained on real
+digits at 32 px (three classes), its fp32 --evaluation predictions, and helpers to read exports."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from conftest import read_json, run_main, tiny_train_args, write_digit_folders
+
+SIZE = 32
+COUNTS = {"train": 30, "val": 6, "test": 20}
+
+
+_TRAINED: dict[str, dict[str, Path]] = {}
+
+
+def trained_once(tmp_path_factory) -> dict[str, Path]:
+    """:func:`train_digits_model`, run once per test session (both test files use the same model)."""
+    if "model" not in _TRAINED:
+        _TRAINED["model"] = train_digits_model(tmp_path_factory.mktemp("int8"))
+    return _TRAINED["model"]
+
+
+def train_digits_model(root: Path) -> dict[str, Path]:
+    """Train resnet18 for a few epochs on 3 x 30 digits at 32 px; return the data, the checkpoint, the run."""
+    data = write_digit_folders(root / "digits", counts=COUNTS, size=SIZE)
+    out = root / "out"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert run_main(tiny_train_args(data, out, "--image_size", str(SIZE), str(SIZE), "--epochs", "6",
+                                        "--lr", "0.02", "--tag", "int8")) == 0
+    run = out / "resnet18" / "int8"
+    return {"data": data, "ckpt": run / "checkpoints" / "best.pth", "run": run, "export": run / "export"}
+
+
+def run_main_json(args: list[str]) -> dict:
+    """main.py in this process; its printed JSON result."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert run_main(args) == 0
+    return json.loads(buffer.getvalue()[buffer.getvalue().index("{"):])
+
+
+def evaluation_predictions(trained: dict[str, Path]) -> dict[str, int]:
+    """``--evaluation``'s prediction of every test image, by resolved path."""
+    out = trained["run"] / "preds.json"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert run_main(["--evaluation", "--resume", str(trained["ckpt"]), "-j", "0", "--no_progress",
+                         "--out", str(out)]) == 0
+    return {str(Path(p["path"]).resolve()): p["prediction"] for p in read_json(out)}
+
+
+def constant_calibration_data(trained: dict[str, Path], root: Path) -> Path:
+    """The same data, except that every training image is one constant grey image: a broken calibration set."""
+    data = root / "constant"
+    shutil.copytree(trained["data"], data)
+    for path in (data / "train").rglob("*.png"):
+        Image.fromarray(np.full((SIZE, SIZE, 3), 128, np.uint8)).save(path)
+    return data
