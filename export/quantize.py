@@ -10,12 +10,13 @@ the same way and can tell what it is.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
+
+from utils.atomic import write_bytes_atomic
 
 from .core import INPUT_NAME, set_onnx_metadata
 
@@ -70,7 +71,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, images: np.ndarra
         quantize_static(str(prepared), str(written), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate)
         set_onnx_metadata(written, {**metadata, "quantization": settings})
-        os.replace(written, out_path)
+        write_bytes_atomic(out_path, written.read_bytes())
     logger.info("quantized %s to int8 (%s calibration on %d %s images) -> %s", fp32_path, method, len(images),
                 split, out_path)
     return settings

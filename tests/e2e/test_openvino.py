@@ -17,7 +17,7 @@ from applications.common import restore_for_inference
 from applications.convert import sample_images
 from export.core import ATOL
 from quant_fixtures import evaluation_predictions, run_main_json, trained_once
-from test_quantize import demo_predictions
+from e2e.test_quantize import demo_predictions
 
 # A separate process with nothing of the project importable: OpenVINO alone reads the IR and its metadata.
 LOADER = r"""

@@ -18,7 +18,7 @@ from export.core import ExportError, read_onnx_metadata
 from export.guard import check_accuracy_drop, compare_accuracy
 from quant_fixtures import (constant_calibration_data, evaluation_predictions, run_main_json,
                             trained_once)
-from test_demo import run_demo
+from e2e.test_demo import run_demo
 
 
 @pytest.fixture(scope="module")
