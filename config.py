@@ -31,6 +31,7 @@ from applications.flags import ConfigError, FlagGroup, Mode, need, use_checkpoin
 from applications.flags import benchmark, compare, convert, curriculum, knowledge, lr_finder, predict, sweep, test, \
     train, visualize
 from applications.flags.compare import SORT_KEYS  # noqa: F401  (compare and sweep import it from here)
+from utils.atomic import write_text_atomic
 from utils.weights_name import is_weights_name
 
 logger = logging.getLogger(__name__)
@@ -582,7 +583,7 @@ def config_to_dict(cfg: argparse.Namespace) -> dict[str, Any]:
 def save_config(cfg: argparse.Namespace, path: str | Path) -> None:
     """Write the resolved config as YAML; it can be passed back with ``--config``."""
     data = {k: v for k, v in config_to_dict(cfg).items() if k != "config"}
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=True))
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=True))
 
 
 def load_saved_config(path: str | Path) -> dict[str, Any]:

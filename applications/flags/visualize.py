@@ -34,6 +34,6 @@ MODES = (
          groups=(EXPLAIN,), needs_checkpoint=True),
     Mode("visual_source", "applications.visualize",
          lambda g: g.add_argument("--visual_source", type=str, default=None, metavar="PATH",
-                                  help="like --visual_data, for an image or a folder of images"),
+                                  help="like --visual_data, for an image, a folder of images (recursive) or a .txt list of image paths"),
          groups=(EXPLAIN,), needs_checkpoint=True, check_files=_source_files),
 )
