@@ -569,10 +569,7 @@ def flag_reference() -> str:
 
 def write_flag_docs(path: str | Path = FLAG_DOCS) -> Path:
     """Write ``flag_reference()`` to ``path`` (default ``docs/flags.md``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(flag_reference())
-    return path
+    return write_text_atomic(path, flag_reference())
 
 
 def config_to_dict(cfg: argparse.Namespace) -> dict[str, Any]:
