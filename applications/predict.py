@@ -147,7 +147,7 @@ def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     model = model.to(device).eval()
     run_cfg = argparse.Namespace(**{**vars(cfg), **model_cfg})
     transform = create_transform(False, model_cfg["image_size"], eval_resize=model_cfg["eval_resize"],
-                                 crop_pct=model_cfg["crop_pct"])
+                                 crop_pct=model_cfg["crop_pct"], interpolation=model_cfg["interpolation"])
     dataset = SourceImages(paths, transform, cfg.max_image_pixels)
     result = evaluate(model, build_loader(run_cfg, dataset, train=False, device=device),
                       preprocess=preprocessor(model_cfg, device), dtype=amp_dtype(cfg.amp, cfg.amp_dtype, device),

@@ -138,7 +138,8 @@ def _restore(cfg: argparse.Namespace) -> Restored:
 
 
 def _source_dataset(cfg: argparse.Namespace, path: str) -> SourceImages:
-    transform = create_transform(False, cfg.image_size, eval_resize=cfg.eval_resize, crop_pct=cfg.crop_pct)
+    transform = create_transform(False, cfg.image_size, eval_resize=cfg.eval_resize, crop_pct=cfg.crop_pct,
+                                 interpolation=cfg.interpolation)
     return SourceImages(path, transform, skip_bad=bool(getattr(cfg, "skip_bad_images", False)),
                         max_pixels=cfg.max_image_pixels)
 

@@ -46,6 +46,7 @@ def export_metadata(model_cfg: Mapping[str, Any], class_names: Sequence[str]) ->
         "class_names": [str(c) for c in class_names],
         "image_size": [int(s) for s in model_cfg["image_size"]],
         "resize": str(model_cfg.get("eval_resize") or "letterbox"),
+        "interpolation": str(model_cfg.get("interpolation") or "bilinear"),  # antialiased, uint8 as torchvision
         "crop_pct": float(model_cfg.get("crop_pct") or 0.875),
         "mean": [float(v) for v in model_cfg["mean"]],
         "std": [float(v) for v in model_cfg["std"]],
