@@ -49,7 +49,7 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 DATASET_ALIASES = {"folder": "folder", "imagenet": "folder", "txt": "txt", "read_from_txt": "txt", "zip": "zip"}
 
 # Preprocessing keys that named --pretrained weights supply unless set (see defer_preprocessing).
-PREPROCESSING_KEYS = ("mean", "std", "eval_resize", "crop_pct")
+PREPROCESSING_KEYS = ("mean", "std", "interpolation", "eval_resize", "crop_pct")
 # Modes that build a model from --pretrained (and so may take named weights and their preprocessing).
 PRETRAINED_MODES = ("train", "lr_finder")
 
@@ -147,6 +147,9 @@ def _add_model(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--crop_pct", type=float, default=0.875,
                    help="centre-crop fraction for --eval_resize center_crop (unless set: named --pretrained "
                         "weights' own)")
+    g.add_argument("--interpolation", choices=["bilinear", "bicubic"], default="bilinear",
+                   help="resampling of every resize (antialiased): training, evaluation, exports and the demo "
+                        "(unless set: named --pretrained weights' own)")
     g.add_argument("--mean", type=float, nargs=3, default=[0.485, 0.456, 0.406],
                    help="normalisation mean (RGB) (unless set: named --pretrained weights' own)")
     g.add_argument("--std", type=float, nargs=3, default=[0.229, 0.224, 0.225],

@@ -17,6 +17,7 @@ import torch.nn as nn
 from dataloader import (BatchPreprocessor, ClassificationDataset, create_loader, create_transform,
                         read_class_names, resolve_split)
 from dataloader.io import DEFAULT_MAX_IMAGE_PIXELS
+from dataloader.transforms import INTERPOLATIONS
 from engine import amp_dtype, evaluate
 from models import check_model_name, create_model, extract_state_dict, load_state_dict_checked
 from models.spec import ModelSpec
@@ -50,14 +51,15 @@ def apply_weights_preprocessing(cfg: argparse.Namespace) -> Any:
     weights = resolve_weights(cfg.arch, cfg.pretrained)
     fetch_weights(weights)
     for key in PREPROCESSING_KEYS:
+        if key == "interpolation" and getattr(cfg, key) is None and weights.preprocessing[key] not in INTERPOLATIONS:
+            logger.warning("the weights were trained with %s resizing, which this project does not offer: bilinear "
+                           "instead (set --interpolation to choose)", weights.preprocessing[key])
+            cfg.interpolation = "bilinear"
         if getattr(cfg, key) is None:
             setattr(cfg, key, weights.preprocessing[key])
             logger.info("%s = %s from %s", key, weights.preprocessing[key], weights.source)
         else:
             logger.info("%s = %s as set (the weights' own is %s)", key, getattr(cfg, key), weights.preprocessing[key])
-    if weights.preprocessing["interpolation"] != "bilinear":
-        logger.info("the weights were trained with %s resizing; this project resizes bilinear (antialiased) in "
-                    "training, evaluation, exports and the demo alike", weights.preprocessing["interpolation"])
     return weights
 
 
@@ -99,7 +101,8 @@ def build_dataset(cfg: argparse.Namespace, split: str, class_names: Sequence[str
     else:
         transform = create_transform(train, cfg.image_size, train_resize=cfg.train_resize, rrc_scale=cfg.rrc_scale,
                                      hflip=cfg.hflip, eval_resize=cfg.eval_resize, crop_pct=cfg.crop_pct,
-                                     policy=policy, random_erasing=cfg.random_erasing if train else 0.0)
+                                     policy=policy, random_erasing=cfg.random_erasing if train else 0.0,
+                                     interpolation=cfg.interpolation)
     return ClassificationDataset(cfg.data, cfg.dataset, split, class_names=class_names, transform=transform,
                                  skip_bad=getattr(cfg, "skip_bad_images", False),
                                  max_pixels=getattr(cfg, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS))
@@ -126,7 +129,8 @@ def data_class_names(cfg: argparse.Namespace) -> list[str]:
 
 def spec_transform(spec: ModelSpec) -> nn.Module:
     """The evaluation transform a trained model expects (its input size and resize)."""
-    return create_transform(False, spec.image_size, eval_resize=spec.eval_resize, crop_pct=spec.crop_pct)
+    return create_transform(False, spec.image_size, eval_resize=spec.eval_resize, crop_pct=spec.crop_pct,
+                            interpolation=spec.interpolation)
 
 
 def preprocessor(source: argparse.Namespace | ModelSpec, device: torch.device) -> BatchPreprocessor:

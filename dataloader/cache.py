@@ -8,7 +8,8 @@ each batch is an ``index_select`` followed by batched augmentation:
 * the deterministic head of the transform (a letterbox, or resize + centre crop) runs once, at caching
   time, so evaluation batches are pure indexing;
 * RandomResizedCrop draws its boxes with torchvision's own algorithm, vectorised, and resamples all of
-  them in one ``roi_align`` call (bilinear, averaging several samples per output pixel when shrinking);
+  them in one ``roi_align`` call (bilinear, averaging several samples per output pixel when shrinking;
+  with ``--interpolation bicubic`` each crop is resized on its own);
 * horizontal flips and random erasing are masks over the batch;
 * anything else (AutoAugment, RandAugment, our custom policy) runs per image, seeded per sample as on
   the standard path. Only those policies cost per-image Python work.
@@ -28,6 +29,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.ops import roi_align
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from .datasets import ClassificationDataset, call_seeded
 from .io import ImageDecodeError
@@ -141,8 +143,12 @@ class BatchAugment:
             h, w = images.shape[-2:]
             if isinstance(op, v2.RandomResizedCrop):
                 boxes = rrc_boxes(n, h, w, op.scale, op.ratio, g)
-                crops = resized_crops(images.float(), boxes, op.size)
-                images = crops.round_().clamp_(0, 255).to(torch.uint8)
+                if op.interpolation == v2.InterpolationMode.BILINEAR:
+                    crops = resized_crops(images.float(), boxes, op.size)
+                    images = crops.round_().clamp_(0, 255).to(torch.uint8)
+                else:  # roi_align samples bilinearly: bicubic crops are resampled one by one, as torchvision does
+                    images = torch.stack([F.resized_crop(image, *map(int, box), op.size, interpolation=op.interpolation,
+                                                         antialias=True) for image, box in zip(images, boxes)])
             elif isinstance(op, v2.RandomHorizontalFlip):
                 flip = (torch.rand(n, generator=g) < op.p).to(images.device)
                 images = torch.where(flip[:, None, None, None], images.flip(-1), images)

@@ -9,8 +9,17 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
+
+INTERPOLATIONS = ("bilinear", "bicubic")  # --interpolation: the resampling of every resize (antialiased)
+
+
+def interpolation_mode(name: str) -> InterpolationMode:
+    """torchvision's mode for an ``--interpolation`` name; an unknown name is a ValueError listing the valid ones."""
+    if name not in INTERPOLATIONS:
+        raise ValueError(f"unknown interpolation {name!r}; choose {' or '.join(INTERPOLATIONS)}")
+    return InterpolationMode(name)
 
 
 def letterbox_geometry(height: int, width: int, size: Sequence[int]) -> tuple[int, int, int, int]:
@@ -22,17 +31,19 @@ def letterbox_geometry(height: int, width: int, size: Sequence[int]) -> tuple[in
 
 
 class Letterbox(nn.Module):
-    """Resize keeping the aspect ratio, then pad (centred, with ``fill``) to exactly ``size``."""
+    """Resize keeping the aspect ratio (``interpolation``, antialiased), then pad (centred, with ``fill``)
+    to exactly ``size``."""
 
-    def __init__(self, size: Sequence[int], fill: int = 0):
+    def __init__(self, size: Sequence[int], fill: int = 0, interpolation: str = "bilinear"):
         super().__init__()
         self.size, self.fill = (int(size[0]), int(size[1])), fill
+        self.interpolation = interpolation_mode(interpolation)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         h, w = image.shape[-2:]
         new_h, new_w, top, left = letterbox_geometry(h, w, self.size)
         if (new_h, new_w) != (h, w):
-            image = F.resize(image, [new_h, new_w], antialias=True)
+            image = F.resize(image, [new_h, new_w], interpolation=self.interpolation, antialias=True)
         if (new_h, new_w) != self.size:
             out = image.new_full((*image.shape[:-2], *self.size), self.fill)
             out[..., top:top + new_h, left:left + new_w] = image
@@ -40,14 +51,15 @@ class Letterbox(nn.Module):
         return image
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, fill={self.fill}"
+        return f"size={self.size}, fill={self.fill}, interpolation={self.interpolation.value}"
 
 
 def create_transform(train: bool, image_size: Sequence[int], *, train_resize: str = "letterbox",
                      rrc_scale: Sequence[float] = (0.08, 1.0), hflip: float = 0.0,
                      eval_resize: str = "letterbox", crop_pct: float = 0.875, policy: nn.Module | None = None,
-                     random_erasing: float = 0.0) -> nn.Module:
-    """Geometry for training or evaluation images (see ``--train_resize``/``--eval_resize``).
+                     random_erasing: float = 0.0, interpolation: str = "bilinear") -> nn.Module:
+    """Geometry for training or evaluation images (see ``--train_resize``/``--eval_resize``); every resize
+    resamples with ``interpolation`` (``--interpolation``: the pretrained weights' own unless set).
 
     Training only: ``policy`` (a per-image augmentation from :func:`dataloader.enhancement.create_policy`)
     runs after the geometry, and ``random_erasing > 0`` appends ``RandomErasing`` with that probability
@@ -56,11 +68,12 @@ def create_transform(train: bool, image_size: Sequence[int], *, train_resize: st
     if not 0.0 <= random_erasing <= 1.0:
         raise ValueError(f"random_erasing={random_erasing} must be a probability in [0, 1]")
     size = [int(image_size[0]), int(image_size[1])]
+    mode = interpolation_mode(interpolation)
     if train:
         if train_resize == "letterbox":
-            ops: list[nn.Module] = [Letterbox(size)]
+            ops: list[nn.Module] = [Letterbox(size, interpolation=interpolation)]
         elif train_resize == "rrc":
-            ops = [v2.RandomResizedCrop(size, scale=tuple(rrc_scale), antialias=True)]
+            ops = [v2.RandomResizedCrop(size, scale=tuple(rrc_scale), interpolation=mode, antialias=True)]
         else:
             raise ValueError(f"unknown train_resize {train_resize!r}; choose letterbox or rrc")
         if hflip > 0:
@@ -70,9 +83,9 @@ def create_transform(train: bool, image_size: Sequence[int], *, train_resize: st
         if random_erasing > 0:
             ops.append(v2.RandomErasing(random_erasing, value=0))
     elif eval_resize == "letterbox":
-        ops = [Letterbox(size)]
+        ops = [Letterbox(size, interpolation=interpolation)]
     elif eval_resize == "center_crop":
-        ops = [v2.Resize(int(min(size) / crop_pct), antialias=True), v2.CenterCrop(size)]
+        ops = [v2.Resize(int(min(size) / crop_pct), interpolation=mode, antialias=True), v2.CenterCrop(size)]
     else:
         raise ValueError(f"unknown eval_resize {eval_resize!r}; choose letterbox or center_crop")
     return v2.Compose(ops)

@@ -11,7 +11,8 @@ project's evaluation pipeline bit for bit:
 
 1. decode any image to 8-bit RGB as ``dataloader/io.py`` does (palette via RGBA, 16-bit scaled);
 2. letterbox (resize keeping the aspect ratio, centred, padded with 0) or centre crop, resizing the
-   uint8 image with antialiased bilinear exactly as torchvision does on this CPU;
+   uint8 image with the export's antialiased interpolation (bilinear, or bicubic for weights trained
+   so) exactly as torchvision does on this CPU;
 3. ``(x / 255 - mean) / std`` in float32, in the same operation order as the project.
 
 ``--backend auto`` runs ``.onnx`` files (``model.onnx``, ``model.int8.onnx``) in ONNX Runtime, ``.xml``
@@ -107,26 +108,27 @@ def _native_uint8_resize() -> bool:
             or platform.machine() in ("aarch64", "arm64"))
 
 
-def resize_uint8(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Antialiased bilinear resize of a ``3 x H x W`` uint8 tensor, as ``torchvision.transforms.v2.functional.resize``."""
+def resize_uint8(image: torch.Tensor, height: int, width: int, mode: str = "bilinear") -> torch.Tensor:
+    """Antialiased ``mode`` (bilinear or bicubic) resize of a ``3 x H x W`` uint8 tensor, as
+    ``torchvision.transforms.v2.functional.resize``: bicubic always has a uint8 kernel on the CPU."""
     if tuple(image.shape[-2:]) == (height, width):
         return image
     batch = image.unsqueeze(0)
-    if _native_uint8_resize():
-        out = F.interpolate(batch, size=[height, width], mode="bilinear", align_corners=False, antialias=True)
+    if mode == "bicubic" or _native_uint8_resize():
+        out = F.interpolate(batch, size=[height, width], mode=mode, align_corners=False, antialias=True)
     else:
-        out = F.interpolate(batch.float(), size=[height, width], mode="bilinear", align_corners=False,
+        out = F.interpolate(batch.float(), size=[height, width], mode=mode, align_corners=False,
                             antialias=True).round_().to(torch.uint8)
     return out[0]
 
 
-def letterbox(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def letterbox(image: torch.Tensor, size: Sequence[int], mode: str = "bilinear") -> torch.Tensor:
     """Resize keeping the aspect ratio to fit ``size``, then pad with 0 to exactly ``size``, centred."""
     h, w = image.shape[-2:]
     out_h, out_w = size
     scale = min(out_h / h, out_w / w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    image = resize_uint8(image, new_h, new_w)
+    image = resize_uint8(image, new_h, new_w, mode)
     if (new_h, new_w) == (out_h, out_w):
         return image
     top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
@@ -135,14 +137,14 @@ def letterbox(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return out
 
 
-def center_crop(image: torch.Tensor, size: Sequence[int], crop_pct: float) -> torch.Tensor:
+def center_crop(image: torch.Tensor, size: Sequence[int], crop_pct: float, mode: str = "bilinear") -> torch.Tensor:
     """Resize the short side to ``min(size) / crop_pct`` (truncated), then take the centre ``size``."""
     h, w = image.shape[-2:]
     short_target = int(min(size) / crop_pct)
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = short_target, int(short_target * long / short)
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
-    image = resize_uint8(image, new_h, new_w)
+    image = resize_uint8(image, new_h, new_w, mode)
     crop_h, crop_w = size
     if crop_h > new_h or crop_w > new_w:  # pad first, as torchvision's center_crop does
         pad_l, pad_t = max(crop_w - new_w, 0) // 2, max(crop_h - new_h, 0) // 2
@@ -154,8 +156,10 @@ def center_crop(image: torch.Tensor, size: Sequence[int], crop_pct: float) -> to
 
 
 GEOMETRY = {
-    "letterbox": lambda image, meta: letterbox(image, meta["image_size"]),
-    "center_crop": lambda image, meta: center_crop(image, meta["image_size"], meta["crop_pct"]),
+    # exports from before the interpolation was recorded resized bilinear
+    "letterbox": lambda image, meta: letterbox(image, meta["image_size"], meta.get("interpolation", "bilinear")),
+    "center_crop": lambda image, meta: center_crop(image, meta["image_size"], meta["crop_pct"],
+                                                   meta.get("interpolation", "bilinear")),
 }
 ACTIVATIONS = {
     "softmax": lambda logits: logits.float().softmax(dim=1),
@@ -231,6 +235,8 @@ class Preprocessor:
     def __init__(self, metadata: dict[str, Any], max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         if metadata.get("resize") not in GEOMETRY:
             raise ValueError(f"unsupported resize {metadata.get('resize')!r}; this demo knows {', '.join(GEOMETRY)}")
+        if metadata.get("interpolation", "bilinear") not in ("bilinear", "bicubic"):
+            raise ValueError(f"unsupported interpolation {metadata['interpolation']!r}; this demo knows bilinear and bicubic")
         self.metadata, self.max_pixels = metadata, max_pixels
         std = torch.tensor(metadata["std"], dtype=torch.float32)
         # The same float32 operations as the project's BatchPreprocessor, so the inputs are bit-identical.

@@ -49,6 +49,7 @@ def export_metadata(spec: ModelSpec) -> dict[str, Any]:
         "class_names": list(spec.class_names),
         "image_size": list(spec.image_size),
         "resize": spec.eval_resize,
+        "interpolation": spec.interpolation,  # antialiased, uint8 as torchvision
         "crop_pct": spec.crop_pct,
         "mean": list(spec.mean),
         "std": list(spec.std),

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 # spec field -> the config key (flag) it is taken from
 CONFIG_KEYS = {"arch": "arch", "image_size": "image_size", "eval_resize": "eval_resize", "crop_pct": "crop_pct",
-               "mean": "mean", "std": "std", "head": "criterion"}
+               "mean": "mean", "std": "std", "head": "criterion", "interpolation": "interpolation"}
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class ModelSpec:
     eval_resize: str = "letterbox"
     crop_pct: float = 0.875
     head: str = "softmax"
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:  # lists (from YAML, JSON, a checkpoint) become tuples: frozen all the way
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
