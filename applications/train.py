@@ -25,7 +25,6 @@ from dataloader.enhancement import augmented_batch_sheet
 from dataloader.loader import start_workers
 from engine import amp_dtype, evaluate, evaluate_and_report, non_finite_loss, precise_bn, train_one_epoch
 from engine.state import CheckpointSaver, Progress, TrainState
-from explain.pictures import cam_overlays_for_tensorboard
 from models import create_model, extract_state_dict, load_state_dict_checked
 from models.finetune import freeze_backbone, head_parameter_names, unfreeze
 from models.memory import enable_gradient_checkpointing
@@ -168,6 +167,7 @@ class StopRequest(StopSignals):
 def _pictures(cfg: argparse.Namespace, run_dir: Path, history: list[dict], model: nn.Module, test_set: Any,
               preprocess: Callable, class_names: list[str], split: str) -> None:
     """curves.png, and the confusion matrix and a few CAM overlays of the test split in TensorBoard."""
+    from explain.pictures import cam_overlays_for_tensorboard
     from utils.plots import image_tensor, plot_training_curves
     if history:
         plot_training_curves(history, run_dir / "curves.png")

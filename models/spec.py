@@ -52,8 +52,7 @@ class ModelSpec:
         """The spec of a model trained with ``config`` (a run's flags as a dict, e.g. an old checkpoint's
         ``config``) on ``class_names``; unset resize, crop fraction and head take their defaults."""
         values = {field: config.get(key) for field, key in CONFIG_KEYS.items()}
-        return cls(class_names=tuple(class_names),
-                   **{k: v for k, v in values.items() if v is not None or k in ("arch", "image_size", "mean", "std")})
+        return cls(class_names=tuple(class_names), **{k: v for k, v in values.items() if v is not None})
 
     def config_values(self) -> dict[str, Any]:
         """The spec as the config keys it comes from (``head`` as ``criterion``), lists for tuples."""
