@@ -605,10 +605,20 @@ def load_saved_config(path: str | Path) -> dict[str, Any]:
 
 
 def config_conflicts(saved: dict[str, Any], cfg: argparse.Namespace) -> dict[str, tuple[Any, Any]]:
-    """Keys whose value differs between a saved config and this one, ignoring resume-safe keys."""
+    """Keys whose value differs between a saved config and this one, ignoring resume-safe keys. A key the
+    saved config lacks (a flag added after that run was made) counts as that flag's default, which is what
+    the run used, so an old run resumes as long as the new flag is left at its default."""
     now = config_to_dict(cfg)
-    return {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
-            if k not in RESUME_SAFE_KEYS and saved.get(k) != now.get(k)}
+    parser = build_parser()
+
+    def before(key: str) -> Any:
+        if key in saved:
+            return saved[key]
+        default = parser.get_default(key)
+        return list(default) if isinstance(default, tuple) else default
+
+    return {k: (before(k), now.get(k)) for k in sorted(set(saved) | set(now))
+            if k not in RESUME_SAFE_KEYS and before(k) != now.get(k)}
 
 
 def selected_mode(cfg: argparse.Namespace) -> str | None:

@@ -14,13 +14,14 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
 from conftest import TINY_SIZE, run_main, tiny_train_args
-from test_demo import demo_module
-from test_finetune import caches, put_in_cache  # noqa: F401 (caches is a fixture)
+from unit.test_demo import demo_module
+from unit.test_finetune import caches, put_in_cache  # noqa: F401 (caches is a fixture)
 
 from applications.common import build_dataset
 from dataloader.cache import BatchAugment
 from dataloader.io import decode_rgb
 from export.core import export_metadata
+from models.spec import ModelSpec
 
 ARCH = "efficientnet_b0"  # torchvision's EfficientNet_B0_Weights.IMAGENET1K_V1: bicubic, centre crop 224/256
 
@@ -58,7 +59,8 @@ def test_weights_bicubic_reaches_config_checkpoint_eval_resize_export_and_demo(t
     assert torch.equal(got, bicubic)
 
     # exports carry it, and the demo (no project import) resizes as the project does
-    meta = export_metadata(ckpt["config"], ckpt["class_names"])
+    assert ckpt["model_spec"]["interpolation"] == "bicubic"
+    meta = export_metadata(ModelSpec.from_dict(ckpt["model_spec"]))
     assert meta["interpolation"] == "bicubic"
     assert torch.equal(demo_module().Preprocessor(meta).load(path), bicubic)
 

@@ -226,3 +226,11 @@ def test_a_damaged_saved_config_is_one_clear_error(tmp_path, text, problem):
         config.load_saved_config(path)
     assert str(e.value).startswith(f"{path} is damaged (") and problem in str(e.value)
     assert "pass --overwrite to start afresh in that run directory, or use another --tag" in str(e.value)
+
+
+def test_a_flag_added_after_a_run_was_made_conflicts_only_when_set_away_from_its_default():
+    saved = config.config_to_dict(config.parse_config(["--train", "--lr", "0.1"]))
+    del saved["interpolation"]  # a run made before --interpolation existed (it resized bilinear)
+    assert config.config_conflicts(saved, config.parse_config(["--train", "--lr", "0.1"])) == {}
+    assert config.config_conflicts(saved, config.parse_config(["--train", "--lr", "0.1", "--interpolation", "bicubic"])
+                                   ) == {"interpolation": ("bilinear", "bicubic")}
