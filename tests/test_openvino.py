@@ -15,7 +15,7 @@ import torch
 import config
 from applications.common import restore_for_inference
 from applications.convert import sample_images
-from export.core import ATOL
+from export.openvino import OPENVINO_ATOL
 from quant_fixtures import evaluation_predictions, run_main_json, trained_once
 from test_quantize import demo_predictions
 
@@ -60,9 +60,9 @@ def test_openvino_ir_loads_in_a_separate_process_and_matches_eager(trained, tmp_
     with torch.no_grad():
         expected = restored.model(images).numpy()
     got = np.load(tmp_path / "y.npz")
-    # fp32 all the way (weights not compressed to fp16, no bf16 inference): the export tolerance
-    np.testing.assert_allclose(got["y"], expected, rtol=0, atol=ATOL)
-    np.testing.assert_allclose(got["y1"], expected[:1], rtol=0, atol=ATOL)
+    # fp32 all the way (weights not compressed to fp16, no bf16 inference: those differ by 1e-2 and more)
+    np.testing.assert_allclose(got["y"], expected, rtol=0, atol=OPENVINO_ATOL)
+    np.testing.assert_allclose(got["y1"], expected[:1], rtol=0, atol=OPENVINO_ATOL)
 
 
 @pytest.mark.slow
