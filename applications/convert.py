@@ -37,9 +37,10 @@ import torch.nn as nn
 
 from config import selected_mode
 from models import model_family
-from export.core import (ExportError, Runner, choose_opset, export_metadata, export_onnx, onnx_runner,
+from export.core import (ATOL, ExportError, Runner, choose_opset, export_metadata, export_onnx, onnx_runner,
                           prepare_for_export, save_torchscript, to_torchscript, torchscript_runner, verify_export)
 from export.guard import check_accuracy_drop, compare_accuracy
+from export.openvino import OPENVINO_ATOL
 from utils.misc import log_to_file
 
 from .common import Restored, build_dataset, checkpoint_run_dir, preprocessor, restore_for_inference
@@ -75,6 +76,7 @@ class ExportFormat:
     unverified: Callable[[Path], Path] = _unverified
     move: Callable[[Path, Path], None] = os.replace
     remove: Callable[[Path], None] = _remove
+    atol: float = ATOL  # the logit tolerance of the fp32 file (export.core.verify_export)
 
 
 def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any],
@@ -140,7 +142,7 @@ FORMATS: dict[str, ExportFormat] = {
                          int8_filename="model.int8.onnx", quantize=_quantize_onnx),
     "openvino": ExportFormat("OpenVINO", "model.xml", "--onnx", _write_openvino, _openvino_runners,
                              int8_filename="model.int8.xml", quantize=_quantize_ir, unverified=_ir_unverified,
-                             move=_move_ir, remove=_remove_ir),
+                             move=_move_ir, remove=_remove_ir, atol=OPENVINO_ATOL),
 }
 
 
@@ -211,7 +213,8 @@ def export_checkpoint(cfg: argparse.Namespace, fmt: ExportFormat, out_dir: Path,
                           f"{reason}; try {fmt.alternative} instead") from e
     checks = {}
     for how, runner in runners.items():
-        checks[how] = verify_export(f"the {fmt.name} export {staging} ({how})", model, runner, images)
+        checks[how] = verify_export(f"the {fmt.name} export {staging} ({how})", model, runner, images,
+                                    atol=fmt.atol)
         logger.info("%s export, %s: max |logit difference| from eager %.3g on %d images (max |logit| %.3g)",
                     fmt.name, how, checks[how]["max_abs_diff"], len(images), checks[how]["max_abs_logit"])
     worst = max(checks.values(), key=lambda c: c["max_abs_diff"])

@@ -248,12 +248,14 @@ def float64_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor | Non
         return None
 
 
-def verify_export(what: str, model: nn.Module, runner: Runner, images: torch.Tensor) -> dict[str, float]:
+def verify_export(what: str, model: nn.Module, runner: Runner, images: torch.Tensor,
+                  atol: float = ATOL) -> dict[str, float]:
     """Check ``runner`` (an export) against the eager ``model`` on ``images``, batched and the first alone
     (which checks that the batch axis really is dynamic); raise :class:`ExportError` when it differs.
 
-    Accepted: max |logit difference| <= ``ATOL``; or, for a model whose own fp32 logits are less exact
-    than that, an export at most twice as far from the float64 logits as the eager model is.
+    Accepted: max |logit difference| <= ``atol`` (``ATOL`` unless the runtime has its own); or, for a
+    model whose own fp32 logits are less exact than that, an export at most twice as far from the float64
+    logits as the eager model is.
     Returns the differences measured.
     """
     with torch.no_grad():
@@ -263,7 +265,7 @@ def verify_export(what: str, model: nn.Module, runner: Runner, images: torch.Ten
         raise ExportError(f"{what} returns shape {tuple(got.shape)}, the eager model {tuple(expected.shape)}")
     diff = float(torch.maximum((got - expected).abs().max(), (got_one - expected[:1]).abs().max()))
     report = {"max_abs_diff": diff, "max_abs_logit": float(expected.abs().max())}
-    if diff <= ATOL:  # also False for NaN
+    if diff <= atol:  # also False for NaN
         return report
     exact = float64_logits(model, images)
     detail = ""
@@ -273,9 +275,9 @@ def verify_export(what: str, model: nn.Module, runner: Runner, images: torch.Ten
         report.update(eager_float64_error=eager_error, export_float64_error=export_error)
         if export_error <= 2.0 * eager_error:
             logger.warning("%s differs from eager by %.3g > %g, but the eager fp32 model is itself %.3g from exact "
-                           "(float64) logits and the export %.3g: accepted as equally exact", what, diff, ATOL,
+                           "(float64) logits and the export %.3g: accepted as equally exact", what, diff, atol,
                            eager_error, export_error)
             return report
         detail = f"; it is {export_error:.3g} from exact (float64) logits, the eager model {eager_error:.3g}"
-    raise ExportError(f"{what} does not reproduce the eager model: max |logit difference| {diff:.3g} > {ATOL:g} "
+    raise ExportError(f"{what} does not reproduce the eager model: max |logit difference| {diff:.3g} > {atol:g} "
                       f"on {len(images)} real images{detail}")
