@@ -16,7 +16,7 @@ import config
 from applications.common import restore_for_inference
 from applications.convert import sample_images
 from export.openvino import OPENVINO_ATOL
-from quant_fixtures import evaluation_predictions, run_main_json, trained_once
+from e2e.quant_fixtures import evaluation_predictions, run_main_json, trained_once
 from e2e.test_quantize import demo_predictions
 
 # A separate process with nothing of the project importable: OpenVINO alone reads the IR and its metadata.

@@ -16,7 +16,7 @@ import torch
 from conftest import ROOT
 from export.core import ExportError, read_onnx_metadata
 from export.guard import check_accuracy_drop, compare_accuracy
-from quant_fixtures import (constant_calibration_data, evaluation_predictions, run_main_json,
+from e2e.quant_fixtures import (constant_calibration_data, evaluation_predictions, run_main_json,
                             trained_once)
 from e2e.test_demo import run_demo
 
