@@ -9,16 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_CLASSES, run_main, tiny_train_args
+from conftest import TINY_CLASSES, run_main
 from applications.visualize import cam_overlays_for_tensorboard
 from applications.common import build_dataset, preprocessor, restore_for_inference
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("vis")
-    assert run_main(tiny_train_args(tiny_data["folder"], out, "--tag", "v", "--epochs", "1")) == 0
-    return out / "resnet18" / "v" / "checkpoints" / "best.pth"
+def checkpoint(tiny_run):
+    return tiny_run / "checkpoints" / "best.pth"
 
 
 def visual_args(checkpoint, data, *extra):
