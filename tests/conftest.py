@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import sys
 import zlib
@@ -52,6 +53,40 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
     folder = write_digit_folders(base / "folder")
     return {"folder": folder, "txt": write_txt_lists(folder, base / "txt"),
             "zip": write_zip_archives(folder, base / "zip")}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory) -> Path:
+    """A finished 1-epoch tiny training run (resnet18, tag v), shared by the end-to-end tests that only need
+    a trained checkpoint: they read it and may add outputs of other modes beside it (visual/, ...)."""
+    out = tmp_path_factory.mktemp("tiny_run")
+    assert run_main(tiny_train_args(tiny_data["folder"], out, "--tag", "v", "--epochs", "1")) == 0
+    return out / "resnet18" / "v"
+
+
+@pytest.fixture
+def data(tiny_data, tmp_path):
+    """A writable copy of the tiny folder dataset (side files are written into DATA)."""
+    return shutil.copytree(tiny_data["folder"], tmp_path / "data")
+
+
+@pytest.fixture
+def bomb_data(tiny_data, tmp_path):
+    """A writable copy of the tiny folder dataset with a 30000 x 30000 PNG bomb in train/1."""
+    root = shutil.copytree(tiny_data["folder"], tmp_path / "data")
+    write_png_bomb(root / "train" / "1" / "bomb.png")
+    return root
+
+
+@pytest.fixture
+def caches(tmp_path, monkeypatch) -> Path:
+    """Empty library caches in tmp_path, and downloads forbidden."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home
 
 
 def write_png_bomb(path: Path, width: int = 30000, height: int = 30000) -> Path:

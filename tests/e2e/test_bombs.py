@@ -3,7 +3,6 @@ reader (dataset, cache, --gpu_decode, predict, visualize, check_images, the demo
 members; plus the image-side one-line errors (worker errors, unreadable files, label gaps, check_images)."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import sys
 import pytest
 
 from conftest import ROOT, read_json, run_main, tiny_train_args
-from unit.test_bombs import peak_mb  # noqa: F401 (bomb_data: a fixture)
+from unit.test_bombs import peak_mb
 from dataloader import ClassificationDataset, ImageDecodeError, create_transform
 LIMIT_LINE = r"30000x30000 pixels \(900\.0 megapixels\) is over the limit of 89478485 pixels.*--max_image_pixels"
 
@@ -53,16 +52,3 @@ def test_a_decode_error_in_a_loader_worker_is_the_same_one_line(tiny_data, tmp_p
     assert r.returncode == 1 and "Traceback" not in r.stderr and "DataLoader worker" not in r.stderr, r.stderr
     error = [line for line in r.stderr.splitlines() if " ERROR " in line]
     assert len(error) == 1 and error[0].endswith("ImageDecodeError: " + messages[0])
-
-
-def test_skip_bad_images_skips_an_unreadable_file(tiny_data, tmp_path):
-    root = shutil.copytree(tiny_data["folder"], tmp_path / "data")
-    os.symlink(tmp_path / "gone.png", root / "train" / "7" / "dangling.png")
-    ds = ClassificationDataset(root, "folder", "train", transform=create_transform(False, (16, 16)))
-    index = next(i for i, (p, _) in enumerate(ds.samples) if p.endswith("dangling.png"))
-    with pytest.raises(ImageDecodeError, match=r"dangling.png: cannot read \(No such file or directory\)"):
-        ds[index]
-    ds.skip_bad = True
-    assert ds[index] is None
-    assert run_main(tiny_train_args(root, tmp_path / "out", "--epochs", "1", "--skip_bad_images")) == 0
-    assert read_json(tmp_path / "out/resnet18/default/metrics.json")["history"][0]["skipped_train"] == 1

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from conftest import ROOT, run_main, tiny_train_args
-from unit.test_finetune import fake_weights, put_in_cache  # noqa: F401 (caches: a fixture)
+from unit.test_finetune import fake_weights, put_in_cache
 
 
 

@@ -50,10 +50,12 @@ def test_lr_range_test_prints_the_suggestion(smoke_output):
 
 def test_strategies_sweep_table_has_a_finished_row_per_variant(smoke_output):
     """The recipe is a sweep: one run per variant of its file, then the --compare table of them all;
-    rerunning it runs nothing."""
+    rerunning it runs nothing. Its 14 runs go two at a time on two CPU slots of one thread each (a
+    recipe's trailing flags reach main.py)."""
     import yaml
     variants = list(yaml.safe_load((SHELL / "configs/strategies.yaml").read_text())["variants"])
-    r = run_recipe("2_train_with_strategies.sh", smoke_output, timeout=1200)  # 14 runs
+    r = run_recipe("2_train_with_strategies.sh", smoke_output, "", "--sweep_devices", "cpu,cpu", timeout=1200,
+                   OMP_NUM_THREADS="1")
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in r.stdout.splitlines() if line.startswith("| ")]
     header, rows = rows[0], rows[1:]
     assert header[0] == "run" and header[-1] == "status" and "test top-1" in header

@@ -24,9 +24,15 @@ def train(data, out, tag, *extra):
     return out / "resnet18" / tag
 
 
-def test_distillation_end_to_end(data, tmp_path, caplog):
-    teacher = train(data, tmp_path / "out", "teacher")
-    best = str(teacher / "checkpoints/best.pth")
+@pytest.fixture(scope="module")
+def trained_checkpoint(tiny_run):
+    """The teacher of the distillation and the scorer of the curriculum: a tiny run's best.pth (both read
+    its predictions on a writable copy of the images it was trained on)."""
+    return tiny_run / "checkpoints" / "best.pth"
+
+
+def test_distillation_end_to_end(trained_checkpoint, data, tmp_path, caplog):
+    best = str(trained_checkpoint)
     assert run_main(["--knowledge", "train", "--resume", best, "--data", str(data), "-j", "0", "--no_progress"]) == 0
     rows = read_rows(data / "distill_resnet18.txt", 3)
     labels = read_rows(data / "label.txt", 3)
@@ -52,9 +58,8 @@ def test_distillation_end_to_end(data, tmp_path, caplog):
     assert read_json(student / "metrics.json")["history"][0]["train_loss"] > 0
 
 
-def test_curriculum_end_to_end(data, tmp_path, caplog):
-    model_run = train(data, tmp_path / "out", "scorer")
-    best = str(model_run / "checkpoints/best.pth")
+def test_curriculum_end_to_end(trained_checkpoint, data, tmp_path, caplog):
+    best = str(trained_checkpoint)
     thresholds, weights = ["0.9", "0.6", "0.3", "0.0"], ["1", "0.5", "0.25", "0"]
     assert run_main(["--make_curriculum", "--resume", best, "--data", str(data), "-j", "0", "--no_progress",
                      "--curriculum_thresholds", *thresholds, "--curriculum_weights", *weights]) == 0

@@ -30,9 +30,22 @@ def assert_same_weights(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_training_writes_the_run_directory(tiny_data, tmp_path):
-    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "a")) == 0
-    run = tmp_path / "resnet18" / "a"
+@pytest.fixture(scope="module")
+def trained_run(tiny_data, tmp_path_factory):
+    """One run of the tiny training (2 epochs, folder layout, tag a) for the tests that read a finished
+    run; a test that changes it works on a copy (``copy_run``)."""
+    out = tmp_path_factory.mktemp("train")
+    assert run_main(tiny_train_args(tiny_data["folder"], out, "--tag", "a")) == 0
+    return out / "resnet18" / "a"
+
+
+def copy_run(run, out):
+    """``run`` copied to ``out/resnet18/a``: what training with ``--output out --tag a`` leaves there."""
+    return shutil.copytree(run, out / "resnet18" / "a")
+
+
+def test_training_writes_the_run_directory(trained_run):
+    run = trained_run
     for rel in ["config.yaml", "log.txt", "metrics.json", "checkpoints/last.pth", "checkpoints/best.pth",
                 "eval_test/metrics.json", "eval_test/confusion_matrix.png", "curves.png", "augmented_samples.png"]:
         assert (run / rel).is_file(), rel
@@ -64,10 +77,10 @@ def test_same_seed_repeats_a_cpu_run_exactly(tiny_data, tmp_path):
     assert_same_weights(weights(a / "checkpoints/last.pth"), weights(b / "checkpoints/last.pth"))
 
 
-def test_resume_continues_epoch_counter_and_optimizer(tiny_data, tmp_path, caplog):
-    args = tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "r")
-    assert run_main(args) == 0
-    last = tmp_path / "resnet18/r/checkpoints/last.pth"
+def test_resume_continues_epoch_counter_and_optimizer(trained_run, tiny_data, tmp_path, caplog):
+    args = tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "a")
+    copy_run(trained_run, tmp_path)  # what `run_main(args)` leaves
+    last = tmp_path / "resnet18/a/checkpoints/last.pth"
     before = load_checkpoint(last)
     assert before["epoch"] == 1 and before["optimizer"]["state"]  # momentum buffers exist
     args3 = [a if a != "2" or args[i - 1] != "--epochs" else "3" for i, a in enumerate(args)]
@@ -78,7 +91,7 @@ def test_resume_continues_epoch_counter_and_optimizer(tiny_data, tmp_path, caplo
     steps_per_epoch = before["scheduler"]["last_epoch"] // 2
     assert after["scheduler"]["last_epoch"] == 3 * steps_per_epoch
     # --resume PATH continues from a given checkpoint, in another run directory too
-    other = [a if a != "r" else "r2" for a in args3] + ["--resume", str(previous_path(last))]
+    other = [a if a != "a" else "r2" for a in args3] + ["--resume", str(previous_path(last))]
     assert run_main(other) == 0
     assert load_checkpoint(tmp_path / "resnet18/r2/checkpoints/last.pth")["epoch"] == 2
 
@@ -103,9 +116,8 @@ def test_interrupted_run_resumes_to_identical_weights(tiny_data, tmp_path):
         assert torch.equal(fo["state"][k]["momentum_buffer"], po["state"][k]["momentum_buffer"])
 
 
-def test_evaluation_reproduces_the_test_top1_and_writes_predictions(tiny_data, tmp_path):
-    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "e")) == 0
-    run = tmp_path / "resnet18/e"
+def test_evaluation_reproduces_the_test_top1_and_writes_predictions(trained_run, tiny_data, tmp_path):
+    run = copy_run(trained_run, tmp_path)
     trained_top1 = read_json(run / "metrics.json")["test"]["test_top1"]
     shutil.rmtree(run / "eval_test")
     for suffix in ("json", "yaml", "pkl"):
@@ -130,10 +142,10 @@ def test_evaluation_reproduces_the_test_top1_and_writes_predictions(tiny_data, t
     assert read_json(run / "eval_test/metrics.json")["count"] == 12
 
 
-def test_txt_and_zip_layouts_give_the_same_numbers(tiny_data, tmp_path):
-    for kind in ("folder", "txt", "zip"):
+def test_txt_and_zip_layouts_give_the_same_numbers(trained_run, tiny_data, tmp_path):
+    for kind in ("txt", "zip"):
         assert run_main(tiny_train_args(tiny_data[kind], tmp_path, "--tag", kind, dataset=kind)) == 0
-    runs = {k: tmp_path / "resnet18" / k for k in ("folder", "txt", "zip")}
+    runs = {"folder": trained_run, **{k: tmp_path / "resnet18" / k for k in ("txt", "zip")}}
     assert history(runs["folder"]) == history(runs["txt"]) == history(runs["zip"])
     tops = {k: read_json(r / "metrics.json")["test"]["test_top1"] for k, r in runs.items()}
     assert tops["folder"] == tops["txt"] == tops["zip"]
@@ -142,22 +154,21 @@ def test_txt_and_zip_layouts_give_the_same_numbers(tiny_data, tmp_path):
     assert read_json(runs["zip"] / "eval_test/metrics.json")["top1"] == tops["zip"]
 
 
-def test_pretrained_starts_a_new_run_from_weights(tiny_data, tmp_path, caplog):
-    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "t", "--epochs", "1")) == 0
-    best = tmp_path / "resnet18/t/checkpoints/best.pth"
+def test_pretrained_starts_a_new_run_from_weights(trained_run, tiny_data, tmp_path, caplog):
+    best = trained_run / "checkpoints/best.pth"
     assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "ft", "--epochs", "1",
                                     "--pretrained", str(best))) == 0
     assert "loaded every weight" in caplog.text
     assert [h["epoch"] for h in read_json(tmp_path / "resnet18/ft/metrics.json")["history"]] == [0]
 
 
-def test_rerun_with_other_flags_is_refused_unless_overwrite(tiny_data, tmp_path, caplog):
-    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "o", "--epochs", "1")) == 0
-    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "o", "--epochs", "1", "--lr", "0.01")) == 1
+def test_rerun_with_other_flags_is_refused_unless_overwrite(trained_run, tiny_data, tmp_path, caplog):
+    copy_run(trained_run, tmp_path)  # a finished run of these flags: --lr 0.05, 2 epochs
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "a", "--epochs", "1", "--lr", "0.01")) == 1
     assert "holds a run with other settings (--lr: 0.05 -> 0.01)" in caplog.text
-    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "o", "--epochs", "1", "--lr", "0.01",
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "a", "--epochs", "1", "--lr", "0.01",
                                     "--overwrite")) == 0
-    assert yaml.safe_load((tmp_path / "resnet18/o/config.yaml").read_text())["lr"] == 0.01
+    assert yaml.safe_load((tmp_path / "resnet18/a/config.yaml").read_text())["lr"] == 0.01
 
 
 def test_amp_bf16_on_cpu(tiny_data, tmp_path):

@@ -9,16 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_CLASSES, run_main, tiny_train_args
+from conftest import TINY_CLASSES, run_main
 from explain.pictures import cam_overlays_for_tensorboard
 from applications.common import build_dataset, preprocessor, restore_for_inference
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("vis")
-    assert run_main(tiny_train_args(tiny_data["folder"], out, "--tag", "v", "--epochs", "1")) == 0
-    return out / "resnet18" / "v" / "checkpoints" / "best.pth"
+def checkpoint(tiny_run):
+    return tiny_run / "checkpoints" / "best.pth"
 
 
 def visual_args(checkpoint, data, *extra):
@@ -87,8 +85,8 @@ def test_cam_overlays_for_tensorboard(tiny_data, checkpoint, tmp_path):
     cfg = parse_config(visual_args(checkpoint, tiny_data["folder"], "--visual_data", "val"))
     restored = restore_for_inference(cfg)
     model = restored.model.train()
-    dataset = build_dataset(restored.cfg, "val", restored.class_names, train=False)
-    batch = cam_overlays_for_tensorboard(model, dataset, preprocessor(restored.model_cfg, restored.device),
+    dataset = build_dataset(cfg, "val", restored.class_names, train=False, spec=restored.spec)
+    batch = cam_overlays_for_tensorboard(model, dataset, preprocessor(restored.spec, restored.device),
                                          restored.class_names, arch="resnet18", target_layer="layer2", n=4)
     assert batch.dtype == torch.uint8 and batch.shape[:2] == (4, 3) and batch.shape[3] >= 128
     assert model.training and all(p.requires_grad and p.grad is None for p in model.parameters())

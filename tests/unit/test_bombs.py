@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -66,13 +67,6 @@ def zip_bomb(root: Path, size: int = 384 * MB) -> Path:
                 f.write(block)
     with open(root / "train_map.txt", "a") as f:
         f.write("train/1/huge.png\t1\n")
-    return root
-
-
-@pytest.fixture
-def bomb_data(tiny_data, tmp_path):
-    root = shutil.copytree(tiny_data["folder"], tmp_path / "data")
-    write_png_bomb(root / "train" / "1" / "bomb.png")
     return root
 
 
@@ -265,3 +259,16 @@ def test_a_label_gap_without_classes_txt_is_an_error_naming_the_line(tiny_data, 
         ClassificationDataset(root, "txt", "train")
     (root / "classes.txt").write_text("\n".join(str(i) for i in range(16)) + "\n")  # declared: accepted
     assert len(ClassificationDataset(root, "txt", "train").class_names) == 16
+
+
+def test_skip_bad_images_skips_an_unreadable_file(tiny_data, tmp_path):
+    root = shutil.copytree(tiny_data["folder"], tmp_path / "data")
+    os.symlink(tmp_path / "gone.png", root / "train" / "7" / "dangling.png")
+    ds = ClassificationDataset(root, "folder", "train", transform=create_transform(False, (16, 16)))
+    index = next(i for i, (p, _) in enumerate(ds.samples) if p.endswith("dangling.png"))
+    with pytest.raises(ImageDecodeError, match=r"dangling.png: cannot read \(No such file or directory\)"):
+        ds[index]
+    ds.skip_bad = True
+    assert ds[index] is None
+    # a training run over it with --skip_bad_images skips it and counts it: the bad-input matrix's case
+    # skip-bad-images-skips-an-unreadable-file, as a real process

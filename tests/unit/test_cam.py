@@ -217,25 +217,6 @@ def test_default_target_layer_is_the_last_stage_with_at_least_4x4_maps(arch, siz
     assert hook_count(model) == 0 and not model.training
 
 
-# Score-CAM runs the model once per channel of the layer: on the wide default layers of the big models
-# (2048 and 1280 channels) that is minutes on a CPU, so it explains a narrower stage there.
-SCORE_CAM_LAYER = {"resnest50": "layer1", "efficientnet-b0": "_blocks.0"}
-
-
-@slow
-@pytest.mark.parametrize("arch", ["resnet18", "efficientnet-b0", "resnest50", "timm/resnet18"])
-def test_every_method_on_one_model_of_each_family(arch):
-    torch.manual_seed(0)
-    model = create_model(arch, 3).eval()
-    images = torch.randn(1, 3, 64, 64)
-    for method in METHODS:
-        layer = SCORE_CAM_LAYER.get(arch) if method == "score-cam" else None
-        result = explain(model, images, method, layer=layer, arch=arch)
-        assert result.heatmaps.shape == (1, 64, 64) and np.isfinite(result.heatmaps).all(), method
-        assert result.logits.shape == (1, 3), method
-    assert hook_count(model) == 0
-
-
 @pytest.mark.parametrize("classes", [None, [1, 0, 2, 1]])
 def test_our_grad_cam_equals_the_grad_cam_package(classes):
     """``grad-cam`` is written out in explain/cam.py (the package import costs 2.5 s); it must give the

@@ -53,17 +53,6 @@ def put_in_cache(arch: str, home: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-@pytest.fixture
-def caches(tmp_path, monkeypatch) -> Path:
-    """Empty library caches in tmp_path, and downloads forbidden."""
-    home = tmp_path / "home"
-    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
-    monkeypatch.setenv("HF_HOME", str(home / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return home
-
-
 @pytest.mark.parametrize("arch", FAMILIES)
 def test_imagenet_by_name_loads_the_cached_tensors(arch, caches):
     saved = put_in_cache(arch, caches)

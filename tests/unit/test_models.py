@@ -130,20 +130,6 @@ def _train_one_step_and_save(name: str, images: torch.Tensor, path) -> torch.Ten
     return outputs
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(ROUND_TRIP))
-def test_every_family_round_trips_through_our_checkpoint(name, tiny_data, tmp_path):
-    """Train one step, save our checkpoint, load it as --pretrained/--resume/--evaluation do (the same
-    extract_state_dict + load_state_dict_checked): the evaluation outputs are equal."""
-    size = ROUND_TRIP[name]
-    images = _real_images(tiny_data["folder"] / "train", size, 1 if size >= 224 else 2)
-    before = _train_one_step_and_save(name, images, tmp_path / "ckpt.pth")
-    torch.manual_seed(1)  # another initialisation: only the loaded weights can make the outputs equal
-    loaded = models.create_model(name, num_classes=3, pretrained=tmp_path / "ckpt.pth").eval()
-    with torch.no_grad():
-        assert torch.equal(loaded(images), before)
-
-
 def test_mnasnet_loads_from_our_checkpoint_a_ddp_state_dict_and_a_bare_dict(tiny_data, tmp_path):
     """MNASNet reads its format version from the state dict's _metadata: it must survive extraction
     (also under DDP's ``module.`` prefix), and a hand-built dict without it still loads."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 
 import pytest
 import torch
@@ -12,12 +11,6 @@ import config
 from applications.strategies import build_batch_hook, build_criterion, soften
 from conftest import run_main, tiny_train_args
 from dataloader import BatchPreprocessor, ClassificationDataset, create_transform
-
-
-@pytest.fixture
-def data(tiny_data, tmp_path):
-    """A writable copy of the tiny folder dataset (side files are written into DATA)."""
-    return shutil.copytree(tiny_data["folder"], tmp_path / "data")
 
 
 def test_distill_temperature_and_missing_images(data, tmp_path, caplog):
