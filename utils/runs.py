@@ -40,7 +40,7 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # config.MODES): not "differing flags", not HParams.
 NOT_SETTINGS = frozenset({"tag", "output", "config", "resume", "overwrite", "no_progress", "local_rank",
                           "sort_by", "sweep_devices", "trials", "study_storage", "tracker",
-                          "train", "evaluation", "knowledge", "make_curriculum", "lr_finder", "jit", "onnx", "predict",
+                          "train", "evaluation", "knowledge", "make_curriculum", "lr_finder", "jit", "onnx", "openvino", "predict",
                           "visual_data", "visual_source", "flops", "throughput", "summary", "publish", "compare",
                           "sweep"})
 # Folders a run search never enters: inside a run, or a tracker's store.

@@ -46,9 +46,10 @@ def test_openvino_ir_loads_in_a_separate_process_and_matches_eager(trained, tmp_
     xml = trained["export"] / "model.xml"
     assert summary["path"] == str(xml) and xml.is_file() and xml.with_suffix(".bin").is_file()
     assert not list(trained["export"].glob("*unverified*"))
-    cfg = config.parse_config(["--evaluation", "--resume", str(trained["ckpt"]), "--device", "cpu"])
+    cfg, given = config.parse_command_line(["--evaluation", "--resume", str(trained["ckpt"]), "--device", "cpu"])
+    config.check_files(cfg, given)  # as main.py does: no --data given, so the checkpoint's own data
     restored = restore_for_inference(cfg)
-    images = sample_images(restored, "test", count=16)
+    images = sample_images(cfg, restored, "test", count=16)
     np.save(tmp_path / "x.npy", images.numpy())
     proc = subprocess.run([sys.executable, "-c", LOADER, str(xml), str(tmp_path / "x.npy"), str(tmp_path / "y.npz")],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)

@@ -127,6 +127,6 @@ def test_cpu_inference_benchmark_quick_mode_runs():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "| resnet18 |     1 |" in out and "| resnet18 |     4 |" in out
-    assert "eager/TorchScript" in out and "eager/ONNX Runtime" in out
-    assert "resnet18 batch 1, TorchScript:" in out and "resnet18 batch 1, ONNX Runtime:" in out
+    for path in ("TorchScript", "ORT", "ORT int8", "OpenVINO", "OpenVINO int8"):  # every path timed beside eager
+        assert f"eager/{path} |" in out and f"resnet18 batch 1, {path}:" in out
     assert "DIFFERENT" not in out  # the exports compute what eager computes
