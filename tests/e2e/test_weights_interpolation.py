@@ -15,7 +15,7 @@ from torchvision.transforms.v2 import functional as F
 
 from conftest import TINY_SIZE, run_main, tiny_train_args
 from unit.test_demo import demo_module
-from unit.test_finetune import caches, put_in_cache  # noqa: F401 (caches is a fixture)
+from unit.test_finetune import put_in_cache
 
 from applications.common import build_dataset
 from dataloader.cache import BatchAugment
