@@ -29,7 +29,7 @@ from utils.atomic import write_text_atomic
 from utils.runs import NOT_SETTINGS, PRUNED_FILE, compare_runs, read_run
 
 from .common import run_dir_for
-from .sweep_plan import (Children, ForwardSignals, SweepSpec, device_flags_env, last_error, load_sweep,
+from .sweep_plan import (Children, ForwardSignals, SweepSpec, Variant, device_flags_env, last_error, load_sweep,
                          parse_devices, train_command, variant_tag)
 
 logger = logging.getLogger(__name__)
@@ -41,12 +41,13 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
     sweep_dir = Path(cfg.output) / spec.name
     base = {**spec.base, **command_line_flags(cfg)}
     devices = parse_devices(cfg.sweep_devices)
+    variants = select_variants(spec, cfg.sweep_only)
     children = Children()
     with ForwardSignals(children):
         if spec.search:
             result = _search(spec, cfg, base, sweep_dir, devices, children)
         else:
-            result = _variants(spec, base, sweep_dir, devices, children)
+            result = _variants(spec, variants, base, sweep_dir, devices, children)
     result["sweep_dir"] = str(sweep_dir)
     if children.stopping.is_set():
         result["interrupted"] = True
@@ -57,6 +58,21 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         print(table.pop("table"), flush=True)
         result["compare"] = table
     return result
+
+
+def select_variants(spec: SweepSpec, only: list[str] | None) -> list[Variant]:
+    """``--sweep_only``: the variants of ``spec`` with these tags, in the file's order; a tag the file does
+    not have is an error that lists the ones it has."""
+    if not only:
+        return list(spec.variants)
+    if spec.search:
+        raise ConfigError(f"--sweep_only picks variants of a grid or of named variants; {spec.path} is a search")
+    tags = [v.tag for v in spec.variants]
+    unknown = [t for t in only if t not in tags]
+    if unknown:
+        raise ConfigError(f"--sweep_only: {spec.path} has no variant {', '.join(map(repr, unknown))}; "
+                          f"its variants: {', '.join(tags)}")
+    return [v for v in spec.variants if v.tag in only]
 
 
 def command_line_flags(cfg: argparse.Namespace) -> dict[str, Any]:
@@ -124,10 +140,11 @@ def _in_parallel(devices: list[str | None], work, children: Children) -> None:
         raise errors[0]
 
 
-def _variants(spec: SweepSpec, base: dict[str, Any], sweep_dir: Path, devices: list[str | None],
-              children: Children) -> dict[str, Any]:
-    """The grid or the named variants: finished ones skipped, the rest run one per device slot."""
-    planned = [(v, run_flags(base, v.values, sweep_dir, v.tag)) for v in spec.variants]
+def _variants(spec: SweepSpec, variants: list[Variant], base: dict[str, Any], sweep_dir: Path,
+              devices: list[str | None], children: Children) -> dict[str, Any]:
+    """The grid or the named ``variants`` of ``spec``: finished ones skipped, the rest run one per device
+    slot."""
+    planned = [(v, run_flags(base, v.values, sweep_dir, v.tag)) for v in variants]
     tags = [v.tag for v, _ in planned]
     if len(set(tags)) != len(tags):
         raise ConfigError(f"--sweep: {spec.path}: two variants have the same tag: "

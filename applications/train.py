@@ -24,7 +24,7 @@ from criterions import create_criterion
 from dataloader.enhancement import augmented_batch_sheet
 from dataloader.loader import start_workers
 from engine import amp_dtype, evaluate, evaluate_and_report, non_finite_loss, precise_bn, train_one_epoch
-from engine.state import CheckpointSaver, Progress, TrainState
+from engine.state import CheckpointSaver, Progress, TrainState, improves_on_best
 from models import create_model, extract_state_dict, load_state_dict_checked
 from models.finetune import freeze_backbone, head_parameter_names, unfreeze
 from models.memory import enable_gradient_checkpointing
@@ -370,9 +370,10 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
             if not math.isfinite(va["loss"]):
                 raise non_finite_loss(f"the validation loss became {va['loss']} at epoch {epoch + 1} (that epoch is "
                                       f"not saved; val top-1 {va['top1']:.2f})")
-            is_best = va["top1"] > best_top1
-            best_top1 = max(best_top1, va["top1"])
-            best_epoch = epoch if is_best else best_epoch
+            is_best = improves_on_best(va["top1"], va["loss"], best_top1=best_top1, best_epoch=best_epoch,
+                                       history=history)
+            if is_best:
+                best_top1, best_epoch = va["top1"], epoch
             row = {"epoch": epoch, "train_loss": tr["loss"], "train_top1": tr["top1"], "lr": tr["lr"],
                    "val_loss": va["loss"], "val_top1": va["top1"], "val_top5": va["top5"],
                    "img_per_s": tr["img_per_s"], "time": tr["time"]}

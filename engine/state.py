@@ -37,6 +37,21 @@ class Progress:
     history: list[dict] = field(default_factory=list)
 
 
+def improves_on_best(top1: float, loss: float, *, best_top1: float, best_epoch: int | None,
+                     history: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether an epoch with validation ``top1`` and ``loss`` replaces best.pth (epoch ``best_epoch``, top-1
+    ``best_top1``): a higher top-1, or the same top-1 with a lower validation loss than that epoch's row
+    in ``history``.
+
+    The tie-break matters on small validation sets, where top-1 moves in steps of one image and reaches its
+    maximum early: the first epoch at that maximum is often a less trained model (higher loss, mid-schedule
+    weights) than a later one that ties it."""
+    if top1 != best_top1:
+        return top1 > best_top1
+    best = next((row for row in history if row.get("epoch") == best_epoch), None)
+    return best is not None and loss < best["val_loss"]  # no row: a checkpoint from before best_epoch existed
+
+
 @dataclass
 class TrainState:
     """The parts of a training run that change as it trains, saved together and restored together."""

@@ -13,6 +13,8 @@ def _add_sweep(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--sweep_devices", type=str, default=None, metavar="LIST",
                    help="--sweep: comma-separated devices, one run on each at a time: CUDA indices (0,1,2,3) or cpu; "
                         "a device listed twice runs two at once (default: one run at a time, default device)")
+    g.add_argument("--sweep_only", type=str, nargs="+", default=None, metavar="TAG",
+                   help="--sweep with a grid or named variants: run (and compare) only these variants, by tag")
     g.add_argument("--trials", type=int, default=None,
                    help="--sweep with a search space: trials the study should hold (default: the file's trials)")
     g.add_argument("--study_storage", type=str, default=None, metavar="URL",
