@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Tests: install, then run both tiers of the pytest suite: tests/unit (no end-to-end training, a few
-# minutes) first, then tests/e2e (real processes, trainings, exports, torchrun). Extra arguments go to
-# pytest, e.g. `-k resume` or `-x`.
+# Tests: install, then run both tiers of the pytest suite in one run: tests/unit (no end-to-end training;
+# `pytest tests/unit` alone takes about 2 minutes) and tests/e2e (real processes, trainings, exports,
+# torchrun). Extra arguments go to pytest, e.g. `-k resume`, `-x` or `-n 0`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash z_task_shell/install.sh
-.venv/bin/python -m pytest tests/unit tests/e2e "$@"
+# One pytest worker per core (pytest-xdist; an idle worker takes tests from a busy one), each worker and the
+# processes its tests start on one torch thread: two single-threaded processes keep two cores busier than
+# one process of two threads (most of a test's time is Python and process start-up). `-n 0` runs serially.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+.venv/bin/python -m pytest -n "${TEST_WORKERS:-auto}" --dist worksteal tests/unit tests/e2e "$@"

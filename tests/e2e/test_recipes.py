@@ -19,7 +19,9 @@ pytestmark = pytest.mark.slow
 
 def run_recipe(script: str, output: Path, *args: str, smoke: bool = True, timeout: int = 600,
                **env: str) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "OUTPUT": str(output), "SMOKE": "1" if smoke else "0", "OMP_NUM_THREADS": "2", **env}
+    # torch threads: the test command's (one per pytest worker), else two
+    environ = {**os.environ, "OUTPUT": str(output), "SMOKE": "1" if smoke else "0",
+               "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), **env}
     r = subprocess.run(["bash", str(SHELL / script), *args], cwd=ROOT, env=environ, capture_output=True, text=True,
                        timeout=timeout)
     if smoke:

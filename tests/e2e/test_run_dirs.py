@@ -104,7 +104,7 @@ def test_two_trainings_started_together_in_one_directory(tiny_data, tmp_path):
 
 
 def test_a_stale_best_checkpoint_is_linked_again_on_resume(tiny_data, tmp_path, caplog):
-    """The issue's reproduction: a finished run whose best.pth is an older epoch's (as after a kill
+    """The reproduction: a finished run whose best.pth is an older epoch's (as after a kill
     between saving last.pth and linking best.pth); the same command again must end as the run did."""
     args = tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "s", *FAST)
     assert run_main(args) == 0

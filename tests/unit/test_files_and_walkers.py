@@ -1,4 +1,4 @@
-"""One atomic-write helper, one image-folder walker, one SourceImages (issue #15, the files part)."""
+"""One atomic-write helper, one image-folder walker, one SourceImages."""
 from __future__ import annotations
 
 import argparse

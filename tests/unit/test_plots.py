@@ -29,7 +29,7 @@ def test_training_curves_png(tmp_path):
 
 
 def test_training_curves_use_a_log_loss_axis_and_integer_epoch_ticks():
-    """An exploding val loss (6e12 at epoch 3, the issue's efficientnet-b0 run) must not flatten the train
+    """An exploding val loss (6e12 at epoch 3, as in a real efficientnet-b0 run) must not flatten the train
     curve: the loss axis is logarithmic; epochs are whole numbers; a nan row is left out."""
     import matplotlib.pyplot as plt
     rows = history(4)

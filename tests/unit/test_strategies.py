@@ -74,7 +74,7 @@ def test_curriculum_file_errors(data, tmp_path):
 
 
 def test_lr_finder_never_suggests_the_first_or_last_tenth_of_its_sweep():
-    """The issue's sweep: the second batch's lower loss made step 0 the steepest, so 1e-6 was suggested.
+    """A reported sweep: the second batch's lower loss made step 0 the steepest, so 1e-6 was suggested.
     A curve that drops at once, stays flat, falls fastest around step 50 and diverges after 80."""
     import numpy as np
     from applications.lr_finder import smooth, suggest_lr
