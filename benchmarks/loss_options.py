@@ -4,9 +4,8 @@ The options are the variants of the strategies sweep (z_task_shell/configs/strat
 `main.py --sweep` runs as separate processes (z_task_shell/2_train_with_strategies.sh); this script
 runs them in one process and prints its own table.
 
-Every run uses the quickstart recipe (resnet18, 32x32, SGD 0.1 cosine, z_task_shell/configs/
-digits_resnet18.yaml) with one strategy changed, so the table compares like with like. Prints a
-markdown table; `--quick` runs 1 epoch of two options. Other data with `--data`; any other flags go to
+Every run uses the quickstart recipe (z_task_shell/configs/digits_resnet18.yaml) with one strategy
+changed, so the table compares like with like. Prints a markdown table; `--quick` runs 1 epoch of two options. Other data with `--data`; any other flags go to
 every run's main.py after the option's own.
 
     python benchmarks/loss_options.py [--epochs 30] [--only NAME ...] [--quick] [--data DIR] [main.py flags]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Quickstart: install, then train resnet18 on the bundled digits (32x32) and evaluate best.pth on the
+# Quickstart: install, then train resnet18 on the bundled digits (48x48 input) and evaluate best.pth on the
 # test split. Prints the run directory and the test top-1. A second run resumes (nothing left to train)
 # and re-evaluates. Extra flags are passed to main.py, e.g. `--epochs 5 --tag quick`.
 #   [OUTPUT=output] [SMOKE=1] bash z_task_shell/quickstart_digits.sh [main.py flags]

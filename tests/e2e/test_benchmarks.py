@@ -38,7 +38,7 @@ def test_train_speed_quick(tmp_path, tiny_data):
 def test_time_to_accuracy_quick(tiny_data):
     out = _quick("time_to_accuracy.py", "--data", str(tiny_data["folder"]))
     rows = [line.split() for line in out.splitlines()[2:]]
-    assert [r[0] for r in rows] == ["fastest", "standard"]
+    assert [r[0] for r in rows] == ["recipe", "recipe32", "standard"]
     for r in rows:  # seconds (nan when the tiny run misses the target), epochs run, best val top-1, command
         assert math.isnan(float(r[1])) or float(r[1]) > 0
         assert 1 <= int(r[2]) <= 2 and 0 <= float(r[3]) <= 100 and r[4:6] == ["python", "main.py"]

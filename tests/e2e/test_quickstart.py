@@ -1,11 +1,12 @@
 """The README's main job, end to end on the bundled digits: the recipe's accuracy, on the fast input path
 and on the standard one.
 
-The recipe runs 30 epochs in the README (about 2 minutes); here 10 epochs of the same recipe keep the
-suite short. Measured on one machine over seeds 0-4, 10 epochs gave test top-1 98.15-99.63; the bound
-below keeps a margin of 1.6 points under the worst seed, for other CPUs' float rounding. The standard
-input path (workers decode and augment every image, contiguous memory format) must clear the same bound:
-the decoded-once cache with batched augmentation trains as well.
+The recipe runs 30 epochs in the README; here 10 epochs of the same recipe keep the suite short. Measured on
+one machine over seeds 0-4 (one thread per run), 10 epochs gave test top-1 99.63, 98.89, 99.26, 99.26, 99.63
+on the fast path and 98.89, 99.63, 99.26, 99.26, 99.26 on the standard one; the bound below keeps a margin
+of 1.89 points (5 images of 270) under the worst seed, for other CPUs' float rounding. The standard input
+path (workers decode and augment every image, contiguous memory format) must clear the same bound: the
+decoded-once cache with batched augmentation trains as well.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from conftest import ROOT, read_json, run_main
 from utils.make_digits import make_digits
 
 RECIPE = ROOT / "z_task_shell/configs/digits_resnet18.yaml"
-MIN_TOP1 = 96.5
+MIN_TOP1 = 97.0
 
 
 def _train(config, out, tag: str) -> dict:
