@@ -7,12 +7,12 @@ SIGTERM. Three settings run one after the other:
   recipe    the quickstart recipe (z_task_shell/configs/digits_resnet18.yaml) as it is: 48x48 input,
             decoded once (--cache_dataset memory), channels-last
   recipe32  the same at 32x32 (--image_size 32 32), the recipe's size until it was raised for accuracy:
-            each epoch is about 2.2 times cheaper, but 30 epochs end 0.5-1.5 points lower on some seeds
+            each epoch is about 2 times cheaper, but at 30 epochs seeds 0-4 ended up to 1.1 points lower
             (docs/recipes.md#the-quickstart-recipe)
   standard  the recipe on the standard input path: workers decode and augment every image each epoch,
             contiguous memory format
 
-    python benchmarks/time_to_accuracy.py            # about 4 minutes on 2 cores
+    python benchmarks/time_to_accuracy.py            # about 2 minutes on 2 cores
     python benchmarks/time_to_accuracy.py --quick    # a smoke run (a low target on a tiny budget)
 """
 from __future__ import annotations
