@@ -5,8 +5,8 @@ The options are the variants of the strategies sweep (z_task_shell/configs/strat
 runs them in one process and prints its own table.
 
 Every run uses the quickstart recipe (z_task_shell/configs/digits_resnet18.yaml) with one strategy
-changed, so the table compares like with like. Prints a markdown table; `--quick` runs 1 epoch of two options. Other data with `--data`; any other flags go to
-every run's main.py after the option's own.
+changed, so the table compares like with like. Prints a markdown table; `--quick` runs 1 epoch of two
+options. Other data with `--data`; any other flags go to every run's main.py after the option's own.
 
     python benchmarks/loss_options.py [--epochs 30] [--only NAME ...] [--quick] [--data DIR] [main.py flags]
 """

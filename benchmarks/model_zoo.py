@@ -7,7 +7,8 @@ test top-1 on the bundled digits after training from scratch with the quickstart
 (``z_task_shell/configs/digits_resnet18.yaml``) at 32x32 rather than the recipe's 48x48 (nine models in
 about 25 minutes; ``--image_size 48 48`` among the extra flags trains them at the recipe's size), with
 only ``--arch`` and ``--epochs`` changed and gradient-norm clipping at 5 (``ZOO_FLAGS``: without it the
-deep models diverged at the recipe's earlier LR 0.1), through ``main.py --train`` itself. Prints a markdown table.
+deep models diverged at the recipe's earlier LR 0.1), through ``main.py --train`` itself. Prints a
+markdown table.
 
     python benchmarks/model_zoo.py                 # the nine models, 10 epochs each (about 25 minutes on 2 cores)
     python benchmarks/model_zoo.py --epochs 30 --models resnet18 resnet50
