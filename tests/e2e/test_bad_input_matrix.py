@@ -387,6 +387,37 @@ CASES += [
          r"--max_accuracy_drop must be >= 0 points, got -1"),
 ]
 
+
+# ==== round three: cached named weights (#25 item 1) ====
+
+CASES += [
+]
+
+
+# ==== round three: sweeps and searches (#25 items 2 and 6) ====
+
+CASES += [
+]
+
+
+# ==== round three: files outside the named paths (#25 item 3) ====
+
+CASES += [
+]
+
+
+# ==== round three: exports and finished runs (#25 items 4, 5 and the demo) ====
+
+CASES += [
+]
+
+
+# ==== round three: run folders read by --compare and --config values (#25 item 6) ====
+
+CASES += [
+]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, tiny_data, tmp_path):
     args = case.setup(tmp_path, tiny_data["folder"])
