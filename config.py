@@ -97,7 +97,8 @@ def _workers(value: str) -> int:
 
 def _add_data(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--data", type=str, default=str(DEFAULT_DATA),
-                   help="dataset root (modes that run --resume: default the data it was trained on)")
+                   help="dataset root (default: data/digits in the repository, the bundled digits; modes that "
+                        "run --resume: the data the checkpoint was trained on)")
     g.add_argument("--dataset", type=_dataset_kind, default="folder",
                    help="dataset layout: folder (alias imagenet), txt (alias read_from_txt) or zip")
     g.add_argument("--zip", dest="dataset", action="store_const", const="zip",
@@ -226,18 +227,60 @@ def _all_groups() -> list[FlagGroup]:
     return groups
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default after its help, except where the help already says it, where there is none
+    (None), and a path inside the repository, which is shown relative to it (as the user types it there)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or action.default is None or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action.default, (str, Path)) and Path(action.default).is_absolute():
+            try:
+                shown = Path(action.default).relative_to(REPO_ROOT).as_posix()
+            except ValueError:
+                shown = str(action.default)
+            return f"{text} (default: {shown.replace('%', '%%')}, in the repository)"
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``main.py: error: WHAT`` and exit 2 (a usage error, as argparse),
+    without the usage block that buried the message under 13-77 lines; a mistyped flag gets the nearest
+    known ones, as a mistyped YAML key does."""
+
+    help_mode: str | None = None  # the mode whose --help the message points to
+
+    def error(self, message: str):  # type: ignore[override]
+        mode = f" --{self.help_mode}" if self.help_mode else ""
+        self.exit(2, f"{self.prog}: error: {message}{self._suggestion(message)} (see {self.prog}{mode} --help)\n")
+
+    def _suggestion(self, message: str) -> str:
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        hints = []
+        for token in message.split(":", 1)[1].split():
+            flag = token.split("=", 1)[0]
+            near = difflib.get_close_matches(flag, known, n=3, cutoff=0.75) if flag.startswith("--") else []
+            if near:
+                hints.append(f"{flag}: did you mean {' or '.join(near)}?")
+        return f"; {'; '.join(hints)}" if hints else ""
+
+
 def build_parser(help_for: str | None = "all") -> argparse.ArgumentParser:
     """The argument parser with every flag of every mode (every config key), grouped for ``--help``.
 
     ``help_for``: "all" shows every flag; a mode name shows only what that mode reads (the shared groups,
     its own, and the flags it reads from other modes); None shows the modes and the shared groups.
     """
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="main.py",
         description="Image-classification playground: train, evaluate and more, from one entry point.",
         epilog="main.py --MODE --help lists the flags that mode reads (e.g. main.py --evaluation --help).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    p.help_mode = help_for if help_for in MODE_REGISTRY else None
     p.add_argument("--config", type=str, default=None,
                    help="YAML file whose keys set the defaults of these flags (command-line flags still win)")
     g = p.add_argument_group("mode (pick one)")
@@ -404,13 +447,19 @@ def flags_to_argv(parser: argparse.ArgumentParser, values: dict[str, Any]) -> li
     return argv
 
 
+def check_one_mode(cfg: argparse.Namespace) -> list[str]:
+    """At most one mode flag is set; returns the ones set."""
+    modes = [m for m in MODES if getattr(cfg, m, False)]
+    need(len(modes) <= 1, f"pick one mode, got {', '.join('--' + m for m in modes)}")
+    return modes
+
+
 def validate(cfg: argparse.Namespace) -> None:
     """Check value ranges and combinations; raise ConfigError naming the flag and what is allowed.
 
     Every group checks its values whatever the mode (a value is valid or not wherever it came from), then
     the selected mode checks what it needs (``--resume`` for the modes that run a checkpoint, ...)."""
-    modes = [m for m in MODES if getattr(cfg, m, False)]
-    need(len(modes) <= 1, f"pick one mode, got {', '.join('--' + m for m in modes)}")
+    modes = check_one_mode(cfg)
     for group in _all_groups():
         if group.check is not None:
             group.check(cfg)
@@ -465,8 +514,11 @@ def parse_command_line(argv: Sequence[str] | None = None) -> tuple[argparse.Name
     cfg = parser.parse_args(argv)
     on_command_line = given_on_command_line(argv)
     try:
-        validate(cfg)
+        # flags the mode does not read are named before any value check reads them (--knowledge --epochs 1
+        # is "ignores training options", not the warm-up rule)
+        check_one_mode(cfg)
         check_mode_flags(cfg, on_command_line)
+        validate(cfg)
     except ConfigError as e:
         build_parser(selected_mode(cfg)).error(str(e))  # the usage line of the mode's own flags
     given = on_command_line | set(yaml_defaults)
@@ -549,7 +601,7 @@ def flag_reference() -> str:
     actions = {g.title: [a for a in g._group_actions if a.help != argparse.SUPPRESS] for g in parser._action_groups}
     by_dest = _actions_by_dest(parser)
     lines = ["# Flags of main.py", "",
-             "Generated from the parser by `python config.py` (tests/test_flag_docs.py checks that it is current). "
+             "Generated from the parser by `python config.py` (tests/unit/test_flag_docs.py checks that it is current). "
              "`main.py --MODE --help` prints the same for one mode; a flag that a mode does not read is refused "
              "when given with it on the command line (keys of a `--config` YAML file are not).", "",
              "## Shared flags (every mode)", "", *_doc_table([by_dest["config"]]), ""]

@@ -70,7 +70,8 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
                 logits = model(images)
                 loss = criterion(logits, target, weight)
             if not torch.isfinite(loss):
-                raise non_finite_loss(f"the loss became {loss.item()} at epoch {epoch + 1}, batch {batch + 1}")
+                raise non_finite_loss(f"the loss became {loss.item()} at epoch {epoch + 1}, batch {batch + 1}", dtype,
+                                      early=epoch == 0 and batch < EARLY_STEPS * accumulation_steps)
             # Weight each micro-batch by its share of the group's samples, so that accumulating k batches
             # of b gives exactly the gradient of one batch of k*b (the last, smaller batch included).
             scaled = loss * (images.shape[0] / sum(sizes[group_start:group_end]))
@@ -115,11 +116,21 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
             "partial": sums}
 
 
-def non_finite_loss(what: str) -> FloatingPointError:
+REDUCED_PRECISION = (torch.bfloat16, torch.float16)
+EARLY_STEPS = 20  # a non-finite loss this early under bf16/fp16 points at the precision as much as at the LR
+
+
+def non_finite_loss(what: str, dtype: torch.dtype | None = None, early: bool = False) -> FloatingPointError:
     """The error that stops training when a loss (training or validation) is inf or nan: ``what`` says
-    which and where; the advice is the same for both."""
+    which and where; the advice is the same for both. A run in bf16/fp16 (``dtype``) that fails in its first
+    steps (``early``) is also told that the precision may be the cause: a gradient that fits float32 can
+    overflow in half precision."""
+    hint = ""
+    if early and dtype in REDUCED_PRECISION:
+        hint = (f"; this run computes in {str(dtype).removeprefix('torch.')} (--amp), which may be the cause this "
+                f"early: rerun without --amp to tell")
     return FloatingPointError(f"{what}: training stopped, the last good checkpoint is kept; lower --lr or add "
-                              f"--clip_grad (e.g. --clip_grad 5)")
+                              f"--clip_grad (e.g. --clip_grad 5){hint}")
 
 
 def batch_sizes(loader: torch.utils.data.DataLoader) -> list[int]:

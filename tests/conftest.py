@@ -121,6 +121,26 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
+def assert_nested_close(a, b, rel: float = 1e-4, abs_tol: float = 1e-6, where: str = "") -> None:
+    """``a`` and ``b`` (JSON-like: dicts, lists, numbers, strings) are equal, floats within a tolerance.
+
+    Two computations of the same number (another batch size, another CPU's kernels) agree to a few
+    ulps of float32, not bit for bit: labels, names, counts and keys are compared exactly."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), (where, sorted(a.keys() ^ b.keys()))
+        for key in a:
+            assert_nested_close(a[key], b[key], rel, abs_tol, f"{where}.{key}")
+    elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        assert len(a) == len(b), (where, len(a), len(b))
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_nested_close(x, y, rel, abs_tol, f"{where}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert not isinstance(a, bool) and not isinstance(b, bool), (where, a, b)
+        assert a == pytest.approx(b, rel=rel, abs=abs_tol), (where, a, b)
+    else:
+        assert a == b, (where, a, b)
+
+
 def calibrated_checkpoint(run_dir: Path, arch: str, data: Path, image_size: int, **overrides) -> Path:
     """``run_dir/checkpoints/best.pth`` in train.py's format: ``arch`` with random weights (seed 0) and
     batch-norm statistics of the training images; ``overrides`` set config values (criterion, eval_resize...)."""

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, read_json, tiny_train_args
+from conftest import ROOT, assert_nested_close, read_json, tiny_train_args
 from utils.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -185,8 +185,10 @@ def test_evaluation_under_torchrun_shards_gathers_and_writes_once(tiny_data, tmp
     r = launch(["--evaluation", "--resume", best, "--data", data, "-j", "0", "-b", "5", "--no_progress",
                 "--out", str(tmp_path / "two.json")])
     assert r.returncode == 0, r.stderr[-3000:]
-    assert read_json(run / "eval_test/metrics.json") == one
-    assert read_json(tmp_path / "two.json") == read_json(tmp_path / "one.json")
+    # labels, counts and names exactly; scores and losses to float32 rounding (other batch sizes take other
+    # kernels: 0.633326 vs 0.633325 on an AVX-512 CPU)
+    assert_nested_close(read_json(run / "eval_test/metrics.json"), one)
+    assert_nested_close(read_json(tmp_path / "two.json"), read_json(tmp_path / "one.json"))
     new_log = (run / "log.txt").read_text()[len(log_before):]
     assert new_log.count("test split (12 images)") == 1, new_log
     assert r.stderr.count("test split (12 images)") == 1 and "(6 images)" not in r.stderr

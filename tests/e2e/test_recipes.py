@@ -116,7 +116,7 @@ def test_predict_folder_recipe(smoke_output):
 
 @pytest.mark.parametrize("script, run, expect", [
     ("resnext50_32x4d_imagenet.sh", "resnext50_32x4d/imagenet_zip", ["label_smoothing: 0.1", "amp: true", "lr_scale: linear",
-                                                                     "dataset: zip"]),
+                                                                     "dataset: zip", "clip_grad: 1.0"]),
     ("resnext101_64x4d_imagenet.sh", "resnext101_64x4d/imagenet", ["lr_base_batch: 64", "scheduler: cosine", "rrc_scale:\n- 0.08"]),
     ("resnest50_imagenet.sh", "resnest50/imagenet_8dev", ["mixup: 0.2", "amp: true"]),
     ("resnet50_b256_imagenet.sh", "resnet50/b256", ["scheduler: multistep", "- 30"]),

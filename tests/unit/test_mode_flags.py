@@ -221,3 +221,37 @@ def test_a_sweep_refuses_flags_its_training_runs_do_not_read(tmp_path):
     with pytest.raises(config.ConfigError, match=r"--sweep: variant b: --topk is a --predict option that --train "
                                                  r"does not read"):
         run_flags({"epochs": 2}, {"topk": 3}, tmp_path, "b")
+
+
+def parse_error(capsys, *argv: str) -> str:
+    """The stderr of a command line the parser refuses, after checking it exits 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        config.parse_config(list(argv))
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--train", "--lrr", "0.1"], r"unrecognized arguments: --lrr 0\.1; --lrr: did you mean --lr\?"),
+    (["--trian"], r"unrecognized arguments: --trian; --trian: did you mean --train\b"),
+    (["--train", "--topk", "3"], r"--topk is a --predict option that --train does not read.*\(see main\.py --train --help\)"),
+    (["--train", "--epochs", "1"], r"--warmup \(1\.0 epochs\) must be shorter than --epochs \(1\)"),
+    (["--train", "--evaluation"], r"pick one mode, got --train, --evaluation"),
+    # the flags a mode does not read are named before a value check of them (it used to be the warm-up rule)
+    (["--knowledge", "train", "--resume", "x.pth", "--epochs", "1"], r"--knowledge ignores training options.*--epochs"),
+])
+def test_parser_errors_are_one_line_with_a_hint(capsys, argv, says):
+    """A flag error is one line (it came after 13-77 lines of usage), exit 2, a near miss suggested."""
+    err = parse_error(capsys, *argv)
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("main.py: error: ") and re.search(says, err), err
+
+
+def test_help_states_each_default_once_and_no_machine_paths(capsys):
+    text = mode_help(capsys, "--train") + mode_help(capsys, "--onnx")
+    flat = " ".join(text.split())  # help texts wrap across lines
+    for entry in re.split(r"\s(?=--?\w[\w-]* )", flat):
+        assert entry.lower().count("(default:") <= 1, entry
+    assert "(default: None)" not in flat
+    assert str(ROOT) not in flat
+    assert "(default: data/digits in the repository" in flat and "(default: 64)" in flat
