@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import logging
 import math
 import os
@@ -297,6 +298,13 @@ def build_parser(help_for: str | None = "all") -> argparse.ArgumentParser:
             if action.dest not in shown | {"help", "config"}:
                 action.help = argparse.SUPPRESS
     return p
+
+
+@functools.lru_cache(maxsize=1)
+def flag_defaults() -> dict[str, Any]:
+    """Each config key's default when neither a flag nor a YAML file sets it (lists for tuples)."""
+    return {a.dest: (list(a.default) if isinstance(a.default, tuple) else a.default)
+            for a in build_parser()._actions if a.dest not in ("help", "config")}
 
 
 def _group_dests(parser: argparse.ArgumentParser, groups: Sequence[FlagGroup]) -> set[str]:

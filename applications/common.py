@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from config import flag_defaults
 from dataloader import (BatchPreprocessor, ClassificationDataset, create_loader, create_transform,
                         read_class_names, resolve_split)
 from dataloader.io import DEFAULT_MAX_IMAGE_PIXELS
@@ -155,9 +156,11 @@ def checkpoint_spec(ckpt: dict[str, Any], cfg: argparse.Namespace, fallback_clas
         spec = ModelSpec.from_config({**vars(cfg), **saved}, ckpt.get("class_names") or fallback_class_names)
     if not spec.class_names:
         spec = replace(spec, class_names=tuple(fallback_class_names))
+    defaults = flag_defaults()
     for key, value in spec.config_values().items():
         given = getattr(cfg, key, None)
-        if given is not None and (list(given) if isinstance(given, tuple) else given) != value:
+        given = list(given) if isinstance(given, tuple) else given
+        if given is not None and given != value and given != defaults.get(key):  # a default was not typed
             logger.info("using the checkpoint's %s=%s (the command line had %s)", key, value, given)
     return spec
 

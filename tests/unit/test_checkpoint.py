@@ -156,3 +156,22 @@ def test_a_full_tmpfs_while_saving_is_reported_and_keeps_the_old_checkpoint(tmp_
         assert epoch == "epoch 1" and sorted(p.name for p in disk.iterdir()) == ["last.pth"]
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_checkpoint_spec_names_only_values_the_user_set(caplog):
+    """Inference takes the checkpoint's preprocessing; it says so only where the user asked for another
+    value (it printed "the command line had [224, 224]" when nothing was typed)."""
+    import logging
+
+    import config
+    from applications.common import checkpoint_spec
+    from models.spec import ModelSpec
+    spec = ModelSpec("resnet18", ("a", "b"), (48, 48), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), interpolation="bicubic")
+    ckpt = {"model_spec": spec.to_dict()}
+    caplog.set_level(logging.INFO)
+    assert checkpoint_spec(ckpt, config.parse_config(["--evaluation", "--resume", "x.pth"]), []) == spec
+    assert "using the checkpoint's" not in caplog.text
+    cfg = config.parse_config(["--evaluation", "--resume", "x.pth", "--image_size", "32", "32"])
+    assert checkpoint_spec(ckpt, cfg, []) == spec
+    lines = [r.getMessage() for r in caplog.records if "using the checkpoint's" in r.getMessage()]
+    assert lines == ["using the checkpoint's image_size=[48, 48] (the command line had [32, 32])"]

@@ -239,6 +239,11 @@ def parse_error(capsys, *argv: str) -> str:
     (["--train", "--evaluation"], r"pick one mode, got --train, --evaluation"),
     # the flags a mode does not read are named before a value check of them (it used to be the warm-up rule)
     (["--knowledge", "train", "--resume", "x.pth", "--epochs", "1"], r"--knowledge ignores training options.*--epochs"),
+    # int8 flags without --quantize int8 were ignored silently (exit 0)
+    (["--openvino", "--resume", "x.pth", "--calib_method", "entropy"],
+     r"--calib_method is an int8 option, read only with --quantize int8: add that, or drop it"),
+    (["--onnx", "--resume", "x.pth", "--calib_images", "16", "--max_accuracy_drop", "2"],
+     r"--calib_images, --max_accuracy_drop are int8 options, read only with --quantize int8"),
 ])
 def test_parser_errors_are_one_line_with_a_hint(capsys, argv, says):
     """A flag error is one line (it came after 13-77 lines of usage), exit 2, a near miss suggested."""
