@@ -9,6 +9,7 @@ import errno
 import importlib
 import json
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -71,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         logger.error("%s", message)
         return 1
-    print(json.dumps(result, indent=2, default=str))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary (rank 0's), as one log
+        print(json.dumps(result, indent=2, default=str))
     return 130 if result.get("interrupted") else 0
 
 

@@ -104,12 +104,34 @@ def _unique_path(folder: Path, stem: str, used: set[Path]) -> Path:
     return path
 
 
-def _warn_if_flat(explanation: Explanation, layer: str | None, image_size: Sequence[int], method: str) -> None:
-    if tuple(explanation.feature_size) == (1, 1):
-        fix = ("CAM is bound to the pooled feature map: use grad-cam with --target_layer set to an earlier stage"
-               if method == "cam" else "set --target_layer to an earlier stage")
-        logger.warning("layer %r gives 1 x 1 maps at input size %s: the heatmaps carry no spatial information; %s, "
-                       "or use a larger --image_size", layer, "x".join(map(str, image_size)), fix)
+MIN_MAP_SIDE = 4  # below this a heatmap is a few blocks (2 x 2: quadrants), not the shape of an object
+
+
+def _warn_if_coarse(explanation: Explanation, layer: str | None, image_size: Sequence[int], method: str) -> None:
+    """Say when the explained layer's maps are too small to locate anything (1 x 1, 2 x 2, 3 x 3)."""
+    height, width = explanation.feature_size
+    if min(height, width) >= MIN_MAP_SIDE:
+        return
+    what = ("carry no spatial information" if (height, width) == (1, 1)
+            else f"are {height} x {width} blocks (quadrants), not shapes")
+    fix = ("CAM is bound to the pooled feature map: use grad-cam with --target_layer set to an earlier stage"
+           if method == "cam" else "set --target_layer to an earlier stage")
+    logger.warning("layer %r gives %d x %d maps at input size %s: the heatmaps %s; %s, or use a larger --image_size",
+                   layer, height, width, "x".join(map(str, image_size)), what, fix)
+
+
+def blank_maps(heatmaps: np.ndarray) -> int:
+    """How many of the N x H x W heatmaps are all zero (scaled from a constant map: nothing to draw)."""
+    return int((heatmaps.reshape(len(heatmaps), -1).max(axis=1) <= 0).sum()) if len(heatmaps) else 0
+
+
+def _warn_if_blank(blank: int, total: int, layer: str | None, method: str) -> None:
+    """Say how many overlays show no heatmap at all (a Grad-CAM map is zero where the explained class's
+    gradient is non-positive over the whole layer), rather than drawing them blank in silence."""
+    if blank:
+        logger.warning("%d of %d %s heatmaps on layer %r are all zero (the explained class's gradient gives this "
+                       "layer no positive weight): those overlays show no heatmap; try --visual_method grad-cam++ "
+                       "or another --target_layer", blank, total, method, layer)
 
 
 # ------------------------------------------------------------------------------------------------- runs
@@ -126,7 +148,7 @@ def visualize_dataset(cfg: argparse.Namespace, restored: Restored, dataset: Data
     arch, image_size = restored.spec.arch, restored.spec.image_size
     gallery: dict[str, list[tuple[np.ndarray, str, bool | None]]] = defaultdict(list)
     used: set[Path] = set()
-    written = correct = labelled = 0
+    written = correct = labelled = blank = 0
     start = time.perf_counter()
     with CamExplainer(restored.model, method, layer=target_layer, arch=arch, input_size=image_size) as explainer:
         for images, labels, indices in tqdm(loader, desc=f"{method} {dataset.split}", disable=not progress,
@@ -137,7 +159,8 @@ def visualize_dataset(cfg: argparse.Namespace, restored: Restored, dataset: Data
             if written == 0:
                 logger.info("%s on layer %r of %s (%s maps)", method, explainer.layer, arch,
                             "x".join(map(str, result.feature_size)))
-                _warn_if_flat(result, explainer.layer, image_size, method)
+                _warn_if_coarse(result, explainer.layer, image_size, method)
+            blank += blank_maps(result.heatmaps)
             probs = probabilities(result.logits, head)
             confidence, preds = probs.max(dim=1)
             for k in range(images.shape[0]):
@@ -156,6 +179,7 @@ def visualize_dataset(cfg: argparse.Namespace, restored: Restored, dataset: Data
                     tile = overlay_heatmap(upscale(to_hwc(images[k]), 96), result.heatmaps[k])
                     gallery[group].append((tile, class_names[pred], None if label == UNKNOWN_LABEL else pred == label))
         layer = explainer.layer
+    _warn_if_blank(blank, written, layer, method)
     seconds = time.perf_counter() - start
     rows = [(name, gallery[name]) for name in [*class_names, *(f"pred {c}" for c in class_names)] if name in gallery]
     title = f"{method} on {layer} ({arch}), {dataset.split}" + (f", explaining {explained}" if explained else "")

@@ -192,3 +192,4 @@ def test_evaluation_under_torchrun_shards_gathers_and_writes_once(tiny_data, tmp
     new_log = (run / "log.txt").read_text()[len(log_before):]
     assert new_log.count("test split (12 images)") == 1, new_log
     assert r.stderr.count("test split (12 images)") == 1 and "(6 images)" not in r.stderr
+    assert r.stdout.splitlines().count("{") == 1, r.stdout  # one JSON summary, rank 0's (both ranks printed it)
