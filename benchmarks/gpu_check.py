@@ -785,6 +785,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--part", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--box_s", type=float, default=600.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    # the sections run in the repository root: the paths the user gave are resolved where they were typed
+    for key in ("out", "digits", "photos", "part"):
+        if getattr(args, key) is not None:
+            setattr(args, key, getattr(args, key).resolve())
     if args.section:
         return run_section_process(args)
     args.argv = argv

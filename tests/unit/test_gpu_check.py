@@ -13,9 +13,9 @@ from benchmarks import gpu_check
 from conftest import ROOT
 
 
-def _run(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "benchmarks/gpu_check.py", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+def _run(*args: str, timeout: float = 1500, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_check.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_every_cuda_only_test_carries_the_cuda_marker():
@@ -47,3 +47,12 @@ def test_sections_the_global_budget_cannot_fit_are_skipped(tmp_path):
                                             "rows": [], "notes": [], "seconds": 0}
     assert report["failed"] == ["context", "ddp"] and report["device"].startswith("unknown")
     assert "Status **skipped** after 0 s" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_a_relative_out_from_another_folder_lands_there_and_the_sections_find_it(tmp_path):
+    """Started outside the repository with the default relative --out, every section failed: they run in the
+    repository root and could not find gpu_check/logs/*.json.tmp."""
+    r = _run("--quick", "--sections", "context", cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_check" / "gpu_check.json").read_text())
+    assert report["sections"]["context"]["status"] == "ok" and report["failed"] == []
