@@ -1,4 +1,4 @@
-"""Shared by tests/test_quantize.py and tests/test_openvino.py: a small resnet18 really trained on real
+"""Shared by tests/e2e/test_quantize.py and tests/e2e/test_openvino.py: a small resnet18 really trained on real
 digits at 32 px (three classes), its fp32 --evaluation predictions, and helpers to read exports."""
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The pretrained weights' interpolation (bicubic for torchvision's and timm's EfficientNets) is
 applied, not only logged: the run's config, its checkpoint, the export metadata, the evaluation resize
 and the demo's resize all use it, unless ``--interpolation`` is set. No network: the weights are a fake
-file in a temporary cache (see tests/test_finetune.py)."""
+file in a temporary cache (see tests/unit/test_finetune.py)."""
 from __future__ import annotations
 
 import argparse

@@ -78,3 +78,17 @@ def test_link_checker_finds_a_missing_file_and_a_missing_heading(tmp_path):
                     "[gone](missing.md) [bad anchor](other.md#no-such-heading) ![img](missing.png)\n")
     broken = broken_links(page)
     assert [b.split(":")[0] for b in broken] == ["missing.md", "other.md#no-such-heading", "missing.png"]
+
+
+REPO_PATH = re.compile(r"(?<![\w./-])((?:tests|applications|utils|z_task_shell|benchmarks|models|dataloader|engine|"
+                       r"export|explain|demos|criterions|optim|docs)/[\w./-]*\w\.(?:py|sh|yaml|md|txt|ini))")
+
+
+def test_every_repository_file_named_in_docs_and_code_exists():
+    """A repository path named in a page, a docstring or a comment is a file that exists (three went stale
+    when the tests moved under tests/unit and tests/e2e)."""
+    pages = [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+    code = [p for p in ROOT.rglob("*.py") if not {".venv", "output", "data"} & set(p.relative_to(ROOT).parts)]
+    missing = [f"{page.relative_to(ROOT)}: {m.group(1)}" for page in [*pages, *code]
+               for m in REPO_PATH.finditer(page.read_text()) if not (ROOT / m.group(1)).exists()]
+    assert not missing, missing
