@@ -142,7 +142,7 @@ def finished_run(path: Path) -> bool:
     try:
         return read_run(path).status == "finished"
     except RunFolderError as e:
-        logger.warning("not reusing the run in %s: %s", path, e)
+        logger.warning("%s; the run there is not reused as finished: it runs again", e)
         return False
 
 
