@@ -355,8 +355,20 @@ def _flag_name(action: argparse.Action) -> str:
     return (longs or action.option_strings or [action.dest])[0]
 
 
+def _expected(action: argparse.Action) -> str:
+    """What a flag's YAML value must be, as an error message says it: "a number", "a list of 2 integers", ..."""
+    noun = {int: "integer", finite_float: "number", None: "string", str: "string"}.get(action.type, "single value")
+    if action.choices is not None:
+        noun = "one of " + ", ".join(map(str, action.choices))
+    if action.nargs in (None, "?"):
+        return noun if noun.startswith("one of") else ("an " if noun[0] in "aeiou" else "a ") + noun
+    count = f"{action.nargs} " if isinstance(action.nargs, int) else ""
+    return f"a list of {count}values ({noun})" if noun.startswith("one of") else f"a list of {count}{noun}s"
+
+
 def _coerce_yaml_value(action: argparse.Action, key: str, value: Any, source: str) -> Any:
-    """Convert a YAML value as the parser would convert the same flag, then check its choices."""
+    """Convert a YAML value as the parser would convert the same flag, then check its choices. A null is
+    the value only of a flag that is unset by default (leaving the key out gives every other its default)."""
     flag = _flag_name(action)
 
     def fail(why: str) -> ConfigError:
@@ -369,29 +381,39 @@ def _coerce_yaml_value(action: argparse.Action, key: str, value: Any, source: st
     if isinstance(action, argparse._StoreConstAction):
         value = action.const if value is True else value
     if value is None:
+        if action.default is not None:
+            default = action.default
+            default = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+            raise fail(f"expected {_expected(action)}, or leave the key out for the default ({default})")
         return None
     nargs = action.nargs
     if nargs in (None, "?"):
         items, single = [value], True
     else:
         if not isinstance(value, (list, tuple)):
-            raise fail(f"expected a list of {nargs} values")
+            raise fail(f"expected {_expected(action)}")
         if isinstance(nargs, int) and len(value) != nargs:
             raise fail(f"expected {nargs} values, got {len(value)}")
         items, single = list(value), False
     converted = []
     for item in items:
+        if item is None or isinstance(item, (list, tuple, dict)) or \
+                (action.type in (int, finite_float) and isinstance(item, bool)) or \
+                (action.type is int and isinstance(item, float)):
+            raise fail(f"expected {_expected(action)}")
         try:
-            if action.type in (int, finite_float):
-                if isinstance(item, bool) or (action.type is int and isinstance(item, float)):
-                    raise ValueError("expected " + ("an integer" if action.type is int else "a number"))
-                item = action.type(item)
+            if action.type is int:
+                item = int(item)
+            elif action.type is finite_float:
+                float(item)  # not a number at all: the expected type; else finite_float's own reason (inf, nan)
+                item = finite_float(item)
             elif action.type in (None, str):
                 item = str(item)
             else:
                 item = action.type(str(item))
         except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
-            raise fail(str(e)) from None
+            numeric = action.type in (int, finite_float) and not isinstance(e, argparse.ArgumentTypeError)
+            raise fail(f"expected {_expected(action)}" if numeric else str(e)) from None
         if action.choices is not None and item not in action.choices:
             raise fail("choose from " + ", ".join(map(str, action.choices)))
         converted.append(item)
@@ -648,20 +670,14 @@ def save_config(cfg: argparse.Namespace, path: str | Path) -> None:
 
 def load_saved_config(path: str | Path) -> dict[str, Any]:
     """Read a run directory's ``config.yaml`` (written by ``save_config``); a damaged one is a ConfigError
-    that names the file and the way out, never a YAML traceback."""
+    that names the file and the way out, never a YAML traceback (the reader is ``utils.runs.read_config``,
+    as for ``--compare``)."""
+    from utils.runs import RunFolderError, read_config  # not at the top: config stays light (no numpy)
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        mark = getattr(e, "problem_mark", None)
-        problem = (f"line {mark.line + 1}, column {mark.column + 1}: {e.problem}" if mark is not None
-                   else " ".join(str(e).split())[:200])
-        data = None
-    else:
-        problem = f"it holds a {type(data).__name__}, not a mapping of flags"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} is damaged ({problem}); pass --overwrite to start afresh in that run directory, "
-                          f"or use another --tag")
-    return data
+        return read_config(Path(path), loader=yaml.SafeLoader)
+    except RunFolderError as e:
+        raise ConfigError(f"{path} is damaged ({e.problem}); pass --overwrite to start afresh in that run "
+                          f"directory, or use another --tag") from None
 
 
 def config_conflicts(saved: dict[str, Any], cfg: argparse.Namespace) -> dict[str, tuple[Any, Any]]:

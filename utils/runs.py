@@ -12,6 +12,11 @@ Its status is read from those files and the last line of its ``log.txt``:
 - ``pruned``: it has not, and a search stopped it as hopeless (the sweep writes the file ``PRUNED``);
 - ``interrupted``: anything else: stopped by a signal, killed, or still running. Rerunning its command
   resumes it.
+
+A run directory whose files cannot be read as a run's (a damaged or unreadable ``config.yaml``, a
+``metrics.json`` of another shape, a history row without its epoch, a metric that is not a number) is a
+``RunFolderError`` naming the file and what is wrong: ``--compare`` skips that run with one warning line,
+and a sweep does not reuse it (``finished_run``).
 """
 from __future__ import annotations
 
@@ -68,7 +73,7 @@ class RunRecord:
         return {"best_val_top1": best, "best_epoch": None if best_i is None else self.history[best_i]["epoch"] + 1,
                 "test_top1": test.get("test_top1"), "test_top5": test.get("test_top5"),
                 "epochs_done": len(self.history), "epochs": self.config.get("epochs"),
-                "train_min": sum(row.get("time", 0.0) for row in self.history) / 60 if self.history else None,
+                "train_min": sum(row.get("time") or 0.0 for row in self.history) / 60 if self.history else None,
                 "img_per_s": speeds[len(speeds) // 2] if speeds else None}
 
 
@@ -100,24 +105,116 @@ def _runs_under(root: Path) -> list[Path]:
     return runs
 
 
+class RunFolderError(ValueError):
+    """A file of a run directory that cannot be read as a run's: ``path`` names the file, ``problem`` says
+    what is wrong with it (one line)."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"{path}: {problem}")
+
+
 def read_run(path: Path) -> RunRecord:
-    """The flags, history, test result and status of the run in ``path``."""
-    config = yaml.load((path / "config.yaml").read_text(), Loader=_YAML_LOADER) or {}
-    metrics: dict[str, Any] = {}
-    if (path / "metrics.json").is_file():
-        try:
-            metrics = json.loads((path / "metrics.json").read_text())
-        except json.JSONDecodeError as e:
-            logger.warning("%s/metrics.json is not valid JSON (%s): read as a run with no epochs", path, e)
-    record = RunRecord(path, config, list(metrics.get("history", [])), metrics.get("test"))
-    last = _last_line(path / "log.txt")
+    """The flags, history, test result and status of the run in ``path``; a file that cannot be read
+    (or read as a run's) is a ``RunFolderError`` naming it."""
+    try:
+        config = read_config(path / "config.yaml")
+        history, test = read_metrics(path / "metrics.json")
+        last = _last_line(path / "log.txt")
+        pruned = (path / PRUNED_FILE).is_file()
+    except OSError as e:  # unreadable, a link to itself, a folder where a file should be, ...
+        raise RunFolderError(e.filename or path, f"it cannot be read ({e.strerror or e})") from None
+    record = RunRecord(path, config, history, test)
     if record.test is not None:
         record.status = "finished"
     elif FAILED_MARK in last:
         record.status, record.failure = "failed", last.split(FAILED_MARK, 1)[1]
-    elif (path / PRUNED_FILE).is_file():
+    elif pruned:
         record.status = "pruned"
     return record
+
+
+def finished_run(path: Path) -> bool:
+    """Whether ``path`` holds a finished run that a sweep may reuse: False when it holds none, or when its
+    files cannot be read (logged as one warning line naming the file: the variant is run again)."""
+    if not os.path.lexists(path / "config.yaml"):
+        return False
+    try:
+        return read_run(path).status == "finished"
+    except RunFolderError as e:
+        logger.warning("%s; the run there is not reused as finished: it runs again", e)
+        return False
+
+
+def read_config(path: Path, loader: type = _YAML_LOADER) -> dict[str, Any]:
+    """A run's ``config.yaml`` as a dict (an empty file is ``{}``). Damaged text (not UTF-8, not YAML, a
+    NUL byte) or anything but a mapping is a ``RunFolderError``; an OSError (cannot open) passes through."""
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise RunFolderError(path, yaml_problem(e)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RunFolderError(path, f"it holds a {type(data).__name__}, not a mapping of flags")
+    return data
+
+
+def yaml_problem(e: yaml.YAMLError | UnicodeDecodeError) -> str:
+    """What is wrong with a YAML text, in one line: where (line and column, or position) and why."""
+    mark = getattr(e, "problem_mark", None)
+    if mark is not None:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {' '.join(str(e.problem).split())}"
+    if isinstance(e, yaml.reader.ReaderError):  # a character YAML refuses (a NUL byte, a control character)
+        char = e.character if isinstance(e.character, int) else ord(e.character)
+        return f"position {e.position}: unacceptable character #x{char:04x} ({e.reason})"
+    return " ".join(str(e).split())[:200]
+
+
+# The numbers of a history row and of the test result that the comparison reads.
+_ROW_NUMBERS = ("val_top1", "train_loss", "img_per_s", "time")
+_TEST_NUMBERS = ("test_top1", "test_top5")
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The history rows and the test result (None until the run finished) of a run's ``metrics.json``;
+    none yet when there is no file. A file that is not JSON, not a mapping, a row without its ``epoch``
+    or a metric that is not a number is a ``RunFolderError``; an OSError (cannot open) passes through."""
+    if not os.path.lexists(path):
+        return [], None
+    try:
+        metrics = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunFolderError(path, f"it is not valid JSON ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(metrics, dict):
+        raise RunFolderError(path, f"it holds a {type(metrics).__name__}, not a mapping with the run's history")
+    history, test = metrics.get("history", []), metrics.get("test")
+    if not isinstance(history, list):
+        raise RunFolderError(path, f"its history is a {type(history).__name__}, not a list of rows")
+    for i, row in enumerate(history, 1):
+        if not isinstance(row, dict):
+            raise RunFolderError(path, f"history row {i} is a {type(row).__name__}, not a mapping")
+        if "epoch" not in row:
+            raise RunFolderError(path, f"history row {i} has no epoch")
+        if not _is_int(row["epoch"]) or row["epoch"] < 0:
+            raise RunFolderError(path, f"history row {i}: epoch is {row['epoch']!r}, not an epoch number")
+        _check_numbers(path, row, _ROW_NUMBERS, f"history row {i}")
+    if test is not None:
+        if not isinstance(test, dict):
+            raise RunFolderError(path, f"its test result is a {type(test).__name__}, not a mapping")
+        _check_numbers(path, test, _TEST_NUMBERS, "the test result")
+    return history, test
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_numbers(path: Path, row: dict[str, Any], keys: Sequence[str], where: str) -> None:
+    for key in keys:
+        value = row.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise RunFolderError(path, f"{where}: {key} is {value!r}, not a number")
 
 
 def _last_line(path: Path, size: int = 4096) -> str:
@@ -209,7 +306,19 @@ def compare_runs(paths: Sequence[str | Path], out_dir: str | Path | None = None,
     if not runs:
         raise FileNotFoundError(f"--compare: no run directories (folders with a config.yaml) under "
                                 f"{', '.join(map(str, paths))}")
-    records = [read_run(p) for p in runs]
+    records, unreadable = [], []
+    for p in runs:
+        try:
+            records.append(read_run(p))
+        except RunFolderError as e:
+            unreadable.append(e)
+    if not records and len(unreadable) == 1:
+        raise ValueError(f"--compare: {unreadable[0]}; fix or delete that file") from None
+    for e in unreadable:
+        logger.warning("--compare: skipped a run: %s; fix or delete that file to compare it", e)
+    if not records:
+        raise ValueError(f"--compare: none of the {len(runs)} run directories found can be read (the warnings "
+                         f"above name each file); fix or delete those files")
     single = Path(paths[0]).resolve() if len(paths) == 1 else None
     root = single if single is not None and single.is_dir() and single not in runs else common_root(runs)
     out = Path(out_dir) if out_dir is not None else root

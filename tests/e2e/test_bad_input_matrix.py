@@ -414,7 +414,66 @@ CASES += [
 
 # ==== round three: run folders read by --compare and --config values (#25 item 6) ====
 
+_GOOD_RUN = {"config.yaml": "arch: resnet18\nepochs: 1\nlr: 0.1\ntag: good\n",
+             "metrics.json": '{"history": [{"epoch": 0, "val_top1": 50.0, "train_loss": 1.0}], '
+                             '"test": {"test_top1": 48.0}}'}
+
+
+def _compare_good_and(bad: dict[str, str | bytes | None], good: bool = True) -> Callable[[Path, Path], list[str]]:
+    """``--compare runs/`` over ``runs/good`` (unless ``good`` is False) and ``runs/bad``, whose files are
+    the good run's but for ``bad`` (file name -> text or bytes; None: a link to itself)."""
+    def setup(tmp: Path, data: Path) -> list[str]:
+        for name, files in {"bad": {**_GOOD_RUN, **bad}, **({"good": _GOOD_RUN} if good else {})}.items():
+            (tmp / "runs" / name).mkdir(parents=True)
+            for file, content in files.items():
+                if content is None:
+                    (tmp / "runs" / name / file).symlink_to(file)
+                else:
+                    write_text_or_bytes(tmp / "runs" / name / file, content)
+        return ["--compare", str(tmp / "runs")]
+    return setup
+
+
+def _compared_the_good_run_only(tmp: Path) -> None:
+    table = (tmp / "runs" / "compare.md").read_text()
+    assert "| good " in table and "| bad " not in table, table
+
+
+def _config_yaml(text: str) -> Callable[[Path, Path], list[str]]:
+    def setup(tmp: Path, data: Path) -> list[str]:
+        (tmp / "c.yaml").write_text(text)
+        return tiny_train(data, tmp / "out", "--config", str(tmp / "c.yaml"))
+    return setup
+
+
 CASES += [
+    Case("compare-nul-byte-config", _compare_good_and({"config.yaml": b"arch: resnet18\x00\n"}), 0,
+         r"WARNING .*--compare: skipped a run: .*runs/bad/config\.yaml: position 14: unacceptable character #x0000 "
+         r"\(control characters are not allowed\); fix or delete that file", check=_compared_the_good_run_only),
+    Case("compare-list-config", _compare_good_and({"config.yaml": "- a\n- b\n"}), 0,
+         r"skipped a run: .*runs/bad/config\.yaml: it holds a list, not a mapping of flags",
+         check=_compared_the_good_run_only),
+    Case("compare-self-linked-config", _compare_good_and({"config.yaml": None}), 0,
+         r"skipped a run: .*runs/bad/config\.yaml: it cannot be read \(Too many levels of symbolic links\)",
+         check=_compared_the_good_run_only),
+    Case("compare-list-metrics", _compare_good_and({"metrics.json": "[1, 2]"}), 0,
+         r"skipped a run: .*runs/bad/metrics\.json: it holds a list, not a mapping with the run's history",
+         check=_compared_the_good_run_only),
+    Case("compare-history-row-without-epoch", _compare_good_and({"metrics.json": '{"history": [{"val_top1": 5}]}'}),
+         0, r"skipped a run: .*runs/bad/metrics\.json: history row 1 has no epoch;", check=_compared_the_good_run_only),
+    Case("compare-string-val-top1",
+         _compare_good_and({"metrics.json": '{"history": [{"epoch": 0, "val_top1": "n/a"}]}'}), 0,
+         r"skipped a run: .*runs/bad/metrics\.json: history row 1: val_top1 is 'n/a', not a number",
+         check=_compared_the_good_run_only),
+    Case("compare-no-readable-run", _compare_good_and({"metrics.json": "[1, 2]"}, good=False), 1,
+         r"ERROR .*--compare: .*runs/bad/metrics\.json: it holds a list, not a mapping with the run's history; "
+         r"fix or delete that file$"),
+    Case("config-lr-null", _config_yaml("lr: null\n"), 2,
+         r"c\.yaml: key 'lr' \(flag --lr\) has invalid value None: expected a number, or leave the key out for the "
+         r"default \(0\.1\)", check=nothing_written),
+    Case("config-epochs-not-an-integer", _config_yaml('epochs: "ten"\n'), 2,
+         r"c\.yaml: key 'epochs' \(flag --epochs\) has invalid value 'ten': expected an integer",
+         check=nothing_written),
 ]
 
 

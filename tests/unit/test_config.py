@@ -45,6 +45,36 @@ def test_yaml_errors_name_the_key(tmp_path, capsys, content, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content, message", [
+    ("lr: null\n", "key 'lr' (flag --lr) has invalid value None: expected a number, or leave the key out for the "
+                   "default (0.1)"),
+    ("epochs: ~\n", "key 'epochs' (flag --epochs) has invalid value None: expected an integer, or leave the key"),
+    ("mean: null\n", "expected a list of 3 numbers, or leave the key out for the default (0.485 0.456 0.406)"),
+    ('epochs: "ten"\n', "key 'epochs' (flag --epochs) has invalid value 'ten': expected an integer"),
+    ("lr: [0.1]\n", "key 'lr' (flag --lr) has invalid value [0.1]: expected a number"),
+    ("tag: {a: 1}\n", "key 'tag' (flag --tag) has invalid value {'a': 1}: expected a string"),
+    ("optimizer: [sgd]\n", "has invalid value ['sgd']: expected one of sgd, adam"),
+    ("image_size: 32\n", "has invalid value 32: expected a list of 2 integers"),
+    ("image_size: [32, null]\n", "has invalid value [32, None]: expected a list of 2 integers"),
+    ("lr_steps: [10, true]\n", "has invalid value [10, True]: expected a list of numbers"),
+])
+def test_yaml_values_of_the_wrong_type_name_the_file_key_and_type(tmp_path, capsys, content, message):
+    """lr: null passed the YAML check and died comparing None > 0 in the schedule check (a traceback)."""
+    f = tmp_path / "c.yaml"
+    f.write_text(content)
+    with pytest.raises(SystemExit):
+        config.parse_config(["--train", "--config", str(f)])
+    err = capsys.readouterr().err
+    assert f"{f}: key " in err and message in err and "Traceback" not in err
+
+
+def test_yaml_null_is_the_value_of_a_flag_unset_by_default(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("resume: null\nclip_grad: null\nlr_steps: null\n")
+    cfg = config.parse_config(["--train", "--config", str(f)])
+    assert cfg.resume is None and cfg.clip_grad is None and cfg.lr_steps is None
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--optimizer", "lion"], "argument --optimizer: invalid choice: 'lion'"),
     (["--dataset", "csv"], "invalid dataset kind 'csv' (choose from folder, txt, zip"),
