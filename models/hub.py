@@ -134,9 +134,9 @@ def pretrained_state(weights: NamedWeights) -> dict[str, torch.Tensor]:
         return weights.load(read_weights(weights.cache_path)).state_dict()
     except CheckpointError as e:
         raise CheckpointError(
-            f"--pretrained: the cached {weights.name} weights cannot be used: {e}. Delete {weights.cache_path} "
-            f"(a broken or tampered download; it is fetched again when online), or pass a local file with "
-            f"--pretrained PATH") from None
+            f"--pretrained: the cached {weights.name} weights cannot be used: {str(e).rstrip('.')}. Delete "
+            f"{weights.cache_path} (a broken or tampered download; it is fetched again when online), or pass a "
+            f"local file with --pretrained PATH") from None
 
 
 def _fits(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> nn.Module:
@@ -200,7 +200,8 @@ def _torchvision(arch: str, spec: str) -> NamedWeights:
 # auxiliary heads their files hold, dropped after loading (we build without them, as models.families
 # does); densenet's files with the old '.'-separated layer names, which ``_load_state_dict`` renames.
 _TORCHVISION_AUX = {"inception_v3": ("AuxLogits",), "googlenet": ("aux1", "aux2")}
-_DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
 def _torchvision_load(arch: str, w: Any, state: dict[str, torch.Tensor], source: Path) -> nn.Module:

@@ -453,9 +453,11 @@ def _cache_kept_nothing_ran(tmp: Path) -> None:
     assert not (tmp / "out").exists()
 
 
-_CACHED_LINE = r"CheckpointError: --pretrained: the cached {} weights cannot be used: .*{}.*\. Delete \S*{} \(.*--pretrained PATH$"
+_CACHED_LINE = (r"CheckpointError: --pretrained: the cached {} weights cannot be used: .*{}.*\. Delete \S*{} \("
+                r".*--pretrained PATH$")
 _RESNET18 = ("ResNet18_Weights\\.IMAGENET1K_V1", "torch/hub/checkpoints/resnet18-f37072fd\\.pth")
-_TIMM = ("timm/test_resnet\\.r160_in1k", "hf/hub/models--timm--test_resnet\\.r160_in1k/snapshots/0123abcd/model\\.safetensors")
+_TIMM = ("timm/test_resnet\\.r160_in1k",
+         "hf/hub/models--timm--test_resnet\\.r160_in1k/snapshots/0123abcd/model\\.safetensors")
 
 CASES += [
     Case("cached-weights-malicious-pickle",
@@ -463,7 +465,8 @@ CASES += [
          _CACHED_LINE.format(_RESNET18[0], r"unpickling it would import and call posix\.system", _RESNET18[1]),
          script=CACHED_MAIN, check=_cache_kept_nothing_ran),
     Case("cached-weights-empty", _cached_weights("resnet18", lambda p: b""), 1,
-         _CACHED_LINE.format(_RESNET18[0], "is empty", _RESNET18[1]), script=CACHED_MAIN, check=_cache_kept_nothing_ran),
+         _CACHED_LINE.format(_RESNET18[0], "is empty", _RESNET18[1]), script=CACHED_MAIN,
+         check=_cache_kept_nothing_ran),
     Case("cached-weights-truncated",
          _cached_weights("resnet18", lambda p: _resnet18_file(p)[:200_000]), 1,
          _CACHED_LINE.format(_RESNET18[0], "is corrupt or truncated", _RESNET18[1]), script=CACHED_MAIN,

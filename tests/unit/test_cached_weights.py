@@ -128,7 +128,8 @@ BAD = {
     "empty": (lambda p: p.write_bytes(b""), r"is empty"),
     "truncated": (_truncated, r"corrupt or truncated"),
     "random": (lambda p: p.write_bytes(os.urandom(4096)), r"is not a PyTorch checkpoint"),
-    "wrong-shape": (_wrong_shape, r"does not fit the library's ResNet \(RuntimeError: .*size mismatch for conv1\.weight"),
+    "wrong-shape": (_wrong_shape, r"does not fit the library's ResNet \(RuntimeError: .*size mismatch for "
+                                  r"conv1\.weight"),
 }
 
 
@@ -152,7 +153,8 @@ def test_unreadable_safetensors_in_the_hf_cache_is_one_error_naming_it(kind, cac
     else:
         {"empty": BAD["empty"][0], "truncated": _truncated, "random": BAD["random"][0]}[kind](path)
         reason = "is empty" if kind == "empty" else "is not a valid safetensors file"
-    with pytest.raises(CheckpointError, match=rf"cannot be used: .*{reason}.*\. Delete {re.escape(str(path))} .*--pretrained PATH$"):
+    expected = rf"cannot be used: .*{reason}.*\. Delete {re.escape(str(path))} .*--pretrained PATH$"
+    with pytest.raises(CheckpointError, match=expected):
         pretrained_state(resolve_weights("timm/test_resnet", "imagenet"))
 
 
