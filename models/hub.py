@@ -133,10 +133,13 @@ def pretrained_state(weights: NamedWeights) -> dict[str, torch.Tensor]:
     try:
         return weights.load(read_weights(weights.cache_path)).state_dict()
     except CheckpointError as e:
+        path = weights.cache_path
+        target = path.resolve()  # the Hugging Face cache links snapshots/<rev>/<file> to blobs/<hash>
+        files = f"{path} and {target}, the file it links to" if path.is_symlink() else str(path)
         raise CheckpointError(
             f"--pretrained: the cached {weights.name} weights cannot be used: {str(e).rstrip('.')}. Delete "
-            f"{weights.cache_path} (a broken or tampered download; it is fetched again when online), or pass a "
-            f"local file with --pretrained PATH") from None
+            f"{files} (a broken or tampered download; it is fetched again when online), or pass a local file "
+            f"with --pretrained PATH") from None
 
 
 def _fits(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> nn.Module:

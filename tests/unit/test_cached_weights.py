@@ -158,6 +158,20 @@ def test_unreadable_safetensors_in_the_hf_cache_is_one_error_naming_it(kind, cac
         pretrained_state(resolve_weights("timm/test_resnet", "imagenet"))
 
 
+def test_corrupt_blob_behind_an_hf_snapshot_link_is_named_too(caches):
+    """huggingface_hub keeps the file in blobs/ and links the snapshot to it; deleting the link alone would
+    let it link the same corrupt blob again, so the message names both."""
+    path = write_benign("timm/test_resnet", caches)
+    blob = path.parent.parent.parent / "blobs" / "0123456789abcdef"
+    blob.parent.mkdir()
+    blob.write_bytes(path.read_bytes()[:-100])
+    path.unlink()
+    path.symlink_to(os.path.relpath(blob, path.parent))
+    expected = rf"Delete {re.escape(str(path))} and {re.escape(str(blob))}, the file it links to \("
+    with pytest.raises(CheckpointError, match=expected):
+        pretrained_state(resolve_weights("timm/test_resnet", "imagenet"))
+
+
 def test_local_safetensors_file_loads_with_pretrained_path(tmp_path):
     from safetensors.torch import save_file
     from models import create_model
