@@ -12,8 +12,8 @@ code), and loads it into the library's ImageNet model built without weights, wit
 filters of the library's own pretrained path; it returns that model's state dict. A cache file that
 cannot be read or does not fit is one CheckpointError naming it: delete it, or pass ``--pretrained PATH``.
 
-Caches: torchvision, efficientnet-pytorch and resnest use ``torch.hub.load_state_dict_from_url``
-(``$TORCH_HOME/hub/checkpoints/<file name of the URL>``); timm uses the Hugging Face hub cache
+Caches: torchvision, efficientnet-pytorch and resnest download with torch.hub, where their
+``load_state_dict_from_url`` looks (``$TORCH_HOME/hub/checkpoints/<file name of the URL>``); timm uses the Hugging Face hub cache
 (``$HF_HOME/hub/models--timm--<name>/snapshots/<revision>/model.safetensors``). ``HF_HUB_OFFLINE=1``
 means offline for every family, exactly as an unreachable network does.
 """
@@ -200,8 +200,9 @@ def _torchvision(arch: str, spec: str) -> NamedWeights:
 
 
 # What torchvision's builders do with weights besides reading the file (torchvision/models/*.py): the
-# auxiliary heads their files hold, dropped after loading (we build without them, as models.families
-# does); densenet's files with the old '.'-separated layer names, which ``_load_state_dict`` renames.
+# weights' class count and resolution; the auxiliary heads the files hold, built and loaded, then dropped
+# (our models have none: models.families); densenet's old '.'-separated key names, renamed as its
+# ``_load_state_dict`` does.
 _TORCHVISION_AUX = {"inception_v3": ("AuxLogits",), "googlenet": ("aux1", "aux2")}
 _DENSENET_OLD_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
