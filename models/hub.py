@@ -1,15 +1,19 @@
-"""Pretrained weights by name, fetched by each library's own loader into its own cache.
+"""Pretrained weights by name, fetched by each library's own downloader into its own cache, read by ours.
 
 ``--pretrained imagenet`` (or a torchvision weights name such as ``IMAGENET1K_V2``) resolves, with no
 network and no loading, to a :class:`NamedWeights`: which weights, their URL, the exact file the library
 reads from its cache, and the preprocessing they were trained with. :func:`fetch_weights` makes sure the
 file is there (the library's downloader with its progress bar and hash check fills the cache when the
 network is up) and otherwise stops with one message naming the URL, the cache path and ``--pretrained PATH``.
-:func:`pretrained_state` then lets the library build its own pretrained ImageNet model from the cache,
-and returns that model's state dict.
+:func:`pretrained_state` then reads the cached file with the project's safe reader
+(``models.pretrained.read_weights``: ``torch.load(weights_only=True)``, safetensors for timm), never with
+the library's loader (torch.hub's unpickles with ``weights_only=False``: a tampered cache file would run
+code), and loads it into the library's ImageNet model built without weights, with the key fixes and
+filters of the library's own pretrained path; it returns that model's state dict. A cache file that
+cannot be read or does not fit is one CheckpointError naming it: delete it, or pass ``--pretrained PATH``.
 
-Caches: torchvision, efficientnet-pytorch and resnest use ``torch.hub.load_state_dict_from_url``
-(``$TORCH_HOME/hub/checkpoints/<file name of the URL>``); timm uses the Hugging Face hub cache
+Caches: torchvision, efficientnet-pytorch and resnest download with torch.hub, where their
+``load_state_dict_from_url`` looks (``$TORCH_HOME/hub/checkpoints/<file name of the URL>``); timm uses the Hugging Face hub cache
 (``$HF_HOME/hub/models--timm--<name>/snapshots/<revision>/model.safetensors``). ``HF_HUB_OFFLINE=1``
 means offline for every family, exactly as an unreachable network does.
 """
@@ -17,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import urllib.parse
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +34,9 @@ import torch.nn as nn
 
 from utils.weights_name import WEIGHTS_DEFAULT as DEFAULT_NAME, is_weights_name  # noqa: F401 (re-exported)
 
+from utils.checkpoint import CheckpointError
+
+from .pretrained import read_weights
 from .registry import TIMM_PREFIX, model_family
 
 logger = logging.getLogger(__name__)
@@ -48,7 +57,9 @@ class NamedWeights:
     cache_path: Path               # the file the library reads (for timm: the snapshot of refs/main)
     preprocessing: dict[str, Any]  # mean, std, interpolation, eval_resize, crop_pct (the weights' own)
     source: str                    # where the preprocessing was taken from, for the log
-    build: Callable[[], nn.Module] = field(repr=False, compare=False)  # the library's pretrained model
+    # the library's ImageNet model built without weights, with a state dict (read by us) loaded as the
+    # library's own pretrained path loads its file: its key fixes, filters and strictness
+    load: Callable[[dict[str, torch.Tensor]], nn.Module] = field(repr=False, compare=False)
     download: Callable[[], None] = field(repr=False, compare=False)    # the library's downloader
     cache_hint: str = ""           # how to place the file by hand when the path needs more than a copy
 
@@ -115,9 +126,39 @@ def fetch_weights(weights: NamedWeights) -> None:
 
 
 def pretrained_state(weights: NamedWeights) -> dict[str, torch.Tensor]:
-    """The state dict of the library's own pretrained ImageNet model, built from the cache (no network)."""
+    """The state dict of the library's pretrained ImageNet model, from the cached file read by our safe
+    reader (no network, no unpickled code); a file that cannot be read or does not fit the library's model
+    is a CheckpointError naming it, to delete or replace with ``--pretrained PATH``."""
     fetch_weights(weights)
-    return weights.build().state_dict()
+    try:
+        return weights.load(read_weights(weights.cache_path)).state_dict()
+    except CheckpointError as e:
+        path = weights.cache_path
+        target = path.resolve()  # the Hugging Face cache links snapshots/<rev>/<file> to blobs/<hash>
+        files = f"{path} and {target}, the file it links to" if path.is_symlink() else str(path)
+        raise CheckpointError(
+            f"--pretrained: the cached {weights.name} weights cannot be used: {str(e).rstrip('.')}. Delete "
+            f"{files} (a broken or tampered download; it is fetched again when online), or pass a local file "
+            f"with --pretrained PATH") from None
+
+
+def _fits(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> nn.Module:
+    """``model`` with ``state`` loaded as the libraries load their files: a strict ``load_state_dict`` with
+    the file's own module versions (``_metadata``; without them, as the old files have none, batch norms
+    take a file without ``num_batches_tracked``). A key that does not fit is a CheckpointError."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise _does_not_fit(source, type(model).__name__, e) from None
+    return model
+
+
+def _does_not_fit(source: Path, model: str, e: Exception) -> CheckpointError:
+    """One line from a library's load error (torch's lists every bad key on lines of its own)."""
+    message = " ".join(str(e).split())
+    cut = 600
+    return CheckpointError(f"{source} does not fit the library's {model} ({type(e).__name__}: "
+                           f"{message[:cut]}{' ...' if len(message) > cut else ''})")
 
 
 # ---- torchvision -------------------------------------------------------------------------------------
@@ -152,11 +193,47 @@ def _torchvision(arch: str, spec: str) -> NamedWeights:
     crop, resize = list(t.crop_size), list(t.resize_size)
     pre = {"mean": list(t.mean), "std": list(t.std), "interpolation": t.interpolation.value,
            "eval_resize": "center_crop", "crop_pct": round(crop[0] / resize[0], 4)}
-    extra = {"aux_logits": False} if arch in ("inception_v3", "googlenet") else {}
-    return NamedWeights(arch, f"{type(w).__name__}.{w.name}", w.url, _torch_hub_file(w.url), pre,
+    path = _torch_hub_file(w.url)
+    return NamedWeights(arch, f"{type(w).__name__}.{w.name}", w.url, path, pre,
                         f"torchvision {type(w).__name__}.{w.name}.transforms()",
-                        build=lambda: torchvision.models.get_model(arch, weights=w, **extra),
-                        download=_torch_hub_download(w.url))
+                        load=lambda state: _torchvision_load(arch, w, state, path), download=_torch_hub_download(w.url))
+
+
+# What torchvision's builders do with weights besides reading the file (torchvision/models/*.py): the
+# weights' class count and resolution; the auxiliary heads the files hold, built and loaded, then dropped
+# (our models have none: models.families); densenet's old '.'-separated key names, renamed as its
+# ``_load_state_dict`` does.
+_TORCHVISION_AUX = {"inception_v3": ("AuxLogits",), "googlenet": ("aux1", "aux2")}
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def _torchvision_load(arch: str, w: Any, state: dict[str, torch.Tensor], source: Path) -> nn.Module:
+    """``torchvision.models.get_model(arch, weights=w, aux_logits=False)`` with ``state`` as the weights' file."""
+    import torchvision
+    kwargs: dict[str, Any] = {"num_classes": len(w.meta["categories"])}
+    if arch in _TORCHVISION_AUX:
+        kwargs.update(aux_logits=True, init_weights=False)
+    if arch.startswith("vit_"):  # the weights' resolution sizes the position embedding
+        kwargs["image_size"] = w.meta["min_size"][0]
+    if arch.startswith("maxvit"):
+        kwargs["input_size"] = w.meta["min_size"]
+    if arch.startswith("densenet"):
+        metadata = getattr(state, "_metadata", None)
+        state = OrderedDict((_densenet_key(k), v) for k, v in state.items())
+        if metadata is not None:
+            state._metadata = metadata  # type: ignore[attr-defined]
+    model = _fits(torchvision.models.get_model(arch, weights=None, **kwargs), state, source)
+    if arch in _TORCHVISION_AUX:
+        model.aux_logits = False
+        for name in _TORCHVISION_AUX[arch]:
+            setattr(model, name, None)
+    return model
+
+
+def _densenet_key(key: str) -> str:
+    match = _DENSENET_OLD_KEY.match(key)
+    return match.group(1) + match.group(2) if match else key
 
 
 # ---- efficientnet-pytorch ----------------------------------------------------------------------------
@@ -173,10 +250,14 @@ def _efficientnet_pytorch(arch: str, spec: str) -> NamedWeights:
     pre = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "interpolation": "bicubic",
            "eval_resize": "center_crop", "crop_pct": 0.875}
     resolution = efficientnet_params(arch)[2]
-    return NamedWeights(arch, f"{arch} ImageNet", url, _torch_hub_file(url), pre,
+    path = _torch_hub_file(url)
+    # EfficientNet.from_pretrained(arch): the 1000-class model, every key of the file loaded (its
+    # load_pretrained_weights asserts no missing or unexpected key)
+    return NamedWeights(arch, f"{arch} ImageNet", url, path, pre,
                         f"efficientnet-pytorch's README (ImageNet mean/std, bicubic, crop 0.875; trained at "
                         f"{resolution}x{resolution})",
-                        build=lambda: EfficientNet.from_pretrained(arch), download=_torch_hub_download(url))
+                        load=lambda state: _fits(EfficientNet.from_name(arch), state, path),
+                        download=_torch_hub_download(url))
 
 
 # ---- resnest -----------------------------------------------------------------------------------------
@@ -190,9 +271,12 @@ def _resnest(arch: str, spec: str) -> NamedWeights:
     url = resnest_model_urls[arch]
     pre = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "interpolation": "bilinear",
            "eval_resize": "center_crop", "crop_pct": 0.875}
-    return NamedWeights(arch, f"{arch} ImageNet", url, _torch_hub_file(url), pre,
+    path = _torch_hub_file(url)
+    # resnest.torch.<arch>(pretrained=True): the model, then a strict load_state_dict of the file
+    return NamedWeights(arch, f"{arch} ImageNet", url, path, pre,
                         "resnest's ImageNet recipe (ImageNet mean/std, bilinear, crop 0.875)",
-                        build=lambda: getattr(resnest.torch, arch)(pretrained=True), download=_torch_hub_download(url))
+                        load=lambda state: _fits(getattr(resnest.torch, arch)(pretrained=False), state, path),
+                        download=_torch_hub_download(url))
 
 
 # ---- timm (Hugging Face hub) -------------------------------------------------------------------------
@@ -234,17 +318,21 @@ def _timm(arch: str, spec: str) -> NamedWeights:
            "eval_resize": "center_crop" if cfg.crop_mode == "center" else "letterbox", "crop_pct": cfg.crop_pct}
     full = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
 
-    def build() -> nn.Module:  # timm's own loader, from the cached file (no hub request)
-        return timm.create_model(full, pretrained=True,
-                                 pretrained_cfg_overlay={"file": str(_hf_cache_file(repo_id, HF_FILE)[0]),
-                                                         "source": ""})
+    def load(state: dict[str, torch.Tensor]) -> nn.Module:
+        """timm's own pretrained path (its filter function for the architecture, label offsets, strictness)
+        given the state dict we read, so that timm opens no file and makes no hub request."""
+        try:
+            return timm.create_model(full, pretrained=True, pretrained_cfg_overlay={
+                "state_dict": state, "source": "", "file": None, "custom_load": False})
+        except (RuntimeError, KeyError, ValueError, IndexError) as e:  # load_state_dict's, the filters' errors
+            raise _does_not_fit(path, f"timm {full}", e) from None
 
     def download() -> None:
         from huggingface_hub import hf_hub_download
         hf_hub_download(repo_id, HF_FILE)
 
     return NamedWeights(arch, f"timm/{full}", url, path, pre, f"timm pretrained_cfg of {full}",
-                        build=build, download=download, cache_hint=hint)
+                        load=load, download=download, cache_hint=hint)
 
 
 _RESOLVERS: dict[str, Callable[[str, str], NamedWeights]] = {

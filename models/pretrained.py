@@ -1,4 +1,9 @@
-"""Loading a local weights file into a model, skipping a classifier head of another size."""
+"""Loading a local weights file into a model, skipping a classifier head of another size.
+
+Every weights file the project reads, given with ``--pretrained PATH`` or found in a library's cache by
+``models.hub``, goes through :func:`read_weights`: ``torch.load(weights_only=True)`` or safetensors, so
+no file ever runs code when it is opened.
+"""
 from __future__ import annotations
 
 import logging
@@ -43,6 +48,26 @@ def extract_state_dict(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
     if isinstance(metadata, dict):
         state._metadata = OrderedDict((_strip_wrappers(k), v) for k, v in metadata.items())  # type: ignore[attr-defined]
     return state
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a weights file, read without running code: a ``.safetensors`` file with
+    safetensors, anything else with :func:`utils.checkpoint.load_checkpoint` (``weights_only=True``), then
+    :func:`extract_state_dict`. A missing, empty, corrupt or unsafe file is a CheckpointError naming it."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return extract_state_dict(load_checkpoint(path))
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    if not path.is_file():
+        raise CheckpointError(f"weights file {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty: not a safetensors file (a truncated write?)")
+    try:
+        return extract_state_dict(load_file(path, device="cpu"))
+    except SafetensorError as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file (corrupt, truncated or another format): "
+                              f"{e}") from None
 
 
 def classifier_keys(model: nn.Module, num_classes: int) -> set[str]:
@@ -94,7 +119,7 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
 
 def load_pretrained(model: nn.Module, path: str | Path, num_classes: int) -> list[str]:
     """Load weights from a local file; classifier tensors of another shape are skipped and returned."""
-    state = extract_state_dict(load_checkpoint(path))
+    state = read_weights(path)
     skipped = load_state_dict_checked(model, state, path, skippable=classifier_keys(model, num_classes))
     if skipped:
         logger.info("pretrained %s: skipped classifier weights of another class count: %s", path, ", ".join(skipped))

@@ -390,7 +390,98 @@ CASES += [
 
 # ==== round three: cached named weights (#25 item 1) ====
 
+CACHED_MAIN = "tests/e2e/main_in_local_caches.py"  # main.py with TORCH_HOME/HF_HOME in the case's folder, offline
+
+
+def _cached_weights(arch: str, content: Callable[[Path], bytes]) -> Callable[[Path, Path], list[str]]:
+    """Setup: ``content(path)`` as the file the library caches ``arch``'s imagenet weights in (under
+    ``tmp/torch`` or ``tmp/hf``, the HF snapshot layout for timm), a copy of it in ``tmp/expected``; then
+    ``--train --pretrained imagenet``."""
+    def setup(tmp: Path, data: Path) -> list[str]:
+        from models.hub import resolve_weights
+        cached = resolve_weights(arch, "imagenet").cache_path
+        if arch.startswith("timm/"):
+            repo = tmp / "hf" / "hub" / cached.parent.parent.parent.name
+            (repo / "refs").mkdir(parents=True)
+            (repo / "refs" / "main").write_text("0123abcd")
+            path = repo / "snapshots" / "0123abcd" / cached.name
+        else:
+            path = tmp / "torch" / "hub" / "checkpoints" / cached.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content(path))
+        (tmp / "expected").write_bytes(path.read_bytes())
+        return tiny_train(data, tmp / "out", "--arch", arch, "--pretrained", "imagenet")
+    return setup
+
+
+def _torch_save(obj: object, path: Path) -> bytes:
+    import torch
+    torch.save(obj, path)
+    return path.read_bytes()
+
+
+def _resnet18_file(path: Path, wrong_fc: bool = False) -> bytes:
+    """torchvision's resnet18 state dict saved at ``path`` (with a 10-class fc: the wrong shape)."""
+    import torch
+    import torchvision
+    state = torchvision.models.resnet18().state_dict()
+    if wrong_fc:
+        state["fc.weight"] = torch.zeros(10, 512)
+    return _torch_save(state, path)
+
+
+class _Payload:
+    """Unpickling runs ``touch PWNED`` in the current folder (the issue's reproduction)."""
+
+    def __reduce__(self):
+        import os
+        return os.system, ("touch PWNED",)
+
+
+def _timm_safetensors(path: Path) -> bytes:
+    import timm
+    from safetensors.torch import save_file
+    save_file(timm.create_model("test_resnet").state_dict(), str(path))
+    return path.read_bytes()
+
+
+def _cache_kept_nothing_ran(tmp: Path) -> None:
+    """The payload did not run, the cached file is as it was (only the user deletes it), no run folder."""
+    assert not (tmp / "PWNED").exists(), "the cached file's payload ran"
+    cached = [p for p in (tmp / "torch").rglob("*.pth")] + [p for p in (tmp / "hf").rglob("model.safetensors")]
+    assert len(cached) == 1 and cached[0].read_bytes() == (tmp / "expected").read_bytes()
+    assert not (tmp / "out").exists()
+
+
+_CACHED_LINE = (r"CheckpointError: --pretrained: the cached {} weights cannot be used: .*{}.*\. Delete \S*{} \("
+                r".*--pretrained PATH$")
+_RESNET18 = ("ResNet18_Weights\\.IMAGENET1K_V1", "torch/hub/checkpoints/resnet18-f37072fd\\.pth")
+_TIMM = ("timm/test_resnet\\.r160_in1k",
+         "hf/hub/models--timm--test_resnet\\.r160_in1k/snapshots/0123abcd/model\\.safetensors")
+
 CASES += [
+    Case("cached-weights-malicious-pickle",
+         _cached_weights("resnet18", lambda p: _torch_save({"fc.bias": _Payload()}, p)), 1,
+         _CACHED_LINE.format(_RESNET18[0], r"unpickling it would import and call posix\.system", _RESNET18[1]),
+         script=CACHED_MAIN, check=_cache_kept_nothing_ran),
+    Case("cached-weights-empty", _cached_weights("resnet18", lambda p: b""), 1,
+         _CACHED_LINE.format(_RESNET18[0], "is empty", _RESNET18[1]), script=CACHED_MAIN,
+         check=_cache_kept_nothing_ran),
+    Case("cached-weights-truncated",
+         _cached_weights("resnet18", lambda p: _resnet18_file(p)[:200_000]), 1,
+         _CACHED_LINE.format(_RESNET18[0], "is corrupt or truncated", _RESNET18[1]), script=CACHED_MAIN,
+         check=_cache_kept_nothing_ran),
+    Case("cached-weights-random-bytes", _cached_weights("resnet18", lambda p: bytes(range(256)) * 64), 1,
+         _CACHED_LINE.format(_RESNET18[0], "is not a PyTorch checkpoint", _RESNET18[1]), script=CACHED_MAIN,
+         check=_cache_kept_nothing_ran),
+    Case("cached-weights-wrong-shape",
+         _cached_weights("resnet18", lambda p: _resnet18_file(p, wrong_fc=True)), 1,
+         _CACHED_LINE.format(_RESNET18[0], r"does not fit the library's ResNet \(RuntimeError: .*size mismatch for "
+                             r"fc\.weight", _RESNET18[1]), script=CACHED_MAIN, check=_cache_kept_nothing_ran),
+    Case("cached-weights-corrupt-safetensors",
+         _cached_weights("timm/test_resnet", lambda p: _timm_safetensors(p)[:-100]), 1,
+         _CACHED_LINE.format(_TIMM[0], "is not a valid safetensors file", _TIMM[1]), script=CACHED_MAIN,
+         check=_cache_kept_nothing_ran),
 ]
 
 
