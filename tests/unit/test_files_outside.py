@@ -129,3 +129,69 @@ def test_list_lines_naming_one_file_under_two_labels_are_reported_and_refused(ti
     (zipped / "train_map.txt").write_text("\n".join(rows + [f"{member}\t2"]) + "\n")
     with pytest.raises(DatasetError, match=rf"train_map\.txt:31: '{member}' \(label 2\) is also on line 1 \(label 0\)"):
         ClassificationDataset(zipped, "zip", "train")
+
+
+# ---- --predict: a folder per run; outputs of a loose checkpoint under --output ----
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_data, tmp_path_factory):
+    from conftest import calibrated_checkpoint
+    return calibrated_checkpoint(tmp_path_factory.mktemp("outside") / "run", "resnet18", tiny_data["folder"], 16)
+
+
+def predict_args(source: Path, checkpoint: Path, *extra: str) -> list[str]:
+    return ["--predict", str(source), "--resume", str(checkpoint), "-j", "0", "--no_progress", "-v", "-s", *extra]
+
+
+def written_sources(folder: Path) -> set[Path]:
+    """The source folders of a predict folder's images, after checking that its CSV, log and annotated
+    images name the same images (none of another run)."""
+    import csv
+    with open(folder / "predictions.csv", newline="") as f:
+        rows = {Path(row["path"]) for row in csv.DictReader(f)}
+    logged = {Path(line.split("\t")[0]) for line in (folder / "predictions.log").read_text().splitlines()}
+    annotated = [p.stem.split("_", 1)[1] for p in (folder / "images").iterdir()]  # <index>_<stem>.png
+    assert logged == rows and sorted(annotated) == sorted(p.stem for p in rows), folder
+    return {p.parent for p in rows}
+
+
+def test_each_predict_run_writes_a_folder_of_its_own(tiny_data, checkpoint, tmp_path):
+    from conftest import run_main
+    run = checkpoint.parent.parent
+    sources = {}
+    for name in ("0", "7"):
+        sources[name] = shutil.copytree(tiny_data["folder"] / "test" / name, tmp_path / name / "pictures")
+    assert run_main(predict_args(sources["0"], checkpoint)) == 0
+    assert run_main(predict_args(sources["7"], checkpoint)) == 0  # same source name, other images
+    assert run_main(predict_args(sources["7"], checkpoint)) == 0  # the same source again
+    folders = sorted(p.name for p in (run / "predict").iterdir())
+    assert folders == ["pictures", "pictures-2", "pictures-3"]
+    assert [written_sources(run / "predict" / f) for f in folders] == [{sources["0"]}, {sources["7"]}, {sources["7"]}]
+
+
+def test_a_loose_checkpoint_writes_under_output_and_nothing_beside_it(tiny_data, checkpoint, tmp_path):
+    from conftest import run_main
+    models, other = tmp_path / "models", tmp_path / "elsewhere"
+    for folder in (models, other):
+        folder.mkdir()
+        shutil.copy(checkpoint, folder / "model.pth")
+    (models / "log.txt").write_text("the user's own log\n")
+    out = tmp_path / "out"
+    taken = out / "resnet18" / "model"  # a training run of --tag model: not the loose checkpoint's
+    (taken / "checkpoints").mkdir(parents=True)
+    (taken / "config.yaml").write_text("arch: resnet18\ntag: model\ntrain: true\n")
+    before = {folder: snapshot(folder) for folder in (models, other, taken)}
+
+    evaluation = ["--evaluation", "--data", str(tiny_data["folder"]), "-j", "0", "--no_progress", "--output", str(out)]
+    assert run_main(evaluation + ["--resume", str(models / "model.pth")]) == 0
+    assert run_main(predict_args(tiny_data["folder"] / "test", models / "model.pth", "--output", str(out))) == 0
+    assert run_main(evaluation + ["--resume", str(other / "model.pth")]) == 0  # same name, another file
+    assert run_main(predict_args(tiny_data["folder"] / "test", models / "model.pth", "--output", str(out))) == 0
+
+    assert {folder: snapshot(folder) for folder in (models, other, taken)} == before
+    first, second = out / "resnet18" / "model-2", out / "resnet18" / "model-3"
+    assert (first / "checkpoint.txt").read_text().strip() == str((models / "model.pth").resolve())
+    assert (second / "checkpoint.txt").read_text().strip() == str((other / "model.pth").resolve())
+    assert sorted(p.name for p in first.iterdir()) == ["checkpoint.txt", "eval_test", "log.txt", "predict"]
+    assert sorted(p.name for p in (first / "predict").iterdir()) == ["test", "test-2"]
+    assert sorted(p.name for p in second.iterdir()) == ["checkpoint.txt", "eval_test", "log.txt"]
