@@ -110,13 +110,13 @@ def _claim(note: Path, owner: str) -> bool:
 
 
 def _checkpoint_arch(path: Path) -> str | None:
-    """The architecture a checkpoint names (its spec, or its saved config), read without loading its
-    tensors (``mmap``, ``weights_only``); None for a bare state dict or a file that does not load (the
-    mode's own load reports that)."""
+    """The architecture a checkpoint names (its spec, or its saved config; None for a bare state dict),
+    read without loading its tensors (``mmap``, ``weights_only``). A file that does not load that way is
+    loaded by :func:`load_checkpoint`, which raises its one-line CheckpointError before any folder is made."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - any unreadable file: the real load says what is wrong with it
-        return None
+    except Exception:  # noqa: BLE001 - e.g. an old format that cannot be mapped, or a bad file: say which
+        ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict):
         return None
     for source in (ckpt.get("model_spec"), ckpt, ckpt.get("config")):

@@ -195,3 +195,22 @@ def test_a_loose_checkpoint_writes_under_output_and_nothing_beside_it(tiny_data,
     assert sorted(p.name for p in first.iterdir()) == ["checkpoint.txt", "eval_test", "log.txt", "predict"]
     assert sorted(p.name for p in (first / "predict").iterdir()) == ["test", "test-2"]
     assert sorted(p.name for p in second.iterdir()) == ["checkpoint.txt", "eval_test", "log.txt"]
+
+
+def test_a_loose_checkpoints_folder_is_named_after_its_own_arch_and_a_bad_one_makes_none(tmp_path):
+    import torch
+    from applications.common import checkpoint_run_dir
+    from utils.checkpoint import CheckpointError
+    (tmp_path / "models").mkdir()
+    ckpt = tmp_path / "models" / "small.pth"
+    torch.save({"model": {}, "model_spec": {"arch": "mobilenet_v3_small"}}, ckpt)
+    assert checkpoint_run_dir(ckpt, tmp_path / "out", "resnet18") == tmp_path / "out" / "mobilenet_v3_small" / "small"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "models" / "bare.pth")  # a bare state dict: --arch
+    assert checkpoint_run_dir(tmp_path / "models" / "bare.pth", tmp_path / "out", "resnet18") == \
+        tmp_path / "out" / "resnet18" / "bare"
+    (tmp_path / "models" / "text.pth").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError):
+        checkpoint_run_dir(tmp_path / "models" / "text.pth", tmp_path / "out", "resnet18")
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == [
+        "bare", "checkpoint.txt", "checkpoint.txt", "mobilenet_v3_small", "resnet18", "small"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["bare.pth", "small.pth", "text.pth"]
