@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -98,7 +99,7 @@ def test_two_classes_with_the_same_files_are_reported_and_refused(tiny_data, tmp
     r = check_images(str(data))
     assert r.returncode == 1 and "Traceback" not in r.stderr
     bad = [line for line in r.stdout.splitlines() if line.startswith("BAD") and "two labels" in line]
-    assert len(bad) == 1 and __import__("re").search(pattern, bad[0]), r.stdout
+    assert len(bad) == 1 and re.search(pattern, bad[0]), r.stdout
     with pytest.raises(DatasetError, match=pattern + ".*under two labels"):
         ClassificationDataset(data, "folder", "train")
 
