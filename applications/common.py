@@ -5,6 +5,8 @@ Only ``applications/`` reads the whole config; these helpers pass explicit value
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -22,6 +24,7 @@ from dataloader.transforms import INTERPOLATIONS
 from engine import amp_dtype, evaluate
 from models import check_model_name, create_model, extract_state_dict, load_state_dict_checked
 from models.spec import ModelSpec
+from utils.atomic import temp_path
 from utils.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -64,10 +67,68 @@ def apply_weights_preprocessing(cfg: argparse.Namespace) -> Any:
     return weights
 
 
-def checkpoint_run_dir(path: str | Path) -> Path:
-    """The run directory a checkpoint belongs to (``<run>/checkpoints/x.pth`` -> ``<run>``)."""
+# The file that says which checkpoint a loose checkpoint's folder (``<output>/<arch>/<stem>``) belongs to.
+CHECKPOINT_NOTE = "checkpoint.txt"
+
+
+def checkpoint_run_dir(path: str | Path, output: str | Path, arch: str) -> Path:
+    """The folder where a mode writes what it makes of checkpoint ``path`` (its log, ``export/``,
+    ``eval_<split>/``, ``predict/``, ``visual/``): only ever a run folder of ours.
+
+    A checkpoint inside a run directory (``<run>/checkpoints/x.pth`` with ``<run>/config.yaml``) has that
+    run. Any other (a loose ``~/models/model.pth``) gets ``<output>/<arch>/<stem>`` (the checkpoint's own
+    arch when it names one, else ``arch``), made here with a ``checkpoint.txt`` naming the checkpoint; when
+    a folder of that name holds anything else (a training run, another checkpoint's outputs) the next free
+    ``<stem>-2``, ``<stem>-3``... is used. Nothing is written beside the user's own file.
+    """
     path = Path(path).resolve()
-    return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file():
+        return path.parent.parent
+    arch = _checkpoint_arch(path) or arch
+    base = run_dir_for(str(output), arch, path.stem.strip(".") or "checkpoint")
+    for n in itertools.count(1):
+        folder = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        folder.mkdir(parents=True, exist_ok=True)
+        if _claim(folder / CHECKPOINT_NOTE, str(path)):
+            logger.info("%s is not in a run directory (<run>/checkpoints/ beside <run>/config.yaml): what this "
+                        "mode writes goes to %s", path, folder)
+            return folder
+    raise AssertionError("unreachable")
+
+
+def _claim(note: Path, owner: str) -> bool:
+    """Whether ``note``'s folder belongs to ``owner``: its note names it, or the folder was empty and this
+    process made the note (a link of a complete file, which fails if another process made one first)."""
+    if not os.path.lexists(note) and not any(note.parent.iterdir()):
+        tmp = temp_path(note.parent.parent / f"{note.parent.name}-{note.name}")  # outside: the folder stays empty
+        try:
+            tmp.write_text(owner + "\n")
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, note)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return note.is_file() and not note.is_symlink() and note.read_text().strip() == owner
+
+
+def _checkpoint_arch(path: Path) -> str | None:
+    """The architecture a checkpoint names (its spec, or its saved config; None for a bare state dict),
+    read without loading its tensors (``mmap``, ``weights_only``). A file that does not load that way is
+    loaded by :func:`load_checkpoint`, which raises its one-line CheckpointError before any folder is made."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - e.g. an old format that cannot be mapped, or a bad file: say which
+        ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict):
+        return None
+    for source in (ckpt.get("model_spec"), ckpt, ckpt.get("config")):
+        arch = source.get("arch") if isinstance(source, dict) else None
+        if isinstance(arch, str) and arch:
+            try:
+                check_model_name(arch)
+            except ValueError:
+                return None
+            return arch
+    return None
 
 
 def curriculum_path(cfg: argparse.Namespace) -> Path:

@@ -149,7 +149,7 @@ FORMATS: dict[str, ExportFormat] = {
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
     """Export ``--resume`` in the format of the mode flag (``--jit``, ``--onnx`` or ``--openvino``) to
     ``<run_dir>/export/``, and with ``--quantize int8`` its int8 version too."""
-    run_dir = checkpoint_run_dir(cfg.resume)
+    run_dir = checkpoint_run_dir(cfg.resume, cfg.output, cfg.arch)
     fmt = FORMATS[selected_mode(cfg)]
     with log_to_file(run_dir / "log.txt"):
         restored = restore_for_inference(argparse.Namespace(**{**vars(cfg), "device": "cpu"}))

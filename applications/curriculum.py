@@ -35,7 +35,7 @@ def curriculum_weights(p_true: torch.Tensor, thresholds: Sequence[float], weight
 
 
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
-    with log_to_file(checkpoint_run_dir(cfg.resume) / "log.txt"):
+    with log_to_file(checkpoint_run_dir(cfg.resume, cfg.output, cfg.arch) / "log.txt"):
         restored = restore_for_inference(cfg)
         out = curriculum_path(cfg)
         if out.exists() and not cfg.overwrite:

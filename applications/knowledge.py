@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
-    with log_to_file(checkpoint_run_dir(cfg.resume) / "log.txt"):
+    with log_to_file(checkpoint_run_dir(cfg.resume, cfg.output, cfg.arch) / "log.txt"):
         restored = restore_for_inference(cfg)
         out, labels_out = teacher_file(cfg.data, restored.spec.arch), Path(cfg.data) / "label.txt"
         for path in (out, labels_out):

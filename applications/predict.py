@@ -1,10 +1,12 @@
 """``--predict SOURCE --resume CKPT``: classify an image, a folder (recursive) or a txt list of images.
 
-Writes ``<run_dir>/predict/predictions.csv``: the image path, then the class name and probability of
-each of the ``--topk`` most likely classes (probabilities under the model's own head: softmax, or
-sigmoid for ``bce``). With ``-v`` each image is also saved annotated with its predictions under
-``predict/images/``; with ``-s`` every prediction is also written as a line of ``predict/predictions.log``.
-Images that cannot be read are reported, skipped and counted in the summary.
+Each run writes into a folder of its own, ``<run_dir>/predict/<source name>/`` (``<source name>-2``,
+``-3``... when that one exists: two runs, at once or one after the other, never mix their files):
+``predictions.csv``, the image path, then the class name and probability of each of the ``--topk`` most
+likely classes (probabilities under the model's own head: softmax, or sigmoid for ``bce``). With ``-v``
+each image is also saved annotated with its predictions under ``images/``; with ``-s`` every prediction
+is also written as a line of ``predictions.log``. ``predictions.csv`` is written last; a run that fails
+removes its folder. Images that cannot be read are reported, skipped and counted in the summary.
 
 Class names come from ``--class_indices FILE.json`` when given, else from the checkpoint.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +28,7 @@ from utils.checkpoint import load_checkpoint
 from utils.class_indices import read_class_indices
 from utils.metrics import probabilities
 from utils.misc import log_to_file, resolve_device
+from utils.runlock import fresh_dir
 
 from .common import build_loader, checkpoint_run_dir, model_from_checkpoint, preprocessor, spec_transform
 
@@ -42,11 +46,23 @@ def resolve_class_names(cfg: argparse.Namespace, ckpt: dict[str, Any]) -> list[s
 
 
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
-    """Classify ``--predict`` with ``--resume`` and write the predictions to ``<run_dir>/predict/``."""
-    out_dir = checkpoint_run_dir(cfg.resume) / "predict"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with log_to_file(out_dir.parent / "log.txt"):
-        return predict(cfg, out_dir)
+    """Classify ``--predict`` with ``--resume`` and write the predictions to a new folder
+    ``<run_dir>/predict/<source name>[-N]/`` (removed again if the run fails)."""
+    run_dir = checkpoint_run_dir(cfg.resume, cfg.output, cfg.arch)
+    out_dir = fresh_dir(run_dir / "predict", source_name(cfg.predict))
+    try:
+        with log_to_file(run_dir / "log.txt"):
+            return predict(cfg, out_dir)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)  # made by this run, written only by it
+        raise
+
+
+def source_name(source: str | Path) -> str:
+    """The name of a predict run's folder: the source folder's name, or the image's or list's stem."""
+    path = Path(source)
+    name = path.resolve().name if path.is_dir() else path.stem
+    return name.strip(".") or "predict"
 
 
 def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
@@ -78,15 +94,16 @@ def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     failures = [(paths[i], dataset.failure(i)) for i in range(len(paths)) if i not in predicted]  # logged by dataset
     if not rows:
         raise ValueError(f"--predict: none of the {len(paths)} images of {cfg.predict} could be read (first: "
-                         f"{failures[0][0]}: {failures[0][1]}); {out_dir} is left as it was")
+                         f"{failures[0][0]}: {failures[0][1]}); nothing was written")
 
-    csv_path = write_csv(out_dir / "predictions.csv", [(paths[i], top) for i, top in rows], k)
     summary: dict[str, Any] = {"source": str(cfg.predict), "checkpoint": str(cfg.resume), "images": len(paths),
-                               "predicted": len(rows), "unreadable": len(failures), "predictions": str(csv_path)}
+                               "predicted": len(rows), "unreadable": len(failures), "output_dir": str(out_dir)}
     if cfg.visualize:
         summary["annotated"] = str(save_annotated(dataset, rows, out_dir / "images"))
     if cfg.save_log:
         summary["log"] = str(write_log(out_dir / "predictions.log", [(paths[i], top) for i, top in rows], failures))
+    csv_path = write_csv(out_dir / "predictions.csv", [(paths[i], top) for i, top in rows], k)  # last: complete
+    summary["predictions"] = str(csv_path)
     logger.info("predicted %d of %d images from %s (%d unreadable); wrote %s", len(rows), len(paths), cfg.predict,
                 len(failures), csv_path)
     return summary

@@ -26,7 +26,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
     training's evaluation, so the report equals a single process's; rank 0 alone logs and writes it.
     """
     info = init_distributed(cfg.device)
-    run_dir = checkpoint_run_dir(cfg.resume)
+    run_dir = checkpoint_run_dir(cfg.resume, cfg.output, cfg.arch)
     try:
         with main_process_log(info.is_main, run_dir / "log.txt"):
             return _evaluate_checkpoint(cfg, run_dir, info)

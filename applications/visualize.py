@@ -194,7 +194,7 @@ def visualize_dataset(cfg: argparse.Namespace, restored: Restored, dataset: Data
 
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
     """Explain ``--resume`` on ``--visual_data SPLIT`` of ``--data`` or on ``--visual_source PATH``."""
-    run_dir = checkpoint_run_dir(cfg.resume)
+    run_dir = checkpoint_run_dir(cfg.resume, cfg.output, cfg.arch)
     run_dir.mkdir(parents=True, exist_ok=True)
     with log_to_file(run_dir / "log.txt"):
         restored = _restore(cfg)

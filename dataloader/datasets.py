@@ -10,6 +10,10 @@ Layouts (``--dataset``):
 Class names always come from the train split (or classes.txt); a class in val or test that train
 does not have is an error, as is any malformed line, which is reported with its file and line number.
 Without classes.txt the train labels must be exactly 0..K-1 (a gap is an error naming the line).
+One file under two labels of a split is an error naming both: a class folder that is a link to another
+class (``ln -s 3 train/3dup``), files linked from one class into another, two list lines naming the same
+file (or zip member) with different labels. Files are compared by real path (each folder resolved once,
+a file only when it is a link), so the check costs one ``lstat`` per sample.
 
 Every reader applies one pixel limit (``max_pixels``, ``--max_image_pixels``) from the image header before
 decoding, and zip members are refused from the archive's directory when larger than such an image can be.
@@ -124,6 +128,38 @@ def _classes_from_labels(root: Path, file: Path, sep: str | None) -> list[str]:
     return [str(i) for i in range(max(present) + 1)]
 
 
+def _real_path(path: str, folders: dict[str, str]) -> str:
+    """``os.path.realpath(path)``, cheaply: each folder is resolved once (cached in ``folders``), a file
+    itself only when it is a symbolic link."""
+    if os.path.islink(path):
+        return os.path.realpath(path)
+    folder, name = os.path.split(path)
+    if folder not in folders:
+        folders[folder] = os.path.realpath(folder)
+    return os.path.join(folders[folder], name)
+
+
+# One sample for the shared-file check: (what identifies the file, its label, how to name it in a message).
+Keyed = tuple[str, int, str]
+
+
+def _shared_labels(entries: list[Keyed]) -> dict[tuple[int, int], tuple[int, str, str]]:
+    """Pairs of labels that hold the same file: ``{(label_a, label_b): (count, where_a, where_b)}``, with
+    the first such file of each pair as the example (one entry per pair of classes, however many files)."""
+    first: dict[str, tuple[int, str]] = {}
+    pairs: dict[tuple[int, int], tuple[int, str, str]] = {}
+    for key, label, where in entries:
+        seen_label, seen_where = first.setdefault(key, (label, where))
+        if seen_label != label:
+            pair = (seen_label, label)
+            count, where_a, where_b = pairs.get(pair, (0, seen_where, where))
+            pairs[pair] = (count + 1, where_a, where_b)
+    return pairs
+
+
+TWO_LABELS = "the same images would train (and be scored) under two labels"
+
+
 class FolderLayout:
     """``DATA/<split>/<class>/<image>``."""
 
@@ -146,6 +182,7 @@ class FolderLayout:
         split_dir = root / split
         index = {name: i for i, name in enumerate(class_names)}
         samples: list[Sample] = []
+        class_dirs: dict[int, Path] = {}
         for class_dir in visible_subfolders(split_dir):
             if class_dir.name not in index:
                 _report(errors, DatasetError(f"class {class_dir.name!r} in {split_dir} is not a training class "
@@ -157,7 +194,28 @@ class FolderLayout:
                 _report(errors, DatasetError(f"class folder {class_dir} holds no images "
                                              f"({', '.join(IMG_EXTENSIONS)}); add images or remove the folder"))
             samples += [(f, index[class_dir.name]) for f in files]
+            class_dirs[index[class_dir.name]] = class_dir
+        FolderLayout._check_shared(samples, class_names, class_dirs, errors)
         return samples
+
+    @staticmethod
+    def _check_shared(samples: list[Sample], class_names: Sequence[str], class_dirs: dict[int, Path],
+                      errors: Errors) -> None:
+        """Report each pair of classes holding the same files: the class folders themselves (one a link to
+        the other), or files linked from one class into another."""
+        folders: dict[str, str] = {}
+        pairs = _shared_labels([(_real_path(f, folders), label, f) for f, label in samples])
+        for (a, b), (count, where_a, where_b) in pairs.items():
+            dir_a, dir_b = class_dirs[a], class_dirs[b]
+            if os.path.realpath(dir_a) == os.path.realpath(dir_b):
+                what = (f"class folders {dir_a} and {dir_b} are the same folder ({os.path.realpath(dir_b)}, "
+                        f"through a symbolic link)")
+                fix = "remove the link, or give the second class its own images"
+            else:
+                what = (f"classes {class_names[a]!r} and {class_names[b]!r} of {dir_a.parent} share {count} "
+                        f"file(s) (e.g. {where_b} is {where_a}, through a symbolic link)")
+                fix = "remove the linked files from the class they do not belong to"
+            _report(errors, DatasetError(f"{what}: {TWO_LABELS}; {fix}"))
 
     @staticmethod
     def reader(root: Path, split: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Callable[[str], bytes]:
@@ -179,7 +237,7 @@ class TxtLayout:
     def samples(root: Path, split: str, class_names: Sequence[str], errors: Errors = None) -> list[Sample]:
         file = root / f"{split}.txt"
         rows = _check_label_range(file, _parse_label_list(file, None, errors), len(class_names), errors)
-        samples = []
+        samples, kept = [], []
         for lineno, name, label in rows:
             path = Path(name) if os.path.isabs(name) else file.parent / name
             if not path.is_file():
@@ -187,6 +245,10 @@ class TxtLayout:
                                              f"(relative paths resolve against {file.parent})"))
                 continue
             samples.append((str(path), label))
+            kept.append(lineno)
+        folders: dict[str, str] = {}
+        _report_shared_lines(file, [(_real_path(path, folders), label, f"{lineno}:{path}")
+                                    for lineno, (path, label) in zip(kept, samples)], errors)
         return samples
 
     @staticmethod
@@ -214,7 +276,7 @@ class ZipLayout:
                 members = set(zf.namelist())
         except zipfile.BadZipFile as e:
             raise DatasetError(f"{archive} is not a valid zip archive: {e}") from None
-        samples = []
+        samples, kept = [], []
         for lineno, name, label in rows:
             pure = PurePosixPath(name)
             if pure.is_absolute() or ".." in pure.parts:
@@ -223,11 +285,25 @@ class ZipLayout:
                 _report(errors, DatasetError(f"{file}:{lineno}: member {name!r} is not in {archive}"))
             else:
                 samples.append((name, label))
+                kept.append(lineno)
+        _report_shared_lines(file, [(name, label, f"{lineno}:{name}")  # one member name: one member read
+                                    for lineno, (name, label) in zip(kept, samples)], errors)
         return samples
 
     @staticmethod
     def reader(root: Path, split: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Callable[[str], bytes]:
         return ZipReader(root / f"{split}.zip", max_pixels)
+
+
+def _report_shared_lines(file: Path, entries: list[Keyed], errors: Errors) -> None:
+    """Report each pair of labels of a list ``file`` that name the same file (entries' ``where``:
+    ``"<line>:<path>"``)."""
+    for (a, b), (count, where_a, where_b) in _shared_labels(entries).items():
+        (line_a, path_a), (line_b, path_b) = where_a.split(":", 1), where_b.split(":", 1)
+        more = f" (and {count - 1} more such line(s) with labels {a} and {b})" if count > 1 else ""
+        same = "also" if path_a == path_b else f"the same file as {path_a!r}"
+        _report(errors, DatasetError(f"{file}:{line_b}: {path_b!r} (label {b}) is {same} on line {line_a} "
+                                     f"(label {a}){more}: {TWO_LABELS}; keep one of the lines"))
 
 
 LAYOUTS = {"folder": FolderLayout, "txt": TxtLayout, "zip": ZipLayout}

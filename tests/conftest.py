@@ -142,7 +142,7 @@ def assert_nested_close(a, b, rel: float = 1e-4, abs_tol: float = 1e-6, where: s
 
 
 def calibrated_checkpoint(run_dir: Path, arch: str, data: Path, image_size: int, **overrides) -> Path:
-    """``run_dir/checkpoints/best.pth`` in train.py's format: ``arch`` with random weights (seed 0) and
+    """``run_dir/checkpoints/best.pth`` (beside ``run_dir/config.yaml``) in train.py's format: ``arch`` with random weights (seed 0) and
     batch-norm statistics of the training images; ``overrides`` set config values (criterion, eval_resize...)."""
     cfg = config.build_parser().parse_args(["--train", "--arch", arch, "--data", str(data),
                                             "--image_size", str(image_size), str(image_size)])
@@ -164,4 +164,5 @@ def calibrated_checkpoint(run_dir: Path, arch: str, data: Path, image_size: int,
     path = run_dir / "checkpoints" / "best.pth"
     save_checkpoint({"model": model.state_dict(), "class_names": classes, "arch": arch,
                      "config": config.config_to_dict(cfg)}, path)
+    config.save_config(cfg, run_dir / "config.yaml")  # a run directory, as training leaves it
     return path

@@ -6,7 +6,9 @@ Each image is fully decoded, with the project's own decoder (as training reads i
   bad      zero-byte, non-image (an image name but not an image), unreadable or truncated files, images
            over --max_image_pixels (checked from the header, never decoded: decompression bombs), zip
            members too large for that limit, and structural errors (a malformed list line, a missing file,
-           an unknown class), each reported with the rest of its split still checked
+           an unknown class, one file under two labels: a class folder linked to another class, files
+           linked across classes, two list lines naming one file), each reported with the rest of its
+           split still checked
   unusual  images that decode but in an unusual mode (CMYK, 16-bit, palette with transparency):
            training converts them to RGB, but they are worth a look
   stray    files in class folders without an image extension (training ignores them)
@@ -18,7 +20,8 @@ is bad (with ``--strict``, also when any is unusual), else 0.
                                       [--max_image_pixels N]
 
 A missing DATA, or a --move_bad_to folder inside DATA (moved files would become a class), is refused
-with one line and exit code 2.
+with one line and exit code 2. --move_bad_to moves only what lives in DATA: a bad symbolic link is moved
+itself, never the file it points to, and a bad file whose folder lies outside DATA is left (and said so).
 """
 from __future__ import annotations
 
@@ -165,23 +168,43 @@ def check_dataset(root: str | Path, kind: str | None = None, workers: int = 1, p
     return findings
 
 
-def move_bad(findings: list[Finding], root: Path, target: Path) -> list[tuple[str, str]]:
-    """Move bad files below ``target`` keeping their path relative to ``root``; members of zip
-    archives cannot be moved and are left (and said so)."""
-    moved = []
+def move_bad(findings: list[Finding], root: Path, target: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """Move bad files below ``target`` keeping their path relative to ``root``; returns ``(moved, kept)``:
+    the ``(from, to)`` pairs, and why each other bad file was left where it is.
+
+    Only what lives in the dataset moves: a symbolic link is moved itself (re-made at ``target`` pointing
+    to the same file), never the file it points to; a file whose folder lies outside ``root`` (a list line
+    naming an outside path, a class folder linked from elsewhere) is left, and so are zip members. A file
+    already at the destination is never replaced: the moved one gets a ``.1``, ``.2``... suffix."""
+    moved, kept = [], []
+    real_root = root.resolve()
     for f in findings:
-        if f.status != "bad" or not Path(f.source).is_file():
+        src = Path(f.source)
+        if f.status != "bad" or not os.path.lexists(src) or (src.is_dir() and not src.is_symlink()):
+            continue  # structural errors (the dataset root) and zip members (archive:member)
+        folder = src.parent.resolve()
+        if not folder.is_relative_to(real_root):
+            kept.append(f"{src}: it lies outside the dataset ({folder}); fix or remove it there")
             continue
-        src = Path(f.source).resolve()
-        try:
-            rel = src.relative_to(root.resolve())
-        except ValueError:
-            rel = Path(f.split) / f.label / src.name
-        dst = target / rel
+        dst = _free_path(target / folder.relative_to(real_root) / src.name)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(src), dst)
+        if src.is_symlink():  # the link moves, with a target that still names the same file from its new place
+            link = os.readlink(src)
+            os.symlink(link if os.path.isabs(link) else os.path.join(os.path.abspath(src.parent), link), dst)
+            src.unlink()
+        else:
+            shutil.move(str(src), dst)
         moved.append((str(src), str(dst)))
-    return moved
+    return moved, kept
+
+
+def _free_path(path: Path) -> Path:
+    """``path``, or ``path.1``, ``path.2``... the first that does not exist (a dangling link counts)."""
+    candidate, n = path, 0
+    while os.path.lexists(candidate):
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
 
 
 def summarise(findings: list[Finding]) -> list[str]:
@@ -229,12 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checked {sum(v for k, v in status.items() if k != 'stray')} images: {status['bad']} bad, "
           f"{status['unusual']} unusual, {status['stray']} stray files")
     if args.move_bad_to and status["bad"]:
-        moved = move_bad(findings, root, Path(args.move_bad_to))
+        moved, kept = move_bad(findings, root, Path(args.move_bad_to))
         for src, dst in moved:
             print(f"moved {src} -> {dst}")
-        if len(moved) < status["bad"]:
-            print(f"{status['bad'] - len(moved)} bad entries were not moved (zip members or list errors): "
-                  f"fix them in place")
+        for why in kept:
+            print(f"not moved {why}")
+        if len(moved) + len(kept) < status["bad"]:
+            print(f"{status['bad'] - len(moved) - len(kept)} bad entries were not moved (zip members or list "
+                  f"errors): fix them in place")
     return 1 if status["bad"] or (args.strict and status["unusual"]) else 0
 
 

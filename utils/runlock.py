@@ -1,4 +1,5 @@
-"""One run per directory: an exclusive lock on a run directory, held for the whole run.
+"""One run per directory: an exclusive lock on a run directory, held for the whole run; and
+:func:`fresh_dir`, a new folder per run for modes whose every run is a new result (``--predict``).
 
 The lock is ``fcntl.flock`` on ``<run_dir>/run.lock``, a file holding the holder's pid, host and start
 time (for the message a refused second run prints). The kernel drops a flock when its process ends in
@@ -97,3 +98,20 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def fresh_dir(parent: str | Path, name: str) -> Path:
+    """Make and return ``parent/name``, or the first of ``name-2``, ``name-3``... that does not exist yet.
+
+    ``mkdir`` either creates a folder or fails, so two processes started at once never get the same one:
+    each run writes only into a folder that nothing else has touched."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        folder = parent / (name if n == 1 else f"{name}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            n += 1

@@ -493,7 +493,137 @@ CASES += [
 
 # ==== round three: files outside the named paths (#25 item 3) ====
 
+_BEFORE: dict = {}  # (tmp, folder) -> the folder's listing before the case ran
+
+
+def _listing(folder: Path) -> dict[str, tuple]:
+    """Every entry under ``folder`` (links not followed): kind, size, mtime, link target."""
+    import os
+    return {str(p.relative_to(folder)): (p.lstat().st_mode, p.lstat().st_size, p.lstat().st_mtime_ns,
+                                         os.readlink(p) if p.is_symlink() else None)
+            for p in [folder, *sorted(folder.rglob("*"))]}
+
+
+def _remember(tmp: Path, *folders: Path) -> None:
+    for folder in folders:
+        _BEFORE[(tmp, folder)] = _listing(folder)
+
+
+def _unchanged(tmp: Path, *also: Path) -> None:
+    """Every folder remembered for this case is as it was; ``also`` must exist."""
+    for (case_tmp, folder), before in list(_BEFORE.items()):
+        if case_tmp == tmp:
+            assert _listing(folder) == before, folder
+            del _BEFORE[(case_tmp, folder)]
+    for path in also:
+        assert path.exists(), sorted(p.name for p in path.parent.iterdir()) if path.parent.exists() else path
+
+
+def _bad_link_to_outside(data: Path, tmp: Path) -> Path:
+    """A copy of the data whose train/1/link.png is a link to the user's outside/precious.png (not an image)."""
+    root = copy_data(data, tmp)
+    (tmp / "outside").mkdir()
+    (tmp / "outside" / "precious.png").write_text("the user's own file")
+    (root / "train" / "1" / "link.png").symlink_to(tmp / "outside" / "precious.png")
+    _remember(tmp, tmp / "outside")
+    return root
+
+
+def _link_moved(tmp: Path) -> None:
+    moved = tmp / "quarantine" / "train" / "1" / "link.png"
+    assert moved.is_symlink() and moved.resolve() == (tmp / "outside" / "precious.png").resolve()
+    assert not (tmp / "data" / "train" / "1" / "link.png").is_symlink()
+    _unchanged(tmp, tmp / "outside" / "precious.png")
+
+
+def _class_linked_to_another(data: Path, tmp: Path) -> Path:
+    root = copy_data(data, tmp)
+    (root / "train" / "7dup").symlink_to("7")
+    _remember(tmp, root)
+    return root
+
+
+def _one_file_two_labels(data: Path, tmp: Path, kind: str) -> Path:
+    """The data as txt lists or zip archives, with train's first file listed again under label 1."""
+    from utils.dataset_tools import write_txt_lists, write_zip_archives
+    root = (write_txt_lists if kind == "txt" else write_zip_archives)(data, tmp / kind)
+    listing = root / ("train.txt" if kind == "txt" else "train_map.txt")
+    lines = listing.read_text().splitlines()
+    name = lines[0].rsplit(" " if kind == "txt" else "\t", 1)[0]
+    listing.write_text("\n".join(lines + [name + (" 1" if kind == "txt" else "\t1")]) + "\n")
+    _remember(tmp, root)
+    return root
+
+
+def _loose_checkpoint(data: Path, tmp: Path) -> Path:
+    """``tmp/models/model.pth``: a trained-format checkpoint outside any run directory, beside the user's
+    own log.txt and notes; remembered, with the data, to be left as they were."""
+    from conftest import calibrated_checkpoint
+    ckpt = calibrated_checkpoint(tmp / "made", "resnet18", data, TINY_SIZE)
+    (tmp / "models").mkdir()
+    shutil.copy(ckpt, tmp / "models" / "model.pth")
+    (tmp / "models" / "log.txt").write_text("the user's own log\n")
+    shutil.rmtree(tmp / "made")
+    _remember(tmp, tmp / "models", data)
+    return tmp / "models" / "model.pth"
+
+
+def _loose(mode: list[str], *extra: str) -> Callable[[Path, Path], list[str]]:
+    return lambda tmp, data: [*mode, "--resume", str(_loose_checkpoint(data, tmp)), "--data", str(data), "-j", "0",
+                              "--no_progress", "--output", str(tmp / "out"), *extra]
+
+
+def _earlier_prediction(tmp: Path, data: Path) -> list[str]:
+    """A run directory whose predict/test/ holds an earlier prediction of the same source."""
+    from conftest import calibrated_checkpoint
+    ckpt = calibrated_checkpoint(tmp / "run", "resnet18", data, TINY_SIZE)
+    earlier = tmp / "run" / "predict" / "test"
+    (earlier / "images").mkdir(parents=True)
+    (earlier / "predictions.csv").write_text("path,class_1,prob_1\nearlier.png,7,1.000000\n")
+    (earlier / "predictions.log").write_text("earlier.png\t7 1.0000\n")
+    (earlier / "images" / "00000_earlier.png").write_bytes(b"earlier")
+    _remember(tmp, earlier, data)
+    return ["--predict", str(data / "test"), "--resume", str(ckpt), "-j", "0", "--no_progress", "-v", "-s"]
+
+
+def _second_prediction(tmp: Path) -> None:
+    second = tmp / "run" / "predict" / "test-2"
+    rows = (second / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 13 and "earlier" not in "".join(rows) and len(list((second / "images").iterdir())) == 12
+    _unchanged(tmp, second / "predictions.log")
+
+
+LOOSE_RUN = "out/resnet18/model"
+
 CASES += [
+    Case("check-images-moves-a-bad-link-never-its-target",
+         lambda tmp, data: [str(_bad_link_to_outside(data, tmp)), "--move_bad_to", str(tmp / "quarantine"),
+                            "--no_progress"], 1, r"^$", script="utils/check_images.py", check=_link_moved),
+    Case("check-images-reports-a-class-linked-to-another",  # exit 1, the finding on stdout, nothing on stderr
+         lambda tmp, data: [str(_class_linked_to_another(data, tmp)), "--no_progress"], 1, r"^$",
+         script="utils/check_images.py", check=_unchanged),
+    Case("train-refuses-a-class-linked-to-another",
+         lambda tmp, data: tiny_train(_class_linked_to_another(data, tmp), tmp / "out"), 1,
+         r"DatasetError: class folders \S*/train/7 and \S*/train/7dup are the same folder .*under two labels; "
+         r"remove the link", check=lambda tmp: (_unchanged(tmp), _absent(tmp / "out"))),
+    Case("train-refuses-a-txt-file-under-two-labels",
+         lambda tmp, data: tiny_train(_one_file_two_labels(data, tmp, "txt"), tmp / "out", "--dataset", "txt"), 1,
+         r"DatasetError: \S*/train\.txt:31: '\S*' \(label 1\) is also on line 1 \(label 0\): .*keep one of the lines",
+         check=lambda tmp: (_unchanged(tmp), _absent(tmp / "out"))),
+    Case("train-refuses-a-zip-member-under-two-labels",
+         lambda tmp, data: tiny_train(_one_file_two_labels(data, tmp, "zip"), tmp / "out", "--dataset", "zip"), 1,
+         r"DatasetError: \S*/train_map\.txt:31: '\S*' \(label 1\) is also on line 1 \(label 0\)",
+         check=lambda tmp: (_unchanged(tmp), _absent(tmp / "out"))),
+    Case("evaluation-of-a-loose-checkpoint-writes-under-output", _loose(["--evaluation"]), 0, r"",
+         check=lambda tmp: _unchanged(tmp, tmp / LOOSE_RUN / "eval_test" / "metrics.json", tmp / LOOSE_RUN / "log.txt")),
+    Case("onnx-of-a-loose-checkpoint-writes-under-output", _loose(["--onnx"]), 0, r"",
+         check=lambda tmp: _unchanged(tmp, tmp / LOOSE_RUN / "export" / "model.onnx")),
+    Case("predict-of-a-loose-checkpoint-writes-under-output", lambda tmp, data: _loose(["--predict", str(data / "test")],
+                                                                                        "-v", "-s")(tmp, data), 0, r"",
+         check=lambda tmp: _unchanged(tmp, tmp / LOOSE_RUN / "predict" / "test" / "predictions.log")),
+    Case("visual-data-of-a-loose-checkpoint-writes-under-output", _loose(["--visual_data", "test"], "--visual_limit", "2"),
+         0, r"", check=lambda tmp: _unchanged(tmp, tmp / LOOSE_RUN / "visual")),
+    Case("predict-again-leaves-the-earlier-prediction", _earlier_prediction, 0, r"", check=_second_prediction),
 ]
 
 

@@ -81,6 +81,7 @@ def test_constant_calibration_fails_the_guard_and_leaves_the_unverified_file(tra
     data = constant_calibration_data(trained, tmp_path)
     ckpt = tmp_path / "run" / "checkpoints" / "best.pth"  # a run of its own: its export folder starts empty
     shutil.copytree(trained["ckpt"].parent, ckpt.parent)
+    shutil.copy(trained["run"] / "config.yaml", tmp_path / "run")  # a run directory: its outputs stay in it
     export = tmp_path / "run" / "export"
     proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--onnx", "--quantize", "int8", "--resume",
                            str(ckpt), "--data", str(data), "--calib_images", "1", "--calib_method", "minmax"],

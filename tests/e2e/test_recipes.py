@@ -109,7 +109,7 @@ def test_export_and_demo_recipe(smoke_output):
 
 def test_predict_folder_recipe(smoke_output):
     run_recipe("8_predict_folder.sh", smoke_output)
-    predict = smoke_output / "resnet18/baseline/predict"
+    predict = smoke_output / "resnet18/baseline/predict/test"  # a folder per run, named after the source
     assert len((predict / "predictions.csv").read_text().splitlines()) == 41  # header + the 40 test images
     assert len(list((predict / "images").rglob("*.png"))) == 40 and (predict / "predictions.log").is_file()
 

@@ -117,7 +117,7 @@ def test_publish_keeps_weights_names_and_config_only(tiny_data, tmp_path):
 
     for path in (ckpt, published):  # the published file evaluates exactly like the training checkpoint
         assert run_main(["--evaluation", "--resume", str(path), "--data", str(data), "-j", "0", "--no_progress",
-                         "--out", str(tmp_path / f"{path.stem}.json")]) == 0
+                         "--out", str(tmp_path / f"{path.stem}.json"), "--output", str(tmp_path / "out")]) == 0
     assert read_json(tmp_path / "best.json") == read_json(tmp_path / f"{published.stem}.json")
 
 

@@ -47,9 +47,9 @@ def test_predict_a_folder_matches_evaluation_and_counts_unreadable_images(tiny_d
                           "-b", "5", "--no_progress"])
     run = checkpoint.parent.parent
     assert result["images"] == 14 and result["predicted"] == 12 and result["unreadable"] == 2
-    assert result["predictions"] == str(run / "predict" / "predictions.csv")
+    assert result["predictions"] == str(run / "predict" / "images" / "predictions.csv")  # named after the source
     assert "skipped unreadable image" in caplog.text and "broken.png" in caplog.text and "empty.jpg" in caplog.text
-    rows = read_csv(run / "predict" / "predictions.csv")
+    rows = read_csv(run / "predict" / "images" / "predictions.csv")
     assert list(rows[0]) == ["path", "class_1", "prob_1", "class_2", "prob_2"]
     assert len(rows) == 12
 
@@ -74,13 +74,14 @@ def test_predict_a_txt_list_with_class_indices_visualize_and_log(tiny_data, chec
     shutil.copy(images[0], listing.parent / "local.png")
     listing.write_text(f"# a comment\nlocal.png\n{images[1]} 2\n\n{images[2]}\nmissing.png 0\n")
     args = ["--predict", str(listing), "--resume", str(bare), "--arch", "resnet18", "--image_size", "16", "16",
-            "-j", "0", "--no_progress", "-v", "-s", "--topk", "5"]
+            "-j", "0", "--no_progress", "-v", "-s", "--topk", "5", "--output", str(tmp_path / "out")]
     assert run_main(args) == 1  # no class names anywhere: a clear error, no crash
 
     indices = tmp_path / "classes.json"
     indices.write_text(json.dumps({"0": "zero", "1": "one", "2": "seven"}))
     result = main_result(args + ["--class_indices", str(indices)])
-    out = tmp_path / "predict"  # the run directory of a checkpoint outside checkpoints/ is its folder
+    out = tmp_path / "out" / "resnet18" / "bare" / "predict" / "images"  # a loose checkpoint: <output>/<arch>/<stem>
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare.pth", "classes.json", "lists", "out"]
     assert result["images"] == 4 and result["predicted"] == 3 and result["unreadable"] == 1
     rows = read_csv(out / "predictions.csv")
     assert [Path(r["path"]).name for r in rows] == ["local.png", images[1].name, images[2].name]
@@ -118,16 +119,15 @@ def test_class_indices_formats(tmp_path):
         read_class_indices(tmp_path / "gap.json")
 
 
-def test_predict_with_no_readable_image_is_an_error_and_keeps_the_previous_predictions(tiny_data, checkpoint,
-                                                                                       tmp_path, caplog):
+def test_predict_with_no_readable_image_is_an_error_and_leaves_no_folder(tiny_data, checkpoint, tmp_path, caplog):
     run = checkpoint.parent.parent
     main_result(["--predict", str(tiny_data["folder"] / "test" / "7"), "--resume", str(checkpoint), "-j", "0",
                  "--no_progress"])
-    before = (run / "predict" / "predictions.csv").read_bytes()
+    before = sorted(p.name for p in (run / "predict").iterdir())
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "a.png").write_bytes(b"\x89PNG not really")
     (broken / "b.jpg").write_bytes(b"")
     assert run_main(["--predict", str(broken), "--resume", str(checkpoint), "-j", "0", "--no_progress"]) == 1
-    assert "none of the 2 images" in caplog.text and "is left as it was" in caplog.text
-    assert (run / "predict" / "predictions.csv").read_bytes() == before
+    assert "none of the 2 images" in caplog.text and "nothing was written" in caplog.text
+    assert sorted(p.name for p in (run / "predict").iterdir()) == before and "broken" not in before
