@@ -44,8 +44,9 @@ logger = logging.getLogger(__name__)
 
 
 # What a run directory holds before this run writes anything: the log it has just opened, its lock.
-RESUME_HINT = "rerun the same command to resume from the last saved epoch"
 OPEN_RUN_FILES = frozenset({"log.txt", LOCK_NAME})
+# The end of the line a run stopped at once (a SIGTERM outside its training steps) prints.
+RESUME_HINT = "rerun the same command to resume from the last saved epoch"
 
 
 def _prepare_run_dir(cfg: argparse.Namespace, run_dir: Path) -> tuple[Path | None, bool]:
@@ -238,7 +239,8 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         if not info.is_main:
             logging.getLogger().setLevel(logging.WARNING)
             return _train(cfg, run_dir, info)
-        # SIGTERM outside the epochs' stop request (start-up, the final test) ends the run as Ctrl-C does: 130, a line
+        # SIGTERM outside the training steps' stop request (start-up, validation, the final test) stops the run
+        # as Ctrl-C does: exit 130 and one line
         with InterruptOnSignals(RESUME_HINT), _own_run_dir(run_dir), log_to_file(run_dir / "log.txt"):
             try:
                 return _train(cfg, run_dir, info)

@@ -125,7 +125,7 @@ def read_run(path: Path) -> RunRecord:
 def missing_outputs(path: Path, record: RunRecord) -> list[str]:
     """The files that the final step of the run in ``path`` writes (``applications/train.py``: the test split's
     report and curves.png) and that are not there."""
-    split = (record.test or {}).get("test_split", "test")
+    split = record.test.get("test_split", "test") if isinstance(record.test, dict) else "test"
     wanted = [f"eval_{split}/metrics.json", f"eval_{split}/confusion_matrix.png"]
     if record.history:
         wanted.append("curves.png")
