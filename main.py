@@ -58,8 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     application = importlib.import_module(MODES[mode])
     try:
         result = application.run(cfg)
-    except KeyboardInterrupt:
-        logger.error("interrupted")
+    except KeyboardInterrupt as e:  # Ctrl-C, or a signal a mode turned into utils.misc.Interrupted
+        logger.error("interrupted%s", f": {e}" if str(e) else "")
         return 130
     except _user_errors() as e:
         if logger.isEnabledFor(logging.DEBUG):

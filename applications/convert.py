@@ -21,6 +21,10 @@ approximation, so it is not held to a logit tolerance but to accuracy: the fp32 
 evaluated on ``--eval_split`` (all of it, or ``--verify_images`` images spread over it) and the int8
 top-1 may be at most ``--max_accuracy_drop`` points lower (``export.guard``); otherwise it is left as
 ``model.int8.onnx.unverified`` (``model.int8.unverified.xml``) and the run fails with both numbers.
+
+Temporary files and scratch folders are made in the export folder and named after their file with the
+writer's pid (``utils.atomic.temp_path``, ``temp_dir``); an export first removes those of processes that
+are gone (what a killed export left), never a running one's.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ from export.core import (ATOL, ExportError, Runner, choose_opset, export_metadat
                           prepare_for_export, save_torchscript, to_torchscript, torchscript_runner, verify_export)
 from export.guard import check_accuracy_drop, compare_accuracy
 from export.openvino import OPENVINO_ATOL
+from utils.atomic import remove_stale_temporaries, temp_dir
 from utils.misc import log_to_file
 
 from .common import Restored, build_dataset, checkpoint_run_dir, preprocessor, restore_for_inference
@@ -96,12 +101,10 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: d
 def _write_openvino(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any],
                      cfg: argparse.Namespace) -> dict[str, Any]:
     from export.openvino import onnx_to_ir
-    onnx_path = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
-    try:  # through the ONNX file: the converter's most travelled road, and the same graph as --onnx
+    with temp_dir(path) as scratch:  # through the ONNX file: the converter's most travelled road, and --onnx's graph
+        onnx_path = scratch / "model.onnx"
         info = _write_onnx(model, example, onnx_path, metadata, cfg)
         onnx_to_ir(onnx_path, path, metadata)
-    finally:
-        onnx_path.unlink(missing_ok=True)
     return info
 
 
@@ -196,6 +199,8 @@ def export_checkpoint(cfg: argparse.Namespace, fmt: ExportFormat, out_dir: Path,
     family = model_family(arch)
     model = prepare_for_export(restored.model, family)
     images = sample_images(cfg, restored, cfg.eval_split)
+    if out_dir.is_dir():  # what killed exports left (of processes that are gone: another export may be running)
+        remove_stale_temporaries(out_dir, dead_owners_only=True)
     path = out_dir / fmt.filename
     staging = fmt.unverified(path)
     try:

@@ -26,7 +26,7 @@ from typing import Any
 
 from config import SORT_KEYS, ConfigError, build_parser, check_mode_flags, validate
 from utils.atomic import write_text_atomic
-from utils.runs import NOT_SETTINGS, PRUNED_FILE, compare_runs, read_run
+from utils.runs import NOT_SETTINGS, PRUNED_FILE, compare_runs, missing_outputs, read_run
 
 from .common import run_dir_for
 from .sweep_plan import (Children, ForwardSignals, SweepSpec, Variant, device_flags_env, last_error, load_sweep,
@@ -152,9 +152,13 @@ def _variants(spec: SweepSpec, variants: list[Variant], base: dict[str, Any], sw
     todo = []
     for variant, flags in planned:
         run_dir = _run_dir(flags, sweep_dir)
-        if (run_dir / "config.yaml").is_file() and read_run(run_dir).status == "finished":
+        record = read_run(run_dir) if (run_dir / "config.yaml").is_file() else None
+        missing = missing_outputs(run_dir, record) if record is not None and record.status == "finished" else []
+        if record is not None and record.status == "finished" and not missing:
             logger.info("skip %s: finished", variant.tag)
         else:
+            if missing:  # the run resumes at its end: only its final step runs again
+                logger.info("rerun %s: finished, but %s missing", variant.tag, ", ".join(missing))
             todo.append(flags)
     logger.info("sweep %s: %d variants, %d to run, on %s", spec.name, len(planned), len(todo),
                 ", ".join(d or "the default device" for d in devices))

@@ -32,7 +32,7 @@ from optim import ModelEma, create_scheduler
 from utils.checkpoint import kill_point, previous_path
 from utils.distributed import DistInfo, any_rank, barrier, cleanup, gather_objects, init_distributed
 from utils.atomic import save_image_atomic, write_json_atomic
-from utils.misc import StopSignals, log_to_file, seed_everything
+from utils.misc import InterruptOnSignals, StopSignals, log_to_file, seed_everything
 from utils.runlock import LOCK_NAME, RunLock
 from utils.tracking import RunRecorder
 
@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 # What a run directory holds before this run writes anything: the log it has just opened, its lock.
 OPEN_RUN_FILES = frozenset({"log.txt", LOCK_NAME})
+# The end of the line a run stopped at once (a SIGTERM outside its training steps) prints.
+RESUME_HINT = "rerun the same command to resume from the last saved epoch"
 
 
 def _prepare_run_dir(cfg: argparse.Namespace, run_dir: Path) -> tuple[Path | None, bool]:
@@ -237,7 +239,9 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         if not info.is_main:
             logging.getLogger().setLevel(logging.WARNING)
             return _train(cfg, run_dir, info)
-        with _own_run_dir(run_dir), log_to_file(run_dir / "log.txt"):
+        # SIGTERM outside the training steps' stop request (start-up, validation, the final test) stops the run
+        # as Ctrl-C does: exit 130 and one line
+        with InterruptOnSignals(RESUME_HINT), _own_run_dir(run_dir), log_to_file(run_dir / "log.txt"):
             try:
                 return _train(cfg, run_dir, info)
             except Exception:  # keep the traceback in the run's own log too
@@ -421,6 +425,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     test_set = build_dataset(cfg, "test", class_names, train=False, fallback=True)
     test_loader = build_loader(cfg, test_set, train=False, device=device, dist_info=info)
     kill_point("final_test")
+    logger.info("final test: %s on the %s split (%d images)", best_path.name, test_set.split, len(test_set))
     report = evaluate_and_report(net, test_loader, test_set, class_names, preprocess=preprocess, dtype=dtype,
                                  out_dir=run_dir / f"eval_{test_set.split}", checkpoint=best_path,
                                  progress=progress, head=spec.head, write=main)
@@ -430,9 +435,10 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
         ema.module.load_state_dict(best["model_ema"])
         summary["test_ema_top1"] = evaluate(ema.module, test_loader, preprocess=preprocess, dtype=dtype)["top1"]
     if main:
-        _write_json(run_dir / "metrics.json", {"history": history, "test": summary})
         _pictures(cfg, run_dir, history, model, test_set, preprocess, class_names, test_set.split)
     recorder.finish(summary)  # HParams; --tracker's final metrics and pictures
+    if main:  # last: the test result in metrics.json is what marks the run finished (utils.runs.read_run)
+        _write_json(run_dir / "metrics.json", {"history": history, "test": summary})
     logger.info("done: run directory %s; best val top-1 %.2f; %s top-1 %.2f top-5 %.2f (%s)%s",
                 run_dir, best_top1, test_set.split, report["top1"], report["top5"], best_path.name,
                 f"; EMA top-1 {summary['test_ema_top1']:.2f}" if "test_ema_top1" in summary else "")

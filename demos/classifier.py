@@ -30,6 +30,7 @@ from another program::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -50,6 +51,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".t
 METADATA_FILE = "metadata.json"
 BACKEND_BY_SUFFIX = {".onnx": "onnxruntime", ".xml": "openvino"}
 OPENVINO_METADATA_KEY = ["classifier", "metadata"]  # where main.py --openvino puts the metadata JSON in rt_info
+OPENVINO_WEIGHTS_HASH_KEY = ["classifier", "bin_sha256"]  # ... and the sha256 of the .bin written with the .xml
 ImageSource = Union[str, os.PathLike, bytes, Image.Image]
 DEFAULT_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's default, as in the project
 
@@ -207,12 +209,26 @@ class OnnxRuntimeBackend:
 
 class OpenVinoBackend:
     """An OpenVINO IR (``.xml`` + ``.bin``) compiled for the CPU, computing in fp32 where the file is fp32
-    (OpenVINO would pick bf16 on CPUs that have it) and in int8 where it is quantized."""
+    (OpenVINO would pick bf16 on CPUs that have it) and in int8 where it is quantized. The ``.bin`` must be
+    the one the ``.xml`` was written with (its sha256, recorded by main.py --openvino): a kill between the
+    two renames of a re-export leaves a new ``.xml`` beside the old ``.bin``."""
 
     def __init__(self, path: Path, threads: int | None = None):
         import openvino as ov
         core = ov.Core()
-        model = core.read_model(str(path))
+        weights = path.with_suffix(".bin")
+        try:
+            model = core.read_model(str(path))
+        except RuntimeError as e:  # OpenVINO's reason is its last line; the first names its own source file
+            reason = [line.strip() for line in str(e).splitlines() if line.strip()][-1:] or [type(e).__name__]
+            raise ValueError(f"OpenVINO cannot read the IR {path} with its weights {weights.name}: {reason[0]}; "
+                             f"export it again with main.py --openvino") from None
+        if model.has_rt_info(OPENVINO_WEIGHTS_HASH_KEY):
+            expected, got = model.get_rt_info(OPENVINO_WEIGHTS_HASH_KEY).astype(str), sha256_of(weights)
+            if got != expected:
+                raise ValueError(f"{weights} is not the weights file of {path} (its sha256 is {got[:16]}..., the "
+                                 f".xml records {expected[:16]}...): an export was interrupted between writing "
+                                 f"the two; export it again with main.py --openvino")
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -223,6 +239,15 @@ class OpenVinoBackend:
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         self.request.infer({0: batch.numpy()})
         return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 (hex) of the file at ``path``, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 BACKENDS = {"torchscript": TorchScriptBackend, "onnxruntime": OnnxRuntimeBackend, "openvino": OpenVinoBackend}
@@ -279,7 +304,12 @@ class Classifier:
         if missing:
             raise ValueError(f"{path} carries no {', '.join(missing)} metadata: export it with "
                              f"main.py --jit, --onnx or --openvino")
-        self.class_names: list[str] = list(self.metadata["class_names"])
+        names = self.metadata["class_names"]
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{path}: its class_names metadata is not a list of class names (got "
+                             f"{type(names).__name__} {str(names)[:60]}): export it again with main.py --jit, "
+                             f"--onnx or --openvino")
+        self.path, self.class_names = path, list(names)
         self.head = self.metadata.get("head", "softmax")
         if self.head not in ACTIVATIONS:
             raise ValueError(f"{path}: unsupported head {self.head!r}; this demo knows {', '.join(ACTIVATIONS)}")
@@ -290,8 +320,14 @@ class Classifier:
         return self.preprocessor.load(source)
 
     def classify(self, batch: torch.Tensor) -> torch.Tensor:
-        """``N x C`` class probabilities (softmax, or sigmoid for a bce head) of a uint8 batch from :meth:`load`."""
-        return ACTIVATIONS[self.head](self.backend(self.preprocessor.normalise(batch)))
+        """``N x C`` class probabilities (softmax, or sigmoid for a bce head) of a uint8 batch from :meth:`load`;
+        ValueError when the model's ``C`` outputs are not one per name of its class_names metadata."""
+        logits = self.backend(self.preprocessor.normalise(batch))
+        if logits.ndim != 2 or logits.shape[1] != len(self.class_names):
+            raise ValueError(f"{self.path}: the model has {logits.shape[-1] if logits.ndim else 0} outputs per image "
+                             f"but its class_names metadata names {len(self.class_names)} classes: export it again "
+                             f"with main.py --jit, --onnx or --openvino")
+        return ACTIVATIONS[self.head](logits)
 
     def probabilities(self, images: Sequence[ImageSource]) -> torch.Tensor:
         """``N x C`` class probabilities of ``images`` (paths, encoded bytes or Pillow images)."""
@@ -378,7 +414,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"skipped {path}: cannot decode image ({type(e).__name__}: {e})", file=sys.stderr)
         if not loaded:
             continue
-        probs = clf.classify(torch.stack(loaded))
+        try:
+            probs = clf.classify(torch.stack(loaded))
+        except ValueError as e:  # the model does not fit its own metadata: one line, no traceback
+            print(f"classifier.py: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
         values, indices = probs.topk(min(args.topk, probs.shape[1]), dim=1)
         for path, p, vs, ix in zip(kept, probs.tolist(), values.tolist(), indices.tolist()):
             top = [(clf.class_names[i], v) for v, i in zip(vs, ix)]

@@ -19,8 +19,9 @@ import torch.nn as nn
 from models import extract_state_dict, load_state_dict_checked
 from models.spec import ModelSpec
 from optim import ModelEma
+from utils.atomic import remove_stale_temporaries
 from utils.checkpoint import (CheckpointError, capture_rng_state, link_checkpoint, load_checkpoint, previous_path,
-                              remove_stale_temporaries, restore_rng_state, save_checkpoint)
+                              restore_rng_state, save_checkpoint)
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,15 @@ The metadata (class names, input size, resize, mean/std, head, and for int8 the 
 travels in the IR's ``rt_info`` as one JSON string under ``classifier/metadata``. Weights are saved in
 fp32 (OpenVINO's ``save_model`` compresses them to fp16 by default) and the fp32 IR is compiled with
 the ``f32`` inference precision hint: on CPUs with bf16 units OpenVINO would otherwise compute in bf16.
+
+The two files are one unit: the ``.xml`` records the sha256 of its ``.bin`` in its rt_info
+(``classifier/bin_sha256``), and every loader here (and ``demos/classifier.py``) refuses a pair whose
+``.bin`` does not match, which is what a kill between the two renames of a re-export leaves (the new
+``.xml`` is renamed first, so it is the one that knows).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -18,12 +24,13 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .core import Runner
+from .core import ExportError, Runner
 from .quantize import calibration_batches, quantization_settings
 
 logger = logging.getLogger(__name__)
 
 METADATA_KEY = ["classifier", "metadata"]
+WEIGHTS_HASH_KEY = ["classifier", "bin_sha256"]  # the sha256 (hex) of the .bin, in the .xml's rt_info
 # max |logit difference| of an fp32 IR from eager: OpenVINO's CPU kernels accumulate fp32 in their own order,
 # so the difference grows with the logits' scale (1.1e-4 at max |logit| 137 on a trained resnet18: 8e-7
 # relative), past export.core.ATOL, which ONNX Runtime and TorchScript meet
@@ -39,7 +46,8 @@ def ir_files(xml: str | Path) -> list[Path]:
 
 
 def move_ir(src: str | Path, dst: str | Path) -> None:
-    """Rename the IR ``src`` (both files) to ``dst``."""
+    """Rename the IR ``src`` (both files) to ``dst``: the ``.xml`` first, so that a kill between the two
+    renames leaves the new ``.xml``, whose recorded hash refuses the old ``.bin`` (see :func:`read_ir`)."""
     for a, b in zip(ir_files(src), ir_files(dst)):
         os.replace(a, b)
 
@@ -49,13 +57,62 @@ def remove_ir(xml: str | Path) -> None:
         f.unlink(missing_ok=True)
 
 
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of the file at ``path`` (hex), read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def save_ir(model: Any, path: str | Path, metadata: Mapping[str, Any]) -> Path:
-    """Write the OpenVINO ``model`` with ``metadata`` in its rt_info, weights kept in fp32."""
+    """Write the OpenVINO ``model`` with ``metadata`` and its ``.bin``'s sha256 in its rt_info, weights kept
+    in fp32. The hash is known once the ``.bin`` is written, so the pair is saved twice (the second ``.bin``
+    is the same bytes; checked)."""
     import openvino as ov
+    path = Path(path)
     model.set_rt_info(json.dumps(dict(metadata)), METADATA_KEY)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(path), compress_to_fp16=False)
-    return Path(path)
+    weights = ir_files(path)[1]
+    model.set_rt_info(file_sha256(weights), WEIGHTS_HASH_KEY)
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    check_weights(path, model)
+    return path
+
+
+def openvino_reason(e: BaseException) -> str:
+    """OpenVINO's own reason in one of its multi-line errors (its last line; the first names its source file)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def check_weights(xml: str | Path, model: Any) -> None:
+    """Raise :class:`ExportError` when the ``.bin`` beside ``xml`` is not the one ``model`` (read from
+    ``xml``) records; an IR without a recorded hash (not written here) is not checked."""
+    if not model.has_rt_info(WEIGHTS_HASH_KEY):
+        return
+    xml, weights = ir_files(xml)
+    expected, got = model.get_rt_info(WEIGHTS_HASH_KEY).astype(str), file_sha256(weights)
+    if got != expected:
+        raise ExportError(f"{weights} is not the weights file of {xml} (its sha256 is {got[:16]}..., the .xml "
+                          f"records {expected[:16]}...): an export was interrupted between writing the two; "
+                          f"export again (main.py --openvino --resume CHECKPOINT)")
+
+
+def read_ir(xml: str | Path) -> Any:
+    """The OpenVINO model of the IR at ``xml``, its ``.bin`` checked against the hash the ``.xml`` records;
+    one-line :class:`ExportError` naming the files when OpenVINO cannot read them or they do not match."""
+    import openvino as ov
+    xml, weights = ir_files(xml)
+    try:
+        model = ov.Core().read_model(str(xml))
+    except RuntimeError as e:
+        raise ExportError(f"OpenVINO cannot read the IR {xml} with its weights {weights.name}: {openvino_reason(e)}; "
+                          f"export it again (main.py --openvino --resume CHECKPOINT)") from e
+    check_weights(xml, model)
+    return model
 
 
 def read_ir_metadata(model: Any) -> dict[str, Any]:
@@ -77,7 +134,7 @@ def compile_ir(path: str | Path, threads: int | None = None, latency: bool = Tru
         config["PERFORMANCE_HINT"] = "LATENCY"
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
-    return ov.Core().compile_model(str(path), "CPU", config)
+    return ov.Core().compile_model(read_ir(path), "CPU", config)
 
 
 def openvino_runner(path: str | Path, threads: int | None = None) -> Runner:
@@ -104,7 +161,7 @@ def quantize_ir(fp32_xml: str | Path, out_xml: str | Path, images: np.ndarray, m
                          f"{' or '.join(NNCF_RANGES)}); use one of those")
     batches = calibration_batches(images)
     ranges = getattr(RangeEstimatorParametersSet, NNCF_RANGES[method])
-    quantized = nncf.quantize(ov.Core().read_model(str(fp32_xml)), nncf.Dataset(batches),
+    quantized = nncf.quantize(read_ir(fp32_xml), nncf.Dataset(batches),
                               preset=nncf.QuantizationPreset.PERFORMANCE, subset_size=len(batches),
                               advanced_parameters=AdvancedQuantizationParameters(
                                   activations_range_estimator_params=ranges))

@@ -10,13 +10,12 @@ the same way and can tell what it is.
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from utils.atomic import write_bytes_atomic
+from utils.atomic import temp_dir, write_bytes_atomic
 
 from .core import INPUT_NAME, set_onnx_metadata
 
@@ -63,7 +62,7 @@ def quantize_onnx(fp32_path: str | Path, out_path: str | Path, images: np.ndarra
     out_path = Path(out_path)
     settings = quantization_settings(method, len(images), split, f"onnxruntime {onnxruntime.__version__} "
                                      f"quantize_static, QDQ")
-    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+    with temp_dir(out_path) as tmp:  # in the export folder, named so that a rerun removes it after a kill
         # Shape inference and graph simplification first, as ONNX Runtime recommends for quantization.
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)

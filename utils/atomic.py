@@ -4,24 +4,84 @@ Every writer goes through a hidden temporary file in the target's own folder (``
 which is flushed and fsynced, then renamed over the target with ``os.replace`` and the folder synced. A
 kill, a full disk or an exception at any moment leaves either the old file or the new one, never half
 of one, and the temporary file is removed on every way out (KeyboardInterrupt included). A process that
-is SIGKILLed leaves its temporary file behind; :func:`utils.checkpoint.remove_stale_temporaries` cleans
-those up by the same name pattern.
+is SIGKILLed leaves its temporary file behind; :func:`remove_stale_temporaries` cleans those up by the
+same name pattern. Scratch folders (:func:`temp_dir`) are named the same way, so it finds them too.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+logger = logging.getLogger(__name__)
+
 TEMP_PATTERN = ".*.tmp-*"  # what temp_path names look like, for a glob that cleans up after killed writers
+_OWNER = re.compile(r"\.tmp-(\d+)")  # the pid in a temp_path / temp_dir name
 
 
 def temp_path(path: str | Path) -> Path:
     """The temporary file a write of ``path`` goes through first (hidden, in the same folder, per process)."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextmanager
+def temp_dir(path: str | Path) -> Iterator[Path]:
+    """A scratch folder for the work that writes ``path``, made in ``path``'s own folder and named like its
+    temporary file (``.<name>.tmp-<pid>-<random>``, so that :func:`remove_stale_temporaries` finds it
+    when a kill leaves it behind); removed with its contents when the block ends in any way."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{temp_path(path).name}-", dir=path.parent) as tmp:
+        yield Path(tmp)
+
+
+def temp_owner(path: str | Path) -> int | None:
+    """The pid of the process that made the temporary file or folder ``path`` (None for another name)."""
+    pids = _OWNER.findall(Path(path).name)
+    return int(pids[-1]) if pids else None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path, dead_owners_only: bool = False) -> list[Path]:
+    """Delete the temporary files and scratch folders that killed writers left in ``folder`` (named as
+    :func:`temp_path` and :func:`temp_dir` name them; each can be a whole checkpoint or export).
+
+    Without ``dead_owners_only``, every one goes: call it so only while holding the folder's lock (no
+    other writer is running). With it, only those whose pid (in the name) is no longer a live process, and
+    never this process's own: for folders that several processes may write at once (exports)."""
+    removed = []
+    for tmp in sorted(Path(folder).glob(TEMP_PATTERN)):
+        owner = temp_owner(tmp)
+        if dead_owners_only and (owner is None or owner == os.getpid() or process_alive(owner)):
+            continue
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.is_file() and not tmp.is_symlink():
+            tmp.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(tmp)
+    if removed:
+        logger.info("removed %d temporary file(s) left by an interrupted save in %s: %s", len(removed), folder,
+                    ", ".join(p.name for p in removed))
+    return removed
 
 
 def fsync_dir(folder: str | Path) -> None:

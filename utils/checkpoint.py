@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.atomic import TEMP_PATTERN, atomic_path, atomic_write
+from utils.atomic import atomic_path, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -49,20 +49,6 @@ def kill_point(name: str) -> None:
         _kill_hits[name] += 1
         if _kill_hits[name] == int(nth or 1):
             os.kill(os.getpid(), signal.SIGKILL)
-
-
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporary files that killed saves left in ``folder`` (``.<name>.tmp-<pid>``; each can be
-    a whole checkpoint). Call it only while holding the run directory's lock: no other save is running."""
-    removed = []
-    for tmp in Path(folder).glob(TEMP_PATTERN):
-        if tmp.is_file() and not tmp.is_symlink():
-            tmp.unlink()
-            removed.append(tmp)
-    if removed:
-        logger.info("removed %d temporary file(s) left by an interrupted save in %s: %s", len(removed), folder,
-                    ", ".join(p.name for p in removed))
-    return removed
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = False) -> None:

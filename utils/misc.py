@@ -125,3 +125,21 @@ class StopSignals:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A SIGTERM or SIGINT that ends a run at once: a KeyboardInterrupt (every cleanup that handles Ctrl-C
+    runs) whose message names the signal and what to do; main.py prints it and exits with 130."""
+
+
+class InterruptOnSignals(StopSignals):
+    """While the block runs, SIGTERM interrupts as Ctrl-C does (raising :class:`Interrupted`) instead of
+    killing the process with no word (exit 143); ``hint`` is added to the message. A :class:`StopSignals`
+    entered inside (the training loop's stop request) takes over for its own block."""
+
+    def __init__(self, hint: str = "") -> None:
+        super().__init__()
+        self.hint = hint
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        raise Interrupted(f"{signal.Signals(signum).name} received" + (f"; {self.hint}" if self.hint else ""))

@@ -6,7 +6,9 @@ A run directory is a folder holding ``config.yaml`` (written when a training run
 ``metrics.json`` gains one history row per epoch and the ``test`` summary when the run finishes.
 Its status is read from those files and the last line of its ``log.txt``:
 
-- ``finished``: ``metrics.json`` has the test result;
+- ``finished``: ``metrics.json`` has the test result, written after every other output of the run's final
+  step (:func:`missing_outputs` lists those that are gone since; rerunning the run's command, or the
+  sweep, writes them again);
 - ``failed``: it has not, and the log's last line is the ``run failed: ...`` line that the log writes when
   a run ends with an error (``utils.misc.log_to_file``);
 - ``pruned``: it has not, and a search stopped it as hopeless (the sweep writes the file ``PRUNED``);
@@ -215,6 +217,16 @@ def _check_numbers(path: Path, row: dict[str, Any], keys: Sequence[str], where: 
         value = row.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise RunFolderError(path, f"{where}: {key} is {value!r}, not a number")
+
+
+def missing_outputs(path: Path, record: RunRecord) -> list[str]:
+    """The files that the final step of the run in ``path`` writes (``applications/train.py``: the test split's
+    report and curves.png) and that are not there."""
+    split = record.test.get("test_split", "test") if isinstance(record.test, dict) else "test"
+    wanted = [f"eval_{split}/metrics.json", f"eval_{split}/confusion_matrix.png"]
+    if record.history:
+        wanted.append("curves.png")
+    return [name for name in wanted if not (path / name).is_file()]
 
 
 def _last_line(path: Path, size: int = 4096) -> str:

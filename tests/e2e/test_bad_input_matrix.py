@@ -629,7 +629,70 @@ CASES += [
 
 # ==== round three: exports and finished runs (#25 items 4, 5 and the demo) ====
 
+_EXPORTS: dict[str, Path] = {}
+
+
+def _export(tmp: Path, data: Path, mode: str, variant: str = "a") -> Path:
+    """A copy in ``tmp/export`` of the export folder that ``main.py --MODE`` (its own process) writes for a
+    16 px resnet18 of random weights (variant ``b``: its fc layer negated, so other weights of the same
+    shapes); each is made once per session, in the folder of the first case that asks for it."""
+    key = f"{mode}-{variant}"
+    if key not in _EXPORTS:
+        import torch
+        from conftest import calibrated_checkpoint
+        from utils.checkpoint import save_checkpoint
+        ckpt = calibrated_checkpoint(tmp / f"made-{key}" / "run", "resnet18", data, TINY_SIZE)
+        if variant == "b":
+            state = torch.load(ckpt, weights_only=True)
+            state["model"]["fc.weight"] = -state["model"]["fc.weight"]
+            save_checkpoint(state, ckpt)
+        r = subprocess.run([sys.executable, str(ROOT / "main.py"), f"--{mode}", "--resume", str(ckpt), "--data",
+                            str(data), "-j", "0"], cwd=tmp, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        _EXPORTS[key] = ckpt.parent.parent / "export"
+    return Path(shutil.copytree(_EXPORTS[key], tmp / "export", dirs_exist_ok=True))
+
+
+def _ir_with_bin(tmp: Path, data: Path, how: str) -> list[str]:
+    """The demo on an OpenVINO IR whose .bin is gone, cut short, or the .bin of another export (what a kill
+    between the two renames of a re-export leaves: the new .xml beside the old .bin)."""
+    export = _export(tmp, data, "openvino")
+    weights = export / "model.bin"
+    if how == "missing":
+        weights.unlink()
+    elif how == "short":
+        weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    else:
+        shutil.copyfile(_export(tmp / "b", data, "openvino", "b") / "model.xml", export / "model.xml")
+    return [str(export / "model.xml"), str(data / "test")]
+
+
+def _onnx_with_class_names(tmp: Path, data: Path, names: object) -> list[str]:
+    """The demo on an ONNX export whose class_names metadata was edited to ``names``."""
+    import onnx
+    from export.core import set_onnx_metadata
+    model = _export(tmp, data, "onnx") / "model.onnx"
+    meta = {p.key: __import__("json").loads(p.value) for p in onnx.load(str(model)).metadata_props}
+    set_onnx_metadata(model, {**meta, "class_names": names})
+    return [str(model), str(data / "test")]
+
+
 CASES += [
+    Case("demo-openvino-bin-missing", lambda tmp, data: _ir_with_bin(tmp, data, "missing"), 1,
+         r"OpenVINO cannot read the IR \S*model\.xml with its weights model\.bin: .*bin file cannot be found",
+         script="demos/classifier.py"),
+    Case("demo-openvino-bin-short", lambda tmp, data: _ir_with_bin(tmp, data, "short"), 1,
+         r"OpenVINO cannot read the IR \S*model\.xml with its weights model\.bin: Incorrect weights in bin file",
+         script="demos/classifier.py"),
+    Case("demo-openvino-new-xml-old-bin", lambda tmp, data: _ir_with_bin(tmp, data, "other"), 1,
+         r"\S*model\.bin is not the weights file of \S*model\.xml \(its sha256 is \w+\.\.\., the \.xml records "
+         r"\w+\.\.\.\): an export was interrupted", script="demos/classifier.py"),
+    Case("demo-class-names-fewer-than-outputs", lambda tmp, data: _onnx_with_class_names(tmp, data, ["0", "1"]), 1,
+         r"model\.onnx: the model has 3 outputs per image but its class_names metadata names 2 classes",
+         script="demos/classifier.py"),
+    Case("demo-class-names-not-a-list", lambda tmp, data: _onnx_with_class_names(tmp, data, "017"), 1,
+         r"model\.onnx: its class_names metadata is not a list of class names \(got str 017\)",
+         script="demos/classifier.py"),
 ]
 
 

@@ -171,3 +171,56 @@ def test_a_path_that_fails_says_so_and_suggests_the_other(tiny_data, tmp_path, c
     assert "timm/vit_tiny_patch16_224 (timm family) cannot be exported to ONNX" in message
     assert "scaled_dot_product_attention" in message and "try --jit instead" in message
     assert not (tmp_path / "run/export/model.onnx").exists()
+
+
+# ---- exports killed half-way (#25 item 4) -----------------------------------------------------------
+
+def _kill_when_it_appears(args: list[str], export: Path, is_temporary, tries: int = 3) -> Path:
+    """Start ``main.py ARGS`` and SIGKILL it as soon as an entry for which ``is_temporary(entry)`` holds
+    appears in ``export`` (polled); try again when the process ended before one was seen."""
+    import os
+    import signal
+    import time
+    from conftest import ROOT
+    for _ in range(tries):
+        proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline:
+            found = [p for p in export.iterdir() if is_temporary(p)] if export.is_dir() else []
+            if found:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return found[0]
+            time.sleep(0.002)
+        proc.kill()
+        proc.wait()
+    raise AssertionError(f"main.py {' '.join(args)} never showed a temporary in {export}")
+
+
+def test_a_rerun_removes_what_killed_exports_left_and_keeps_a_running_ones(tiny_data, tmp_path):
+    """SIGKILL during the ONNX export (its temporary file) and during the int8 quantization (its scratch
+    folder): both are left in the export folder, and the next export removes them, but not the temporary
+    of a process that is still running."""
+    import os
+    data = tiny_data["folder"]
+    ckpt = calibrated_checkpoint(tmp_path / "run", "resnet18", data, 16)
+    export = tmp_path / "run" / "export"
+    onnx = ["--onnx", "--resume", str(ckpt), "--data", str(data), "-j", "0"]
+    int8 = [*onnx, "--quantize", "int8", "--calib_images", "16", "--max_accuracy_drop", "100"]
+    left = _kill_when_it_appears(onnx, export, lambda p: p.is_file() and "tmp" in p.name)
+    assert left.is_file() and left.stat().st_size > 0
+    left_too = _kill_when_it_appears(int8, export, lambda p: p.is_dir())  # after its fp32 export: left is gone
+    assert left_too.is_dir() and not left.exists(), (left, left_too)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        running = export / f".model.onnx.unverified.tmp-{live.pid}"  # another export still writing
+        running.write_bytes(b"being written")
+        proc = subprocess.run([sys.executable, "main.py", *int8], cwd=Path(config.__file__).parent,
+                              capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert sorted(p.name for p in export.iterdir()) == sorted(["model.onnx", "model.int8.onnx", running.name])
+        assert f"removed 1 temporary file(s) left by an interrupted save in {export}: {left_too.name}" in proc.stderr
+    finally:
+        live.kill()
+        live.wait()

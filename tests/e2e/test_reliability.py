@@ -188,3 +188,72 @@ def test_a_disk_that_fills_up_during_training_is_one_line_and_keeps_the_last_che
            f"the previous last.pth is kept)" in r.stderr, r.stderr[-3000:]
     assert load_checkpoint(last)["epoch"] == 0
     assert not list(last.parent.glob(".*tmp*"))
+
+
+# ---- the finished mark comes last (#25 item 5) ------------------------------------------------------
+
+def test_sigterm_during_the_final_test_exits_130_unfinished_and_the_rerun_completes_it(tmp_path):
+    """SIGTERM while the final test runs (150 test images per class keep it busy): exit 130 with one line,
+    not 143 and no word; the run is not marked finished (metrics.json's test result is written after every
+    other output of the final step), and the same command completes it with all of them."""
+    from conftest import write_digit_folders
+    from utils.runs import missing_outputs, read_run
+    data = write_digit_folders(tmp_path / "data", counts={"train": 8, "val": 4, "test": 150})
+    args = tiny_train_args(data, tmp_path / "out", "--epochs", "1")
+    run = tmp_path / "out/resnet18/default"
+    proc = subprocess.Popen(_cli(args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    _wait_for(run / "log.txt", "final test: best.pth on the test split (450 images)", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and errors[0].endswith(
+        "interrupted: SIGTERM received; rerun the same command to resume from the last saved epoch"), err[-3000:]
+    assert "test" not in read_json(run / "metrics.json") and read_run(run).status == "interrupted"
+    rerun = subprocess.run(_cli(args), cwd=ROOT, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    record = read_run(run)
+    assert record.status == "finished" and record.test["test_top1"] is not None and len(record.history) == 1
+    assert missing_outputs(run, record) == [] and (run / "curves.png").is_file()
+
+
+def test_a_sweep_rerun_restores_the_pictures_of_a_finished_run(tiny_data, tmp_path):
+    """A finished variant whose curves.png is gone is not skipped: the rerun resumes it at its end, and its
+    final step writes the picture again (the sweep used to skip it as finished)."""
+    from e2e.test_experiments import tiny_base
+    from unit.test_experiments import main_process, sweep_file
+    sweep = sweep_file(tmp_path, {"name": "s", "base": tiny_base(tiny_data["folder"]), "variants": {"a": {}}})
+    out = tmp_path / "out"
+    assert main_process("--sweep", str(sweep), "--output", str(out), cwd=tmp_path).returncode == 0
+    run = out / "s/simple_cnn/a"
+    (run / "curves.png").unlink()
+    test = read_json(run / "metrics.json")["test"]
+    r = main_process("--sweep", str(sweep), "--output", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rerun a: finished, but curves.png missing" in r.stderr and (run / "curves.png").is_file()
+    assert read_json(run / "metrics.json")["test"]["test_top1"] == pytest.approx(test["test_top1"])
+    assert len(read_json(run / "metrics.json")["history"]) == 1  # resumed at its end: no epoch trained again
+
+
+def test_a_run_never_looks_finished_while_an_output_of_its_final_step_is_missing(tiny_data, tmp_path):
+    """Watched from outside while it runs (as a sweep rerun or a kill would find it): whenever metrics.json
+    has the test result (what marks a run finished), curves.png and the test report are already there. The
+    test result used to be written first, and a SIGTERM in between left a 'finished' run without them."""
+    from utils.runs import missing_outputs, read_run
+    run = tmp_path / "out/resnet18/default"
+    proc = subprocess.Popen(_cli(tiny_train_args(tiny_data["folder"], tmp_path / "out", "--epochs", "1")), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    early = []
+    while proc.poll() is None:
+        if (run / "config.yaml").is_file() and (run / "metrics.json").is_file():
+            record = read_run(run)
+            if record.status == "finished":
+                early += missing_outputs(run, record)
+        time.sleep(0.002)
+    assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    assert early == [], f"finished before {sorted(set(early))} were written"
+    assert read_run(run).status == "finished" and missing_outputs(run, read_run(run)) == []

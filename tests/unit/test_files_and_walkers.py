@@ -76,6 +76,43 @@ def test_checkpoint_save_keeps_its_previous_copy_and_the_old_file_when_it_fails(
     assert int(load_checkpoint(path)["epoch"]) == 2 and leftovers(tmp_path) == []
 
 
+def test_temporaries_of_dead_writers_go_those_of_live_ones_stay(tmp_path):
+    """What killed exports leave (a temporary file, a scratch folder) goes on the next export into the folder;
+    a running writer's (another process's, this one's) stays, and a link named like one is never followed."""
+    import subprocess
+    import sys
+    from utils.atomic import remove_stale_temporaries, temp_dir, temp_owner
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    export = tmp_path / "export"
+    with temp_dir(export / "model.int8.onnx.unverified") as scratch:  # made in the export folder, named for it
+        assert scratch.parent == export and scratch.name.startswith(f".model.int8.onnx.unverified.tmp-{os.getpid()}-")
+        assert temp_owner(scratch) == os.getpid()
+    assert not scratch.exists()
+    try:
+        (export / f".model.onnx.unverified.tmp-{dead_pid}").write_bytes(b"half an onnx file")
+        (export / f".model.int8.onnx.unverified.tmp-{dead_pid}-abc123").mkdir()
+        (export / f".model.int8.onnx.unverified.tmp-{dead_pid}-abc123" / "prepared.onnx").write_bytes(b"x")
+        (export / f".model.onnx.unverified.tmp-{live.pid}").write_bytes(b"being written")
+        (export / f".model.unverified.xml.tmp-{os.getpid()}-xyz").mkdir()
+        (export / f".link.tmp-{dead_pid}").symlink_to(outside)
+        (export / "model.onnx").write_bytes(b"the export")
+        removed = remove_stale_temporaries(export, dead_owners_only=True)
+        assert sorted(p.name for p in removed) == [f".model.int8.onnx.unverified.tmp-{dead_pid}-abc123",
+                                                   f".model.onnx.unverified.tmp-{dead_pid}"]
+        assert sorted(p.name for p in export.iterdir()) == [
+            f".link.tmp-{dead_pid}", f".model.onnx.unverified.tmp-{live.pid}",
+            f".model.unverified.xml.tmp-{os.getpid()}-xyz", "model.onnx"]
+        assert (outside / "keep.txt").read_text() == "mine"
+    finally:
+        live.kill()
+        live.wait()
+
+
 # Writes left outside the helper, each for a reason: the verified export is a rename of a finished file
 # (convert.py keeps a failed one as <name>.unverified for inspection; export/openvino.py renames the two
 # files of a verified IR), the digits folder is written whole
