@@ -39,7 +39,8 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Keys that never describe what a run trained (where it lives, how it was launched, the mode flags of
 # config.MODES): not "differing flags", not HParams.
 NOT_SETTINGS = frozenset({"tag", "output", "config", "resume", "overwrite", "no_progress", "local_rank",
-                          "sort_by", "sweep_devices", "sweep_only", "trials", "study_storage", "tracker",
+                          "sort_by", "sweep_devices", "sweep_only", "trials", "study_storage", "max_variants",
+                          "tracker",
                           "train", "evaluation", "knowledge", "make_curriculum", "lr_finder", "jit", "onnx", "openvino", "predict",
                           "visual_data", "visual_source", "flops", "throughput", "summary", "publish", "compare",
                           "sweep"})
