@@ -273,12 +273,13 @@ def test_sweep_killed_outright_takes_its_child_along_and_the_rerun_finishes_each
     out = tmp_path / "out"
     proc = _sweep_process(sweep, out, tmp_path)
     pid = _kill_mid_training(proc, "k/simple_cnn/long", out)
-    _wait_gone(pid, 15)  # an orphan would train ~30 more epochs
+    _wait_gone(pid, 60)
+    long = out / "k/simple_cnn/long"
+    assert "test" not in read_json(long / "metrics.json"), "the orphaned run trained on to its end"
     r = main_process("--sweep", str(sweep), "--output", str(out), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert sweep_result(r)["ran"] == 2 and sweep_result(r)["failed"] == []
     assert r.stderr.count("start long") == 1 and r.stderr.count("start short") == 1
-    long = out / "k/simple_cnn/long"
     assert "resumed from" in (long / "log.txt").read_text()
     assert [row["epoch"] for row in read_json(long / "metrics.json")["history"]] == list(range(30))
     assert all("test" in read_json(out / f"k/simple_cnn/{t}/metrics.json") for t in ("long", "short"))
