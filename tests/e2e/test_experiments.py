@@ -241,9 +241,9 @@ def _sweep_process(sweep: Path, out: Path, cwd: Path) -> subprocess.Popen:
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def _kill_mid_training(proc: subprocess.Popen, run_glob: str, root: Path) -> int:
-    """Wait until a run under ``root`` matching ``run_glob`` has trained an epoch, SIGKILL the sweep and
-    return the training child's pid (from the run's lock file)."""
+def _kill_mid_training(proc: subprocess.Popen, run_glob: str, root: Path, sig: int = signal.SIGKILL) -> int:
+    """Wait until a run under ``root`` matching ``run_glob`` has trained an epoch, send ``sig`` to the sweep,
+    wait for it to end and return the training child's pid (from the run's lock file)."""
     deadline = time.time() + 300
     while True:
         runs = [p.parent for p in root.glob(f"{run_glob}/metrics.json") if read_json(p).get("history")]
@@ -252,8 +252,8 @@ def _kill_mid_training(proc: subprocess.Popen, run_glob: str, root: Path) -> int
             break
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.2)
-    proc.kill()
-    proc.communicate(timeout=60)
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
     return pid
 
 
@@ -354,3 +354,15 @@ def test_a_sweep_where_nothing_succeeded_exits_1(tiny_data, tmp_path):
     assert r.returncode == 1, r.stderr[-3000:]
     assert f"nothing succeeded: 1 variants failed (crash); their output: {tmp_path / 'out/f/logs'}" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_sweep_hung_up_stops_its_child(tiny_data, tmp_path):
+    """SIGHUP (the terminal closed) stops the running variant as SIGTERM does: it saves, the sweep exits 130."""
+    sweep = sweep_file(tmp_path, {"name": "h", "base": tiny_base(tiny_data["folder"], epochs=30),
+                                  "variants": {"long": {}}})
+    proc = _sweep_process(sweep, tmp_path / "out", tmp_path)
+    pid = _kill_mid_training(proc, "h/simple_cnn/long", tmp_path / "out", signal.SIGHUP)
+    assert proc.returncode == 130 and _gone(pid)
+    run = tmp_path / "out/h/simple_cnn/long"
+    assert "test" not in read_json(run / "metrics.json") and (run / "checkpoints/last.pth").is_file()
