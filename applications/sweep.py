@@ -2,9 +2,10 @@
 compare them.
 
 Every variant is a real ``main.py --train`` process (a crash in one does not end the sweep; a SIGTERM
-to the sweep reaches each running variant, which saves and exits 130) in ``<output>/<name>/<arch>/<tag>``.
-Rerunning the sweep skips finished variants and resumes interrupted ones. ``--sweep_devices 0,1`` runs
-one variant per device at a time.
+to the sweep reaches each running variant, which saves and exits 130) in ``<output>/<name>/<arch>/<tag>``;
+the variants die with the sweep however it ends (``sweep_plan.Children``). Rerunning the sweep skips
+finished variants of the same settings (``existing_run``: compared as ``--train`` compares a saved
+config.yaml) and resumes interrupted ones. ``--sweep_devices 0,1`` runs one variant per device at a time.
 
 The search asks Optuna (TPE sampler, median pruner) for each trial's flags and runs the trial as such a
 process too. The sweep watches the run's ``metrics.json`` (written after every epoch), reports each
@@ -72,9 +73,9 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         print(table.pop("table"), flush=True)
         result["compare"] = table
     if not result.get("interrupted") and result["failed"] and not result["succeeded"]:
-        raise NothingSucceeded(f"--sweep: nothing succeeded: {len(result['failed'])} "
-                               f"{'trials' if spec.search else 'variants'} failed ({cut_list(result['failed'], 5)}); "
-                               f"their output: {sweep_dir / 'logs'}")
+        what = "trial(s)" if spec.search else "variant(s)"
+        raise NothingSucceeded(f"--sweep: nothing succeeded: {len(result['failed'])} {what} failed "
+                               f"({cut_list(result['failed'], 5)}); their output: {sweep_dir / 'logs'}")
     return result
 
 
@@ -174,11 +175,11 @@ def existing_run(run_dir: Path, flags: dict[str, Any]) -> tuple[str, dict[str, t
     if not (run_dir / "config.yaml").is_file():
         return "new", {}
     saved = load_saved_config(run_dir / "config.yaml")
-    cfg = parse_config(["--train", *flags_to_argv(build_parser(), flags)])  # what the variant's run parses
-    conflicts = config_conflicts(saved, cfg)
     finished = read_run(run_dir).status == "finished"
     if not finished and not any((run_dir / "checkpoints").glob("*.pth*")):
         return "new", {}  # --train starts such a folder afresh
+    cfg = parse_config(["--train", *flags_to_argv(build_parser(), flags)])  # what the variant's run parses
+    conflicts = config_conflicts(saved, cfg)
     if finished and saved.get("epochs") == cfg.epochs and not conflicts:
         return "finished", {}
     if finished and isinstance(saved.get("epochs"), int) and saved["epochs"] > cfg.epochs:

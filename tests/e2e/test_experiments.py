@@ -352,7 +352,7 @@ def test_a_sweep_where_nothing_succeeded_exits_1(tiny_data, tmp_path):
                                   "variants": {"crash": {"num_classes": 5}}})
     r = main_process("--sweep", str(sweep), "--output", str(tmp_path / "out"), cwd=tmp_path)
     assert r.returncode == 1, r.stderr[-3000:]
-    assert f"nothing succeeded: 1 variants failed (crash); their output: {tmp_path / 'out/f/logs'}" in r.stderr
+    assert f"nothing succeeded: 1 variant(s) failed (crash); their output: {tmp_path / 'out/f/logs'}" in r.stderr
     assert "Traceback" not in r.stderr
 
 
