@@ -2,9 +2,10 @@
 compare them.
 
 Every variant is a real ``main.py --train`` process (a crash in one does not end the sweep; a SIGTERM
-to the sweep reaches each running variant, which saves and exits 130) in ``<output>/<name>/<arch>/<tag>``.
-Rerunning the sweep skips finished variants and resumes interrupted ones. ``--sweep_devices 0,1`` runs
-one variant per device at a time.
+to the sweep reaches each running variant, which saves and exits 130) in ``<output>/<name>/<arch>/<tag>``;
+the variants die with the sweep however it ends (``sweep_plan.Children``). Rerunning the sweep skips
+finished variants of the same settings (``existing_run``: compared as ``--train`` compares a saved
+config.yaml) and resumes interrupted ones. ``--sweep_devices 0,1`` runs one variant per device at a time.
 
 The search asks Optuna (TPE sampler, median pruner) for each trial's flags and runs the trial as such a
 process too. The sweep watches the run's ``metrics.json`` (written after every epoch), reports each
@@ -18,27 +19,41 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import signal
+import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from config import SORT_KEYS, ConfigError, build_parser, check_mode_flags, validate
+from config import (SORT_KEYS, ConfigError, build_parser, check_mode_flags, config_conflicts, flags_to_argv,
+                    load_saved_config, parse_config, validate)
 from utils.atomic import write_text_atomic
-from utils.runs import NOT_SETTINGS, PRUNED_FILE, compare_runs, missing_outputs, read_run
+from utils.runlock import RunDirLocked, lock_holder
+from utils.runs import NOT_SETTINGS, PRUNED_FILE, compare_runs, missing_outputs, readable_run
 
 from .common import run_dir_for
-from .sweep_plan import (Children, ForwardSignals, SweepSpec, Variant, device_flags_env, last_error, load_sweep,
-                         parse_devices, train_command, variant_tag)
+from .sweep_plan import (Children, ForwardSignals, SweepSpec, Variant, cut_list, device_flags_env, last_error,
+                         load_sweep, parse_devices, train_command, variant_tag)
 
 logger = logging.getLogger(__name__)
 
 
+class NothingSucceeded(ValueError):
+    """Every variant (or trial) the sweep ran failed: the sweep exits 1."""
+
+
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
     """Run the sweep in ``cfg.sweep`` (see the module docstring); returns its folder, counts and table."""
-    spec = load_sweep(cfg.sweep)
-    sweep_dir = Path(cfg.output) / spec.name
+    spec = load_sweep(cfg.sweep, cfg.max_variants)
+    if not spec.search:
+        for flag in ("trials", "study_storage"):
+            if getattr(cfg, flag) is not None:
+                raise ConfigError(f"--{flag} is a search option, and {spec.path} has no search: (it has "
+                                  f"{spec.kind}:); drop --{flag}")
+    sweep_dir = Path(sweep_output(cfg, spec)) / spec.name
     base = {**spec.base, **command_line_flags(cfg)}
     devices = parse_devices(cfg.sweep_devices)
     variants = select_variants(spec, cfg.sweep_only)
@@ -47,7 +62,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         if spec.search:
             result = _search(spec, cfg, base, sweep_dir, devices, children)
         else:
-            result = _variants(spec, variants, base, sweep_dir, devices, children)
+            result = _variants(spec, variants, base, sweep_dir, devices, children, cfg.overwrite)
     result["sweep_dir"] = str(sweep_dir)
     if children.stopping.is_set():
         result["interrupted"] = True
@@ -57,7 +72,18 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
                              larger_is_better=SORT_KEYS[cfg.sort_by])
         print(table.pop("table"), flush=True)
         result["compare"] = table
+    if not result.get("interrupted") and result["failed"] and not result["succeeded"]:
+        what = "trial(s)" if spec.search else "variant(s)"
+        raise NothingSucceeded(f"--sweep: nothing succeeded: {len(result['failed'])} {what} failed "
+                               f"({cut_list(result['failed'], 5)}); their output: {sweep_dir / 'logs'}")
     return result
+
+
+def sweep_output(cfg: argparse.Namespace, spec: SweepSpec) -> str:
+    """The folder that holds the sweep folder: ``--output`` when given next to ``--sweep``, else the sweep
+    file's ``base: {output: ...}``, else the default."""
+    default = build_parser().get_default("output")
+    return cfg.output if cfg.output != default else str(spec.base.get("output") or default)
 
 
 def select_variants(spec: SweepSpec, only: list[str] | None) -> list[Variant]:
@@ -70,8 +96,8 @@ def select_variants(spec: SweepSpec, only: list[str] | None) -> list[Variant]:
     tags = [v.tag for v in spec.variants]
     unknown = [t for t in only if t not in tags]
     if unknown:
-        raise ConfigError(f"--sweep_only: {spec.path} has no variant {', '.join(map(repr, unknown))}; "
-                          f"its variants: {', '.join(tags)}")
+        raise ConfigError(f"--sweep_only: {spec.path} has no variant {cut_list(map(repr, unknown))}; "
+                          f"its variants: {cut_list(tags)}")
     return [v for v in spec.variants if v.tag in only]
 
 
@@ -140,26 +166,68 @@ def _in_parallel(devices: list[str | None], work, children: Children) -> None:
         raise errors[0]
 
 
+def existing_run(run_dir: Path, flags: dict[str, Any]) -> tuple[str, dict[str, tuple[Any, Any]]]:
+    """What ``run_dir`` holds for a variant with ``flags``: ``("new", {})`` (nothing to reuse),
+    ``("finished", {})`` (a finished run of exactly these settings: reused), or ``("resume", conflicts)``:
+    a run to continue (an interrupted one, or a finished one the variant gives more ``epochs``, which
+    trains on as ``--train`` does) unless ``conflicts`` names settings that differ, compared as ``--train``
+    compares a saved config.yaml (plus fewer ``epochs`` than a finished run trained)."""
+    record = readable_run(run_dir)
+    if record is None:  # none, or one whose files cannot be read (said): the variant's --train decides
+        return "new", {}
+    saved = load_saved_config(run_dir / "config.yaml")
+    finished = record.status == "finished"
+    if not finished and not any((run_dir / "checkpoints").glob("*.pth*")):
+        return "new", {}  # --train starts such a folder afresh
+    cfg = parse_config(["--train", *flags_to_argv(build_parser(), flags)])  # what the variant's run parses
+    conflicts = config_conflicts(saved, cfg)
+    if finished and saved.get("epochs") == cfg.epochs and not conflicts:
+        missing = missing_outputs(run_dir, record)
+        if not missing:
+            return "finished", {}
+        # finished, but killed before its last outputs: the run resumes at its end, only its final step runs
+        logger.info("rerun %s: finished, but %s missing", run_dir.name, ", ".join(missing))
+        return "resume", {}
+    if finished and isinstance(saved.get("epochs"), int) and saved["epochs"] > cfg.epochs:
+        conflicts["epochs"] = (saved["epochs"], cfg.epochs)
+    return "resume", conflicts
+
+
 def _variants(spec: SweepSpec, variants: list[Variant], base: dict[str, Any], sweep_dir: Path,
-              devices: list[str | None], children: Children) -> dict[str, Any]:
-    """The grid or the named ``variants`` of ``spec``: finished ones skipped, the rest run one per device
-    slot."""
+              devices: list[str | None], children: Children, overwrite: bool = False) -> dict[str, Any]:
+    """The grid or the named ``variants`` of ``spec``: finished runs of the same settings skipped, the rest
+    run one per device slot. A run with other settings in a variant's folder is refused before anything
+    runs (``overwrite``: started afresh), and so is a folder another live process holds."""
     planned = [(v, run_flags(base, v.values, sweep_dir, v.tag)) for v in variants]
     tags = [v.tag for v, _ in planned]
     if len(set(tags)) != len(tags):
         raise ConfigError(f"--sweep: {spec.path}: two variants have the same tag: "
-                          f"{sorted({t for t in tags if tags.count(t) > 1})}")
-    todo = []
+                          f"{cut_list(sorted({t for t in tags if tags.count(t) > 1}))}")
+    todo, differ, finished = [], [], 0
     for variant, flags in planned:
         run_dir = _run_dir(flags, sweep_dir)
-        record = read_run(run_dir) if (run_dir / "config.yaml").is_file() else None
-        missing = missing_outputs(run_dir, record) if record is not None and record.status == "finished" else []
-        if record is not None and record.status == "finished" and not missing:
+        state, conflicts = existing_run(run_dir, flags)
+        if state == "finished":
             logger.info("skip %s: finished", variant.tag)
-        else:
-            if missing:  # the run resumes at its end: only its final step runs again
-                logger.info("rerun %s: finished, but %s missing", variant.tag, ", ".join(missing))
-            todo.append(flags)
+            finished += 1
+            continue
+        if conflicts and overwrite:
+            logger.info("%s: %s holds a run with other settings (%s): started afresh (--overwrite)", variant.tag,
+                        run_dir, _describe_conflicts(conflicts))
+            flags = {**flags, "overwrite": True}
+        elif conflicts:
+            differ.append(f"{run_dir} ({_describe_conflicts(conflicts)})")
+            continue
+        todo.append(flags)
+    if differ:
+        raise ConfigError(f"--sweep: {len(differ)} variant folder(s) hold runs with other settings than the sweep "
+                          f"gives them now: {cut_list(differ, 3)}; pass --overwrite to run them afresh, "
+                          f"or give the settings they were run with")
+    for flags in todo:
+        holder = lock_holder(_run_dir(flags, sweep_dir))
+        if holder:
+            raise RunDirLocked(f"--sweep: run directory {_run_dir(flags, sweep_dir)} is in use by {holder} (a run "
+                               f"of an earlier sweep?); wait for it to end or stop it, then rerun the sweep")
     logger.info("sweep %s: %d variants, %d to run, on %s", spec.name, len(planned), len(todo),
                 ", ".join(d or "the default device" for d in devices))
     queue, lock, codes = list(todo), threading.Lock(), {}
@@ -174,8 +242,13 @@ def _variants(spec: SweepSpec, variants: list[Variant], base: dict[str, Any], sw
 
     _in_parallel(devices, work, children)
     run_dirs = [str(_run_dir(f, sweep_dir)) for _, f in planned if (_run_dir(f, sweep_dir) / "config.yaml").is_file()]
-    return {"variants": len(planned), "ran": len(codes), "skipped": len(planned) - len(todo),
+    return {"variants": len(planned), "ran": len(codes), "skipped": finished,
+            "succeeded": finished + sum(c == 0 for c in codes.values()),
             "failed": sorted(t for t, c in codes.items() if c not in (0, 130)), "run_dirs": run_dirs}
+
+
+def _describe_conflicts(conflicts: dict[str, tuple[Any, Any]]) -> str:
+    return "; ".join(f"--{k}: {a!r} -> {b!r}" for k, (a, b) in conflicts.items())
 
 
 # ---- search ------------------------------------------------------------------------------------------
@@ -227,19 +300,19 @@ def _search(spec: SweepSpec, cfg: argparse.Namespace, base: dict[str, Any], swee
     for p in spec.search:  # each choice and each end of each range must make a valid run: checked up front
         for value in p.choices or ([int(p.low), int(p.high)] if p.kind == "int" else [p.low, p.high]):
             run_flags(base, {p.dest: value}, sweep_dir, variant_tag({p.dest: value}))
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.study_storage:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
     storage = cfg.study_storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=spec.pruning["startup_trials"],
                                           n_warmup_steps=spec.pruning["warmup_epochs"])
               if spec.pruning else optuna.pruners.NopPruner())
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=spec.name, storage=storage, load_if_exists=True, direction="maximize",
-                                pruner=pruner)
+    study = open_study(spec.name, cfg.study_storage, sweep_dir / "study.db", pruner)
     # A fresh study draws from sampler_seed; a continued one from sampler_seed + its trial count, so that a
     # rerun does not repeat the first run's random draws.
     seed = None if spec.sampler_seed is None else spec.sampler_seed + len(study.trials)
     study.sampler = optuna.samplers.TPESampler(seed=seed)
     distributions = _distributions(spec)
+    fail_stale_trials(study)
     # Trials a stopped sweep left unfinished are asked again with the same flags: the same tag, so their
     # run resumes where it stopped.
     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
@@ -260,18 +333,29 @@ def _search(spec: SweepSpec, cfg: argparse.Namespace, base: dict[str, Any], swee
                 if counted() >= target:
                     return
                 trial = study.ask(distributions)
+                trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
             values = _trial_values(spec, trial.params)
             flags = run_flags(base, values, sweep_dir, variant_tag(values))
             run_dir = _run_dir(flags, sweep_dir)
             trial.set_user_attr("run_dir", str(run_dir))
+            holder = lock_holder(run_dir)
+            if holder:
+                trial.set_user_attr("interrupted", True)
+                study.tell(trial, state=TrialState.FAIL)
+                raise RunDirLocked(f"--sweep: trial {trial.number}'s run directory {run_dir} is in use by {holder} "
+                                   f"(a run of an earlier sweep?); wait for it to end or stop it, then rerun the sweep")
             state = _run_trial(trial, flags, run_dir, device, sweep_dir, children)
             logger.info("trial %d (%s): %s", trial.number, flags["tag"], state)
 
     _in_parallel(devices, work, children)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    result: dict[str, Any] = {"study": spec.name, "storage": storage, "trials": len(study.trials),
-                              "complete": len(complete),
-                              "pruned": len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))),
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+              if not t.user_attrs.get("interrupted")]
+    result: dict[str, Any] = {"study": spec.name, "storage": _shown_url(storage), "trials": len(study.trials),
+                              "complete": len(complete), "pruned": len(pruned),
+                              "succeeded": len(complete) + len(pruned),
+                              "failed": [f"trial {t.number}" for t in failed],
                               "run_dirs": [str(Path(t.user_attrs["run_dir"])) for t in study.trials
                                            if t.user_attrs.get("run_dir") and Path(t.user_attrs["run_dir"]).is_dir()]}
     result["run_dirs"] = list(dict.fromkeys(result["run_dirs"]))
@@ -284,6 +368,79 @@ def _search(spec: SweepSpec, cfg: argparse.Namespace, base: dict[str, Any], swee
         print(f"best trial {best.number}: val top-1 {best.value:.2f} ({best.user_attrs.get('run_dir')})\n{command}",
               flush=True)
     return result
+
+
+def open_study(name: str, url: str | None, default_db: Path, pruner):
+    """The Optuna study ``name`` in the storage ``url`` (default: SQLite ``default_db``), created or
+    continued, and written to once, so that a database that cannot be used (damaged, read-only, a bad URL,
+    a missing folder or driver) is one line naming it, before any trial starts."""
+    import optuna
+    import sqlalchemy.exc
+    storage = url or f"sqlite:///{default_db.resolve()}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        if url is None and default_db.is_file() and not os.access(default_db, os.W_OK):
+            raise PermissionError("the file is read-only")
+        study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
+                                    pruner=pruner)
+        study.set_user_attr("last_opened", time.time())
+    except (ImportError, ValueError, OSError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError) as e:
+        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:300]
+        if isinstance(e, ImportError):
+            reason = f"its database driver is not installed ({reason})"
+        if url is None:
+            raise ConfigError(f"--sweep: cannot use the study database {default_db}: {reason}; if it is damaged, "
+                              f"move it away (a new study starts; the run folders stay), or make it writable") from None
+        raise ConfigError(f"--study_storage {_shown_url(url)}: cannot open the study: {reason}; give an Optuna "
+                          f"storage URL such as sqlite:////absolute/path/study.db or "
+                          f"postgresql://user:password@host/db (with its driver installed)") from None
+    return study
+
+
+def _shown_url(url: str) -> str:
+    """``url`` with its password hidden."""
+    try:
+        from sqlalchemy.engine import make_url
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL sqlalchemy parses: nothing to hide
+        return url
+
+
+def _process_gone(pid: Any) -> bool:
+    """True when no process ``pid`` runs on this host (none at all, or a zombie waiting to be reaped)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    except (TypeError, ValueError, OverflowError):
+        return True
+    try:
+        return Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def fail_stale_trials(study) -> None:
+    """Trials left RUNNING by a sweep on this host that is gone (killed outright) become failed-as-
+    interrupted, so that they are asked again and their runs resume; a live process still holding such a
+    trial's run directory (an orphaned run) stops the sweep with a line naming it."""
+    from optuna.trial import Trial, TrialState
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        if not isinstance(worker, dict) or worker.get("host") != host or not _process_gone(worker.get("pid")):
+            continue  # run by a live sweep, or by one on another machine
+        run_dir = t.user_attrs.get("run_dir")
+        holder = lock_holder(run_dir) if run_dir else None
+        if holder:
+            raise RunDirLocked(f"--sweep: trial {t.number}'s run directory {run_dir} is in use by {holder}, left "
+                               f"running by a sweep that is gone; wait for it to end or stop it, then rerun the sweep")
+        Trial(study, t._trial_id).set_user_attr("interrupted", True)
+        study.tell(t.number, state=TrialState.FAIL)
+        logger.warning("trial %d was left running by a sweep that is gone (pid %s): it is asked again", t.number,
+                       worker.get("pid"))
 
 
 def _run_trial(trial, flags: dict[str, Any], run_dir: Path, device: str | None, sweep_dir: Path,

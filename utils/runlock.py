@@ -115,3 +115,20 @@ def fresh_dir(parent: str | Path, name: str) -> Path:
             return folder
         except FileExistsError:
             n += 1
+
+
+def lock_holder(run_dir: str | Path) -> str | None:
+    """Who holds ``run_dir``'s lock now (``pid N on host H, started ...``), or None when no live process
+    does (no lock file, or one a dead run left). Probes with a shared lock released at once; takes nothing."""
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        return _describe(_holder(path)) if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) else None
+    finally:
+        os.close(fd)
+    return None

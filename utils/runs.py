@@ -18,7 +18,7 @@ Its status is read from those files and the last line of its ``log.txt``:
 A run directory whose files cannot be read as a run's (a damaged or unreadable ``config.yaml``, a
 ``metrics.json`` of another shape, a history row without its epoch, a metric that is not a number) is a
 ``RunFolderError`` naming the file and what is wrong: ``--compare`` skips that run with one warning line,
-and a sweep does not reuse it (``finished_run``).
+and a sweep does not reuse it (``readable_run``).
 """
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Keys that never describe what a run trained (where it lives, how it was launched, the mode flags of
 # config.MODES): not "differing flags", not HParams.
 NOT_SETTINGS = frozenset({"tag", "output", "config", "resume", "overwrite", "no_progress", "local_rank",
-                          "sort_by", "sweep_devices", "sweep_only", "trials", "study_storage", "tracker",
+                          "sort_by", "sweep_devices", "sweep_only", "trials", "study_storage", "max_variants",
+                          "tracker",
                           "train", "evaluation", "knowledge", "make_curriculum", "lr_finder", "jit", "onnx", "openvino", "predict",
                           "visual_data", "visual_source", "flops", "throughput", "summary", "publish", "compare",
                           "sweep"})
@@ -136,16 +137,16 @@ def read_run(path: Path) -> RunRecord:
     return record
 
 
-def finished_run(path: Path) -> bool:
-    """Whether ``path`` holds a finished run that a sweep may reuse: False when it holds none, or when its
-    files cannot be read (logged as one warning line naming the file: the variant is run again)."""
+def readable_run(path: Path) -> RunRecord | None:
+    """The run in ``path`` as a sweep sees it: None when there is none, or when its files cannot be read
+    (one warning line naming the file: the sweep does not reuse it, the variant runs again)."""
     if not os.path.lexists(path / "config.yaml"):
-        return False
+        return None
     try:
-        return read_run(path).status == "finished"
+        return read_run(path)
     except RunFolderError as e:
         logger.warning("%s; the run there is not reused as finished: it runs again", e)
-        return False
+        return None
 
 
 def read_config(path: Path, loader: type = _YAML_LOADER) -> dict[str, Any]:

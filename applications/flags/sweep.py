@@ -19,10 +19,14 @@ def _add_sweep(g: argparse._ArgumentGroup) -> None:
                    help="--sweep with a search space: trials the study should hold (default: the file's trials)")
     g.add_argument("--study_storage", type=str, default=None, metavar="URL",
                    help="--sweep search: Optuna RDB URL shared by every worker (default: sqlite in the sweep folder)")
+    g.add_argument("--max_variants", type=int, default=1000, metavar="N",
+                   help="--sweep with a grid: refuse a grid of more combinations than this (counted before any "
+                        "is made)")
 
 
 def _check_sweep(cfg: argparse.Namespace) -> None:
     need(cfg.trials is None or cfg.trials >= 1, f"--trials must be >= 1, got {cfg.trials}")
+    need(cfg.max_variants >= 1, f"--max_variants must be >= 1, got {cfg.max_variants}")
     if cfg.sweep_devices is not None:
         need(all(re.fullmatch(r"\d+|cpu", d.strip()) for d in cfg.sweep_devices.split(",")),
              f"--sweep_devices must be comma-separated CUDA indices or cpu (e.g. 0,1 or cpu,cpu), "

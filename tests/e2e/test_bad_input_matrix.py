@@ -487,7 +487,67 @@ CASES += [
 
 # ==== round three: sweeps and searches (#25 items 2 and 6) ====
 
+SEARCH = "search: {lr: [0.05]}\ntrials: 1\n"
+
+
+def _study_db(content: bytes | None, mode: int = 0o644) -> Callable[[Path, Path], list[str]]:
+    """A search whose default study.db already holds ``content`` (None: an empty SQLite file), mode ``mode``."""
+    def setup(tmp: Path, data: Path) -> list[str]:
+        import os
+        if mode & 0o200 == 0 and os.geteuid() == 0:
+            pytest.skip("root writes to read-only files")
+        db = tmp / "out/s/study.db"
+        db.parent.mkdir(parents=True)
+        db.write_bytes(content or b"")
+        db.chmod(mode)
+        return sweep_setup(SEARCH)(tmp, data)
+    return setup
+
+
+def _study_db_unchanged(tmp: Path) -> None:
+    assert (tmp / "out/s/study.db").read_bytes() == b"\x00garbage" * 500
+    assert sorted(p.name for p in (tmp / "out/s").iterdir()) == ["study.db"]
+
+
 CASES += [
+    Case("sweep-study-db-damaged", _study_db(b"\x00garbage" * 500), 1,
+         r"--sweep: cannot use the study database .*study\.db: .*file is not a database; if it is damaged, "
+         r"move it away",
+         check=_study_db_unchanged),
+    Case("sweep-study-db-read-only", _study_db(None, 0o444), 1,
+         r"--sweep: cannot use the study database .*study\.db: the file is read-only; .*make it writable"),
+    Case("sweep-study-storage-bad-url", sweep_setup(SEARCH, "--study_storage", "foo://bar"), 1,
+         r"--study_storage foo://bar: cannot open the study: .*foo; give an Optuna storage URL", check=nothing_written),
+    Case("sweep-study-storage-missing-folder",
+         lambda tmp, data: sweep_setup(SEARCH, "--study_storage", f"sqlite:///{tmp}/no_such_dir/s.db")(tmp, data), 1,
+         r"--study_storage sqlite:///.*no_such_dir/s\.db: cannot open the study: .*unable to open database file",
+         check=nothing_written),
+    Case("sweep-study-storage-missing-driver",
+         sweep_setup(SEARCH, "--study_storage", "postgresql://me:secret@localhost/db"), 1,
+         r"--study_storage postgresql://me:\*\*\*@localhost/db: cannot open the study: its database driver is not "
+         r"installed", check=nothing_written),
+    Case("sweep-search-range-inf", sweep_setup("search: {lr: {low: 0.001, high: .inf}}\ntrials: 2\n"), 1,
+         r"s\.yaml: search: lr: low and high must be finite numbers", check=nothing_written),
+    Case("sweep-search-step-zero", sweep_setup("search: {lr: {low: 0.001, high: 0.1, step: 0}}\ntrials: 2\n"), 1,
+         r"s\.yaml: search: lr: .*step \(if given\) a number > 0", check=nothing_written),
+    Case("sweep-sampler-seed-list", sweep_setup(SEARCH + "sampler_seed: [1, 2]\n"), 1,
+         r"s\.yaml: sampler_seed: expected an integer >= 0, got \[1, 2\]", check=nothing_written),
+    Case("sweep-pruning-warmup-list", sweep_setup(SEARCH + "pruning: {warmup_epochs: [1]}\n"), 1,
+         r"s\.yaml: pruning: warmup_epochs: expected an integer >= 0, got \[1\]", check=nothing_written),
+    Case("sweep-grid-null", sweep_setup("grid: {lr: [null]}\n"), 1,
+         r"s\.yaml: grid: lr: null is not a value of --lr", check=nothing_written),
+    Case("sweep-variant-named-like-a-flag", sweep_setup("variants: {-x: {}}\n"), 1,
+         r"s\.yaml: variants: variant name '-x' becomes a run tag: .*not starting with '-'", check=nothing_written),
+    Case("sweep-grid-with-trials", sweep_setup("grid: {lr: [0.1]}\n", "--trials", "3"), 1,
+         r"--trials is a search option, and .*s\.yaml has no search: \(it has grid:\); drop --trials",
+         check=nothing_written),
+    Case("sweep-variants-with-study-storage", sweep_setup("variants: {a: {}}\n", "--study_storage", "sqlite:///x.db"),
+         1, r"--study_storage is a search option, .*\(it has variants:\)", check=nothing_written),
+    Case("sweep-grid-too-large", sweep_setup("grid: {" + ", ".join(f"{k}: [{', '.join(map(str, range(1, 11)))}]"
+                                                                   for k in ("epochs", "seed", "batch_size", "workers"))
+                                             + "}\n"),
+         1, r"s\.yaml: grid: 10000 combinations \(10 x 10 x 10 x 10\) are more than the limit of 1000; .*"
+            r"--max_variants 10000", check=nothing_written),
 ]
 
 

@@ -222,3 +222,147 @@ def test_search_stopped_by_sigterm_continues_its_study(tiny_data, tmp_path):
     assert trials[0].user_attrs["interrupted"]
     assert trials[1].params == trials[0].params and trials[2].params != trials[0].params
     assert "resumed from" in (Path(trials[1].user_attrs["run_dir"]) / "log.txt").read_text()
+
+
+# ---- sweeps: reuse only what matches, children die with the sweep, nothing succeeded ---------------
+
+def _gone(pid: int) -> bool:
+    """No process ``pid`` (or only its zombie, which a container's init may never reap)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _sweep_process(sweep: Path, out: Path, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--sweep", str(sweep), "--output", str(out)],
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def _kill_mid_training(proc: subprocess.Popen, run_glob: str, root: Path, sig: int = signal.SIGKILL) -> int:
+    """Wait until a run under ``root`` matching ``run_glob`` has trained an epoch, send ``sig`` to the sweep,
+    wait for it to end and return the training child's pid (from the run's lock file)."""
+    deadline = time.time() + 300
+    while True:
+        runs = [p.parent for p in root.glob(f"{run_glob}/metrics.json") if read_json(p).get("history")]
+        if runs and (runs[0] / "run.lock").is_file():
+            pid = json.loads((runs[0] / "run.lock").read_text())["pid"]
+            break
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    proc.communicate(timeout=120)
+    return pid
+
+
+def _wait_gone(pid: int, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while not _gone(pid):
+        assert time.time() < deadline, f"training process {pid} outlived its sweep (SIGKILL) by {seconds} s"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_sweep_killed_outright_takes_its_child_along_and_the_rerun_finishes_each_variant_once(tiny_data, tmp_path):
+    """SIGKILL of the sweep: its training child dies too (PR_SET_PDEATHSIG: it saves and exits), so the
+    rerun resumes that variant, runs the other, and every variant ends finished exactly once."""
+    sweep = sweep_file(tmp_path, {"name": "k", "base": tiny_base(tiny_data["folder"]),
+                                  "variants": {"long": {"epochs": 30}, "short": {}}})
+    out = tmp_path / "out"
+    proc = _sweep_process(sweep, out, tmp_path)
+    pid = _kill_mid_training(proc, "k/simple_cnn/long", out)
+    _wait_gone(pid, 60)
+    long = out / "k/simple_cnn/long"
+    assert "test" not in read_json(long / "metrics.json"), "the orphaned run trained on to its end"
+    r = main_process("--sweep", str(sweep), "--output", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sweep_result(r)["ran"] == 2 and sweep_result(r)["failed"] == []
+    assert r.stderr.count("start long") == 1 and r.stderr.count("start short") == 1
+    assert "resumed from" in (long / "log.txt").read_text()
+    assert [row["epoch"] for row in read_json(long / "metrics.json")["history"]] == list(range(30))
+    assert all("test" in read_json(out / f"k/simple_cnn/{t}/metrics.json") for t in ("long", "short"))
+    assert not list(out.glob("k/simple_cnn/*/run.lock"))
+
+
+@pytest.mark.slow
+def test_search_killed_outright_asks_its_running_trial_again(tiny_data, tmp_path):
+    """SIGKILL mid-trial leaves the trial RUNNING in the study; the rerun sees its sweep is gone, fails it
+    as interrupted and asks its flags again: the run resumes and the study holds one complete trial."""
+    import optuna
+    sweep = sweep_file(tmp_path, {"name": "r", "base": tiny_base(tiny_data["folder"], epochs=20),
+                                  "search": {"lr": [0.05]}, "trials": 1, "pruning": False})
+    out = tmp_path / "out"
+    pid = _kill_mid_training(_sweep_process(sweep, out, tmp_path), "r/simple_cnn/*", out)
+    _wait_gone(pid, 60)
+    r = main_process("--sweep", str(sweep), "--output", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "trial 0 was left running by a sweep that is gone" in r.stderr
+    trials = optuna.load_study(study_name="r", storage=f"sqlite:///{out / 'r/study.db'}").trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"] and trials[0].user_attrs["interrupted"]
+    assert trials[1].params == trials[0].params and sweep_result(r)["complete"] == 1
+    assert "resumed from" in (Path(trials[1].user_attrs["run_dir"]) / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_sweep_reuses_a_finished_run_only_with_the_same_settings(tiny_data, tmp_path):
+    """base: {output: DIR} is where the runs go; a rerun with an extra flag or an edited base is refused
+    naming the flag (or runs afresh with --overwrite); more epochs train on; a live holder of a variant's
+    folder is named, not trained beside."""
+    import yaml
+    from utils.runlock import RunLock
+    body = {"name": "u", "base": tiny_base(tiny_data["folder"], output=str(tmp_path / "base_out")),
+            "variants": {"a": {}}}
+    sweep = sweep_file(tmp_path, body)
+    r = main_process("--sweep", str(sweep), cwd=tmp_path)
+    run = tmp_path / "base_out/u/simple_cnn/a"
+    assert r.returncode == 0 and "test" in read_json(run / "metrics.json"), r.stderr[-3000:]
+    assert not (tmp_path / "output").exists()
+    finished = (run / "metrics.json").read_text()
+
+    def rerun(*extra: str, **base) -> subprocess.CompletedProcess:
+        sweep_file(tmp_path, {**body, "base": {**body["base"], **base}})
+        return main_process("--sweep", str(sweep), *extra, cwd=tmp_path)
+
+    r = rerun("--weight_decay", "0.001")
+    assert r.returncode == 1 and re.search(rf"{run} \(--weight_decay: 0.0001 -> 0.001\); pass --overwrite", r.stderr)
+    r = rerun(lr=0.02)
+    assert r.returncode == 1 and "(--lr: 0.05 -> 0.02)" in r.stderr and "start " not in r.stderr
+    assert (run / "metrics.json").read_text() == finished  # nothing touched
+    with RunLock(run):  # a live process holds the folder: named, nothing started beside it
+        r = rerun(epochs=2)
+    assert r.returncode == 1 and f"run directory {run} is in use by pid {os.getpid()}" in r.stderr
+    r = rerun(epochs=2)  # more epochs: the finished run trains on, as --train does
+    assert r.returncode == 0 and "resumed from" in (run / "log.txt").read_text(), r.stderr[-3000:]
+    assert len(read_json(run / "metrics.json")["history"]) == 2
+    r = rerun(epochs=1)
+    assert r.returncode == 1 and "(--epochs: 2 -> 1)" in r.stderr
+    r = rerun("--overwrite", epochs=1, lr=0.02)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert yaml.safe_load((run / "config.yaml").read_text())["lr"] == 0.02
+    assert len(read_json(run / "metrics.json")["history"]) == 1
+    r = rerun(epochs=1, lr=0.02)
+    assert r.returncode == 0 and "skip a: finished" in r.stderr and sweep_result(r)["ran"] == 0
+
+
+@pytest.mark.slow
+def test_a_sweep_where_nothing_succeeded_exits_1(tiny_data, tmp_path):
+    sweep = sweep_file(tmp_path, {"name": "f", "base": tiny_base(tiny_data["folder"]),
+                                  "variants": {"crash": {"num_classes": 5}}})
+    r = main_process("--sweep", str(sweep), "--output", str(tmp_path / "out"), cwd=tmp_path)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert f"nothing succeeded: 1 variant(s) failed (crash); their output: {tmp_path / 'out/f/logs'}" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_sweep_hung_up_stops_its_child(tiny_data, tmp_path):
+    """SIGHUP (the terminal closed) stops the running variant as SIGTERM does: it saves, the sweep exits 130."""
+    sweep = sweep_file(tmp_path, {"name": "h", "base": tiny_base(tiny_data["folder"], epochs=30),
+                                  "variants": {"long": {}}})
+    proc = _sweep_process(sweep, tmp_path / "out", tmp_path)
+    pid = _kill_mid_training(proc, "h/simple_cnn/long", tmp_path / "out", signal.SIGHUP)
+    assert proc.returncode == 130 and _gone(pid)
+    run = tmp_path / "out/h/simple_cnn/long"
+    assert "test" not in read_json(run / "metrics.json") and (run / "checkpoints/last.pth").is_file()

@@ -121,6 +121,16 @@ def test_grid_expands_to_tagged_variants(tmp_path):
     ({"search": {"optimizer": {"low": 1, "high": 2}}}, r"search: optimizer: a range needs a number flag"),
     ({"grid": {"lr": [0.1]}, "trials": 3}, r"trials: is a search option"),
     ({"grid": {"lr": [0.1]}, "gird": 1}, r"unknown key\(s\) \['gird'\]"),
+    ({"search": {"lr": {"low": 0.001, "high": float("inf")}}, "trials": 2}, r"search: lr: low and high must be finite"),
+    ({"search": {"lr": {"low": 0.001, "high": 0.1, "step": 0}}, "trials": 2}, r"search: lr: .*step .*> 0"),
+    ({"search": {"lr": [0.1]}, "trials": 2, "sampler_seed": [1, 2]}, r"sampler_seed: expected an integer >= 0"),
+    ({"search": {"lr": [0.1]}, "trials": 2, "pruning": {"warmup_epochs": [1]}},
+     r"pruning: warmup_epochs: expected an integer >= 0, got \[1\]"),
+    ({"grid": {"lr": [None]}}, r"grid: lr: null is not a value of --lr"),
+    ({"search": {"lr": [0.1, None]}, "trials": 2}, r"search: lr: null is not a value of --lr"),
+    ({"base": {"epochs": None}, "grid": {"lr": [0.1]}}, r"base: epochs: null is not a value of --epochs"),
+    ({"variants": {"a": {"lr": None}}}, r"variants: a: lr: null is not a value of --lr"),
+    ({"variants": {"-x": {}}}, r"variant name '-x' becomes a run tag: .*not starting with '-'"),
 ])
 def test_bad_sweep_files_are_refused_clearly(tmp_path, body, message):
     import re
@@ -129,6 +139,26 @@ def test_bad_sweep_files_are_refused_clearly(tmp_path, body, message):
         load_sweep(sweep_file(tmp_path, body))
     assert re.search(message, str(e.value)), str(e.value)
     assert str(e.value).startswith(f"--sweep: {tmp_path / 'sweep.yaml'}") or "sweep.yaml" in str(e.value)
+
+
+def test_a_grid_over_the_limit_is_refused_before_it_is_expanded(tmp_path):
+    """10^6 combinations are counted, not made (they once ended in MemoryError); the limit can be raised."""
+    from applications.sweep_plan import load_sweep
+    grid = {key: list(range(1, 11)) for key in ("epochs", "batch_size", "workers", "seed", "lr", "momentum")}
+    with pytest.raises(ConfigError) as e:
+        load_sweep(sweep_file(tmp_path, {"grid": grid}))
+    assert "1000000 combinations (10 x 10 x 10 x 10 x 10 x 10) are more than the limit of 1000" in str(e.value)
+    assert "--max_variants 1000000" in str(e.value) and len(str(e.value)) < 400
+    small = {"epochs": [1, 2, 3], "seed": [1, 2]}
+    assert len(load_sweep(sweep_file(tmp_path, {"grid": small}), max_variants=6).variants) == 6
+    with pytest.raises(ConfigError, match="6 combinations"):
+        load_sweep(sweep_file(tmp_path, {"grid": small}), max_variants=5)
+
+
+def test_long_tag_lists_are_cut():
+    from applications.sweep_plan import cut_list
+    assert cut_list(["a", "b"]) == "a, b"
+    assert cut_list([f"t{i}" for i in range(100_000)], 3) == "t0, t1, t2, ... and 99997 more"
 
 
 def test_run_flags_layering_and_checks(tmp_path):

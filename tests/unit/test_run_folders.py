@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utils.runs import RunFolderError, compare_runs, finished_run, read_run
+from utils.runs import RunFolderError, compare_runs, read_run, readable_run
 
 CONFIG = {"arch": "resnet18", "lr": 0.1, "epochs": 2, "tag": "x"}
 
@@ -106,6 +106,11 @@ def test_compare_with_no_readable_run_is_one_error(tmp_path):
     run_folder(tmp_path / "two/b", metrics=[1])
     with pytest.raises(ValueError, match=r"^--compare: none of the 2 run directories found can be read"):
         compare_runs([tmp_path / "two"])
+
+
+def finished_run(path):
+    record = readable_run(path)
+    return record is not None and record.status == "finished"
 
 
 def test_a_sweep_reuses_only_a_readable_finished_run(tmp_path, caplog):

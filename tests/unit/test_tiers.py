@@ -10,6 +10,7 @@ import time
 import pytest
 import yaml
 
+import config
 from conftest import ROOT, run_main, tiny_train_args
 from unit.tier_guard import EndToEndTraining, TrainingGuard, training_command
 
@@ -49,7 +50,10 @@ def test_a_training_mode_that_returns_in_process_is_reported_and_a_refused_one_i
     # a sweep whose one variant has finished: main.py --sweep returns (after its --compare table)
     run = tmp_path / "out" / "s" / "simple_cnn" / "a"
     run.mkdir(parents=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({"arch": "simple_cnn", "tag": "a"}))
+    # the settings the sweep gives variant a (a finished run is reused only with the same settings)
+    config.save_config(config.parse_config(["--train", "--arch", "simple_cnn", "--data", str(tiny_data["folder"]),
+                                            "--output", str(tmp_path / "out" / "s"), "--tag", "a"]),
+                       run / "config.yaml")
     (run / "metrics.json").write_text('{"history": [], "test": {"test_top1": 50.0}}')
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({"name": "s", "base": {"arch": "simple_cnn", "data": str(tiny_data["folder"])},
