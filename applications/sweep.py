@@ -17,7 +17,6 @@ machines can work on one study.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -32,7 +31,8 @@ from config import (SORT_KEYS, ConfigError, build_parser, check_mode_flags, conf
                     load_saved_config, parse_config, validate)
 from utils.atomic import write_text_atomic
 from utils.runlock import RunDirLocked, lock_holder
-from utils.runs import NOT_SETTINGS, PRUNED_FILE, compare_runs, missing_outputs, readable_run
+from utils.runs import (NOT_SETTINGS, PRUNED_FILE, RunFolderError, compare_runs, missing_outputs, read_metrics,
+                        readable_run)
 
 from .common import run_dir_for
 from .sweep_plan import (Children, ForwardSignals, SweepSpec, Variant, cut_list, device_flags_env, last_error,
@@ -282,9 +282,11 @@ def _trial_values(spec: SweepSpec, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _history(run_dir: Path) -> list[dict[str, Any]]:
+    """A trial's history rows so far (the one reader of metrics.json): none while it is not written, or
+    when it cannot be read as a run's (the trial's own --train then says why)."""
     try:
-        return json.loads((run_dir / "metrics.json").read_text()).get("history", [])
-    except (OSError, json.JSONDecodeError):  # not written yet (or mid-replace on a filesystem without atomic rename)
+        return read_metrics(run_dir / "metrics.json")[0]
+    except (OSError, RunFolderError):
         return []
 
 
@@ -455,8 +457,10 @@ def _run_trial(trial, flags: dict[str, Any], run_dir: Path, device: str | None, 
         for row in history[reported["epochs"]:]:
             if reported["pruned"]:
                 break
-            trial.report(row["val_top1"], row["epoch"])
             reported["epochs"] += 1
+            if row.get("val_top1") is None:  # an epoch without validation reports nothing
+                continue
+            trial.report(row["val_top1"], row["epoch"])
             if trial.should_prune():
                 reported["pruned"] = True
                 write_text_atomic(run_dir / PRUNED_FILE, f"pruned by the search after epoch {row['epoch'] + 1}\n")
@@ -467,10 +471,10 @@ def _run_trial(trial, flags: dict[str, Any], run_dir: Path, device: str | None, 
     if reported["pruned"]:
         trial.study.tell(trial, state=TrialState.PRUNED)
         return "pruned"
-    history = _history(run_dir)
-    if code == 0 and history:
+    scores = [row["val_top1"] for row in _history(run_dir) if row.get("val_top1") is not None]
+    if code == 0 and scores:
         (run_dir / PRUNED_FILE).unlink(missing_ok=True)
-        trial.study.tell(trial, max(row["val_top1"] for row in history))
+        trial.study.tell(trial, max(scores))
         return "complete"
     # 130: the run saved and stopped; -SIGTERM/-SIGINT: the signal the sweep forwarded landed where the run
     # has no handler (its final test): either way a rerun resumes or finishes it
