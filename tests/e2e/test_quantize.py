@@ -16,8 +16,8 @@ import torch
 from conftest import ROOT
 from export.core import ExportError, read_onnx_metadata
 from export.guard import check_accuracy_drop, compare_accuracy
-from e2e.quant_fixtures import (constant_calibration_data, evaluation_predictions, run_main_json,
-                            trained_once)
+from e2e.quant_fixtures import (constant_calibration_data, evaluation_predictions, rough_once, run_main_json,
+                                trained_once)
 from e2e.test_demo import run_demo
 
 
@@ -63,7 +63,7 @@ def test_int8_onnx_passes_the_guard_and_the_demo_runs_it_at_the_measured_agreeme
     assert {k: v for k, v in meta.items() if k != "quantization"} == fp32_meta
     assert meta["quantization"] | {"tool": None} == {
         "precision": "int8", "tool": None, "weights": "int8, symmetric, per output channel",
-        "activations": "int8, per tensor", "calib_method": "minmax", "calib_images": 32, "calib_split": "train",
+        "activations": "int8, per tensor", "outputs": "float", "calib_method": "minmax", "calib_images": 32, "calib_split": "train",
         "calib_preprocessing": "evaluation"}
     # a separate process without the project runs both files: fp32 equals --evaluation, int8 agrees with it
     # on exactly the share of images the export measured (same images, same preprocessing)
@@ -92,3 +92,22 @@ def test_constant_calibration_fails_the_guard_and_leaves_the_unverified_file(tra
     assert "model.int8.onnx.unverified loses" in errors[0] and "more than --max_accuracy_drop 1" in errors[0]
     assert (export / "model.int8.onnx.unverified").is_file() and (export / "model.onnx").is_file()
     assert not (export / "model.int8.onnx").exists()
+
+
+@pytest.mark.slow
+def test_int8_onnx_holds_on_a_rough_model_whose_logits_span_hundreds(tmp_path_factory):
+    """One int8 scale for the logits of every image, set by the few with logits in the hundreds, is wider than
+    most images' gap between their top two logits: they tied, and ONNX Runtime's default QDQ model lost 18.9
+    points here (7.8 under ONEDNN_MAX_CPU_ISA=AVX2). With the logits float it loses 0.37 on both kernel paths
+    (benchmarks/int8_onnx_variants.py, docs/export_int8_openvino.md)."""
+    rough = rough_once(tmp_path_factory)
+    summary = run_main_json(["--onnx", "--quantize", "int8", "--resume", str(rough["ckpt"]),
+                             "--max_accuracy_drop", "100"])
+    int8 = summary["int8"]
+    assert int8["images"] == 270 and int8["fp32_top1"] >= 50, int8
+    assert int8["top1_drop"] <= 1.0 and int8["agreement"] >= 95.0, int8
+    # the logits come out of the int8 Gemm in float, not through a QuantizeLinear/DequantizeLinear pair
+    graph = onnx.load(int8["path"]).graph
+    producer = {name: node.op_type for node in graph.node for name in node.output}
+    assert [producer[t.name] for t in graph.output] == ["Gemm"]
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) > 10
