@@ -44,27 +44,37 @@ def run_dir_for(output: str, arch: str, tag: str) -> Path:
     return Path(output) / arch.replace("/", "-") / tag
 
 
-def apply_weights_preprocessing(cfg: argparse.Namespace) -> Any:
+def apply_weights_preprocessing(cfg: argparse.Namespace) -> list[tuple[int, str]]:
     """With named ``--pretrained`` weights: resolve them, make sure they are in the library's cache (else
     ``WeightsUnavailable`` before any work starts), and fill the preprocessing keys the user left unset
-    with the weights' own. Returns the ``NamedWeights``, or None for no or local weights."""
+    with the weights' own. Returns what was decided, as (logging level, line) notes for
+    :func:`log_notes` to write once the run's log file is open (they belong in its log.txt); none for no
+    or local weights."""
     from config import PREPROCESSING_KEYS
     from models.hub import fetch_weights, is_weights_name, resolve_weights
     if not is_weights_name(cfg.pretrained):
-        return None
+        return []
     weights = resolve_weights(cfg.arch, cfg.pretrained)
-    fetch_weights(weights)
+    notes = [(logging.INFO, f"pretrained {weights.name}: {fetch_weights(weights)}")]
     for key in PREPROCESSING_KEYS:
         if key == "interpolation" and getattr(cfg, key) is None and weights.preprocessing[key] not in INTERPOLATIONS:
-            logger.warning("the weights were trained with %s resizing, which this project does not offer: bilinear "
-                           "instead (set --interpolation to choose)", weights.preprocessing[key])
+            notes.append((logging.WARNING, f"the weights were trained with {weights.preprocessing[key]} resizing, which "
+                                           f"this project does not offer: bilinear instead (set --interpolation to "
+                                           f"choose)"))
             cfg.interpolation = "bilinear"
         if getattr(cfg, key) is None:
             setattr(cfg, key, weights.preprocessing[key])
-            logger.info("%s = %s from %s", key, weights.preprocessing[key], weights.source)
+            notes.append((logging.INFO, f"{key} = {weights.preprocessing[key]} from {weights.source}"))
         else:
-            logger.info("%s = %s as set (the weights' own is %s)", key, getattr(cfg, key), weights.preprocessing[key])
-    return weights
+            notes.append((logging.INFO, f"{key} = {getattr(cfg, key)} as set (the weights' own is "
+                                        f"{weights.preprocessing[key]})"))
+    return notes
+
+
+def log_notes(notes: Sequence[tuple[int, str]]) -> None:
+    """Log notes made before the run's log file was open (:func:`apply_weights_preprocessing`)."""
+    for level, line in notes:
+        logger.log(level, "%s", line)
 
 
 # The file that says which checkpoint a loose checkpoint's folder (``<output>/<arch>/<stem>``) belongs to.

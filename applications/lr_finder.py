@@ -25,7 +25,7 @@ from utils.atomic import write_json_atomic
 from utils.misc import log_to_file, resolve_device, seed_everything
 from utils.plots import plot_lr_finder
 
-from .common import (apply_weights_preprocessing, build_dataset, build_loader, check_num_classes,
+from .common import (apply_weights_preprocessing, log_notes, build_dataset, build_loader, check_num_classes,
                      data_class_names, preprocessor, run_dir_for)
 from .strategies import build_batch_hook, build_criterion, build_optimizer, build_policy
 
@@ -64,10 +64,11 @@ def suggest_lr(lrs: list[float], smoothed: list[float], planned_steps: int | Non
 
 
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
-    apply_weights_preprocessing(cfg)  # named --pretrained: in the cache (or an error) before anything starts
+    notes = apply_weights_preprocessing(cfg)  # named --pretrained: in the cache (or an error) before anything starts
     run_dir = run_dir_for(cfg.output, cfg.arch, cfg.tag)
     run_dir.mkdir(parents=True, exist_ok=True)
     with log_to_file(run_dir / "log.txt"):
+        log_notes(notes)  # the weights' provenance, in the run's log too
         device = resolve_device(cfg.device)
         class_names = data_class_names(cfg)
         num_classes = check_num_classes(cfg.num_classes, class_names, cfg.data)

@@ -36,7 +36,7 @@ from utils.misc import InterruptOnSignals, StopSignals, log_to_file, seed_everyt
 from utils.runlock import LOCK_NAME, RunLock
 from utils.tracking import RunRecorder
 
-from .common import (apply_weights_preprocessing, build_dataset, build_loader, check_num_classes, data_class_names,
+from .common import (apply_weights_preprocessing, log_notes, build_dataset, build_loader, check_num_classes, data_class_names,
                      preprocessor, run_dir_for, training_spec)
 from .strategies import build_batch_hook, build_criterion, build_optimizer, build_policy
 
@@ -228,7 +228,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
     Under ``torchrun`` every process trains its shard with DistributedDataParallel; rank 0 alone
     writes files (its log file included) and holds the run directory's lock.
     """
-    apply_weights_preprocessing(cfg)  # named --pretrained: in the cache (or an error) before anything starts
+    notes = apply_weights_preprocessing(cfg)  # named --pretrained: in the cache (or an error) before anything starts
     info = init_distributed(cfg.device)
     try:
         run_dir = run_dir_for(cfg.output, cfg.arch, cfg.tag)  # checks --arch and --tag before any disk access
@@ -242,6 +242,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         # SIGTERM outside the training steps' stop request (start-up, validation, the final test) stops the run
         # as Ctrl-C does: exit 130 and one line
         with InterruptOnSignals(RESUME_HINT), _own_run_dir(run_dir), log_to_file(run_dir / "log.txt"):
+            log_notes(notes)  # the weights' provenance, in the run's log too
             try:
                 return _train(cfg, run_dir, info)
             except Exception:  # keep the traceback in the run's own log too

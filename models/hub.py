@@ -62,6 +62,13 @@ class NamedWeights:
     load: Callable[[dict[str, torch.Tensor]], nn.Module] = field(repr=False, compare=False)
     download: Callable[[], None] = field(repr=False, compare=False)    # the library's downloader
     cache_hint: str = ""           # how to place the file by hand when the path needs more than a copy
+    # where the file is now, when that can change: timm's snapshot folder is named by the revision that
+    # refs/main holds, which the first download writes (before it, cache_path says snapshots/main)
+    locate: Callable[[], Path] | None = field(default=None, repr=False, compare=False)
+
+    def cached_file(self) -> Path:
+        """The file the library's cache holds for these weights now (``cache_path`` unless ``locate``)."""
+        return self.locate() if self.locate is not None else self.cache_path
 
 
 def resolve_weights(arch: str, spec: str) -> NamedWeights:
@@ -74,7 +81,7 @@ def resolve_weights(arch: str, spec: str) -> NamedWeights:
 
 def is_cached(weights: NamedWeights) -> bool:
     """The weights file is in the library's cache."""
-    return weights.cache_path.is_file()
+    return weights.cached_file().is_file()
 
 
 def offline() -> bool:
@@ -105,12 +112,12 @@ def unavailable_message(weights: NamedWeights, why: str) -> str:
             f"or pass a local file with --pretrained PATH")
 
 
-def fetch_weights(weights: NamedWeights) -> None:
+def fetch_weights(weights: NamedWeights) -> str:
     """Make sure ``weights`` is in the cache: nothing to do when it is; else the library downloads it,
-    unless offline (``HF_HUB_OFFLINE=1``) or the host cannot be reached, which raise WeightsUnavailable."""
+    unless offline (``HF_HUB_OFFLINE=1``) or the host cannot be reached, which raise WeightsUnavailable.
+    Returns where the file is, as a line for the run's log."""
     if is_cached(weights):
-        logger.info("pretrained %s: cached at %s", weights.name, weights.cache_path)
-        return
+        return f"cached at {weights.cached_file()}"
     if offline():
         raise WeightsUnavailable(unavailable_message(weights, "HF_HUB_OFFLINE=1 forbids downloads"))
     if not reachable(weights.url):
@@ -123,6 +130,7 @@ def fetch_weights(weights: NamedWeights) -> None:
         raise WeightsUnavailable(unavailable_message(weights, f"the download failed ({type(e).__name__}: {e})"))
     if not is_cached(weights):
         raise WeightsUnavailable(unavailable_message(weights, "the download left no file there"))
+    return f"downloaded to {weights.cached_file()}"
 
 
 def pretrained_state(weights: NamedWeights) -> dict[str, torch.Tensor]:
@@ -131,9 +139,9 @@ def pretrained_state(weights: NamedWeights) -> dict[str, torch.Tensor]:
     is a CheckpointError naming it, to delete or replace with ``--pretrained PATH``."""
     fetch_weights(weights)
     try:
-        return weights.load(read_weights(weights.cache_path)).state_dict()
+        return weights.load(read_weights(weights.cached_file())).state_dict()
     except CheckpointError as e:
-        path = weights.cache_path
+        path = weights.cached_file()
         target = path.resolve()  # the Hugging Face cache links snapshots/<rev>/<file> to blobs/<hash>
         files = f"{path} and {target}, the file it links to" if path.is_symlink() else str(path)
         raise CheckpointError(
@@ -332,7 +340,8 @@ def _timm(arch: str, spec: str) -> NamedWeights:
         hf_hub_download(repo_id, HF_FILE)
 
     return NamedWeights(arch, f"timm/{full}", url, path, pre, f"timm pretrained_cfg of {full}",
-                        load=load, download=download, cache_hint=hint)
+                        load=load, download=download, cache_hint=hint,
+                        locate=lambda: _hf_cache_file(repo_id, HF_FILE)[0])
 
 
 _RESOLVERS: dict[str, Callable[[str, str], NamedWeights]] = {

@@ -36,6 +36,10 @@ def test_preprocessing_follows_the_weights_unless_set(tiny_data, tmp_path, cache
     assert (cfg["mean"], cfg["std"], cfg["eval_resize"], cfg["crop_pct"]) == ([0.5] * 3, [0.5] * 3, "center_crop", 0.95)
     ckpt = torch.load(run / "checkpoints" / "last.pth", weights_only=True)
     assert ckpt["config"]["mean"] == [0.5] * 3 and ckpt["config"]["crop_pct"] == 0.95
+    # where the weights and their preprocessing came from is in the run's own log, once (console only before)
+    log = (run / "log.txt").read_text()
+    assert log.count(": cached at ") == 1
+    assert "mean = [0.5, 0.5, 0.5] from timm pretrained_cfg of test_resnet" in log
     # a flag the user sets wins over the weights' own
     assert run_main(tiny_train_args(tiny_data["folder"], out, "--arch", "timm/test_resnet", "--pretrained",
                                     "imagenet", "--epochs", "1", "--mean", "0.4", "0.4", "0.4", "--tag", "own")) == 0
