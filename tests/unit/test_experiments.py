@@ -126,10 +126,10 @@ def test_grid_expands_to_tagged_variants(tmp_path):
     ({"search": {"lr": [0.1]}, "trials": 2, "sampler_seed": [1, 2]}, r"sampler_seed: expected an integer >= 0"),
     ({"search": {"lr": [0.1]}, "trials": 2, "pruning": {"warmup_epochs": [1]}},
      r"pruning: warmup_epochs: expected an integer >= 0, got \[1\]"),
-    ({"grid": {"lr": [None]}}, r"grid: lr: null is not a value of --lr"),
-    ({"search": {"lr": [0.1, None]}, "trials": 2}, r"search: lr: null is not a value of --lr"),
-    ({"base": {"epochs": None}, "grid": {"lr": [0.1]}}, r"base: epochs: null is not a value of --epochs"),
-    ({"variants": {"a": {"lr": None}}}, r"variants: a: lr: null is not a value of --lr"),
+    ({"grid": {"lr": [None]}}, r"grid: lr: key 'lr' \(flag --lr\) has invalid value None: expected a number"),
+    ({"search": {"lr": [0.1, None]}, "trials": 2}, r"search: lr: key 'lr' \(flag --lr\) has invalid value None: expected a number"),
+    ({"base": {"epochs": None}, "grid": {"lr": [0.1]}}, r"base: key 'epochs' \(flag --epochs\) has invalid value None: expected an integer"),
+    ({"variants": {"a": {"lr": None}}}, r"variants: a: key 'lr' \(flag --lr\) has invalid value None: expected a number"),
     ({"variants": {"-x": {}}}, r"variant name '-x' becomes a run tag: .*not starting with '-'"),
 ])
 def test_bad_sweep_files_are_refused_clearly(tmp_path, body, message):

@@ -55,6 +55,9 @@ def test_a_training_mode_that_returns_in_process_is_reported_and_a_refused_one_i
                                             "--output", str(tmp_path / "out" / "s"), "--tag", "a"]),
                        run / "config.yaml")
     (run / "metrics.json").write_text('{"history": [], "test": {"test_top1": 50.0}}')
+    (run / "eval_test").mkdir()  # every output of the final step: the sweep reuses it rather than resuming it
+    for name in ("eval_test/metrics.json", "eval_test/confusion_matrix.png"):
+        (run / name).write_text("{}")
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({"name": "s", "base": {"arch": "simple_cnn", "data": str(tiny_data["folder"])},
                                      "variants": {"a": {}}}))
