@@ -1,7 +1,8 @@
 """``--compare RUN [RUN ...]``: one table of many runs (the flags that differ, best val and test top-1,
-epochs, time, speed, status), written as compare.md / compare.csv with the curves in compare.png.
+epochs done and planned, time, speed, status), written as compare.md / compare.csv with the curves in
+compare.png (the loss on a log axis, a legend of every run below the plots).
 
-Reads only each run's config.yaml, metrics.json and the last line of its log (see ``utils.runs``):
+Reads only each run's config.yaml, metrics.json and the last line of its log (see ``experiments.runs``):
 no torch, so it stays fast over hundreds of runs.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 from typing import Any
 
 from config import SORT_KEYS
-from utils.runs import compare_runs
+from experiments.runs import compare_runs
 
 logger = logging.getLogger(__name__)
 

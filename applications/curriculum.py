@@ -18,7 +18,7 @@ from utils.metrics import probabilities
 from utils.misc import log_to_file
 from utils.sidefiles import write_rows
 
-from .common import checkpoint_run_dir, curriculum_path, predict_split, restore_for_inference
+from .setup.common import checkpoint_run_dir, curriculum_path, predict_split, restore_for_inference
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from utils.metrics import probabilities
 from utils.misc import log_to_file
 from utils.sidefiles import write_rows
 
-from .common import checkpoint_run_dir, predict_split, restore_for_inference, teacher_file
+from .setup.common import checkpoint_run_dir, predict_split, restore_for_inference, teacher_file
 
 logger = logging.getLogger(__name__)
 

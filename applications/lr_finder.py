@@ -19,15 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine import amp_dtype, train_one_epoch
-from models import create_model
 from utils.atomic import write_json_atomic
-from utils.misc import log_to_file, resolve_device, seed_everything
+from utils.distributed import DistInfo
+from utils.misc import log_to_file, resolve_device
 from utils.plots import plot_lr_finder
 
-from .common import (apply_weights_preprocessing, log_notes, build_dataset, build_loader, check_num_classes,
-                     data_class_names, preprocessor, run_dir_for)
-from .strategies import build_batch_hook, build_criterion, build_optimizer, build_policy
+from .setup.common import apply_weights_preprocessing, check_num_classes, data_class_names, log_notes, run_dir_for
+from .setup.training import build_training_parts
 
 logger = logging.getLogger(__name__)
 DIVERGENCE = 4.0
@@ -71,17 +69,14 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         log_notes(notes)  # the weights' provenance, in the run's log too
         device = resolve_device(cfg.device)
         class_names = data_class_names(cfg)
-        num_classes = check_num_classes(cfg.num_classes, class_names, cfg.data)
-        seed_everything(cfg.seed)
-        model = create_model(cfg.arch, num_classes, pretrained=cfg.pretrained, drop_rate=cfg.drop_rate,
-                             drop_path_rate=cfg.drop_path_rate).to(device)
-        train_set = build_dataset(cfg, "train", class_names, train=True, policy=build_policy(cfg))
-        loader = build_loader(cfg, train_set, train=True, device=device)
-        criterion = build_criterion(cfg, [train_set.targets.count(c) for c in range(num_classes)]).to(device)
-        optimizer = build_optimizer(cfg, model, cfg.lr_finder_min, num_classes)
+        check_num_classes(cfg.num_classes, class_names, cfg.data)
+        # the training parts without --train's own options (validation, schedule, EMA, ...; see the builder)
+        parts = build_training_parts(cfg, class_names, DistInfo(device=device), lr=cfg.lr_finder_min,
+                                     train_options=False)
         steps = cfg.lr_finder_steps
         ratio = cfg.lr_finder_max / cfg.lr_finder_min
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: ratio ** (min(s, steps - 1) / (steps - 1)))
+        parts.scheduler = torch.optim.lr_scheduler.LambdaLR(parts.optimizer,
+                                                            lambda s: ratio ** (min(s, steps - 1) / (steps - 1)))
         lrs: list[float] = []
         losses: list[float] = []
         state = {"best": math.inf, "done": False}
@@ -94,16 +89,11 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
             state["done"] = len(losses) >= steps or not math.isfinite(loss) or smoothed > DIVERGENCE * state["best"]
             return state["done"]
 
-        batch_hook, preprocess = build_batch_hook(cfg, train_set), preprocessor(cfg, device)
         epoch = 0
         while not state["done"]:
-            loader.sampler.set_epoch(epoch)
+            parts.train_loader.sampler.set_epoch(epoch)
             try:
-                train_one_epoch(model, loader, criterion, optimizer, preprocess=preprocess,
-                                scheduler=scheduler, dtype=amp_dtype(cfg.amp, cfg.amp_dtype, device),
-                                accumulation_steps=cfg.accumulation_steps, epoch=epoch,
-                                progress=not cfg.no_progress, batch_hook=batch_hook,
-                                on_step=on_step)
+                parts.train_epoch(epoch, progress=not cfg.no_progress, on_step=on_step)
             except FloatingPointError:
                 break  # the loss diverged: exactly where the sweep is meant to end
             epoch += 1

@@ -22,15 +22,15 @@ from typing import Any, Sequence
 
 from dataloader.sources import SourceImages, collect_sources
 from engine import amp_dtype, evaluate
-from utils.annotate import annotate
 from utils.atomic import atomic_write, save_image_atomic
 from utils.checkpoint import load_checkpoint
 from utils.class_indices import read_class_indices
+from utils.images import annotate
 from utils.metrics import probabilities
 from utils.misc import log_to_file, resolve_device
 from utils.runlock import fresh_dir
 
-from .common import build_loader, checkpoint_run_dir, model_from_checkpoint, preprocessor, spec_transform
+from .setup.common import build_loader, checkpoint_run_dir, model_from_checkpoint, preprocessor, spec_transform
 
 logger = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ machines can work on one study.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -27,16 +28,44 @@ import time
 from pathlib import Path
 from typing import Any
 
-from config import (SORT_KEYS, ConfigError, build_parser, check_mode_flags, config_conflicts, flags_to_argv,
-                    load_saved_config, parse_config, validate)
+from config import (
+    SORT_KEYS,
+    ConfigError,
+    build_parser,
+    check_mode_flags,
+    config_conflicts,
+    flags_to_argv,
+    load_saved_config,
+    parse_config,
+    validate,
+)
+from experiments.runs import (
+    NOT_SETTINGS,
+    PRUNED_FILE,
+    RunFolderError,
+    compare_runs,
+    missing_outputs,
+    read_config,
+    read_metrics,
+    readable_run,
+)
+from experiments.sweep_plan import (
+    Children,
+    ForwardSignals,
+    SweepSpec,
+    Variant,
+    cut_list,
+    device_flags_env,
+    last_error,
+    load_sweep,
+    parse_devices,
+    train_command,
+    variant_tag,
+)
 from utils.atomic import write_text_atomic
 from utils.runlock import RunDirLocked, lock_holder
-from utils.runs import (NOT_SETTINGS, PRUNED_FILE, RunFolderError, compare_runs, missing_outputs, read_metrics,
-                        readable_run)
 
-from .common import run_dir_for
-from .sweep_plan import (Children, ForwardSignals, SweepSpec, Variant, cut_list, device_flags_env, last_error,
-                         load_sweep, parse_devices, train_command, variant_tag)
+from .setup.common import run_dir_for
 
 logger = logging.getLogger(__name__)
 
@@ -126,13 +155,66 @@ def _run_dir(flags: dict[str, Any], sweep_dir: Path) -> Path:
     return run_dir_for(str(sweep_dir), flags.get("arch", "resnet18"), flags["tag"])
 
 
+def _history(run_dir: Path) -> list[dict[str, Any]]:
+    """A variant's or trial's history rows so far (the one reader of metrics.json): none while it is not
+    written, or when it cannot be read as a run's (the run's own --train then says why)."""
+    try:
+        return read_metrics(run_dir / "metrics.json")[0]
+    except (OSError, RunFolderError):
+        return []
+
+
+class EpochReporter:
+    """While a variant runs, one console line per epoch it finishes, naming the variant (``lr-0.1: epoch
+    2/10  train loss 0.4123  val loss 0.3812 top-1 91.20  14 s``): the new rows of its ``metrics.json``,
+    read by the one metrics reader each time it is called (``Children.run``'s watch). Rows already there
+    when it starts (a resumed run's earlier epochs) are not repeated."""
+
+    def __init__(self, run_dir: Path, tag: str, epochs: int | None) -> None:
+        self.run_dir, self.tag, self.epochs = run_dir, tag, epochs
+        self.seen = {self._key(row) for row in _history(run_dir)}
+
+    @staticmethod
+    def _key(row: dict[str, Any]) -> str:
+        return json.dumps(row, sort_keys=True, default=str)
+
+    def __call__(self, proc=None) -> None:
+        for row in _history(self.run_dir):
+            key = self._key(row)
+            if key not in self.seen:
+                self.seen.add(key)
+                logger.info("%s: %s", self.tag, epoch_line(row, self.epochs))
+
+
+def epoch_line(row: dict[str, Any], epochs: int | None) -> str:
+    """One history row as a console line: the epoch of ``epochs``, the losses and top-1s it has, its time."""
+    def num(key: str, fmt: str) -> str:
+        value = row.get(key)
+        return format(value, fmt) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+    parts = [f"epoch {row['epoch'] + 1}/{epochs if epochs is not None else '?'}",
+             f"train loss {num('train_loss', '.4f')}",
+             f"val loss {num('val_loss', '.4f')} top-1 {num('val_top1', '.2f')}"]
+    if row.get("time") is not None:
+        parts.append(f"{num('time', '.0f')} s")
+    return "  ".join(parts)
+
+
 def _launch(children: Children, flags: dict[str, Any], device: str | None, sweep_dir: Path, watch=None) -> int:
-    """Run one variant on ``device`` to its end; a failure is logged with its last error line."""
+    """Run one variant on ``device`` to its end, a console line per epoch (``EpochReporter``); a failure is
+    logged with its last error line."""
     device_flags, env = device_flags_env(device)
     argv = train_command({**flags, **device_flags})
     log = sweep_dir / "logs" / f"{flags['tag']}.log"
     logger.info("start %s%s: %s", flags["tag"], f" on device {device}" if device else "", shlex.join(argv[1:]))
-    code = children.run(argv, env, log, watch=watch)
+    report = EpochReporter(_run_dir(flags, sweep_dir), flags["tag"],
+                           flags.get("epochs", build_parser().get_default("epochs")))
+
+    def watch_all(proc) -> None:
+        report(proc)
+        if watch is not None:
+            watch(proc)
+
+    code = children.run(argv, env, log, watch=watch_all)
     if code == 0:
         logger.info("done %s", flags["tag"])
     elif code == 130 and children.stopping.is_set():
@@ -197,7 +279,8 @@ def _variants(spec: SweepSpec, variants: list[Variant], base: dict[str, Any], sw
               devices: list[str | None], children: Children, overwrite: bool = False) -> dict[str, Any]:
     """The grid or the named ``variants`` of ``spec``: finished runs of the same settings skipped, the rest
     run one per device slot. A run with other settings in a variant's folder is refused before anything
-    runs (``overwrite``: started afresh), and so is a folder another live process holds."""
+    runs (``overwrite``: started afresh), and so is a folder another live process holds. The run folders
+    returned for the comparison are those of every variant of ``spec`` that has one."""
     planned = [(v, run_flags(base, v.values, sweep_dir, v.tag)) for v in variants]
     tags = [v.tag for v, _ in planned]
     if len(set(tags)) != len(tags):
@@ -241,7 +324,9 @@ def _variants(spec: SweepSpec, variants: list[Variant], base: dict[str, Any], sw
             codes[flags["tag"]] = _launch(children, flags, device, sweep_dir)
 
     _in_parallel(devices, work, children)
-    run_dirs = [str(_run_dir(f, sweep_dir)) for _, f in planned if (_run_dir(f, sweep_dir) / "config.yaml").is_file()]
+    # the comparison covers every variant of the file that has a run, those --sweep_only left out too
+    every = [_run_dir({**base, **v.values, "tag": v.tag}, sweep_dir) for v in spec.variants]
+    run_dirs = [str(d) for d in dict.fromkeys(every) if (d / "config.yaml").is_file()]
     return {"variants": len(planned), "ran": len(codes), "skipped": finished,
             "succeeded": finished + sum(c == 0 for c in codes.values()),
             "failed": sorted(t for t, c in codes.items() if c not in (0, 130)), "run_dirs": run_dirs}
@@ -281,13 +366,35 @@ def _trial_values(spec: SweepSpec, params: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _history(run_dir: Path) -> list[dict[str, Any]]:
-    """A trial's history rows so far (the one reader of metrics.json): none while it is not written, or
-    when it cannot be read as a run's (the trial's own --train then says why)."""
+TRIAL_DIGITS = 4  # significant digits of a float in a trial's folder name
+
+
+def _trial_flags(study, trial, values: dict[str, Any], base: dict[str, Any], sweep_dir: Path) -> dict[str, Any]:
+    """The run flags of a ``trial`` with these flag ``values``: exact values, and a tag with its floats to
+    ``TRIAL_DIGITS`` significant digits (``lr-0.02288``). A trial asked again with an earlier trial's params
+    (an interrupted one) gets that trial's folder, so its run resumes; values that round alike to another
+    trial's, or to those of a run already in the folder (of a study moved away), get the first free
+    ``-2``, ``-3``, ... suffix."""
+    claimed = {t.user_attrs["run_dir"]: t.params for t in study.get_trials(deepcopy=False)
+               if t.number != trial.number and t.user_attrs.get("run_dir")}
+    tag, n = variant_tag(values, digits=TRIAL_DIGITS), 1
+    while True:
+        flags = run_flags(base, values, sweep_dir, tag if n == 1 else f"{tag}-{n}")
+        run_dir = _run_dir(flags, sweep_dir)
+        params = claimed.get(str(run_dir))
+        if params == trial.params or (params is None and not _holds_other_values(run_dir, values)):
+            return flags
+        n += 1
+
+
+def _holds_other_values(run_dir: Path, values: dict[str, Any]) -> bool:
+    """True when ``run_dir`` holds a run whose config gives one of these flags another value (a folder
+    without a readable config.yaml holds none: the trial's --train decides about it)."""
     try:
-        return read_metrics(run_dir / "metrics.json")[0]
+        saved = read_config(run_dir / "config.yaml")
     except (OSError, RunFolderError):
-        return []
+        return False
+    return any(saved.get(k) != v for k, v in values.items())
 
 
 def _search(spec: SweepSpec, cfg: argparse.Namespace, base: dict[str, Any], sweep_dir: Path,
@@ -331,15 +438,14 @@ def _search(spec: SweepSpec, cfg: argparse.Namespace, base: dict[str, Any], swee
 
     def work(device: str | None) -> None:
         while not children.stopping.is_set():
-            with lock:
+            with lock:  # a trial claims its folder before another thread asks for the next trial
                 if counted() >= target:
                     return
                 trial = study.ask(distributions)
                 trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
-            values = _trial_values(spec, trial.params)
-            flags = run_flags(base, values, sweep_dir, variant_tag(values))
-            run_dir = _run_dir(flags, sweep_dir)
-            trial.set_user_attr("run_dir", str(run_dir))
+                flags = _trial_flags(study, trial, _trial_values(spec, trial.params), base, sweep_dir)
+                run_dir = _run_dir(flags, sweep_dir)
+                trial.set_user_attr("run_dir", str(run_dir))
             holder = lock_holder(run_dir)
             if holder:
                 trial.set_user_attr("interrupted", True)

@@ -36,8 +36,17 @@ from utils.images import contact_sheet, save_png, to_hwc, upscale
 from utils.metrics import probabilities
 from utils.misc import log_to_file, resolve_device
 
-from .common import (Restored, build_dataset, build_loader, checkpoint_run_dir, data_class_names,
-                     model_from_checkpoint, preprocessor, restore_for_inference, spec_transform)
+from .setup.common import (
+    Restored,
+    build_dataset,
+    build_loader,
+    checkpoint_run_dir,
+    data_class_names,
+    model_from_checkpoint,
+    preprocessor,
+    restore_for_inference,
+    spec_transform,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -205,5 +214,6 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         else:
             dataset = _source_dataset(cfg, restored, cfg.visual_source)
         out_dir = run_dir / "visual" / cfg.visual_method / dataset.split
-        return visualize_dataset(cfg, restored, dataset, out_dir, method=cfg.visual_method, target_layer=cfg.target_layer,
-                                 target_class=target_class, limit=cfg.visual_limit, progress=not cfg.no_progress)
+        return visualize_dataset(cfg, restored, dataset, out_dir, method=cfg.visual_method,
+                                 target_layer=cfg.target_layer, target_class=target_class, limit=cfg.visual_limit,
+                                 progress=not cfg.no_progress)

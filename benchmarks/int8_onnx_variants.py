@@ -98,8 +98,9 @@ def measure_seed(data: Path, out: Path, seed: int, variants: list[str], lr: floa
                  ) -> tuple[dict[str, dict], dict[str, float]]:
     """Train, export and quantize one seed; per variant the guard's numbers, and the logits' spread."""
     import torch
-    from applications.common import restore_for_inference
+
     from applications.convert import labelled_batches, sample_images
+    from applications.setup.common import restore_for_inference
     from config import parse_command_line
     from export.core import onnx_runner
     from export.guard import compare_accuracy
@@ -166,7 +167,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if not args.data.is_dir():
-        from utils.make_digits import make_digits
+        from dataloader.digits import make_digits
         make_digits(args.data)
     with tempfile.TemporaryDirectory() as tmp:
         out = (args.out or Path(tmp)).resolve()

@@ -29,8 +29,8 @@ SWEEP = ROOT / "z_task_shell/configs/strategies.yaml"
 
 def sweep_options(path: Path = SWEEP) -> dict[str, list[str]]:
     """The variants of the strategies sweep file, each as the main.py flags it adds to the recipe."""
-    from applications.sweep_plan import load_sweep
     from config import build_parser, flags_to_argv
+    from experiments.sweep_plan import load_sweep
     return {v.tag: flags_to_argv(build_parser(), v.values) for v in load_sweep(path).variants}
 
 
@@ -61,13 +61,14 @@ def main_cli() -> None:
     parser.add_argument("--only", nargs="+", default=None, help="option names to run (default: all)")
     parser.add_argument("--quick", action="store_true", help="1 epoch of two options, to check the script works")
     parser.add_argument("--output", default=None, help="where the runs go (default: a temporary folder)")
-    parser.add_argument("--data", type=Path, default=ROOT / "data/digits", help="class-folder data (default: the digits)")
+    parser.add_argument("--data", type=Path, default=ROOT / "data/digits",
+                        help="class-folder data (default: the digits)")
     args, extra = parser.parse_known_args()
     unknown = [n for n in args.only or () if n not in OPTIONS]
     if unknown:
         parser.error(f"--only: unknown option(s) {unknown}; choose from {list(OPTIONS)}")
     if args.data == ROOT / "data/digits":
-        from utils.make_digits import make_digits
+        from dataloader.digits import make_digits
         make_digits(args.data)
     names = ["baseline", "bce_ghm"] if args.quick else (args.only or list(OPTIONS))
     epochs = 1 if args.quick else args.epochs

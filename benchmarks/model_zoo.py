@@ -39,10 +39,10 @@ THREADS = 2
 def size_and_latency(name: str, image_size: int, calls: int) -> dict[str, float]:
     """Parameters, FLOPs at 224x224 and the median batch-1 eager latency (ms) at ``image_size`` of ``name``
     with 1000 classes."""
-    from applications.benchmark import count_flops, count_parameters
+    from applications.model_tools import count_flops, count_parameters
     from benchmarks.cpu_inference import calibrate_batch_norm, time_paths
-    from models import create_model, model_family
     from export.core import prepare_for_export
+    from models import create_model, model_family
     torch.manual_seed(0)
     model = create_model(name, 1000)
     calibrate_batch_norm(model, torch.randn(8, 3, image_size, image_size))

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         args.epochs = 2
     if not (args.digits / "train").is_dir():
         subprocess.run([sys.executable, str(ROOT / "utils" / "make_digits.py"), "--out", str(args.digits)], check=True)
-    make_photo_set(args.photos, train_per_class=2 if args.quick else 8, val_per_class=1, classes=4 if args.quick else 12)
+    make_photo_set(args.photos, train_per_class=2 if args.quick else 8, val_per_class=1,
+                   classes=4 if args.quick else 12)
     cache = ["--cache_dataset", "memory"]
     photo_size = 64 if args.quick else 224
     workloads = [("digits 32x32", args.digits, 32, (0.6, 1.0), False, 64,

@@ -34,6 +34,7 @@ from torchvision.transforms.v2 import functional as F
 from .datasets import ClassificationDataset, call_seeded
 from .io import ImageDecodeError
 from .transforms import Letterbox
+from .workers import loader_generator
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,8 @@ class DecodedCache:
         images = torch.empty((len(dataset), *first.shape), dtype=torch.uint8)
         valid = torch.ones(len(dataset), dtype=torch.bool)
         fit, resized = Letterbox(self.size), 0
-        loader = DataLoader(_DecodeEach(dataset, head), batch_size=64, num_workers=workers, collate_fn=list)
+        loader = DataLoader(_DecodeEach(dataset, head), batch_size=64, num_workers=workers, collate_fn=list,
+                            generator=loader_generator())  # never a draw from torch's global generator
         for batch in loader:
             for index, image, error in batch:
                 if image is None:

@@ -1,4 +1,5 @@
-"""Datasets from class folders, txt lists and zip archives, all giving ``(uint8 image, label, index)``.
+"""Datasets from class folders, txt lists, zip archives and CSV/JSONL label tables, all giving
+``(uint8 image, label, index)``.
 
 Layouts (``--dataset``):
   folder  DATA/{train,val,test}/<class>/<image>
@@ -6,6 +7,9 @@ Layouts (``--dataset``):
           optional DATA/classes.txt (one class name per line, in label order)
   zip     DATA/{split}.zip with DATA/{split}_map.txt lines ``member<TAB>label``; read without
           extracting, one open handle per worker process; optional DATA/classes.txt
+  csv     DATA/{train,val,test}.csv (or .jsonl), or one DATA/labels.csv (or .jsonl) with a ``split`` column;
+          a header names the columns (``path,label`` by default: ``--path_col``, ``--label_col``); labels are
+          class names (integers too with DATA/classes.txt); paths relative to the table's folder
 
 Class names always come from the train split (or classes.txt); a class in val or test that train
 does not have is an error, as is any malformed line, which is reported with its file and line number.
@@ -20,13 +24,17 @@ decoding, and zip members are refused from the archive's directory when larger t
 """
 from __future__ import annotations
 
+import csv
+import functools
+import json
 import logging
 import os
 import random
 import re
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +42,8 @@ from torch.utils.data import Dataset
 
 from utils.walk import visible_subfolders
 
-from .io import (DEFAULT_MAX_IMAGE_PIXELS, IMG_EXTENSIONS, ImageDecodeError, check_size, decode_rgb, list_images)
+from .io import DEFAULT_MAX_IMAGE_PIXELS, IMG_EXTENSIONS, ImageDecodeError, check_size, decode_rgb, list_images
+from .splits import Holdout, carve, split_table
 
 logger = logging.getLogger(__name__)
 
@@ -246,9 +255,7 @@ class TxtLayout:
                 continue
             samples.append((str(path), label))
             kept.append(lineno)
-        folders: dict[str, str] = {}
-        _report_shared_lines(file, [(_real_path(path, folders), label, f"{lineno}:{path}")
-                                    for lineno, (path, label) in zip(kept, samples)], errors)
+        _report_shared_files(file, samples, kept, errors)
         return samples
 
     @staticmethod
@@ -295,6 +302,214 @@ class ZipLayout:
         return ZipReader(root / f"{split}.zip", max_pixels)
 
 
+@dataclass(frozen=True)
+class Columns:
+    """The columns (JSONL: keys) of a csv dataset that hold each sample's image path and label
+    (``--path_col``, ``--label_col``)."""
+    path: str = "path"
+    label: str = "label"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One sample row of a label table: its line in the file, image path, label and split (or None)."""
+    line: int
+    path: str
+    label: str
+    split: str | None
+
+
+SPLIT_COLUMN = "split"
+TABLE_SUFFIXES = (".csv", ".jsonl")
+COLUMN_FLAGS = "name the columns with --path_col and --label_col"
+
+
+def _csv_records(file: Path, columns: Columns) -> Iterator[tuple[int, dict[str, str] | str]]:
+    """``(line, {column: value})`` per data row of a CSV file with a header, or ``(line, problem)``."""
+    with open(file, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise DatasetError(f"{file}: empty: expected a header row naming the columns ({columns.path},"
+                               f"{columns.label})")
+        header = [name.strip() for name in header]
+        for name in (columns.path, columns.label):
+            if name not in header:
+                raise DatasetError(f"{file}:1: no column {name!r} in the header (found: {', '.join(header)}); "
+                                   f"{COLUMN_FLAGS}")
+            if header.count(name) > 1:
+                raise DatasetError(f"{file}:1: the header names column {name!r} twice; rename one")
+        for fields in reader:
+            if not fields:
+                continue  # a blank line
+            if len(fields) != len(header):
+                yield reader.line_num, (f"malformed row: {len(fields)} fields where the header has {len(header)} "
+                                        f"(quote a value that holds a comma: \"a,b.png\")")
+                continue
+            yield reader.line_num, dict(zip(header, fields))
+
+
+def _jsonl_records(file: Path, columns: Columns) -> Iterator[tuple[int, dict[str, str] | str]]:
+    """``(line, {key: value})`` per JSON object line of a JSONL file, or ``(line, problem)``."""
+    with open(file, encoding="utf-8-sig") as f:
+        for line, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as e:
+                yield line, f"malformed row: not JSON ({e.msg})"
+                continue
+            if not isinstance(record, dict):
+                yield line, "malformed row: not a JSON object"
+                continue
+            missing = [key for key in (columns.path, columns.label) if key not in record]
+            if missing:
+                yield line, f"no key {missing[0]!r} (found: {', '.join(record)}); {COLUMN_FLAGS}"
+                continue
+            values = {key: record[key] for key in (columns.path, columns.label, SPLIT_COLUMN) if key in record}
+            bad = [key for key, value in values.items() if isinstance(value, bool) or
+                   not isinstance(value, (str, int))]
+            if bad:
+                yield line, f"malformed row: {bad[0]!r} is {values[bad[0]]!r}, not a string (or integer)"
+                continue
+            yield line, {key: str(value) for key, value in values.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_table(file: str, stamp: tuple[int, int], columns: Columns) -> tuple[tuple[Row, ...], tuple[str, ...]]:
+    """The rows of a label table and its malformed rows' messages (``file:line: ...``), cached by the
+    file's modification time and size: the classes, each split's check and its samples read one file."""
+    path = Path(file)
+    records = _jsonl_records(path, columns) if path.suffix == ".jsonl" else _csv_records(path, columns)
+    rows, problems = [], []
+    try:
+        for line, record in records:
+            if isinstance(record, str):
+                problems.append(f"{file}:{line}: {record}")
+                continue
+            values = {key: value.strip() for key, value in record.items()}
+            empty = [key for key in (columns.path, columns.label) if not values[key]]
+            if empty:
+                problems.append(f"{file}:{line}: malformed row: empty {empty[0]!r}")
+                continue
+            rows.append(Row(line, values[columns.path], values[columns.label], values.get(SPLIT_COLUMN)))
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    return tuple(rows), tuple(problems)
+
+
+def _read_table(file: Path, columns: Columns, errors: Errors = None) -> list[Row]:
+    """The well-formed rows of a label table; each malformed one is reported (raised, or collected)."""
+    stat = file.stat()
+    rows, problems = _cached_table(str(file), (stat.st_mtime_ns, stat.st_size), columns)
+    for problem in problems:
+        _report(errors, DatasetError(problem))
+    return list(rows)
+
+
+class CsvLayout:
+    """``DATA/{train,val,test}.csv`` (or ``.jsonl``), or one ``DATA/labels.csv`` (or ``.jsonl``) whose
+    ``split`` column says train/val/test (without the column every row is train); a header names the
+    columns (``path,label`` by default, :class:`Columns`). Labels are class names, or, with a
+    ``DATA/classes.txt``, integers too (line i names class i); without classes.txt the classes are train's
+    labels, sorted (as folder names are)."""
+
+    def __init__(self, columns: Columns = Columns()):
+        self.columns = columns
+
+    @staticmethod
+    def _tables(root: Path) -> tuple[dict[str, Path], Path | None]:
+        """The per-split tables and the one labels table present; both kinds at once is an error."""
+        def one(stem: str) -> Path | None:
+            found = [root / f"{stem}{suffix}" for suffix in TABLE_SUFFIXES if (root / f"{stem}{suffix}").is_file()]
+            if len(found) > 1:
+                raise DatasetError(f"both {found[0]} and {found[1]} exist: keep one")
+            return found[0] if found else None
+        per_split = {split: file for split in ("train", "val", "test") if (file := one(split)) is not None}
+        labels = one("labels")
+        if labels is not None and per_split:
+            raise DatasetError(f"both {labels} and {next(iter(per_split.values()))} exist: keep the one labels "
+                               f"table (with a split column) or the per-split tables, not both")
+        return per_split, labels
+
+    def _split_rows(self, root: Path, split: str, errors: Errors = None) -> tuple[Path, list[Row]] | None:
+        """The table holding ``split`` and that split's rows (None when the dataset has no such split)."""
+        per_split, labels = self._tables(root)
+        if labels is None:
+            return (per_split[split], _read_table(per_split[split], self.columns, errors)) if split in per_split \
+                else None
+        rows = _read_table(labels, self.columns, errors)
+        for row in rows:
+            if row.split is not None and row.split not in ("train", "val", "test"):
+                _report(errors, DatasetError(f"{labels}:{row.line}: split {row.split!r} is not train, val or test"))
+        chosen = [row for row in rows if row.split == split or (row.split is None and split == "train")]
+        return (labels, chosen) if chosen else None
+
+    def exists(self, root: Path, split: str) -> bool:
+        return self._split_rows(root, split, errors=[]) is not None
+
+    def classes(self, root: Path) -> list[str]:
+        names = _read_classes_file(root)
+        if names is not None:
+            return names
+        errors: list[DatasetError] = []  # bad rows are reported by samples(), with the rest of the split
+        found = self._split_rows(root, "train", errors)
+        if found is None or not found[1]:
+            raise errors[0] if errors else DatasetError(
+                f"{found[0]}: no samples" if found else f"no train split in {root}: a csv dataset needs "
+                f"DATA/train.csv (or .jsonl), or DATA/labels.csv (or .jsonl) with a split column")
+        return sorted({row.label for row in found[1]})
+
+    def samples(self, root: Path, split: str, class_names: Sequence[str], errors: Errors = None) -> list[Sample]:
+        found = self._split_rows(root, split, errors)
+        if found is None:
+            raise DatasetError(f"split {split!r} not found in {root} for --dataset csv")
+        file, rows = found
+        labels = _LabelIndex(root, class_names)
+        samples, kept = [], []
+        for row in rows:
+            label = labels.index(row.label)
+            path = Path(row.path) if os.path.isabs(row.path) else file.parent / row.path
+            if label is None:
+                _report(errors, DatasetError(f"{file}:{row.line}: label {row.label!r} is {labels.unknown}"))
+            elif not path.is_file():
+                _report(errors, DatasetError(f"{file}:{row.line}: image {str(path)!r} does not exist "
+                                             f"(relative paths resolve against {file.parent})"))
+            else:
+                samples.append((str(path), label))
+                kept.append(row.line)
+        _report_shared_files(file, samples, kept, errors)
+        return samples
+
+    @staticmethod
+    def reader(root: Path, split: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Callable[[str], bytes]:
+        return _read_file
+
+
+class _LabelIndex:
+    """A csv dataset's label -> class index: a class name, or with classes.txt also an integer (line i:
+    class i); ``unknown`` says what a label that is neither is not."""
+
+    def __init__(self, root: Path, class_names: Sequence[str]):
+        self.names = {name: i for i, name in enumerate(class_names)}
+        self.count = len(class_names)
+        shown = ", ".join(list(class_names)[:20]) + (", ..." if self.count > 20 else "")
+        classes_file = root / "classes.txt"
+        self.integers = classes_file.is_file()
+        self.unknown = (f"not in {classes_file} (a class name, or an integer 0..{self.count - 1}); fix the label "
+                        f"or add the class there" if self.integers else
+                        f"not a training class (training classes: {shown}); fix the label, or add the class's "
+                        f"images to train")
+
+    def index(self, label: str) -> int | None:
+        if label in self.names:
+            return self.names[label]
+        if self.integers and label.isascii() and label.isdigit() and int(label) < self.count:
+            return int(label)
+        return None
+
+
 def _report_shared_lines(file: Path, entries: list[Keyed], errors: Errors) -> None:
     """Report each pair of labels of a list ``file`` that name the same file (entries' ``where``:
     ``"<line>:<path>"``)."""
@@ -306,7 +521,15 @@ def _report_shared_lines(file: Path, entries: list[Keyed], errors: Errors) -> No
                                      f"(label {a}){more}: {TWO_LABELS}; keep one of the lines"))
 
 
-LAYOUTS = {"folder": FolderLayout, "txt": TxtLayout, "zip": ZipLayout}
+
+def _report_shared_files(file: Path, samples: list[Sample], lines: list[int], errors: Errors) -> None:
+    """:func:`_report_shared_lines` for a list of image files (txt lists, csv tables): ``samples[i]`` is on
+    line ``lines[i]``; two spellings of one file (a link, ``a/../b``) count as the same file."""
+    folders: dict[str, str] = {}
+    _report_shared_lines(file, [(_real_path(path, folders), label, f"{line}:{path}")
+                                for line, (path, label) in zip(lines, samples)], errors)
+
+LAYOUTS = {"folder": FolderLayout, "txt": TxtLayout, "zip": ZipLayout, "csv": CsvLayout()}
 
 
 def _read_file(path: str) -> bytes:
@@ -339,30 +562,70 @@ class ZipReader:
         return {"path": self.path, "max_pixels": self.max_pixels, "_zip": None, "_pid": None}
 
 
-def get_layout(kind: str):
-    """The layout class for a ``--dataset`` kind."""
+def get_layout(kind: str, columns: Columns | None = None):
+    """The layout for a ``--dataset`` kind; ``columns`` (``--path_col``/``--label_col``) pick a csv
+    dataset's columns (the other layouts have none)."""
     if kind not in LAYOUTS:
         raise ValueError(f"unknown dataset kind {kind!r}; choose from {', '.join(LAYOUTS)}")
-    return LAYOUTS[kind]
+    layout = LAYOUTS[kind]
+    return CsvLayout(columns) if columns is not None and isinstance(layout, CsvLayout) else layout
 
 
-def read_class_names(root: str | Path, kind: str) -> list[str]:
+def read_class_names(root: str | Path, kind: str, columns: Columns | None = None) -> list[str]:
     """Class names of a dataset, from its train split (or classes.txt)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset root {str(root)!r} does not exist or is not a folder (--data)")
-    return get_layout(kind).classes(root)
+    return get_layout(kind, columns).classes(root)
 
 
-def resolve_split(root: str | Path, kind: str, split: str) -> str:
-    """``split`` if present; a missing test split falls back to val, with a log line saying so."""
-    layout = get_layout(kind)
-    if layout.exists(Path(root), split):
+def split_exists(root: str | Path, kind: str, split: str, holdout: Holdout | None = None,
+                 columns: Columns | None = None) -> bool:
+    """Whether ``split`` is on disk, or carved out of train by ``holdout``."""
+    return (holdout is not None and split in holdout.carved()) or get_layout(kind, columns).exists(Path(root), split)
+
+
+def resolve_split(root: str | Path, kind: str, split: str, holdout: Holdout | None = None,
+                  columns: Columns | None = None) -> str:
+    """``split`` if present (on disk or carved by ``holdout``); a missing test split falls back to val, with a
+    log line saying so."""
+    if split_exists(root, kind, split, holdout, columns):
         return split
-    if split == "test" and layout.exists(Path(root), "val"):
+    if split == "test" and split_exists(root, kind, "val", holdout, columns):
         logger.info("no test split in %s: evaluating on the val split instead", root)
         return "val"
     raise DatasetError(f"split {split!r} not found in {root} for --dataset {kind}")
+
+
+def sample_key(root: Path, kind: str, split: str, source: str) -> str:
+    """A stable name of a sample of ``split`` for side files and split files: its path relative to the
+    dataset root (``<split>.zip/<member>`` for zip archives)."""
+    if kind == "zip":
+        return f"{split}.zip/{source}"
+    path = Path(source).resolve()
+    try:
+        return path.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def holdout_samples(root: Path, kind: str, class_names: Sequence[str], holdout: Holdout,
+                    columns: Columns | None = None) -> tuple[list[Sample], dict[str, list[int]], dict[str, Any]]:
+    """Train's samples, the indices of each split carved from them, and the split table (``split.json``).
+
+    A split that is both on disk and asked to be carved is refused: which one would count is not for this
+    code to guess."""
+    layout = get_layout(kind, columns)
+    for name in holdout.carved():
+        if layout.exists(root, name):
+            raise DatasetError(f"{root} already has a {name} split, and --{name}_fraction asks to carve one out "
+                               f"of train: drop --{name}_fraction to use the {name} split on disk, or remove it")
+    if not layout.exists(root, "train"):
+        raise DatasetError(f"split 'train' not found in {root} for --dataset {kind}")
+    samples = layout.samples(root, "train", class_names)
+    keys = [sample_key(root, kind, "train", source) for source, _ in samples]
+    labels = [label for _, label in samples]
+    return samples, carve(keys, labels, holdout), split_table(keys, labels, holdout, str(root.resolve()))
 
 
 def call_seeded(fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, seed: int) -> torch.Tensor:
@@ -391,22 +654,32 @@ class ClassificationDataset(Dataset):
     The key is an index, or ``(index, seed)`` from :class:`dataloader.loader.SeededSampler`: the seed
     makes the random transform of that sample a pure function of (run seed, epoch, index), so a
     resumed run sees exactly the augmentations it would have seen, whatever the worker count.
+
+    With a ``holdout``, ``train`` and the splits it carves are parts of the train split on disk
+    (:mod:`dataloader.splits`); ``source_split`` is where the samples are read from, and ``split_table``
+    the whole split (what a run saves as ``split.json``; None without a holdout).
     """
 
     def __init__(self, root: str | Path, kind: str, split: str, class_names: Sequence[str] | None = None,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, skip_bad: bool = False,
-                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, holdout: Holdout | None = None,
+                 columns: Columns | None = None):
         self.root, self.kind, self.split, self.skip_bad = Path(root), kind, split, skip_bad
         self.max_pixels = max_pixels
-        self.class_names = list(class_names) if class_names is not None else read_class_names(root, kind)
-        layout = get_layout(kind)
-        if not layout.exists(self.root, split):
+        self.class_names = list(class_names) if class_names is not None else read_class_names(root, kind, columns)
+        layout = get_layout(kind, columns)
+        self.source_split, self.split_table = split, None
+        if holdout is not None and split in ("train", *holdout.carved()):
+            samples, parts, self.split_table = holdout_samples(self.root, kind, self.class_names, holdout, columns)
+            self.source_split, self.samples = "train", [samples[i] for i in parts[split]]
+        elif not layout.exists(self.root, split):
             raise DatasetError(f"split {split!r} not found in {self.root} for --dataset {kind}")
-        self.samples = layout.samples(self.root, split, self.class_names)
+        else:
+            self.samples = layout.samples(self.root, split, self.class_names)
         if not self.samples:
             raise DatasetError(f"split {split!r} of {self.root} holds no images")
         self.targets = [label for _, label in self.samples]
-        self.reader = layout.reader(self.root, split, max_pixels)
+        self.reader = layout.reader(self.root, self.source_split, max_pixels)
         self.transform = transform
         self._skips_logged: set[str] = set()  # one warning per bad file (per process), not one per read
 
@@ -429,14 +702,7 @@ class ClassificationDataset(Dataset):
     def key(self, index: int) -> str:
         """A stable name of sample ``index`` for side files (teacher outputs, curricula): its path
         relative to the dataset root (``<split>.zip/<member>`` for zip archives)."""
-        source = self.samples[index][0]
-        if self.kind == "zip":
-            return f"{self.split}.zip/{source}"
-        path = Path(source).resolve()
-        try:
-            return path.relative_to(self.root.resolve()).as_posix()
-        except ValueError:
-            return path.as_posix()
+        return sample_key(self.root, self.kind, self.source_split, self.samples[index][0])
 
     def skip_or_raise(self, error: Exception | str) -> None:
         """An image did not decode: raise, saying how to fix or skip it, or with ``skip_bad`` log the skip
@@ -451,7 +717,7 @@ class ClassificationDataset(Dataset):
             logger.warning("skipping %s", message)
 
     def _describe(self, source: str) -> str:
-        return f"{self.root / (self.split + '.zip')}:{source}" if self.kind == "zip" else source
+        return f"{self.root / (self.source_split + '.zip')}:{source}" if self.kind == "zip" else source
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int] | None:
         """``(uint8 image, label, index)``; None for an undecodable image when ``skip_bad`` is set."""

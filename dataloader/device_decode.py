@@ -116,7 +116,8 @@ class DeviceDecodeLoader:
                 images.append(image)
                 kept.append(item)
             if not kept:
-                yield torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+                yield (torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long),
+                       torch.empty(0, dtype=torch.long))
                 continue
             yield (torch.stack(images), torch.tensor([item[1] for item in kept]),
                    torch.tensor([item[2] for item in kept]))

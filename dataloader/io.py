@@ -127,7 +127,8 @@ def _png_or_jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
 
 
 @contextmanager
-def open_image(data: bytes | memoryview, name: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[Image.Image]:
+def open_image(data: bytes | memoryview, name: str,
+               max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[Image.Image]:
     """A Pillow image of ``data``, opened lazily (header only) and checked against ``max_pixels`` before
     anything is decoded. Pillow's own bomb check (a warning up to twice its limit, an error above) is off
     meanwhile: this limit replaces it, so that ``--max_image_pixels`` can also raise it."""

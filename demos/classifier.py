@@ -5,9 +5,9 @@
     python demos/classifier.py MODEL IMAGE_OR_FOLDER [--topk 5]
                                [--backend auto|torchscript|onnxruntime|openvino] [--max_image_pixels N]
 
-It imports only torch, numpy, Pillow and (for ``.onnx``) onnxruntime or (for ``.xml``) openvino. The export carries its metadata
-(class names, input size, resize mode, mean/std, head), and the preprocessing below reproduces the
-project's evaluation pipeline bit for bit:
+It imports only torch, numpy, Pillow and (for ``.onnx``) onnxruntime or (for ``.xml``) openvino. The export
+carries its metadata (class names, input size, resize mode, mean/std, head), and the preprocessing below
+reproduces the project's evaluation pipeline bit for bit:
 
 1. decode any image to 8-bit RGB as ``dataloader/io.py`` does (palette via RGBA, 16-bit scaled);
 2. letterbox (resize keeping the aspect ratio, centred, padded with 0) or centre crop, resizing the
@@ -83,7 +83,8 @@ def _open_checked(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
             width, height = im.size
             if max_pixels and width * height > max_pixels:
                 raise ImageTooLarge(f"{width}x{height} pixels is over the limit of {max_pixels} pixels, a possible "
-                                    f"decompression bomb; not decoded (raise it with --max_image_pixels N, 0 = no limit)")
+                                    f"decompression bomb; not decoded (raise it with --max_image_pixels N, "
+                                    f"0 = no limit)")
             yield im
     finally:
         Image.MAX_IMAGE_PIXELS = saved
@@ -261,7 +262,8 @@ class Preprocessor:
         if metadata.get("resize") not in GEOMETRY:
             raise ValueError(f"unsupported resize {metadata.get('resize')!r}; this demo knows {', '.join(GEOMETRY)}")
         if metadata.get("interpolation", "bilinear") not in ("bilinear", "bicubic"):
-            raise ValueError(f"unsupported interpolation {metadata['interpolation']!r}; this demo knows bilinear and bicubic")
+            raise ValueError(f"unsupported interpolation {metadata['interpolation']!r}; this demo knows bilinear and "
+                             f"bicubic")
         self.metadata, self.max_pixels = metadata, max_pixels
         std = torch.tensor(metadata["std"], dtype=torch.float32)
         # The same float32 operations as the project's BatchPreprocessor, so the inputs are bit-identical.
@@ -281,8 +283,8 @@ class Classifier:
     """An exported classifier with the project's evaluation preprocessing.
 
     ``backend`` is ``auto`` (ONNX Runtime for ``.onnx``, OpenVINO for ``.xml``, else TorchScript),
-    ``torchscript``, ``onnxruntime`` or ``openvino``; ``threads`` sets the intra-op thread count (default: the library's); images of more
-    than ``max_pixels`` pixels are refused (0: no limit).
+    ``torchscript``, ``onnxruntime`` or ``openvino``; ``threads`` sets the intra-op thread count (default: the
+    library's); images of more than ``max_pixels`` pixels are refused (0: no limit).
     """
 
     def __init__(self, model_path: str | os.PathLike, backend: str = "auto", threads: int | None = None,

@@ -1,4 +1,5 @@
-"""The engine below the modes: the loops, the train state, precision, the evaluation report.
+"""The engine below the modes: the loops, the train state, the epoch-end bookkeeping (``epoch_end``), the stop
+request (``stop``), precision, the evaluation report.
 
 Plain functions and objects with explicit arguments: nothing here reads the run's config, and nothing
 imports ``applications/``.

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from models.finetune import update_bn_stats
 from optim import ModelEma, base_lr
+from utils.checkpoint import kill_point
 from utils.distributed import all_reduce_sum, gather_objects
 from utils.metrics import hard_labels, topk_correct
 
@@ -33,7 +34,8 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
                     batch_hook: Callable | None = None, ema: ModelEma | None = None,
                     on_step: Callable[[int, float], bool] | None = None, clip_grad: float | None = None,
                     start_batch: int = 0, partial: dict[str, float] | None = None,
-                    should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+                    should_stop: Callable[[], bool] | None = None,
+                    save_point: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
     """One pass over ``loader``: forward, backward, an optimizer (and scheduler) step every
     ``accumulation_steps`` micro-batches. Returns mean loss, top-1 on the hard labels, the LR of the
     last step, img/s, and the number of images skipped as undecodable.
@@ -44,7 +46,9 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
     ``should_stop()`` are asked after each optimizer step: True ends the epoch there (the LR range test;
     a SIGTERM), and the result then says ``interrupted`` with ``batches_done`` and the running sums in
     ``partial``, from which a later call continues (``start_batch``, ``partial``; the loader's sampler
-    must skip the same batches).
+    must skip the same batches). ``save_point(batches_done, sums)`` is called after every optimizer step
+    that neither ends nor stops the epoch, with this rank's running sums: a point where that same mid-epoch
+    state may be saved (``--save_every_steps``); every rank calls it at the same steps.
     """
     model.train()
     device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
@@ -84,28 +88,16 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
             seen_now += n
         if i + 1 == group_end:
             lr = base_lr(optimizer)  # the LR this step used (reported per epoch; per-group factors aside)
-            if clip_grad is not None:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            _optimizer_step(model, optimizer, scaler=scaler, scheduler=scheduler, ema=ema, clip_grad=clip_grad)
             steps += 1
-            if scheduler is not None:
-                scheduler.step()
-            if ema is not None:
-                ema.update(model)
             stop_early = on_step is not None and images.numel() and on_step(steps, loss.item())
             if stop_early or (should_stop is not None and should_stop()):
                 interrupted = i + 1 < n_batches
                 break
+            if save_point is not None and i + 1 < n_batches:
+                save_point(batch + 1, sums)
         if progress and sums["seen"] and (i % 10 == 0 or i == n_batches - 1):
-            bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}", lr=f"{base_lr(optimizer):.2e}",
-                            img_s=f"{seen_now / (time.perf_counter() - start):.0f}")
+            _show_progress(bar, sums, base_lr(optimizer), seen_now / (time.perf_counter() - start))
     elapsed = time.perf_counter() - start
     # every rank's sums (identity in a single process); ``partial`` stays this rank's own, for resuming
     loss_sum, correct, seen, expected, seen_all = all_reduce_sum(
@@ -114,6 +106,33 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
             "img_per_s": seen_all / max(elapsed, 1e-9), "steps": steps, "time": elapsed,
             "skipped": int(expected - seen), "interrupted": interrupted, "batches_done": batch + 1,
             "partial": sums}
+
+
+def _show_progress(bar: tqdm, sums: dict[str, float], lr: float, img_per_s: float) -> None:
+    """The training bar's running loss, LR and speed."""
+    bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}", lr=f"{lr:.2e}", img_s=f"{img_per_s:.0f}")
+
+
+def _optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, *, scaler: torch.amp.GradScaler | None,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None, ema: ModelEma | None,
+                    clip_grad: float | None) -> None:
+    """One optimizer step on the accumulated gradients: clip (unscaled first under a scaler), step, clear the
+    gradients, then advance the schedule and the EMA."""
+    if clip_grad is not None:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
+    if ema is not None:
+        ema.update(model)
+    kill_point("step")  # tests: a SIGKILL between two steps
 
 
 REDUCED_PRECISION = (torch.bfloat16, torch.float16)

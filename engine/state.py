@@ -20,8 +20,15 @@ from models import extract_state_dict, load_state_dict_checked
 from models.spec import ModelSpec
 from optim import ModelEma
 from utils.atomic import remove_stale_temporaries
-from utils.checkpoint import (CheckpointError, capture_rng_state, link_checkpoint, load_checkpoint, previous_path,
-                              restore_rng_state, save_checkpoint)
+from utils.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    link_checkpoint,
+    load_checkpoint,
+    previous_path,
+    restore_rng_state,
+    save_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +131,21 @@ class CheckpointSaver:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.last, self.best = self.folder / "last.pth", self.folder / "best.pth"
+        # the epoch best.pth holds and its validation top-1 (None and -1: no epoch validated yet)
+        self.best_top1: float = -1.0
+        self.best_epoch: int | None = None
+
+    def adopt(self, progress: Progress) -> None:
+        """Take over the best epoch a resumed run recorded (``progress`` from :meth:`TrainState.restore`)."""
+        self.best_top1, self.best_epoch = progress.best_top1, progress.best_epoch
+
+    def update_best(self, epoch: int, top1: float, loss: float, history: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether epoch ``epoch`` (validation ``top1`` and ``loss``) becomes the best, by
+        :func:`improves_on_best` against ``history`` (the rows before this epoch's); if so it is recorded."""
+        is_best = improves_on_best(top1, loss, best_top1=self.best_top1, best_epoch=self.best_epoch, history=history)
+        if is_best:
+            self.best_top1, self.best_epoch = top1, epoch
+        return is_best
 
     def save(self, state: dict[str, Any], is_best: bool = False) -> None:
         """Write ``state`` as last.pth (the previous one kept); when ``is_best`` link best.pth to the same
@@ -132,19 +154,22 @@ class CheckpointSaver:
         if is_best:
             link_checkpoint(self.last, self.best)
 
-    def tidy(self, resumed_from: Path | None, best_epoch: int | None) -> None:
+    def tidy(self, resumed_from: Path | None, best_epoch: int | None = None) -> None:
         """Before a run writes here: temporaries of a run killed mid-write go, and when resuming from this
-        folder best.pth is made to hold ``best_epoch`` again (see :meth:`restore_best_link`)."""
+        folder best.pth is made to hold ``best_epoch`` (by default the saver's own) again (see
+        :meth:`restore_best_link`)."""
         if not self.folder.is_dir():
             return
         remove_stale_temporaries(self.folder)
         if resumed_from is not None and resumed_from.parent.resolve() == self.folder.resolve():
             self.restore_best_link(best_epoch)
 
-    def restore_best_link(self, best_epoch: int | None) -> None:
-        """Make ``best.pth`` the checkpoint of epoch ``best_epoch`` (recorded in every checkpoint since the
-        best epoch). A run killed between saving ``last.pth`` and linking ``best.pth`` left the previous
-        best there: it is linked again from ``last.pth`` or ``last.pth.prev``, whichever holds that epoch."""
+    def restore_best_link(self, best_epoch: int | None = None) -> None:
+        """Make ``best.pth`` the checkpoint of epoch ``best_epoch`` (by default the saver's own best; recorded
+        in every checkpoint since the best epoch). A run killed between saving ``last.pth`` and linking
+        ``best.pth`` left the previous best there: it is linked again from ``last.pth`` or ``last.pth.prev``,
+        whichever holds that epoch."""
+        best_epoch = self.best_epoch if best_epoch is None else best_epoch
         if best_epoch is None or end_of_epoch(self.best) == best_epoch:  # None: a checkpoint from before best_epoch
             return
         for source in (self.last, previous_path(self.last)):

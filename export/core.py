@@ -31,7 +31,10 @@ logger = logging.getLogger(__name__)
 METADATA_FILE = "metadata.json"
 METADATA_VERSION = 1
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-ATOL = 1e-4  # max |logit difference| from the eager fp32 model accepted for an export (see verify_export)
+# An fp32 export may differ from the eager model by RTOL x max(1, max |eager logit|), or, for a model whose own
+# fp32 logits are less exact than that, by FLOAT64_FACTOR x eager's distance from float64 logits (see logit_bound)
+RTOL = 1e-3
+FLOAT64_FACTOR = 20.0
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
@@ -248,15 +251,47 @@ def float64_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor | Non
         return None
 
 
+def logit_bound(max_abs_logit: float, rtol: float = RTOL, eager_float64_error: float | None = None) -> float:
+    """The largest max |logit difference| from the eager fp32 model accepted for an fp32 export whose eager
+    logits reach ``max_abs_logit``: ``rtol * max(1, max_abs_logit)``, or where the eager model's own distance
+    from float64 logits is known and larger, ``FLOAT64_FACTOR * eager_float64_error``.
+
+    Two fp32 runtimes computing the same function round differently (their kernels sum in their own order;
+    oneDNN and MLAS run other code on AVX2 and AVX-512), by an amount that grows with the activations'
+    scale, which the logits' scale measures; the floor of 1 keeps near-zero logits from asking for more
+    than fp32 resolves. A model whose activations are much larger than its logits rounds further from
+    exact than its logits' scale says: its eager fp32 error then measures what fp32 can do for it.
+
+    Measured over every family of docs/models.md at 224x224 on both kernel paths (AVX-512, AVX2;
+    ``benchmarks/onnx_families.py``, tables in docs/export_deploy.md): correct TorchScript, ONNX Runtime
+    and OpenVINO exports differ from eager by at most 2.3e-4 x max(1, max |logit|) and at most 3x eager's
+    own distance from float64; wrong exports (1% noise on the stem convolution's weight, a missing
+    mean/std normalisation) by 6x the bound (the stem noise in a random-init ConvNeXt, whose blocks are
+    near identities) to thousands of times. RTOL leaves a correct export 4x room, FLOAT64_FACTOR 7x:
+    room for a runtime several times less exact than eager (issue #26: 8x on a Xeon, for logits
+    that the relative term covers).
+    """
+    bound = rtol * max(1.0, max_abs_logit)
+    if eager_float64_error is not None:
+        bound = max(bound, FLOAT64_FACTOR * eager_float64_error)
+    return bound
+
+
+def _bound_text(rtol: float, max_abs_logit: float, with_float64: bool) -> str:
+    relative = f"{rtol:g} x max(1, max |logit| {max_abs_logit:.3g})"
+    if not with_float64:
+        return relative
+    return f"the larger of {relative} and {FLOAT64_FACTOR:g} x the eager model's distance from float64 logits"
+
+
 def verify_export(what: str, model: nn.Module, runner: Runner, images: torch.Tensor,
-                  atol: float = ATOL) -> dict[str, float]:
+                  rtol: float = RTOL) -> dict[str, float]:
     """Check ``runner`` (an export) against the eager ``model`` on ``images``, batched and the first alone
     (which checks that the batch axis really is dynamic); raise :class:`ExportError` when it differs.
 
-    Accepted: max |logit difference| <= ``atol`` (``ATOL`` unless the runtime has its own); or, for a
-    model whose own fp32 logits are less exact than that, an export at most twice as far from the float64
-    logits as the eager model is.
-    Returns the differences measured.
+    Accepted: max |logit difference| <= :func:`logit_bound` (``rtol``: ``RTOL`` unless the runtime needs its
+    own). The float64 logits are computed only when the difference exceeds the relative bound.
+    Returns the differences measured, the bound and how it was set (``bound_from``).
     """
     with torch.no_grad():
         expected = model(images).float()
@@ -264,20 +299,25 @@ def verify_export(what: str, model: nn.Module, runner: Runner, images: torch.Ten
     if got.shape != expected.shape or got_one.shape != expected[:1].shape:
         raise ExportError(f"{what} returns shape {tuple(got.shape)}, the eager model {tuple(expected.shape)}")
     diff = float(torch.maximum((got - expected).abs().max(), (got_one - expected[:1]).abs().max()))
-    report = {"max_abs_diff": diff, "max_abs_logit": float(expected.abs().max())}
-    if diff <= atol:  # also False for NaN
+    max_logit = float(expected.abs().max())
+    report = {"max_abs_diff": diff, "max_abs_logit": max_logit, "bound": logit_bound(max_logit, rtol),
+              "bound_from": _bound_text(rtol, max_logit, False)}
+    if diff <= report["bound"]:  # also False for NaN
         return report
     exact = float64_logits(model, images)
     detail = ""
     if exact is not None:
         eager_error = float((expected.double() - exact).abs().max())
-        export_error = float(torch.maximum((got.double() - exact).abs().max(), (got_one.double() - exact[:1]).abs().max()))
-        report.update(eager_float64_error=eager_error, export_float64_error=export_error)
-        if export_error <= 2.0 * eager_error:
-            logger.warning("%s differs from eager by %.3g > %g, but the eager fp32 model is itself %.3g from exact "
-                           "(float64) logits and the export %.3g: accepted as equally exact", what, diff, atol,
-                           eager_error, export_error)
+        export_error = float(torch.maximum((got.double() - exact).abs().max(),
+                                           (got_one.double() - exact[:1]).abs().max()))
+        report.update(eager_float64_error=eager_error, export_float64_error=export_error,
+                      bound=logit_bound(max_logit, rtol, eager_error), bound_from=_bound_text(rtol, max_logit, True))
+        if diff <= report["bound"]:
+            logger.warning("%s differs from eager by %.3g > %.3g x max(1, max |logit| %.3g), but the eager fp32 model "
+                           "is itself %.3g from exact (float64) logits (the export %.3g): accepted within %g x that, "
+                           "%.3g",
+                           what, diff, rtol, max_logit, eager_error, export_error, FLOAT64_FACTOR, report["bound"])
             return report
         detail = f"; it is {export_error:.3g} from exact (float64) logits, the eager model {eager_error:.3g}"
-    raise ExportError(f"{what} does not reproduce the eager model: max |logit difference| {diff:.3g} > {atol:g} "
-                      f"on {len(images)} real images{detail}")
+    raise ExportError(f"{what} does not reproduce the eager model: max |logit difference| {diff:.3g} > "
+                      f"{report['bound']:.3g} on {len(images)} real images (the bound: {report['bound_from']}){detail}")

@@ -31,10 +31,6 @@ logger = logging.getLogger(__name__)
 
 METADATA_KEY = ["classifier", "metadata"]
 WEIGHTS_HASH_KEY = ["classifier", "bin_sha256"]  # the sha256 (hex) of the .bin, in the .xml's rt_info
-# max |logit difference| of an fp32 IR from eager: OpenVINO's CPU kernels accumulate fp32 in their own order,
-# so the difference grows with the logits' scale (1.1e-4 at max |logit| 137 on a trained resnet18: 8e-7
-# relative), past export.core.ATOL, which ONNX Runtime and TorchScript meet
-OPENVINO_ATOL = 1e-3
 # --calib_method -> NNCF's activation range estimator (NNCF has no KL-divergence/entropy estimator)
 NNCF_RANGES = {"minmax": "MINMAX", "percentile": "MEAN_QUANTILE"}
 

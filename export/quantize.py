@@ -86,8 +86,13 @@ def write_qdq(fp32_path: str | Path, out_path: str | Path, images: np.ndarray, m
     activations; with ``float_outputs`` the outputs stay float (:func:`keep_outputs_float`). ``options``
     override ``quantize_static``'s arguments (``benchmarks/int8_onnx_variants.py`` compares them)."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
     if method not in CALIB_METHODS:
         raise ValueError(f"unknown calibration method {method!r}; choose {', '.join(CALIB_METHODS)}")

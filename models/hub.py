@@ -13,9 +13,9 @@ filters of the library's own pretrained path; it returns that model's state dict
 cannot be read or does not fit is one CheckpointError naming it: delete it, or pass ``--pretrained PATH``.
 
 Caches: torchvision, efficientnet-pytorch and resnest download with torch.hub, where their
-``load_state_dict_from_url`` looks (``$TORCH_HOME/hub/checkpoints/<file name of the URL>``); timm uses the Hugging Face hub cache
-(``$HF_HOME/hub/models--timm--<name>/snapshots/<revision>/model.safetensors``). ``HF_HUB_OFFLINE=1``
-means offline for every family, exactly as an unreachable network does.
+``load_state_dict_from_url`` looks (``$TORCH_HOME/hub/checkpoints/<file name of the URL>``); timm uses the Hugging
+Face hub cache (``$HF_HOME/hub/models--timm--<name>/snapshots/<revision>/model.safetensors``).
+``HF_HUB_OFFLINE=1`` means offline for every family, exactly as an unreachable network does.
 """
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from utils.weights_name import WEIGHTS_DEFAULT as DEFAULT_NAME, is_weights_name  # noqa: F401 (re-exported)
-
 from utils.checkpoint import CheckpointError
+from utils.weights_name import WEIGHTS_DEFAULT as DEFAULT_NAME  # noqa: F401 (re-exported)
+from utils.weights_name import is_weights_name  # noqa: F401 (re-exported)
 
 from .pretrained import read_weights
 from .registry import TIMM_PREFIX, model_family

@@ -104,9 +104,10 @@ def atomic_path(path: str | Path, previous: str | Path | None = None) -> Iterato
     ``os.link``); when the block ends normally the file there is fsynced and renamed to ``path``.
 
     Writers that pick a format from the name's suffix must be told the format: the temporary name ends in
-    ``.tmp-<pid>``. With ``previous``, an existing ``path`` is first moved there (a backup of the file being
-    replaced). On any exception, KeyboardInterrupt included, the temporary file is removed and ``path`` is
-    left as it was.
+    ``.tmp-<pid>``. With ``previous``, an existing ``path`` is first kept there (a backup of the file being
+    replaced; see :func:`_keep_copy`). On any exception, KeyboardInterrupt included, the temporary file is
+    removed and ``path`` is left as it was. ``path`` exists at every moment of the write once it existed:
+    a signal that interrupts between the backup and the rename leaves the old file at both names.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,12 +116,30 @@ def atomic_path(path: str | Path, previous: str | Path | None = None) -> Iterato
         yield tmp
         _fsync_file(tmp)
         if previous is not None and path.exists():
-            os.replace(path, previous)
+            _keep_copy(path, Path(previous))
         os.replace(tmp, path)
     finally:
         if tmp.exists() or tmp.is_symlink():
             tmp.unlink()
     fsync_dir(path.parent)
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """Make ``target`` (a new name) the file at ``source`` without writing its bytes again: a hard link, or
+    a copy where the file system has none (some network or FAT file systems). Safe for files that are only
+    ever replaced (a new file renamed over the name), never written in place, as every file written here."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _keep_copy(path: Path, previous: Path) -> None:
+    """Make ``previous`` hold ``path``'s file, atomically, while ``path`` stays in place. Moving ``path`` to
+    ``previous`` instead would leave no file at ``path`` until the new one is renamed there: a SIGTERM
+    between the two renames (a run stopping mid-save) lost ``last.pth``."""
+    with atomic_path(previous) as tmp:
+        link_or_copy(path, tmp)
 
 
 @contextmanager

@@ -10,7 +10,6 @@ import os
 import pickle
 import random
 import re
-import shutil
 import signal
 import zipfile
 from collections import Counter
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.atomic import atomic_path, atomic_write
+from utils.atomic import atomic_path, atomic_write, link_or_copy
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +31,11 @@ class CheckpointError(RuntimeError):
 # Test-only fault injection: ``PLAYGROUND_KILL_AT=POINT:N`` makes this process SIGKILL itself the N-th
 # time (default 1) it reaches POINT, so tests can kill a real run at an exact moment of a save. The
 # points: ``last_tmp`` (last.pth's temporary file half written), ``last_replaced`` (last.pth just
-# renamed into place), ``best_tmp`` (best.pth's temporary link made, not yet renamed), and ``final_test``
-# (applications/train.py: the final test evaluation begins). last.pth is saved once per epoch, so N is
-# the epoch (1-based) in a run started afresh; best.pth is linked once per new best epoch.
+# renamed into place), ``best_tmp`` (best.pth's temporary link made, not yet renamed), ``final_test``
+# (applications/train.py: the final test evaluation begins) and ``step`` (engine/loops.py: an optimizer step
+# done, before its ``--save_every_steps`` save; N counts this process's steps). last.pth is saved once per
+# epoch (without --save_every_steps), so N is the epoch (1-based) in a run started afresh; best.pth is
+# linked once per new best epoch.
 KILL_AT_ENV = "PLAYGROUND_KILL_AT"
 _kill_hits: Counter = Counter()
 
@@ -107,10 +108,7 @@ def link_checkpoint(source: str | Path, path: str | Path) -> None:
     place, so replacing ``source`` later leaves ``path`` as it was."""
     source, path = Path(source), Path(path)
     with atomic_path(path) as tmp:
-        try:
-            os.link(source, tmp)
-        except OSError:  # no hard links here (some network or FAT file systems)
-            shutil.copyfile(source, tmp)
+        link_or_copy(source, tmp)
         kill_point(f"{path.stem}_tmp")
 
 
@@ -156,11 +154,21 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
             f"torch.save(model.state_dict(), 'weights.pth')") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
         if head.startswith(_ZIP_SIGNATURE) and zipfile.is_zipfile(path) and not _holds_torch_data(path):
-            raise CheckpointError(f"{path} is a zip archive but not a PyTorch checkpoint (no data.pkl inside)") from None
+            raise CheckpointError(f"{path} is a zip archive but not a PyTorch checkpoint "
+                                  f"(no data.pkl inside)") from None
         raise CheckpointError(f"{path} is corrupt or truncated and cannot be read: {e}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict (a state dict or a checkpoint)")
     return obj
+
+
+def saved_config(path: str | Path) -> Any:
+    """The config a checkpoint was saved with (its ``config`` entry; tensors are mapped, not read), or None
+    when it carries none or torch cannot map the file (a zip, a legacy file: loading it later says why)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("config")
+    except Exception:
+        return None
 
 
 def _holds_torch_data(path: Path) -> bool:

@@ -1,8 +1,8 @@
 """Titled images and contact sheets as uint8 RGB arrays (``H x W x 3``), and writing them as PNG.
 
 Drawn with OpenCV (resizing) and Pillow (text): no matplotlib figure per image, so writing hundreds of
-pictures stays fast. Used by the augmentation preview (``dataloader/enhancement``) and the CAM pictures
-(``explain/``).
+pictures stays fast. Used by the augmentation preview (``dataloader/enhancement``), the CAM pictures
+(``explain/``) and ``--predict``'s annotated images (``annotate``: an image with lines of text under it).
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from PIL import Image, ImageDraw, ImageFont
 from utils.atomic import save_image_atomic
 
 WHITE, BLACK, GREEN, RED, GREY = (255, 255, 255), (0, 0, 0), (0, 140, 0), (200, 0, 0), (90, 90, 90)
+ANNOTATE_MIN_SIDE, ANNOTATE_MAX_SIDE = 256, 1024  # annotate(): the displayed image's short and long side
+ANNOTATE_FONT_SIZE, ANNOTATE_MARGIN = 16, 6
 
 
 def to_hwc(image: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -45,7 +47,11 @@ def upscale(image: np.ndarray, min_side: int = 128) -> np.ndarray:
 
 
 def _font(size: int) -> ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
+    """Pillow's default font at ``size`` points (Pillow < 10.1 has one fixed-size bitmap font: that one)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: load_default() takes no size
+        return ImageFont.load_default()
 
 
 def add_title(image: np.ndarray, lines: Sequence[str], colors: Sequence[tuple[int, int, int]] | None = None,
@@ -119,3 +125,30 @@ def _ellipsize(text: str, font: ImageFont.ImageFont, width: float) -> str:
     while text and font.getlength(text + "...") > width:
         text = text[:-1]
     return text + "..."
+
+
+# ---------------------------------------------------------------------------------------------- annotate
+def _display_size(width: int, height: int) -> tuple[int, int, Image.Resampling]:
+    """A size a person can read: small images blown up by a whole factor (pixels kept sharp), huge ones shrunk."""
+    if min(width, height) < ANNOTATE_MIN_SIDE:
+        factor = -(-ANNOTATE_MIN_SIDE // min(width, height))
+        width, height = width * factor, height * factor
+        if max(width, height) <= 4 * ANNOTATE_MAX_SIDE:
+            return width, height, Image.Resampling.NEAREST
+    scale = min(1.0, ANNOTATE_MAX_SIDE / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale)), Image.Resampling.BILINEAR
+
+
+def annotate(image: torch.Tensor, lines: Sequence[str]) -> Image.Image:
+    """A ``3 x H x W`` uint8 image, resized for display, above a white band holding ``lines``."""
+    picture = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+    width, height, resample = _display_size(picture.width, picture.height)
+    picture = picture.resize((width, height), resample)
+    font = _font(ANNOTATE_FONT_SIZE)
+    line_height = ANNOTATE_FONT_SIZE + 4
+    canvas = Image.new("RGB", (width, height + ANNOTATE_MARGIN * 2 + line_height * len(lines)), "white")
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((ANNOTATE_MARGIN, height + ANNOTATE_MARGIN + i * line_height), line, fill="black", font=font)
+    return canvas

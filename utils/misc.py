@@ -12,9 +12,12 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -143,3 +146,22 @@ class InterruptOnSignals(StopSignals):
 
     def _handle(self, signum: int, frame: Any) -> None:
         raise Interrupted(f"{signal.Signals(signum).name} received" + (f"; {self.hint}" if self.hint else ""))
+
+
+class HoldSignals(StopSignals):
+    """While the block runs, a SIGINT/SIGTERM waits: it is raised again, to the handler outside the block,
+    when the block ends. For short sections that an exception raised at an arbitrary point would break:
+    TensorBoard's writer (an interrupt inside its queue's ``put`` loses the wake-up its thread waits for, and
+    ``close`` then hangs for ever). Outside the main thread it does nothing (signals never reach there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[int] = []
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.held.append(signum)
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        if self.held:
+            signal.raise_signal(self.held[0])

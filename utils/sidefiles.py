@@ -12,7 +12,8 @@ from typing import Iterable, Sequence
 from utils.atomic import atomic_write
 
 
-def write_rows(path: str | Path, rows: Iterable[tuple[str, Sequence[float]]], overwrite: bool, fmt: str = "{:.6g}") -> Path:
+def write_rows(path: str | Path, rows: Iterable[tuple[str, Sequence[float]]], overwrite: bool,
+               fmt: str = "{:.6g}") -> Path:
     """Write ``key,v0,v1,...`` lines atomically; an existing file is an error unless ``overwrite``."""
     path = Path(path)
     if path.exists() and not overwrite:

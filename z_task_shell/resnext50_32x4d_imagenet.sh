@@ -2,7 +2,7 @@
 # ResNeXt-50 32x4d on ImageNet-layout data: SGD momentum 0.9, LR 0.1 per 256 images scaled linearly with
 # the global batch (64 per device), 5 warm-up epochs then cosine to 0 over 100 epochs, weight decay 1e-4,
 # label smoothing 0.1, mixed precision. ZIP=1 reads DATA as zip archives ({split}.zip + {split}_map.txt,
-# utils/dataset_tools.py) without extracting them.
+# dataloader/layout_writers.py) without extracting them.
 #   [GPUS=8] [ZIP=1] [OUTPUT=output] [SMOKE=1] bash z_task_shell/resnext50_32x4d_imagenet.sh [DATA=data/imagenet] [main.py flags]
 # Smoke runs at 64x64: at 16x16 the last stage is 1 x 1 and its batch norm over 8 values overflowed in bf16
 # (--amp) in the first steps on some CPUs, whatever the LR.

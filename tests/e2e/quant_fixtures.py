@@ -6,15 +6,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 import subprocess
 import sys
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from conftest import ROOT, read_json, run_main, tiny_train_args, write_digit_folders
+from helpers import ROOT, read_json, run_main, tiny_train_args, write_digit_folders
 
 SIZE = 32
 COUNTS = {"train": 30, "val": 6, "test": 20}
@@ -54,7 +54,7 @@ def train_rough_model(root: Path, seed: int = 1) -> dict[str, Path]:
     few images get logits in the hundreds, most a few units, the case int8 logits broke (seed 1: ONNX
     Runtime's default QDQ lost 18.9 points, 7.8 under ONEDNN_MAX_CPU_ISA=AVX2; docs/export_int8_openvino.md)."""
     from benchmarks.int8_onnx_variants import BATCH, LR, RECIPE
-    from utils.make_digits import make_digits
+    from dataloader.digits import make_digits
     data = make_digits(root / "digits")
     out = root / "out"
     run_main_json(["--train", "--data", str(data), *RECIPE, "--lr", str(LR), "-b", str(BATCH), "--seed", str(seed),

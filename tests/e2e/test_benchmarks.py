@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 def _quick(script: str, *args: str) -> str:
@@ -52,3 +52,12 @@ def test_model_zoo_quick():
     assert params == pytest.approx(2.54, abs=0.01)  # torchvision's mobilenet_v3_small: 2,542,856 parameters
     assert gflops == pytest.approx(0.115, abs=0.012)  # torchvision: 0.06 GFLOPS counted as multiply-adds
     assert ms > 0 and 0 <= test_top1 <= 100
+
+
+def test_cpu_inference_benchmark_quick_mode_runs():
+    """(In tests/e2e: the quick mode exports and times resnet18 on five paths, about 30 CPU seconds.)"""
+    out = _quick("cpu_inference.py")
+    assert "| resnet18 |     1 |" in out and "| resnet18 |     4 |" in out
+    for path in ("TorchScript", "ORT", "ORT int8", "OpenVINO", "OpenVINO int8"):  # every path timed beside eager
+        assert f"eager/{path} |" in out and f"resnet18 batch 1, {path}:" in out
+    assert "DIFFERENT" not in out  # the exports compute what eager computes

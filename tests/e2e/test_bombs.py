@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from conftest import ROOT, read_json, run_main, tiny_train_args
-from unit.test_bombs import peak_mb
 from dataloader import ClassificationDataset, ImageDecodeError, create_transform
+from helpers import ROOT, peak_mb, read_json, run_main, tiny_train_args
+
 LIMIT_LINE = r"30000x30000 pixels \(900\.0 megapixels\) is over the limit of 89478485 pixels.*--max_image_pixels"
 
 

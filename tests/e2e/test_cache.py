@@ -7,9 +7,8 @@ import math
 import pytest
 import torch
 
-from conftest import read_json, run_main, tiny_train_args
-from unit.test_cache import _jpeg_copy
 from dataloader import ClassificationDataset, create_loader, create_transform
+from helpers import jpeg_copy, read_json, run_main, tiny_train_args
 
 
 def test_training_with_the_cache_runs_and_records_it(tiny_data, tmp_path):
@@ -25,7 +24,7 @@ def test_training_with_the_cache_runs_and_records_it(tiny_data, tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvjpeg)")
 def test_gpu_decode_matches_cpu_decode_on_cuda(tiny_data, tmp_path):
-    root = _jpeg_copy(tiny_data["folder"], tmp_path / "jpegs")
+    root = jpeg_copy(tiny_data["folder"], tmp_path / "jpegs")
     dataset = ClassificationDataset(root, "folder", "train", transform=create_transform(False, (16, 16)))
     cpu = create_loader(dataset, batch_size=8, workers=0, train=False)
     gpu = create_loader(dataset, batch_size=8, workers=0, train=False, decode_on_device=True, device="cuda")

@@ -10,10 +10,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, tiny_train_args
-from unit.test_cached_weights import write_malicious
-from unit.test_finetune import put_in_cache
-
+from helpers import ROOT, put_in_cache, tiny_train_args, write_malicious
 from models.hub import resolve_weights
 
 

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from models import create_model
 from explain.cam import METHODS, explain
-from unit.test_cam import hook_count
-
+from helpers import hook_count
+from models import create_model
 
 slow = pytest.mark.slow
 

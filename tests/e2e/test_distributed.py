@@ -11,16 +11,17 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, assert_nested_close, read_json, tiny_train_args
-from utils.checkpoint import load_checkpoint
+from helpers import ROOT, assert_nested_close, assert_same_weights, read_json, run_main, tiny_train_args
+from utils.checkpoint import KILL_AT_ENV, load_checkpoint
 
 pytestmark = pytest.mark.slow
 
 
-def launch(args, nproc=2, legacy=False, **kw):
+def launch(args, nproc=2, legacy=False, env=None, **kw):
+    """torchrun (or the legacy launcher) running main.py with ``args`` on ``nproc`` processes (``env`` added)."""
     runner = ["-m", "torch.distributed.launch", f"--nproc_per_node={nproc}", f"--master_port={free_port()}"] \
         if legacy else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, *runner, "main.py", *args], cwd=ROOT, capture_output=True, text=True,
                           env=env, timeout=600, **kw)
 
@@ -42,15 +43,15 @@ def test_torchrun_training_writes_one_set_of_files_and_evaluates_exactly(tiny_da
     assert sorted(p.name for p in run.iterdir()) == sorted(
         ["augmented_samples.png", "checkpoints", "config.yaml", "curves.png", "eval_test", "log.txt",
          "metrics.json", "tensorboard"])
-    assert len(list((run / "tensorboard").iterdir())) == 3  # training events, end-of-run pictures, HParams (rank 0 only)
+    # training events, end-of-run pictures, HParams (rank 0 only)
+    assert len(list((run / "tensorboard").iterdir())) == 3
     log = (run / "log.txt").read_text()
     assert "(2 processes)" in log and log.count("epoch 2/2") == 1
     ddp_top1 = read_json(run / "metrics.json")["test"]["test_top1"]
     report = read_json(run / "eval_test/metrics.json")
     assert report["count"] == 12  # every test image counted once, no padding duplicates
-    r = single(["--evaluation", "--resume", str(run / "checkpoints/best.pth"), "--data", str(tiny_data["folder"]),
-                "-j", "0", "--out", str(tmp_path / "single.json")])
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert run_main(["--evaluation", "--resume", str(run / "checkpoints/best.pth"),  # one process: this one
+                     "--data", str(tiny_data["folder"]), "-j", "0", "--out", str(tmp_path / "single.json")]) == 0
     assert read_json(run / "eval_test/metrics.json")["top1"] == ddp_top1
     assert read_json(run / "eval_test/metrics.json")["confusion_matrix"] == report["confusion_matrix"]
 
@@ -92,9 +93,27 @@ def test_ddp_run_stopped_by_sigterm_resumes_on_both_ranks(tiny_data, tmp_path):
     again = launch(args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resumed from" in (tmp_path / "simple_cnn/stop/log.txt").read_text()
-    a = load_checkpoint(tmp_path / "simple_cnn/ref/checkpoints/last.pth")["model"]
-    b = load_checkpoint(tmp_path / "simple_cnn/stop/checkpoints/last.pth")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(tmp_path / "simple_cnn/ref/checkpoints/last.pth",
+                        tmp_path / "simple_cnn/stop/checkpoints/last.pth")
+
+
+def test_ddp_step_checkpoints_gather_both_ranks_and_resume_exactly(tiny_data, tmp_path):
+    """--save_every_steps 2 under torchrun: both ranks SIGKILLed after their 7th step (of 8 in the epoch) leave
+    rank 0's step-6 checkpoint with both ranks' running sums; the same command then ends with the weights
+    of a run never killed."""
+    flags = ("--arch", "simple_cnn", "--epochs", "1", "-b", "2", "--mixup", "0.2", "--save_every_steps", "2")
+    ref = launch(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "ref", *flags))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    args = tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "killed", *flags)
+    killed = launch(args, env={KILL_AT_ENV: "step:7"})
+    assert killed.returncode != 0
+    state = load_checkpoint(tmp_path / "simple_cnn/killed/checkpoints/last.pth")
+    assert state["resume_at"]["batch"] == 6 and len(state["resume_at"]["partial"]) == 2
+    again = launch(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "at epoch 1, batch 7" in (tmp_path / "simple_cnn/killed/log.txt").read_text()
+    assert_same_weights(tmp_path / "simple_cnn/ref/checkpoints/last.pth",
+                        tmp_path / "simple_cnn/killed/checkpoints/last.pth")
 
 
 def test_torchrun_with_one_process_starts_the_process_group(tiny_data, tmp_path):
@@ -131,7 +150,6 @@ def test_port_in_use_is_a_clear_error(tiny_data, tmp_path):
                                    ["--lr_scale", "linear", "--lr_base_batch", "16"]],
                          ids=["use_checkpoint", "channels_last", "compile", "lr_scale"])
 def test_memory_and_speed_switches_train(tiny_data, tmp_path, flags):
-    from conftest import run_main
     assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "s", "--epochs", "1", *flags)) == 0
     arch = flags[flags.index("--arch") + 1] if "--arch" in flags else "resnet18"  # compile: a small graph
     h = read_json(tmp_path / arch / "s/metrics.json")["history"][0]
@@ -173,12 +191,11 @@ def test_slurm_script_sets_up_the_rendezvous(tiny_data, tmp_path):
 def test_evaluation_under_torchrun_shards_gathers_and_writes_once(tiny_data, tmp_path):
     """Each rank evaluates its shard, rank 0 alone logs and writes, and the report and predictions equal
     a single process's (both ranks used to evaluate the whole split and write the same report)."""
-    from conftest import run_main
     assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--arch", "simple_cnn", "--epochs", "1")) == 0
     run = tmp_path / "simple_cnn/default"
     best, data = str(run / "checkpoints/best.pth"), str(tiny_data["folder"])
-    r = single(["--evaluation", "--resume", best, "--data", data, "-j", "0", "--out", str(tmp_path / "one.json")])
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert run_main(["--evaluation", "--resume", best, "--data", data, "-j", "0",
+                     "--out", str(tmp_path / "one.json")]) == 0
     one = read_json(run / "eval_test/metrics.json")
     (run / "eval_test/metrics.json").unlink()
     log_before = (run / "log.txt").read_text()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY_SIZE, read_json, run_main, tiny_train_args
-from unit.test_experiments import main_process, sweep_file
+from helpers import ROOT, TINY_SIZE, main_process, read_json, run_main, sweep_file, tiny_base, tiny_train_args
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +39,8 @@ def test_compare_real_runs_without_importing_torch(two_runs):
     assert len(rows) == 2
     header = [cell.strip() for cell in r.stdout.splitlines()[0].split("|")[1:-1]]
     # only the flag that differs (not tag, output or the identical ones) becomes a column
-    assert header[:2] == ["run", "lr"] and "epochs" in header and "optimizer" not in header and "tag" not in header
+    assert header[:2] == ["run", "lr"] and "optimizer" not in header and "tag" not in header
+    assert "epochs done" in header and "epochs planned" in header and len(set(header)) == len(header)
     for name in ("compare.md", "compare.csv", "compare.png"):
         assert (two_runs / name).is_file()
     csv_rows = (two_runs / "compare.csv").read_text().splitlines()
@@ -99,11 +99,6 @@ def test_tracker_mlflow_records_params_metrics_and_pictures(tiny_data, tmp_path,
     assert (tmp_path / "artifacts").is_dir() and not (Path.cwd() / "mlruns").exists()  # artifacts beside the db
 
 
-def tiny_base(data: Path, **extra) -> dict:
-    return {"data": str(data), "arch": "simple_cnn", "image_size": [TINY_SIZE, TINY_SIZE], "batch_size": 8,
-            "workers": 0, "epochs": 1, "warmup": 0, "lr": 0.05, **extra}
-
-
 # ---- sweeps as real processes ----------------------------------------------------------------------
 
 def sweep_result(r: subprocess.CompletedProcess) -> dict:
@@ -111,11 +106,10 @@ def sweep_result(r: subprocess.CompletedProcess) -> dict:
 
 
 @pytest.mark.slow
-def test_grid_sweep_two_devices_then_rerun_runs_nothing(tiny_data, tmp_path):
+def test_grid_sweep_two_devices_then_rerun_runs_nothing(tiny_data, tmp_path, sweep_here):
     sweep = sweep_file(tmp_path, {"name": "g", "base": tiny_base(tiny_data["folder"]),
                                   "grid": {"lr": [0.05, 0.1], "label_smoothing": [0.0, 0.1]}})
-    r = main_process("--sweep", str(sweep), "--output", str(tmp_path / "out"), "--sweep_devices", "cpu,cpu",
-                     cwd=tmp_path)
+    r = sweep_here(str(sweep), "--output", str(tmp_path / "out"), "--sweep_devices", "cpu,cpu")
     assert r.returncode == 0, r.stderr[-3000:]
     result = sweep_result(r)
     assert result["ran"] == 4 and result["failed"] == [] and result["compare"]["differing"] == ["label_smoothing", "lr"]
@@ -127,13 +121,35 @@ def test_grid_sweep_two_devices_then_rerun_runs_nothing(tiny_data, tmp_path):
     table = [line for line in r.stdout.splitlines() if line.startswith("| lr-")]
     assert len(table) == 4 and all(line.rstrip(" |").endswith("finished") for line in table)
     assert (tmp_path / "out/g/compare.md").is_file() and (tmp_path / "out/g/logs").is_dir()
-    r = main_process("--sweep", str(sweep), "--output", str(tmp_path / "out"), cwd=tmp_path)
+    r = sweep_here(str(sweep), "--output", str(tmp_path / "out"))
     assert r.returncode == 0 and sweep_result(r)["ran"] == 0 and sweep_result(r)["skipped"] == 4
     assert r.stderr.count("skip ") == 4 and "start " not in r.stderr
 
 
+def test_sweep_only_keeps_every_variants_row_and_the_console_shows_each_epoch(tiny_data, tmp_path):
+    """--sweep_only one variant, then the other: the sweep's compare.csv holds both (the first is not
+    lost); while a variant runs, the console gets one line per epoch naming it."""
+    import csv
+    sweep = sweep_file(tmp_path, {"name": "o", "base": tiny_base(tiny_data["folder"], epochs=2),
+                                  "variants": {"first": {}, "second": {"label_smoothing": 0.1}}})
+    for tag in ("first", "second"):
+        r = main_process("--sweep", str(sweep), "--output", str(tmp_path / "out"), "--sweep_only", tag,
+                         cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        for epoch in (1, 2):
+            assert re.search(rf"INFO applications\.sweep: {tag}: epoch {epoch}/2  train loss \d+\.\d{{4}}  "
+                             rf"val loss \d+\.\d{{4}} top-1 \d+\.\d\d", r.stderr), r.stderr[-3000:]
+        assert not re.search(r"(first|second): epoch 3", r.stderr)
+    assert "first: epoch" not in r.stderr  # the second call ran the second variant only
+    with open(tmp_path / "out/o/compare.csv", newline="") as f:
+        rows = {row["run"]: row for row in csv.DictReader(f)}
+    assert set(rows) == {"first", "second"}, rows
+    assert all(row["status"] == "finished" and row["epochs done"] == "2" for row in rows.values())
+    assert sweep_result(r)["compare"]["runs"] == 2 and sweep_result(r)["ran"] == 1
+
+
 @pytest.mark.slow
-def test_sweep_stopped_by_sigterm_resumes(tiny_data, tmp_path):
+def test_sweep_stopped_by_sigterm_resumes(tiny_data, tmp_path, sweep_here):
     """SIGTERM to the sweep reaches the running variant, which saves and exits; the sweep exits 130 and
     starts nothing more; rerunning it resumes that run from its checkpoint and runs the rest."""
     sweep = sweep_file(tmp_path, {"name": "v", "base": tiny_base(tiny_data["folder"], epochs=3),
@@ -152,7 +168,7 @@ def test_sweep_stopped_by_sigterm_resumes(tiny_data, tmp_path):
     assert proc.returncode == 130, stderr[-3000:]
     assert "SIGTERM received" in stderr and not (out / "v/simple_cnn/second").exists()
     assert "test" not in read_json(first / "metrics.json") and (first / "checkpoints/last.pth").is_file()
-    r = main_process("--sweep", str(sweep), "--output", str(out), cwd=tmp_path)
+    r = sweep_here(str(sweep), "--output", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     assert sweep_result(r)["ran"] == 2
     assert "resumed from" in (first / "log.txt").read_text()
@@ -161,14 +177,14 @@ def test_sweep_stopped_by_sigterm_resumes(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_search_four_trials_with_pruning_prints_a_best_command_that_runs(tiny_data, tmp_path):
+def test_search_four_trials_with_pruning_prints_a_best_command_that_runs(tiny_data, tmp_path, sweep_here):
     import optuna
     sweep = sweep_file(tmp_path, {"name": "s", "base": tiny_base(tiny_data["folder"], epochs=2),
                                   "search": {"lr": {"low": 1.0e-4, "high": 0.5, "log": True},
                                              "label_smoothing": [0.0, 0.1]},
                                   "trials": 4, "sampler_seed": 0,
                                   "pruning": {"startup_trials": 1, "warmup_epochs": 0}})
-    r = main_process("--sweep", str(sweep), "--output", str(tmp_path / "out"), cwd=tmp_path)
+    r = sweep_here(str(sweep), "--output", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr[-3000:]
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'out/s/study.db'}")
     states = [t.state.name for t in study.trials]
@@ -177,26 +193,25 @@ def test_search_four_trials_with_pruning_prints_a_best_command_that_runs(tiny_da
     assert len(pruned.intermediate_values) >= 1 and (Path(pruned.user_attrs["run_dir"]) / "PRUNED").is_file()
     best_line = next(line for line in r.stdout.splitlines() if line.startswith("python main.py --train"))
     assert f"--lr {study.best_params['lr']!r}" in best_line
-    run = main_process(*shlex.split(best_line)[2:], "--output", str(tmp_path / "best"), "--epochs", "1",
-                       cwd=tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run_main([*shlex.split(best_line)[2:], "--output", str(tmp_path / "best"), "--epochs", "1"]) == 0
     assert "test" in read_json(tmp_path / "best/simple_cnn/default/metrics.json")
 
 
 @pytest.mark.slow
-def test_a_crashing_variant_does_not_stop_the_sweep(tiny_data, tmp_path):
+def test_a_crashing_variant_does_not_stop_the_sweep(tiny_data, tmp_path, sweep_here):
     sweep = sweep_file(tmp_path, {"name": "c", "base": tiny_base(tiny_data["folder"]),
                                   "variants": {"crash": {"num_classes": 5}, "fine": {}}})
-    r = main_process("--sweep", str(sweep), "--output", str(tmp_path / "out"), cwd=tmp_path)
+    r = sweep_here(str(sweep), "--output", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr[-3000:]
     result = sweep_result(r)
     assert result["ran"] == 2 and result["failed"] == ["crash"]
-    assert re.search(r"ERROR applications\.sweep: crash failed \(exit 1\): .*--num_classes 5 disagrees with the data", r.stderr)
+    assert re.search(r"ERROR applications\.sweep: crash failed \(exit 1\): .*--num_classes 5 disagrees with the data",
+                     r.stderr)
     assert "test" in read_json(tmp_path / "out/c/simple_cnn/fine/metrics.json")
 
 
 @pytest.mark.slow
-def test_search_stopped_by_sigterm_continues_its_study(tiny_data, tmp_path):
+def test_search_stopped_by_sigterm_continues_its_study(tiny_data, tmp_path, sweep_here):
     """A SIGTERM mid-trial leaves the trial failed-as-interrupted; the rerun asks for its flags again (the
     same run directory, resumed) and draws new flags for the next trial, not the first run's draws."""
     import optuna
@@ -214,7 +229,7 @@ def test_search_stopped_by_sigterm_continues_its_study(tiny_data, tmp_path):
     proc.send_signal(signal.SIGTERM)
     first = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130, first[-3000:]
-    r = main_process("--sweep", str(sweep), "--output", str(out), cwd=tmp_path)
+    r = sweep_here(str(sweep), "--output", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     trials = optuna.load_study(study_name="r", storage=f"sqlite:///{out / 'r/study.db'}").trials
     states = [(t.state.name, t.params, t.user_attrs) for t in trials]
@@ -265,7 +280,8 @@ def _wait_gone(pid: int, seconds: float) -> None:
 
 
 @pytest.mark.slow
-def test_sweep_killed_outright_takes_its_child_along_and_the_rerun_finishes_each_variant_once(tiny_data, tmp_path):
+def test_sweep_killed_outright_takes_its_child_along_and_the_rerun_finishes_each_variant_once(tiny_data, tmp_path,
+                                                                                               sweep_here):
     """SIGKILL of the sweep: its training child dies too (PR_SET_PDEATHSIG: it saves and exits), so the
     rerun resumes that variant, runs the other, and every variant ends finished exactly once."""
     sweep = sweep_file(tmp_path, {"name": "k", "base": tiny_base(tiny_data["folder"]),
@@ -276,7 +292,7 @@ def test_sweep_killed_outright_takes_its_child_along_and_the_rerun_finishes_each
     _wait_gone(pid, 60)
     long = out / "k/simple_cnn/long"
     assert "test" not in read_json(long / "metrics.json"), "the orphaned run trained on to its end"
-    r = main_process("--sweep", str(sweep), "--output", str(out), cwd=tmp_path)
+    r = sweep_here(str(sweep), "--output", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     assert sweep_result(r)["ran"] == 2 and sweep_result(r)["failed"] == []
     assert r.stderr.count("start long") == 1 and r.stderr.count("start short") == 1
@@ -287,7 +303,7 @@ def test_sweep_killed_outright_takes_its_child_along_and_the_rerun_finishes_each
 
 
 @pytest.mark.slow
-def test_search_killed_outright_asks_its_running_trial_again(tiny_data, tmp_path):
+def test_search_killed_outright_asks_its_running_trial_again(tiny_data, tmp_path, sweep_here):
     """SIGKILL mid-trial leaves the trial RUNNING in the study; the rerun sees its sweep is gone, fails it
     as interrupted and asks its flags again: the run resumes and the study holds one complete trial."""
     import optuna
@@ -296,7 +312,7 @@ def test_search_killed_outright_asks_its_running_trial_again(tiny_data, tmp_path
     out = tmp_path / "out"
     pid = _kill_mid_training(_sweep_process(sweep, out, tmp_path), "r/simple_cnn/*", out)
     _wait_gone(pid, 60)
-    r = main_process("--sweep", str(sweep), "--output", str(out), cwd=tmp_path)
+    r = sweep_here(str(sweep), "--output", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "trial 0 was left running by a sweep that is gone" in r.stderr
     trials = optuna.load_study(study_name="r", storage=f"sqlite:///{out / 'r/study.db'}").trials
@@ -306,24 +322,28 @@ def test_search_killed_outright_asks_its_running_trial_again(tiny_data, tmp_path
 
 
 @pytest.mark.slow
-def test_sweep_reuses_a_finished_run_only_with_the_same_settings(tiny_data, tmp_path):
+def test_sweep_reuses_a_finished_run_only_with_the_same_settings(tiny_data, tmp_path, sweep_here):
     """base: {output: DIR} is where the runs go; a rerun with an extra flag or an edited base is refused
     naming the flag (or runs afresh with --overwrite); more epochs train on; a live holder of a variant's
-    folder is named, not trained beside."""
+    folder is named, not trained beside. The sweeps run in this process (the one beside a lock holder in
+    a process of its own); their variants train in child processes."""
     import yaml
+
     from utils.runlock import RunLock
     body = {"name": "u", "base": tiny_base(tiny_data["folder"], output=str(tmp_path / "base_out")),
             "variants": {"a": {}}}
     sweep = sweep_file(tmp_path, body)
-    r = main_process("--sweep", str(sweep), cwd=tmp_path)
+    r = sweep_here(str(sweep))
     run = tmp_path / "base_out/u/simple_cnn/a"
     assert r.returncode == 0 and "test" in read_json(run / "metrics.json"), r.stderr[-3000:]
     assert not (tmp_path / "output").exists()
     finished = (run / "metrics.json").read_text()
 
-    def rerun(*extra: str, **base) -> subprocess.CompletedProcess:
+    def rerun(*extra: str, process: bool = False, **base) -> subprocess.CompletedProcess:
         sweep_file(tmp_path, {**body, "base": {**body["base"], **base}})
-        return main_process("--sweep", str(sweep), *extra, cwd=tmp_path)
+        if process:
+            return main_process("--sweep", str(sweep), *extra, cwd=tmp_path)
+        return sweep_here(str(sweep), *extra)
 
     r = rerun("--weight_decay", "0.001")
     assert r.returncode == 1 and re.search(rf"{run} \(--weight_decay: 0.0001 -> 0.001\); pass --overwrite", r.stderr)
@@ -331,7 +351,7 @@ def test_sweep_reuses_a_finished_run_only_with_the_same_settings(tiny_data, tmp_
     assert r.returncode == 1 and "(--lr: 0.05 -> 0.02)" in r.stderr and "start " not in r.stderr
     assert (run / "metrics.json").read_text() == finished  # nothing touched
     with RunLock(run):  # a live process holds the folder: named, nothing started beside it
-        r = rerun(epochs=2)
+        r = rerun(epochs=2, process=True)
     assert r.returncode == 1 and f"run directory {run} is in use by pid {os.getpid()}" in r.stderr
     r = rerun(epochs=2)  # more epochs: the finished run trains on, as --train does
     assert r.returncode == 0 and "resumed from" in (run / "log.txt").read_text(), r.stderr[-3000:]
@@ -347,10 +367,10 @@ def test_sweep_reuses_a_finished_run_only_with_the_same_settings(tiny_data, tmp_
 
 
 @pytest.mark.slow
-def test_a_sweep_where_nothing_succeeded_exits_1(tiny_data, tmp_path):
+def test_a_sweep_where_nothing_succeeded_exits_1(tiny_data, tmp_path, sweep_here):
     sweep = sweep_file(tmp_path, {"name": "f", "base": tiny_base(tiny_data["folder"]),
                                   "variants": {"crash": {"num_classes": 5}}})
-    r = main_process("--sweep", str(sweep), "--output", str(tmp_path / "out"), cwd=tmp_path)
+    r = sweep_here(str(sweep), "--output", str(tmp_path / "out"))
     assert r.returncode == 1, r.stderr[-3000:]
     assert f"nothing succeeded: 1 variant(s) failed (crash); their output: {tmp_path / 'out/f/logs'}" in r.stderr
     assert "Traceback" not in r.stderr

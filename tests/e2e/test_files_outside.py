@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT, calibrated_checkpoint
+from helpers import ROOT, calibrated_checkpoint
 
 
 def test_two_predict_processes_at_once_write_two_consistent_folders(tiny_data, tmp_path):

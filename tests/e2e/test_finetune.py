@@ -10,9 +10,7 @@ import sys
 import torch
 import yaml
 
-from conftest import ROOT, run_main, tiny_train_args
-from unit.test_finetune import fake_weights, put_in_cache
-
+from helpers import ROOT, fake_weights, put_in_cache, run_main, tiny_train_args
 
 
 def test_offline_miss_stops_before_any_work(tiny_data, tmp_path):
@@ -67,7 +65,8 @@ def test_freeze_backbone_then_unfreeze_and_resume_exactly(tiny_data, tmp_path):
     assert after0["epoch"] == 0
     for k, v in _backbone(start, head).items():
         assert torch.equal(after0["model"][k], v), k
-    assert not torch.equal(after0["model"]["fc.weight"], torch.load(full / "checkpoints/last.pth")["model"]["fc.weight"])
+    assert not torch.equal(after0["model"]["fc.weight"],
+                           torch.load(full / "checkpoints/last.pth")["model"]["fc.weight"])
     after1 = torch.load(full / "checkpoints/last.pth", weights_only=True)["model"]
     assert not torch.equal(after1["conv1.weight"], start["conv1.weight"])
     assert not torch.equal(after1["bn1.running_mean"], start["bn1.running_mean"])

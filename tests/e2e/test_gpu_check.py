@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks import gpu_check
-from unit.test_gpu_check import _run
+from helpers import run_gpu_check
 
 CUDA = torch.cuda.is_available()
 
@@ -27,7 +27,8 @@ def _numbers(value, key=""):
 @pytest.mark.slow
 def test_quick_run_writes_every_section(tmp_path, tiny_data):
     out = tmp_path / "report"
-    r = _run("--quick", "--out", str(out), "--digits", str(tiny_data["folder"]), "--photos", str(tmp_path / "photos"))
+    r = run_gpu_check("--quick", "--out", str(out), "--digits", str(tiny_data["folder"]),
+                      "--photos", str(tmp_path / "photos"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["mode"] == "quick" and report["failed"] == [] and 0 < report["wall_s"] <= report["budget_s"]
@@ -95,7 +96,7 @@ def test_quick_run_writes_every_section(tmp_path, tiny_data):
 @pytest.mark.slow
 def test_a_failing_and_an_overrunning_section_are_recorded_and_the_rest_runs(tmp_path):
     out = tmp_path / "report"
-    r = _run("--quick", "--out", str(out), "--sections", "precision", "resnet50", "context",
+    r = run_gpu_check("--quick", "--out", str(out), "--sections", "precision", "resnet50", "context",
              "--digits", str(tmp_path / "no_digits"), "--box", "resnet50=2", timeout=600)
     assert r.returncode == 1
     report = json.loads((out / "gpu_check.json").read_text())

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 import config
-from applications.common import restore_for_inference
-from conftest import run_main, tiny_train_args
+from applications.setup.common import restore_for_inference
 from export.core import export_metadata
+from helpers import calibrated_checkpoint, run_main, tiny_train_args
 from models.spec import ModelSpec
-from conftest import calibrated_checkpoint
 from utils.checkpoint import load_checkpoint, save_checkpoint
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import models
-from unit.test_models import ROUND_TRIP, _real_images, _train_one_step_and_save
+from helpers import ROUND_TRIP, real_images, train_one_step_and_save
 
 
 @pytest.mark.slow
@@ -14,8 +14,8 @@ def test_every_family_round_trips_through_our_checkpoint(name, tiny_data, tmp_pa
     """Train one step, save our checkpoint, load it as --pretrained/--resume/--evaluation do (the same
     extract_state_dict + load_state_dict_checked): the evaluation outputs are equal."""
     size = ROUND_TRIP[name]
-    images = _real_images(tiny_data["folder"] / "train", size, 1 if size >= 224 else 2)
-    before = _train_one_step_and_save(name, images, tmp_path / "ckpt.pth")
+    images = real_images(tiny_data["folder"] / "train", size, 1 if size >= 224 else 2)
+    before = train_one_step_and_save(name, images, tmp_path / "ckpt.pth")
     torch.manual_seed(1)  # another initialisation: only the loaded weights can make the outputs equal
     loaded = models.create_model(name, num_classes=3, pretrained=tmp_path / "ckpt.pth").eval()
     with torch.no_grad():

@@ -2,35 +2,30 @@
 int8 behind an accuracy guard, run by the demo in a separate process; and the guard itself on tensors."""
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
 
-from conftest import ROOT
+from e2e.quant_fixtures import (
+    constant_calibration_data,
+    evaluation_predictions,
+    rough_once,
+    run_main_json,
+    trained_once,
+)
 from export.core import ExportError, read_onnx_metadata
 from export.guard import check_accuracy_drop, compare_accuracy
-from e2e.quant_fixtures import (constant_calibration_data, evaluation_predictions, rough_once, run_main_json,
-                                trained_once)
-from e2e.test_demo import run_demo
+from helpers import ROOT, demo_predictions
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     return trained_once(tmp_path_factory)
-
-
-def demo_predictions(model: Path, images: Path, cwd: Path) -> dict[str, int]:
-    proc, imported = run_demo([str(model), str(images), "--json", "--topk", "1"], cwd=cwd)
-    assert proc.returncode == 0 and imported == [], proc.stderr[-3000:]
-    return {str(Path(r["path"]).resolve()): int(np.argmax(r["probabilities"]))
-            for r in map(json.loads, proc.stdout.splitlines())}
 
 
 def test_compare_accuracy_counts_top1_and_agreement():
@@ -63,8 +58,8 @@ def test_int8_onnx_passes_the_guard_and_the_demo_runs_it_at_the_measured_agreeme
     assert {k: v for k, v in meta.items() if k != "quantization"} == fp32_meta
     assert meta["quantization"] | {"tool": None} == {
         "precision": "int8", "tool": None, "weights": "int8, symmetric, per output channel",
-        "activations": "int8, per tensor", "outputs": "float", "calib_method": "minmax", "calib_images": 32, "calib_split": "train",
-        "calib_preprocessing": "evaluation"}
+        "activations": "int8, per tensor", "outputs": "float", "calib_method": "minmax", "calib_images": 32,
+        "calib_split": "train", "calib_preprocessing": "evaluation"}
     # a separate process without the project runs both files: fp32 equals --evaluation, int8 agrees with it
     # on exactly the share of images the export measured (same images, same preprocessing)
     expected = evaluation_predictions(trained)

@@ -1,11 +1,12 @@
 """The README's main job, end to end on the bundled digits: the recipe's accuracy, on the fast input path
 and on the standard one.
 
-The recipe runs 30 epochs in the README; here 10 epochs of the same recipe keep the suite short. Measured on
-one machine over seeds 0-4 (one thread per run), 10 epochs gave test top-1 99.63, 98.89, 99.26, 99.26, 99.63
-on the fast path and 98.89, 99.63, 99.26, 99.26, 99.26 on the standard one; the bound below keeps a margin
-of 1.89 points (5 images of 270) under the worst seed, for other CPUs' float rounding. The standard input
-path (workers decode and augment every image, contiguous memory format) must clear the same bound: the
+The recipe runs 30 epochs in the README; here 6 epochs of the same recipe keep the suite short. Measured on
+one machine over seeds 0-2 (one thread per run), 6 epochs gave test top-1 97.78, 98.52, 98.89 on the fast
+path and 97.41, 98.89, 98.89 on the standard one with oneDNN's default kernels, and 98.89, 99.63, 98.15 /
+99.63, 98.52, 98.89 with `ONEDNN_MAX_CPU_ISA=AVX2` (other float bits, as on another CPU); the bound below
+keeps a margin of 1.91 points (5 images of 270) under the worst of the twelve. The standard input path
+(workers decode and augment every image, contiguous memory format) must clear the same bound: the
 decoded-once cache with batched augmentation trains as well.
 """
 from __future__ import annotations
@@ -13,16 +14,16 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import ROOT, read_json, run_main
-from utils.make_digits import make_digits
+from dataloader.digits import make_digits
+from helpers import ROOT, read_json, run_main
 
 RECIPE = ROOT / "z_task_shell/configs/digits_resnet18.yaml"
-MIN_TOP1 = 97.0
+MIN_TOP1 = 95.5
 
 
 def _train(config, out, tag: str) -> dict:
     data = make_digits(ROOT / "data" / "digits")
-    assert run_main(["--train", "--config", str(config), "--data", str(data), "--epochs", "10",
+    assert run_main(["--train", "--config", str(config), "--data", str(data), "--epochs", "6",
                      "--output", str(out), "--tag", tag, "--no_progress"]) == 0
     return read_json(out / "resnet18" / tag / "metrics.json")["test"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, read_json
+from helpers import ROOT, read_json
 
 SHELL = ROOT / "z_task_shell"
 BASELINE = "resnet18/baseline/checkpoints/best.pth"
@@ -115,9 +115,10 @@ def test_predict_folder_recipe(smoke_output):
 
 
 @pytest.mark.parametrize("script, run, expect", [
-    ("resnext50_32x4d_imagenet.sh", "resnext50_32x4d/imagenet_zip", ["label_smoothing: 0.1", "amp: true", "lr_scale: linear",
-                                                                     "dataset: zip", "clip_grad: 1.0"]),
-    ("resnext101_64x4d_imagenet.sh", "resnext101_64x4d/imagenet", ["lr_base_batch: 64", "scheduler: cosine", "rrc_scale:\n- 0.08"]),
+    ("resnext50_32x4d_imagenet.sh", "resnext50_32x4d/imagenet_zip",
+     ["label_smoothing: 0.1", "amp: true", "lr_scale: linear", "dataset: zip", "clip_grad: 1.0"]),
+    ("resnext101_64x4d_imagenet.sh", "resnext101_64x4d/imagenet",
+     ["lr_base_batch: 64", "scheduler: cosine", "rrc_scale:\n- 0.08"]),
     ("resnest50_imagenet.sh", "resnest50/imagenet_8dev", ["mixup: 0.2", "amp: true"]),
     ("resnet50_b256_imagenet.sh", "resnet50/b256", ["scheduler: multistep", "- 30"]),
     ("efficientnet_b0_finetune.sh", "efficientnet-b0/finetune", ["pretrained: imagenet", "eval_resize: center_crop",
@@ -134,7 +135,7 @@ def test_training_recipes(smoke_output, script, run, expect, tmp_path, monkeypat
     imagenet from a temporary TORCH_HOME holding the file torchvision / efficientnet-pytorch read, offline."""
     env = {"ZIP": "1"} if "_zip" in run else {}
     if "finetune" in run:
-        from unit.test_finetune import put_in_cache
+        from helpers import put_in_cache
         env.update(TORCH_HOME=str(tmp_path / "torch"), HF_HUB_OFFLINE="1")
         monkeypatch.setenv("TORCH_HOME", env["TORCH_HOME"])
         put_in_cache(run.split("/")[0], tmp_path)
@@ -146,7 +147,8 @@ def test_training_recipes(smoke_output, script, run, expect, tmp_path, monkeypat
 
 
 def test_distributed_launch_recipes(smoke_output):
-    r = run_recipe("torchrun_multinode.sh", smoke_output, "z_task_shell/configs/digits_resnet18.yaml", "--tag", "multinode")
+    r = run_recipe("torchrun_multinode.sh", smoke_output, "z_task_shell/configs/digits_resnet18.yaml",
+                   "--tag", "multinode")
     assert "torch.distributed.run --nnodes=1 --node_rank=0" in r.stderr
     assert read_json(smoke_output / "resnet18/multinode/metrics.json")["test"]
     run_recipe("slurm_train.sh", smoke_output, "partition", "job", "z_task_shell/configs/digits_resnet18.yaml",

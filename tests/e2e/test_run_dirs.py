@@ -13,9 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, read_json, run_main, tiny_train_args
-from unit.test_run_dirs import _tree
-from e2e.test_reliability import _cli, _same_weights, _wait_for
+from helpers import (
+    ROOT,
+    assert_same_weights,
+    file_tree,
+    main_command,
+    project_env,
+    read_json,
+    run_main,
+    tiny_train_args,
+    wait_for,
+)
 from utils.checkpoint import KILL_AT_ENV, load_checkpoint, previous_path
 from utils.runlock import LOCK_NAME
 
@@ -27,11 +35,11 @@ FAST = ("--arch", "simple_cnn", "--epochs", "3", "--lr", "0.02")
 def test_overwrite_deletes_nothing_until_the_new_run_is_built(tiny_data, tmp_path, caplog):
     args = tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "o", "--epochs", "1")
     assert run_main(args) == 0
-    before = _tree(tmp_path)
+    before = file_tree(tmp_path)
     bad = tmp_path / "bad.pth"
     bad.write_text("not weights")
     assert run_main(args + ["--overwrite", "--pretrained", str(bad)]) == 1
-    assert _tree(tmp_path) - {"bad.pth"} == before  # the finished run is intact
+    assert file_tree(tmp_path) - {"bad.pth"} == before  # the finished run is intact
     assert run_main(args + ["--overwrite", "--lr", "0.01"]) == 0
     assert "--overwrite: starting afresh" in caplog.text
     assert read_json(tmp_path / "resnet18/o/metrics.json")["history"][0]["lr"] < 0.05
@@ -50,8 +58,7 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tiny_data
 
 
 HOLD_LOCK = textwrap.dedent("""
-    import sys, time
-    sys.path.insert(0, {root!r})
+    import time
     from utils.runlock import RunLock
     RunLock({run_dir!r}).acquire()
     print("locked", flush=True)
@@ -61,8 +68,8 @@ HOLD_LOCK = textwrap.dedent("""
 
 def _hold_lock(run_dir: Path) -> subprocess.Popen:
     run_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK.format(root=str(ROOT), run_dir=str(run_dir))],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK.format(run_dir=str(run_dir))],
+                            stdout=subprocess.PIPE, text=True, env=project_env())
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -89,11 +96,11 @@ def test_two_trainings_started_together_in_one_directory(tiny_data, tmp_path):
     """Real processes, the second started while the first is running: the second is refused at once,
     the first is not disturbed."""
     args = tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "same", *FAST)
-    first = subprocess.Popen(_cli(args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(tmp_path / "simple_cnn/same/log.txt", "run directory", first)
+    first = subprocess.Popen(main_command(args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(tmp_path / "simple_cnn/same/log.txt", "run directory", first)
     first.send_signal(signal.SIGSTOP)  # paused mid-run (lock held), however slow the second one starts
     try:
-        second = subprocess.run(_cli(args), cwd=ROOT, capture_output=True, text=True)
+        second = subprocess.run(main_command(args), cwd=ROOT, capture_output=True, text=True)
     finally:
         first.send_signal(signal.SIGCONT)
     assert second.returncode == 1 and "Traceback" not in second.stderr
@@ -117,7 +124,7 @@ def test_a_stale_best_checkpoint_is_linked_again_on_resume(tiny_data, tmp_path, 
     assert run_main(args) == 0
     assert read_json(tmp_path / "simple_cnn/s/metrics.json")["test"]["test_top1"] == expected
     assert "does not hold the best epoch 3" in caplog.text
-    _same_weights(ckpts / "best.pth", ckpts / "last.pth")
+    assert_same_weights(ckpts / "best.pth", ckpts / "last.pth")
     assert not list(ckpts.glob(".*tmp*"))
 
 
@@ -140,7 +147,7 @@ def test_a_run_killed_at_any_point_of_a_save_ends_as_an_uninterrupted_one(tiny_d
     expected = read_json(tmp_path / "simple_cnn/ref/metrics.json")["test"]
     for point in KILL_POINTS:
         args = tiny_train_args(tiny_data["folder"], tmp_path, "--tag", point, *FAST)
-        killed = subprocess.run(_cli(args), cwd=ROOT, capture_output=True, text=True, timeout=300,
+        killed = subprocess.run(main_command(args), cwd=ROOT, capture_output=True, text=True, timeout=300,
                                 env={**os.environ, KILL_AT_ENV: f"{point}:{nth[point]}"})
         assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
         ckpts = tmp_path / "simple_cnn" / point / "checkpoints"
@@ -148,5 +155,5 @@ def test_a_run_killed_at_any_point_of_a_save_ends_as_an_uninterrupted_one(tiny_d
         assert read_json(tmp_path / "simple_cnn" / point / "metrics.json")["test"] == \
             {**expected, "run_dir": str(tmp_path / "simple_cnn" / point)}, point
         for name in ("best.pth", "last.pth"):
-            _same_weights(tmp_path / "simple_cnn/ref/checkpoints" / name, ckpts / name)
+            assert_same_weights(tmp_path / "simple_cnn/ref/checkpoints" / name, ckpts / name)
         assert not list(ckpts.glob(".*tmp*")) and not (ckpts.parent / LOCK_NAME).exists(), point

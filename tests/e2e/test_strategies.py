@@ -12,9 +12,9 @@ from PIL import Image
 
 import config
 from applications.curriculum import curriculum_weights
-from applications.strategies import build_batch_hook
-from conftest import read_json, run_main, tiny_train_args
+from applications.setup.strategies import build_batch_hook
 from dataloader import ClassificationDataset, create_transform
+from helpers import read_json, run_main, tiny_train_args
 from utils.checkpoint import load_checkpoint
 from utils.sidefiles import read_rows
 

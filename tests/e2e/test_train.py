@@ -1,4 +1,4 @@
-"""applications/train.py and test.py end to end on a tiny real dataset, in-process and as a CLI."""
+"""applications/train.py and evaluation.py (--evaluation) end to end on a tiny real dataset, in-process and as a CLI."""
 from __future__ import annotations
 
 import pickle
@@ -10,14 +10,15 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, TINY_CLASSES, read_json, run_main, tiny_train_args
+from helpers import ROOT, TINY_CLASSES, read_json, run_main, tiny_train_args
 from utils.checkpoint import load_checkpoint, previous_path
 
 TIMING_KEYS = ("time", "img_per_s")
 
 
 def history(run_dir):
-    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in read_json(run_dir / "metrics.json")["history"]]
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS}
+            for row in read_json(run_dir / "metrics.json")["history"]]
 
 
 def weights(path):
@@ -111,7 +112,8 @@ def test_interrupted_run_resumes_to_identical_weights(tiny_data, tmp_path):
     assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "part", *extra)) == 0
     assert history(part) == history(full)
     assert_same_weights(weights(part / "checkpoints/last.pth"), weights(full / "checkpoints/last.pth"))
-    fo, po = load_checkpoint(full / "checkpoints/last.pth")["optimizer"], load_checkpoint(part / "checkpoints/last.pth")["optimizer"]
+    fo = load_checkpoint(full / "checkpoints/last.pth")["optimizer"]
+    po = load_checkpoint(part / "checkpoints/last.pth")["optimizer"]
     for k in fo["state"]:
         assert torch.equal(fo["state"][k]["momentum_buffer"], po["state"][k]["momentum_buffer"])
 
@@ -193,6 +195,7 @@ def test_log_lines_name_the_evaluated_checkpoint_and_no_fake_best(tiny_data, tmp
     """The done line names the checkpoint actually evaluated (not always best.pth), and a run resumed
     inside its first epoch says no epoch was validated yet (it said 'best val top-1 so far -1.00')."""
     import logging
+
     from utils.checkpoint import save_checkpoint
     args = tiny_train_args(tiny_data["folder"], tmp_path, "--arch", "simple_cnn", "--epochs", "1")
     assert run_main(args) == 0

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_CLASSES, run_main
+from applications.setup.common import build_dataset, preprocessor, restore_for_inference
 from explain.pictures import cam_overlays_for_tensorboard
-from applications.common import build_dataset, preprocessor, restore_for_inference
+from helpers import TINY_CLASSES, run_main
 
 
 @pytest.fixture(scope="module")

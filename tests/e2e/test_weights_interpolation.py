@@ -13,14 +13,11 @@ import yaml
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-from conftest import TINY_SIZE, run_main, tiny_train_args
-from unit.test_demo import demo_module
-from unit.test_finetune import put_in_cache
-
-from applications.common import build_dataset
+from applications.setup.common import build_dataset
 from dataloader.cache import BatchAugment
 from dataloader.io import decode_rgb
 from export.core import export_metadata
+from helpers import TINY_SIZE, demo_module, put_in_cache, run_main, tiny_train_args
 from models.spec import ModelSpec
 
 ARCH = "efficientnet_b0"  # torchvision's EfficientNet_B0_Weights.IMAGENET1K_V1: bicubic, centre crop 224/256

@@ -3,11 +3,9 @@ with every option under z_task_shell/2_train_with_strategies.sh (tests/e2e/test_
 from __future__ import annotations
 
 
-
-
-
 def test_make_photo_set_is_reproducible_jpegs(tmp_path):
     from PIL import Image
+
     from benchmarks.make_photo_set import make_photo_set
     a = make_photo_set(tmp_path / "a", train_per_class=3, val_per_class=1, classes=3)
     b = make_photo_set(tmp_path / "b", train_per_class=3, val_per_class=1, classes=3)

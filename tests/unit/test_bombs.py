@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import zipfile
 from pathlib import Path
 
@@ -19,31 +18,13 @@ import pytest
 from PIL import Image
 
 import config
-from conftest import ROOT, run_main, write_png_bomb
 from dataloader import ClassificationDataset, DatasetError, ImageDecodeError, create_transform, decode_rgb
+from dataloader.checking import check_dataset
 from dataloader.io import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLarge, max_encoded_bytes
-from conftest import calibrated_checkpoint
-from utils.check_images import check_dataset
-from utils.dataset_tools import write_txt_lists
+from dataloader.layout_writers import write_txt_lists
+from helpers import ROOT, calibrated_checkpoint, peak_mb, run_main, write_png_bomb
 
 MB = 2**20
-
-
-def peak_mb(code: str) -> tuple[float, str]:
-    """Run ``code`` in a fresh Python (project importable) and return how far its peak resident memory rose
-    above the peak before ``code`` started (after the imports), in MB, and its stdout."""
-    prog = "\n".join([
-        "import resource, sys",
-        f"sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]",
-        "import torch, torchvision, PIL.Image, dataloader, main  # the imports' own memory is not counted",
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss",
-        textwrap.dedent(code),
-        "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)",
-    ])
-    r = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-3000:]
-    peak = [line for line in r.stdout.splitlines() if line.startswith("PEAK_KB")][-1]
-    return int(peak.split()[1]) / 1024, r.stdout
 
 
 def jpeg_bomb(path: Path, width: int = 30000, height: int = 30000) -> Path:

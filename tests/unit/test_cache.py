@@ -10,10 +10,17 @@ from torchvision import transforms as v1
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from conftest import run_main, tiny_train_args
 from dataloader import ClassificationDataset, create_loader, create_policy, create_transform
-from dataloader.cache import (BatchAugment, CacheTooLarge, CachedLoader, erasing_masks, resized_crops, rrc_boxes,
-                              split_transform)
+from dataloader.cache import (
+    BatchAugment,
+    CachedLoader,
+    CacheTooLarge,
+    erasing_masks,
+    resized_crops,
+    rrc_boxes,
+    split_transform,
+)
+from helpers import jpeg_copy, run_main, tiny_train_args
 
 
 def _stats(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -184,19 +191,10 @@ def test_batch_augment_keeps_uint8_and_size():
 
 
 # ----------------------------------------------------------------------------- --gpu_decode's loader
-def _jpeg_copy(src, dst):
-    from PIL import Image
-    for png in src.rglob("*.png"):
-        out = dst / png.relative_to(src).with_suffix(".jpg")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        Image.open(png).save(out, quality=90)
-    return dst
-
-
 @pytest.mark.parametrize("train", [False, True])
 def test_device_decode_loader_equals_the_standard_loader_on_the_cpu(tiny_data, tmp_path, train):
     from dataloader.device_decode import DeviceDecodeLoader
-    root = _jpeg_copy(tiny_data["folder"], tmp_path / "jpegs")
+    root = jpeg_copy(tiny_data["folder"], tmp_path / "jpegs")
     (root / "train" / "7" / "extra.png").write_bytes((tiny_data["folder"] / "train" / "7").glob("*.png").__next__()
                                                       .read_bytes())  # a PNG among JPEGs: decoded on the CPU
     transform = create_transform(train, (20, 20), train_resize="rrc", hflip=0.5)
@@ -211,7 +209,7 @@ def test_device_decode_loader_equals_the_standard_loader_on_the_cpu(tiny_data, t
 
 
 def test_device_decode_loader_reports_or_skips_a_corrupt_file(tiny_data, tmp_path):
-    root = _jpeg_copy(tiny_data["folder"], tmp_path / "jpegs")
+    root = jpeg_copy(tiny_data["folder"], tmp_path / "jpegs")
     (root / "train" / "1" / "zz_bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     dataset = ClassificationDataset(root, "folder", "train", transform=create_transform(False, (16, 16)))
     with pytest.raises(Exception, match="zz_bad.jpg.*--skip_bad_images"):

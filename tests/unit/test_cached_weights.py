@@ -12,10 +12,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from helpers import put_in_cache, write_malicious
 from models.hub import pretrained_state, resolve_weights
 from utils.checkpoint import CheckpointError
-
-from unit.test_finetune import put_in_cache
 
 # one model per family, and the torchvision builders whose pretrained path does more than a strict load:
 # densenet renames old key names, googlenet drops the auxiliary heads its file holds, mnasnet reads the
@@ -79,23 +78,6 @@ def test_benign_cache_file_gives_the_libraries_own_pretrained_state(arch, caches
     for k, v in theirs.items():
         assert torch.equal(ours[k], v), k  # the same tensors read from the same file
     assert getattr(ours, "_metadata", None) == getattr(theirs, "_metadata", None)
-
-
-class _Payload:
-    """Unpickling calls ``os.system`` (``touch`` a marker file): the issue's reproduction."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def write_malicious(path: Path, marker: Path) -> Path:
-    """A torch.save file at ``path`` whose unpickling runs ``touch marker``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"conv1.weight": torch.zeros(1), "x": _Payload(marker)}, path)
-    return path
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "efficientnet-b0", "resnest50", "timm/test_resnet"])
@@ -174,6 +156,7 @@ def test_corrupt_blob_behind_an_hf_snapshot_link_is_named_too(caches):
 
 def test_local_safetensors_file_loads_with_pretrained_path(tmp_path):
     from safetensors.torch import save_file
+
     from models import create_model
     state = _library_architecture("resnet18").state_dict()
     save_file(state, str(tmp_path / "w.safetensors"))

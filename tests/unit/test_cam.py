@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models import create_model, default_target_layer, resolve_target_layer
 from explain.cam import METHODS, CamExplainer, explain
+from helpers import hook_count
+from models import create_model, default_target_layer, resolve_target_layer
 
 SIZE, PATCH = 32, 8
 # class -> (colour channel, top-left corner of its quadrant): a bright patch of that colour somewhere in it
@@ -56,11 +57,6 @@ def patch_model() -> TinyNet:
         loss.backward()
         optimizer.step()
     return model.eval()
-
-
-def hook_count(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
-               + len(m._backward_pre_hooks) for m in model.modules())
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -224,6 +220,7 @@ def test_our_grad_cam_equals_the_grad_cam_package(classes):
     import torchvision
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     from explain.cam import CamExplainer
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=3).eval()

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from utils.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, previous_path,
-                              restore_rng_state, save_checkpoint)
+from utils.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    previous_path,
+    restore_rng_state,
+    save_checkpoint,
+)
 
 
 def test_failed_write_leaves_the_previous_checkpoint(tmp_path):
@@ -100,8 +106,7 @@ def test_a_malicious_checkpoint_names_the_refused_global_and_never_advises_weigh
 
 
 _FILL_DISK = """
-import sys, torch
-sys.path.insert(0, {root!r})
+import torch
 from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 path = {path!r}
 save_checkpoint({{"epoch": 1, "w": torch.zeros(1000)}}, path, keep_previous=True)
@@ -117,9 +122,10 @@ def _fill_the_disk(path, **popen) -> list[str]:
     """Save a small checkpoint, then a big one that does not fit, in a real process; its output lines."""
     import subprocess
     import sys
-    from conftest import ROOT
-    r = subprocess.run([sys.executable, "-c", _FILL_DISK.format(root=str(ROOT), path=str(path))],
-                       capture_output=True, text=True, timeout=300, **popen)
+
+    from helpers import project_env
+    r = subprocess.run([sys.executable, "-c", _FILL_DISK.format(path=str(path))],
+                       capture_output=True, text=True, timeout=300, env=project_env(), **popen)
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout.splitlines()
 
@@ -164,7 +170,7 @@ def test_checkpoint_spec_names_only_values_the_user_set(caplog):
     import logging
 
     import config
-    from applications.common import checkpoint_spec
+    from applications.setup.common import checkpoint_spec
     from models.spec import ModelSpec
     spec = ModelSpec("resnet18", ("a", "b"), (48, 48), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), interpolation="bicubic")
     ckpt = {"model_spec": spec.to_dict()}

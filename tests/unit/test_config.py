@@ -1,4 +1,4 @@
-"""config.py: flags, YAML defaults, validation messages, saved config."""
+"""config: flags, YAML defaults, validation messages, saved config."""
 from __future__ import annotations
 
 import pytest
@@ -77,12 +77,16 @@ def test_yaml_null_is_the_value_of_a_flag_unset_by_default(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--optimizer", "lion"], "argument --optimizer: invalid choice: 'lion'"),
-    (["--dataset", "csv"], "invalid dataset kind 'csv' (choose from folder, txt, zip"),
+    (["--dataset", "parquet"], "invalid dataset kind 'parquet' (choose from folder, txt, zip, csv"),
+    (["--label_col", "cls"], "--path_col and --label_col name the columns of a --dataset csv table, but --dataset "
+                             "is folder: drop them, or pass --dataset csv"),
+    (["--dataset", "csv", "--path_col", "x", "--label_col", "x"], "--path_col and --label_col must name two columns"),
     (["--lr", "0"], "--lr must be > 0, got 0.0"),
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--device", "tpu"], "--device must be cpu, cuda or cuda:N, got 'tpu'"),
     (["--label_smoothing", "1.5"], "--label_smoothing must be in [0, 1)"),
     (["--accumulation_steps", "0"], "--accumulation_steps must be >= 1"),
+    (["--save_every_steps", "-1"], "--save_every_steps must be >= 0 (0 = off), got -1"),
     (["--evaluation", "--out", "p.csv"], "--out must end in .json, .yaml or .pkl"),
     (["--tag", "a/b"], "--tag may hold letters"),
     (["--mixup_prob", "1.5"], "--mixup_prob must be a probability in [0, 1], got 1.5"),
@@ -90,13 +94,15 @@ def test_yaml_null_is_the_value_of_a_flag_unset_by_default(tmp_path):
     (["--threshold_low", "0.9", "--threshold_high", "0.5"], "need 0 <= low < high <= 1"),
     (["--scheduler", "multistep"], "--scheduler multistep needs --lr_steps"),
     (["--scheduler", "step", "--lr_steps", "30", "20"], "--lr_steps must be increasing positive epochs"),
-    (["--scheduler", "multistep", "--lr_steps", "30", "--lr_ratios", "0.1", "0.01"], "--lr_ratios needs one value per --lr_steps milestone"),
+    (["--scheduler", "multistep", "--lr_steps", "30", "--lr_ratios", "0.1", "0.01"],
+     "--lr_ratios needs one value per --lr_steps milestone"),
     (["--make_curriculum", "--curriculum_thresholds", "0.5", "0.7", "--curriculum_weights", "1", "0.5"],
      "--curriculum_thresholds must decrease"),
     (["--make_curriculum", "--curriculum_weights", "1", "0.5"], "must pair up"),
     (["--ema_decay", "1"], "--ema_decay must be in [0, 1)"),
     (["--aug_policy", "cutout"], "argument --aug_policy: invalid choice: 'cutout'"),
-    (["--scheduler", "linear"], "argument --scheduler: invalid choice: 'linear' (choose from 'step', 'multistep', 'cosine'"),
+    (["--scheduler", "linear"],
+     "argument --scheduler: invalid choice: 'linear' (choose from 'step', 'multistep', 'cosine'"),
     (["--cache_dataset", "disk"], "argument --cache_dataset: invalid choice: 'disk'"),
     (["--cache_max_gb", "0"], "--cache_max_gb must be > 0, got 0.0"),
     (["--gpu_decode", "--cache_dataset", "memory"], "--gpu_decode and --cache_dataset memory exclude each other"),
@@ -144,7 +150,7 @@ def test_saved_config_round_trips(tmp_path):
 
 def test_config_conflicts_ignore_resume_safe_keys():
     a = config.parse_config(["--train", "--lr", "0.1"])
-    b = config.parse_config(["--train", "--lr", "0.2", "--epochs", "50", "-j", "0"])
+    b = config.parse_config(["--train", "--lr", "0.2", "--epochs", "50", "-j", "0", "--save_every_steps", "100"])
     assert config.config_conflicts(config.config_to_dict(a), b) == {"lr": (0.1, 0.2)}
 
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from criterions import create_criterion
-from utils.loss_weights import load_class_weights, load_cost_matrix
 from criterions.base import Terms
+from utils.loss_weights import load_class_weights, load_cost_matrix
 
 LOGITS = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.0, -0.5]])
 TARGET = torch.tensor([2, 0])

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +10,21 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY_CLASSES, TINY_COUNTS
-from dataloader import (BatchPreprocessor, ClassificationDataset, DatasetError, Letterbox, SeededSampler,
-                        create_loader, create_transform, decode_rgb, read_class_names, resolve_split)
+from dataloader import (
+    BatchPreprocessor,
+    ClassificationDataset,
+    DatasetError,
+    Letterbox,
+    SeededSampler,
+    create_loader,
+    create_transform,
+    decode_rgb,
+    read_class_names,
+    resolve_split,
+)
 from dataloader.datasets import FolderLayout
 from dataloader.loader import start_workers
+from helpers import TINY_CLASSES, TINY_COUNTS
 
 
 def test_three_layouts_give_identical_samples(tiny_data):
@@ -224,3 +233,18 @@ def test_a_skipped_bad_image_is_warned_once_however_often_it_is_read(tiny_data, 
         assert [ds[bad], ds[(bad, 7)], ds[bad]] == [None, None, None]
     assert caplog.text.count("skipping") == 1 and "0000_bad.png: cannot decode image" in caplog.text
     assert " at 0x" not in caplog.text
+
+
+@pytest.mark.parametrize("cache", ["none", "memory"])
+def test_loaders_never_draw_from_torchs_global_generator(tiny_data, cache):
+    """Building a loader and iterating it leaves torch's global RNG as it was: the state a run saves in the
+    middle of an epoch is then the state a run never stopped has at that step (a draw per epoch iterator put
+    every dropout mask after a mid-epoch resume one number off)."""
+    transform = create_transform(True, (16, 16), train_resize="rrc", hflip=0.5)
+    ds = ClassificationDataset(tiny_data["folder"], "folder", "train", transform=transform)
+    before = torch.get_rng_state()
+    loader = create_loader(ds, batch_size=8, workers=0, train=True, seed=5, cache=cache)
+    for epoch in (0, 1):
+        loader.sampler.set_epoch(epoch)
+        assert sum(len(x) for x, _, _ in loader) == len(ds)
+    assert torch.equal(torch.get_rng_state(), before)

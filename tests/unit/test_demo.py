@@ -1,7 +1,6 @@
 """demos/classifier.py: a fresh process without the project reproduces main.py --evaluation exactly."""
 from __future__ import annotations
 
-import importlib.util
 import io
 from pathlib import Path
 
@@ -10,19 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
 from dataloader import BatchPreprocessor, create_transform, decode_rgb
+from helpers import demo_module
 
-DEMO = ROOT / "demos" / "classifier.py"
 PHOTOS = Path(__import__("sklearn").__file__).parent / "datasets" / "images"  # china.jpg, flower.jpg: 427x640
-
-
-def demo_module():
-    """demos/classifier.py imported in this process, to test its preprocessing functions directly."""
-    spec = importlib.util.spec_from_file_location("demo_classifier", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 README_MAX_LINES = 200
 
@@ -81,7 +81,8 @@ def test_link_checker_finds_a_missing_file_and_a_missing_heading(tmp_path):
 
 
 REPO_PATH = re.compile(r"(?<![\w./-])((?:tests|applications|utils|z_task_shell|benchmarks|models|dataloader|engine|"
-                       r"export|explain|demos|criterions|optim|docs)/[\w./-]*\w\.(?:py|sh|yaml|md|txt|ini))")
+                       r"export|explain|demos|criterions|optim|docs|config|experiments)/"
+                       r"[\w./-]*\w\.(?:py|sh|yaml|md|txt|ini))")
 
 
 def test_every_repository_file_named_in_docs_and_code_exists():

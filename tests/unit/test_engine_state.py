@@ -93,3 +93,22 @@ def test_saver_resumes_from_the_previous_checkpoint_when_last_is_damaged(tmp_pat
     saver.last.write_bytes(saver.last.read_bytes()[:300])
     ckpt, path = saver.load_resume(saver.last)
     assert path == previous_path(saver.last) and ckpt["epoch"] == 0
+
+
+def test_saver_owns_the_best(tmp_path):
+    """The rows of test_best_selection's replay through the saver: best.pth ends at the epoch the rule picks."""
+    rows = [(50.0, 2.0), (97.0, 0.30), (99.0, 0.25), (98.0, 0.10), (99.0, 0.20), (99.0, 0.22), (99.0, 0.15)]
+    saver, state, history = CheckpointSaver(tmp_path), trained(), []
+    for epoch, (top1, loss) in enumerate(rows):
+        is_best = saver.update_best(epoch, top1, loss, history)
+        history.append({"epoch": epoch, "val_top1": top1, "val_loss": loss})
+        saver.save(state.capture(epoch=epoch, best_top1=saver.best_top1, best_epoch=saver.best_epoch, spec=SPEC,
+                                 config={}, history=history), is_best)
+    assert (saver.best_top1, saver.best_epoch) == (99.0, 6) and load_checkpoint(saver.best)["epoch"] == 6
+    # a resumed run's saver adopts the recorded best and relinks best.pth to it (here last.pth.prev, epoch 5)
+    resumed = CheckpointSaver(tmp_path)
+    resumed.adopt(Progress(start_epoch=7, best_top1=99.0, best_epoch=5, history=history))
+    resumed.tidy(resumed.last)
+    assert os.path.samefile(resumed.best, previous_path(resumed.last)) and load_checkpoint(resumed.best)["epoch"] == 5
+    assert not resumed.update_best(7, 99.0, 0.23, history)  # a tie with a higher loss than epoch 5's 0.22
+    assert resumed.update_best(7, 99.0, 0.21, history) and resumed.best_epoch == 7

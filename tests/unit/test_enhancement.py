@@ -11,9 +11,19 @@ import torch.nn as nn
 from PIL import Image
 from torchvision.transforms import v2
 
-from dataloader import (ClassBalancedSampler, ClassificationDataset, CustomPolicyConfig, MixupCutmix, MultiScale,
-                        SeededSampler, create_loader, create_policy, create_transform, make_augmented_grid,
-                        save_augmented_grid)
+from dataloader import (
+    ClassBalancedSampler,
+    ClassificationDataset,
+    CustomPolicyConfig,
+    MixupCutmix,
+    MultiScale,
+    SeededSampler,
+    create_loader,
+    create_policy,
+    create_transform,
+    make_augmented_grid,
+    save_augmented_grid,
+)
 from dataloader.enhancement import AUTOAUGMENT_POLICIES, POLICIES
 
 ZERO = dict(hflip=0.0, vflip=0.0, rotate=0.0, crop_min_scale=0.0, blur_prob=0.0, noise_std=0.0, color_jitter=0.0)

@@ -2,34 +2,11 @@
 --sweep (grid, named variants, Optuna search) as real processes on the tiny digits."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import yaml
 
-from conftest import ROOT
 from config import ConfigError
-
-
-def main_process(*args: str, cwd: Path | None = None, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=cwd or ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
-
-
-def write_run(folder: Path, config: dict, history: list[dict] | None = None, test: dict | None = None,
-              log: str | None = None) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    if history is not None:
-        metrics = {"history": history, **({"test": test} if test else {})}
-        (folder / "metrics.json").write_text(json.dumps(metrics))
-    if log is not None:
-        (folder / "log.txt").write_text(log)
-    return folder
+from helpers import main_process, sweep_file, write_run
 
 
 def epoch_row(epoch: int, val: float, loss: float = 1.0) -> dict:
@@ -55,7 +32,8 @@ def test_compare_edge_cases_failed_unfinished_and_list_flags(tmp_path):
     assert [row[0] for row in rows] == ["stopped", "done", "failed", "nothing_yet"]  # by best val, no number last
     assert table["stopped"]["image_size"] == "32 32" and table["done"]["image_size"] == "16 16"
     assert table["done"]["status"] == "finished" and table["done"]["best epoch"] == "2"
-    assert table["done"]["test top-1"] == "75.00" and table["done"]["epochs"] == "3/3"
+    assert table["done"]["test top-1"] == "75.00" and table["done"]["epochs done"] == "3"
+    assert table["done"]["epochs planned"] == "3" and table["failed"]["epochs done"] == "1"
     assert table["done"]["train min"] == "1.50" and table["done"]["train img/s"] == "101"
     assert table["failed"]["status"] == "failed" and table["failed"]["test top-1"] == ""
     assert table["stopped"]["status"] == "interrupted" and table["nothing_yet"]["status"] == "interrupted"
@@ -65,7 +43,7 @@ def test_compare_edge_cases_failed_unfinished_and_list_flags(tmp_path):
 
 def test_mode_flags_are_not_settings():
     from config import MODES
-    from utils.runs import NOT_SETTINGS
+    from experiments.runs import NOT_SETTINGS
     assert set(MODES) <= NOT_SETTINGS
 
 
@@ -76,8 +54,8 @@ def test_compare_refuses_a_missing_path(tmp_path):
 
 def test_a_run_ending_in_an_error_says_so_in_its_log(tmp_path):
     """log_to_file ends the log with the error (--compare's 'failed'); a finished run's log does not."""
+    from experiments.runs import read_run
     from utils.misc import FAILED_MARK, log_to_file
-    from utils.runs import read_run
     run = write_run(tmp_path / "run", {"tag": "run"}, [epoch_row(0, 10.0)])
     with pytest.raises(ValueError), log_to_file(run / "log.txt"):
         raise ValueError("bad thing")
@@ -91,14 +69,9 @@ def test_a_run_ending_in_an_error_says_so_in_its_log(tmp_path):
 
 # ---- sweep files -----------------------------------------------------------------------------------
 
-def sweep_file(tmp_path: Path, body: dict, name: str = "sweep.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
-    return path
-
 
 def test_grid_expands_to_tagged_variants(tmp_path):
-    from applications.sweep_plan import load_sweep
+    from experiments.sweep_plan import load_sweep
     spec = load_sweep(sweep_file(tmp_path, {"base": {"epochs": 2}, "grid": {
         "lr": [0.05, 0.1], "arch": ["resnet18", "timm/resnet18"], "ghm_loss": [True, False],
         "image_size": [[16, 16], [32, 32]]}}))
@@ -127,14 +100,18 @@ def test_grid_expands_to_tagged_variants(tmp_path):
     ({"search": {"lr": [0.1]}, "trials": 2, "pruning": {"warmup_epochs": [1]}},
      r"pruning: warmup_epochs: expected an integer >= 0, got \[1\]"),
     ({"grid": {"lr": [None]}}, r"grid: lr: key 'lr' \(flag --lr\) has invalid value None: expected a number"),
-    ({"search": {"lr": [0.1, None]}, "trials": 2}, r"search: lr: key 'lr' \(flag --lr\) has invalid value None: expected a number"),
-    ({"base": {"epochs": None}, "grid": {"lr": [0.1]}}, r"base: key 'epochs' \(flag --epochs\) has invalid value None: expected an integer"),
-    ({"variants": {"a": {"lr": None}}}, r"variants: a: key 'lr' \(flag --lr\) has invalid value None: expected a number"),
+    ({"search": {"lr": [0.1, None]}, "trials": 2},
+     r"search: lr: key 'lr' \(flag --lr\) has invalid value None: expected a number"),
+    ({"base": {"epochs": None}, "grid": {"lr": [0.1]}},
+     r"base: key 'epochs' \(flag --epochs\) has invalid value None: expected an integer"),
+    ({"variants": {"a": {"lr": None}}},
+     r"variants: a: key 'lr' \(flag --lr\) has invalid value None: expected a number"),
     ({"variants": {"-x": {}}}, r"variant name '-x' becomes a run tag: .*not starting with '-'"),
 ])
 def test_bad_sweep_files_are_refused_clearly(tmp_path, body, message):
     import re
-    from applications.sweep_plan import load_sweep
+
+    from experiments.sweep_plan import load_sweep
     with pytest.raises(ConfigError) as e:
         load_sweep(sweep_file(tmp_path, body))
     assert re.search(message, str(e.value)), str(e.value)
@@ -143,7 +120,7 @@ def test_bad_sweep_files_are_refused_clearly(tmp_path, body, message):
 
 def test_a_grid_over_the_limit_is_refused_before_it_is_expanded(tmp_path):
     """10^6 combinations are counted, not made (they once ended in MemoryError); the limit can be raised."""
-    from applications.sweep_plan import load_sweep
+    from experiments.sweep_plan import load_sweep
     grid = {key: list(range(1, 11)) for key in ("epochs", "batch_size", "workers", "seed", "lr", "momentum")}
     with pytest.raises(ConfigError) as e:
         load_sweep(sweep_file(tmp_path, {"grid": grid}))
@@ -156,7 +133,7 @@ def test_a_grid_over_the_limit_is_refused_before_it_is_expanded(tmp_path):
 
 
 def test_long_tag_lists_are_cut():
-    from applications.sweep_plan import cut_list
+    from experiments.sweep_plan import cut_list
     assert cut_list(["a", "b"]) == "a, b"
     assert cut_list([f"t{i}" for i in range(100_000)], 3) == "t0, t1, t2, ... and 99997 more"
 
@@ -178,8 +155,37 @@ def test_run_flags_layering_and_checks(tmp_path):
 
 
 def test_device_slots():
-    from applications.sweep_plan import device_flags_env, parse_devices
+    from experiments.sweep_plan import device_flags_env, parse_devices
     assert parse_devices("0, 1,cpu") == ["0", "1", "cpu"] and parse_devices(None) == [None]
     assert device_flags_env("1") == ({"device": "cuda"}, {"CUDA_VISIBLE_DEVICES": "1"})
     assert device_flags_env("cpu") == ({"device": "cpu"}, {"CUDA_VISIBLE_DEVICES": ""})
     assert device_flags_env(None) == ({}, {})
+
+
+def test_search_folders_round_floats_and_stay_distinct(tmp_path):
+    """A trial's folder name carries its floats to 4 significant digits (its config the exact values); a trial
+    whose values round alike to another's, or to a run already in the folder, gets the next free suffix; a
+    trial asked again with an earlier trial's params gets that trial's folder (its run resumes)."""
+    import optuna
+
+    from applications.sweep import _trial_flags
+    from experiments.sweep_plan import variant_tag
+    assert variant_tag({"lr": 0.022881136684755242, "optimizer": "sgd"}, digits=4) == "lr-0.02288_optimizer-sgd"
+    assert variant_tag({"lr": 0.022881136684755242}) == "lr-0.022881136684755242"  # grids keep exact tags
+    assert variant_tag({"lr": 12345.678, "image_size": [16, 16]}, digits=4) == "lr-1.235e04_image_size-16-16"
+    assert variant_tag({"lr": 0.00012345678}, digits=4) == "lr-0.0001235"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    distributions = {"lr": optuna.distributions.FloatDistribution(1e-4, 0.5, log=True)}
+    exact = (0.022881136684755242, 0.02288119, 0.2, 0.022881136684755242)
+    (tmp_path / "resnet18/lr-0.2").mkdir(parents=True)  # a run of other values (a study moved away) holds lr-0.2
+    (tmp_path / "resnet18/lr-0.2/config.yaml").write_text(yaml.safe_dump({"lr": 0.2000001, "tag": "lr-0.2"}))
+    tags = []
+    for lr in exact:
+        study.enqueue_trial({"lr": lr})
+        trial = study.ask(distributions)
+        flags = _trial_flags(study, trial, {"lr": trial.params["lr"]}, {"epochs": 2}, tmp_path)
+        trial.set_user_attr("run_dir", str(tmp_path / "resnet18" / flags["tag"]))
+        assert flags["lr"] == lr  # the run gets the exact value
+        tags.append(flags["tag"])
+    assert tags == ["lr-0.02288", "lr-0.02288-2", "lr-0.2-2", "lr-0.02288"]

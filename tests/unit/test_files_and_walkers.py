@@ -12,8 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
-
+from helpers import ROOT
 from utils.atomic import atomic_path, atomic_write, temp_path, write_json_atomic
 from utils.checkpoint import load_checkpoint, previous_path, save_checkpoint
 from utils.sidefiles import write_rows
@@ -52,6 +51,32 @@ def test_atomic_write_replaces_creates_folders_and_keeps_a_previous_copy(tmp_pat
             pass
 
 
+@pytest.mark.parametrize("hard_links", [True, False])
+def test_a_signal_right_after_the_backup_leaves_the_old_file_at_both_names(tmp_path, monkeypatch, hard_links):
+    """A SIGTERM that lands once the previous copy is in place, before the new file is renamed over
+    ``path`` (a training run stopped mid-save; it lost last.pth when the backup was a move): ``path``
+    still holds the old file, and so does the backup. The same where the file system has no hard links."""
+    path, prev = tmp_path / "last.pth", tmp_path / "last.pth.prev"
+    save_checkpoint({"epoch": torch.tensor(1)}, path)
+    real_replace = os.replace
+
+    def replace_then_signal(src, dst):
+        real_replace(src, dst)
+        if Path(dst) == prev:
+            raise KeyboardInterrupt  # what InterruptOnSignals raises for a SIGTERM
+    monkeypatch.setattr(os, "replace", replace_then_signal)
+    if not hard_links:
+        monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(1, "Operation not permitted")))
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"epoch": torch.tensor(2)}, path, keep_previous=True)
+    monkeypatch.undo()
+    assert int(load_checkpoint(path)["epoch"]) == 1 and int(load_checkpoint(prev)["epoch"]) == 1
+    assert leftovers(tmp_path) == []
+    save_checkpoint({"epoch": torch.tensor(3)}, path, keep_previous=True)  # the next save: new file, old kept
+    assert int(load_checkpoint(path)["epoch"]) == 3 and int(load_checkpoint(prev)["epoch"]) == 1
+    assert path.stat().st_ino != prev.stat().st_ino
+
+
 def test_side_file_writer_failing_midway_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "distill.txt"
     write_rows(path, [("a.png", [0.5, 0.5])], overwrite=False)
@@ -81,6 +106,7 @@ def test_temporaries_of_dead_writers_go_those_of_live_ones_stay(tmp_path):
     a running writer's (another process's, this one's) stays, and a link named like one is never followed."""
     import subprocess
     import sys
+
     from utils.atomic import remove_stale_temporaries, temp_dir, temp_owner
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
@@ -117,7 +143,7 @@ def test_temporaries_of_dead_writers_go_those_of_live_ones_stay(tmp_path):
 # (convert.py keeps a failed one as <name>.unverified for inspection; export/openvino.py renames the two
 # files of a verified IR), the digits folder is written whole
 # into a staging folder that is renamed into place.
-OUTSIDE_THE_HELPER = {"utils/atomic.py", "applications/convert.py", "export/openvino.py", "utils/make_digits.py"}
+OUTSIDE_THE_HELPER = {"utils/atomic.py", "applications/convert.py", "export/openvino.py", "dataloader/digits.py"}
 
 
 def _hand_written_writes(tree: ast.AST) -> list[int]:
@@ -195,9 +221,9 @@ def messy_dataset(tmp_path) -> tuple[Path, list[str]]:
 def test_datasets_predict_visualize_and_check_images_see_the_same_files(messy_dataset):
     from applications.predict import collect_sources
     from applications.visualize import _source_dataset
+    from dataloader.checking import check_dataset
     from dataloader.datasets import ClassificationDataset
     from models.spec import ModelSpec
-    from utils.check_images import check_dataset
 
     root, expected = messy_dataset
     a = root / "train" / "a"

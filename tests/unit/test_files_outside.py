@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from dataloader.checking import check_dataset
 from dataloader.datasets import ClassificationDataset, DatasetError
-from utils.check_images import check_dataset
-from utils.dataset_tools import write_txt_lists, write_zip_archives
+from dataloader.layout_writers import write_txt_lists, write_zip_archives
+from helpers import ROOT
 
 
 def snapshot(folder: Path) -> dict[str, tuple]:
@@ -136,7 +136,7 @@ def test_list_lines_naming_one_file_under_two_labels_are_reported_and_refused(ti
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_data, tmp_path_factory):
-    from conftest import calibrated_checkpoint
+    from helpers import calibrated_checkpoint
     return calibrated_checkpoint(tmp_path_factory.mktemp("outside") / "run", "resnet18", tiny_data["folder"], 16)
 
 
@@ -157,7 +157,7 @@ def written_sources(folder: Path) -> set[Path]:
 
 
 def test_each_predict_run_writes_a_folder_of_its_own(tiny_data, checkpoint, tmp_path):
-    from conftest import run_main
+    from helpers import run_main
     run = checkpoint.parent.parent
     sources = {}
     for name in ("0", "7"):
@@ -171,7 +171,7 @@ def test_each_predict_run_writes_a_folder_of_its_own(tiny_data, checkpoint, tmp_
 
 
 def test_a_loose_checkpoint_writes_under_output_and_nothing_beside_it(tiny_data, checkpoint, tmp_path):
-    from conftest import run_main
+    from helpers import run_main
     models, other = tmp_path / "models", tmp_path / "elsewhere"
     for folder in (models, other):
         folder.mkdir()
@@ -200,7 +200,8 @@ def test_a_loose_checkpoint_writes_under_output_and_nothing_beside_it(tiny_data,
 
 def test_a_loose_checkpoints_folder_is_named_after_its_own_arch_and_a_bad_one_makes_none(tmp_path):
     import torch
-    from applications.common import checkpoint_run_dir
+
+    from applications.setup.common import checkpoint_run_dir
     from utils.checkpoint import CheckpointError
     (tmp_path / "models").mkdir()
     ckpt = tmp_path / "models" / "small.pth"

@@ -4,53 +4,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
-
+from helpers import put_in_cache
 from models import create_model
 from models.finetune import head_parameter_names, update_bn_stats
 from models.hub import WeightsUnavailable, fetch_weights, resolve_weights
 from models.registry import build_model
 
 FAMILIES = ["resnet18", "timm/test_resnet", "efficientnet-b0", "resnest50"]
-
-
-def fake_weights(arch: str, seed: int = 1) -> dict[str, torch.Tensor]:
-    """The architecture's own 1000-class state dict with known values: its initialisation under ``seed``,
-    with batch-norm statistics moved off their initial 0 and 1 so that a change or a reset shows."""
-    torch.manual_seed(seed)
-    state = build_model(arch, 1000).state_dict()
-    g = torch.Generator().manual_seed(seed)
-    for k, v in state.items():
-        if k.endswith("running_mean"):
-            state[k] = torch.randn(v.shape, generator=g) * 0.1
-        elif k.endswith("running_var"):
-            state[k] = 1 + torch.rand(v.shape, generator=g) * 0.2
-    return state
-
-
-def put_in_cache(arch: str, home: Path) -> dict[str, torch.Tensor]:
-    """Save ``fake_weights(arch)`` where the library's loader reads it, under TORCH_HOME / HF_HOME = ``home``
-    (the environment must already point there); returns the saved tensors."""
-    state = fake_weights(arch)
-    weights = resolve_weights(arch, "imagenet")
-    if arch.startswith("timm/"):  # the Hugging Face cache layout: refs/main names the snapshot
-        from safetensors.torch import save_file
-        repo = weights.cache_path.parent.parent.parent
-        (repo / "refs").mkdir(parents=True, exist_ok=True)
-        (repo / "refs" / "main").write_text("0123abcd")
-        target = repo / "snapshots" / "0123abcd" / weights.cache_path.name
-        target.parent.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(target))
-        assert resolve_weights(arch, "imagenet").cache_path == target
-    else:
-        weights.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, weights.cache_path)
-    return state
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
@@ -106,7 +71,7 @@ def _lr_by_name(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str,
 
 
 def test_head_lr_mult_and_layer_decay_give_per_group_lrs():
-    from applications.strategies import build_optimizer
+    from applications.setup.strategies import build_optimizer
     from optim import base_lr, create_scheduler
     model = create_model("resnet18", 3)
     lrs = _lr_by_name(model, build_optimizer(_cfg(head_lr_mult=10.0), model, 0.01, 3))

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 
 from benchmarks import gpu_check
-from conftest import ROOT
-
-
-def _run(*args: str, timeout: float = 1500, cwd=ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks/gpu_check.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+from helpers import ROOT, run_gpu_check
 
 
 def test_every_cuda_only_test_carries_the_cuda_marker():
@@ -38,7 +31,7 @@ def test_bad_box_is_a_clear_error(capsys):
 
 
 def test_sections_the_global_budget_cannot_fit_are_skipped(tmp_path):
-    r = _run("--quick", "--out", str(tmp_path), "--sections", "context", "ddp", "--budget", "1", timeout=120)
+    r = run_gpu_check("--quick", "--out", str(tmp_path), "--sections", "context", "ddp", "--budget", "1", timeout=120)
     assert r.returncode == 1
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     for name, title in (("context", "Context"), ("ddp", "torchrun, one process")):
@@ -52,7 +45,7 @@ def test_sections_the_global_budget_cannot_fit_are_skipped(tmp_path):
 def test_a_relative_out_from_another_folder_lands_there_and_the_sections_find_it(tmp_path):
     """Started outside the repository with the default relative --out, every section failed: they run in the
     repository root and could not find gpu_check/logs/*.json.tmp."""
-    r = _run("--quick", "--sections", "context", cwd=tmp_path, timeout=300)
+    r = run_gpu_check("--quick", "--sections", "context", cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     report = json.loads((tmp_path / "gpu_check" / "gpu_check.json").read_text())
     assert report["sections"]["context"]["status"] == "ok" and report["failed"] == []

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import assert_nested_close
+from helpers import assert_nested_close
 
 
 def test_nested_close_takes_float_rounding_and_refuses_other_differences():

@@ -1,4 +1,5 @@
-"""utils/make_digits.py and utils/dataset_tools.py: the bundled dataset and layout converters."""
+"""dataloader/digits.py (the builder behind utils/make_digits.py) and dataloader/layout_writers.py: the bundled
+dataset and the layout converters."""
 from __future__ import annotations
 
 from collections import Counter
@@ -7,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from dataloader import ClassificationDataset
-from utils.make_digits import make_digits, split_indices
+from dataloader.digits import make_digits, split_indices
 
 
 def test_split_is_stratified_70_15_15_and_fixed():

@@ -14,7 +14,7 @@ import yaml
 
 import config
 import main
-from conftest import ROOT
+from helpers import ROOT
 
 
 def mode_help(capsys, *argv: str) -> str:
@@ -56,7 +56,8 @@ def test_plain_help_lists_the_modes_and_the_shared_flags(capsys):
 
 @pytest.mark.parametrize("mode", list(config.MODE_REGISTRY))
 def test_every_mode_help_shows_exactly_the_flags_it_reads(capsys, mode):
-    argv = {"predict": ["--predict", "x"], "visual_source": ["--visual_source", "x"], "knowledge": ["--knowledge", "val"],
+    argv = {"predict": ["--predict", "x"], "visual_source": ["--visual_source", "x"],
+            "knowledge": ["--knowledge", "val"],
             "visual_data": ["--visual_data", "val"], "publish": ["--publish", "a", "b"], "compare": ["--compare", "r"],
             "sweep": ["--sweep", "s.yaml"]}.get(mode, [f"--{mode}"])
     shown = listed(mode_help(capsys, *argv))
@@ -164,6 +165,20 @@ def test_given_data_wins_over_the_checkpoint_data(tmp_path):
     assert cfg.data == str(tmp_path)
 
 
+def test_a_file_that_is_no_checkpoint_leaves_the_data_alone(tmp_path):
+    from utils.checkpoint import saved_config
+    other = tmp_path / "trained_on"
+    other.mkdir()
+    no_config, garbage = tmp_path / "weights.pth", tmp_path / "garbage.pth"
+    torch.save({"model": {}}, no_config)
+    garbage.write_bytes(b"not a checkpoint")
+    assert saved_config(no_config) is None and saved_config(garbage) is None
+    for ckpt in (no_config, garbage):
+        cfg, given = config.parse_command_line(["--evaluation", "--resume", str(ckpt)])
+        config.check_files(cfg, given)  # loading the checkpoint later says what is wrong with it
+        assert cfg.data == str(config.DEFAULT_DATA)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--evaluation", "--resume", "/nonexistent/x.pth"], "--resume: file '/nonexistent/x.pth' does not exist"),
     (["--predict", "/nonexistent/images", "--resume", "/nonexistent/x.pth"], "--resume: file '/nonexistent/x.pth'"),
@@ -234,7 +249,8 @@ def parse_error(capsys, *argv: str) -> str:
 @pytest.mark.parametrize("argv, says", [
     (["--train", "--lrr", "0.1"], r"unrecognized arguments: --lrr 0\.1; --lrr: did you mean --lr\?"),
     (["--trian"], r"unrecognized arguments: --trian; --trian: did you mean --train\b"),
-    (["--train", "--topk", "3"], r"--topk is a --predict option that --train does not read.*\(see main\.py --train --help\)"),
+    (["--train", "--topk", "3"],
+     r"--topk is a --predict option that --train does not read.*\(see main\.py --train --help\)"),
     (["--train", "--epochs", "1"], r"--warmup \(1\.0 epochs\) must be shorter than --epochs \(1\)"),
     (["--train", "--evaluation"], r"pick one mode, got --train, --evaluation"),
     # the flags a mode does not read are named before a value check of them (it used to be the warm-up rule)

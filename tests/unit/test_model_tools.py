@@ -1,4 +1,4 @@
-"""applications/benchmark.py (--flops, --throughput, --summary, --publish) and benchmarks/cpu_inference.py."""
+"""applications/model_tools.py (--flops, --throughput, --summary, --publish) and benchmarks/cpu_inference.py."""
 from __future__ import annotations
 
 import argparse
@@ -6,18 +6,15 @@ import contextlib
 import hashlib
 import io
 import json
-import subprocess
-import sys
 
 import torch
 import torch.nn as nn
 
-from applications import benchmark
+from applications import model_tools
 from engine.state import TrainState
-from models.spec import ModelSpec
-from conftest import ROOT, read_json, run_main
+from helpers import calibrated_checkpoint, read_json, run_main
 from models import create_model
-from conftest import calibrated_checkpoint
+from models.spec import ModelSpec
 from utils.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -74,9 +71,9 @@ def test_summary_lists_every_layer_with_its_output_shape():
 
 
 def test_throughput_measures_each_variant(monkeypatch):
-    monkeypatch.setattr(benchmark, "MIN_SECONDS", 0.0)
-    monkeypatch.setattr(benchmark, "MIN_STEPS", 2)
-    monkeypatch.setattr(benchmark, "WARMUP_STEPS", 1)
+    monkeypatch.setattr(model_tools, "MIN_SECONDS", 0.0)
+    monkeypatch.setattr(model_tools, "MIN_STEPS", 2)
+    monkeypatch.setattr(model_tools, "WARMUP_STEPS", 1)
     result, table = tool(["--throughput", "--arch", "resnet18", "--image_size", "16", "16", "--num_classes", "3",
                           "-b", "4", "--channels_last", "--amp", "--device", "cpu"])
     assert list(result["variants"]) == ["eager", "channels_last", "amp"]
@@ -119,14 +116,3 @@ def test_publish_keeps_weights_names_and_config_only(tiny_data, tmp_path):
         assert run_main(["--evaluation", "--resume", str(path), "--data", str(data), "-j", "0", "--no_progress",
                          "--out", str(tmp_path / f"{path.stem}.json"), "--output", str(tmp_path / "out")]) == 0
     assert read_json(tmp_path / "best.json") == read_json(tmp_path / f"{published.stem}.json")
-
-
-def test_cpu_inference_benchmark_quick_mode_runs():
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_inference.py"), "--quick"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
-    assert "| resnet18 |     1 |" in out and "| resnet18 |     4 |" in out
-    for path in ("TorchScript", "ORT", "ORT int8", "OpenVINO", "OpenVINO int8"):  # every path timed beside eager
-        assert f"eager/{path} |" in out and f"resnet18 batch 1, {path}:" in out
-    assert "DIFFERENT" not in out  # the exports compute what eager computes

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import models
+from helpers import ROUND_TRIP, real_images, train_one_step_and_save
 from utils.checkpoint import CheckpointError
 
 PROMISED_NAMES = ["resnet18", "resnet50", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
@@ -87,13 +88,6 @@ def test_pretrained_needing_code_to_unpickle_is_refused(tmp_path):
         models.create_model("resnet18", 2, pretrained=tmp_path / "unsafe.pth")
 
 
-# One model per family at the smallest input it accepts (vit_b_16 and maxvit_t are built for 224 only).
-ROUND_TRIP = {"alexnet": 64, "convnext_tiny": 32, "densenet121": 32, "efficientnet_b0": 32, "googlenet": 32,
-              "inception_v3": 75, "maxvit_t": 224, "mnasnet0_5": 32, "mobilenet_v2": 32, "mobilenet_v3_small": 32,
-              "regnet_x_400mf": 32, "resnet18": 32, "shufflenet_v2_x0_5": 32, "squeezenet1_1": 32, "swin_t": 32,
-              "vgg11": 32, "vit_b_16": 224, "efficientnet-b0": 32, "resnest50": 32, "simple_cnn": 32}
-
-
 def _torchvision_family(name: str) -> str:
     import torchvision
     return torchvision.models.get_model_builder(name).__module__
@@ -107,35 +101,12 @@ def test_round_trip_list_covers_every_registered_family():
     assert families == covered, families - covered
 
 
-def _real_images(folder, size: int, n: int) -> torch.Tensor:
-    from torchvision.io import read_image
-    files = sorted(folder.rglob("*.png"))[:n]
-    images = torch.stack([read_image(str(f)).float() / 255 for f in files])
-    return torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-
-
-def _train_one_step_and_save(name: str, images: torch.Tensor, path) -> torch.Tensor:
-    from utils.checkpoint import save_checkpoint
-    torch.manual_seed(0)
-    model = models.create_model(name, num_classes=3)
-    model.train()
-    loss = torch.nn.functional.cross_entropy(model(images), torch.arange(len(images)) % 3)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # BN over 2 images of 1 x 1 maps: huge gradients
-    torch.optim.SGD(model.parameters(), lr=0.01).step()
-    save_checkpoint({"model": model.state_dict(), "arch": name, "epoch": 0}, path)
-    with torch.no_grad():
-        outputs = model.eval()(images)
-    assert torch.isfinite(outputs).all()
-    return outputs
-
-
 def test_mnasnet_loads_from_our_checkpoint_a_ddp_state_dict_and_a_bare_dict(tiny_data, tmp_path):
     """MNASNet reads its format version from the state dict's _metadata: it must survive extraction
     (also under DDP's ``module.`` prefix), and a hand-built dict without it still loads."""
     from models.pretrained import extract_state_dict
-    images = _real_images(tiny_data["folder"] / "train", 32, 2)
-    before = _train_one_step_and_save("mnasnet0_5", images, tmp_path / "ckpt.pth")
+    images = real_images(tiny_data["folder"] / "train", 32, 2)
+    before = train_one_step_and_save("mnasnet0_5", images, tmp_path / "ckpt.pth")
     state = torch.load(tmp_path / "ckpt.pth", weights_only=True)["model"]
     wrapped = torch.nn.Module()
     wrapped.module = models.create_model("mnasnet0_5", num_classes=3)

@@ -5,8 +5,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.plots import (figure_to_tensor, image_tensor, most_confident_errors, plot_training_curves,
-                         save_error_grid, training_curves_figure)
+from utils.plots import (
+    figure_to_tensor,
+    image_tensor,
+    most_confident_errors,
+    plot_training_curves,
+    save_error_grid,
+    training_curves_figure,
+)
 
 
 def history(epochs: int, ema: bool = False) -> list[dict]:

@@ -12,8 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import read_json, run_main
-from conftest import calibrated_checkpoint
+from helpers import calibrated_checkpoint, read_json, run_main
 from utils.checkpoint import load_checkpoint
 
 
@@ -55,7 +54,8 @@ def test_predict_a_folder_matches_evaluation_and_counts_unreadable_images(tiny_d
 
     assert run_main(["--evaluation", "--resume", str(checkpoint), "--data", str(tiny_data["folder"]), "-j", "0",
                      "--no_progress", "--out", str(tmp_path / "preds.json")]) == 0
-    expected = {Path(p["path"]).relative_to(tiny_data["folder"] / "test"): p for p in read_json(tmp_path / "preds.json")}
+    expected = {Path(p["path"]).relative_to(tiny_data["folder"] / "test"): p
+                for p in read_json(tmp_path / "preds.json")}
     assert len({p["prediction"] for p in expected.values()}) > 1
     for row in rows:
         p = expected[Path(row["path"]).relative_to(source)]

@@ -1,7 +1,7 @@
 """z_task_shell/: every recipe script has a smoke run in tests/e2e/test_recipes.py and a header comment."""
 from __future__ import annotations
 
-from conftest import ROOT
+from helpers import ROOT
 
 SHELL = ROOT / "z_task_shell"
 NOT_RECIPES = {"common.sh", "install.sh", "run_tests.sh"}

@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from conftest import ROOT, run_main
-from utils.check_images import check_dataset
-from utils.make_digits import make_digits
+from dataloader.checking import check_dataset
+from dataloader.digits import make_digits
+from helpers import ROOT, run_main
 
 
 def png_bytes(mode: str = "RGB", size=(16, 16), **save) -> bytes:
@@ -93,9 +93,9 @@ def test_check_images_on_txt_and_zip_and_the_bundled_digits(tiny_data):
 
 
 def test_clip_grad_bounds_the_update(tiny_data):
-    from engine import train_one_epoch
     from criterions import create_criterion
     from dataloader import BatchPreprocessor, ClassificationDataset, create_loader, create_transform
+    from engine import train_one_epoch
     ds = ClassificationDataset(tiny_data["folder"], "folder", "train", transform=create_transform(False, (16, 16)))
     loader = create_loader(ds, batch_size=30, workers=0, train=True)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))
@@ -119,6 +119,7 @@ def test_unsafe_checkpoint_is_refused_by_every_mode(tiny_data, tmp_path, caplog)
 
 def test_only_environment_os_errors_become_one_line():
     import errno
+
     import main
     full = OSError(errno.ENOSPC, "No space left on device", "/data/out/x")
     assert main._environment_error(full) == ("OSError: cannot use /data/out/x: No space left on device; free some "

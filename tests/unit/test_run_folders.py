@@ -1,4 +1,4 @@
-"""utils.runs: the readers of a run folder (config.yaml, metrics.json) that --compare and --sweep share. A
+"""experiments.runs: the readers of a run folder (config.yaml, metrics.json) that --compare and --sweep share. A
 damaged run folder is one RunFolderError naming the file; --compare skips it with one warning line."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utils.runs import RunFolderError, compare_runs, read_run, readable_run
+from experiments.runs import RunFolderError, compare_runs, read_run, readable_run
 
 CONFIG = {"arch": "resnet18", "lr": 0.1, "epochs": 2, "tag": "x"}
 
@@ -89,7 +89,7 @@ def test_well_formed_runs_still_read(tmp_path):
 def test_compare_skips_a_damaged_run_with_one_warning(tmp_path, caplog):
     good = finished(tmp_path / "runs/good")
     run_folder(tmp_path / "runs/bad", metrics={"history": [row(0, "n/a")]})
-    with caplog.at_level(logging.WARNING, logger="utils.runs"):
+    with caplog.at_level(logging.WARNING, logger="experiments.runs"):
         result = compare_runs([tmp_path / "runs"])
     assert result["runs"] == 1 and result["best"] == str(good.resolve())
     assert "| good " in result["table"] and "| bad " not in result["table"]
@@ -118,7 +118,7 @@ def test_a_sweep_reuses_only_a_readable_finished_run(tmp_path, caplog):
     assert not finished_run(run_folder(tmp_path / "going", metrics={"history": [row(0)]}))
     assert not finished_run(tmp_path / "never_started")
     damaged = run_folder(tmp_path / "damaged", b"arch: r\x00", metrics={"history": [row(0)], "test": {"test_top1": 1}})
-    with caplog.at_level(logging.WARNING, logger="utils.runs"):
+    with caplog.at_level(logging.WARNING, logger="experiments.runs"):
         assert not finished_run(damaged)
         assert not finished_run(self_linked_config(tmp_path / "looped"))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 
 import config
-from applications.strategies import build_batch_hook, build_criterion, soften
-from conftest import run_main, tiny_train_args
+from applications.setup.strategies import build_batch_hook, build_criterion, soften
 from dataloader import BatchPreprocessor, ClassificationDataset, create_transform
+from helpers import run_main, tiny_train_args
 
 
 def test_distill_temperature_and_missing_images(data, tmp_path, caplog):
@@ -77,11 +77,12 @@ def test_lr_finder_never_suggests_the_first_or_last_tenth_of_its_sweep():
     """A reported sweep: the second batch's lower loss made step 0 the steepest, so 1e-6 was suggested.
     A curve that drops at once, stays flat, falls fastest around step 50 and diverges after 80."""
     import numpy as np
+
     from applications.lr_finder import smooth, suggest_lr
     steps = 100
     lrs = (1e-6 * (10 / 1e-6) ** (np.arange(steps) / (steps - 1))).tolist()
-    losses = [2.4, 1.4] + [1.4 - 0.001 * i for i in range(38)] \
-        + [1.36 - 0.05 * i for i in range(20)] + [0.36 + 0.002 * i for i in range(20)] + [0.4 * 1.2 ** i for i in range(20)]
+    losses = [2.4, 1.4] + [1.4 - 0.001 * i for i in range(38)] + [1.36 - 0.05 * i for i in range(20)] \
+        + [0.36 + 0.002 * i for i in range(20)] + [0.4 * 1.2 ** i for i in range(20)]
     suggestion = suggest_lr(lrs, smooth(losses), planned_steps=steps)
     assert lrs[10] <= suggestion < lrs[90]
     assert lrs[40] <= suggestion <= lrs[60]  # where the loss falls fastest

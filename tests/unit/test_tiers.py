@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import config
-from conftest import ROOT, run_main, tiny_train_args
+from helpers import ROOT, run_main, tiny_train_args
 from unit.tier_guard import EndToEndTraining, TrainingGuard, training_command
 
 
@@ -72,4 +72,5 @@ def test_a_test_over_the_cpu_budget_is_reported():
         while time.process_time() < end:
             pass
     assert re.fullmatch(r"tests/unit is for tests without end-to-end training, but it took 0\.[3-9] CPU seconds, "
-                        r"over the unit tier's 0\.1: a test that trains end to end belongs in tests/e2e", guard.report())
+                        r"over the unit tier's 0\.1: a test that trains end to end belongs in tests/e2e",
+                        guard.report())

@@ -1,16 +1,17 @@
-"""applications/train.py and test.py end to end on a tiny real dataset, in-process and as a CLI."""
+"""Training without an end-to-end run: device and class-count errors, gradient accumulation, evaluate's counts,
+the diverging-loss warning."""
 from __future__ import annotations
-
 
 import pytest
 import torch
 import torch.nn as nn
 
-from conftest import run_main, tiny_train_args
-from engine import evaluate, train_one_epoch
-from dataloader import BatchPreprocessor, ClassificationDataset, create_loader, create_transform
-from optim import create_optimizer
 from criterions import create_criterion
+from dataloader import BatchPreprocessor, ClassificationDataset, create_loader, create_transform
+from engine import evaluate, train_one_epoch
+from helpers import run_main, tiny_train_args
+from optim import create_optimizer
+
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_asking_for_a_missing_gpu_is_a_clear_error(tiny_data, tmp_path, caplog):
@@ -52,7 +53,8 @@ def test_evaluate_counts_every_sample_once(tiny_data):
 
 def test_a_diverging_validation_loss_is_warned_about(caplog):
     import logging
-    from applications.train import warn_if_diverging
+
+    from engine.epoch_end import warn_if_diverging
     history = [{"val_loss": 2.0}, {"val_loss": 0.5}, {"val_loss": float("nan")}]
     with caplog.at_level(logging.WARNING):
         assert not warn_if_diverging(49.0, history, epoch=3)

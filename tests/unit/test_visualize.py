@@ -1,7 +1,6 @@
 """applications/visualize.py end to end: main.py --visual_data / --visual_source on a real tiny checkpoint."""
 from __future__ import annotations
 
-
 import numpy as np
 
 from explain.pictures import class_interleaved
@@ -38,7 +37,8 @@ def test_coarse_maps_are_named_at_2x2_and_1x1_not_at_4x4(caplog):
     _warn_if_coarse(_explanation(4), "layer3", (64, 64), "grad-cam")
     assert not caplog.records
     _warn_if_coarse(_explanation(2), "layer4", (48, 48), "cam")
-    assert "layer 'layer4' gives 2 x 2 maps at input size 48x48: the heatmaps are 2 x 2 blocks (quadrants)" in caplog.text
+    assert ("layer 'layer4' gives 2 x 2 maps at input size 48x48: the heatmaps are 2 x 2 blocks (quadrants)"
+            in caplog.text)
     assert "CAM is bound to the pooled feature map" in caplog.text
     _warn_if_coarse(_explanation(1), "layer4", (16, 16), "grad-cam")
     assert "gives 1 x 1 maps at input size 16x16: the heatmaps carry no spatial information" in caplog.text

@@ -124,4 +124,5 @@ class TrainingGuard:
         """The one-line failure message for what the test did, or None when it kept the rule."""
         if not self.violations:
             return None
-        return f"tests/unit is for tests without end-to-end training, but {'; '.join(dict.fromkeys(self.violations))}: {_MOVE}"
+        violations = "; ".join(dict.fromkeys(self.violations))
+        return f"tests/unit is for tests without end-to-end training, but {violations}: {_MOVE}"

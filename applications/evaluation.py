@@ -1,0 +1,51 @@
+"""``--evaluation``: evaluate a checkpoint on a split and report.
+
+Writes ``<run_dir>/eval_<split>/metrics.json`` (top-1, top-5, per-class precision/recall/F1, the
+confusion matrix), ``confusion_matrix.png`` and, with ``--out``, each image's prediction.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from engine import amp_dtype, evaluate_and_report
+from utils.distributed import DistInfo, cleanup, init_distributed
+from utils.misc import main_process_log
+
+from .setup.common import build_dataset, build_loader, checkpoint_run_dir, preprocessor, restore_for_inference
+
+logger = logging.getLogger(__name__)
+
+
+def run(cfg: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate ``--resume`` on ``--eval_split`` of ``--data``.
+
+    Under ``torchrun`` each process evaluates its disjoint shard and the results are gathered, as in
+    training's evaluation, so the report equals a single process's; rank 0 alone logs and writes it.
+    """
+    info = init_distributed(cfg.device)
+    run_dir = checkpoint_run_dir(cfg.resume, cfg.output, cfg.arch)
+    try:
+        with main_process_log(info.is_main, run_dir / "log.txt"):
+            return _evaluate_checkpoint(cfg, run_dir, info)
+    finally:
+        cleanup()
+
+
+def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, Any]:
+    restored = restore_for_inference(cfg, info.device)
+    dataset = build_dataset(cfg, cfg.eval_split, restored.class_names, train=False, fallback=True, spec=restored.spec)
+    loader = build_loader(cfg, dataset, train=False, device=restored.device, dist_info=info)
+    metrics = evaluate_and_report(restored.model, loader, dataset, restored.class_names,
+                                  preprocess=preprocessor(restored.spec, restored.device),
+                                  dtype=amp_dtype(cfg.amp, cfg.amp_dtype, restored.device),
+                                  out_dir=run_dir / f"eval_{dataset.split}", checkpoint=cfg.resume,
+                                  predictions_file=cfg.out, progress=not cfg.no_progress and info.is_main,
+                                  head=restored.spec.head, write=info.is_main)
+    logger.info("%s on %s split (%d images): top-1 %.2f  top-5 %.2f  macro F1 %.4f; report in %s",
+                cfg.resume, dataset.split, metrics["count"], metrics["top1"], metrics["top5"],
+                metrics["macro"]["f1"], run_dir / f"eval_{dataset.split}")
+    return {"top1": metrics["top1"], "top5": metrics["top5"], "split": dataset.split,
+            "report_dir": str(run_dir / f"eval_{dataset.split}")}

@@ -1,0 +1,26 @@
+"""``--compare``: its flags."""
+from __future__ import annotations
+
+import argparse
+
+from config.base import FlagGroup, Mode
+
+# --sort_by: the comparison columns a table can be sorted by, and whether larger is better.
+SORT_KEYS: dict[str, bool] = {"best_val_top1": True, "test_top1": True, "test_top5": True, "img_per_s": True,
+                              "train_min": False, "epochs_done": True}
+
+
+def _add_compare(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--sort_by", choices=list(SORT_KEYS), default="best_val_top1",
+                   help="--compare and --sweep: the column the table is sorted by (best first)")
+
+
+COMPARE = FlagGroup("comparison table", _add_compare, resume_safe=True)
+
+MODES = (
+    Mode("compare", "applications.compare",
+         lambda g: g.add_argument("--compare", type=str, nargs="+", default=None, metavar="RUN",
+                                  help="compare run directories (folders searched for runs; globs allowed): prints "
+                                       "the table and writes compare.md, compare.csv and compare.png"),
+         groups=(COMPARE,)),
+)

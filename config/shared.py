@@ -1,0 +1,209 @@
+"""The shared flag groups that every mode reads (data, data loading, model, numerics, run), their value types
+and the constants they default to."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+from pathlib import Path
+
+from config.base import FlagGroup, need
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO_ROOT / "data" / "digits"
+
+# Largest --image_size side: a network input far beyond any classification model's (224-800 px), still
+# allocatable; 100000 x 100000 would be a 120 GB tensor per image, which the kernel may kill, not refuse.
+MAX_IMAGE_SIDE = 4096
+# Pillow's default ``Image.MAX_IMAGE_PIXELS`` (1 GiB / 4 bytes / 3), kept here so that this module does not
+# import Pillow; tests/unit/test_bombs.py checks that it equals dataloader.io.DEFAULT_MAX_IMAGE_PIXELS.
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
+
+DATASET_ALIASES = {"folder": "folder", "imagenet": "folder", "txt": "txt", "read_from_txt": "txt", "zip": "zip",
+                   "csv": "csv", "jsonl": "csv"}
+
+# Preprocessing keys that named --pretrained weights supply unless set (see defer_preprocessing).
+PREPROCESSING_KEYS = ("mean", "std", "interpolation", "eval_resize", "crop_pct")
+# Modes that build a model from --pretrained (and so may take named weights and their preprocessing).
+PRETRAINED_MODES = ("train", "lr_finder")
+
+
+def _dataset_kind(value: str) -> str:
+    key = str(value).lower()
+    if key not in DATASET_ALIASES:
+        raise argparse.ArgumentTypeError(
+            f"invalid dataset kind {value!r} (choose from folder, txt, zip, csv; aliases: imagenet, read_from_txt, "
+            f"jsonl)")
+    return DATASET_ALIASES[key]
+
+
+def finite_float(value: str) -> float:
+    """The type of every float flag: a number, never ``inf``, ``nan`` or one that overflows (``1e400``)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"invalid number {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a finite number")
+    return number
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask, so containers and taskset are respected)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _workers(value: str) -> int:
+    if str(value).lower() == "auto":
+        return available_cores()
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid worker count {value!r}: expected an integer >= 0 or auto") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"invalid worker count {value!r}: expected an integer >= 0")
+    return n
+
+
+# ---- the shared groups: every mode reads them ----
+
+def _add_data(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--data", type=str, default=str(DEFAULT_DATA),
+                   help="dataset root (default: data/digits in the repository, the bundled digits; modes that "
+                        "run --resume: the data the checkpoint was trained on)")
+    g.add_argument("--dataset", type=_dataset_kind, default="folder",
+                   help="dataset layout: folder (alias imagenet), txt (alias read_from_txt), zip, or csv (alias "
+                        "jsonl: DATA/{train,val,test}.csv or .jsonl, or DATA/labels.csv with a split column)")
+    g.add_argument("--zip", dest="dataset", action="store_const", const="zip",
+                   help="shortcut for --dataset zip")
+    g.add_argument("--path_col", type=str, default="path",
+                   help="--dataset csv: the column (JSONL: key) holding each image's path")
+    g.add_argument("--label_col", type=str, default="label",
+                   help="--dataset csv: the column (JSONL: key) holding each image's label (a class name)")
+    g.add_argument("-b", "--batch_size", type=int, default=64, help="batch size per device")
+    g.add_argument("--val_fraction", type=finite_float, default=0.0,
+                   help="carve a val split out of train: this fraction of each class (round(F * n) images), "
+                        "for data that has only a train split; saved in the run folder as split.json")
+    g.add_argument("--test_fraction", type=finite_float, default=0.0,
+                   help="carve a test split out of train, as --val_fraction")
+    g.add_argument("--split_seed", type=int, default=0,
+                   help="seed of the --val_fraction/--test_fraction split (independent of --seed)")
+
+
+def _check_data(cfg: argparse.Namespace) -> None:
+    need(cfg.batch_size >= 1, f"-b/--batch_size must be >= 1, got {cfg.batch_size}")
+    for flag in ("path_col", "label_col"):
+        need(getattr(cfg, flag).strip() != "", f"--{flag} must name a column, got {getattr(cfg, flag)!r}")
+    need(cfg.dataset == "csv" or (cfg.path_col, cfg.label_col) == ("path", "label"),
+         f"--path_col and --label_col name the columns of a --dataset csv table, but --dataset is {cfg.dataset}: "
+         f"drop them, or pass --dataset csv")
+    need(cfg.path_col != cfg.label_col, f"--path_col and --label_col must name two columns, both are {cfg.path_col!r}")
+    for flag in ("val_fraction", "test_fraction"):
+        need(0 <= getattr(cfg, flag) < 1, f"--{flag} must be in [0, 1), got {getattr(cfg, flag)}")
+    need(cfg.val_fraction + cfg.test_fraction < 1,
+         f"--val_fraction {cfg.val_fraction} + --test_fraction {cfg.test_fraction} must be below 1 "
+         f"(train keeps the rest)")
+
+
+def _add_loading(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("-j", "--workers", type=_workers, default=2,
+                   help="data-loading worker processes, or auto (the available cores)")
+    g.add_argument("--cache_dataset", choices=["none", "memory"], default="none",
+                   help="memory: decode the dataset once into one uint8 tensor (on the GPU under CUDA) and "
+                        "augment whole batches; for small sets such as the digits or CIFAR")
+    g.add_argument("--cache_max_gb", type=float, default=4.0,
+                   help="refuse --cache_dataset memory when a decoded split would exceed this many GB")
+    g.add_argument("--gpu_decode", action="store_true",
+                   help="CUDA only: workers read the files, JPEG batches are decoded on the GPU (nvjpeg)")
+    g.add_argument("--skip_bad_images", action="store_true",
+                   help="skip images that fail to decode (counted per epoch) instead of stopping with an error")
+    g.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                   help="refuse images of more pixels, from their header before decoding (decompression bombs), "
+                        "and zip members over 4 bytes per pixel + 16 MiB; 0 = no limit (default: Pillow's)")
+
+
+def _check_loading(cfg: argparse.Namespace) -> None:
+    need(not (cfg.gpu_decode and cfg.cache_dataset != "none"),
+         "--gpu_decode and --cache_dataset memory exclude each other: the cache decodes once, up front")
+    need(not cfg.gpu_decode or cfg.device is None or cfg.device.startswith("cuda"),
+         f"--gpu_decode decodes with nvjpeg on a CUDA device, but --device is {cfg.device}")
+    need(cfg.max_image_pixels >= 0, f"--max_image_pixels must be >= 0 (0 = no limit), got {cfg.max_image_pixels}")
+    need(cfg.cache_max_gb > 0, f"--cache_max_gb must be > 0, got {cfg.cache_max_gb}")
+
+
+def _add_model(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--arch", type=str, default="resnet18",
+                   help="model name: a torchvision name, efficientnet-b0..b7, resnest50..269, or timm/<name>")
+    g.add_argument("--num_classes", type=int, default=None,
+                   help="number of classes; inferred from the data when not given, an error when it disagrees")
+    g.add_argument("--image_size", type=int, nargs=2, default=[224, 224], metavar=("H", "W"),
+                   help="network input size")
+    g.add_argument("--eval_resize", choices=["letterbox", "center_crop"], default="letterbox",
+                   help="evaluation geometry: letterbox, or resize the short side to size/crop_pct and centre-crop "
+                        "(unless set: named --pretrained weights' own)")
+    g.add_argument("--crop_pct", type=float, default=0.875,
+                   help="centre-crop fraction for --eval_resize center_crop (unless set: named --pretrained "
+                        "weights' own)")
+    g.add_argument("--interpolation", choices=["bilinear", "bicubic"], default="bilinear",
+                   help="resampling of every resize (antialiased): training, evaluation, exports and the demo "
+                        "(unless set: named --pretrained weights' own)")
+    g.add_argument("--mean", type=float, nargs=3, default=[0.485, 0.456, 0.406],
+                   help="normalisation mean (RGB) (unless set: named --pretrained weights' own)")
+    g.add_argument("--std", type=float, nargs=3, default=[0.229, 0.224, 0.225],
+                   help="normalisation std (RGB) (unless set: named --pretrained weights' own)")
+    g.add_argument("--criterion", choices=["softmax", "bce"], default="softmax",
+                   help="softmax cross-entropy or sigmoid binary cross-entropy over one-vs-all targets")
+
+
+def _check_model(cfg: argparse.Namespace) -> None:
+    need(all(8 <= s <= MAX_IMAGE_SIDE for s in cfg.image_size),
+         f"--image_size must be two integers in 8..{MAX_IMAGE_SIDE}, got {cfg.image_size} (one float input of "
+         f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} already takes 200 MB, before activations)")
+    need(cfg.num_classes is None or cfg.num_classes >= 1, f"--num_classes must be >= 1, got {cfg.num_classes}")
+    need(0 < cfg.crop_pct <= 1, f"--crop_pct must be in (0, 1], got {cfg.crop_pct}")
+    need(all(s > 0 for s in cfg.std), f"--std must be positive, got {cfg.std}")
+
+
+def _add_numerics(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--seed", type=int, default=0, help="random seed: the same seed repeats a CPU run exactly")
+    g.add_argument("--amp", action="store_true",
+                   help="mixed precision (bf16 where supported, else fp16 with a gradient scaler)")
+    g.add_argument("--amp_dtype", choices=["auto", "bf16", "fp16"], default="auto", help="mixed-precision dtype")
+
+
+def _add_run(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--resume", type=str, default=None,
+                   help="checkpoint to resume training from, or to run with --evaluation, --predict, ...")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an existing run directory instead of resuming from its last.pth")
+    g.add_argument("--output", type=str, default="output", help="root of run directories")
+    g.add_argument("--tag", type=str, default="default", help="run name: the run directory is <output>/<arch>/<tag>")
+    g.add_argument("--device", type=str, default=None, help="cpu, cuda or cuda:N (default: CUDA when present)")
+    g.add_argument("--no_progress", action="store_true", help="no tqdm progress bars")
+    g.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def _check_run(cfg: argparse.Namespace) -> None:
+    need(bool(re.fullmatch(r"[A-Za-z0-9_.\-]+", cfg.tag)) and cfg.tag.strip(".") != "",
+         f"--tag may hold letters, digits, '_', '.' and '-' only, and not be '.' or '..' (it names the run "
+         f"folder <output>/<arch>/<tag>), got {cfg.tag!r}")
+    if cfg.device is not None:
+        need(bool(re.fullmatch(r"cpu|cuda(:\d+)?", cfg.device)),
+             f"--device must be cpu, cuda or cuda:N, got {cfg.device!r}")
+
+
+def _resume_file(cfg: argparse.Namespace, given: set[str]) -> None:
+    need(cfg.resume is None or Path(cfg.resume).is_file(), f"--resume: file {cfg.resume!r} does not exist")
+
+
+# Identity groups (not resume-safe): what is trained, on what. The others say how a run is carried out.
+DATA = FlagGroup("data", _add_data, _check_data)
+LOADING = FlagGroup("data loading", _add_loading, _check_loading, resume_safe=True)
+MODEL = FlagGroup("model", _add_model, _check_model)
+NUMERICS = FlagGroup("numerics", _add_numerics)
+RUN = FlagGroup("run", _add_run, _check_run, _resume_file, resume_safe=True)
+SHARED_GROUPS = (DATA, LOADING, MODEL, NUMERICS, RUN)

@@ -1,0 +1,98 @@
+"""What a training run does at the end of each epoch, after validation: the best-epoch choice, the history
+row, metrics.json, TensorBoard, the tracker, the checkpoint and the log line (as timm's ``update_summary``
+plus its ``CheckpointSaver``, or mmpretrain's epoch-end hooks)."""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+from utils.atomic import write_json_atomic
+from utils.distributed import gather_objects
+
+from .state import CheckpointSaver
+
+logger = logging.getLogger(__name__)
+
+# TensorBoard tags that do not follow the ``<split>_<metric>`` -> ``<split>/<metric>`` rule
+TAGS = {"lr": "train/lr", "img_per_s": "train/img_per_s"}
+
+
+def warn_if_diverging(val_loss: float, history: list[dict], epoch: int, factor: float = 100.0) -> bool:
+    """Warn when the validation loss is ``factor`` times its best so far (a run diverging without yet
+    reaching inf/nan); returns whether it warned, so the caller warns once per run."""
+    best = min((row["val_loss"] for row in history if math.isfinite(row["val_loss"])), default=math.inf)
+    if not val_loss > factor * best:
+        return False
+    logger.warning("epoch %d: val loss %.3g is over %gx its best (%.3g): training is diverging; add --clip_grad "
+                   "(e.g. --clip_grad 5) or lower --lr", epoch + 1, val_loss, factor, best)
+    return True
+
+
+class EpochEnd:
+    """The bookkeeping after each validated epoch, called on every rank (only ``write`` ranks write files).
+
+    ``capture(epoch=, best_top1=, best_epoch=, history=)`` returns the checkpoint dict (``TrainState.capture``
+    with the spec and config bound); ``writer`` is a TensorBoard ``SummaryWriter`` (or None) and ``recorder``
+    anything with ``epoch(row)`` (the run's trackers): both duck-typed, so that the engine imports neither.
+    ``history`` is the run's list of rows, extended in place.
+    """
+
+    def __init__(self, run_dir: Path, epochs: int, saver: CheckpointSaver, writer: Any, recorder: Any,
+                 capture: Callable[..., dict[str, Any]], history: list[dict], *, write: bool,
+                 skip_bad_images: bool) -> None:
+        self.run_dir, self.epochs, self.saver, self.writer, self.recorder = run_dir, epochs, saver, writer, recorder
+        self.capture, self.history = capture, history
+        self.write, self.skip_bad_images = write, skip_bad_images
+        self.diverging = False  # warned once per run
+
+    def __call__(self, epoch: int, tr: dict[str, Any], va: dict[str, Any], va_ema: dict[str, Any] | None) -> bool:
+        """Record epoch ``epoch`` (training metrics ``tr``, validation ``va`` and, with EMA, ``va_ema``);
+        returns whether it is the new best."""
+        is_best = self.saver.update_best(epoch, va["top1"], va["loss"], self.history)
+        row = self._row(epoch, tr, va, va_ema)
+        self.diverging = self.diverging or warn_if_diverging(va["loss"], self.history, epoch)
+        self.history.append(row)
+        self.recorder.epoch(row)
+        state = self.capture(epoch=epoch, best_top1=self.saver.best_top1, best_epoch=self.saver.best_epoch,
+                             history=self.history)
+        if self.write:
+            self.saver.save(state, is_best)  # best: best.pth is linked to last.pth's file, not written again
+            write_json_atomic(self.run_dir / "metrics.json", {"history": self.history})
+        self._tensorboard(epoch, row)
+        logger.info("epoch %d/%d  train loss %.4f top-1 %.2f  val loss %.4f top-1 %.2f top-5 %.2f%s  "
+                    "lr %.2e  %.0f img/s%s", epoch + 1, self.epochs, tr["loss"], tr["top1"], va["loss"],
+                    va["top1"], va["top5"], f"  ema top-1 {row['val_ema_top1']:.2f}" if va_ema is not None else "",
+                    tr["lr"], tr["img_per_s"], "  *best*" if is_best else "")
+        return is_best
+
+    def save_mid_epoch(self, epoch: int, batches_done: int, partial: dict[str, float]) -> None:
+        """Save last.pth in the middle of epoch ``epoch`` after ``batches_done`` batches, with every rank's running
+        sums (``partial``: this rank's), so that a rerun continues at the next batch: for a stop signal and
+        ``--save_every_steps`` alike. Under DDP every rank calls it at the same step (it gathers the sums);
+        the ``write`` rank saves."""
+        state = self.capture(epoch=epoch - 1, best_top1=self.saver.best_top1, best_epoch=self.saver.best_epoch,
+                             history=self.history)
+        state["resume_at"] = {"epoch": epoch, "batch": batches_done, "partial": gather_objects(dict(partial))}
+        if self.write:
+            self.saver.save(state)
+
+    def _row(self, epoch: int, tr: dict[str, Any], va: dict[str, Any], va_ema: dict[str, Any] | None) -> dict:
+        """The epoch's history row (metrics.json, the tracker, TensorBoard)."""
+        row = {"epoch": epoch, "train_loss": tr["loss"], "train_top1": tr["top1"], "lr": tr["lr"],
+               "val_loss": va["loss"], "val_top1": va["top1"], "val_top5": va["top5"],
+               "img_per_s": tr["img_per_s"], "time": tr["time"]}
+        if self.skip_bad_images:  # the images that failed to decode (the caller warns about them)
+            row.update(skipped_train=tr["skipped"], skipped_val=va["skipped"])
+        if va_ema is not None:
+            row.update(val_ema_loss=va_ema["loss"], val_ema_top1=va_ema["top1"], val_ema_top5=va_ema["top5"])
+        return row
+
+    def _tensorboard(self, epoch: int, row: dict[str, Any]) -> None:
+        """The row's numbers as TensorBoard scalars at step ``epoch + 1`` (written ranks only)."""
+        for key, value in row.items() if self.write else ():
+            if key not in ("epoch", "time") and not key.startswith("skipped"):
+                self.writer.add_scalar(TAGS.get(key, key.replace("_", "/", 1)), value, epoch + 1)
+        if self.writer is not None:
+            self.writer.flush()
