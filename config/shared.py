@@ -21,7 +21,7 @@ MAX_IMAGE_SIDE = 4096
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 DATASET_ALIASES = {"folder": "folder", "imagenet": "folder", "txt": "txt", "read_from_txt": "txt", "zip": "zip",
-                   "csv": "csv", "jsonl": "csv"}
+                   "csv": "csv", "jsonl": "csv", "wds": "wds", "webdataset": "wds"}
 
 # Preprocessing keys that named --pretrained weights supply unless set (see defer_preprocessing).
 PREPROCESSING_KEYS = ("mean", "std", "interpolation", "eval_resize", "crop_pct")
@@ -33,8 +33,8 @@ def _dataset_kind(value: str) -> str:
     key = str(value).lower()
     if key not in DATASET_ALIASES:
         raise argparse.ArgumentTypeError(
-            f"invalid dataset kind {value!r} (choose from folder, txt, zip, csv; aliases: imagenet, read_from_txt, "
-            f"jsonl)")
+            f"invalid dataset kind {value!r} (choose from folder, txt, zip, csv, wds; aliases: imagenet, "
+            f"read_from_txt, jsonl, webdataset)")
     return DATASET_ALIASES[key]
 
 

@@ -529,7 +529,29 @@ def _report_shared_files(file: Path, samples: list[Sample], lines: list[int], er
     _report_shared_lines(file, [(_real_path(path, folders), label, f"{line}:{path}")
                                 for line, (path, label) in zip(lines, samples)], errors)
 
-LAYOUTS = {"folder": FolderLayout, "txt": TxtLayout, "zip": ZipLayout, "csv": CsvLayout()}
+class ShardLayout:
+    """WebDataset tar shards (:mod:`dataloader.shards`): streamed by :class:`dataloader.shards.ShardDataset`,
+    so ``--data`` may be a URL (``streams``) and there is no list of samples to index."""
+
+    streams = True
+
+    @staticmethod
+    def exists(root: str, split: str) -> bool:
+        from .shards import ShardSet
+        return ShardSet(root).exists(split)
+
+    @staticmethod
+    def classes(root: str) -> list[str]:
+        from .shards import ShardSet
+        return ShardSet(root).classes()
+
+    @staticmethod
+    def samples(root: str, split: str, class_names: Sequence[str], errors: Errors = None) -> list[Sample]:
+        raise DatasetError("--dataset wds streams its shards: there is no list of samples to carve splits from or "
+                           "to cache; drop --val_fraction/--test_fraction (write the splits as shards)")
+
+
+LAYOUTS = {"folder": FolderLayout, "txt": TxtLayout, "zip": ZipLayout, "csv": CsvLayout(), "wds": ShardLayout}
 
 
 def _read_file(path: str) -> bytes:
@@ -573,16 +595,21 @@ def get_layout(kind: str, columns: Columns | None = None):
 
 def read_class_names(root: str | Path, kind: str, columns: Columns | None = None) -> list[str]:
     """Class names of a dataset, from its train split (or classes.txt)."""
+    layout = get_layout(kind, columns)
+    if getattr(layout, "streams", False):
+        return layout.classes(str(root))
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"dataset root {str(root)!r} does not exist or is not a folder (--data)")
-    return get_layout(kind, columns).classes(root)
+    return layout.classes(root)
 
 
 def split_exists(root: str | Path, kind: str, split: str, holdout: Holdout | None = None,
                  columns: Columns | None = None) -> bool:
     """Whether ``split`` is on disk, or carved out of train by ``holdout``."""
-    return (holdout is not None and split in holdout.carved()) or get_layout(kind, columns).exists(Path(root), split)
+    layout = get_layout(kind, columns)
+    where = str(root) if getattr(layout, "streams", False) else Path(root)
+    return (holdout is not None and split in holdout.carved()) or layout.exists(where, split)
 
 
 def resolve_split(root: str | Path, kind: str, split: str, holdout: Holdout | None = None,

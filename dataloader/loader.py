@@ -125,6 +125,11 @@ def create_loader(dataset: Dataset, *, batch_size: int, workers: int, train: boo
     :class:`dataloader.device_decode.DeviceDecodeLoader`: workers read bytes, ``device`` decodes
     (nvjpeg on CUDA) and transforms.
     """
+    if getattr(dataset, "kind", None) == "wds":  # streamed shards: their own loader (dataloader/shards.py)
+        from .shards import shard_loader
+        return shard_loader(dataset, batch_size=batch_size, workers=workers, train=train, rank=rank,
+                            world_size=world_size, pin_memory=pin_memory, class_balanced=class_balanced, cache=cache,
+                            decode_on_device=decode_on_device, collate_fn=collate_skipping_bad)
     sampler: Sampler
     if train and class_balanced:
         sampler = ClassBalancedSampler(dataset.targets, seed=seed, rank=rank, world_size=world_size)

@@ -26,8 +26,9 @@ from dataloader import (
     read_class_names,
     resolve_split,
 )
-from dataloader.datasets import holdout_samples
+from dataloader.datasets import DatasetError, holdout_samples
 from dataloader.io import DEFAULT_MAX_IMAGE_PIXELS
+from dataloader.shards import ShardDataset
 from dataloader.splits import Holdout, check_split, read_saved_holdout
 from dataloader.transforms import INTERPOLATIONS
 from engine import amp_dtype, evaluate
@@ -212,6 +213,13 @@ def build_dataset(cfg: argparse.Namespace, split: str, class_names: Sequence[str
                                      hflip=cfg.hflip, eval_resize=cfg.eval_resize, crop_pct=cfg.crop_pct,
                                      policy=policy, random_erasing=cfg.random_erasing if train else 0.0,
                                      interpolation=cfg.interpolation)
+    if cfg.dataset == "wds":  # streamed shards (dataloader/shards.py)
+        if holdout is not None:
+            raise DatasetError("--val_fraction/--test_fraction carve splits out of a list of samples, which streamed "
+                               "shards (--dataset wds) do not have: write the val/test splits as shards")
+        return ShardDataset(cfg.data, split, class_names, transform, skip_bad=getattr(cfg, "skip_bad_images", False),
+                            max_pixels=getattr(cfg, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS), train=train,
+                            seed=cfg.seed)
     return ClassificationDataset(cfg.data, cfg.dataset, split, class_names=class_names, transform=transform,
                                  skip_bad=getattr(cfg, "skip_bad_images", False),
                                  max_pixels=getattr(cfg, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),

@@ -108,7 +108,10 @@ def build_training_parts(cfg: argparse.Namespace, class_names: Sequence[str], in
         val_loader = build_loader(cfg, val_set, train=False, device=device, dist_info=info)
         start_workers(val_loader)  # fork its workers while this process is small (see start_workers)
         logger.info("train %d images, val %d images", len(train_set), len(val_set))
-    class_counts = [train_set.targets.count(c) for c in range(num_classes)]
+    # the class frequencies only --class_weights auto reads (streamed shards do not know them up front)
+    counted = train_set.kind != "wds" or (cfg.weighted_loss and not cfg.cost_matrix
+                                          and "auto" in [str(w).lower() for w in cfg.class_weights or []])
+    class_counts = [train_set.targets.count(c) if counted else 0 for c in range(num_classes)]
     criterion = build_criterion(cfg, class_counts).to(device)
     val_criterion = create_criterion(cfg.criterion) if train_options else None  # the plain head: comparable
     batch_hook = build_batch_hook(cfg, train_set)

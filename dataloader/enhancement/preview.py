@@ -93,9 +93,12 @@ def first_training_batch(dataset: Dataset, n: int = 32, seed: int = 0,
     images exactly the picture they give on the normalised ones the model receives.
     """
     from ..loader import SeededSampler
-    sampler = SeededSampler(len(dataset), shuffle=True, seed=seed)  # type: ignore[arg-type]
-    sampler.set_epoch(0)
-    items = [(dataset[key], key[0]) for key in itertools.islice(iter(sampler), n)]
+    if hasattr(dataset, "first_items"):  # streamed shards: the first samples of epoch 0 on rank 0
+        items = [(item, item[2] if item else -1) for item in dataset.first_items(n)]
+    else:
+        sampler = SeededSampler(len(dataset), shuffle=True, seed=seed)  # type: ignore[arg-type]
+        sampler.set_epoch(0)
+        items = [(dataset[key], key[0]) for key in itertools.islice(iter(sampler), n)]
     items = [(item, index) for item, index in items if item is not None]  # --skip_bad_images
     if not items:
         raise ValueError(f"none of the first {n} training samples could be decoded")

@@ -1,0 +1,600 @@
+"""WebDataset tar shards (``--dataset wds``): samples ``KEY.{jpg,jpeg,png,webp}`` + ``KEY.cls`` streamed from
+tar files with the ``webdataset`` library, locally or from a URL.
+
+Where the shards are (``--data``):
+  * a folder or URL base with an ``_info.json`` in timm's format: ``splits.<name>.filenames``,
+    ``splits.<name>.shard_lengths``, ``splits.<name>.num_samples``; optional ``classes`` (class names in
+    label order) or ``num_classes``;
+  * a local (or fsspec-listable) folder without one: the files ``<split>-*.tar``, counted once by reading them;
+  * a brace pattern naming every shard, e.g. ``BASE/{train-{000000..000009},validation-000000}.tar``: the
+    split of a shard is its file name up to the last ``-``.
+  The val split is ``validation`` (timm's name) or ``val``. Class names: ``_info.json``'s ``classes``, else
+  ``classes.txt`` beside the shards, else ``0..K-1`` (K from ``num_classes``, else the largest train label + 1).
+
+How an epoch is read: the split's shards are put in an order shuffled per (seed, epoch) (training) or kept
+(evaluation), and their samples, end to end, are cut into one contiguous range per rank; a rank's range is
+cut at shard boundaries into pieces, dealt to its DataLoader workers in turn. Training ranks take
+``num_samples // world_size`` samples each (the remainder, fewer than ``world_size`` samples, is left out of
+that epoch, a different one each epoch); evaluation ranks split all samples, so each is counted once. Every
+worker shuffles its stream with a buffer (``SHUFFLE_BUFFER`` samples); each sample's augmentation is seeded
+from (seed, epoch, key). Workers hand over chunks, the main process cuts them into batches of exactly
+``batch_size``, so the epoch length (and the LR schedule and progress bar) is known up front.
+
+A run resumed in the middle of an epoch (``--save_every_steps``, a stop) skips, in each worker, the whole
+pieces that worker had read before the stop and reads the rest again: within one shard (plus the shuffle
+buffer) per worker of the place it stopped; the log says how many samples that re-reads.
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import re
+import tarfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from utils.atomic import atomic_write, write_json_atomic
+
+from .datasets import DatasetError, call_seeded
+from .io import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, decode_rgb
+
+logger = logging.getLogger(__name__)
+
+INFO_FILE = "_info.json"
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
+SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
+SHUFFLE_BUFFER = 1000
+KEYS_ENV = "PLAYGROUND_WDS_KEYS"  # tests: each worker appends the keys it hands over to <value>.r<rank>w<worker>
+DEFAULT_SHARD_BYTES = 256 * 2**20
+
+
+class ShardError(DatasetError):
+    """Shards or their ``_info.json`` are malformed; the message names the file and how to fix it."""
+
+
+def is_url(root: str) -> bool:
+    return "://" in root
+
+
+def join(base: str, name: str) -> str:
+    """``name`` inside a folder or under a URL base."""
+    return f"{base.rstrip('/')}/{name}" if is_url(base) else str(Path(base) / name)
+
+
+def open_stream(url: str) -> IO[bytes]:
+    """A binary stream of a local path, an ``http(s)://`` URL (urllib, no extra package) or any fsspec URL
+    (``s3://``, ``gs://``, ``file://``...; the protocol's fsspec package must be installed)."""
+    if not is_url(url):
+        return open(url, "rb")
+    if url.startswith(("http://", "https://")):
+        return urllib.request.urlopen(url, timeout=60)  # noqa: S310 - the user's own --data URL
+    import fsspec
+    return fsspec.open(url, "rb").open()
+
+
+def _read_text(url: str) -> str | None:
+    """The text at a path or URL, None when it does not exist."""
+    try:
+        with open_stream(url) as f:
+            return f.read().decode("utf-8")
+    except FileNotFoundError:
+        return None
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise ShardError(f"{url}: HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        raise ShardError(f"{url}: cannot be reached ({e.reason})") from None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One tar file of a split: where it is, how many samples it holds, and the split index of its first."""
+    url: str
+    count: int
+    offset: int
+
+
+def _with_offsets(urls: Sequence[str], counts: Sequence[int]) -> list[Shard]:
+    offsets = [0]
+    for count in counts:
+        offsets.append(offsets[-1] + count)
+    return [Shard(url, count, offset) for url, count, offset in zip(urls, counts, offsets)]
+
+
+def _base_and_pattern(root: str) -> tuple[str, str | None]:
+    """``(base, brace pattern or None)`` of ``--data``."""
+    if "{" not in root:
+        return root.rstrip("/") if is_url(root) else root, None
+    slash = root.rfind("/", 0, root.index("{"))
+    return root[:slash] if slash >= 0 else ".", root
+
+
+class ShardSet:
+    """The shards of a ``--dataset wds`` source (:mod:`dataloader.shards`): splits, class names, counts."""
+
+    def __init__(self, root: str | Path):
+        self.root = str(root)
+        self.base, self.pattern = _base_and_pattern(self.root)
+        text = _read_text(join(self.base, INFO_FILE))
+        self.info_file = join(self.base, INFO_FILE)
+        try:
+            self.info = json.loads(text) if text is not None else None
+        except json.JSONDecodeError as e:
+            raise ShardError(f"{self.info_file}: not valid JSON ({e})") from None
+        self._files = self._split_files()
+
+    def _split_files(self) -> dict[str, list[str]]:
+        """``{split name as on disk: [shard urls]}``."""
+        if self.info is not None and self.pattern is None:
+            splits = self.info.get("splits")
+            if not isinstance(splits, dict):
+                raise ShardError(f"{self.info_file}: no 'splits' object (timm's format: splits.<name>.filenames)")
+            return {name: [join(self.base, f) for f in entry.get("filenames", [])] for name, entry in splits.items()}
+        if self.pattern is not None:
+            from braceexpand import braceexpand
+            urls = list(braceexpand(self.pattern))
+        elif not is_url(self.base) and Path(self.base).is_dir():
+            urls = sorted(str(p) for p in Path(self.base).glob("*-*.tar"))
+        elif is_url(self.base) and not self.base.startswith(("http://", "https://")):
+            import fsspec
+            fs, path = fsspec.core.url_to_fs(self.base)
+            urls = sorted(fs.unstrip_protocol(p) for p in fs.glob(f"{path}/*-*.tar"))
+        else:
+            raise ShardError(f"{self.root}: no {INFO_FILE} and no shards found: --dataset wds needs {INFO_FILE} "
+                             f"(timm's format), <split>-NNNNNN.tar files, or a brace pattern naming the shards")
+        files: dict[str, list[str]] = {}
+        for url in urls:
+            files.setdefault(url.rsplit("/", 1)[-1].rsplit("-", 1)[0], []).append(url)
+        return files
+
+    def split_name(self, split: str) -> str | None:
+        """The on-disk name of ``split`` (``val``: ``validation`` or ``val``), None when there is none."""
+        return next((name for name in SPLIT_NAMES.get(split, (split,)) if self._files.get(name)), None)
+
+    def exists(self, split: str) -> bool:
+        return self.split_name(split) is not None
+
+    def shards(self, split: str) -> list[Shard]:
+        """The shards of ``split`` with their sample counts (from ``_info.json``, else counted by reading)."""
+        name = self.split_name(split)
+        if name is None:
+            raise ShardError(f"split {split!r} not found in {self.root} for --dataset wds (splits there: "
+                             f"{', '.join(sorted(self._files)) or 'none'})")
+        urls = self._files[name]
+        entry = (self.info or {}).get("splits", {}).get(name) if self.pattern is None else None
+        if entry is not None and "shard_lengths" in entry:
+            counts = entry["shard_lengths"]
+            if len(counts) != len(urls) or not all(isinstance(c, int) and c >= 0 for c in counts):
+                raise ShardError(f"{self.info_file}: splits.{name}.shard_lengths must hold one sample count per "
+                                 f"file of splits.{name}.filenames ({len(urls)})")
+        else:
+            counts = [sum(1 for _ in iter_samples(url)) for url in urls]
+        for url in urls:
+            if not is_url(url) and not Path(url).is_file():
+                raise ShardError(f"{self.info_file}: shard {url} of split {name!r} does not exist; fix "
+                                 f"splits.{name}.filenames or restore the file")
+        return _with_offsets(urls, counts)
+
+    def classes(self) -> list[str]:
+        """Class names in label order (see the module's docstring for where they come from)."""
+        info = self.info or {}
+        if isinstance(info.get("classes"), list) and info["classes"]:
+            return [str(c) for c in info["classes"]]
+        text = _read_text(join(self.base, "classes.txt"))
+        if text is not None:
+            names = [line.strip() for line in text.splitlines() if line.strip()]
+            if names:
+                return names
+        if isinstance(info.get("num_classes"), int):
+            return [str(i) for i in range(info["num_classes"])]
+        labels = [label for shard in self.shards("train") for _, _, label in iter_samples(shard.url)]
+        if not labels:
+            raise ShardError(f"{self.root}: the train split holds no samples")
+        return [str(i) for i in range(max(labels) + 1)]
+
+
+def _tar_members(stream: IO[bytes], url: str) -> Iterator[dict[str, Any]]:
+    """webdataset's tar expander over an open stream; a truncated or damaged tar is a ShardError naming it."""
+    from webdataset.tariterators import tar_file_expander
+
+    def handler(exn: Exception) -> bool:
+        raise ShardError(f"{url}: not a readable tar file ({exn}); the shard is truncated or damaged: "
+                         f"write it again") from None
+    try:
+        yield from tar_file_expander([{"url": url, "stream": stream}], handler=handler)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ShardError(f"{url}: not a readable tar file ({e}); the shard is truncated or damaged: "
+                         f"write it again") from None
+
+
+def iter_samples(url: str) -> Iterator[tuple[str, bytes, int]]:
+    """``(key, encoded image, label)`` of every sample of one shard, in file order (webdataset's grouping);
+    a sample without an image or a ``.cls``, or with a label that is not an integer, is a ShardError."""
+    from webdataset.tariterators import group_by_keys
+    try:
+        stream = open_stream(url)
+    except (OSError, urllib.error.URLError) as e:
+        raise ShardError(f"shard {url} cannot be opened ({e}); check --data") from None
+    with stream:
+        for sample in group_by_keys(_tar_members(stream, url)):
+            key = sample["__key__"]
+            image = next((sample[s] for s in IMAGE_SUFFIXES if s in sample), None)
+            if image is None or "cls" not in sample:
+                what = "an image (.jpg/.jpeg/.png/.webp)" if image is None else "a .cls label"
+                raise ShardError(f"{url}: sample {key!r} has no {what}; every sample needs both")
+            text = sample["cls"].decode("utf-8", "replace").strip()
+            if not text.lstrip("-").isdigit() or int(text) < 0:
+                raise ShardError(f"{url}: sample {key!r}: label {text!r} in {key}.cls is not a class index")
+            yield key, image, int(text)
+
+
+def sample_seed(seed: int, epoch: int, key: str) -> int:
+    """The augmentation seed of one sample: a pure function of (run seed, epoch, key)."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % 2**62
+
+
+Piece = tuple[int, int, int]  # (shard index, first sample, end) inside one shard
+
+
+def rank_pieces(shards: Sequence[Shard], order: Sequence[int], rank: int, world: int, train: bool) -> list[Piece]:
+    """The pieces of shards that rank ``rank`` reads: its contiguous range of the samples of ``shards`` taken
+    in ``order``. Training: ``N // world`` samples per rank (the rest left out); evaluation: every sample once."""
+    total = sum(s.count for s in shards)
+    if train:
+        per = total // world
+        begin, end = rank * per, (rank + 1) * per
+    else:
+        per, extra = divmod(total, world)
+        begin = rank * per + min(rank, extra)
+        end = begin + per + (rank < extra)
+    pieces, at = [], 0
+    for i in order:
+        lo, hi = max(begin, at), min(end, at + shards[i].count)
+        if lo < hi:
+            pieces.append((i, lo - at, hi - at))
+        at += shards[i].count
+    return pieces
+
+
+def worker_consumed(totals: Sequence[int], chunk: int, consumed: int) -> list[int]:
+    """How many samples each worker had handed over when the main process had taken ``consumed``: the
+    DataLoader takes one chunk (of up to ``chunk`` samples) from each worker in turn, skipping finished ones."""
+    left, done = list(totals), [0] * len(totals)
+    while consumed > 0 and any(left):
+        for w in range(len(left)):
+            if left[w] and consumed > 0:
+                take = min(chunk, left[w], consumed)
+                left[w] -= min(chunk, left[w])
+                done[w] += take
+                consumed -= take
+    return done
+
+
+class ShardDataset(IterableDataset):
+    """One split of a shard set as a stream of ``(uint8 image after transform, label, split index)``.
+
+    ``set_epoch(epoch, start)`` chooses the epoch and how many of this rank's samples to skip (a resume);
+    ``rank``/``world_size`` and the worker count are set by :class:`ShardLoader`. The split index of a
+    sample is its position in the split's shards in file order (stable, so evaluation outputs sort by it).
+    """
+
+    kind = "wds"
+
+    def __init__(self, root: str | Path, split: str, class_names: Sequence[str] | None = None,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, skip_bad: bool = False,
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, train: bool = False, seed: int = 0):
+        self.shard_set = ShardSet(root)
+        self.root, self.split, self.transform, self.skip_bad = str(root), split, transform, skip_bad
+        self.max_pixels, self.train, self.seed = max_pixels, train, seed
+        self.class_names = list(class_names) if class_names is not None else self.shard_set.classes()
+        self.shards = self.shard_set.shards(split)
+        self.split_table = None
+        self.num_samples = sum(s.count for s in self.shards)
+        if not self.num_samples:
+            raise ShardError(f"split {split!r} of {self.root} holds no samples")
+        self.epoch = self.start = self.rank = 0
+        self.world_size, self.workers, self.chunk = 1, 0, 32
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def rank_length(self) -> int:
+        """The samples this rank reads in a whole epoch."""
+        return sum(hi - lo for _, lo, hi in self.pieces())
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def order(self) -> list[int]:
+        """The shard order of this epoch: shuffled per (seed, epoch) for training, file order otherwise."""
+        if not self.train:
+            return list(range(len(self.shards)))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(len(self.shards), generator=g).tolist()
+
+    def pieces(self) -> list[Piece]:
+        return rank_pieces(self.shards, self.order(), self.rank, self.world_size, self.train)
+
+    def worker_pieces(self) -> list[list[Piece]]:
+        """This rank's pieces dealt to its workers in turn."""
+        pieces, n = self.pieces(), max(1, self.workers)
+        return [pieces[w::n] for w in range(n)]
+
+    def resume_plan(self) -> tuple[list[list[Piece]], int]:
+        """Each worker's pieces left after skipping the ones it had wholly read before ``start``, and the
+        number of samples read again (the approximation of a mid-epoch resume, see the module's docstring)."""
+        dealt = self.worker_pieces()
+        if not self.start:
+            return dealt, 0
+        done = worker_consumed([sum(hi - lo for _, lo, hi in p) for p in dealt], self.chunk, self.start)
+        plans, again = [], 0
+        for pieces, consumed in zip(dealt, done):
+            skipped = read = 0
+            while skipped < len(pieces) and read + pieces[skipped][2] - pieces[skipped][1] <= consumed:
+                read += pieces[skipped][2] - pieces[skipped][1]
+                skipped += 1
+            plans.append(pieces[skipped:])
+            again += consumed - read
+        return plans, again
+
+    def _raw(self, pieces: Iterable[Piece]) -> Iterator[tuple[str, bytes, int, int]]:
+        """``(key, encoded image, label, split index)`` of the samples of ``pieces``, in order."""
+        for i, lo, hi in pieces:
+            shard = self.shards[i]
+            for position, (key, data, label) in enumerate(iter_samples(shard.url)):
+                if position >= hi:
+                    break
+                if position >= lo:
+                    if label >= len(self.class_names):
+                        raise ShardError(f"{shard.url}: sample {key!r}: label {label} is out of range: there are "
+                                         f"{len(self.class_names)} classes (labels 0..{len(self.class_names) - 1})")
+                    yield f"{Path(shard.url).name}/{key}", data, label, shard.offset + position
+
+    def _shuffled(self, items: Iterator[Any], rng: random.Random) -> Iterator[Any]:
+        """A shuffle buffer of ``SHUFFLE_BUFFER`` items (training only)."""
+        if not self.train:
+            yield from items
+            return
+        buffer: list[Any] = []
+        for item in items:
+            buffer.append(item)
+            if len(buffer) >= SHUFFLE_BUFFER:
+                yield buffer.pop(rng.randrange(len(buffer)))
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def decode(self, key: str, data: bytes, label: int, index: int) -> tuple[torch.Tensor, int, int] | None:
+        """One sample decoded and transformed with its own seed; None for a bad image under ``skip_bad``."""
+        try:
+            image = decode_rgb(data, name=f"{self.root}:{key}", max_pixels=self.max_pixels)
+        except ImageDecodeError as e:
+            if not self.skip_bad:
+                raise ImageDecodeError(f"{e}; fix the shard (python utils/check_images.py {self.root} --dataset "
+                                       f"wds lists every bad sample), or pass --skip_bad_images") from None
+            logger.warning("skipping %s", e)
+            return None
+        if self.transform is not None:
+            image = call_seeded(self.transform, image, sample_seed(self.seed, self.epoch, key))
+        return image, label, index
+
+    def __iter__(self) -> Iterator[list]:
+        """This worker's chunks of up to ``chunk`` decoded samples (None for a skipped bad image)."""
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        plans, _ = self.resume_plan()
+        rng = random.Random(sample_seed(self.seed, self.epoch, f"buffer/{self.rank}/{worker}"))
+        keys = _keys_file(self.rank, worker)
+        chunk: list = []
+        for key, data, label, index in self._shuffled(self._raw(plans[worker] if worker < len(plans) else []), rng):
+            if keys is not None:
+                keys.write(f"{self.epoch} {key}\n")
+            chunk.append(self.decode(key, data, label, index))
+            if len(chunk) == self.chunk:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def load(self, index: int) -> torch.Tensor:
+        """The decoded, untransformed image of split index ``index`` (read from its shard)."""
+        i = bisect.bisect_right([s.offset for s in self.shards], index) - 1
+        shard = self.shards[i]
+        for position, (key, data, _) in enumerate(iter_samples(shard.url)):
+            if position == index - shard.offset:
+                return decode_rgb(data, name=f"{shard.url}:{key}", max_pixels=self.max_pixels)
+        raise IndexError(index)
+
+    def first_items(self, n: int) -> list[tuple[torch.Tensor, int, int] | None]:
+        """The first ``n`` samples of epoch 0 on rank 0 (the augmented preview), read in this process."""
+        self.set_epoch(0)
+        items = []
+        for key, data, label, index in self._raw(self.pieces()):
+            items.append(self.decode(key, data, label, index))
+            if len(items) == n:
+                break
+        return items
+
+    @property
+    def targets(self) -> list[int]:
+        raise ShardError("shards are streamed, so the labels of a split are not known up front: class-balanced "
+                         "sampling and --class_weights auto cannot run on --dataset wds; give --class_weights as "
+                         "numbers, or convert the data to another layout")
+
+    @property
+    def samples(self) -> list[Any]:
+        raise ShardError("--dataset wds has no per-image file paths to write into a predictions file; drop --out "
+                         "or evaluate another layout")
+
+    def key(self, index: int) -> str:
+        raise ShardError("--knowledge and --curriculum key side files by sample, which shards streamed in a "
+                         "shuffled order do not offer here; use another layout for them")
+
+
+def _keys_file(rank: int, worker: int) -> IO[str] | None:
+    """Tests (``PLAYGROUND_WDS_KEYS``): the file where this worker records the keys it hands over."""
+    prefix = os.environ.get(KEYS_ENV)
+    return open(f"{prefix}.r{rank}w{worker}", "a", buffering=1) if prefix else None
+
+
+class ShardEpoch:
+    """What the loops read of a sampler (``set_epoch``, ``len``) for a :class:`ShardLoader`."""
+
+    def __init__(self, dataset: ShardDataset):
+        self.dataset = dataset
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.dataset.set_epoch(epoch, start)
+
+    def __len__(self) -> int:
+        return max(0, self.dataset.rank_length() - self.dataset.start)
+
+
+class ShardLoader:
+    """Batches of exactly ``batch_size`` (the last one smaller, or dropped with ``drop_last``) from a
+    :class:`ShardDataset`, read by ``workers`` processes (started anew each epoch: the epoch is theirs to
+    read). Has what the loops use of a DataLoader: ``sampler.set_epoch``, ``batch_size``, ``drop_last``."""
+
+    def __init__(self, dataset: ShardDataset, *, batch_size: int, workers: int, train: bool, rank: int = 0,
+                 world_size: int = 1, pin_memory: bool = False, collate_fn: Callable = None):
+        dataset.rank, dataset.world_size, dataset.workers = rank, world_size, workers
+        dataset.chunk = batch_size
+        self.dataset, self.batch_size, self.workers, self.pin_memory = dataset, batch_size, workers, pin_memory
+        self.sampler = ShardEpoch(dataset)
+        self.collate_fn = collate_fn
+        self.drop_last = train and len(self.sampler) % batch_size == 1  # a batch of one breaks batch norm
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.sampler), self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        plans, again = self.dataset.resume_plan()
+        if self.dataset.start:
+            logger.info("resuming epoch %d of the shards at sample %d of this rank's %d: each worker skips the "
+                        "shards it had read and reads the rest again (%d samples read again)",
+                        self.dataset.epoch + 1, self.dataset.start, self.dataset.rank_length(), again)
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.workers,
+                            pin_memory=self.pin_memory, prefetch_factor=4 if self.workers else None)
+        left, pending = len(self.sampler), []
+        for chunk in loader:
+            taken = chunk[:left]
+            pending.extend(taken)
+            left -= len(taken)
+            while len(pending) >= self.batch_size:
+                yield self.collate_fn(pending[:self.batch_size])
+                pending = pending[self.batch_size:]
+            if not left:
+                break
+        if pending and not self.drop_last:
+            yield self.collate_fn(pending)
+
+
+def shard_loader(dataset: ShardDataset, *, batch_size: int, workers: int, train: bool, rank: int, world_size: int,
+                 pin_memory: bool, class_balanced: bool, cache: str, decode_on_device: bool,
+                 collate_fn: Callable) -> ShardLoader:
+    """:func:`dataloader.loader.create_loader` for shards; the options that need random access are refused."""
+    refused = {"class-balanced sampling (--class_balanced) draws samples by index": train and class_balanced,
+               "--cache_dataset memory decodes a split by index": cache != "none",
+               "--gpu_decode reads samples by index": decode_on_device}
+    for what, asked in refused.items():
+        if asked:
+            raise ShardError(f"{what}, which streamed shards (--dataset wds) do not offer; drop it, or convert the "
+                             f"data to another layout")
+    return ShardLoader(dataset, batch_size=batch_size, workers=workers, train=train, rank=rank,
+                       world_size=world_size, pin_memory=pin_memory, collate_fn=collate_fn)
+
+
+# The limits of one shard written by :func:`write_wds_split` (``utils/make_digits.py --shard_samples`` sets
+# the sample count): a shard closes before it would pass either.
+SHARD_MAX_BYTES = DEFAULT_SHARD_BYTES
+SHARD_MAX_SAMPLES = 1000
+Record = tuple[str, bytes, int]
+
+
+def _image_suffix(data: bytes) -> str:
+    """The file suffix of encoded image bytes, from their signature."""
+    if data.startswith(b"\x89PNG"):
+        return "png"
+    if data.startswith(b"\xff\xd8"):
+        return "jpg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    raise ShardError("a record's image is not PNG, JPEG or WebP bytes")
+
+
+def _groups(records: Iterable[Record]) -> Iterator[list[Record]]:
+    """``records`` cut into shards of at most ``SHARD_MAX_SAMPLES`` samples and ``SHARD_MAX_BYTES`` bytes."""
+    group: list[Record] = []
+    size = 0
+    for record in records:
+        if group and (len(group) >= SHARD_MAX_SAMPLES or size + len(record[1]) > SHARD_MAX_BYTES):
+            yield group
+            group, size = [], 0
+        group.append(record)
+        size += len(record[1]) + 1024  # a tar header and padding per member, about
+    if group:
+        yield group
+
+
+def _write_tar(path: Path, records: list[Record]) -> int:
+    """One shard: ``KEY.<image suffix>`` and ``KEY.cls`` per record, written atomically; returns its count."""
+    with atomic_write(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, data, label in records:
+            for name, body in ((f"{key}.{_image_suffix(data)}", data), (f"{key}.cls", f"{label}".encode())):
+                member = tarfile.TarInfo(name)
+                member.size, member.mtime, member.mode = len(body), 0, 0o644
+                tar.addfile(member, io.BytesIO(body))
+    return len(records)
+
+
+def write_wds_split(out_dir: Path, split: str, records: Iterable[tuple[str, bytes, int]],
+                    class_names: Sequence[str], jobs: int) -> None:
+    """Write ``records`` (key, encoded image bytes, label index) as ``out_dir/{split}-{i:06d}.tar`` shards of
+    at most ``SHARD_MAX_SAMPLES`` samples / ``SHARD_MAX_BYTES`` bytes, ``jobs`` shards at a time, and record
+    them in ``out_dir/_info.json`` (timm's format, with ``classes``); shards of an earlier, longer write of
+    the split are removed. A key must not contain a dot (webdataset cuts the suffix at the first one)."""
+    from concurrent.futures import ThreadPoolExecutor
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        futures = []
+        for i, group in enumerate(_groups(records)):
+            for key, _, label in group:
+                if "." in key.rsplit("/", 1)[-1] or not 0 <= label < len(class_names):
+                    raise ShardError(f"record {key!r}: a key has no dot and a label is in 0..{len(class_names) - 1}")
+            names.append(f"{split}-{i:06d}.tar")
+            futures.append(pool.submit(_write_tar, out_dir / names[-1], group))
+            if len(futures) > 2 * max(1, jobs):  # bounded memory: a few shards in flight
+                futures[-2 * max(1, jobs) - 1].result()
+        counts = [f.result() for f in futures]
+    for stale in out_dir.glob(f"{split}-*.tar"):
+        if stale.name not in names:
+            stale.unlink()
+    _update_info(out_dir, split, names, counts, class_names)
+    logger.info("wrote %d %s samples in %d shards to %s", sum(counts), split, len(names), out_dir)
+
+
+def _update_info(out_dir: Path, split: str, names: list[str], counts: list[int], class_names: Sequence[str]) -> None:
+    """``_info.json``: this split's entry (timm's keys) beside the others already there, and the classes."""
+    path = out_dir / INFO_FILE
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    name = SPLIT_NAMES.get(split, (split,))[0] if split == "val" else split
+    info.setdefault("name", out_dir.name)
+    info.setdefault("splits", {})[name] = {"name": name, "filenames": names, "shard_lengths": counts,
+                                           "num_samples": sum(counts)}
+    info["classes"], info["num_classes"] = list(class_names), len(class_names)
+    write_json_atomic(path, info)
