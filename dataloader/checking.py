@@ -44,7 +44,9 @@ class Finding:
 
 
 def detect_kind(root: Path) -> str:
-    """The dataset layout: zip archives, txt lists, csv (or jsonl) tables, or class folders."""
+    """The dataset layout: WebDataset shards, zip archives, txt lists, csv (or jsonl) tables, or class folders."""
+    if (root / "_info.json").is_file() or any(root.glob("train-*.tar")):
+        return "wds"
     if (root / "train.zip").is_file():
         return "zip"
     if (root / "train.txt").is_file():
@@ -135,10 +137,53 @@ def _tasks(root: Path, kind: str, max_pixels: int,
     return tasks, findings
 
 
+ShardTask = tuple[str, str, int, list[str], int]  # split, shard, its sample count, class names, max_pixels
+
+
+def _check_shard(task: ShardTask) -> list[Finding]:
+    """Every sample of one shard: an image and a .cls, a label in range, an image that decodes. A sample
+    without its .cls or a truncated tar is one bad finding naming the shard (its rest is not read)."""
+    from dataloader.shards import ShardError, iter_samples, short_shard
+    split, url, count, class_names, max_pixels = task
+    findings: list[Finding] = []
+    try:
+        for key, data, label in iter_samples(url):
+            name = f"{url}:{key}"
+            if label >= len(class_names):
+                findings.append(Finding(split, str(label), name, "bad", f"label {label} is out of range: there are "
+                                        f"{len(class_names)} classes"))
+                continue
+            findings.append(Finding(split, class_names[label], name, *check_bytes(data, name, max_pixels)))
+        if len(findings) < count:
+            raise short_shard(url, len(findings), count)
+    except ShardError as e:
+        findings.append(Finding(split, "-", url, "bad", f"{e} (the rest of this shard is not checked)"))
+    return findings
+
+
+def check_shards(root: str, workers: int = 1, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> list[Finding]:
+    """:func:`check_dataset` for WebDataset shards (``--dataset wds``): one finding per sample, shards read
+    ``workers`` at a time."""
+    from dataloader.shards import ShardSet
+    try:
+        shard_set = ShardSet(root)
+        class_names = shard_set.classes()
+        tasks = [(split, shard.url, shard.count, class_names, max_pixels) for split in SPLITS if shard_set.exists(split)
+                 for shard in shard_set.shards(split)]
+    except DatasetError as e:
+        return [Finding("-", "-", str(root), "bad", str(e))]
+    if workers > 1 and len(tasks) > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return [f for found in pool.imap(_check_shard, tasks) for f in found]
+    return [f for task in tasks for f in _check_shard(task)]
+
+
 def check_dataset(root: str | Path, kind: str | None = None, workers: int = 1, progress: bool = False,
                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, columns: Columns | None = None) -> list[Finding]:
     """Check every image of the dataset at ``root`` (a csv dataset's ``columns``: path and label); returns
     one finding per image (and stray file)."""
+    if kind == "wds" or (kind is None and Path(root).is_dir() and detect_kind(Path(root)) == "wds"):
+        return check_shards(str(root), workers, max_pixels)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {str(root)!r} does not exist")

@@ -1,5 +1,5 @@
-"""Writing a class-folder dataset in the other layouts (txt lists, zip archives, csv tables) with the
-same order.
+"""Writing a class-folder dataset in the other layouts (txt lists, zip archives, csv tables, WebDataset shards)
+with the same order (shards: a seeded shuffle of it, so that each shard holds every class).
 
 The sample order and the labels are identical across the four layouts, so the same seed gives the
 same training run on any of them.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import random
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -75,3 +76,22 @@ def write_csv_tables(folder_root: str | Path, out_root: str | Path) -> Path:
     """``out_root/{split}.csv`` (header ``path,label``; paths relative to ``out_root``, labels class names)
     and ``classes.txt`` for a folder dataset."""
     return _convert(folder_root, out_root, _csv_split)
+
+
+def _wds_split(jobs: int) -> SplitWriter:
+    """A split writer of shards (:func:`dataloader.shards.write_wds_split`): records in a seeded shuffled order
+    (a shard of one class would starve the shuffle buffer), keyed by their path in the split without suffix."""
+    from dataloader.shards import write_wds_split
+
+    def write(folder_root: Path, out_root: Path, split: str, samples: list[tuple[Path, int]]) -> None:
+        order = list(samples)
+        random.Random(0).shuffle(order)
+        records = ((path.relative_to(folder_root / split).with_suffix("").as_posix().replace(".", "_").replace("/", "_"),
+                    path.read_bytes(), label) for path, label in order)
+        write_wds_split(out_root, split, records, FolderLayout.classes(folder_root), jobs)
+    return write
+
+
+def write_wds_shards(folder_root: str | Path, out_root: str | Path, jobs: int = 1) -> Path:
+    """``out_root/{split}-NNNNNN.tar`` WebDataset shards with ``_info.json`` (and ``classes.txt``)."""
+    return _convert(folder_root, out_root, _wds_split(jobs))

@@ -232,12 +232,18 @@ def iter_samples(url: str) -> Iterator[tuple[str, bytes, int]]:
             key = sample["__key__"]
             image = next((sample[s] for s in IMAGE_SUFFIXES if s in sample), None)
             if image is None or "cls" not in sample:
-                what = "an image (.jpg/.jpeg/.png/.webp)" if image is None else "a .cls label"
+                what = "image (.jpg/.jpeg/.png/.webp)" if image is None else ".cls label"
                 raise ShardError(f"{url}: sample {key!r} has no {what}; every sample needs both")
             text = sample["cls"].decode("utf-8", "replace").strip()
             if not text.lstrip("-").isdigit() or int(text) < 0:
                 raise ShardError(f"{url}: sample {key!r}: label {text!r} in {key}.cls is not a class index")
             yield key, image, int(text)
+
+
+def short_shard(url: str, found: int, expected: int) -> ShardError:
+    """A shard that holds fewer samples than its count says: cut short (a tar ends at any member boundary)."""
+    return ShardError(f"{url}: not a readable tar file (it holds {found} samples where {expected} were counted); "
+                      f"the shard is truncated or damaged: write it again (or fix the count in {INFO_FILE})")
 
 
 def sample_seed(seed: int, epoch: int, key: str) -> int:
@@ -353,7 +359,7 @@ class ShardDataset(IterableDataset):
     def _raw(self, pieces: Iterable[Piece]) -> Iterator[tuple[str, bytes, int, int]]:
         """``(key, encoded image, label, split index)`` of the samples of ``pieces``, in order."""
         for i, lo, hi in pieces:
-            shard = self.shards[i]
+            shard, position = self.shards[i], -1
             for position, (key, data, label) in enumerate(iter_samples(shard.url)):
                 if position >= hi:
                     break
@@ -362,6 +368,8 @@ class ShardDataset(IterableDataset):
                         raise ShardError(f"{shard.url}: sample {key!r}: label {label} is out of range: there are "
                                          f"{len(self.class_names)} classes (labels 0..{len(self.class_names) - 1})")
                     yield f"{Path(shard.url).name}/{key}", data, label, shard.offset + position
+            if position + 1 < hi:
+                raise short_shard(shard.url, position + 1, shard.count)
 
     def _shuffled(self, items: Iterator[Any], rng: random.Random) -> Iterator[Any]:
         """A shuffle buffer of ``SHUFFLE_BUFFER`` items (training only)."""

@@ -3,7 +3,8 @@
 1,797 real 8x8 images, upscaled to 32x32 RGB, split 70/15/15 stratified with a fixed seed into
 ``OUT/{train,val,test}/<0-9>/<index>.png``. Idempotent: an existing complete dataset is left alone.
 
-    python utils/make_digits.py [--out data/digits] [--txt DIR] [--zip DIR] [--csv DIR] [--per_class N]
+    python utils/make_digits.py [--out data/digits] [--txt DIR] [--zip DIR] [--csv DIR] [--wds DIR [--shard_samples N]]
+        [--per_class N]
 
 ``--per_class N`` keeps the first N images of each class in each split: a tiny set for smoke runs
 (``SMOKE=1`` in the z_task_shell recipes).
@@ -18,7 +19,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataloader.digits import make_digits  # noqa: E402
-from dataloader.layout_writers import write_csv_tables, write_txt_lists, write_zip_archives  # noqa: E402
+from dataloader import shards  # noqa: E402
+from dataloader.layout_writers import (  # noqa: E402
+    write_csv_tables,
+    write_txt_lists,
+    write_wds_shards,
+    write_zip_archives,
+)
 
 logger = logging.getLogger("make_digits")
 
@@ -29,6 +36,9 @@ def main() -> None:
     parser.add_argument("--txt", default=None, help="also write the txt-list layout to this folder")
     parser.add_argument("--zip", default=None, help="also write the zip-archive layout to this folder")
     parser.add_argument("--csv", default=None, help="also write the csv-table layout (path,label) to this folder")
+    parser.add_argument("--wds", default=None, help="also write WebDataset tar shards (+ _info.json) to this folder")
+    parser.add_argument("--shard_samples", type=int, default=shards.SHARD_MAX_SAMPLES,
+                        help="--wds: at most this many samples per shard")
     parser.add_argument("--per_class", type=int, default=None,
                         help="keep only the first N images of each class in each split (a tiny smoke-test set)")
     args = parser.parse_args()
@@ -40,6 +50,9 @@ def main() -> None:
         logger.info("zip archives: %s", write_zip_archives(root, args.zip))
     if args.csv:
         logger.info("csv tables: %s", write_csv_tables(root, args.csv))
+    if args.wds:
+        shards.SHARD_MAX_SAMPLES = args.shard_samples
+        logger.info("shards: %s", write_wds_shards(root, args.wds, jobs=2))
 
 
 if __name__ == "__main__":

@@ -310,6 +310,66 @@ CASES += [
          r"--lr_finder ignores training options, but the command line gives --warmup: drop it"),
 ]
 
+# ==== WebDataset shards (--dataset wds) ====
+
+def _shards(data: Path, tmp: Path, damage: Callable[[Path], None] | None = None) -> Path:
+    """The tiny dataset as shards (the converter's), then ``damage`` done to them."""
+    from dataloader.layout_writers import write_wds_shards
+    out = write_wds_shards(data, tmp / "shards")
+    if damage is not None:
+        damage(out)
+    return out
+
+
+def _drop_a_cls(shards: Path) -> None:
+    import tarfile
+    path = shards / "train-000000.tar"
+    with tarfile.open(path) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(path, "w") as tar:
+        for member, body in members:
+            if member.name != members[1][0].name:  # the first sample's .cls (members: KEY.png, KEY.cls, ...)
+                import io
+                tar.addfile(member, io.BytesIO(body))
+
+
+def _truncate(shards: Path) -> None:
+    path = shards / "train-000000.tar"
+    path.write_bytes(path.read_bytes()[:512 + 40])  # inside the first member's bytes
+
+
+def _lose_a_shard(shards: Path) -> None:
+    (shards / "test-000000.tar").unlink()
+
+
+def _no_val_split(shards: Path) -> None:
+    import json
+    info = json.loads((shards / "_info.json").read_text())
+    del info["splits"]["validation"]
+    (shards / "_info.json").write_text(json.dumps(info))
+
+
+def wds_train(tmp: Path, data: Path, damage=None, *extra: str) -> list[str]:
+    return tiny_train(_shards(data, tmp, damage), tmp / "out", "--dataset", "wds", *extra)
+
+
+CASES += [
+    Case("wds-sample-without-cls", lambda tmp, data: wds_train(tmp, data, _drop_a_cls), 1,
+         r"DatasetError: \S*train-000000\.tar: sample '[^']+' has no \.cls label; every sample needs both"),
+    Case("wds-truncated-tar", lambda tmp, data: wds_train(tmp, data, _truncate), 1,
+         r"DatasetError: \S*train-000000\.tar: not a readable tar file .*truncated or damaged: write it again"),
+    Case("wds-info-names-a-missing-shard", lambda tmp, data: wds_train(tmp, data, _lose_a_shard), 1,
+         r"DatasetError: \S*_info\.json: shard \S*test-000000\.tar of split 'test' does not exist; fix "
+         r"splits\.test\.filenames"),
+    Case("wds-unknown-split", lambda tmp, data: wds_train(tmp, data, _no_val_split), 1,
+         r"DatasetError: split 'val' not found in \S*shards for --dataset wds \(splits there: test, train\)"),
+    Case("wds-class-balanced", lambda tmp, data: wds_train(tmp, data, None, "--class_balanced"), 1,
+         r"class-balanced sampling .* streamed shards \(--dataset wds\) do not offer"),
+    Case("wds-check-images-truncated", lambda tmp, data: [str(_shards(data, tmp, _truncate)), "-j", "1",
+                                                          "--no_progress"], 1,
+         r"^BAD\s+\S*train-000000\.tar: \S*train-000000\.tar: not a readable tar file", script="utils/check_images.py"),
+]
+
 # ==== correctness round (mnasnet, sync BN, LR finder, CAM, DDP evaluation) ====
 
 CASES += [

@@ -1,0 +1,199 @@
+"""WebDataset shards (dataloader/shards.py): the writer's files and _info.json, how an epoch is cut across ranks
+and workers (hand-computed), the mid-epoch resume plan, the loader's batches, and each bad input's one message."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from dataloader import shards
+from dataloader.checking import check_dataset
+from dataloader.loader import collate_skipping_bad
+from dataloader.shards import (
+    Shard,
+    ShardDataset,
+    ShardError,
+    ShardLoader,
+    ShardSet,
+    iter_samples,
+    rank_pieces,
+    worker_consumed,
+    write_wds_split,
+)
+
+
+def png(value: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (value, value, value)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def records(n: int, classes: int = 3) -> list[tuple[str, bytes, int]]:
+    return [(f"s{i:03d}", png(i * 7 % 256), i % classes) for i in range(n)]
+
+
+@pytest.fixture
+def small(tmp_path, monkeypatch) -> Path:
+    """train: 23 samples in shards of 5 (5, 5, 5, 5, 3); val: 7 in 2 shards; 3 classes."""
+    monkeypatch.setattr(shards, "SHARD_MAX_SAMPLES", 5)
+    write_wds_split(tmp_path, "train", records(23), ["a", "b", "c"], 2)
+    write_wds_split(tmp_path, "val", records(7), ["a", "b", "c"], 1)
+    return tmp_path
+
+
+def test_writer_makes_timm_info_and_readable_shards(small):
+    info = json.loads((small / "_info.json").read_text())
+    assert info["classes"] == ["a", "b", "c"] and info["num_classes"] == 3
+    train = info["splits"]["train"]
+    assert train["filenames"] == [f"train-{i:06d}.tar" for i in range(5)]
+    assert train["shard_lengths"] == [5, 5, 5, 5, 3] and train["num_samples"] == 23
+    assert info["splits"]["validation"]["shard_lengths"] == [5, 2]  # timm's name of the val split
+    got = [s for f in train["filenames"] for s in iter_samples(str(small / f))]
+    assert got == records(23)  # keys, bytes and labels round-trip in order
+
+
+def test_rewriting_a_split_removes_its_stale_shards(small, monkeypatch):
+    monkeypatch.setattr(shards, "SHARD_MAX_SAMPLES", 100)
+    write_wds_split(small, "train", records(4), ["a", "b", "c"], 1)
+    assert sorted(p.name for p in small.glob("train-*.tar")) == ["train-000000.tar"]
+    assert json.loads((small / "_info.json").read_text())["splits"]["validation"]["num_samples"] == 7
+
+
+def test_shards_without_info_are_found_and_counted(small):
+    (small / "_info.json").unlink()
+    found = ShardSet(small)
+    assert [s.count for s in found.shards("train")] == [5, 5, 5, 5, 3]
+    assert found.exists("val") and not found.exists("test")
+    assert found.classes() == ["0", "1", "2"]  # no classes anywhere: 0..max train label
+
+
+def test_brace_pattern_names_the_shards(small):
+    pattern = f"{small}/{{train-{{000000..000001}},val-000001}}.tar"
+    found = ShardSet(pattern)
+    assert [Path(s.url).name for s in found.shards("train")] == ["train-000000.tar", "train-000001.tar"]
+    assert [s.count for s in found.shards("val")] == [2]
+
+
+def shard_list(counts):
+    return shards._with_offsets([f"s{i}" for i in range(len(counts))], counts)
+
+
+def test_rank_pieces_by_hand():
+    s = shard_list([5, 5, 3])  # 13 samples
+    # training, 2 ranks: 6 each (the 13th left out); order 2, 0, 1 -> samples of s2 (3), s0 (5), s1 (5)
+    assert rank_pieces(s, [2, 0, 1], 0, 2, train=True) == [(2, 0, 3), (0, 0, 3)]
+    assert rank_pieces(s, [2, 0, 1], 1, 2, train=True) == [(0, 3, 5), (1, 0, 4)]
+    # evaluation, 2 ranks: 7 + 6, every sample once
+    assert rank_pieces(s, [0, 1, 2], 0, 2, train=False) == [(0, 0, 5), (1, 0, 2)]
+    assert rank_pieces(s, [0, 1, 2], 1, 2, train=False) == [(1, 2, 5), (2, 0, 3)]
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_ranks_are_disjoint_and_equal(world):
+    s = shard_list([7, 3, 9, 1, 6])
+    taken = Counter()
+    for rank in range(world):
+        pieces = rank_pieces(s, [3, 1, 4, 0, 2], rank, world, train=True)
+        assert sum(hi - lo for _, lo, hi in pieces) == 26 // world
+        taken.update(s[i].offset + p for i, lo, hi in pieces for p in range(lo, hi))
+    assert max(taken.values()) == 1 and len(taken) == world * (26 // world)
+
+
+def test_worker_consumed_follows_the_dataloaders_turns():
+    # two workers with 7 and 3 samples, chunks of 2: w0 2, w1 2, w0 2, w1 1, w0 2, w0 1
+    assert worker_consumed([7, 3], 2, 4) == [2, 2]
+    assert worker_consumed([7, 3], 2, 7) == [4, 3]
+    assert worker_consumed([7, 3], 2, 9) == [6, 3]
+    assert worker_consumed([7, 3], 2, 10) == [7, 3]
+
+
+def loader_keys(data, *, rank=0, world=1, batch=4, epoch=0, start=0, train=True):
+    dataset = ShardDataset(data, "train", ["a", "b", "c"], transform=None, train=train, seed=5)
+    loader = ShardLoader(dataset, batch_size=batch, workers=0, train=train, rank=rank, world_size=world,
+                         collate_fn=collate_skipping_bad)
+    loader.sampler.set_epoch(epoch, start)
+    batches = list(loader)
+    return loader, batches, [int(i) for _, _, index in batches for i in index]
+
+
+def test_loader_batches_and_epochs(small):
+    loader, batches, indices = loader_keys(small, world=1, batch=4)
+    assert [len(b[1]) for b in batches] == [4, 4, 4, 4, 4, 3] and len(loader) == 6  # batch_sizes() agrees
+    assert sorted(indices) == list(range(23))
+    _, _, again = loader_keys(small, world=1, batch=4)
+    _, _, other = loader_keys(small, world=1, batch=4, epoch=1)
+    assert indices == again and indices != other  # a pure function of (seed, epoch)
+    assert torch.equal(batches[0][0][0], ShardDataset(small, "train", ["a", "b", "c"]).load(indices[0]))
+
+
+def test_two_ranks_read_disjoint_halves(small):
+    halves = [set(loader_keys(small, rank=r, world=2)[2]) for r in (0, 1)]
+    assert len(halves[0]) == len(halves[1]) == 11 and not halves[0] & halves[1]
+
+
+def test_resume_skips_the_shards_read_and_keeps_the_epoch_length(small, caplog):
+    _, _, whole = loader_keys(small, batch=4)
+    with caplog.at_level("INFO"):
+        loader, batches, rest = loader_keys(small, batch=4, start=12)
+    assert len(rest) == 23 - 12 and len(loader) == 3  # the rest of the epoch, to the sample
+    dataset = loader.dataset
+    plans, again = dataset.resume_plan()
+    assert again < 5 + shards.SHUFFLE_BUFFER  # within one shard (+ the buffer) of where it stopped
+    assert "resuming epoch 1 of the shards at sample 12" in caplog.text
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, body in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+
+
+def test_bad_shards_are_one_message_each(tmp_path, small):
+    write_tar(tmp_path / "nocls.tar", {"a.png": png(1), "a.cls": b"0", "b.png": png(2)})
+    with pytest.raises(ShardError, match=r"nocls\.tar: sample 'b' has no \.cls label"):
+        list(iter_samples(str(tmp_path / "nocls.tar")))
+    data = (small / "train-000000.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[:512 + 40])  # inside the first member's bytes
+    with pytest.raises(ShardError, match=r"cut\.tar: not a readable tar file .* truncated or damaged"):
+        list(iter_samples(str(tmp_path / "cut.tar")))
+    (small / "train-000001.tar").write_bytes(data[:4 * 1024])  # at a member boundary: 2 samples of 5 are left
+    with pytest.raises(ShardError, match=r"train-000001\.tar: not a readable tar file \(it holds 2 samples where "
+                                         r"5 were counted\); the shard is truncated"):
+        loader_keys(small)
+    with pytest.raises(ShardError, match=r"split 'test' not found .* \(splits there: train, validation\)"):
+        ShardSet(small).shards("test")
+    (small / "train-000003.tar").unlink()
+    with pytest.raises(ShardError, match=r"_info\.json: shard \S*train-000003\.tar of split 'train' does not exist"):
+        ShardSet(small).shards("train")
+
+
+def test_check_images_names_the_bad_shard(small):
+    data = (small / "train-000001.tar").read_bytes()
+    (small / "train-000001.tar").write_bytes(data[:4 * 1024])  # 2 samples of 5 left
+    findings = check_dataset(small)  # detected: _info.json
+    bad = [f for f in findings if f.status == "bad"]
+    assert len(bad) == 1 and bad[0].source.endswith("train-000001.tar") and "truncated" in bad[0].reason
+    assert sum(f.status == "ok" for f in findings) == 23 - 3 + 7
+
+
+def test_refused_options_say_why(small):
+    dataset = ShardDataset(small, "train", ["a", "b", "c"], train=True)
+    with pytest.raises(ShardError, match="class-balanced sampling"):
+        shards.shard_loader(dataset, batch_size=4, workers=0, train=True, rank=0, world_size=1, pin_memory=False,
+                            class_balanced=True, cache="none", decode_on_device=False, collate_fn=collate_skipping_bad)
+    with pytest.raises(ShardError, match="labels of a split are not known up front"):
+        dataset.targets
+
+
+def test_sample_seed_is_a_pure_function_of_seed_epoch_key():
+    assert shards.sample_seed(1, 2, "k") == shards.sample_seed(1, 2, "k")
+    assert len({shards.sample_seed(1, e, "k") for e in range(5)}) == 5
+    assert isinstance(Shard("u", 1, 0).count, int)
