@@ -29,29 +29,32 @@ import functools
 import json
 import logging
 import os
-import random
 import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from utils.walk import visible_subfolders
 
-from .io import DEFAULT_MAX_IMAGE_PIXELS, IMG_EXTENSIONS, ImageDecodeError, check_size, decode_rgb, list_images
+from .io import (  # noqa: F401 - DatasetError is this module's name too
+    DEFAULT_MAX_IMAGE_PIXELS,
+    IMG_EXTENSIONS,
+    DatasetError,
+    ImageDecodeError,
+    check_size,
+    decode_rgb,
+    list_images,
+)
 from .splits import Holdout, carve, split_table
+from .transforms import call_seeded  # noqa: F401 - imported from here by others
 
 logger = logging.getLogger(__name__)
 
 Sample = tuple[str, int]
-
-
-class DatasetError(ValueError):
-    """The dataset on disk is malformed; the message says where and how to fix it."""
 
 
 def _read_classes_file(root: Path) -> list[str] | None:
@@ -653,26 +656,6 @@ def holdout_samples(root: Path, kind: str, class_names: Sequence[str], holdout: 
     keys = [sample_key(root, kind, "train", source) for source, _ in samples]
     labels = [label for _, label in samples]
     return samples, carve(keys, labels, holdout), split_table(keys, labels, holdout, str(root.resolve()))
-
-
-def call_seeded(fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, seed: int) -> torch.Tensor:
-    """``fn(image)`` with torch's, Python's and NumPy's global RNGs seeded from ``seed``, and restored
-    afterwards: a random transform becomes a pure function of the seed.
-
-    Transforms draw their parameters on the CPU generator, so that is the one seeded:
-    ``torch.manual_seed`` would also queue a CUDA seeding, which records a stack trace on each call
-    and cost more than decoding the image.
-    """
-    with torch.random.fork_rng(devices=[]):
-        py_state, np_state = random.getstate(), np.random.get_state()
-        torch.default_generator.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        try:
-            return fn(image)
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
 
 
 class ClassificationDataset(Dataset):

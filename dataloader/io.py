@@ -54,6 +54,10 @@ PIXEL_FLAG = "--max_image_pixels"
 _WORKER_PREFIX = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
 
 
+class DatasetError(ValueError):
+    """The dataset on disk is malformed; the message says where and how to fix it."""
+
+
 class ImageDecodeError(RuntimeError):
     """An image could not be decoded; the message names the file and the reason.
 

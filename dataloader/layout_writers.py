@@ -10,6 +10,7 @@ import csv
 import io
 import os
 import random
+import re
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -86,8 +87,9 @@ def _wds_split(jobs: int) -> SplitWriter:
     def write(folder_root: Path, out_root: Path, split: str, samples: list[tuple[Path, int]]) -> None:
         order = list(samples)
         random.Random(0).shuffle(order)
-        records = ((path.relative_to(folder_root / split).with_suffix("").as_posix().replace(".", "_").replace("/", "_"),
-                    path.read_bytes(), label) for path, label in order)
+        keys = [re.sub(r"[./]", "_", path.relative_to(folder_root / split).with_suffix("").as_posix())
+                for path, _ in order]
+        records = ((key, path.read_bytes(), label) for key, (path, label) in zip(keys, order))
         write_wds_split(out_root, split, records, FolderLayout.classes(folder_root), jobs)
     return write
 

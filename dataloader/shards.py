@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import random
-import re
 import tarfile
 import urllib.error
 import urllib.request
@@ -46,8 +45,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from utils.atomic import atomic_write, write_json_atomic
 
-from .datasets import DatasetError, call_seeded
-from .io import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, decode_rgb
+from .io import DEFAULT_MAX_IMAGE_PIXELS, DatasetError, ImageDecodeError, decode_rgb
+from .transforms import call_seeded
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,10 @@ Normalisation is not here: batches are converted to float and normalised on the 
 """
 from __future__ import annotations
 
-from typing import Sequence
+import random
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torchvision.transforms import InterpolationMode, v2
@@ -89,3 +91,23 @@ def create_transform(train: bool, image_size: Sequence[int], *, train_resize: st
     else:
         raise ValueError(f"unknown eval_resize {eval_resize!r}; choose letterbox or center_crop")
     return v2.Compose(ops)
+
+
+def call_seeded(fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, seed: int) -> torch.Tensor:
+    """``fn(image)`` with torch's, Python's and NumPy's global RNGs seeded from ``seed``, and restored
+    afterwards: a random transform becomes a pure function of the seed.
+
+    Transforms draw their parameters on the CPU generator, so that is the one seeded:
+    ``torch.manual_seed`` would also queue a CUDA seeding, which records a stack trace on each call
+    and cost more than decoding the image.
+    """
+    with torch.random.fork_rng(devices=[]):
+        py_state, np_state = random.getstate(), np.random.get_state()
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            return fn(image)
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)

@@ -14,9 +14,6 @@ Each image is fully decoded, with the project's own decoder (as training reads i
            training converts them to RGB, but they are worth a look
   stray    files in class folders without an image extension (training ignores them)
 
-Shards (``--dataset wds``, detected by ``_info.json`` or ``train-*.tar``; DATA may be a URL): every sample
-has an image and a ``.cls``, its label is in range, its image decodes; a truncated tar, a sample without its
-``.cls`` or an ``_info.json`` naming a missing shard is one bad line naming the shard.
 
 A summary counts images, bad and unusual files per split and class. The exit code is 1 when any file
 is bad (with ``--strict``, also when any is unusual), else 0.
@@ -58,14 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    root = Path(args.data) if "://" not in args.data else args.data
-    if not root.is_dir() and args.dataset != "wds":  # shards may be a URL
+    root = args.data if "://" in args.data or "{" in args.data else Path(args.data)  # shards: a URL or a pattern
+    if isinstance(root, Path) and not root.is_dir():
         parser.error(f"dataset root {str(root)!r} does not exist or is not a folder")
     if args.max_image_pixels < 0:
         parser.error(f"--max_image_pixels must be >= 0 (0 = no limit), got {args.max_image_pixels}")
     if args.move_bad_to and (isinstance(root, str) or args.dataset == "wds"):
-        parser.error("--move_bad_to moves files; the bad samples of shards are inside tar files: write the shards "
-                     "again without them")
+        parser.error("--move_bad_to moves files, and bad samples of shards are inside tar files: write them again")
     if args.move_bad_to and Path(args.move_bad_to).resolve().is_relative_to(root.resolve()):
         parser.error(f"--move_bad_to {args.move_bad_to} is inside the dataset {root}: moved files would become "
                      f"a class of their own; choose a folder outside it")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataloader.digits import make_digits  # noqa: E402
 from dataloader import shards  # noqa: E402
+from dataloader.digits import make_digits  # noqa: E402
 from dataloader.layout_writers import (  # noqa: E402
     write_csv_tables,
     write_txt_lists,

@@ -355,14 +355,14 @@ def wds_train(tmp: Path, data: Path, damage=None, *extra: str) -> list[str]:
 
 CASES += [
     Case("wds-sample-without-cls", lambda tmp, data: wds_train(tmp, data, _drop_a_cls), 1,
-         r"DatasetError: \S*train-000000\.tar: sample '[^']+' has no \.cls label; every sample needs both"),
+         r"ShardError: \S*train-000000\.tar: sample '[^']+' has no \.cls label; every sample needs both"),
     Case("wds-truncated-tar", lambda tmp, data: wds_train(tmp, data, _truncate), 1,
-         r"DatasetError: \S*train-000000\.tar: not a readable tar file .*truncated or damaged: write it again"),
+         r"ShardError: \S*train-000000\.tar: not a readable tar file .*truncated or damaged: write it again"),
     Case("wds-info-names-a-missing-shard", lambda tmp, data: wds_train(tmp, data, _lose_a_shard), 1,
-         r"DatasetError: \S*_info\.json: shard \S*test-000000\.tar of split 'test' does not exist; fix "
+         r"ShardError: \S*_info\.json: shard \S*test-000000\.tar of split 'test' does not exist; fix "
          r"splits\.test\.filenames"),
     Case("wds-unknown-split", lambda tmp, data: wds_train(tmp, data, _no_val_split), 1,
-         r"DatasetError: split 'val' not found in \S*shards for --dataset wds \(splits there: test, train\)"),
+         r"ShardError: split 'val' not found in \S*shards for --dataset wds \(splits there: test, train\)"),
     Case("wds-class-balanced", lambda tmp, data: wds_train(tmp, data, None, "--class_balanced"), 1,
          r"class-balanced sampling .* streamed shards \(--dataset wds\) do not offer"),
     Case("wds-check-images-truncated", lambda tmp, data: [str(_shards(data, tmp, _truncate)), "-j", "1",

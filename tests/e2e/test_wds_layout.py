@@ -38,8 +38,8 @@ def digits(tmp_path_factory) -> dict[str, Path]:
 
 def train_args(data, out, dataset, tag, *extra):
     return ["--train", "--data", str(data), "--dataset", dataset, "--arch", "simple_cnn", "--image_size", "16", "16",
-            "-b", "8", "-j", "0", "--epochs", "2", "--optimizer", "adamw", "--lr", "0.002", "--warmup", "0", "--seed", "3", "--output",
-            str(out), "--tag", tag, "--no_progress", *extra]
+            "-b", "8", "-j", "0", "--epochs", "2", "--optimizer", "adamw", "--lr", "0.002", "--warmup", "0", "--seed",
+            "3", "--output", str(out), "--tag", tag, "--no_progress", *extra]
 
 
 def top1_of(run_dir: Path) -> float:
