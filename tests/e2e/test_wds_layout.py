@@ -9,6 +9,7 @@ import http.server
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -136,3 +137,26 @@ def test_torchrun_two_ranks_two_workers_read_every_sample_once(digits, tmp_path)
         counts = seen[epoch]
         assert max(counts.values()) == 1  # never a sample twice in one epoch
         assert sum(counts.values()) == 2 * (info["num_samples"] // 2)  # all but the documented remainder
+
+
+def test_killed_mid_epoch_resumes_within_a_shard_per_worker(digits, tmp_path):
+    """--save_every_steps 10, SIGKILL after step 25 of 39 (-b 32, 1257 samples, 2 workers): the rerun resumes at
+    batch 21 (sample 640), skips the shards its workers had read, says so, and ends the epoch at its length."""
+    args = train_args(digits["wds"], tmp_path, "wds", "resume", "-j", "2", "-b", "32", "--epochs", "1",
+                      "--save_every_steps", "10")
+    killed = subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PLAYGROUND_KILL_AT": "step:25"})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    keys = tmp_path / "keys"
+    r = subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PLAYGROUND_WDS_KEYS": str(keys)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (tmp_path / "simple_cnn/resume/log.txt").read_text()
+    assert re.search(r"resumed from \S+ at epoch 1, batch 21", log), log[-3000:]
+    again = re.search(r"resuming epoch 1 of the shards at sample 640 of this rank's 1257: .* \((\d+) samples read "
+                      r"again\)", log)
+    assert again, log[-3000:]
+    assert int(again.group(1)) < 2 * 100  # at most one shard per worker read again (100-sample shards)
+    seen, _ = read_keys(keys)
+    assert max(seen["0"].values()) == 1 and sum(seen["0"].values()) >= 1257 - 640
+    assert len(read_json(tmp_path / "simple_cnn/resume/metrics.json")["history"]) == 1
