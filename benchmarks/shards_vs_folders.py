@@ -1,0 +1,148 @@
+"""Reading throughput: the photo set as WebDataset tar shards vs class folders, side by side.
+
+The same JPEGs (``benchmarks/make_photo_set.py``, made larger) are read as class folders (one file per image)
+and as shards written by ``dataloader.shards.write_wds_split`` (``--shard_samples`` per tar), with 1 and 2
+worker processes:
+
+  bytes          the encoded bytes only (no decoding): what the storage and the file system cost
+  pipeline       the training loader (create_loader): read, decode, RandomResizedCrop + flip at
+                 ``--image_size``, uint8 batches; what training gets
+
+Throughput is counted from the second batch on (the worker start-up is left out). ``--many_files N`` also
+times listing and reading N small files in class folders against the same N samples in shards (what a file
+system does with 100k+ files).
+
+    python benchmarks/shards_vs_folders.py                  # 250 images per class (3000), ~2 minutes
+    python benchmarks/shards_vs_folders.py --many_files 100000
+    python benchmarks/shards_vs_folders.py --quick          # a smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.make_photo_set import make_photo_set  # noqa: E402
+from dataloader import ClassificationDataset, create_loader, create_transform, shards  # noqa: E402
+from dataloader.layout_writers import write_wds_shards  # noqa: E402
+from dataloader.shards import ShardDataset  # noqa: E402
+
+
+class FolderBytes(ClassificationDataset):
+    """Class folders read to bytes only: each sample is its byte count."""
+
+    def __getitem__(self, key):
+        index = key[0] if isinstance(key, tuple) else key
+        return torch.tensor(len(self.read(index))), self.samples[index][1], index
+
+
+class ShardBytes(ShardDataset):
+    """Shards read to bytes only: each sample is its byte count."""
+
+    def decode(self, key, data, label, index):
+        return torch.tensor(len(data)), label, index
+
+
+def loader(data: Path, kind: str, size: int, batch_size: int, workers: int, decode: bool) -> Iterable:
+    """The training loader over ``data`` as ``kind`` (folder or wds); without ``decode``, bytes only."""
+    transform = create_transform(True, (size, size), train_resize="rrc", hflip=0.5)
+    if kind == "wds":
+        dataset = (ShardDataset if decode else ShardBytes)(data, "train", transform=transform, train=True)
+    else:
+        dataset = (ClassificationDataset if decode else FolderBytes)(data, "folder", "train", transform=transform)
+    return create_loader(dataset, batch_size=batch_size, workers=workers, train=True, seed=0)
+
+
+def rate(batches: Iterable) -> float:
+    """Images per second from the second batch to the end of the epoch."""
+    it = iter(batches)
+    next(it)
+    n, start = 0, time.perf_counter()
+    for _, target, _ in it:
+        n += len(target)
+    return n / (time.perf_counter() - start)
+
+
+def run(folder: Path, wds: Path, workers: list[int], size: int, batch_size: int) -> list[dict]:
+    torch.set_num_threads(1)
+    rows = []
+    for what, decode in (("bytes", False), ("pipeline", True)):
+        for w in workers:
+            got = {kind: rate(loader(data, kind, size, batch_size, w, decode)) for kind, data in
+                   (("folder", folder), ("wds", wds))}
+            rows.append({"what": what, "workers": w, **got, "ratio": got["wds"] / got["folder"]})
+    return rows
+
+
+def many_files(out: Path, n: int, source: Path) -> dict:
+    """List and read ``n`` small files in 10 class folders vs the same samples in 1000-sample shards."""
+    image = next(source.rglob("*.jpg")).read_bytes()[:2048]
+    folder = out / "many_folder"
+    if not (folder / ".complete").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        for i in range(n):
+            (folder / f"c{i % 10}").mkdir(parents=True, exist_ok=True)
+            (folder / f"c{i % 10}" / f"{i:07d}.jpg").write_bytes(image)
+        (folder / ".complete").write_text("")
+    shards.SHARD_MAX_SAMPLES = 1000
+    wds = out / "many_wds"
+    if not (wds / "_info.json").is_file():
+        shards.write_wds_split(wds, "train", ((f"{i:07d}", image, i % 10) for i in range(n)),
+                               [f"c{c}" for c in range(10)], 2)
+    start = time.perf_counter()
+    files = sorted(folder.rglob("*.jpg"))
+    listed = time.perf_counter() - start
+    total = sum(len(f.read_bytes()) for f in files)
+    folder_s = time.perf_counter() - start
+    start = time.perf_counter()
+    count = sum(1 for s in shards.ShardSet(wds).shards("train") for _ in shards.iter_samples(s.url))
+    wds_s = time.perf_counter() - start
+    assert count == len(files) == n and total
+    return {"n": n, "list_s": listed, "folder_img_s": n / folder_s, "wds_img_s": n / wds_s}
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"{'read':10s} {'workers':>7s} {'folders img/s':>14s} {'shards img/s':>13s} {'shards/folders':>15s}")
+    for r in rows:
+        print(f"{r['what']:10s} {r['workers']:7d} {r['folder']:14.0f} {r['wds']:13.0f} {r['ratio']:14.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=ROOT / "data" / "photos_large")
+    p.add_argument("--per_class", type=int, default=250, help="training images per class (12 classes)")
+    p.add_argument("--shard_samples", type=int, default=250)
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("-b", "--batch_size", type=int, default=32)
+    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--many_files", type=int, default=0, help="also time N small files vs N samples in shards")
+    p.add_argument("--quick", action="store_true", help="a smoke run: few images, one worker")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.quick:
+        args.workers, args.per_class, args.shard_samples, args.batch_size = [1], 8, 16, 8
+    folder = make_photo_set(args.data, train_per_class=args.per_class, val_per_class=2)
+    wds = args.data.with_name(f"{args.data.name}_wds{args.shard_samples}")
+    shards.SHARD_MAX_SAMPLES = args.shard_samples
+    if not (wds / "_info.json").is_file():
+        write_wds_shards(folder, wds, jobs=2)
+    print_rows(run(folder, wds, args.workers, args.image_size, args.batch_size))
+    if args.many_files:
+        r = many_files(args.data.parent, args.many_files, folder)
+        ratio = r["wds_img_s"] / r["folder_img_s"]
+        print(f"{r['n']} small files: listing {r['list_s']:.1f} s; list + read {r['folder_img_s']:.0f} files/s "
+              f"in class folders vs {r['wds_img_s']:.0f} samples/s in shards ({ratio:.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
