@@ -73,11 +73,12 @@ def _workers(value: str) -> int:
 
 def _add_data(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--data", type=str, default=str(DEFAULT_DATA),
-                   help="dataset root (default: data/digits in the repository, the bundled digits; modes that "
+                   help="dataset root or, for --dataset wds, shards' URL base or brace pattern (default: data/digits in the repository, the bundled digits; modes that "
                         "run --resume: the data the checkpoint was trained on)")
     g.add_argument("--dataset", type=_dataset_kind, default="folder",
-                   help="dataset layout: folder (alias imagenet), txt (alias read_from_txt), zip, or csv (alias "
-                        "jsonl: DATA/{train,val,test}.csv or .jsonl, or DATA/labels.csv with a split column)")
+                   help="dataset layout: folder (alias imagenet), txt (alias read_from_txt), zip, csv (alias "
+                        "jsonl: DATA/{train,val,test}.csv or .jsonl, or DATA/labels.csv with a split column), or wds "
+                        "(alias webdataset: tar shards with _info.json; --data may be an http(s)/fsspec URL)")
     g.add_argument("--zip", dest="dataset", action="store_const", const="zip",
                    help="shortcut for --dataset zip")
     g.add_argument("--path_col", type=str, default="path",
