@@ -73,7 +73,8 @@ def _workers(value: str) -> int:
 
 def _add_data(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--data", type=str, default=str(DEFAULT_DATA),
-                   help="dataset root or, for --dataset wds, shards' URL base or brace pattern (default: data/digits in the repository, the bundled digits; modes that "
+                   help="dataset root (--dataset wds: also a URL base or a brace pattern of shards; default: "
+                        "data/digits in the repository, the bundled digits; modes that "
                         "run --resume: the data the checkpoint was trained on)")
     g.add_argument("--dataset", type=_dataset_kind, default="folder",
                    help="dataset layout: folder (alias imagenet), txt (alias read_from_txt), zip, csv (alias "

@@ -129,7 +129,7 @@ def create_loader(dataset: Dataset, *, batch_size: int, workers: int, train: boo
         from .shards import shard_loader
         return shard_loader(dataset, batch_size=batch_size, workers=workers, train=train, rank=rank,
                             world_size=world_size, pin_memory=pin_memory, class_balanced=class_balanced, cache=cache,
-                            decode_on_device=decode_on_device, collate_fn=collate_skipping_bad)
+                            decode_on_device=decode_on_device)
     sampler: Sampler
     if train and class_balanced:
         sampler = ClassBalancedSampler(dataset.targets, seed=seed, rank=rank, world_size=world_size)

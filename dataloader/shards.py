@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from utils.atomic import atomic_write, write_json_atomic
 
@@ -397,8 +397,10 @@ class ShardDataset(IterableDataset):
             image = call_seeded(self.transform, image, sample_seed(self.seed, self.epoch, key))
         return image, label, index
 
-    def __iter__(self) -> Iterator[list]:
-        """This worker's chunks of up to ``chunk`` decoded samples (None for a skipped bad image)."""
+    def __iter__(self) -> Iterator[Chunk]:
+        """This worker's chunks of up to ``chunk`` samples, collated here (one tensor each to hand over, not one
+        per sample): ``(images, labels, split indices, positions in the chunk, samples consumed)``; a bad image
+        skipped under ``skip_bad`` is consumed but not kept."""
         info = get_worker_info()
         worker = info.id if info is not None else 0
         plans, _ = self.resume_plan()
@@ -410,10 +412,10 @@ class ShardDataset(IterableDataset):
                 keys.write(f"{self.epoch} {key}\n")
             chunk.append(self.decode(key, data, label, index))
             if len(chunk) == self.chunk:
-                yield chunk
+                yield _collate_chunk(chunk)
                 chunk = []
         if chunk:
-            yield chunk
+            yield _collate_chunk(chunk)
 
     def load(self, index: int) -> torch.Tensor:
         """The decoded, untransformed image of split index ``index`` (read from its shard)."""
@@ -450,6 +452,18 @@ class ShardDataset(IterableDataset):
                          "shuffled order do not offer here; use another layout for them")
 
 
+Chunk = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]
+
+
+def _collate_chunk(items: list) -> Chunk:
+    """A worker's chunk as tensors (see :meth:`ShardDataset.__iter__`)."""
+    kept = [(position, item) for position, item in enumerate(items) if item is not None]
+    if not kept:
+        return torch.empty(0), torch.empty(0), torch.empty(0), torch.empty(0), len(items)
+    images, labels, indices = default_collate([item for _, item in kept])
+    return images, labels, indices, torch.tensor([position for position, _ in kept]), len(items)
+
+
 def _keys_file(rank: int, worker: int) -> IO[str] | None:
     """Tests (``PLAYGROUND_WDS_KEYS``): the file where this worker records the keys it hands over."""
     prefix = os.environ.get(KEYS_ENV)
@@ -470,17 +484,17 @@ class ShardEpoch:
 
 
 class ShardLoader:
-    """Batches of exactly ``batch_size`` (the last one smaller, or dropped with ``drop_last``) from a
+    """Batches of ``batch_size`` consumed samples (the last one smaller, or dropped with ``drop_last``; a bad
+    image skipped under ``skip_bad`` leaves its batch smaller, as the other layouts' do) from a
     :class:`ShardDataset`, read by ``workers`` processes (started anew each epoch: the epoch is theirs to
     read). Has what the loops use of a DataLoader: ``sampler.set_epoch``, ``batch_size``, ``drop_last``."""
 
     def __init__(self, dataset: ShardDataset, *, batch_size: int, workers: int, train: bool, rank: int = 0,
-                 world_size: int = 1, pin_memory: bool = False, collate_fn: Callable = None):
+                 world_size: int = 1, pin_memory: bool = False):
         dataset.rank, dataset.world_size, dataset.workers = rank, world_size, workers
         dataset.chunk = batch_size
         self.dataset, self.batch_size, self.workers, self.pin_memory = dataset, batch_size, workers, pin_memory
         self.sampler = ShardEpoch(dataset)
-        self.collate_fn = collate_fn
         self.drop_last = train and len(self.sampler) % batch_size == 1  # a batch of one breaks batch norm
 
     def __len__(self) -> int:
@@ -488,30 +502,40 @@ class ShardLoader:
         return full + (1 if rest and not self.drop_last else 0)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        plans, again = self.dataset.resume_plan()
+        _, again = self.dataset.resume_plan()
         if self.dataset.start:
             logger.info("resuming epoch %d of the shards at sample %d of this rank's %d: each worker skips the "
                         "shards it had read and reads the rest again (%d samples read again)",
                         self.dataset.epoch + 1, self.dataset.start, self.dataset.rank_length(), again)
-        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.workers,
-                            pin_memory=self.pin_memory, prefetch_factor=4 if self.workers else None)
-        left, pending = len(self.sampler), []
-        for chunk in loader:
-            taken = chunk[:left]
-            pending.extend(taken)
-            left -= len(taken)
-            while len(pending) >= self.batch_size:
-                yield self.collate_fn(pending[:self.batch_size])
-                pending = pending[self.batch_size:]
-            if not left:
+        loader = DataLoader(self.dataset, batch_size=None, num_workers=self.workers, pin_memory=self.pin_memory,
+                            prefetch_factor=4 if self.workers else None)
+        total, bound, done, buffer = len(self.sampler), self.batch_size, 0, None
+        for images, labels, indices, positions, consumed in loader:
+            if images.numel():
+                part = (images, labels, indices, positions + done)
+                buffer = part if buffer is None else tuple(torch.cat(pair) for pair in zip(buffer, part))
+            done += consumed
+            while bound <= min(done, total):
+                batch, buffer = _cut(buffer, bound)
+                yield batch
+                bound += self.batch_size
+            if done >= total:
                 break
-        if pending and not self.drop_last:
-            yield self.collate_fn(pending)
+        if bound - self.batch_size < total and not self.drop_last:
+            yield _cut(buffer, total)[0]
+
+
+def _cut(buffer: tuple[torch.Tensor, ...] | None, bound: int) -> tuple[tuple, tuple | None]:
+    """The samples of ``buffer`` consumed before ``bound`` (a batch) and the rest."""
+    if buffer is None:
+        empty = (torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
+        return empty, None
+    take = buffer[3] < bound
+    return tuple(t[take] for t in buffer[:3]), tuple(t[~take] for t in buffer)
 
 
 def shard_loader(dataset: ShardDataset, *, batch_size: int, workers: int, train: bool, rank: int, world_size: int,
-                 pin_memory: bool, class_balanced: bool, cache: str, decode_on_device: bool,
-                 collate_fn: Callable) -> ShardLoader:
+                 pin_memory: bool, class_balanced: bool, cache: str, decode_on_device: bool) -> ShardLoader:
     """:func:`dataloader.loader.create_loader` for shards; the options that need random access are refused."""
     refused = {"class-balanced sampling (--class_balanced) draws samples by index": train and class_balanced,
                "--cache_dataset memory decodes a split by index": cache != "none",
@@ -521,7 +545,7 @@ def shard_loader(dataset: ShardDataset, *, batch_size: int, workers: int, train:
             raise ShardError(f"{what}, which streamed shards (--dataset wds) do not offer; drop it, or convert the "
                              f"data to another layout")
     return ShardLoader(dataset, batch_size=batch_size, workers=workers, train=train, rank=rank,
-                       world_size=world_size, pin_memory=pin_memory, collate_fn=collate_fn)
+                       world_size=world_size, pin_memory=pin_memory)
 
 
 # The limits of one shard written by :func:`write_wds_split` (``utils/make_digits.py --shard_samples`` sets

@@ -14,7 +14,6 @@ from PIL import Image
 
 from dataloader import shards
 from dataloader.checking import check_dataset
-from dataloader.loader import collate_skipping_bad
 from dataloader.shards import (
     Shard,
     ShardDataset,
@@ -115,8 +114,7 @@ def test_worker_consumed_follows_the_dataloaders_turns():
 
 def loader_keys(data, *, rank=0, world=1, batch=4, epoch=0, start=0, train=True):
     dataset = ShardDataset(data, "train", ["a", "b", "c"], transform=None, train=train, seed=5)
-    loader = ShardLoader(dataset, batch_size=batch, workers=0, train=train, rank=rank, world_size=world,
-                         collate_fn=collate_skipping_bad)
+    loader = ShardLoader(dataset, batch_size=batch, workers=0, train=train, rank=rank, world_size=world)
     loader.sampler.set_epoch(epoch, start)
     batches = list(loader)
     return loader, batches, [int(i) for _, _, index in batches for i in index]
@@ -188,7 +186,7 @@ def test_refused_options_say_why(small):
     dataset = ShardDataset(small, "train", ["a", "b", "c"], train=True)
     with pytest.raises(ShardError, match="class-balanced sampling"):
         shards.shard_loader(dataset, batch_size=4, workers=0, train=True, rank=0, world_size=1, pin_memory=False,
-                            class_balanced=True, cache="none", decode_on_device=False, collate_fn=collate_skipping_bad)
+                            class_balanced=True, cache="none", decode_on_device=False)
     with pytest.raises(ShardError, match="labels of a split are not known up front"):
         dataset.targets
 
