@@ -61,3 +61,11 @@ def test_cpu_inference_benchmark_quick_mode_runs():
     for path in ("TorchScript", "ORT", "ORT int8", "OpenVINO", "OpenVINO int8"):  # every path timed beside eager
         assert f"eager/{path} |" in out and f"resnet18 batch 1, {path}:" in out
     assert "DIFFERENT" not in out  # the exports compute what eager computes
+
+
+@pytest.mark.slow
+def test_shards_vs_folders_quick(tmp_path):
+    out = _quick("shards_vs_folders.py", "--data", str(tmp_path / "photos"))
+    rows = [line.split() for line in out.splitlines()[1:] if line.strip()]
+    assert [row[0] for row in rows] == ["bytes", "pipeline"]
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 and row[4].endswith("x") for row in rows)
