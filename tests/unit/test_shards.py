@@ -195,3 +195,14 @@ def test_sample_seed_is_a_pure_function_of_seed_epoch_key():
     assert shards.sample_seed(1, 2, "k") == shards.sample_seed(1, 2, "k")
     assert len({shards.sample_seed(1, e, "k") for e in range(5)}) == 5
     assert isinstance(Shard("u", 1, 0).count, int)
+
+
+def test_fsspec_url_reads_like_the_folder(small):
+    """An fsspec URL (file:// here; s3://, gs://... alike with their packages) lists, counts and streams the
+    same samples in the same order as the local folder."""
+    url = f"file://{small}"
+    assert [s.count for s in ShardSet(url).shards("train")] == [5, 5, 5, 5, 3]
+    assert ShardSet(url).classes() == ["a", "b", "c"]
+    assert loader_keys(url)[2] == loader_keys(small)[2]
+    (small / "_info.json").unlink()  # listed through fsspec's glob instead
+    assert [Path(s.url).name for s in ShardSet(url).shards("val")] == ["val-000000.tar", "val-000001.tar"]
