@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from utils.atomic import atomic_write, write_json_atomic
 
-from .io import DEFAULT_MAX_IMAGE_PIXELS, DatasetError, ImageDecodeError, decode_rgb
+from .io import DEFAULT_MAX_IMAGE_PIXELS, DatasetError, ImageDecodeError, _unwrap_worker_message, decode_rgb
 from .transforms import call_seeded
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,11 @@ DEFAULT_SHARD_BYTES = 256 * 2**20
 
 
 class ShardError(DatasetError):
-    """Shards or their ``_info.json`` are malformed; the message names the file and how to fix it."""
+    """Shards or their ``_info.json`` are malformed; the message names the file and how to fix it. Raised in a
+    DataLoader worker, it keeps its one line in the main process (as :class:`dataloader.io.ImageDecodeError`)."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(_unwrap_worker_message(message, type(self).__name__))
 
 
 def is_url(root: str) -> bool:
@@ -438,9 +442,9 @@ class ShardDataset(IterableDataset):
 
     @property
     def targets(self) -> list[int]:
-        raise ShardError("shards are streamed, so the labels of a split are not known up front: class-balanced "
-                         "sampling and --class_weights auto cannot run on --dataset wds; give --class_weights as "
-                         "numbers, or convert the data to another layout")
+        raise ShardError("shards are streamed, so the labels of a split are not known up front (what --class_weights "
+                         "auto, class-balanced sampling and per-class picks such as the CAM pictures read): give "
+                         "--class_weights as numbers, or convert the data to another layout for those")
 
     @property
     def samples(self) -> list[Any]:

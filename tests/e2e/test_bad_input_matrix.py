@@ -358,6 +358,8 @@ CASES += [
          r"ShardError: \S*train-000000\.tar: sample '[^']+' has no \.cls label; every sample needs both"),
     Case("wds-truncated-tar", lambda tmp, data: wds_train(tmp, data, _truncate), 1,
          r"ShardError: \S*train-000000\.tar: not a readable tar file .*truncated or damaged: write it again"),
+    Case("wds-truncated-tar-2-workers", lambda tmp, data: wds_train(tmp, data, _truncate, "-j", "2"), 1,
+         r"ShardError: \S*train-000000\.tar: not a readable tar file .*truncated or damaged: write it again$"),
     Case("wds-info-names-a-missing-shard", lambda tmp, data: wds_train(tmp, data, _lose_a_shard), 1,
          r"ShardError: \S*_info\.json: shard \S*test-000000\.tar of split 'test' does not exist; fix "
          r"splits\.test\.filenames"),
