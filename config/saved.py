@@ -12,6 +12,7 @@ import yaml
 
 from config.base import ConfigError
 from config.parser import RESUME_SAFE_KEYS, build_parser
+from config.shared import DATASET_ALIASES
 from utils.atomic import write_text_atomic
 
 # libyaml's safe loader when PyYAML has it: 10x faster than the pure-Python one over hundreds of configs.
@@ -32,11 +33,11 @@ def use_checkpoint_data(cfg: argparse.Namespace, given: set[str]) -> None:
     if not data or data == cfg.data:
         return
     logger = logging.getLogger("config")
-    if not Path(data).exists():
+    if "://" not in data and "{" not in data and not Path(data).exists():  # shards may be a URL or a pattern
         logger.warning("%s was trained on %s, which does not exist here: using --data %s", cfg.resume, data, cfg.data)
         return
     cfg.data = data
-    if "dataset" not in given and saved.get("dataset") in ("folder", "txt", "zip", "csv"):
+    if "dataset" not in given and saved.get("dataset") in set(DATASET_ALIASES.values()):
         cfg.dataset = saved["dataset"]
     if cfg.dataset == saved.get("dataset") == "csv":  # the tables' columns, unless given
         for key in ("path_col", "label_col"):

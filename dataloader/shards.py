@@ -27,6 +27,7 @@ buffer) per worker of the place it stopped; the log says how many samples that r
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import io
 import json
@@ -446,10 +447,11 @@ class ShardDataset(IterableDataset):
                          "auto, class-balanced sampling and per-class picks such as the CAM pictures read): give "
                          "--class_weights as numbers, or convert the data to another layout for those")
 
-    @property
-    def samples(self) -> list[Any]:
-        raise ShardError("--dataset wds has no per-image file paths to write into a predictions file; drop --out "
-                         "or evaluate another layout")
+    @functools.cached_property
+    def samples(self) -> list[tuple[str, int]]:
+        """``("<shard file>/<key>", label)`` of every sample in split order, for a predictions file (``--out``):
+        one more read of the split, without decoding."""
+        return [(f"{Path(s.url).name}/{key}", label) for s in self.shards for key, _, label in iter_samples(s.url)]
 
     def key(self, index: int) -> str:
         raise ShardError("--knowledge and --curriculum key side files by sample, which shards streamed in a "

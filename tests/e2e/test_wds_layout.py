@@ -87,6 +87,13 @@ def test_shards_train_like_the_folders(digits, folder_top1, writer):
     assert abs(top1_of(run) - folder_top1) <= MARGIN, (top1_of(run), folder_top1)
     assert top1_of(run) > 70  # it learned (10 classes: chance is 10)
     assert read_json(run / "eval_test/metrics.json")["count"] == 270  # every test sample once
+    if writer == "converter":  # the checkpoint evaluates on its own shards (no --data, no --dataset), -j 2
+        out = run / "predictions.json"
+        assert run_main(["--evaluation", "--resume", str(run / "checkpoints/best.pth"), "-j", "2", "--out", str(out),
+                         "--no_progress"]) == 0
+        assert read_json(run / "eval_test/metrics.json")["top1"] == top1_of(run)
+        rows = read_json(out)
+        assert len({row["path"] for row in rows}) == 270 and rows[0]["path"].startswith("test-000000.tar/")
 
 
 def history(run_dir):
