@@ -1,4 +1,5 @@
-"""Data: datasets (folders, txt lists, zip archives, csv/jsonl tables), transforms, samplers and loaders."""
+"""Data: datasets (folders, txt lists, zip archives, csv/jsonl tables, WebDataset shards), transforms, samplers
+and loaders."""
 from .datasets import LAYOUTS, ClassificationDataset, Columns, DatasetError, read_class_names, resolve_split
 from .enhancement import (
     CustomPolicyConfig,

@@ -10,6 +10,8 @@ Layouts (``--dataset``):
   csv     DATA/{train,val,test}.csv (or .jsonl), or one DATA/labels.csv (or .jsonl) with a ``split`` column;
           a header names the columns (``path,label`` by default: ``--path_col``, ``--label_col``); labels are
           class names (integers too with DATA/classes.txt); paths relative to the table's folder
+  wds     WebDataset tar shards (DATA/_info.json in timm's format, or <split>-NNNNNN.tar; DATA may be a URL):
+          streamed by :class:`dataloader.shards.ShardDataset`, not by the map-style dataset below
 
 Class names always come from the train split (or classes.txt); a class in val or test that train
 does not have is an error, as is any malformed line, which is reported with its file and line number.

@@ -206,3 +206,16 @@ def test_fsspec_url_reads_like_the_folder(small):
     assert loader_keys(url)[2] == loader_keys(small)[2]
     (small / "_info.json").unlink()  # listed through fsspec's glob instead
     assert [Path(s.url).name for s in ShardSet(url).shards("val")] == ["val-000000.tar", "val-000001.tar"]
+
+
+def test_a_bad_image_is_skipped_with_skip_bad_images_else_named(tmp_path):
+    bad = [("s000", b"\x89PNG\r\n\x1a\n not really", 0), *records(9)[1:]]
+    write_wds_split(tmp_path, "train", bad, ["a", "b", "c"], 1)
+    dataset = ShardDataset(tmp_path, "train", ["a", "b", "c"], skip_bad=True)
+    loader = ShardLoader(dataset, batch_size=4, workers=0, train=False)
+    sizes = [len(target) for _, target, _ in loader]
+    assert sizes == [3, 4, 1] and len(loader) == 3  # batches of 4 consumed samples, the bad one left out
+    from dataloader.io import ImageDecodeError
+    strict = ShardLoader(ShardDataset(tmp_path, "train", ["a", "b", "c"]), batch_size=4, workers=0, train=False)
+    with pytest.raises(ImageDecodeError, match=r"train-000000\.tar/s000.*--skip_bad_images"):
+        list(strict)
