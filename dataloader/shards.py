@@ -145,7 +145,8 @@ class ShardSet:
             splits = self.info.get("splits")
             if not isinstance(splits, dict):
                 raise ShardError(f"{self.info_file}: no 'splits' object (timm's format: splits.<name>.filenames)")
-            return {name: [join(self.base, f) for f in entry.get("filenames", [])] for name, entry in splits.items()}
+            return {name: [join(self.base, f) for f in entry.get("filenames", [])] if isinstance(entry, dict) else []
+                    for name, entry in splits.items()}
         if self.pattern is not None:
             from braceexpand import braceexpand
             urls = list(braceexpand(self.pattern))
@@ -177,6 +178,10 @@ class ShardSet:
             raise ShardError(f"split {split!r} not found in {self.root} for --dataset wds (splits there: "
                              f"{', '.join(sorted(self._files)) or 'none'})")
         urls = self._files[name]
+        for url in urls:
+            if not is_url(url) and not Path(url).is_file():
+                raise ShardError(f"{self.info_file}: shard {url} of split {name!r} does not exist; fix "
+                                 f"splits.{name}.filenames or restore the file")
         entry = (self.info or {}).get("splits", {}).get(name) if self.pattern is None else None
         if entry is not None and "shard_lengths" in entry:
             counts = entry["shard_lengths"]
@@ -185,10 +190,6 @@ class ShardSet:
                                  f"file of splits.{name}.filenames ({len(urls)})")
         else:
             counts = [sum(1 for _ in iter_samples(url)) for url in urls]
-        for url in urls:
-            if not is_url(url) and not Path(url).is_file():
-                raise ShardError(f"{self.info_file}: shard {url} of split {name!r} does not exist; fix "
-                                 f"splits.{name}.filenames or restore the file")
         return _with_offsets(urls, counts)
 
     def classes(self) -> list[str]:
