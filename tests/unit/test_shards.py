@@ -70,6 +70,8 @@ def test_shards_without_info_are_found_and_counted(small):
     assert [s.count for s in found.shards("train")] == [5, 5, 5, 5, 3]
     assert found.exists("val") and not found.exists("test")
     assert found.classes() == ["0", "1", "2"]  # no classes anywhere: 0..max train label
+    (small / "classes.txt").write_text("cat\ndog\nfox\n")
+    assert ShardSet(small).classes() == ["cat", "dog", "fox"]  # a classes.txt beside the shards
 
 
 def test_brace_pattern_names_the_shards(small):
