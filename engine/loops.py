@@ -20,7 +20,7 @@ from models.finetune import update_bn_stats
 from optim import ModelEma, base_lr
 from utils.checkpoint import kill_point
 from utils.distributed import all_reduce_sum, gather_objects
-from utils.metrics import hard_labels, topk_correct, topk_hits
+from utils.metrics import hard_labels, topk_hits
 
 from .precision import autocast
 
@@ -208,7 +208,7 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: n
     targets and dataset indices of every sample (CPU tensors, in loader order)."""
     model.eval()
     device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
-    loss_sum, top1, top5, seen = 0.0, 0, 0, 0
+    losses, hits, sizes = [], [], []  # per batch, on the device: read back once at the end (RunningSums says why)
     outputs: dict[str, list[torch.Tensor]] = {"logits": [], "targets": [], "indices": []}
     for images, target, index in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         if not images.numel():
@@ -218,13 +218,16 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: n
             logits = model(images)
         logits = logits.float()
         if criterion is not None:
-            loss_sum += criterion(logits, target).item() * images.shape[0]
-        c1, c5 = topk_correct(logits, target, (1, 5))
-        top1, top5, seen = top1 + c1, top5 + c5, seen + images.shape[0]
+            losses.append(criterion(logits, target).detach())
+        hits.append(topk_hits(logits, target, (1, 5)))
+        sizes.append(images.shape[0])
         if return_outputs:
             outputs["logits"].append(logits.cpu())
             outputs["targets"].append(target.cpu())
             outputs["indices"].append(index)
+    loss_sum = sum(loss * n for loss, n in zip(torch.stack(losses).tolist(), sizes)) if losses else 0.0
+    top1, top5 = (sum(column) for column in zip(*torch.stack(hits).tolist())) if hits else (0, 0)
+    seen = sum(sizes)
     # Under DDP each rank saw a disjoint, unpadded shard: the sums over ranks count every sample once.
     expected = sum(batch_sizes(loader))
     top1, top5, seen, loss_sum, expected = all_reduce_sum([top1, top5, seen, loss_sum, expected], device)

@@ -44,9 +44,12 @@ def test_gradient_accumulation_equals_the_big_batch(tiny_data):
 def test_evaluate_counts_every_sample_once(tiny_data):
     ds = ClassificationDataset(tiny_data["folder"], "folder", "val", transform=create_transform(False, (16, 16)))
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))
-    out = evaluate(model, create_loader(ds, batch_size=5, workers=0, train=False),
+    out = evaluate(model, create_loader(ds, batch_size=5, workers=0, train=False), create_criterion("softmax"),
                    preprocess=BatchPreprocessor([0.5] * 3, [0.25] * 3, torch.device("cpu")), return_outputs=True)
     assert out["count"] == 12 and out["indices"].tolist() == list(range(12))
+    # batches of 5, 5 and 2, read back at the end: the loss is the mean over all 12 samples
+    expected = nn.functional.cross_entropy(out["logits"], out["targets"]).item()
+    assert out["loss"] == pytest.approx(expected, rel=1e-5)
     assert out["top1"] == pytest.approx(100 * (out["logits"].argmax(1) == out["targets"]).float().mean().item())
     assert out["top5"] == 100.0  # 3 classes: the top 5 holds every class
 
