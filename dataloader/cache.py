@@ -156,7 +156,7 @@ class BatchAugment:
                 images = torch.where(flip[:, None, None, None], images.flip(-1), images)
             elif isinstance(op, v2.RandomErasing) and op.value in (None, 0, [0], (0,)):
                 mask = erasing_masks(n, h, w, op.p, op.scale, op.ratio, g).to(images.device)
-                images = images.masked_fill(mask[:, None], 0)
+                images = torch.where(mask[:, None], images.new_zeros(()), images)  # masked_fill lacks uint16
             else:
                 images = torch.stack([call_seeded(op, image, int(seed)) for image, seed in zip(images, seeds)])
         return images

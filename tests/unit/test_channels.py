@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn as nn
 from PIL import Image
+from torchvision.transforms import v2
 
 import config
 from dataloader import BatchPreprocessor, create_policy, create_transform
-from dataloader.cache import DecodedCache
+from dataloader.cache import BatchAugment, DecodedCache
 from dataloader.datasets import ClassificationDataset
 from dataloader.io import PixelFormat, decode_pixels, decode_rgb, to_grey
 from helpers import demo_module, write_digit_folders
@@ -149,6 +150,11 @@ def test_the_cache_holds_16_bit_grey(tmp_path):
     cache = DecodedCache(dataset, dataset.transform)
     assert cache.images.dtype == torch.uint16 and cache.images.shape == (4, 1, 8, 8)
     assert sorted(cache.images[:, 0, 0, 0].to(torch.int32).tolist()) == [1000, 1001, 60000, 60001]
+    augment = BatchAugment([v2.RandomResizedCrop(6, antialias=True), v2.RandomHorizontalFlip(0.5),
+                            v2.RandomErasing(1.0, value=0)])  # the batched ops a cached training run applies
+    out = augment(cache.images, [11, 12, 13, 14]).to(torch.int32)
+    assert out.shape == (4, 1, 6, 6) and (out == 0).any() and set(out.flatten().tolist()) <= {0, 1000, 1001, 60000,
+                                                                                                60001}
 
 
 def test_the_batch_preprocessor_refuses_a_batch_of_other_channels():
