@@ -208,7 +208,7 @@ class DecodedCache:
         if need > max_gb * GB:
             raise CacheTooLarge(
                 f"--cache_dataset memory would hold the {len(dataset)} {dataset.split} images of {dataset.root} "
-                f"decoded to {first.shape[0]}x{self.size[0]}x{self.size[1]} {first.dtype}: {need / GB:.2f} GB, over "
+                f"decoded to {first.shape[0]}x{self.size[0]}x{self.size[1]}: {need / GB:.2f} GB, over "
                 f"--cache_max_gb {max_gb:g}; "
                 f"raise --cache_max_gb, lower --image_size, or use --cache_dataset none (decode per batch)")
         images = torch.empty((len(dataset), *first.shape), dtype=first.dtype)
