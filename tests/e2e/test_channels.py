@@ -11,8 +11,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+import torch.nn as nn
+import yaml
 
-from helpers import TINY_SIZE, main_process, read_json, run_demo, run_main, write_low_byte_set
+from helpers import (
+    TINY_SIZE,
+    main_process,
+    put_in_cache,
+    read_json,
+    run_demo,
+    run_main,
+    tiny_train_args,
+    write_low_byte_set,
+)
+from models import create_model
 
 
 def train_args(data: Path, out: Path, tag: str, *extra: str) -> list[str]:
@@ -69,3 +81,18 @@ def test_16_bit_images_reach_the_model_at_full_range(tmp_path):
     assert top1["b8"] == 50.0  # at 8 bits every image is the same flat 128: one class for all
     spec = torch.load(tmp_path / "out/simple_cnn/b16/checkpoints/best.pth", weights_only=True)["model_spec"]
     assert spec["bit_depth"] == 16 and spec["in_chans"] == 1
+
+
+def test_named_rgb_weights_fit_a_grey_stem_and_their_mean_is_averaged(tiny_data, tmp_path, caches):
+    rgb = put_in_cache("timm/test_resnet", caches)  # mean/std 0.5 per RGB channel
+    model = create_model("timm/test_resnet", 3, pretrained="imagenet", in_chans=1)
+    name, stem = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    assert stem.in_channels == 1
+    torch.testing.assert_close(stem.weight.detach(), rgb[f"{name}.weight"].sum(1, keepdim=True))
+    out = tmp_path / "out"
+    assert run_main(tiny_train_args(tiny_data["folder"], out, "--arch", "timm/test_resnet", "--pretrained",
+                                    "imagenet", "--epochs", "1", "--in_chans", "1")) == 0
+    run = out / "timm-test_resnet" / "default"
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert (cfg["in_chans"], cfg["mean"], cfg["std"]) == (1, [0.5], [0.5])
+    assert "mean = [0.5] for --in_chans 1 (the average)" in (run / "log.txt").read_text()
