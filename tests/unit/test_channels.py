@@ -22,6 +22,7 @@ from models import create_model, load_pretrained, load_state_dict_checked
 from models.spec import ModelSpec
 from models.stem import adapt_state, input_channels
 from utils.checkpoint import CheckpointError
+from utils.images import to_hwc
 
 GREY8, GREY16, RGB16 = PixelFormat(1, 8), PixelFormat(1, 16), PixelFormat(3, 16)
 
@@ -211,3 +212,10 @@ def test_demo_preprocessing_is_bit_exact_for_grey_and_16_bits(tmp_path, fmt, res
         batch_project.append(expected)
     normalised = BatchPreprocessor(meta["mean"], meta["std"], torch.device("cpu"))(torch.stack(batch_project))
     assert torch.equal(ours.normalise(torch.stack(batch_ours)), normalised)
+
+
+def test_pictures_show_grey_tripled_and_16_bits_rounded_to_8():
+    image = torch.tensor([[[0, 128, 257 * 200 + 100, 65535]]], dtype=torch.int32).to(torch.uint16)
+    shown = to_hwc(image)
+    assert shown.dtype == np.uint8 and shown.shape == (1, 4, 3)
+    assert shown[0, :, 0].tolist() == [0, 0, 200, 255] and (shown[..., 0] == shown[..., 2]).all()
