@@ -46,7 +46,15 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 
 from utils.atomic import atomic_write, write_json_atomic
 
-from .io import DEFAULT_MAX_IMAGE_PIXELS, DatasetError, ImageDecodeError, _unwrap_worker_message, decode_rgb
+from .io import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    RGB8,
+    DatasetError,
+    ImageDecodeError,
+    PixelFormat,
+    _unwrap_worker_message,
+    decode_pixels,
+)
 from .transforms import call_seeded
 
 logger = logging.getLogger(__name__)
@@ -306,10 +314,11 @@ class ShardDataset(IterableDataset):
 
     def __init__(self, root: str | Path, split: str, class_names: Sequence[str] | None = None,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, skip_bad: bool = False,
-                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, train: bool = False, seed: int = 0):
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, train: bool = False, seed: int = 0,
+                 pixels: PixelFormat = RGB8):
         self.shard_set = ShardSet(root)
         self.root, self.split, self.transform, self.skip_bad = str(root), split, transform, skip_bad
-        self.max_pixels, self.train, self.seed = max_pixels, train, seed
+        self.max_pixels, self.train, self.seed, self.pixels = max_pixels, train, seed, pixels
         self.class_names = list(class_names) if class_names is not None else self.shard_set.classes()
         self.shards = self.shard_set.shards(split)
         self.split_table = None
@@ -392,7 +401,7 @@ class ShardDataset(IterableDataset):
     def decode(self, key: str, data: bytes, label: int, index: int) -> tuple[torch.Tensor, int, int] | None:
         """One sample decoded and transformed with its own seed; None for a bad image under ``skip_bad``."""
         try:
-            image = decode_rgb(data, name=f"{self.root}:{key}", max_pixels=self.max_pixels)
+            image = decode_pixels(data, name=f"{self.root}:{key}", max_pixels=self.max_pixels, fmt=self.pixels)
         except ImageDecodeError as e:
             if not self.skip_bad:
                 raise ImageDecodeError(f"{e}; fix the shard (python utils/check_images.py {self.root} --dataset "
@@ -429,7 +438,7 @@ class ShardDataset(IterableDataset):
         shard = self.shards[i]
         for position, (key, data, _) in enumerate(iter_samples(shard.url)):
             if position == index - shard.offset:
-                return decode_rgb(data, name=f"{shard.url}:{key}", max_pixels=self.max_pixels)
+                return decode_pixels(data, name=f"{shard.url}:{key}", max_pixels=self.max_pixels, fmt=self.pixels)
         raise IndexError(index)
 
     def first_items(self, n: int) -> list[tuple[torch.Tensor, int, int] | None]:
