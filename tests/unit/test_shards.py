@@ -221,3 +221,11 @@ def test_a_bad_image_is_skipped_with_skip_bad_images_else_named(tmp_path):
     strict = ShardLoader(ShardDataset(tmp_path, "train", ["a", "b", "c"]), batch_size=4, workers=0, train=False)
     with pytest.raises(ImageDecodeError, match=r"train-000000\.tar/s000.*--skip_bad_images"):
         list(strict)
+
+
+def test_shards_decode_to_the_runs_pixel_format(small):
+    from dataloader.io import PixelFormat
+    grey = ShardDataset(small, "train", ["a", "b", "c"], pixels=PixelFormat(1, 8))
+    assert grey.load(0).shape == (1, 8, 8) and ShardDataset(small, "train", ["a", "b", "c"]).load(0).shape == (3, 8, 8)
+    image, _, _ = grey.first_items(1)[0]
+    assert image.shape[0] == 1
