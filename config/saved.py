@@ -12,10 +12,13 @@ import yaml
 
 from config.base import ConfigError
 from config.parser import RESUME_SAFE_KEYS, build_parser
+from config.shared import DATASET_ALIASES
 from utils.atomic import write_text_atomic
 
 # libyaml's safe loader when PyYAML has it: 10x faster than the pure-Python one over hundreds of configs.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# The column flags of the layouts that have columns (a checkpoint's run reads its data with them again).
+COLUMN_FLAGS = {"csv": ("path_col", "label_col"), "hf": ("label_col", "image_col")}
 
 
 def use_checkpoint_data(cfg: argparse.Namespace, given: set[str]) -> None:
@@ -32,14 +35,14 @@ def use_checkpoint_data(cfg: argparse.Namespace, given: set[str]) -> None:
     if not data or data == cfg.data:
         return
     logger = logging.getLogger("config")
-    if not Path(data).exists():
+    if not Path(data).exists() and saved.get("dataset") != "hf":  # hf: also a Hub name, which is no path
         logger.warning("%s was trained on %s, which does not exist here: using --data %s", cfg.resume, data, cfg.data)
         return
     cfg.data = data
-    if "dataset" not in given and saved.get("dataset") in ("folder", "txt", "zip", "csv"):
+    if "dataset" not in given and saved.get("dataset") in set(DATASET_ALIASES.values()):
         cfg.dataset = saved["dataset"]
-    if cfg.dataset == saved.get("dataset") == "csv":  # the tables' columns, unless given
-        for key in ("path_col", "label_col"):
+    if cfg.dataset == saved.get("dataset"):  # a csv or hf dataset's columns, unless given
+        for key in COLUMN_FLAGS.get(cfg.dataset, ()):
             if key not in given and isinstance(saved.get(key), str):
                 setattr(cfg, key, saved[key])
     logger.info("no --data given: using %s (%s layout), the data %s was trained on", data, cfg.dataset, cfg.resume)

@@ -3,8 +3,10 @@
 1,797 real 8x8 images, upscaled to 32x32 RGB, split 70/15/15 stratified with a fixed seed into
 ``OUT/{train,val,test}/<0-9>/<index>.png``. Idempotent: an existing complete dataset is left alone.
 
-    python utils/make_digits.py [--out data/digits] [--txt DIR] [--zip DIR] [--csv DIR] [--per_class N]
+    python utils/make_digits.py [--out data/digits] [--txt DIR] [--zip DIR] [--csv DIR] [--hf DIR] [--per_class N]
 
+``--hf DIR`` writes the Hugging Face Hub's parquet layout (``DIR/data/{train,validation,test}-*.parquet``, read
+by ``--dataset hf``) through the converter of ``utils/convert_data.py``.
 ``--per_class N`` keeps the first N images of each class in each split: a tiny set for smoke runs
 (``SMOKE=1`` in the z_task_shell recipes).
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dataloader.convert import convert_dataset  # noqa: E402
 from dataloader.digits import make_digits  # noqa: E402
 from dataloader.layout_writers import write_csv_tables, write_txt_lists, write_zip_archives  # noqa: E402
 
@@ -29,6 +32,8 @@ def main() -> None:
     parser.add_argument("--txt", default=None, help="also write the txt-list layout to this folder")
     parser.add_argument("--zip", default=None, help="also write the zip-archive layout to this folder")
     parser.add_argument("--csv", default=None, help="also write the csv-table layout (path,label) to this folder")
+    parser.add_argument("--hf", default=None,
+                        help="also write the Hugging Face parquet layout (DIR/data/<split>-*.parquet) to this folder")
     parser.add_argument("--per_class", type=int, default=None,
                         help="keep only the first N images of each class in each split (a tiny smoke-test set)")
     args = parser.parse_args()
@@ -40,6 +45,8 @@ def main() -> None:
         logger.info("zip archives: %s", write_zip_archives(root, args.zip))
     if args.csv:
         logger.info("csv tables: %s", write_csv_tables(root, args.csv))
+    if args.hf:
+        logger.info("parquet files: %s", convert_dataset(root, "folder", "parquet", args.hf, replace=True))
 
 
 if __name__ == "__main__":
