@@ -87,12 +87,12 @@ def _load_hub(name: str) -> dict[str, Any]:
     saved, datasets.config.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE, True
     try:
         return dict(datasets.load_dataset(name, cache_dir=cache))
-    except (ConnectionError, FileNotFoundError, ValueError) as e:
+    except (ConnectionError, FileNotFoundError, ValueError):
         raise DatasetError(
             f"Hugging Face dataset {name!r} is not in the datasets cache {cache} and this project never downloads "
-            f"data ({type(e).__name__}): fill the cache on a machine with network, with the same HF_DATASETS_CACHE "
-            f"or HF_HOME: python -c \"import datasets; datasets.load_dataset('{name}')\", and copy it here; or "
-            f"save it with .save_to_disk(DIR) (or its parquet files) and pass --data DIR") from None
+            f"data (nor is there a folder {name}): fill the cache on a machine with network, with the same "
+            f"HF_DATASETS_CACHE or HF_HOME: python -c \"import datasets; datasets.load_dataset('{name}')\", and copy "
+            f"it here; or save it with .save_to_disk(DIR) (or its parquet files) and pass --data DIR") from None
     finally:
         datasets.config.HF_HUB_OFFLINE = saved
 
