@@ -216,9 +216,10 @@ class HfLayout:
         samples = []
         for row, label in enumerate(labels):
             if not isinstance(label, int) or not 0 <= label < len(class_names):
+                unlabelled = "; -1 is the datasets library's 'no label'" if label == -1 else ""
                 report(errors, DatasetError(f"{describe_row(root, split, row)}: label {label} is out of range: "
-                                            f"there are {len(class_names)} classes (labels 0..{len(class_names) - 1}); "
-                                            f"fix the row's label or drop the row"))
+                                            f"there are {len(class_names)} classes (labels 0..{len(class_names) - 1}"
+                                            f"{unlabelled}); fix the row's label or drop the row"))
                 continue
             samples.append((f"{split}/{row:0{width}d}", label))
         return samples

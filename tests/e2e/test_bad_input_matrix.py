@@ -906,8 +906,9 @@ CASES += [
          r"DatasetError: \S*hf \(train split\): no image column \('image' or 'img'\); its columns are picture, label: "
          r"name the image column with --image_col$", check=_no_run_started),
     Case("hf-label-out-of-classlabel-range",
-         lambda tmp, data: tiny_hf(_hf_data(data, tmp, label=7), tmp), 1,
-         r"DatasetError: \S*hf \(val split\) row 0: label 7 is out of range: there are 3 classes \(labels 0\.\.2\)"),
+         lambda tmp, data: tiny_hf(_hf_data(data, tmp, label=-1), tmp), 1,  # -1: a ClassLabel's "no label"
+         r"DatasetError: \S*hf \(val split\) row 0: label -1 is out of range: there are 3 classes \(labels 0\.\.2; "
+         r"-1 is the datasets library's 'no label'\)"),
     Case("hf-undecodable-row", lambda tmp, data: tiny_hf(_hf_data(data, tmp, broken=True), tmp), 1,
          r"\S*hf \(train split\) row 0: .*--skip_bad_images"),
     Case("hf-hub-name-not-cached", lambda tmp, data: tiny_hf("someone/not-cached", tmp), 1,
