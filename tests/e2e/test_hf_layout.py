@@ -88,3 +88,19 @@ def test_workers_balanced_sampling_automatic_splits_cache_and_bad_rows(tmp_path,
     cached = train(tmp_path / "one", tmp_path / "out", "hf", "cached", "--cache_dataset", "memory",
                    "--val_fraction", "0.3", "--skip_bad_images")
     assert "(train split) row 30" in (cached / "log.txt").read_text()
+
+
+def test_teacher_files_and_curricula_name_rows_by_their_keys(tiny_run, tiny_data, tmp_path):
+    from dataloader import ClassificationDataset
+    from dataloader.convert import convert_dataset
+    from utils.sidefiles import read_rows
+    data = convert_dataset(tiny_data["folder"], "folder", "parquet", tmp_path / "hf")
+    best = str(tiny_run / "checkpoints" / "best.pth")
+    for mode in (["--knowledge", "train"], ["--make_curriculum"]):
+        assert run_main([*mode, "--resume", best, "--data", str(data), "--dataset", "hf", "-j", "0",
+                         "--no_progress"]) == 0
+    keys = {ClassificationDataset(data, "hf", "train").key(i) for i in range(30)}
+    assert keys == {f"train/{i:06d}" for i in range(30)}
+    assert set(read_rows(data / "distill_resnet18.txt", 3)) == set(read_rows(data / "curriculum.txt", 1)) == keys
+    run = train(data, tmp_path / "out", "hf", "student", "--distill", "--curriculum_learning", "--epochs", "1")
+    assert read_json(run / "metrics.json")["history"][0]["train_loss"] > 0
