@@ -28,6 +28,7 @@ import torch.nn as nn
 from config import selected_mode
 from engine import amp_dtype, autocast
 from models import create_model, extract_state_dict
+from models.stem import input_channels
 from utils.atomic import write_bytes_atomic
 from utils.checkpoint import load_checkpoint
 from utils.misc import resolve_device
@@ -57,7 +58,8 @@ def tool_model(cfg: argparse.Namespace) -> ToolModel:
         model, spec = model_from_checkpoint(cfg.resume, cfg, fallback_class_names=fallback)
         return ToolModel(model.eval(), spec.arch, spec.image_size, spec.num_classes)
     num_classes = cfg.num_classes or DEFAULT_NUM_CLASSES
-    return ToolModel(create_model(cfg.arch, num_classes).eval(), cfg.arch, tuple(cfg.image_size), num_classes)
+    model = create_model(cfg.arch, num_classes, in_chans=cfg.in_chans)
+    return ToolModel(model.eval(), cfg.arch, tuple(cfg.image_size), num_classes)
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -74,7 +76,7 @@ def count_flops(model: nn.Module, image_size: Sequence[int]) -> tuple[int, dict[
     from torch.utils.flop_counter import FlopCounterMode
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(torch.zeros(1, 3, *image_size))
+        model(torch.zeros(1, input_channels(model), *image_size))
     return counter.get_total_flops(), counter.get_flop_counts()
 
 
@@ -157,7 +159,8 @@ def measure_variant(variant: Variant, batch: int, image_size: tuple[int, int], n
                     device: torch.device) -> dict[str, float]:
     """Images per second of inference and of a training step (forward, backward, SGD step)."""
     model = variant.model.to(device)
-    x = torch.randn(batch, 3, *image_size, device=device).contiguous(memory_format=variant.memory_format)
+    x = torch.randn(batch, input_channels(model), *image_size, device=device)
+    x = x.contiguous(memory_format=variant.memory_format)
     y = torch.randint(0, num_classes, (batch,), device=device)
 
     def infer() -> None:
@@ -233,7 +236,7 @@ def summary(cfg: argparse.Namespace) -> dict[str, Any]:
         handles.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            tm.model(torch.zeros(1, 3, *tm.image_size))
+            tm.model(torch.zeros(1, input_channels(tm.model), *tm.image_size))
     finally:
         for handle in handles:
             handle.remove()

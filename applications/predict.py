@@ -30,7 +30,14 @@ from utils.metrics import probabilities
 from utils.misc import log_to_file, resolve_device
 from utils.runlock import fresh_dir
 
-from .setup.common import build_loader, checkpoint_run_dir, model_from_checkpoint, preprocessor, spec_transform
+from .setup.common import (
+    build_loader,
+    checkpoint_run_dir,
+    model_from_checkpoint,
+    pixel_format,
+    preprocessor,
+    spec_transform,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +87,8 @@ def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         spec = replace(spec, class_names=tuple(names))
     class_names = list(spec.class_names)
     model = model.to(device).eval()
-    dataset = SourceImages(paths, spec_transform(spec), cfg.max_image_pixels, skip_bad=True)  # skips are counted below
+    dataset = SourceImages(paths, spec_transform(spec), cfg.max_image_pixels, skip_bad=True,
+                           pixels=pixel_format(spec))  # skips are counted below
     result = evaluate(model, build_loader(cfg, dataset, train=False, device=device),
                       preprocess=preprocessor(spec, device), dtype=amp_dtype(cfg.amp, cfg.amp_dtype, device),
                       progress=not cfg.no_progress, return_outputs=True, desc="predict")

@@ -43,6 +43,7 @@ from .setup.common import (
     checkpoint_run_dir,
     data_class_names,
     model_from_checkpoint,
+    pixel_format,
     preprocessor,
     restore_for_inference,
     spec_transform,
@@ -96,7 +97,8 @@ def _restore(cfg: argparse.Namespace) -> Restored:
 
 def _source_dataset(cfg: argparse.Namespace, restored: Restored, path: str) -> SourceImages:
     return SourceImages(collect_sources(path, "--visual_source"), spec_transform(restored.spec),
-                        max_pixels=cfg.max_image_pixels, skip_bad=bool(getattr(cfg, "skip_bad_images", False)))
+                        max_pixels=cfg.max_image_pixels, skip_bad=bool(getattr(cfg, "skip_bad_images", False)),
+                        pixels=pixel_format(restored.spec))
 
 
 # ----------------------------------------------------------------------------------------------- drawing

@@ -48,6 +48,8 @@ VARIANTS: dict[str, tuple[str, bool, dict[str, Any]]] = {
     "project, entropy": ("entropy", True, {}),
     "project, Add not quantized": ("minmax", True, {"exclude_op_types": ["Add"]}),
     "project, only Conv+Gemm quantized": ("minmax", True, {"op_types_to_quantize": ["Conv", "Gemm"]}),
+    "project, full-range weights": ("minmax", True, {"reduce_range": False}),
+    "project, U8S8": ("minmax", True, {"activation_type": "QUInt8"}),
     "logits int8 (before)": ("minmax", False, {}),
     "before, percentile": ("percentile", False, {}),
     "before, entropy": ("entropy", False, {}),

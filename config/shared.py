@@ -7,6 +7,7 @@ import math
 import os
 import re
 from pathlib import Path
+from typing import Sequence
 
 from config.base import FlagGroup, need
 
@@ -23,6 +24,8 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 DATASET_ALIASES = {"folder": "folder", "imagenet": "folder", "txt": "txt", "read_from_txt": "txt", "zip": "zip",
                    "csv": "csv", "jsonl": "csv", "hf": "hf", "huggingface": "hf", "parquet": "hf"}
 
+# ImageNet's normalisation, the default --mean/--std (their average for --in_chans 1)
+RGB_MEAN, RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Preprocessing keys that named --pretrained weights supply unless set (see defer_preprocessing).
 PREPROCESSING_KEYS = ("mean", "std", "interpolation", "eval_resize", "crop_pct")
 # Modes that build a model from --pretrained (and so may take named weights and their preprocessing).
@@ -159,10 +162,18 @@ def _add_model(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--interpolation", choices=["bilinear", "bicubic"], default="bilinear",
                    help="resampling of every resize (antialiased): training, evaluation, exports and the demo "
                         "(unless set: named --pretrained weights' own)")
-    g.add_argument("--mean", type=float, nargs=3, default=[0.485, 0.456, 0.406],
-                   help="normalisation mean (RGB) (unless set: named --pretrained weights' own)")
-    g.add_argument("--std", type=float, nargs=3, default=[0.229, 0.224, 0.225],
-                   help="normalisation std (RGB) (unless set: named --pretrained weights' own)")
+    g.add_argument("--in_chans", type=int, choices=[1, 3], default=3,
+                   help="input channels: 3 (RGB; grey images are tripled) or 1 (grey; colour images become their "
+                        "luma); the model's stem is built for it and it travels in the model's spec")
+    g.add_argument("--bit_depth", type=int, choices=[8, 16], default=8,
+                   help="bits per value read from images: 8 (16-bit PNG/TIFF rounded to 8 bits) or 16 (kept at full "
+                        "range, 0..65535; 8-bit images are scaled by 257); travels in the model's spec")
+    g.add_argument("--mean", type=float, nargs="+", default=list(RGB_MEAN),
+                   help="normalisation mean, one value per channel (default: ImageNet's RGB; with --in_chans 1 their "
+                        "average; unless set: named --pretrained weights' own)")
+    g.add_argument("--std", type=float, nargs="+", default=list(RGB_STD),
+                   help="normalisation std, one value per channel (default: ImageNet's RGB; with --in_chans 1 their "
+                        "average; unless set: named --pretrained weights' own)")
     g.add_argument("--criterion", choices=["softmax", "bce"], default="softmax",
                    help="softmax cross-entropy or sigmoid binary cross-entropy over one-vs-all targets")
 
@@ -174,6 +185,22 @@ def _check_model(cfg: argparse.Namespace) -> None:
     need(cfg.num_classes is None or cfg.num_classes >= 1, f"--num_classes must be >= 1, got {cfg.num_classes}")
     need(0 < cfg.crop_pct <= 1, f"--crop_pct must be in (0, 1], got {cfg.crop_pct}")
     need(all(s > 0 for s in cfg.std), f"--std must be positive, got {cfg.std}")
+    for key, default in (("mean", RGB_MEAN), ("std", RGB_STD)):
+        if cfg.in_chans != 3 and list(getattr(cfg, key)) == list(default):  # the RGB default, not typed: the grey one
+            setattr(cfg, key, channel_values(default, cfg.in_chans))
+        need(len(getattr(cfg, key)) == cfg.in_chans, f"--{key} needs {cfg.in_chans} value(s), one per channel of "
+                                                     f"--in_chans {cfg.in_chans}, got {getattr(cfg, key)}")
+    need(not (cfg.bit_depth == 16 and cfg.interpolation == "bicubic"),
+         "--interpolation bicubic with --bit_depth 16: bicubic overshoots and torchvision does not clamp 16-bit "
+         "resizes (values would wrap); use --interpolation bilinear")
+    need(not (getattr(cfg, "gpu_decode", False) and (cfg.in_chans, cfg.bit_depth) != (3, 8)),
+         "--gpu_decode decodes 8-bit RGB JPEGs; with --in_chans 1 or --bit_depth 16 drop it (the CPU workers decode)")
+
+
+def channel_values(values: Sequence[float], in_chans: int) -> list[float]:
+    """Per-channel RGB values (mean or std) for ``in_chans`` channels: as they are for 3, their average for 1."""
+    values = [float(v) for v in values]
+    return values if in_chans == len(values) else [round(sum(values) / len(values), 6)] * in_chans
 
 
 def _add_numerics(g: argparse._ArgumentGroup) -> None:

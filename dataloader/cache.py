@@ -2,7 +2,8 @@
 
 For the bundled digits and CIFAR- or MNIST-sized sets, the per-image work of the standard path (read a
 file, decode it, transform it in a worker, collate) costs more than the model. Here every image is
-decoded once (in parallel) into one ``N x 3 x H x W`` uint8 tensor, on the GPU when training there, and
+decoded once (in parallel) into one ``N x C x H x W`` uint8 tensor (uint16 with ``--bit_depth 16``), on the
+GPU when training there, and
 each batch is an ``index_select`` followed by batched augmentation:
 
 * the deterministic head of the transform (a letterbox, or resize + centre crop) runs once, at caching
@@ -32,7 +33,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from .datasets import ClassificationDataset, call_seeded
-from .io import ImageDecodeError
+from .io import PEAK_OF_DTYPE, ImageDecodeError
 from .transforms import Letterbox
 from .workers import loader_generator
 
@@ -146,7 +147,7 @@ class BatchAugment:
                 boxes = rrc_boxes(n, h, w, op.scale, op.ratio, g)
                 if op.interpolation == v2.InterpolationMode.BILINEAR:
                     crops = resized_crops(images.float(), boxes, op.size)
-                    images = crops.round_().clamp_(0, 255).to(torch.uint8)
+                    images = crops.round_().clamp_(0, PEAK_OF_DTYPE[images.dtype]).to(images.dtype)
                 else:  # roi_align samples bilinearly: bicubic crops are resampled one by one, as torchvision does
                     images = torch.stack([F.resized_crop(image, *map(int, box), op.size, interpolation=op.interpolation,
                                                          antialias=True) for image, box in zip(images, boxes)])
@@ -155,7 +156,7 @@ class BatchAugment:
                 images = torch.where(flip[:, None, None, None], images.flip(-1), images)
             elif isinstance(op, v2.RandomErasing) and op.value in (None, 0, [0], (0,)):
                 mask = erasing_masks(n, h, w, op.p, op.scale, op.ratio, g).to(images.device)
-                images = images.masked_fill(mask[:, None], 0)
+                images = torch.where(mask[:, None], images.new_zeros(()), images)  # masked_fill lacks uint16
             else:
                 images = torch.stack([call_seeded(op, image, int(seed)) for image, seed in zip(images, seeds)])
         return images
@@ -203,13 +204,14 @@ class DecodedCache:
         self.dataset = dataset
         first = _first_image(dataset, head)
         self.size = tuple(first.shape[-2:])
-        need = len(dataset) * first.numel()
+        need = len(dataset) * first.numel() * first.element_size()
         if need > max_gb * GB:
             raise CacheTooLarge(
                 f"--cache_dataset memory would hold the {len(dataset)} {dataset.split} images of {dataset.root} "
-                f"decoded to 3x{self.size[0]}x{self.size[1]}: {need / GB:.2f} GB, over --cache_max_gb {max_gb:g}; "
+                f"decoded to {first.shape[0]}x{self.size[0]}x{self.size[1]}: {need / GB:.2f} GB, over "
+                f"--cache_max_gb {max_gb:g}; "
                 f"raise --cache_max_gb, lower --image_size, or use --cache_dataset none (decode per batch)")
-        images = torch.empty((len(dataset), *first.shape), dtype=torch.uint8)
+        images = torch.empty((len(dataset), *first.shape), dtype=first.dtype)
         valid = torch.ones(len(dataset), dtype=torch.bool)
         fit, resized = Letterbox(self.size), 0
         loader = DataLoader(_DecodeEach(dataset, head), batch_size=64, num_workers=workers, collate_fn=list,
@@ -231,8 +233,9 @@ class DecodedCache:
         self.images = images.to(device)
         self.valid = valid
         self.targets = torch.as_tensor(dataset.targets, dtype=torch.long)
-        logger.info("cached %d %s images as %s uint8 on %s (%.1f MB)", int(valid.sum()), dataset.split,
-                    "x".join(map(str, self.images.shape[1:])), self.images.device, need / 2**20)
+        logger.info("cached %d %s images as %s %s on %s (%.1f MB)", int(valid.sum()), dataset.split,
+                    "x".join(map(str, self.images.shape[1:])), str(first.dtype).removeprefix("torch."),
+                    self.images.device, need / 2**20)
 
 
 def _first_image(dataset: ClassificationDataset, head: nn.Module | None) -> torch.Tensor:

@@ -48,7 +48,16 @@ from .errors import DatasetError, Errors
 from .errors import read_classes_file as _read_classes_file
 from .errors import report as _report
 from .hf import HfLayout
-from .io import DEFAULT_MAX_IMAGE_PIXELS, IMG_EXTENSIONS, ImageDecodeError, check_size, decode_rgb, list_images
+from .io import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    IMG_EXTENSIONS,
+    RGB8,
+    ImageDecodeError,
+    PixelFormat,
+    check_size,
+    decode_pixels,
+    list_images,
+)
 from .splits import Holdout, carve, split_table
 
 logger = logging.getLogger(__name__)
@@ -634,7 +643,8 @@ def call_seeded(fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
 
 
 class ClassificationDataset(Dataset):
-    """A list of ``(source, label)`` samples read by a layout's reader and decoded to uint8 RGB.
+    """A list of ``(source, label)`` samples read by a layout's reader and decoded to ``pixels`` (uint8 RGB
+    unless told: ``--in_chans``, ``--bit_depth``).
 
     The key is an index, or ``(index, seed)`` from :class:`dataloader.loader.SeededSampler`: the seed
     makes the random transform of that sample a pure function of (run seed, epoch, index), so a
@@ -648,9 +658,9 @@ class ClassificationDataset(Dataset):
     def __init__(self, root: str | Path, kind: str, split: str, class_names: Sequence[str] | None = None,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, skip_bad: bool = False,
                  max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, holdout: Holdout | None = None,
-                 columns: Columns | None = None):
+                 columns: Columns | None = None, pixels: PixelFormat = RGB8):
         self.root, self.kind, self.split, self.skip_bad = Path(root), kind, split, skip_bad
-        self.max_pixels = max_pixels
+        self.max_pixels, self.pixels = max_pixels, pixels
         self.class_names = list(class_names) if class_names is not None else read_class_names(root, kind, columns)
         layout = get_layout(kind, columns)
         self.source_split, self.split_table = split, None
@@ -683,7 +693,8 @@ class ClassificationDataset(Dataset):
 
     def load(self, index: int) -> torch.Tensor:
         """The decoded, untransformed image of sample ``index`` (refused over ``max_pixels``, from its header)."""
-        return decode_rgb(self.read(index), name=self._describe(self.samples[index][0]), max_pixels=self.max_pixels)
+        return decode_pixels(self.read(index), name=self._describe(self.samples[index][0]), max_pixels=self.max_pixels,
+                             fmt=self.pixels)
 
     def key(self, index: int) -> str:
         """A stable name of sample ``index`` for side files (teacher outputs, curricula): its path

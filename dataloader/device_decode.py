@@ -69,6 +69,13 @@ def decode_batch(encoded: list[torch.Tensor | Exception], names: list[str], devi
             out[i] = e
     jpegs = [i for i, data in enumerate(encoded) if out[i] is None and _is_jpeg(data)]
     if jpegs:
+        if device.type == "cuda":
+            # torchvision's CUDA decoder allocates its outputs on this stream but has nvJPEG write them from
+            # another without waiting for this one (pytorch/vision#9606): a block the caching allocator
+            # recycles can still be read by queued kernels and is overwritten under them. The training loop
+            # no longer waits for the GPU every step, and an H200 run then got a nan loss at batch 4
+            # (benchmarks/gpu_check.py): drain this stream first.
+            torch.cuda.current_stream(device).synchronize()
         try:
             decoded = decode_jpeg([encoded[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
             for i, image in zip(jpegs, decoded):

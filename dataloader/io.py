@@ -1,7 +1,11 @@
-"""Image decoding to uint8 RGB tensors, the same way everywhere (training, evaluation, predict).
+"""Image decoding to tensors of one :class:`PixelFormat`, the same way everywhere (training, evaluation, predict).
 
 PNG and JPEG go through ``torchvision.io.decode_image`` (fast, no PIL round trip); anything else, or
-anything it refuses, through Pillow. Grayscale, palette and alpha images all come out as 3-channel RGB.
+anything it refuses, through Pillow. Every image is first RGB at its stored depth (grey, palette and alpha
+images become RGB; 16-bit PNGs and 16-bit grey TIFF/PGM stay 16-bit), then takes the model's format
+(``--in_chans``, ``--bit_depth``, kept in its spec): 8 bits (the default) give uint8, a 16-bit image rounded
+to 8 bits; 16 bits give uint16 at full range (an 8-bit image times 257, so that 255 stays white); 1 channel
+gives the luma of Pillow's ``L`` conversion, which keeps a grey image exactly as stored.
 
 Every image is checked against one pixel limit (``--max_image_pixels``, Pillow's default) from its header,
 before a pixel is decoded: a 100 KB PNG can declare 30000 x 30000 pixels (2.7 GB decoded), and torchvision's
@@ -13,6 +17,7 @@ import io
 import re
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -50,6 +55,35 @@ DEFAULT_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 # from the archive's directory before a byte of it is inflated.
 ENCODED_SLACK_BYTES = 16 * 2**20
 PIXEL_FLAG = "--max_image_pixels"
+
+
+
+@dataclass(frozen=True)
+class PixelFormat:
+    """The decoded tensor's channels (1 grey or 3 RGB) and bits per value (8: uint8, 16: uint16)."""
+    channels: int = 3
+    bit_depth: int = 8
+
+    def __post_init__(self) -> None:
+        if self.channels not in CHANNELS or self.bit_depth not in PEAKS:
+            raise ValueError(f"pixel format {self.channels} channels x {self.bit_depth} bits: choose channels "
+                             f"{' or '.join(map(str, CHANNELS))} and bit depth {' or '.join(map(str, PEAKS))}")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.bit_depth]
+
+    @property
+    def peak(self) -> int:
+        """The value of white: 255 or 65535."""
+        return PEAKS[self.bit_depth]
+
+
+CHANNELS = (1, 3)
+PEAKS = {8: 255, 16: 65535}
+DTYPES = {8: torch.uint8, 16: torch.uint16}
+PEAK_OF_DTYPE = {DTYPES[bits]: peak for bits, peak in PEAKS.items()}  # what BatchPreprocessor divides by
+RGB8 = PixelFormat()
 
 _WORKER_PREFIX = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
 
@@ -163,8 +197,20 @@ def check_header(data: bytes | memoryview, name: str, max_pixels: int = DEFAULT_
 
 
 def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
-    """Decode encoded image bytes into a ``3 x H x W`` uint8 tensor; an image of more than ``max_pixels``
+    """Decode encoded image bytes into a ``3 x H x W`` uint8 tensor (:func:`decode_pixels` in :data:`RGB8`)."""
+    return decode_pixels(data, name, max_pixels, RGB8)
+
+
+def decode_pixels(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                  fmt: PixelFormat = RGB8) -> torch.Tensor:
+    """Decode encoded image bytes into a ``C x H x W`` tensor of ``fmt``; an image of more than ``max_pixels``
     pixels (0: no limit) is refused from its header with :class:`ImageTooLarge`."""
+    return to_format(decode_wide(data, name, max_pixels), fmt)
+
+
+def decode_wide(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
+    """Encoded image bytes as a ``3 x H x W`` RGB tensor at the depth stored: uint16 for a 16-bit PNG (and a
+    16-bit grey TIFF/PGM), else uint8."""
     if not data:
         raise ImageDecodeError(f"{name}: empty file (0 bytes)")
     size = _png_or_jpeg_size(data)
@@ -172,14 +218,14 @@ def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX
         check_pixels(size, name, max_pixels)
         try:
             img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-            if img.dtype == torch.uint8:
+            if img.dtype in PEAK_OF_DTYPE:
                 return img
         except RuntimeError:
-            pass  # e.g. 16-bit or unusual PNG: Pillow below handles it or says why not
+            pass  # an unusual PNG: Pillow below handles it or says why not
     try:
         with open_image(data, name, max_pixels) as im:
             im.load()
-            return pil_to_tensor_rgb(im)
+            return pil_to_wide(im)
     except ImageTooLarge:
         raise
     except UnidentifiedImageError:  # its message names an in-memory buffer, not the file
@@ -188,12 +234,45 @@ def decode_rgb(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX
         raise ImageDecodeError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
 
 
+def to_format(image: torch.Tensor, fmt: PixelFormat) -> torch.Tensor:
+    """A ``3 x H x W`` uint8/uint16 RGB tensor in ``fmt``: its bit depth (:func:`to_bit_depth`), then grey for
+    one channel (:func:`to_grey`)."""
+    image = to_bit_depth(image, fmt.bit_depth)
+    return to_grey(image) if fmt.channels == 1 else image
+
+
+def to_bit_depth(image: torch.Tensor, bit_depth: int) -> torch.Tensor:
+    """A uint8 or uint16 tensor at ``bit_depth``: 8 -> 16 multiplies by 257 (255 -> 65535), 16 -> 8 rounds
+    ``x / 257`` to the nearest integer (no ties: 257 is odd)."""
+    if image.dtype == DTYPES[bit_depth]:
+        return image
+    if bit_depth == 16:
+        return (image.to(torch.int32) * 257).to(torch.uint16)
+    return ((image.to(torch.int32) + 128) // 257).to(torch.uint8)
+
+
+def to_grey(image: torch.Tensor) -> torch.Tensor:
+    """``3 x H x W`` RGB -> ``1 x H x W`` luma, in integers as Pillow's ``L`` conversion:
+    ``(19595 R + 38470 G + 7471 B + 32768) >> 16`` (ITU-R 601; the weights sum to 65536, so a grey image tripled
+    to RGB comes back exactly)."""
+    weights = torch.tensor([19595, 38470, 7471], dtype=torch.int64).view(3, 1, 1)
+    luma = ((image.to(torch.int64) * weights).sum(0, keepdim=True) + 32768) >> 16
+    return luma.to(image.dtype)
+
+
 def pil_to_tensor_rgb(im: Image.Image) -> torch.Tensor:
     """A Pillow image of any mode as a ``3 x H x W`` uint8 RGB tensor."""
+    return to_format(pil_to_wide(im), RGB8)
+
+
+def pil_to_wide(im: Image.Image) -> torch.Tensor:
+    """A Pillow image of any mode as a ``3 x H x W`` RGB tensor: uint16 for Pillow's 16-bit grey modes
+    (``I;16*``, and ``I`` with values over 255, clipped to 0..65535), else uint8 (palette images via RGBA)."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        peak = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        arr = np.asarray(im).astype(np.int64)
+        wide = im.mode.startswith("I;16") or arr.max() > 255
+        grey = torch.from_numpy(np.clip(arr, 0, 65535 if wide else 255).astype(np.int32))[None]
+        return grey.to(torch.uint16 if wide else torch.uint8).expand(3, -1, -1).contiguous()
     if im.mode != "RGB":
         im = im.convert("RGBA").convert("RGB") if im.mode == "P" else im.convert("RGB")
     return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()

@@ -8,6 +8,7 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from .io import PEAK_OF_DTYPE
 from .workers import worker_loader
 
 
@@ -161,17 +162,32 @@ def start_workers(loader: object) -> None:
 
 
 class BatchPreprocessor:
-    """uint8 ``N x 3 x H x W`` batch -> normalised float batch on ``device`` in one batched step."""
+    """uint8 or uint16 ``N x C x H x W`` batch -> normalised float batch on ``device`` in one batched step:
+    ``(x / peak - mean) / std`` per channel, ``peak`` 255 for uint8 and 65535 for uint16 (``--bit_depth 16``);
+    ``C`` is the length of ``mean`` (1 for ``--in_chans 1``). Float batches pass through unchanged."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device,
                  channels_last: bool = False):
         self.device = device
-        self.scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(1, 3, 1, 1).to(device)
-        self.shift = (torch.tensor(mean, dtype=torch.float32) / torch.tensor(std)).view(1, 3, 1, 1).to(device)
+        std_t, mean_t = torch.tensor(std, dtype=torch.float32), torch.tensor(mean, dtype=torch.float32)
+        if std_t.shape != mean_t.shape:
+            raise ValueError(f"mean {list(mean)} and std {list(std)} must have one value per channel each")
+        view = (1, len(mean_t), 1, 1)
+        self.scales = {dtype: (1.0 / (peak * std_t)).view(view).to(device) for dtype, peak in PEAK_OF_DTYPE.items()}
+        self.shift = (mean_t / std_t).view(view).to(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    @property
+    def scale(self) -> torch.Tensor:
+        """The uint8 scale ``1 / (255 std)``."""
+        return self.scales[torch.uint8]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True)
-        if images.dtype == torch.uint8:
-            images = images.float().mul_(self.scale).sub_(self.shift)
+        scale = self.scales.get(images.dtype)
+        if scale is not None:
+            if images.shape[1] != scale.shape[1]:
+                raise ValueError(f"a batch of {images.shape[1]}-channel images for a model that takes "
+                                 f"{scale.shape[1]} channel(s) (--in_chans)")
+            images = images.float().mul_(scale).sub_(self.shift)
         return images.contiguous(memory_format=self.memory_format)

@@ -14,7 +14,15 @@ from typing import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .io import DEFAULT_MAX_IMAGE_PIXELS, IMG_EXTENSIONS, ImageDecodeError, decode_rgb, list_images
+from .io import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    IMG_EXTENSIONS,
+    RGB8,
+    ImageDecodeError,
+    PixelFormat,
+    decode_pixels,
+    list_images,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +77,8 @@ class SourceImages(Dataset):
     split = "source"
 
     def __init__(self, paths: Sequence[str | Path], transform: Callable[[torch.Tensor], torch.Tensor],
-                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, skip_bad: bool = False):
-        self.paths = [Path(p) for p in paths]
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, skip_bad: bool = False, pixels: PixelFormat = RGB8):
+        self.paths, self.pixels = [Path(p) for p in paths], pixels
         self.transform, self.max_pixels, self.skip_bad = transform, max_pixels, skip_bad
         self.samples = [(str(p), UNKNOWN_LABEL) for p in self.paths]
         self.targets = [UNKNOWN_LABEL] * len(self.paths)
@@ -86,7 +94,7 @@ class SourceImages(Dataset):
             data = path.read_bytes()
         except OSError as e:
             raise ImageDecodeError(f"{path}: cannot read ({e.strerror or e})") from None
-        return decode_rgb(data, name=str(path), max_pixels=self.max_pixels)
+        return decode_pixels(data, name=str(path), max_pixels=self.max_pixels, fmt=self.pixels)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int] | None:
         index = key[0] if isinstance(key, tuple) else key

@@ -9,11 +9,15 @@ It imports only torch, numpy, Pillow and (for ``.onnx``) onnxruntime or (for ``.
 carries its metadata (class names, input size, resize mode, mean/std, head), and the preprocessing below
 reproduces the project's evaluation pipeline bit for bit:
 
-1. decode any image to 8-bit RGB as ``dataloader/io.py`` does (palette via RGBA, 16-bit scaled);
+1. decode any image as ``dataloader/io.py`` does into the export's ``in_chans`` (3: RGB, palette via RGBA;
+   1: the luma of Pillow's ``L``) and ``bit_depth`` (8: a 16-bit image rounded; 16: kept, 8-bit images x 257;
+   Pillow reads 16-bit grey PNG/TIFF at full range but a 16-bit colour PNG at 8 bits, which the project reads
+   at 16 through torchvision);
 2. letterbox (resize keeping the aspect ratio, centred, padded with 0) or centre crop, resizing the
-   uint8 image with the export's antialiased interpolation (bilinear, or bicubic for weights trained
+   integer image with the export's antialiased interpolation (bilinear, or bicubic for weights trained
    so) exactly as torchvision does on this CPU;
-3. ``(x / 255 - mean) / std`` in float32, in the same operation order as the project.
+3. ``(x / peak - mean) / std`` in float32 (peak 255, or 65535 at 16 bits), in the same operation order as
+   the project.
 
 ``--backend auto`` runs ``.onnx`` files (``model.onnx``, ``model.int8.onnx``) in ONNX Runtime, ``.xml``
 files (``model.xml``, ``model.int8.xml``, with their ``.bin``) in OpenVINO and anything else as TorchScript.
@@ -58,15 +62,27 @@ DEFAULT_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's
 
 # --- decoding: the same pixels as dataloader/io.py ----------------------------------------------------
 
-def to_rgb_tensor(im: Image.Image) -> torch.Tensor:
-    """A Pillow image of any mode as a ``3 x H x W`` uint8 RGB tensor (16-bit scaled to 8, palette via RGBA)."""
+def to_rgb_tensor(im: Image.Image, in_chans: int = 3, bit_depth: int = 8) -> torch.Tensor:
+    """A Pillow image of any mode as an ``in_chans x H x W`` tensor of ``bit_depth`` bits (uint8: 16-bit rounded
+    to 8; uint16: 8-bit times 257), palette via RGBA, grey as Pillow's ``L`` luma."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        peak = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        im = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if im.mode != "RGB":
-        im = im.convert("RGBA").convert("RGB") if im.mode == "P" else im.convert("RGB")
-    return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        arr = np.asarray(im).astype(np.int64)
+        wide = im.mode.startswith("I;16") or arr.max() > 255
+        grey = torch.from_numpy(np.clip(arr, 0, 65535 if wide else 255).astype(np.int32))[None]
+        image = grey.to(torch.uint16 if wide else torch.uint8).expand(3, -1, -1)
+    else:
+        if im.mode != "RGB":
+            im = im.convert("RGBA").convert("RGB") if im.mode == "P" else im.convert("RGB")
+        image = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1)
+    wide_image = image.to(torch.int32)
+    if image.dtype == torch.uint8 and bit_depth == 16:
+        wide_image = wide_image * 257
+    elif image.dtype == torch.uint16 and bit_depth == 8:
+        wide_image = (wide_image + 128) // 257
+    if in_chans == 1:  # Pillow's L: the weights sum to 65536, so a grey image comes back exactly
+        weights = torch.tensor([19595, 38470, 7471], dtype=torch.int64).view(3, 1, 1)
+        wide_image = ((wide_image.to(torch.int64) * weights).sum(0, keepdim=True) + 32768) >> 16
+    return wide_image.to(torch.uint16 if bit_depth == 16 else torch.uint8).contiguous()
 
 
 class ImageTooLarge(ValueError):
@@ -90,17 +106,19 @@ def _open_checked(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def read_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
-    """Decode a path, encoded bytes or a Pillow image to a ``3 x H x W`` uint8 RGB tensor; encoded images
-    of more than ``max_pixels`` pixels (0: no limit) are refused from their header with ImageTooLarge."""
+def read_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, in_chans: int = 3,
+               bit_depth: int = 8) -> torch.Tensor:
+    """Decode a path, encoded bytes or a Pillow image to an ``in_chans x H x W`` tensor (uint8 RGB unless told);
+    encoded images of more than ``max_pixels`` pixels (0: no limit) are refused from their header with
+    ImageTooLarge."""
     if isinstance(source, Image.Image):
-        return to_rgb_tensor(source)
+        return to_rgb_tensor(source, in_chans, bit_depth)
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     if not data:
         raise ValueError("empty file (0 bytes)")
     with _open_checked(data, max_pixels) as im:
         im.load()
-        return to_rgb_tensor(im)
+        return to_rgb_tensor(im, in_chans, bit_depth)
 
 
 # --- geometry: the same pixels as dataloader/transforms.py (torchvision v2 on uint8 tensors) ------------
@@ -112,11 +130,15 @@ def _native_uint8_resize() -> bool:
 
 
 def resize_uint8(image: torch.Tensor, height: int, width: int, mode: str = "bilinear") -> torch.Tensor:
-    """Antialiased ``mode`` (bilinear or bicubic) resize of a ``3 x H x W`` uint8 tensor, as
-    ``torchvision.transforms.v2.functional.resize``: bicubic always has a uint8 kernel on the CPU."""
+    """Antialiased ``mode`` (bilinear or bicubic) resize of a ``C x H x W`` uint8 tensor, as
+    ``torchvision.transforms.v2.functional.resize``: bicubic always has a uint8 kernel on the CPU. A uint16
+    tensor is resized in float32 and truncated back, as torchvision does."""
     if tuple(image.shape[-2:]) == (height, width):
         return image
     batch = image.unsqueeze(0)
+    if image.dtype == torch.uint16:
+        return F.interpolate(batch.float(), size=[height, width], mode=mode, align_corners=False,
+                             antialias=True).to(torch.uint16)[0]
     if mode == "bicubic" or _native_uint8_resize():
         out = F.interpolate(batch, size=[height, width], mode=mode, align_corners=False, antialias=True)
     else:
@@ -135,7 +157,7 @@ def letterbox(image: torch.Tensor, size: Sequence[int], mode: str = "bilinear") 
     if (new_h, new_w) == (out_h, out_w):
         return image
     top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
-    out = image.new_zeros((3, out_h, out_w))
+    out = image.new_zeros((image.shape[0], out_h, out_w))
     out[:, top:top + new_h, left:left + new_w] = image
     return out
 
@@ -265,17 +287,23 @@ class Preprocessor:
             raise ValueError(f"unsupported interpolation {metadata['interpolation']!r}; this demo knows bilinear and "
                              f"bicubic")
         self.metadata, self.max_pixels = metadata, max_pixels
+        # exports from before in_chans and bit_depth were recorded are 8-bit RGB
+        self.in_chans, self.bit_depth = int(metadata.get("in_chans", 3)), int(metadata.get("bit_depth", 8))
+        if self.in_chans not in (1, 3) or self.bit_depth not in (8, 16):
+            raise ValueError(f"unsupported input {self.in_chans} channel(s) x {self.bit_depth} bits; this demo knows "
+                             f"1 or 3 channels of 8 or 16 bits")
         std = torch.tensor(metadata["std"], dtype=torch.float32)
         # The same float32 operations as the project's BatchPreprocessor, so the inputs are bit-identical.
-        self.scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
-        self.shift = (torch.tensor(metadata["mean"], dtype=torch.float32) / std).view(1, 3, 1, 1)
+        self.scale = (1.0 / ((2.0 ** self.bit_depth - 1) * std)).view(1, -1, 1, 1)
+        self.shift = (torch.tensor(metadata["mean"], dtype=torch.float32) / std).view(1, -1, 1, 1)
 
     def load(self, source: ImageSource) -> torch.Tensor:
-        """One image as the network's ``3 x H x W`` uint8 input (decoded, resized, padded or cropped)."""
-        return GEOMETRY[self.metadata["resize"]](read_image(source, self.max_pixels), self.metadata)
+        """One image as the network's ``C x H x W`` uint8/uint16 input (decoded, resized, padded or cropped)."""
+        image = read_image(source, self.max_pixels, self.in_chans, self.bit_depth)
+        return GEOMETRY[self.metadata["resize"]](image, self.metadata)
 
     def normalise(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 ``N x 3 x H x W`` -> the float batch the export expects."""
+        """uint8/uint16 ``N x C x H x W`` -> the float batch the export expects."""
         return batch.float().mul_(self.scale).sub_(self.shift).contiguous()
 
 
@@ -318,7 +346,7 @@ class Classifier:
         self.preprocessor = Preprocessor(self.metadata, max_pixels)
 
     def load(self, source: ImageSource) -> torch.Tensor:
-        """One image as the network's ``3 x H x W`` uint8 input."""
+        """One image as the network's ``C x H x W`` integer input."""
         return self.preprocessor.load(source)
 
     def classify(self, batch: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Deployable exports of a classifier: TorchScript and ONNX files that carry their own metadata.
 
-Both formats take a float ``N x 3 x H x W`` batch, already normalised as ``(x / 255 - mean) / std``,
+Both formats take a float ``N x C x H x W`` batch (C: the spec's ``in_chans``), already normalised as
+``(x / peak - mean) / std`` (peak 255, or 65535 for ``bit_depth`` 16),
 and return logits. A consumer (``demos/classifier.py``) needs nothing but the file: the class names,
 input size, resize mode, normalisation and head travel inside it, as the TorchScript extra file
 ``metadata.json`` and as the ONNX model's ``metadata_props`` (one JSON-encoded value per key).
@@ -57,7 +58,10 @@ def export_metadata(spec: ModelSpec) -> dict[str, Any]:
         "mean": list(spec.mean),
         "std": list(spec.std),
         "head": spec.head,
-        "input": "float32 N x 3 x H x W, RGB, (x / 255 - mean) / std after the resize",
+        "in_chans": spec.in_chans,  # 1: grey (luma), 3: RGB
+        "bit_depth": spec.bit_depth,  # 8: x in 0..255; 16: x in 0..65535 (8-bit images x 257)
+        "input": f"float32 N x {spec.in_chans} x H x W, {'RGB' if spec.in_chans == 3 else 'grey'}, "
+                 f"(x / {2 ** spec.bit_depth - 1} - mean) / std after the resize",
         "output": "logits (probabilities: softmax, or sigmoid for head bce)",
     }
 

@@ -12,6 +12,7 @@ from .finetune import scratch_bn_momentum
 from .hub import is_weights_name, pretrained_state, resolve_weights
 from .pretrained import classifier_keys, extract_state_dict, load_pretrained, load_state_dict_checked
 from .registry import build_model, check_model_name, list_models, model_family, register_model
+from .stem import adapt_state
 
 __all__ = ["create_model", "check_model_name", "list_models", "model_family", "register_model", "load_pretrained",
            "extract_state_dict", "classifier_keys", "load_state_dict_checked"]
@@ -20,21 +21,22 @@ logger = logging.getLogger(__name__)
 
 
 def create_model(name: str, num_classes: int, pretrained: str | Path | None = None,
-                 drop_rate: float | None = None, drop_path_rate: float | None = None) -> nn.Module:
-    """Build ``name`` with ``num_classes`` outputs.
+                 drop_rate: float | None = None, drop_path_rate: float | None = None, in_chans: int = 3) -> nn.Module:
+    """Build ``name`` with ``num_classes`` outputs for ``in_chans``-channel input (``models.stem``).
 
     ``pretrained``: None (random weights; batch-norm momentum raised to 0.1, see ``scratch_bn_momentum``),
     a local weights file (a head of another size is skipped), or a weights name (``imagenet``,
     ``IMAGENET1K_V2``, a timm tag: ``models.hub``) whose every weight but the classifier is loaded; the
-    classifier is a new head for ``num_classes``. ``drop_rate``/``drop_path_rate``: None keeps the model's own.
+    classifier is a new head for ``num_classes``; RGB stem filters are fitted to ``in_chans`` as timm does
+    (one channel: their sum). ``drop_rate``/``drop_path_rate``: None keeps the model's own.
     """
-    model = build_model(name, num_classes, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+    model = build_model(name, num_classes, drop_rate=drop_rate, drop_path_rate=drop_path_rate, in_chans=in_chans)
     if pretrained is None:
         scratch_bn_momentum(model, name)
     elif is_weights_name(str(pretrained)):
         weights = resolve_weights(name, str(pretrained))
         head = classifier_keys(model, num_classes)
-        load_state_dict_checked(model, pretrained_state(weights), weights.name, replace=head)
+        load_state_dict_checked(model, adapt_state(model, pretrained_state(weights)), weights.name, replace=head)
         logger.info("pretrained %s: loaded every weight but the new head (%s)", weights.name, ", ".join(sorted(head)))
     else:
         load_pretrained(model, pretrained, num_classes)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .registry import model_family
+from .stem import input_channels
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def map_sizes(model: nn.Module, names: Sequence[str], input_size: Sequence[int])
     try:
         parameter = next(model.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
-        model.eval()(torch.zeros(1, 3, *input_size, device=device))
+        model.eval()(torch.zeros(1, input_channels(model), *input_size, device=device))
     finally:
         model.train(training)
         for handle in handles:

@@ -16,6 +16,8 @@ import torch.nn as nn
 
 from utils.checkpoint import CheckpointError, load_checkpoint
 
+from .stem import adapt_state, channel_mismatch
+
 logger = logging.getLogger(__name__)
 
 _STATE_KEYS = ("model", "state_dict", "model_state_dict", "module")
@@ -107,6 +109,11 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
     missing = sorted(set(own) - set(state) - set(skipped) - set(replace))
     unexpected = sorted(set(state) - set(own))
     if mismatched or missing or unexpected:
+        channels = [m for m in (channel_mismatch(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+                                if k in own and own[k].shape != v.shape) if m]
+        if channels:
+            raise CheckpointError(f"{source} does not fit this model: {channels[0]}")
+
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "")
         parts = [f"{name} keys: {show(keys)}" for name, keys in
@@ -118,8 +125,9 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
 
 
 def load_pretrained(model: nn.Module, path: str | Path, num_classes: int) -> list[str]:
-    """Load weights from a local file; classifier tensors of another shape are skipped and returned."""
-    state = read_weights(path)
+    """Load weights from a local file; classifier tensors of another shape are skipped and returned, RGB stem
+    filters are fitted to a stem of other channels (:func:`models.stem.adapt_state`)."""
+    state = adapt_state(model, read_weights(path))
     skipped = load_state_dict_checked(model, state, path, skippable=classifier_keys(model, num_classes))
     if skipped:
         logger.info("pretrained %s: skipped classifier weights of another class count: %s", path, ", ".join(skipped))

@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch.nn as nn
 
+from .stem import adapt_stem
+
 Builder = Callable[..., nn.Module]  # builder(num_classes, **regularisation kwargs of its family)
 _REGISTRY: dict[str, Builder] = {}
 _FAMILY: dict[str, str] = {}
@@ -74,15 +76,28 @@ DROP_KWARGS: dict[str, dict[str, str]] = {
 }
 
 
+# The families whose builders take the input channel count (``--in_chans``), under their keyword; the others
+# are built for RGB and get their stem rebuilt (models.stem.adapt_stem).
+IN_CHANS_KWARGS: dict[str, str] = {"timm": "in_chans", "efficientnet-pytorch": "in_channels", "playground": "in_chans"}
+
+
 def build_model(name: str, num_classes: int, drop_rate: float | None = None,
-                drop_path_rate: float | None = None) -> nn.Module:
-    """Instantiate ``name`` with a fresh head of ``num_classes`` outputs and random weights.
+                drop_path_rate: float | None = None, in_chans: int = 3) -> nn.Module:
+    """Instantiate ``name`` with a fresh head of ``num_classes`` outputs and random weights, reading
+    ``in_chans`` input channels (the family's own keyword, else :func:`models.stem.adapt_stem`).
 
     ``drop_rate`` / ``drop_path_rate`` (None: the model's own) go to the family's keyword for them; a model
     without one is a ValueError naming the flag.
     """
     check_model_name(name)
     family = model_family(name)
+    model = _build(name, family, num_classes, drop_rate, drop_path_rate,
+                   {IN_CHANS_KWARGS[family]: in_chans} if in_chans != 3 and family in IN_CHANS_KWARGS else {})
+    return model if family in IN_CHANS_KWARGS else adapt_stem(model, in_chans, name)
+
+
+def _build(name: str, family: str, num_classes: int, drop_rate: float | None, drop_path_rate: float | None,
+           extra: dict[str, int]) -> nn.Module:
     kwargs = {}
     for flag, value in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
         if value is None:
@@ -94,8 +109,9 @@ def build_model(name: str, num_classes: int, drop_rate: float | None = None,
     try:
         if name.startswith(TIMM_PREFIX):
             import timm
-            return timm.create_model(name[len(TIMM_PREFIX):], pretrained=False, num_classes=num_classes, **kwargs)
-        return _REGISTRY[name](num_classes, **kwargs)
+            return timm.create_model(name[len(TIMM_PREFIX):], pretrained=False, num_classes=num_classes, **kwargs,
+                                     **extra)
+        return _REGISTRY[name](num_classes, **kwargs, **extra)
     except TypeError as e:
         if not kwargs:
             raise

@@ -12,9 +12,9 @@ from .registry import register_model
 
 
 class SimpleCNN(nn.Module):
-    def __init__(self, num_classes: int, width: int = 32):
+    def __init__(self, num_classes: int, width: int = 32, in_chans: int = 3):
         super().__init__()
-        layers, channels = [], 3
+        layers, channels = [], in_chans
         for i, out in enumerate((width, width * 2, width * 4)):
             layers += [nn.Conv2d(channels, out, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
                        nn.GroupNorm(8, out), nn.ReLU(inplace=True)]
@@ -28,5 +28,5 @@ class SimpleCNN(nn.Module):
 
 
 @register_model("simple_cnn", "playground")
-def simple_cnn(num_classes: int) -> nn.Module:
-    return SimpleCNN(num_classes)
+def simple_cnn(num_classes: int, in_chans: int = 3) -> nn.Module:
+    return SimpleCNN(num_classes, in_chans=in_chans)

@@ -2,8 +2,10 @@
 
 What a consumer needs to rebuild the network and feed it: the architecture, the class names (their
 count is the head's size), the input size, the evaluation resize (letterbox or centre crop, with its
-crop fraction), the normalisation mean/std and the head (``softmax`` or per-class sigmoid ``bce``, the
-training criterion). Inference reads it from the checkpoint instead of from the command line.
+crop fraction), the input's channels (1 grey or 3 RGB) and bits per value (8 or 16), the normalisation
+mean/std (one value per channel) and the head (``softmax`` or per-class sigmoid ``bce``, the training
+criterion). Inference reads it from the checkpoint instead of from the command line; a checkpoint or export
+made before ``in_chans`` and ``bit_depth`` existed is 8-bit RGB.
 """
 from __future__ import annotations
 
@@ -12,27 +14,35 @@ from typing import Any, Mapping, Sequence
 
 # spec field -> the config key (flag) it is taken from
 CONFIG_KEYS = {"arch": "arch", "image_size": "image_size", "eval_resize": "eval_resize", "crop_pct": "crop_pct",
-               "mean": "mean", "std": "std", "head": "criterion", "interpolation": "interpolation"}
+               "mean": "mean", "std": "std", "head": "criterion", "interpolation": "interpolation",
+               "in_chans": "in_chans", "bit_depth": "bit_depth"}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A trained model's architecture, classes, input size, evaluation resize, mean/std and head."""
+    """A trained model's architecture, classes, input size and format, evaluation resize, mean/std and head."""
     arch: str
     class_names: tuple[str, ...]
     image_size: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
     eval_resize: str = "letterbox"
     crop_pct: float = 0.875
     head: str = "softmax"
     interpolation: str = "bilinear"
+    in_chans: int = 3
+    bit_depth: int = 8
 
     def __post_init__(self) -> None:  # lists (from YAML, JSON, a checkpoint) become tuples: frozen all the way
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
         object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "in_chans", int(self.in_chans))
+        object.__setattr__(self, "bit_depth", int(self.bit_depth))
+        if not len(self.mean) == len(self.std) == self.in_chans:
+            raise ValueError(f"mean {list(self.mean)} and std {list(self.std)} need one value per input channel "
+                             f"(in_chans {self.in_chans})")
 
     @property
     def num_classes(self) -> int:

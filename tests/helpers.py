@@ -67,6 +67,25 @@ def write_digit_folders(root: Path, classes=TINY_CLASSES, counts=TINY_COUNTS, si
     return root
 
 
+def write_low_byte_set(root: Path, counts=(("train", 12), ("val", 4), ("test", 4)), size: int = 16) -> Path:
+    """16-bit grey images of two classes that differ in the low byte only: ``lr`` is darker on the left half
+    (257 x 128 - 100) than on the right (257 x 128 + 100), ``rl`` the other way round, each pixel +-20 of noise.
+    Read at 8 bits (``round(x / 257)``) every image is a flat 128; read at 16 bits the edge tells the classes
+    apart. Train and val are PNG, test is TIFF."""
+    rng = np.random.default_rng(0)
+    base, half = 257 * 128, size // 2
+    for split, n in counts:
+        for name, sign in (("lr", 1), ("rl", -1)):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                image = np.full((size, size), base + sign * 100, np.int64)
+                image[:, :half] = base - sign * 100
+                image += rng.integers(-20, 21, image.shape)
+                Image.fromarray(image.astype(np.uint16)).save(folder / f"{i:03d}.{'tif' if split == 'test' else 'png'}")
+    return root
+
+
 def tiny_train_args(data: Path, out: Path, *extra: str, dataset: str = "folder") -> list[str]:
     """Flags for a fast training run on the tiny dataset."""
     return ["--train", "--data", str(data), "--dataset", dataset, "--arch", "resnet18",

@@ -23,7 +23,8 @@ ANNOTATE_FONT_SIZE, ANNOTATE_MARGIN = 16, 6
 
 
 def to_hwc(image: np.ndarray | torch.Tensor) -> np.ndarray:
-    """A uint8 image as a contiguous ``H x W x 3`` array (a ``3 x H x W`` tensor or array is transposed)."""
+    """A uint8 image as a contiguous ``H x W x 3`` array (a ``3 x H x W`` tensor or array is transposed, one
+    channel is tripled, a uint16 image (``--bit_depth 16``) is shown rounded to 8 bits)."""
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     image = np.asarray(image)
@@ -33,6 +34,8 @@ def to_hwc(image: np.ndarray | torch.Tensor) -> np.ndarray:
         image = image[..., None]
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.uint32) + 128) // 257).astype(np.uint8)
     if image.dtype != np.uint8:
         raise ValueError(f"expected a uint8 image, got {image.dtype}")
     return np.ascontiguousarray(image)

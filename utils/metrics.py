@@ -7,15 +7,20 @@ import numpy as np
 import torch
 
 
-def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[int]:
-    """Number of samples whose true class is among the top-k logits, for each k (k capped at C)."""
+def topk_hits(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)) -> torch.Tensor:
+    """Number of samples whose true class is among the top-k logits, for each k (k capped at C), as a tensor
+    on the logits' device: reading it is left to the caller (a read waits for the GPU)."""
     target = target.view(-1)
     if target.numel() == 0:
-        return [0 for _ in ks]
+        return torch.zeros(len(ks), dtype=torch.long, device=logits.device)
     maxk = min(max(ks), logits.shape[1])
-    pred = logits.topk(maxk, dim=1).indices
-    hit = pred.eq(target.view(-1, 1))
-    return [int(hit[:, :min(k, maxk)].any(dim=1).sum()) for k in ks]
+    hit = logits.topk(maxk, dim=1).indices.eq(target.view(-1, 1))
+    return torch.stack([hit[:, :min(k, maxk)].any(dim=1).sum() for k in ks])
+
+
+def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)) -> list[int]:
+    """Number of samples whose true class is among the top-k logits, for each k (k capped at C)."""
+    return [int(x) for x in topk_hits(logits, target, ks).tolist()]
 
 
 def probabilities(logits: torch.Tensor, head: str = "softmax") -> torch.Tensor:

@@ -11,4 +11,5 @@ bash z_task_shell/install.sh
 # processes its tests start on one torch thread: two single-threaded processes keep two cores busier than
 # one process of two threads (most of a test's time is Python and process start-up). `-n 0` runs serially.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-.venv/bin/python -m pytest -n "${TEST_WORKERS:-auto}" --dist worksteal tests/unit tests/e2e "$@"
+# --durations=25: the slowest tests, printed at the end of every run (where the suite's time goes)
+.venv/bin/python -m pytest -n "${TEST_WORKERS:-auto}" --dist worksteal --durations=25 tests/unit tests/e2e "$@"

@@ -27,7 +27,7 @@ from dataloader import (
     resolve_split,
 )
 from dataloader.datasets import holdout_samples
-from dataloader.io import DEFAULT_MAX_IMAGE_PIXELS
+from dataloader.io import DEFAULT_MAX_IMAGE_PIXELS, PixelFormat
 from dataloader.splits import Holdout, check_split, read_saved_holdout
 from dataloader.transforms import INTERPOLATIONS
 from engine import amp_dtype, evaluate
@@ -60,20 +60,27 @@ def apply_weights_preprocessing(cfg: argparse.Namespace) -> list[tuple[int, str]
     :func:`log_notes` to write once the run's log file is open (they belong in its log.txt); none for no
     or local weights."""
     from config import PREPROCESSING_KEYS
+    from config.shared import channel_values
     from models.hub import fetch_weights, is_weights_name, resolve_weights
     if not is_weights_name(cfg.pretrained):
         return []
     weights = resolve_weights(cfg.arch, cfg.pretrained)
     notes = [(logging.INFO, f"pretrained {weights.name}: {fetch_weights(weights)}")]
     for key in PREPROCESSING_KEYS:
-        if key == "interpolation" and getattr(cfg, key) is None and weights.preprocessing[key] not in INTERPOLATIONS:
+        bicubic16 = weights.preprocessing[key] == "bicubic" and getattr(cfg, "bit_depth", 8) == 16  # see config
+        if key == "interpolation" and getattr(cfg, key) is None and (weights.preprocessing[key] not in INTERPOLATIONS
+                                                                     or bicubic16):
+            where = " at --bit_depth 16" if bicubic16 else ""
             notes.append((logging.WARNING, f"the weights were trained with {weights.preprocessing[key]} resizing, "
-                                           f"which this project does not offer: bilinear instead (set --interpolation "
-                                           f"to choose)"))
+                                           f"which this project does not offer{where}: bilinear instead (set "
+                                           f"--interpolation to choose)"))
             cfg.interpolation = "bilinear"
         if getattr(cfg, key) is None:
             setattr(cfg, key, weights.preprocessing[key])
             notes.append((logging.INFO, f"{key} = {weights.preprocessing[key]} from {weights.source}"))
+        if key in ("mean", "std") and len(getattr(cfg, key)) != cfg.in_chans:  # the weights' RGB values, averaged
+            setattr(cfg, key, channel_values(getattr(cfg, key), cfg.in_chans))
+            notes.append((logging.INFO, f"{key} = {getattr(cfg, key)} for --in_chans {cfg.in_chans} (the average)"))
         else:
             notes.append((logging.INFO, f"{key} = {getattr(cfg, key)} as set (the weights' own is "
                                         f"{weights.preprocessing[key]})"))
@@ -215,7 +222,7 @@ def build_dataset(cfg: argparse.Namespace, split: str, class_names: Sequence[str
     return ClassificationDataset(cfg.data, cfg.dataset, split, class_names=class_names, transform=transform,
                                  skip_bad=getattr(cfg, "skip_bad_images", False),
                                  max_pixels=getattr(cfg, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),
-                                 holdout=holdout, columns=data_columns(cfg))
+                                 holdout=holdout, columns=data_columns(cfg), pixels=pixel_format(spec or cfg))
 
 
 def build_loader(cfg: argparse.Namespace, dataset: ClassificationDataset, train: bool,
@@ -248,6 +255,12 @@ def spec_transform(spec: ModelSpec) -> nn.Module:
     """The evaluation transform a trained model expects (its input size and resize)."""
     return create_transform(False, spec.image_size, eval_resize=spec.eval_resize, crop_pct=spec.crop_pct,
                             interpolation=spec.interpolation)
+
+
+def pixel_format(source: argparse.Namespace | ModelSpec) -> PixelFormat:
+    """The decoded images' channels and bit depth: a trained model's (its spec) or the config's (``--in_chans``,
+    ``--bit_depth``; 8-bit RGB for a config without them)."""
+    return PixelFormat(int(getattr(source, "in_chans", 3)), int(getattr(source, "bit_depth", 8)))
 
 
 def preprocessor(source: argparse.Namespace | ModelSpec, device: torch.device) -> BatchPreprocessor:
@@ -293,7 +306,7 @@ def model_from_checkpoint(path: str | Path, cfg: argparse.Namespace, fallback_cl
     """
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
     spec = checkpoint_spec(ckpt, cfg, fallback_class_names)
-    model = create_model(spec.arch, spec.num_classes)
+    model = create_model(spec.arch, spec.num_classes, in_chans=spec.in_chans)
     load_state_dict_checked(model, extract_state_dict(ckpt), path)
     return model, spec
 

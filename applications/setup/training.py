@@ -137,7 +137,7 @@ def build_training_parts(cfg: argparse.Namespace, class_names: Sequence[str], in
 def _build_model(cfg: argparse.Namespace, num_classes: int, info: DistInfo, train_options: bool) -> nn.Module:
     """``--arch`` on the run's device, with the memory options (``train_options``) applied."""
     model = create_model(cfg.arch, num_classes, pretrained=cfg.pretrained, drop_rate=cfg.drop_rate,
-                         drop_path_rate=cfg.drop_path_rate)
+                         drop_path_rate=cfg.drop_path_rate, in_chans=cfg.in_chans)
     if train_options and cfg.use_checkpoint:
         enable_gradient_checkpointing(model, cfg.arch)
     if train_options and cfg.sync_bn and info.distributed:  # a CPU run was refused in train.run()

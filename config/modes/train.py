@@ -198,6 +198,9 @@ def _check_augmentation(cfg: argparse.Namespace) -> None:
     need(0 < cfg.custom_crop <= 1, f"--custom_crop must be in (0, 1], got {cfg.custom_crop}")
     need(cfg.randaugment_n >= 0 and 0 <= cfg.randaugment_m <= 30,
          f"--randaugment_n must be >= 0 and --randaugment_m in 0..30, got {cfg.randaugment_n}, {cfg.randaugment_m}")
+    need(not (cfg.aug and cfg.bit_depth == 16),
+         "--aug: the per-image policies work on 8-bit values; with --bit_depth 16 drop --aug (--train_resize rrc, "
+         "--hflip, --random_erasing, --mixup and --cutmix work at 16 bits)")
 
 
 AUGMENTATION = FlagGroup("augmentation", _add_augmentation, _check_augmentation)

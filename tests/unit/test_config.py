@@ -49,7 +49,7 @@ def test_yaml_errors_name_the_key(tmp_path, capsys, content, message):
     ("lr: null\n", "key 'lr' (flag --lr) has invalid value None: expected a number, or leave the key out for the "
                    "default (0.1)"),
     ("epochs: ~\n", "key 'epochs' (flag --epochs) has invalid value None: expected an integer, or leave the key"),
-    ("mean: null\n", "expected a list of 3 numbers, or leave the key out for the default (0.485 0.456 0.406)"),
+    ("mean: null\n", "expected a list of numbers, or leave the key out for the default (0.485 0.456 0.406)"),
     ('epochs: "ten"\n', "key 'epochs' (flag --epochs) has invalid value 'ten': expected an integer"),
     ("lr: [0.1]\n", "key 'lr' (flag --lr) has invalid value [0.1]: expected a number"),
     ("tag: {a: 1}\n", "key 'tag' (flag --tag) has invalid value {'a': 1}: expected a string"),

@@ -44,9 +44,12 @@ def test_gradient_accumulation_equals_the_big_batch(tiny_data):
 def test_evaluate_counts_every_sample_once(tiny_data):
     ds = ClassificationDataset(tiny_data["folder"], "folder", "val", transform=create_transform(False, (16, 16)))
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))
-    out = evaluate(model, create_loader(ds, batch_size=5, workers=0, train=False),
+    out = evaluate(model, create_loader(ds, batch_size=5, workers=0, train=False), create_criterion("softmax"),
                    preprocess=BatchPreprocessor([0.5] * 3, [0.25] * 3, torch.device("cpu")), return_outputs=True)
     assert out["count"] == 12 and out["indices"].tolist() == list(range(12))
+    # batches of 5, 5 and 2, read back at the end: the loss is the mean over all 12 samples
+    expected = nn.functional.cross_entropy(out["logits"], out["targets"]).item()
+    assert out["loss"] == pytest.approx(expected, rel=1e-5)
     assert out["top1"] == pytest.approx(100 * (out["logits"].argmax(1) == out["targets"]).float().mean().item())
     assert out["top5"] == 100.0  # 3 classes: the top 5 holds every class
 
@@ -63,3 +66,39 @@ def test_a_diverging_validation_loss_is_warned_about(caplog):
         assert not warn_if_diverging(1e9, [], epoch=0)
     assert caplog.text.count("diverging") == 1
     assert "epoch 4: val loss 60 is over 100x its best (0.5)" in caplog.text and "--clip_grad" in caplog.text
+
+
+def _one_epoch_sums(tiny_data, readback_every: int, criterion=None) -> dict:
+    ds = ClassificationDataset(tiny_data["folder"], "folder", "train", transform=create_transform(False, (16, 16)))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))
+    opt = create_optimizer(model, "sgd", lr=0.1, momentum=0.9)
+    loader = create_loader(ds, batch_size=4, workers=0, train=True, seed=1)
+    return train_one_epoch(model, loader, criterion or create_criterion("softmax"), opt,
+                           preprocess=BatchPreprocessor([0.5] * 3, [0.25] * 3, torch.device("cpu")),
+                           progress=False, readback_every=readback_every)
+
+
+def test_reading_the_loss_back_every_few_batches_gives_the_same_sums(tiny_data):
+    """A GPU run reads loss and top-1 back every 10th batch (one wait instead of three a step): the sums are
+    added in batch order, so they equal a read per batch exactly; 30 samples in batches of 4 leave a
+    partial window of 3 that the end of the epoch reads."""
+    each, grouped = _one_epoch_sums(tiny_data, 1), _one_epoch_sums(tiny_data, 4)
+    assert grouped["partial"] == each["partial"] and grouped["partial"]["seen"] == 30
+    assert (grouped["loss"], grouped["top1"]) == (each["loss"], each["top1"])
+
+
+def test_a_non_finite_loss_read_back_late_still_names_its_batch(tiny_data):
+    """The loss goes nan at the 3rd batch; read back in windows of 5 it is found with the window, yet the
+    error names batch 3, as a read per batch does."""
+    class NanAtThird(nn.Module):
+        calls = 0
+
+        def forward(self, logits, target, weight=None):
+            self.calls += 1
+            loss = nn.functional.cross_entropy(logits, target)
+            return loss * float("nan") if self.calls == 3 else loss
+
+    for every in (1, 5):
+        with pytest.raises(FloatingPointError, match="the loss became nan at epoch 1, batch 3"):
+            _one_epoch_sums(tiny_data, every, NanAtThird())
