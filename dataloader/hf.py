@@ -44,9 +44,11 @@ SAVED_MARKERS = ("dataset_dict.json", "state.json")  # a save_to_disk folder: a 
 
 def _datasets():
     """The ``datasets`` library, imported on first use (a run on other layouts never imports it), its
-    progress bars off (training draws its own)."""
+    progress bars off (training draws its own) and its log quiet: what goes wrong is raised as one
+    DatasetError that quotes the library's reason."""
     import datasets
     datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity(logging.CRITICAL)
     return datasets
 
 

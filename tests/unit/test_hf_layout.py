@@ -210,3 +210,13 @@ def test_convert_data_cli(tmp_path, tiny_data):
                         "--out", str(tmp_path / "pq")], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: {tmp_path / 'pq'} already exists: choose "
                                                                     f"another --out, or remove it first"]
+
+
+def test_a_file_the_library_cannot_read_and_a_folder_without_a_dataset(tmp_path):
+    (tmp_path / "bad" / "data").mkdir(parents=True)
+    (tmp_path / "bad" / "data" / "train-00000-of-00001.parquet").write_text("not a parquet file")
+    one_line(r"bad: the datasets library cannot read it \(ArrowInvalid: Parquet magic bytes not found.*check the files "
+             r"\(python utils/check_images\.py \S*bad\)$", DatasetError, read_class_names, tmp_path / "bad", "hf")
+    (tmp_path / "empty").mkdir()
+    one_line(r"empty holds no Hugging Face dataset: --dataset hf reads a save_to_disk folder", DatasetError,
+             read_class_names, tmp_path / "empty", "hf")
