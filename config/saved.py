@@ -17,6 +17,8 @@ from utils.atomic import write_text_atomic
 
 # libyaml's safe loader when PyYAML has it: 10x faster than the pure-Python one over hundreds of configs.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# The column flags of the layouts that have columns (a checkpoint's run reads its data with them again).
+COLUMN_FLAGS = {"csv": ("path_col", "label_col"), "hf": ("label_col", "image_col")}
 
 
 def use_checkpoint_data(cfg: argparse.Namespace, given: set[str]) -> None:
@@ -33,14 +35,15 @@ def use_checkpoint_data(cfg: argparse.Namespace, given: set[str]) -> None:
     if not data or data == cfg.data:
         return
     logger = logging.getLogger("config")
-    if "://" not in data and "{" not in data and not Path(data).exists():  # shards may be a URL or a pattern
+    if (saved.get("dataset") != "hf" and "://" not in data and "{" not in data  # shards: a URL or a pattern;
+            and not Path(data).exists()):  # hf: also a Hub name, which is no path
         logger.warning("%s was trained on %s, which does not exist here: using --data %s", cfg.resume, data, cfg.data)
         return
     cfg.data = data
     if "dataset" not in given and saved.get("dataset") in set(DATASET_ALIASES.values()):
         cfg.dataset = saved["dataset"]
-    if cfg.dataset == saved.get("dataset") == "csv":  # the tables' columns, unless given
-        for key in ("path_col", "label_col"):
+    if cfg.dataset == saved.get("dataset"):  # a csv or hf dataset's columns, unless given
+        for key in COLUMN_FLAGS.get(cfg.dataset, ()):
             if key not in given and isinstance(saved.get(key), str):
                 setattr(cfg, key, saved[key])
     logger.info("no --data given: using %s (%s layout), the data %s was trained on", data, cfg.dataset, cfg.resume)

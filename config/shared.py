@@ -22,7 +22,8 @@ MAX_IMAGE_SIDE = 4096
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 
 DATASET_ALIASES = {"folder": "folder", "imagenet": "folder", "txt": "txt", "read_from_txt": "txt", "zip": "zip",
-                   "csv": "csv", "jsonl": "csv", "wds": "wds", "webdataset": "wds"}
+                   "csv": "csv", "jsonl": "csv", "wds": "wds", "webdataset": "wds", "hf": "hf", "huggingface": "hf",
+                   "parquet": "hf"}
 
 # ImageNet's normalisation, the default --mean/--std (their average for --in_chans 1)
 RGB_MEAN, RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -36,8 +37,8 @@ def _dataset_kind(value: str) -> str:
     key = str(value).lower()
     if key not in DATASET_ALIASES:
         raise argparse.ArgumentTypeError(
-            f"invalid dataset kind {value!r} (choose from folder, txt, zip, csv, wds; aliases: imagenet, "
-            f"read_from_txt, jsonl, webdataset)")
+            f"invalid dataset kind {value!r} (choose from folder, txt, zip, csv, wds, hf; aliases: imagenet, "
+            f"read_from_txt, jsonl, webdataset, huggingface, parquet)")
     return DATASET_ALIASES[key]
 
 
@@ -81,14 +82,19 @@ def _add_data(g: argparse._ArgumentGroup) -> None:
                         "run --resume: the data the checkpoint was trained on)")
     g.add_argument("--dataset", type=_dataset_kind, default="folder",
                    help="dataset layout: folder (alias imagenet), txt (alias read_from_txt), zip, csv (alias "
-                        "jsonl: DATA/{train,val,test}.csv or .jsonl, or DATA/labels.csv with a split column), or wds "
-                        "(alias webdataset: tar shards with _info.json; --data may be an http(s)/fsspec URL)")
+                        "jsonl: DATA/{train,val,test}.csv or .jsonl, or DATA/labels.csv with a split column), wds "
+                        "(alias webdataset: tar shards with _info.json; --data may be an http(s)/fsspec URL), or hf "
+                        "(aliases huggingface, parquet: a Hugging Face save_to_disk folder, "
+                        "DATA/data/<split>-*.parquet files, or a Hub dataset name already in the datasets cache)")
     g.add_argument("--zip", dest="dataset", action="store_const", const="zip",
                    help="shortcut for --dataset zip")
     g.add_argument("--path_col", type=str, default="path",
                    help="--dataset csv: the column (JSONL: key) holding each image's path")
     g.add_argument("--label_col", type=str, default="label",
-                   help="--dataset csv: the column (JSONL: key) holding each image's label (a class name)")
+                   help="--dataset csv: the column (JSONL: key) holding each image's label (a class name); "
+                        "--dataset hf: the label column (default: label, else labels)")
+    g.add_argument("--image_col", type=str, default=None,
+                   help="--dataset hf: the column holding the images (default: image, else img)")
     g.add_argument("-b", "--batch_size", type=int, default=64, help="batch size per device")
     g.add_argument("--val_fraction", type=finite_float, default=0.0,
                    help="carve a val split out of train: this fraction of each class (round(F * n) images), "
@@ -101,11 +107,14 @@ def _add_data(g: argparse._ArgumentGroup) -> None:
 
 def _check_data(cfg: argparse.Namespace) -> None:
     need(cfg.batch_size >= 1, f"-b/--batch_size must be >= 1, got {cfg.batch_size}")
-    for flag in ("path_col", "label_col"):
-        need(getattr(cfg, flag).strip() != "", f"--{flag} must name a column, got {getattr(cfg, flag)!r}")
-    need(cfg.dataset == "csv" or (cfg.path_col, cfg.label_col) == ("path", "label"),
-         f"--path_col and --label_col name the columns of a --dataset csv table, but --dataset is {cfg.dataset}: "
-         f"drop them, or pass --dataset csv")
+    for flag in ("path_col", "label_col", "image_col"):
+        value = getattr(cfg, flag, None)
+        need(value is None or value.strip() != "", f"--{flag} must name a column, got {value!r}")
+    for flag, default, kinds in (("path_col", "path", ("csv",)), ("label_col", "label", ("csv", "hf")),
+                                 ("image_col", None, ("hf",))):
+        need(cfg.dataset in kinds or getattr(cfg, flag, None) == default,
+             f"--{flag} names a column of a --dataset {' or '.join(kinds)} dataset, but --dataset is {cfg.dataset}: "
+             f"drop it, or pass --dataset {kinds[0]}")
     need(cfg.path_col != cfg.label_col, f"--path_col and --label_col must name two columns, both are {cfg.path_col!r}")
     for flag in ("val_fraction", "test_fraction"):
         need(0 <= getattr(cfg, flag) < 1, f"--{flag} must be in [0, 1), got {getattr(cfg, flag)}")

@@ -1,5 +1,5 @@
-"""Check every image of a dataset (class folders, txt lists, zip archives or csv tables): the logic behind the
-``utils/check_images.py`` tool (whose docstring lists what is reported and how).
+"""Check every image of a dataset (class folders, txt lists, zip archives, csv tables or Hugging Face datasets):
+the logic behind the ``utils/check_images.py`` tool (whose docstring lists what is reported and how).
 
 Each image is fully decoded, with the project's own decoder (as training reads it) and with Pillow
 (which notices truncation that libjpeg/libpng tolerate). ``check_dataset`` returns one ``Finding`` per
@@ -14,10 +14,12 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from PIL import UnidentifiedImageError
 
-from dataloader.datasets import Columns, DatasetError, ZipReader, get_layout
+from dataloader.datasets import Columns, DatasetError, get_layout
+from dataloader.hf import is_hf_folder
 from dataloader.io import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageDecodeError,
@@ -29,6 +31,7 @@ from dataloader.io import (
 from utils.walk import visible_files, visible_subfolders
 
 SPLITS = ("train", "val", "test")
+READ_BY_LAYOUT = ("zip", "hf")  # layouts whose samples are not files: their reader reads them
 UNUSUAL_MODES = {"CMYK": "CMYK", "I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit integer",
                  "F": "32-bit float"}
 
@@ -44,7 +47,8 @@ class Finding:
 
 
 def detect_kind(root: Path) -> str:
-    """The dataset layout: WebDataset shards, zip archives, txt lists, csv (or jsonl) tables, or class folders."""
+    """The dataset layout: WebDataset shards, zip archives, txt lists, csv (or jsonl) tables, a Hugging Face dataset
+    (save_to_disk or parquet files), or class folders."""
     if (root / "_info.json").is_file() or any(root.glob("train-*.tar")):
         return "wds"
     if (root / "train.zip").is_file():
@@ -53,6 +57,8 @@ def detect_kind(root: Path) -> str:
         return "txt"
     if any((root / f"{stem}.{ext}").is_file() for stem in ("train", "labels") for ext in ("csv", "jsonl")):
         return "csv"
+    if is_hf_folder(root):
+        return "hf"
     return "folder"
 
 
@@ -82,24 +88,33 @@ def check_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXE
     return "ok", ""
 
 
-Task = tuple[str, str, str, "str | None", int]  # split, class, source, archive, max_pixels
+# split, class, source, how to name it, max_pixels, and the reader of a layout whose sources are not files (zip
+# archives: the member's size is checked from the archive's directory before it is inflated; Hugging Face rows)
+Task = tuple[str, str, str, str, int, "Callable[[str], bytes] | None"]
 
 
 def _check_task(task: Task) -> Finding:
-    split, label, source, archive, max_pixels = task
-    name = source if archive is None else f"{archive}:{source}"
+    split, label, source, name, max_pixels, reader = task
     try:
-        if archive is None:
+        if reader is None:
             with open(source, "rb") as f:
                 data = f.read()
-        else:  # the member's size is checked from the archive's directory before it is inflated
-            data = ZipReader(Path(archive), max_pixels)(source)
+        else:
+            data = reader(source)
     except OSError as e:
         return Finding(split, label, name, "bad", f"cannot read: {e}")
     except ImageTooLarge as e:
         return Finding(split, label, name, "bad", f"too large: {str(e).removeprefix(name + ': ')}")
     status, reason = check_bytes(data, name, max_pixels)
     return Finding(split, label, name, status, reason)
+
+
+def _name(root: Path, split: str, source: str, layout, reader) -> str:
+    """How findings name a sample: its file, ``<archive>:<member>``, or the layout's own description (a row)."""
+    describe = getattr(layout, "describe", None)
+    if describe is not None:
+        return describe(root, split, source)
+    return source if reader is None else f"{root / split}.zip:{source}"
 
 
 def _tasks(root: Path, kind: str, max_pixels: int,
@@ -128,8 +143,9 @@ def _tasks(root: Path, kind: str, max_pixels: int,
             samples = []
         findings += [Finding(split, "-", str(root), "bad", str(e)) for e in errors if str(e) not in reported]
         reported |= {str(e) for e in errors}
-        archive = str(root / f"{split}.zip") if kind == "zip" else None
-        tasks += [(split, class_names[label], source, archive, max_pixels) for source, label in samples]
+        reader = layout.reader(root, split, max_pixels) if kind in READ_BY_LAYOUT and samples else None
+        tasks += [(split, class_names[label], source, _name(root, split, source, layout, reader), max_pixels, reader)
+                  for source, label in samples]
         if kind == "folder":
             for class_dir in visible_subfolders(root / split):  # the files training sees, less its images
                 findings += [Finding(split, class_dir.name, str(f), "stray", "not an image extension: training "

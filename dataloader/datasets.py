@@ -1,4 +1,4 @@
-"""Datasets from class folders, txt lists, zip archives and CSV/JSONL label tables, all giving
+"""Datasets from class folders, txt lists, zip archives, CSV/JSONL label tables and Hugging Face datasets, all giving
 ``(uint8 image, label, index)``.
 
 Layouts (``--dataset``):
@@ -12,6 +12,8 @@ Layouts (``--dataset``):
           class names (integers too with DATA/classes.txt); paths relative to the table's folder
   wds     WebDataset tar shards (DATA/_info.json in timm's format, or <split>-NNNNNN.tar; DATA may be a URL):
           streamed by :class:`dataloader.shards.ShardDataset`, not by the map-style dataset below
+  hf      a Hugging Face dataset: a save_to_disk folder, DATA/data/{train,validation,test}-*.parquet, or a Hub
+          name in the datasets cache (:mod:`dataloader.hf`)
 
 Class names always come from the train split (or classes.txt); a class in val or test that train
 does not have is an error, as is any malformed line, which is reported with its file and line number.
@@ -42,11 +44,14 @@ from torch.utils.data import Dataset
 
 from utils.walk import visible_subfolders
 
-from .io import (  # noqa: F401 - DatasetError is this module's name too
+from .errors import DatasetError, Errors
+from .errors import read_classes_file as _read_classes_file
+from .errors import report as _report
+from .hf import HfLayout
+from .io import (
     DEFAULT_MAX_IMAGE_PIXELS,
     IMG_EXTENSIONS,
     RGB8,
-    DatasetError,
     ImageDecodeError,
     PixelFormat,
     check_size,
@@ -59,29 +64,6 @@ from .transforms import call_seeded  # noqa: F401 - imported from here by others
 logger = logging.getLogger(__name__)
 
 Sample = tuple[str, int]
-
-
-def _read_classes_file(root: Path) -> list[str] | None:
-    file = root / "classes.txt"
-    if not file.is_file():
-        return None
-    names = [line.strip() for line in file.read_text().splitlines() if line.strip()]
-    if not names:
-        raise DatasetError(f"{file}: no class names (one name per line, in label order)")
-    if len(set(names)) != len(names):
-        raise DatasetError(f"{file}: duplicate class names")
-    return names
-
-
-Errors = list[DatasetError] | None  # where check_images collects structural errors
-
-
-def _report(errors: list[DatasetError] | None, error: DatasetError) -> None:
-    """Raise ``error``, or with an ``errors`` list collect it and let the caller go on (``check_images``
-    reports every problem of a split, not only the first)."""
-    if errors is None:
-        raise error
-    errors.append(error)
 
 
 def _parse_label_list(file: Path, sep: str | None, errors: Errors = None) -> list[tuple[int, str, int]]:
@@ -312,9 +294,11 @@ class ZipLayout:
 @dataclass(frozen=True)
 class Columns:
     """The columns (JSONL: keys) of a csv dataset that hold each sample's image path and label
-    (``--path_col``, ``--label_col``)."""
+    (``--path_col``, ``--label_col``); a Hugging Face dataset's image column (``--image_col``, None: found)
+    and label column."""
     path: str = "path"
     label: str = "label"
+    image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -421,6 +405,8 @@ class CsvLayout:
     columns (``path,label`` by default, :class:`Columns`). Labels are class names, or, with a
     ``DATA/classes.txt``, integers too (line i names class i); without classes.txt the classes are train's
     labels, sorted (as folder names are)."""
+
+    takes_columns = True  # get_layout hands it the --path_col/--label_col choice
 
     def __init__(self, columns: Columns = Columns()):
         self.columns = columns
@@ -558,7 +544,8 @@ class ShardLayout:
                            "to cache; drop --val_fraction/--test_fraction (write the splits as shards)")
 
 
-LAYOUTS = {"folder": FolderLayout, "txt": TxtLayout, "zip": ZipLayout, "csv": CsvLayout(), "wds": ShardLayout}
+LAYOUTS = {"folder": FolderLayout, "txt": TxtLayout, "zip": ZipLayout, "csv": CsvLayout(), "wds": ShardLayout,
+           "hf": HfLayout()}
 
 
 def _read_file(path: str) -> bytes:
@@ -592,12 +579,12 @@ class ZipReader:
 
 
 def get_layout(kind: str, columns: Columns | None = None):
-    """The layout for a ``--dataset`` kind; ``columns`` (``--path_col``/``--label_col``) pick a csv
-    dataset's columns (the other layouts have none)."""
+    """The layout for a ``--dataset`` kind; ``columns`` (``--path_col``/``--label_col``/``--image_col``) pick a
+    csv or Hugging Face dataset's columns (the other layouts have none)."""
     if kind not in LAYOUTS:
         raise ValueError(f"unknown dataset kind {kind!r}; choose from {', '.join(LAYOUTS)}")
     layout = LAYOUTS[kind]
-    return CsvLayout(columns) if columns is not None and isinstance(layout, CsvLayout) else layout
+    return type(layout)(columns) if columns is not None and getattr(layout, "takes_columns", False) else layout
 
 
 def read_class_names(root: str | Path, kind: str, columns: Columns | None = None) -> list[str]:
@@ -606,7 +593,7 @@ def read_class_names(root: str | Path, kind: str, columns: Columns | None = None
     if getattr(layout, "streams", False):
         return layout.classes(str(root))
     root = Path(root)
-    if not root.is_dir():
+    if not root.is_dir() and not getattr(LAYOUTS.get(kind), "named_data", False):
         raise DatasetError(f"dataset root {str(root)!r} does not exist or is not a folder (--data)")
     return layout.classes(root)
 
@@ -633,9 +620,11 @@ def resolve_split(root: str | Path, kind: str, split: str, holdout: Holdout | No
 
 def sample_key(root: Path, kind: str, split: str, source: str) -> str:
     """A stable name of a sample of ``split`` for side files and split files: its path relative to the
-    dataset root (``<split>.zip/<member>`` for zip archives)."""
+    dataset root (``<split>.zip/<member>`` for zip archives, ``<split>/<row>`` for Hugging Face datasets)."""
     if kind == "zip":
         return f"{split}.zip/{source}"
+    if kind == "hf":  # already a key: <split>/<row>
+        return source
     path = Path(source).resolve()
     try:
         return path.relative_to(root.resolve()).as_posix()
@@ -695,6 +684,7 @@ class ClassificationDataset(Dataset):
             raise DatasetError(f"split {split!r} of {self.root} holds no images")
         self.targets = [label for _, label in self.samples]
         self.reader = layout.reader(self.root, self.source_split, max_pixels)
+        self._describe_source = getattr(layout, "describe", None)
         self.transform = transform
         self._skips_logged: set[str] = set()  # one warning per bad file (per process), not one per read
 
@@ -733,6 +723,8 @@ class ClassificationDataset(Dataset):
             logger.warning("skipping %s", message)
 
     def _describe(self, source: str) -> str:
+        if self._describe_source is not None:
+            return self._describe_source(self.root, self.source_split, source)
         return f"{self.root / (self.source_split + '.zip')}:{source}" if self.kind == "zip" else source
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int] | None:

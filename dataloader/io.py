@@ -28,6 +28,8 @@ from torchvision.io import ImageReadMode, decode_image
 
 from utils.walk import has_extension, visible_files
 
+from .errors import DatasetError  # noqa: F401 - one class for every layout; dataloader.shards imports it from here
+
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec, but they remain the fastest way to
 # turn PNG/JPEG bytes into uint8 tensors here; the warning would otherwise repeat once per image.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
@@ -86,10 +88,6 @@ PEAK_OF_DTYPE = {DTYPES[bits]: peak for bits, peak in PEAKS.items()}  # what Bat
 RGB8 = PixelFormat()
 
 _WORKER_PREFIX = re.compile(r"^Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
-
-
-class DatasetError(ValueError):
-    """The dataset on disk is malformed; the message says where and how to fix it."""
 
 
 class ImageDecodeError(RuntimeError):

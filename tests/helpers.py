@@ -93,6 +93,31 @@ def tiny_train_args(data: Path, out: Path, *extra: str, dataset: str = "folder")
             "--lr", "0.05", "--warmup", "0", "--output", str(out), "--no_progress", *extra]
 
 
+TIMING_KEYS = ("time", "img_per_s")  # metrics.json history values that differ between equal runs
+
+
+def layout_train_args(data: Path, out: Path, dataset: str, tag: str | None = None) -> list[str]:
+    """Flags of the run that compares layouts: simple_cnn, 2 epochs, seed 3, tagged ``tag`` (default: the layout)."""
+    return ["--train", "--data", str(data), "--dataset", dataset, "--arch", "simple_cnn", "--image_size",
+            str(TINY_SIZE), str(TINY_SIZE), "-b", "8", "-j", "0", "--epochs", "2", "--lr", "0.05", "--warmup", "0",
+            "--seed", "3", "--output", str(out), "--tag", tag or dataset, "--no_progress"]
+
+
+def run_history(run_dir: Path) -> list[dict]:
+    """A finished run's metrics.json history without its timing values."""
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS}
+            for row in read_json(run_dir / "metrics.json")["history"]]
+
+
+def assert_trains_like(reference: Path, run_dir: Path) -> float:
+    """``run_dir`` trained exactly as ``reference`` (the same data, read through another layout: the same
+    computation, so equal numbers) and got the same test top-1, which is returned."""
+    assert len(run_history(run_dir)) == 2 and run_history(run_dir) == run_history(reference)
+    top1 = read_json(run_dir / "metrics.json")["test"]["test_top1"]
+    assert top1 == read_json(reference / "metrics.json")["test"]["test_top1"]
+    return top1
+
+
 def run_main(args: list[str]) -> int:
     """main.main(args) in this process; its exit code."""
     import main

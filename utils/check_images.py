@@ -1,4 +1,5 @@
-"""Check every image of a dataset (class folders, txt lists, zip archives, csv tables or WebDataset shards)
+"""Check every image of a dataset (class folders, txt lists, zip archives, csv tables, WebDataset shards or
+Hugging Face datasets)
 before training on it.
 
 Each image is fully decoded, with the project's own decoder (as training reads it) and with Pillow
@@ -18,8 +19,8 @@ Each image is fully decoded, with the project's own decoder (as training reads i
 A summary counts images, bad and unusual files per split and class. The exit code is 1 when any file
 is bad (with ``--strict``, also when any is unusual), else 0.
 
-    python utils/check_images.py DATA [--dataset folder|txt|zip|csv|wds] [--move_bad_to DIR] [-j N] [--strict]
-                                      [--max_image_pixels N] [--path_col NAME] [--label_col NAME]
+    python utils/check_images.py DATA [--dataset folder|txt|zip|csv|wds|hf] [--move_bad_to DIR] [-j N] [--strict]
+                                      [--max_image_pixels N] [--path_col NAME] [--label_col NAME] [--image_col NAME]
 
 A missing DATA, or a --move_bad_to folder inside DATA (moved files would become a class), is refused
 with one line and exit code 2. --move_bad_to moves only what lives in DATA: a bad symbolic link is moved
@@ -51,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
                         help="images of more pixels are bad (checked from the header, never decoded); 0 = no limit")
     parser.add_argument("--path_col", default="path", help="csv tables: the column holding each image's path")
-    parser.add_argument("--label_col", default="label", help="csv tables: the column holding each image's label")
+    parser.add_argument("--label_col", default="label", help="csv tables and hf: the column holding the labels")
+    parser.add_argument("--image_col", default=None, help="hf: the column holding the images (default: image/img)")
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--move_bad_to {args.move_bad_to} is inside the dataset {root}: moved files would become "
                      f"a class of their own; choose a folder outside it")
     findings = check_dataset(root, args.dataset, max(1, args.workers), progress=not args.no_progress,
-                             max_pixels=args.max_image_pixels, columns=Columns(args.path_col, args.label_col))
+                             max_pixels=args.max_image_pixels,
+                             columns=Columns(args.path_col, args.label_col, args.image_col))
     for f in findings:
         if f.status != "ok":
             print(f"{f.status.upper():8}{f.source}: {f.reason}")

@@ -3,9 +3,11 @@
 1,797 real 8x8 images, upscaled to 32x32 RGB, split 70/15/15 stratified with a fixed seed into
 ``OUT/{train,val,test}/<0-9>/<index>.png``. Idempotent: an existing complete dataset is left alone.
 
-    python utils/make_digits.py [--out data/digits] [--txt DIR] [--zip DIR] [--csv DIR] [--wds DIR [--shard_samples N]]
-        [--per_class N]
+    python utils/make_digits.py [--out data/digits] [--txt DIR] [--zip DIR] [--csv DIR] [--hf DIR]
+        [--wds DIR [--shard_samples N]] [--per_class N]
 
+``--hf DIR`` writes the Hugging Face Hub's parquet layout (``DIR/data/{train,validation,test}-*.parquet``, read
+by ``--dataset hf``) through the converter of ``utils/convert_data.py``.
 ``--per_class N`` keeps the first N images of each class in each split: a tiny set for smoke runs
 (``SMOKE=1`` in the z_task_shell recipes).
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataloader import shards  # noqa: E402
+from dataloader.convert import convert_dataset  # noqa: E402
 from dataloader.digits import make_digits  # noqa: E402
 from dataloader.layout_writers import (  # noqa: E402
     write_csv_tables,
@@ -39,6 +42,8 @@ def main() -> None:
     parser.add_argument("--wds", default=None, help="also write WebDataset tar shards (+ _info.json) to this folder")
     parser.add_argument("--shard_samples", type=int, default=shards.SHARD_MAX_SAMPLES,
                         help="--wds: at most this many samples per shard")
+    parser.add_argument("--hf", default=None,
+                        help="also write the Hugging Face parquet layout (DIR/data/<split>-*.parquet) to this folder")
     parser.add_argument("--per_class", type=int, default=None,
                         help="keep only the first N images of each class in each split (a tiny smoke-test set)")
     args = parser.parse_args()
@@ -53,6 +58,8 @@ def main() -> None:
     if args.wds:
         shards.SHARD_MAX_SAMPLES = args.shard_samples
         logger.info("shards: %s", write_wds_shards(root, args.wds, jobs=2))
+    if args.hf:
+        logger.info("parquet files: %s", convert_dataset(root, "folder", "parquet", args.hf, replace=True))
 
 
 if __name__ == "__main__":

@@ -253,8 +253,10 @@ def data_class_names(cfg: argparse.Namespace) -> list[str]:
 
 
 def data_columns(cfg: argparse.Namespace) -> Columns:
-    """A csv dataset's path and label columns (``--path_col``, ``--label_col``)."""
-    return Columns(getattr(cfg, "path_col", "path"), getattr(cfg, "label_col", "label"))
+    """A csv dataset's path and label columns (``--path_col``, ``--label_col``), a Hugging Face dataset's image
+    and label columns (``--image_col``, ``--label_col``)."""
+    return Columns(getattr(cfg, "path_col", "path"), getattr(cfg, "label_col", "label"),
+                   getattr(cfg, "image_col", None))
 
 
 def spec_transform(spec: ModelSpec) -> nn.Module:

@@ -9,6 +9,7 @@ what must (not) be on disk afterwards.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -918,17 +919,72 @@ CASES += [
          r"\S*csv/train\.csv:1: no column 'path' in the header \(found: file, label\); name the columns with "
          r"--path_col and --label_col$"),
     Case("csv-columns-without-dataset-csv", lambda tmp, data: tiny_train(data, tmp / "out", "--label_col", "cls"), 2,
-         r"--path_col and --label_col name the columns of a --dataset csv table, but --dataset is folder"),
+         r"--label_col names a column of a --dataset csv or hf dataset, but --dataset is folder"),
     Case("check-images-csv-malformed-row",
          lambda tmp, data: [str(_csv_with(data, tmp, "val", 2, "only-a-path.png")), "--no_progress"], 1, r"^$",
          script="utils/check_images.py"),
 ]
 
+
+# ==== Hugging Face datasets: save_to_disk folders, Hub-layout parquet, Hub names (#28 item 4) ====
+
+def _hf_data(data: Path, tmp: Path, column: str = "image", label: int | None = None, broken: bool = False,
+             parquet: bool = False) -> Path:
+    """The train and val splits of the folders written with the ``datasets`` library (``column`` holding the
+    images): val's first label replaced by ``label``, train's first image by bytes that are no image."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    names = sorted(p.name for p in (data / "train").iterdir())
+    splits = {}
+    for split, name in (("train", "train"), ("val", "validation")):
+        files = sorted((data / split).glob("*/*.png"))
+        images = [{"bytes": f.read_bytes(), "path": None} for f in files]
+        labels = [names.index(f.parent.name) for f in files]
+        if split == "train" and broken:
+            images[0] = {"bytes": b"not an image", "path": None}
+        if split == "val" and label is not None:
+            labels[0] = label
+        splits[name] = Dataset.from_dict({column: images, "label": labels},
+                                         features=Features({column: Image(), "label": ClassLabel(names=names)}))
+    root = tmp / "hf"
+    if not parquet:
+        DatasetDict(splits).save_to_disk(str(root))
+        return root
+    for name, split in splits.items():
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        split.to_parquet(str(root / "data" / f"{name}-00000-of-00001.parquet"))
+    return root
+
+
+def tiny_hf(root: Path | str, tmp: Path, *extra: str) -> list[str]:
+    return tiny_train(root, tmp / "out", "--dataset", "hf", *extra)
+
+
+CASES += [
+    Case("hf-parquet-without-image-column",
+         lambda tmp, data: tiny_hf(_hf_data(data, tmp, column="picture", parquet=True), tmp), 1,
+         r"DatasetError: \S*hf \(train split\): no image column \('image' or 'img'\); its columns are picture, label: "
+         r"name the image column with --image_col$", check=_no_run_started),
+    Case("hf-label-out-of-classlabel-range",
+         lambda tmp, data: tiny_hf(_hf_data(data, tmp, label=-1), tmp), 1,  # -1: a ClassLabel's "no label"
+         r"DatasetError: \S*hf \(val split\) row 0: label -1 is out of range: there are 3 classes \(labels 0\.\.2; "
+         r"-1 is the datasets library's 'no label'\)"),
+    Case("hf-undecodable-row", lambda tmp, data: tiny_hf(_hf_data(data, tmp, broken=True), tmp), 1,
+         r"\S*hf \(train split\) row 0: .*--skip_bad_images"),
+    Case("hf-hub-name-not-cached", lambda tmp, data: tiny_hf("someone/not-cached", tmp), 1,
+         r"DatasetError: Hugging Face dataset .someone/not-cached. is not in the datasets cache \S*hf_datasets and "
+         r"this project never downloads data", check=_no_run_started),
+    Case("check-images-hf-undecodable-row",
+         lambda tmp, data: [str(_hf_data(data, tmp, broken=True)), "--no_progress"], 1, r"^$",
+         script="utils/check_images.py"),
+]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, tiny_data, tmp_path):
     args = case.setup(tmp_path, tiny_data["folder"])
+    env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf_datasets")}  # --dataset hf: an empty cache of its own
     r = subprocess.run([sys.executable, str(ROOT / case.script), *args], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=300)
+                       text=True, timeout=300, env=env)
     assert r.returncode == case.code, (r.returncode, r.stderr[-3000:])
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     line = first_error_line(r.stderr)

@@ -5,20 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from helpers import ROOT, TINY_SIZE, read_json, run_main
-
-TIMING_KEYS = ("time", "img_per_s")
-
-
-def history(run_dir):
-    return [{k: v for k, v in row.items() if k not in TIMING_KEYS}
-            for row in read_json(run_dir / "metrics.json")["history"]]
-
-
-def train_args(data, out, dataset):
-    return ["--train", "--data", str(data), "--dataset", dataset, "--arch", "simple_cnn", "--image_size",
-            str(TINY_SIZE), str(TINY_SIZE), "-b", "8", "-j", "0", "--epochs", "2", "--lr", "0.05", "--warmup", "0",
-            "--seed", "3", "--output", str(out), "--tag", dataset, "--no_progress"]
+from helpers import ROOT, assert_trains_like, layout_train_args, read_json, run_main
 
 
 def test_csv_written_by_the_converter_trains_like_the_folders(tmp_path):
@@ -28,12 +15,10 @@ def test_csv_written_by_the_converter_trains_like_the_folders(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tables / "train.csv").read_text().splitlines()[:2] == ["path,label", "../digits/train/0/0000.png,0"]
     for data, kind in ((folder, "folder"), (tables, "csv")):
-        assert run_main(train_args(data, tmp_path / "out", kind)) == 0
+        assert run_main(layout_train_args(data, tmp_path / "out", kind)) == 0
     runs = {kind: tmp_path / "out" / "simple_cnn" / kind for kind in ("folder", "csv")}
-    assert len(history(runs["csv"])) == 2 and history(runs["folder"]) == history(runs["csv"])
-    tops = {kind: read_json(run / "metrics.json")["test"]["test_top1"] for kind, run in runs.items()}
-    assert tops["folder"] == tops["csv"]
+    top1 = assert_trains_like(runs["folder"], runs["csv"])
     # a checkpoint given no --data / --dataset evaluates on the csv tables it was trained on
     assert run_main(["--evaluation", "--resume", str(runs["csv"] / "checkpoints/best.pth"), "--no_progress"]) == 0
     report = read_json(runs["csv"] / "eval_test/metrics.json")
-    assert report["top1"] == tops["csv"] and report["count"] == 30
+    assert report["top1"] == top1 and report["count"] == 30

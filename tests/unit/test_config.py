@@ -77,9 +77,11 @@ def test_yaml_null_is_the_value_of_a_flag_unset_by_default(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--optimizer", "lion"], "argument --optimizer: invalid choice: 'lion'"),
-    (["--dataset", "parquet"], "invalid dataset kind 'parquet' (choose from folder, txt, zip, csv"),
-    (["--label_col", "cls"], "--path_col and --label_col name the columns of a --dataset csv table, but --dataset "
-                             "is folder: drop them, or pass --dataset csv"),
+    (["--dataset", "lmdb"], "invalid dataset kind 'lmdb' (choose from folder, txt, zip, csv, hf"),
+    (["--label_col", "cls"], "--label_col names a column of a --dataset csv or hf dataset, but --dataset is folder: "
+                             "drop it, or pass --dataset csv"),
+    (["--dataset", "csv", "--image_col", "img"], "--image_col names a column of a --dataset hf dataset, but --dataset "
+                                                 "is csv: drop it, or pass --dataset hf"),
     (["--dataset", "csv", "--path_col", "x", "--label_col", "x"], "--path_col and --label_col must name two columns"),
     (["--lr", "0"], "--lr must be > 0, got 0.0"),
     (["--epochs", "0"], "--epochs must be >= 1"),

@@ -1,7 +1,8 @@
 """dataloader/digits.py (the builder behind utils/make_digits.py) and dataloader/layout_writers.py: the bundled
-dataset and the layout converters."""
+dataset and the layout converters (``--hf``: the parquet writer of dataloader/convert.py)."""
 from __future__ import annotations
 
+import sys
 from collections import Counter
 
 import numpy as np
@@ -46,3 +47,17 @@ def test_make_digits_per_class_keeps_the_first_n_of_each_class_and_split(tmp_pat
             names = sorted(p.name for p in (full / split / str(c)).iterdir())[:3]
             assert sorted(p.name for p in (tiny / split / str(c)).iterdir()) == names
     assert make_digits(tmp_path / "tiny", per_class=2) and len(list(tiny.rglob("*.png"))) == 60  # rebuilt for N=2
+
+
+def test_make_digits_hf_writes_the_hub_parquet_layout_twice_in_place(tmp_path, monkeypatch):
+    from utils import make_digits as tool
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "argv", ["make_digits.py", "--out", str(tmp_path / "digits"), "--hf", str(tmp_path / "hf"),
+                                      "--per_class", "2"])
+    for _ in range(2):  # a second run replaces the parquet files whole
+        tool.main()
+    assert sorted(p.name for p in (tmp_path / "hf" / "data").iterdir()) == [
+        "test-00000-of-00001.parquet", "train-00000-of-00001.parquet", "validation-00000-of-00001.parquet"]
+    assert not list(tmp_path.glob(".hf*"))  # no temporary or old folder left
+    folder, hf = (ClassificationDataset(tmp_path / d, k, "val") for d, k in (("digits", "folder"), ("hf", "hf")))
+    assert hf.targets == folder.targets and hf.reader(hf.samples[5][0]) == folder.reader(folder.samples[5][0])

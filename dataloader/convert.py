@@ -1,0 +1,157 @@
+"""Converting any dataset this project reads (class folders, txt lists, zip archives, csv tables, Hugging Face
+datasets) into another storage format: the logic behind ``utils/convert_data.py``.
+
+Every format is one writer in :data:`WRITERS` with the signature ``write(out_dir, split, records, class_names,
+jobs)``: ``records`` yields ``(key, encoded image bytes, label index)`` in the source's sample order (so the
+same seed trains the same run on the converted data), ``key`` being the sample's stable key (its path relative
+to the dataset root). The source's images are read in ``jobs`` worker processes, in order, behind one progress
+bar; the output is written into a temporary folder beside ``out`` and renamed at the end, so a killed
+conversion leaves no half dataset at ``out``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+from .datasets import Columns, DatasetError, get_layout, sample_key
+from .hf import HF_SPLITS
+
+logger = logging.getLogger(__name__)
+
+Record = tuple[str, bytes, int]
+Writer = Callable[[Path, str, Iterable[Record], Sequence[str], int], None]
+SPLITS = ("train", "val", "test")
+PARQUET_ROWS_PER_GROUP = 100        # the datasets library's row group for image datasets: cheap row access
+PARQUET_MAX_FILE_BYTES = 512 << 20  # the Hub's files are about 500 MB each
+
+
+def hf_features(class_names: Sequence[str]):
+    """The ``datasets`` features of a converted split: ``image`` (an Image) and ``label`` (a ClassLabel)."""
+    from datasets import ClassLabel, Features, Image
+    return Features({"image": Image(), "label": ClassLabel(names=list(class_names))})
+
+
+def write_parquet_split(out_dir: Path, split: str, records: Iterable[Record], class_names: Sequence[str],
+                        jobs: int) -> None:
+    """``out_dir/data/<split>-NNNNN-of-MMMMM.parquet`` in the Hub's layout (val is written as ``validation``):
+    columns ``image`` (the encoded bytes, with the key as its path) and ``label`` (a ClassLabel of
+    ``class_names``), their features in the schema so that the ``datasets`` library reads them back; files of at
+    most about 512 MB, row groups of 100 rows. Written sequentially: ``jobs`` is for the readers upstream."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    schema = hf_features(class_names).arrow_schema
+    folder, name = out_dir / "data", HF_SPLITS[split][0]
+    folder.mkdir(parents=True, exist_ok=True)
+    parts: list[Path] = []
+    writer, size, rows = None, 0, []
+
+    def flush() -> None:
+        nonlocal writer, size
+        if not rows:
+            return
+        if writer is None or size > PARQUET_MAX_FILE_BYTES:
+            if writer is not None:
+                writer.close()
+            parts.append(folder / f"{name}-part{len(parts):05d}.parquet")
+            writer, size = pq.ParquetWriter(parts[-1], schema), 0
+        table = pa.table({"image": [{"bytes": data, "path": key} for key, data, _ in rows],
+                          "label": [label for _, _, label in rows]}, schema=schema)
+        writer.write_table(table)
+        size += sum(len(data) for _, data, _ in rows)
+        rows.clear()
+
+    for record in records:
+        rows.append(record)
+        if len(rows) == PARQUET_ROWS_PER_GROUP:
+            flush()
+    flush()
+    if writer is not None:
+        writer.close()
+    for i, part in enumerate(parts):  # the final names need the count
+        part.rename(folder / f"{name}-{i:05d}-of-{len(parts):05d}.parquet")
+
+
+WRITERS: dict[str, Writer] = {
+    "parquet": write_parquet_split,
+}
+
+_reader: Callable[[str], bytes] | None = None  # the source split's reader in a worker process
+
+
+def _set_reader(reader: Callable[[str], bytes]) -> None:
+    global _reader
+    _reader = reader
+
+
+def _read(source: str) -> bytes:
+    return _reader(source)
+
+
+def read_records(root: Path, kind: str, split: str, samples: Sequence[tuple[str, int]], jobs: int = 1,
+                 columns: Columns | None = None, bar=None) -> Iterator[Record]:
+    """``(key, encoded bytes, label)`` of each of ``samples`` (the layout's samples of ``split``), in order,
+    read by ``jobs`` processes; ``bar`` (a tqdm) counts them."""
+    layout = get_layout(kind, columns)
+    reader = layout.reader(root, split, 0)
+    keys = [sample_key(root, kind, split, source) for source, _ in samples]
+    sources = [source for source, _ in samples]
+    if jobs > 1:
+        with multiprocessing.get_context("fork").Pool(jobs, initializer=_set_reader, initargs=(reader,)) as pool:
+            for key, data, (_, label) in zip(keys, pool.imap(_read, sources, chunksize=16), samples):
+                yield key, data, label
+                if bar is not None:
+                    bar.update()
+        return
+    for key, source, (_, label) in zip(keys, sources, samples):
+        yield key, reader(source), label
+        if bar is not None:
+            bar.update()
+
+
+def convert_dataset(src: str | Path, kind: str, to: str, out: str | Path, jobs: int = 1, progress: bool = False,
+                    columns: Columns | None = None, replace: bool = False) -> Path:
+    """Write the dataset ``src`` (layout ``kind``) as ``to`` (a :data:`WRITERS` name) into ``out``: every split
+    it has, through a temporary folder renamed at the end. An existing ``out`` is an error unless ``replace``."""
+    if to not in WRITERS:
+        raise DatasetError(f"unknown output format {to!r}; choose from {', '.join(WRITERS)}")
+    src, out = Path(src), Path(out)
+    if out.exists() and not replace:
+        raise DatasetError(f"{out} already exists: choose another --out, or remove it first")
+    layout = get_layout(kind, columns)
+    class_names = layout.classes(src)
+    splits = [split for split in SPLITS if layout.exists(src, split)]
+    tmp = out.with_name(f".{out.name}.partial")
+    if tmp.exists():
+        logger.info("removing %s, left by an interrupted conversion", tmp)
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    from tqdm import tqdm
+    try:
+        for split in splits:
+            samples = layout.samples(src, split, class_names)
+            with tqdm(total=len(samples), desc=f"{split} -> {to}", disable=not progress, dynamic_ncols=True) as bar:
+                WRITERS[to](tmp, split, read_records(src, kind, split, samples, jobs, columns, bar), class_names, jobs)
+        (tmp / "classes.txt").write_text("\n".join(class_names) + "\n")
+        (tmp / "converted_from.json").write_text(json.dumps({"data": str(src.resolve()) if src.exists() else str(src),
+                                                             "dataset": kind, "format": to}, indent=1) + "\n")
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename the finished ``tmp`` to ``out``; a previous ``out`` (``replace``) is renamed away first and removed
+    after, so ``out`` is always either the old dataset or the whole new one."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    if old.exists():
+        shutil.rmtree(old)

@@ -1,0 +1,269 @@
+"""Hugging Face datasets (``--dataset hf``), read through the ``datasets`` library.
+
+``--data`` is one of:
+  * a ``save_to_disk`` folder (``datasets.load_from_disk``): a DatasetDict with train / validation (or val) /
+    test splits, or a single Dataset, which is the train split;
+  * a folder of parquet files in the Hub's layout, ``DATA/data/{train,validation,test}-*.parquet`` (a
+    ``DATA/{split}-*.parquet`` beside it works too), prepared once by the library's ``parquet`` builder into
+    memory-mappable arrow files in its cache (``HF_DATASETS_CACHE``, default ``~/.cache/huggingface/datasets``),
+    as ``load_dataset`` does;
+  * a Hub dataset name (``user/name``) already in that cache. Nothing is downloaded: a name that is not
+    cached is one error naming the cache and how to fill it.
+
+The image column is ``image`` or ``img`` (``--image_col`` names another): a ``datasets.Image`` feature (its
+encoded bytes, or the file its ``path`` names) or a binary column of encoded bytes. The label column is
+``label`` or ``labels`` (``--label_col``): class names come from its ``ClassLabel`` feature, else integer
+labels take the names of ``DATA/classes.txt`` or are ``0..K-1``.
+
+A sample's key is ``<split>/<row>`` (``train/000123``): stable for a given dataset, and what side files
+(teacher outputs, curricula) and split files name. The reader returns a row's encoded image bytes from the
+split's arrow files, memory-mapped lazily once per process (DataLoader workers included), so every feature of
+the map-style layouts works unchanged.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import DatasetError, Errors, read_classes_file, report
+
+logger = logging.getLogger(__name__)
+
+# Our split name -> the names a Hugging Face dataset may give it, in order of preference.
+HF_SPLITS = {"train": ("train",), "val": ("validation", "val", "valid"), "test": ("test",)}
+IMAGE_COLUMNS = ("image", "img")
+LABEL_COLUMNS = ("label", "labels")
+HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+SAVED_MARKERS = ("dataset_dict.json", "state.json")  # a save_to_disk folder: a DatasetDict, or one Dataset
+
+
+def _datasets():
+    """The ``datasets`` library, imported on first use (a run on other layouts never imports it), its
+    progress bars off (training draws its own) and its log quiet: what goes wrong is raised as one
+    DatasetError that quotes the library's reason."""
+    import datasets
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity(logging.CRITICAL)
+    return datasets
+
+
+def datasets_cache() -> str:
+    """Where the ``datasets`` library keeps prepared datasets: ``HF_DATASETS_CACHE``, else ``$HF_HOME/datasets``,
+    else ``~/.cache/huggingface/datasets`` (read now, so a test or a shell may set it late)."""
+    if os.environ.get("HF_DATASETS_CACHE"):
+        return os.path.expanduser(os.environ["HF_DATASETS_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return os.path.join(os.path.expanduser(home), "datasets")
+
+
+def is_hf_folder(root: Path) -> bool:
+    """Whether ``root`` holds a ``save_to_disk`` dataset or Hub-layout parquet files."""
+    return any((root / name).is_file() for name in SAVED_MARKERS) or bool(_parquet_files(root))
+
+
+def _parquet_files(root: Path) -> dict[str, list[str]]:
+    """``{split: [parquet files]}`` of the Hub layout (``data/<split>-*.parquet`` or ``<split>-*.parquet``)."""
+    found: dict[str, list[str]] = {}
+    for folder in (root / "data", root):
+        for names in HF_SPLITS.values():
+            for name in names:
+                files = sorted(str(f) for f in folder.glob(f"{name}-*.parquet"))
+                if files and name not in found:
+                    found[name] = files
+    return found
+
+
+def _load_hub(name: str) -> dict[str, Any]:
+    """A Hub dataset from the ``datasets`` cache, never downloaded."""
+    datasets = _datasets()
+    cache = datasets_cache()
+    if not HUB_NAME.match(name):
+        raise DatasetError(f"--data {name!r} is neither a folder nor a Hugging Face dataset name (user/name): a "
+                           f"--dataset hf dataset is a save_to_disk folder, a folder of data/<split>-*.parquet "
+                           f"files, or a Hub name in the datasets cache ({cache})")
+    saved, datasets.config.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE, True
+    try:
+        return dict(datasets.load_dataset(name, cache_dir=cache))
+    except (ConnectionError, FileNotFoundError, ValueError):
+        raise DatasetError(
+            f"Hugging Face dataset {name!r} is not in the datasets cache {cache} and this project never downloads "
+            f"data (nor is there a folder {name}): fill the cache on a machine with network, with the same "
+            f"HF_DATASETS_CACHE or HF_HOME: python -c \"import datasets; datasets.load_dataset('{name}')\", and copy "
+            f"it here; or save it with .save_to_disk(DIR) (or its parquet files) and pass --data DIR") from None
+    finally:
+        datasets.config.HF_HUB_OFFLINE = saved
+
+
+def _load_folder(path: Path) -> dict[str, Any] | None:
+    """The splits of a save_to_disk folder or of Hub-layout parquet files (None: neither); a file the library
+    cannot read is one DatasetError naming the folder."""
+    import pyarrow as pa
+    datasets = _datasets()
+    try:
+        if any((path / name).is_file() for name in SAVED_MARKERS):
+            loaded = datasets.load_from_disk(str(path))
+            return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+        if parquet := _parquet_files(path):
+            return dict(datasets.load_dataset("parquet", data_files=parquet, cache_dir=datasets_cache()))
+    except (OSError, ValueError, pa.ArrowException, datasets.exceptions.DatasetGenerationError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DatasetError(f"{path}: the datasets library cannot read it ({type(e).__name__}: {first}); check the "
+                           f"files (python utils/check_images.py {path})") from None
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _open(root: str, stamp: tuple[int, ...]) -> dict[str, Any]:
+    """``{our split: datasets.Dataset}`` of ``root`` (cached by the folder's modification times ``stamp``):
+    train, val, test where present; other splits are ignored."""
+    path = Path(root)
+    parts = _load_folder(path)
+    if parts is None and path.is_dir():
+        raise DatasetError(f"{root} holds no Hugging Face dataset: --dataset hf reads a save_to_disk folder "
+                           f"(dataset_dict.json) or parquet files in the Hub layout (data/train-*.parquet, "
+                           f"data/validation-*.parquet, data/test-*.parquet)")
+    if parts is None:
+        parts = _load_hub(root)
+    splits = {ours: parts[next(name for name in names if name in parts)]
+              for ours, names in HF_SPLITS.items() if any(name in parts for name in names)}
+    if "train" not in splits:
+        raise DatasetError(f"{root} has no train split (its splits: {', '.join(parts) or 'none'})")
+    return splits
+
+
+def _splits(root: Path) -> dict[str, Any]:
+    stamp = tuple(os.stat(p).st_mtime_ns for p in (root, root / "data") if p.exists())
+    return _open(str(root), stamp)
+
+
+def _where(root: Path, split: str) -> str:
+    return f"{root} ({split} split)"
+
+
+def _column(dataset: Any, wanted: str | None, defaults: Sequence[str], what: str, flag: str, where: str) -> str:
+    """The column holding ``what``: ``wanted`` (a flag) or the first of ``defaults`` present."""
+    names = list(dataset.column_names)
+    for name in ([wanted] if wanted and wanted not in defaults else [wanted, *defaults] if wanted else defaults):
+        if name in names:
+            return name
+    asked = f"no column {wanted!r}" if wanted and wanted not in defaults else f"no {what} column " \
+        f"({' or '.join(repr(d) for d in defaults)})"
+    raise DatasetError(f"{where}: {asked}; its columns are {', '.join(names)}: name the {what} column with {flag}")
+
+
+@dataclass(frozen=True)
+class _Columns:
+    image: str
+    label: str
+
+
+class HfLayout:
+    """A Hugging Face dataset (see the module docstring); ``columns``: ``--image_col`` (``image``), ``--label_col``
+    (``label``)."""
+
+    takes_columns = True   # get_layout hands it the --image_col/--label_col choice
+    named_data = True      # --data may be a name (a Hub dataset), not only a folder
+
+    def __init__(self, columns: Any = None):
+        self.image = getattr(columns, "image", None)
+        self.label = getattr(columns, "label", None)
+
+    def columns(self, root: Path, split: str) -> _Columns:
+        dataset, where = _splits(root)[split], _where(root, split)
+        image = _column(dataset, self.image, IMAGE_COLUMNS, "image", "--image_col", where)
+        label = _column(dataset, self.label, LABEL_COLUMNS, "label", "--label_col", where)
+        feature = dataset.features[image]
+        if type(feature).__name__ != "Image" and getattr(feature, "dtype", None) not in ("binary", "large_binary"):
+            raise DatasetError(f"{where}: column {image!r} holds {feature}, not images (a datasets Image feature or "
+                               f"encoded image bytes): name the image column with --image_col")
+        return _Columns(image, label)
+
+    @staticmethod
+    def exists(root: Path, split: str) -> bool:
+        return split in _splits(root)
+
+    def classes(self, root: Path) -> list[str]:
+        train = _splits(root)["train"]
+        feature = train.features[self.columns(root, "train").label]
+        if type(feature).__name__ == "ClassLabel":
+            return list(feature.names)
+        names = read_classes_file(root) if root.is_dir() else None
+        if names is not None:
+            return names
+        if not str(getattr(feature, "dtype", "")).startswith(("int", "uint")):
+            raise DatasetError(f"{_where(root, 'train')}: the labels are {feature}, neither a ClassLabel nor integers: "
+                               f"cast the column with dataset.class_encode_column(...), or write integer labels "
+                               f"with a classes.txt")
+        present = set(self._labels(root, "train"))
+        missing = min(set(range(max(present) + 1)) - present, default=None)
+        if missing is not None:
+            raise DatasetError(f"{_where(root, 'train')}: no row has label {missing} although label {max(present)} "
+                               f"exists: integer labels without a ClassLabel must be 0..K-1 with none missing; "
+                               f"add {root / 'classes.txt'} (one class name per line, in label order)")
+        return [str(i) for i in range(max(present) + 1)]
+
+    def _labels(self, root: Path, split: str) -> list[int | None]:
+        dataset = _splits(root)[split]
+        return dataset.data.column(self.columns(root, split).label).to_pylist()
+
+    def samples(self, root: Path, split: str, class_names: Sequence[str],
+                errors: Errors = None) -> list[tuple[str, int]]:
+        labels = self._labels(root, split)
+        width = max(6, len(str(len(labels) - 1)))
+        samples = []
+        for row, label in enumerate(labels):
+            if not isinstance(label, int) or not 0 <= label < len(class_names):
+                unlabelled = "; -1 is the datasets library's 'no label'" if label == -1 else ""
+                report(errors, DatasetError(f"{describe_row(root, split, row)}: label {label} is out of range: "
+                                            f"there are {len(class_names)} classes (labels 0..{len(class_names) - 1}"
+                                            f"{unlabelled}); fix the row's label or drop the row"))
+                continue
+            samples.append((f"{split}/{row:0{width}d}", label))
+        return samples
+
+    def reader(self, root: Path, split: str, max_pixels: int = 0) -> ArrowImageReader:
+        dataset = _splits(root)[split]
+        return ArrowImageReader(tuple(f["filename"] for f in dataset.cache_files), self.columns(root, split).image)
+
+    @staticmethod
+    def describe(root: Path, split: str, source: str) -> str:
+        return describe_row(root, split, int(source.rsplit("/", 1)[1]))
+
+
+def describe_row(root: Path, split: str, row: int) -> str:
+    """How a message names one row: ``DATA (train split) row 12``."""
+    return f"{_where(root, split)} row {row}"
+
+
+@functools.lru_cache(maxsize=16)
+def _mapped_column(files: tuple[str, ...], column: str, pid: int) -> Any:
+    """The ``column`` of a split's arrow files, memory-mapped (no copy) in process ``pid``."""
+    import pyarrow as pa
+    tables = [pa.ipc.open_stream(pa.memory_map(f)).read_all() for f in files]
+    return pa.concat_tables(tables).column(column)
+
+
+@dataclass(frozen=True)
+class ArrowImageReader:
+    """The encoded image of a row (key ``<split>/<row>``) of a split's arrow files; each process maps the
+    files itself on its first read (so the reader pickles to DataLoader workers as two names)."""
+    files: tuple[str, ...]
+    column: str
+
+    def __call__(self, key: str) -> bytes:
+        value = _mapped_column(self.files, self.column, os.getpid())[int(key.rsplit("/", 1)[1])].as_py()
+        if isinstance(value, dict):  # a datasets Image: its bytes, or the file it names
+            if value.get("bytes") is not None:
+                return value["bytes"]
+            if value.get("path"):
+                with open(value["path"], "rb") as f:
+                    return f.read()
+            raise OSError(f"row {key} holds no image (neither bytes nor a path)")
+        if value is None:
+            raise OSError(f"row {key} holds no image (null)")
+        return value

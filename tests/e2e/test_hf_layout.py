@@ -1,0 +1,106 @@
+"""--dataset hf end to end: the digits written as Hub-layout parquet by our converter (``utils/convert_data.py``;
+``utils/make_digits.py --hf`` calls it) and by the ``datasets`` library alone (``save_to_disk``, ``to_parquet``) train
+exactly as their class folders do (same history, same test top-1 for the same seed); a checkpoint evaluates on
+its own hf data; workers, class-balanced sampling, automatic splits, the decoded cache and --skip_bad_images
+work on it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import assert_trains_like, layout_train_args, read_json, run_main
+
+
+@pytest.fixture(autouse=True)
+def hf_cache(tmp_path, monkeypatch):
+    """The datasets library's cache in tmp_path (the parquet builder prepares its arrow files there)."""
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+
+
+def train(data: Path, out: Path, dataset: str, tag: str, *extra: str) -> Path:
+    assert run_main(layout_train_args(data, out, dataset, tag) + list(extra)) == 0
+    return out / "simple_cnn" / tag
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> tuple[Path, Path]:
+    """The digits, 3 per class and split (30 images each), as class folders, and their run (the reference)."""
+    from dataloader.digits import make_digits
+    base = tmp_path_factory.mktemp("hf_digits")
+    folder = make_digits(base / "digits", per_class=3)
+    return folder, train(folder, base / "out", "folder", "folder")
+
+
+def test_parquet_written_by_the_converter_trains_like_the_folders(tmp_path, digits):
+    folder, reference = digits
+    from utils import convert_data  # the documented command, in this process
+    assert convert_data.main(["--data", str(folder), "--to", "parquet", "--out", str(tmp_path / "converted"), "-j", "2",
+                              "--no_progress"]) == 0
+    assert sorted(p.name for p in (tmp_path / "converted" / "data").iterdir()) == [
+        "test-00000-of-00001.parquet", "train-00000-of-00001.parquet", "validation-00000-of-00001.parquet"]
+    converted = train(tmp_path / "converted", tmp_path / "out", "hf", "converted", "-j", "2")
+    top1 = assert_trains_like(reference, converted)
+    # a checkpoint given no --data / --dataset evaluates on the parquet files it was trained on
+    assert run_main(["--evaluation", "--resume", str(converted / "checkpoints/best.pth"), "--no_progress"]) == 0
+    report = read_json(converted / "eval_test/metrics.json")
+    assert report["top1"] == top1 and report["count"] == 30
+
+
+def write_without_our_code(folder: Path, saved: Path, parquet: Path) -> None:
+    """The class folders written by the ``datasets`` library alone: a save_to_disk DatasetDict and Hub-layout
+    parquet files, rows in the folders' order (classes, then files, by name)."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    names = sorted(p.name for p in (folder / "train").iterdir())
+    features = Features({"image": Image(), "label": ClassLabel(names=names)})
+    splits = {}
+    for split, hub_name in (("train", "train"), ("val", "validation"), ("test", "test")):
+        files = sorted((folder / split).glob("*/*.png"))
+        splits[hub_name] = Dataset.from_dict({"image": [{"bytes": f.read_bytes(), "path": None} for f in files],
+                                              "label": [names.index(f.parent.name) for f in files]}, features=features)
+        (parquet / "data").mkdir(parents=True, exist_ok=True)
+        splits[hub_name].to_parquet(str(parquet / "data" / f"{hub_name}-00000-of-00001.parquet"))
+    DatasetDict(splits).save_to_disk(str(saved))
+
+
+def test_a_dataset_written_by_the_datasets_library_trains_like_the_folders(tmp_path, digits):
+    folder, reference = digits
+    write_without_our_code(folder, tmp_path / "saved", tmp_path / "parquet")
+    assert_trains_like(reference, train(tmp_path / "saved", tmp_path / "out", "hf", "saved"))
+    assert_trains_like(reference, train(tmp_path / "parquet", tmp_path / "out", "hf", "parquet"))
+
+
+def test_workers_balanced_sampling_automatic_splits_cache_and_bad_rows(tmp_path, digits):
+    from datasets import ClassLabel, Dataset, Features, Image
+    files = sorted((digits[0] / "train").glob("*/*.png"))
+    rows = [{"bytes": f.read_bytes(), "path": None} for f in files] + [{"bytes": b"broken", "path": None}]
+    labels = [int(f.parent.name) for f in files] + [0]
+    Dataset.from_dict({"img": rows, "labels": labels},
+                      features=Features({"img": Image(), "labels": ClassLabel(names=[str(i) for i in range(10)])})
+                      ).save_to_disk(str(tmp_path / "one"))  # a single Dataset: the train split only
+    run = train(tmp_path / "one", tmp_path / "out", "hf", "features", "-j", "2", "--class_balanced",
+                "--val_fraction", "0.3", "--test_fraction", "0.2", "--skip_bad_images")
+    rows = [key for part in json.loads((run / "split.json").read_text())["splits"].values() for key, _ in part]
+    assert sorted(rows) == [f"train/{i:06d}" for i in range(31)]  # every row once, by its <split>/<row> key
+    log = (run / "log.txt").read_text()
+    assert "skipping" in log and "(train split) row 30" in log
+    cached = train(tmp_path / "one", tmp_path / "out", "hf", "cached", "--cache_dataset", "memory",
+                   "--val_fraction", "0.3", "--skip_bad_images")
+    assert "(train split) row 30" in (cached / "log.txt").read_text()
+
+
+def test_teacher_files_and_curricula_name_rows_by_their_keys(tiny_run, tiny_data, tmp_path):
+    from dataloader import ClassificationDataset
+    from dataloader.convert import convert_dataset
+    from utils.sidefiles import read_rows
+    data = convert_dataset(tiny_data["folder"], "folder", "parquet", tmp_path / "hf")
+    best = str(tiny_run / "checkpoints" / "best.pth")
+    for mode in (["--knowledge", "train"], ["--make_curriculum"]):
+        assert run_main([*mode, "--resume", best, "--data", str(data), "--dataset", "hf", "-j", "0",
+                         "--no_progress"]) == 0
+    keys = {ClassificationDataset(data, "hf", "train").key(i) for i in range(30)}
+    assert keys == {f"train/{i:06d}" for i in range(30)}
+    assert set(read_rows(data / "distill_resnet18.txt", 3)) == set(read_rows(data / "curriculum.txt", 1)) == keys
+    run = train(data, tmp_path / "out", "hf", "student", "--distill", "--curriculum_learning", "--epochs", "1")
+    assert read_json(run / "metrics.json")["history"][0]["train_loss"] > 0

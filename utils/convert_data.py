@@ -1,0 +1,55 @@
+"""Convert any dataset this project reads (class folders, txt lists, zip archives, csv tables, Hugging Face
+datasets) into another storage format, in parallel, with a progress bar.
+
+    python utils/convert_data.py --data SRC [--dataset KIND] --to parquet --out DST [-j N]
+
+``--to parquet`` writes the Hugging Face Hub's layout, ``DST/data/{train,validation,test}-NNNNN-of-MMMMM.parquet``
+(columns ``image`` and ``label``, a ClassLabel of the class names), which ``--dataset hf --data DST`` reads and
+the Hub serves as is. Every split of SRC is converted, in the order training reads it (the same seed trains the
+same run on either). The images are read by N processes (default: all cores), written into ``.DST.partial``
+beside DST and renamed to DST at the end: a killed conversion leaves no half dataset, and an existing DST is
+refused. KIND defaults to the layout found at SRC (as utils/check_images.py detects it).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dataloader.checking import detect_kind  # noqa: E402
+from dataloader.convert import WRITERS, convert_dataset  # noqa: E402
+from dataloader.datasets import LAYOUTS, Columns, DatasetError  # noqa: E402
+from dataloader.io import ImageDecodeError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="the dataset to convert (a folder; --dataset hf: or a Hub name)")
+    parser.add_argument("--dataset", choices=sorted(LAYOUTS), default=None, help="its layout (default: detected)")
+    parser.add_argument("--to", choices=sorted(WRITERS), required=True, help="the output format")
+    parser.add_argument("--out", required=True, help="the new dataset's folder (must not exist)")
+    parser.add_argument("-j", "--workers", type=int, default=os.cpu_count() or 1, help="reading processes")
+    parser.add_argument("--path_col", default="path", help="csv tables: the column holding each image's path")
+    parser.add_argument("--label_col", default="label", help="csv tables and hf: the column holding the labels")
+    parser.add_argument("--image_col", default=None, help="hf: the column holding the images (default: image/img)")
+    parser.add_argument("--no_progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    src = Path(args.data)
+    kind = args.dataset or (detect_kind(src) if src.is_dir() else "hf")
+    try:
+        out = convert_dataset(src, kind, args.to, args.out, jobs=max(1, args.workers), progress=not args.no_progress,
+                              columns=Columns(args.path_col, args.label_col, args.image_col))
+    except (DatasetError, ImageDecodeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    logging.info("wrote %s (%s) from %s (--dataset %s)", out, args.to, src, kind)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
