@@ -14,6 +14,7 @@ import json
 import logging
 import multiprocessing
 import os
+import random
 import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -76,9 +77,23 @@ def write_parquet_split(out_dir: Path, split: str, records: Iterable[Record], cl
         part.rename(folder / f"{name}-{i:05d}-of-{len(parts):05d}.parquet")
 
 
+def write_shards_split(out_dir: Path, split: str, records: Iterable[Record], class_names: Sequence[str],
+                       jobs: int) -> None:
+    """WebDataset shards (:func:`dataloader.shards.write_wds_split`) with each key's dots made underscores
+    (webdataset cuts a sample's suffix at the first dot of its name: ``3/12.png`` becomes ``3/12_png``)."""
+    from .shards import write_wds_split
+    write_wds_split(out_dir, split, ((key.replace(".", "_"), data, label) for key, data, label in records),
+                    class_names, jobs)
+
+
 WRITERS: dict[str, Writer] = {
     "parquet": write_parquet_split,
+    "wds": write_shards_split,
 }
+# Formats read shard by shard as streams: written in a seeded shuffled order, so that every shard holds every
+# class (a source's order is usually class by class, and a shuffle buffer cannot mix what a shard lacks).
+SHUFFLED = {"wds"}
+SHUFFLE_SEED = 0
 
 _reader: Callable[[str], bytes] | None = None  # the source split's reader in a worker process
 
@@ -134,6 +149,8 @@ def convert_dataset(src: str | Path, kind: str, to: str, out: str | Path, jobs: 
     try:
         for split in splits:
             samples = layout.samples(src, split, class_names)
+            if to in SHUFFLED:
+                samples = [samples[i] for i in random.Random(SHUFFLE_SEED).sample(range(len(samples)), len(samples))]
             with tqdm(total=len(samples), desc=f"{split} -> {to}", disable=not progress, dynamic_ncols=True) as bar:
                 WRITERS[to](tmp, split, read_records(src, kind, split, samples, jobs, columns, bar), class_names, jobs)
         (tmp / "classes.txt").write_text("\n".join(class_names) + "\n")

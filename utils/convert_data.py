@@ -1,11 +1,14 @@
 """Convert any dataset this project reads (class folders, txt lists, zip archives, csv tables, Hugging Face
 datasets) into another storage format, in parallel, with a progress bar.
 
-    python utils/convert_data.py --data SRC [--dataset KIND] --to parquet --out DST [-j N]
+    python utils/convert_data.py --data SRC [--dataset KIND] --to parquet|wds --out DST [-j N]
 
 ``--to parquet`` writes the Hugging Face Hub's layout, ``DST/data/{train,validation,test}-NNNNN-of-MMMMM.parquet``
 (columns ``image`` and ``label``, a ClassLabel of the class names), which ``--dataset hf --data DST`` reads and
-the Hub serves as is. Every split of SRC is converted, in the order training reads it (the same seed trains the
+the Hub serves as is. ``--to wds`` writes WebDataset shards, ``DST/{train,val,test}-NNNNNN.tar`` with timm's
+``_info.json``, which ``--dataset wds --data DST`` reads (and timm's ``wds/`` reader); their samples are in a
+seeded shuffled order, so that every shard holds every class, and a key's dots become underscores. For parquet
+every split of SRC is converted in the order training reads it (the same seed trains the
 same run on either). The images are read by N processes (default: all cores), written into ``.DST.partial``
 beside DST and renamed to DST at the end: a killed conversion leaves no half dataset, and an existing DST is
 refused. KIND defaults to the layout found at SRC (as utils/check_images.py detects it).

@@ -229,3 +229,28 @@ def test_shards_decode_to_the_runs_pixel_format(small):
     assert grey.load(0).shape == (1, 8, 8) and ShardDataset(small, "train", ["a", "b", "c"]).load(0).shape == (3, 8, 8)
     image, _, _ = grey.first_items(1)[0]
     assert image.shape[0] == 1
+
+
+def test_convert_data_to_wds_keeps_every_image_and_mixes_classes_in_each_shard(tiny_data, tmp_path, monkeypatch):
+    """``utils/convert_data.py --to wds``: every image of the folders lands in the shards byte for byte with its
+    label, keys lose their dots (``0/3.png`` -> ``0/3_png``), and the seeded shuffled order puts more than one
+    class in each shard (the folders' order is class by class)."""
+    from dataloader.convert import convert_dataset
+    from dataloader.datasets import get_layout, sample_key
+    monkeypatch.setattr(shards, "SHARD_MAX_SAMPLES", 8)
+    root = Path(tiny_data["folder"])
+    out = convert_dataset(root, "folder", "wds", tmp_path / "wds", jobs=2)
+    layout = get_layout("folder")
+    names = layout.classes(root)
+    assert ShardSet(str(out)).classes() == names
+    for split in ("train", "val"):
+        expected = {sample_key(root, "folder", split, source).replace(".", "_"): (Path(source).read_bytes(), label)
+                    for source, label in layout.samples(root, split, names)}
+        got = {}
+        for shard in ShardSet(str(out)).shards(split):
+            samples = list(iter_samples(shard.url))
+            assert all("." not in key.rsplit("/", 1)[-1] for key, _, _ in samples)
+            if len(samples) > 3:
+                assert len({label for _, _, label in samples}) > 1, shard.url
+            got.update({key: (data, label) for key, data, label in samples})
+        assert got == expected
