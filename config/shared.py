@@ -77,9 +77,9 @@ def _workers(value: str) -> int:
 
 def _add_data(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--data", type=str, default=str(DEFAULT_DATA),
-                   help="dataset root (--dataset wds: also a URL base or a brace pattern of shards; default: "
-                        "data/digits in the repository, the bundled digits; modes that "
-                        "run --resume: the data the checkpoint was trained on)")
+                   help="dataset root; --dataset wds: also a URL base or a brace pattern of shards; --dataset hf: "
+                        "also a cached Hub name (default: data/digits in the repository, the bundled digits; modes "
+                        "that run --resume: the data the checkpoint was trained on)")
     g.add_argument("--dataset", type=_dataset_kind, default="folder",
                    help="dataset layout: folder (alias imagenet), txt (alias read_from_txt), zip, csv (alias "
                         "jsonl: DATA/{train,val,test}.csv or .jsonl, or DATA/labels.csv with a split column), wds "

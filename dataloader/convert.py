@@ -10,7 +10,6 @@ conversion leaves no half dataset at ``out``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
@@ -18,6 +17,8 @@ import random
 import shutil
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
+
+from utils.atomic import write_json_atomic, write_text_atomic
 
 from .datasets import Columns, DatasetError, get_layout, sample_key
 from .hf import HF_SPLITS
@@ -153,9 +154,9 @@ def convert_dataset(src: str | Path, kind: str, to: str, out: str | Path, jobs: 
                 samples = [samples[i] for i in random.Random(SHUFFLE_SEED).sample(range(len(samples)), len(samples))]
             with tqdm(total=len(samples), desc=f"{split} -> {to}", disable=not progress, dynamic_ncols=True) as bar:
                 WRITERS[to](tmp, split, read_records(src, kind, split, samples, jobs, columns, bar), class_names, jobs)
-        (tmp / "classes.txt").write_text("\n".join(class_names) + "\n")
-        (tmp / "converted_from.json").write_text(json.dumps({"data": str(src.resolve()) if src.exists() else str(src),
-                                                             "dataset": kind, "format": to}, indent=1) + "\n")
+        write_text_atomic(tmp / "classes.txt", "\n".join(class_names) + "\n")
+        write_json_atomic(tmp / "converted_from.json", {"data": str(src.resolve()) if src.exists() else str(src),
+                                                        "dataset": kind, "format": to}, indent=1)
         _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

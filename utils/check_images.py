@@ -1,6 +1,5 @@
-"""Check every image of a dataset (class folders, txt lists, zip archives, csv tables, WebDataset shards or
-Hugging Face datasets)
-before training on it.
+"""Check every image of a dataset (class folders, txt lists, zip archives, csv tables, WebDataset shards or a
+Hugging Face dataset) before training on it.
 
 Each image is fully decoded, with the project's own decoder (as training reads it) and with Pillow
 (which notices truncation that libjpeg/libpng tolerate). Reported, with the reason:
@@ -14,7 +13,6 @@ Each image is fully decoded, with the project's own decoder (as training reads i
   unusual  images that decode but in an unusual mode (CMYK, 16-bit, palette with transparency):
            training converts them to RGB, but they are worth a look
   stray    files in class folders without an image extension (training ignores them)
-
 
 A summary counts images, bad and unusual files per split and class. The exit code is 1 when any file
 is bad (with ``--strict``, also when any is unusual), else 0.
@@ -84,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         for why in kept:
             print(f"not moved {why}")
         if len(moved) + len(kept) < status["bad"]:
-            print(f"{status['bad'] - len(moved) - len(kept)} bad entries were not moved (zip members or list "
-                  f"errors): fix them in place")
+            print(f"{status['bad'] - len(moved) - len(kept)} not moved (zip members, list errors): fix them in place")
     return 1 if status["bad"] or (args.strict and status["unusual"]) else 0
 
 

@@ -77,7 +77,7 @@ def test_yaml_null_is_the_value_of_a_flag_unset_by_default(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--optimizer", "lion"], "argument --optimizer: invalid choice: 'lion'"),
-    (["--dataset", "lmdb"], "invalid dataset kind 'lmdb' (choose from folder, txt, zip, csv, hf"),
+    (["--dataset", "lmdb"], "invalid dataset kind 'lmdb' (choose from folder, txt, zip, csv, wds, hf"),
     (["--label_col", "cls"], "--label_col names a column of a --dataset csv or hf dataset, but --dataset is folder: "
                              "drop it, or pass --dataset csv"),
     (["--dataset", "csv", "--image_col", "img"], "--image_col names a column of a --dataset hf dataset, but --dataset "
