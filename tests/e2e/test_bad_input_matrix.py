@@ -757,25 +757,35 @@ CASES += [
 # ==== round three: exports and finished runs (#25 items 4, 5 and the demo) ====
 
 _EXPORTS: dict[str, Path] = {}
+_EXPORTS_HOME: list[Path] = []  # a folder that lives as long as this module's tests (set by the fixture below)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _exports_home(tmp_path_factory) -> None:
+    """Where :func:`_export` makes its exports: not in a case's tmp_path, which pytest deletes when the case
+    passes (pytest.ini), while later cases still copy from it."""
+    _EXPORTS_HOME[:] = [tmp_path_factory.mktemp("made_exports")]
+    _EXPORTS.clear()
 
 
 def _export(tmp: Path, data: Path, mode: str, variant: str = "a") -> Path:
     """A copy in ``tmp/export`` of the export folder that ``main.py --MODE`` (its own process) writes for a
     16 px resnet18 of random weights (variant ``b``: its fc layer negated, so other weights of the same
-    shapes); each is made once per session, in the folder of the first case that asks for it."""
+    shapes); each is made once per session, in the module's exports folder."""
     key = f"{mode}-{variant}"
     if key not in _EXPORTS:
         import torch
 
         from helpers import calibrated_checkpoint
         from utils.checkpoint import save_checkpoint
-        ckpt = calibrated_checkpoint(tmp / f"made-{key}" / "run", "resnet18", data, TINY_SIZE)
+        home = _EXPORTS_HOME[0] / key
+        ckpt = calibrated_checkpoint(home / "run", "resnet18", data, TINY_SIZE)
         if variant == "b":
             state = torch.load(ckpt, weights_only=True)
             state["model"]["fc.weight"] = -state["model"]["fc.weight"]
             save_checkpoint(state, ckpt)
         r = subprocess.run([sys.executable, str(ROOT / "main.py"), f"--{mode}", "--resume", str(ckpt), "--data",
-                            str(data), "-j", "0"], cwd=tmp, capture_output=True, text=True, timeout=300)
+                            str(data), "-j", "0"], cwd=home, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
         _EXPORTS[key] = ckpt.parent.parent / "export"
     return Path(shutil.copytree(_EXPORTS[key], tmp / "export", dirs_exist_ok=True))
