@@ -300,6 +300,18 @@ class Columns:
     label: str = "label"
     image: str | None = None
 
+    @staticmethod
+    def add_flags(parser: Any) -> None:
+        """The command-line tools' flags for the columns (``utils/check_images.py``, ``utils/convert_data.py``);
+        :meth:`from_args` reads them back."""
+        parser.add_argument("--path_col", default="path", help="csv tables: the column holding each image's path")
+        parser.add_argument("--label_col", default="label", help="csv tables and hf: the column holding the labels")
+        parser.add_argument("--image_col", default=None, help="hf: the column holding the images (default: image/img)")
+
+    @staticmethod
+    def from_args(args: Any) -> "Columns":
+        return Columns(args.path_col, args.label_col, args.image_col)
+
 
 @dataclass(frozen=True)
 class Row:

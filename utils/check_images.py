@@ -49,9 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="unusual images count as bad for the exit code")
     parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
                         help="images of more pixels are bad (checked from the header, never decoded); 0 = no limit")
-    parser.add_argument("--path_col", default="path", help="csv tables: the column holding each image's path")
-    parser.add_argument("--label_col", default="label", help="csv tables and hf: the column holding the labels")
-    parser.add_argument("--image_col", default=None, help="hf: the column holding the images (default: image/img)")
+    Columns.add_flags(parser)
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -67,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"a class of their own; choose a folder outside it")
     findings = check_dataset(root, args.dataset, max(1, args.workers), progress=not args.no_progress,
                              max_pixels=args.max_image_pixels,
-                             columns=Columns(args.path_col, args.label_col, args.image_col))
+                             columns=Columns.from_args(args))
     for f in findings:
         if f.status != "ok":
             print(f"{f.status.upper():8}{f.source}: {f.reason}")

@@ -36,9 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", choices=sorted(WRITERS), required=True, help="the output format")
     parser.add_argument("--out", required=True, help="the new dataset's folder (must not exist)")
     parser.add_argument("-j", "--workers", type=int, default=os.cpu_count() or 1, help="reading processes")
-    parser.add_argument("--path_col", default="path", help="csv tables: the column holding each image's path")
-    parser.add_argument("--label_col", default="label", help="csv tables and hf: the column holding the labels")
-    parser.add_argument("--image_col", default=None, help="hf: the column holding the images (default: image/img)")
+    Columns.add_flags(parser)
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -46,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     kind = args.dataset or (detect_kind(src) if src.is_dir() else "hf")
     try:
         out = convert_dataset(src, kind, args.to, args.out, jobs=max(1, args.workers), progress=not args.no_progress,
-                              columns=Columns(args.path_col, args.label_col, args.image_col))
+                              columns=Columns.from_args(args))
     except (DatasetError, ImageDecodeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
