@@ -69,18 +69,22 @@ def test_check_images_finds_one_of_each_kind(seeded_bad):
     assert problems == set(EXPECTED)
 
 
-def test_check_images_cli_exit_code_summary_and_move(seeded_bad, tmp_path):
-    cmd = [sys.executable, "utils/check_images.py", str(seeded_bad), "-j", "2", "--no_progress"]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+def test_check_images_cli_exit_code_summary_and_move(seeded_bad, tmp_path, capsys):
+    # One real process for the exit code; the reruns call the same main() in-process (each process start
+    # imports torch, about 4 CPU seconds, and the unit tier has 30 per test).
+    import importlib
+    check_images = importlib.import_module("utils.check_images")
+    argv = [str(seeded_bad), "-j", "2", "--no_progress"]
+    r = subprocess.run([sys.executable, "utils/check_images.py", *argv], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 1, r.stderr
     assert "4 bad, 3 unusual, 1 stray" in r.stdout and "zero-byte file" in r.stdout
     assert any(line.split()[:2] == ["train", "1"] and line.split()[3] == "4" for line in r.stdout.splitlines())
-    r = subprocess.run(cmd + ["--move_bad_to", str(tmp_path / "quarantine")], cwd=ROOT, capture_output=True, text=True)
+    assert check_images.main(argv + ["--move_bad_to", str(tmp_path / "quarantine")]) == 1
     assert sorted(p.name for p in (tmp_path / "quarantine/train/1").iterdir()) == \
         ["garbled.jpg", "text.png", "truncated.png", "zero.png"]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0 and "0 bad, 3 unusual" in r.stdout
-    assert subprocess.run(cmd + ["--strict"], cwd=ROOT, capture_output=True, text=True).returncode == 1
+    capsys.readouterr()
+    assert check_images.main(argv) == 0 and "0 bad, 3 unusual" in capsys.readouterr().out
+    assert check_images.main(argv + ["--strict"]) == 1
 
 
 def test_check_images_on_txt_and_zip_and_the_bundled_digits(tiny_data):
