@@ -1,8 +1,9 @@
 """Image decoding to tensors of one :class:`PixelFormat`, the same way everywhere (training, evaluation, predict).
 
-PNG and JPEG go through ``torchvision.io.decode_image`` (fast, no PIL round trip); anything else, or
-anything it refuses, through Pillow. Every image is first RGB at its stored depth (grey, palette and alpha
-images become RGB; 16-bit PNGs and 16-bit grey TIFF/PGM stay 16-bit), then takes the model's format
+PNG and JPEG go through ``torchvision.io.decode_image`` (fast, no PIL round trip); a 16-bit colour TIFF, which
+Pillow reads at 8 bits, through tifffile; anything else, or anything torchvision refuses, through Pillow. Every
+image is first RGB at its stored depth (grey, palette and alpha images become RGB, alpha dropped; 16-bit PNG and
+TIFF, grey or colour, and 16-bit PGM stay 16-bit), then takes the model's format
 (``--in_chans``, ``--bit_depth``, kept in its spec): 8 bits (the default) give uint8, a 16-bit image rounded
 to 8 bits; 16 bits give uint16 at full range (an 8-bit image times 257, so that 255 stays white); 1 channel
 gives the luma of Pillow's ``L`` conversion, which keeps a grey image exactly as stored.
@@ -211,8 +212,8 @@ def decode_pixels(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_
 
 
 def decode_wide(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
-    """Encoded image bytes as a ``3 x H x W`` RGB tensor at the depth stored: uint16 for a 16-bit PNG (and a
-    16-bit grey TIFF/PGM), else uint8."""
+    """Encoded image bytes as a ``3 x H x W`` RGB tensor at the depth stored: uint16 for a 16-bit PNG or TIFF
+    (grey or colour) and a 16-bit PGM, else uint8."""
     if not data:
         raise ImageDecodeError(f"{name}: empty file (0 bytes)")
     size = _png_or_jpeg_size(data)
@@ -226,9 +227,11 @@ def decode_wide(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MA
             pass  # an unusual PNG: Pillow below handles it or says why not
     try:
         with open_image(data, name, max_pixels) as im:
+            if is_wide_colour_tiff(im):
+                return decode_wide_tiff(data, name, max_pixels)
             im.load()
             return pil_to_wide(im)
-    except ImageTooLarge:
+    except ImageDecodeError:  # ImageTooLarge included: already one line naming the file
         raise
     except UnidentifiedImageError:  # its message names an in-memory buffer, not the file
         raise ImageDecodeError(f"{name}: cannot decode image (not an image format Pillow can identify)") from None
@@ -278,3 +281,49 @@ def pil_to_wide(im: Image.Image) -> torch.Tensor:
     if im.mode != "RGB":
         im = im.convert("RGBA").convert("RGB") if im.mode == "P" else im.convert("RGB")
     return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+# TIFF tags read from Pillow's header
+BITS_PER_SAMPLE, PHOTOMETRIC, SAMPLE_FORMAT = 258, 262, 339
+PHOTOMETRIC_RGB, SAMPLE_UINT = 2, 1
+
+
+def is_wide_colour_tiff(im: Image.Image) -> bool:
+    """Whether Pillow opened (header only) a TIFF of 16-bit unsigned RGB(A) samples: it would read them at 8 bits
+    (the high byte), so :func:`decode_wide_tiff` reads it instead."""
+    if im.format != "TIFF" or im.mode not in ("RGB", "RGBA", "RGBX"):
+        return False
+    tags = im.tag_v2
+    return (tags.get(PHOTOMETRIC) == PHOTOMETRIC_RGB and set(_per_sample(tags.get(BITS_PER_SAMPLE))) == {16}
+            and set(_per_sample(tags.get(SAMPLE_FORMAT, SAMPLE_UINT))) == {SAMPLE_UINT})
+
+
+def _per_sample(value: object) -> tuple:
+    """A TIFF tag's value as a tuple: Pillow gives one value, or one per sample."""
+    return value if isinstance(value, tuple) else (value,)
+
+
+def decode_wide_tiff(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> torch.Tensor:
+    """The first page of a 16-bit colour TIFF as a ``3 x H x W`` uint16 RGB tensor at full range (alpha dropped),
+    through tifffile (numpy only: no pickle, no code run from the file). Its header is checked against
+    ``max_pixels`` before decoding; a compression tifffile cannot decode without imagecodecs (LZW, JPEG) is one
+    line saying so."""
+    import tifffile  # imported by the first 16-bit colour TIFF only
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages.first
+        check_pixels((page.imagewidth, page.imagelength * page.imagedepth), name, max_pixels)
+        if page.axes not in ("YXS", "SYX"):
+            raise ImageDecodeError(f"{name}: a 16-bit colour TIFF of axes {page.axes}: only one plane of RGB(A) "
+                                   f"samples (YXS or SYX) is read")
+        if page.compression not in tifffile.TIFF.DECOMPRESSORS:
+            raise ImageDecodeError(f"{name}: a 16-bit colour TIFF compressed with {page.compression.name}, which "
+                                   f"tifffile reads only with the imagecodecs package: pip install imagecodecs, or "
+                                   f"save it uncompressed or with deflate (zlib)")
+        try:
+            samples = page.asarray(maxworkers=1)
+        except Exception as e:  # tifffile: ValueError for short strips, zlib.error for bad deflate data...
+            raise ImageDecodeError(f"{name}: cannot decode image (truncated or corrupt 16-bit TIFF data: "
+                                   f"{type(e).__name__}: {e})") from None
+    rgb = np.moveaxis(samples, page.axes.index("S"), 0)[:3]
+    return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.uint16))

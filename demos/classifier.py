@@ -5,14 +5,15 @@
     python demos/classifier.py MODEL IMAGE_OR_FOLDER [--topk 5]
                                [--backend auto|torchscript|onnxruntime|openvino] [--max_image_pixels N]
 
-It imports only torch, numpy, Pillow and (for ``.onnx``) onnxruntime or (for ``.xml``) openvino. The export
-carries its metadata (class names, input size, resize mode, mean/std, head), and the preprocessing below
+It imports only torch, numpy, Pillow and (for ``.onnx``) onnxruntime or (for ``.xml``) openvino; a 16-bit
+colour PNG also imports torchvision and a 16-bit colour TIFF tifffile, which the project decodes them with. The
+export carries its metadata (class names, input size, resize mode, mean/std, head), and the preprocessing below
 reproduces the project's evaluation pipeline bit for bit:
 
 1. decode any image as ``dataloader/io.py`` does into the export's ``in_chans`` (3: RGB, palette via RGBA;
-   1: the luma of Pillow's ``L``) and ``bit_depth`` (8: a 16-bit image rounded; 16: kept, 8-bit images x 257;
-   Pillow reads 16-bit grey PNG/TIFF at full range but a 16-bit colour PNG at 8 bits, which the project reads
-   at 16 through torchvision);
+   1: the luma of Pillow's ``L``) and ``bit_depth`` (8: a 16-bit image rounded; 16: kept, 8-bit images x 257).
+   16-bit PNG and TIFF, grey or colour, are read at full range: grey by Pillow, colour (which Pillow reads at
+   8 bits) by torchvision (PNG) and tifffile (TIFF), as the project reads them;
 2. letterbox (resize keeping the aspect ratio, centred, padded with 0) or centre crop, resizing the
    integer image with the export's antialiased interpolation (bilinear, or bicubic for weights trained
    so) exactly as torchvision does on this CPU;
@@ -65,15 +66,24 @@ DEFAULT_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's
 def to_rgb_tensor(im: Image.Image, in_chans: int = 3, bit_depth: int = 8) -> torch.Tensor:
     """A Pillow image of any mode as an ``in_chans x H x W`` tensor of ``bit_depth`` bits (uint8: 16-bit rounded
     to 8; uint16: 8-bit times 257), palette via RGBA, grey as Pillow's ``L`` luma."""
+    return to_format(pil_to_wide(im), in_chans, bit_depth)
+
+
+def pil_to_wide(im: Image.Image) -> torch.Tensor:
+    """A Pillow image as a ``3 x H x W`` RGB tensor at its depth: uint16 for 16-bit grey, else uint8."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im).astype(np.int64)
         wide = im.mode.startswith("I;16") or arr.max() > 255
         grey = torch.from_numpy(np.clip(arr, 0, 65535 if wide else 255).astype(np.int32))[None]
-        image = grey.to(torch.uint16 if wide else torch.uint8).expand(3, -1, -1)
-    else:
-        if im.mode != "RGB":
-            im = im.convert("RGBA").convert("RGB") if im.mode == "P" else im.convert("RGB")
-        image = torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1)
+        return grey.to(torch.uint16 if wide else torch.uint8).expand(3, -1, -1)
+    if im.mode != "RGB":
+        im = im.convert("RGBA").convert("RGB") if im.mode == "P" else im.convert("RGB")
+    return torch.from_numpy(np.array(im, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def to_format(image: torch.Tensor, in_chans: int = 3, bit_depth: int = 8) -> torch.Tensor:
+    """A ``3 x H x W`` uint8/uint16 RGB tensor at ``bit_depth`` (x 257 up, ``round(x / 257)`` down), then grey
+    for one channel."""
     wide_image = image.to(torch.int32)
     if image.dtype == torch.uint8 and bit_depth == 16:
         wide_image = wide_image * 257
@@ -83,6 +93,54 @@ def to_rgb_tensor(im: Image.Image, in_chans: int = 3, bit_depth: int = 8) -> tor
         weights = torch.tensor([19595, 38470, 7471], dtype=torch.int64).view(3, 1, 1)
         wide_image = ((wide_image.to(torch.int64) * weights).sum(0, keepdim=True) + 32768) >> 16
     return wide_image.to(torch.uint16 if bit_depth == 16 else torch.uint8).contiguous()
+
+
+def is_wide_colour_png(data: bytes) -> bool:
+    """Whether ``data`` is a PNG of 16-bit samples with colour or alpha (IHDR bit depth 16, colour type 2, 4 or
+    6), which Pillow reads at 8 bits."""
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 26 and data[24] == 16 and data[25] in (2, 4, 6)
+
+
+def decode_wide_png(data: bytes) -> torch.Tensor:
+    """A 16-bit PNG as a ``3 x H x W`` uint16 RGB tensor, decoded by torchvision as the project decodes it."""
+    try:
+        from torchvision.io import ImageReadMode, decode_image
+    except ImportError:
+        raise ImportError("a 16-bit colour PNG is read at full range by torchvision, as the project reads it: "
+                          "pip install torchvision") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29's notice about TorchCodec
+        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+
+
+def is_wide_colour_tiff(im: Image.Image) -> bool:
+    """Whether Pillow opened (header only) a TIFF of 16-bit unsigned RGB(A) samples, which it reads at 8 bits
+    (tags BitsPerSample 258, Photometric 262 = RGB, SampleFormat 339 = unsigned)."""
+    if im.format != "TIFF" or im.mode not in ("RGB", "RGBA", "RGBX"):
+        return False
+    per_sample = [v if isinstance(v, tuple) else (v,) for v in (im.tag_v2.get(258), im.tag_v2.get(339, 1))]
+    return im.tag_v2.get(262) == 2 and set(per_sample[0]) == {16} and set(per_sample[1]) == {1}
+
+
+def decode_wide_tiff(data: bytes, max_pixels: int) -> torch.Tensor:
+    """The first page of a 16-bit colour TIFF as a ``3 x H x W`` uint16 RGB tensor (alpha dropped), through
+    tifffile as the project reads it; its header checked against ``max_pixels`` before decoding."""
+    try:
+        import tifffile
+    except ImportError:
+        raise ImportError("a 16-bit colour TIFF is read at full range by tifffile, as the project reads it: "
+                          "pip install tifffile") from None
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages.first
+        _check_pixels(page.imagewidth, page.imagelength * page.imagedepth, max_pixels)
+        if page.axes not in ("YXS", "SYX"):
+            raise ValueError(f"a 16-bit colour TIFF of axes {page.axes}: only one plane of RGB(A) samples is read")
+        if page.compression not in tifffile.TIFF.DECOMPRESSORS:
+            raise ValueError(f"a 16-bit colour TIFF compressed with {page.compression.name}, which tifffile reads "
+                             f"only with the imagecodecs package: pip install imagecodecs")
+        samples = page.asarray(maxworkers=1)
+    rgb = np.moveaxis(samples, page.axes.index("S"), 0)[:3]
+    return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.uint16))
 
 
 class ImageTooLarge(ValueError):
@@ -96,29 +154,38 @@ def _open_checked(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
     saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
         with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
-            if max_pixels and width * height > max_pixels:
-                raise ImageTooLarge(f"{width}x{height} pixels is over the limit of {max_pixels} pixels, a possible "
-                                    f"decompression bomb; not decoded (raise it with --max_image_pixels N, "
-                                    f"0 = no limit)")
+            _check_pixels(*im.size, max_pixels)
             yield im
     finally:
         Image.MAX_IMAGE_PIXELS = saved
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if max_pixels and width * height > max_pixels:
+        raise ImageTooLarge(f"{width}x{height} pixels is over the limit of {max_pixels} pixels, a possible "
+                            f"decompression bomb; not decoded (raise it with --max_image_pixels N, 0 = no limit)")
 
 
 def read_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, in_chans: int = 3,
                bit_depth: int = 8) -> torch.Tensor:
     """Decode a path, encoded bytes or a Pillow image to an ``in_chans x H x W`` tensor (uint8 RGB unless told);
     encoded images of more than ``max_pixels`` pixels (0: no limit) are refused from their header with
-    ImageTooLarge."""
+    ImageTooLarge. 16-bit colour PNG and TIFF, which Pillow reads at 8 bits, go through torchvision and tifffile
+    (a Pillow image passed in has already lost those bits)."""
     if isinstance(source, Image.Image):
         return to_rgb_tensor(source, in_chans, bit_depth)
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
     if not data:
         raise ValueError("empty file (0 bytes)")
     with _open_checked(data, max_pixels) as im:
-        im.load()
-        return to_rgb_tensor(im, in_chans, bit_depth)
+        if is_wide_colour_png(data):
+            image = decode_wide_png(data)
+        elif is_wide_colour_tiff(im):
+            image = decode_wide_tiff(data, max_pixels)
+        else:
+            im.load()
+            image = pil_to_wide(im)
+    return to_format(image, in_chans, bit_depth)
 
 
 # --- geometry: the same pixels as dataloader/transforms.py (torchvision v2 on uint8 tensors) ------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import json
 import os
 import struct
@@ -67,23 +68,63 @@ def write_digit_folders(root: Path, classes=TINY_CLASSES, counts=TINY_COUNTS, si
     return root
 
 
-def write_low_byte_set(root: Path, counts=(("train", 12), ("val", 4), ("test", 4)), size: int = 16) -> Path:
-    """16-bit grey images of two classes that differ in the low byte only: ``lr`` is darker on the left half
+def write_low_byte_set(root: Path, counts=(("train", 12), ("val", 4), ("test", 4)), size: int = 16,
+                       colour: bool = False) -> Path:
+    """16-bit images of two classes that differ in the low byte only: ``lr`` is darker on the left half
     (257 x 128 - 100) than on the right (257 x 128 + 100), ``rl`` the other way round, each pixel +-20 of noise.
     Read at 8 bits (``round(x / 257)``) every image is a flat 128; read at 16 bits the edge tells the classes
-    apart. Train and val are PNG, test is TIFF."""
+    apart. Train and val are PNG, test is TIFF. ``colour``: RGB images whose channels sit at 257 x (96, 128, 160)
+    with the same edge, written by OpenCV (PNG) and tifffile (TIFF) since Pillow cannot write 16-bit colour."""
     rng = np.random.default_rng(0)
-    base, half = 257 * 128, size // 2
+    half = size // 2
+    levels = (96, 128, 160) if colour else (128,)
     for split, n in counts:
         for name, sign in (("lr", 1), ("rl", -1)):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                image = np.full((size, size), base + sign * 100, np.int64)
-                image[:, :half] = base - sign * 100
-                image += rng.integers(-20, 21, image.shape)
-                Image.fromarray(image.astype(np.uint16)).save(folder / f"{i:03d}.{'tif' if split == 'test' else 'png'}")
+                image = np.tile(257 * np.array(levels, np.int64) + sign * 100, (size, size, 1))
+                image[:, :half] -= 2 * sign * 100
+                image = (image + rng.integers(-20, 21, image.shape)).astype(np.uint16)
+                path = folder / f"{i:03d}.{'tif' if split == 'test' else 'png'}"
+                if colour:
+                    path.write_bytes(encode_tiff16(image) if split == "test" else encode_png16(image))
+                else:
+                    Image.fromarray(image[..., 0]).save(path)
     return root
+
+
+def photo16(rows: int = 32, cols: int = 43, alpha: bool = False) -> np.ndarray:
+    """scikit-image's astronaut photo, subsampled to about ``rows x cols``, as 16-bit RGB(A) that 8 bits cannot
+    hold: ``x * 257`` plus seeded noise 0..256 in the low byte (alpha: a seeded random plane)."""
+    import skimage.data
+    photo = skimage.data.astronaut()
+    photo = photo[::photo.shape[0] // rows, ::photo.shape[1] // cols][:rows, :cols]
+    rng = np.random.default_rng(0)
+    wide = photo.astype(np.uint16) * 257 + rng.integers(0, 257, photo.shape).astype(np.uint16)
+    if alpha:
+        wide = np.concatenate([wide, rng.integers(0, 65536, (*wide.shape[:2], 1)).astype(np.uint16)], axis=-1)
+    return wide
+
+
+def encode_png16(rgb: np.ndarray) -> bytes:
+    """An ``H x W x 3`` (or x 4, RGBA) uint16 array as a 16-bit PNG, written by OpenCV (BGR(A) order)."""
+    import cv2
+    ok, buffer = cv2.imencode(".png", rgb[..., [2, 1, 0, 3][:rgb.shape[-1]]])
+    assert ok
+    return buffer.tobytes()
+
+
+def encode_tiff16(rgb: np.ndarray, **options) -> bytes:
+    """An ``H x W x 3`` (or x 4: unassociated alpha) uint16 array as a 16-bit RGB TIFF written by tifffile;
+    ``options`` go to ``tifffile.imwrite`` (compression, byteorder, planarconfig="separate": one plane per
+    channel...)."""
+    import tifffile
+    buffer = io.BytesIO()
+    extra = ["unassalpha"] if rgb.shape[-1] == 4 else []
+    planes = np.moveaxis(rgb, -1, 0) if options.get("planarconfig") == "separate" else rgb
+    tifffile.imwrite(buffer, planes, photometric="rgb", extrasamples=extra, **options)
+    return buffer.getvalue()
 
 
 def tiny_train_args(data: Path, out: Path, *extra: str, dataset: str = "folder") -> list[str]:

@@ -16,8 +16,8 @@ import config
 from dataloader import BatchPreprocessor, create_policy, create_transform
 from dataloader.cache import BatchAugment, DecodedCache
 from dataloader.datasets import ClassificationDataset
-from dataloader.io import PixelFormat, decode_pixels, decode_rgb, to_grey
-from helpers import demo_module, write_digit_folders
+from dataloader.io import ImageDecodeError, ImageTooLarge, PixelFormat, decode_pixels, decode_rgb, decode_wide, to_grey
+from helpers import demo_module, encode_png16, encode_tiff16, photo16, write_digit_folders
 from models import create_model, load_pretrained, load_state_dict_checked
 from models.spec import ModelSpec
 from models.stem import adapt_state, input_channels
@@ -101,6 +101,54 @@ def test_16_bit_tiff_and_8_bit_images_at_16_bits():
     assert tiff.dtype == torch.uint16 and tiff[0].to(torch.int32).tolist() == [[3, 300, 60000]]
     eight = decode_pixels(encoded(Image.fromarray(np.array([[0, 1, 255]], np.uint8))), fmt=GREY16)
     assert eight[0].to(torch.int32).tolist() == [[0, 257, 65535]]  # x 257: white stays white
+
+
+# 16-bit colour, written by OpenCV (PNG) and tifffile (TIFF): Pillow reads both at 8 bits
+WIDE_COLOUR = {
+    "png-rgb": lambda: encode_png16(photo16()),
+    "png-rgba": lambda: encode_png16(photo16(alpha=True)),
+    "tiff-rgb": lambda: encode_tiff16(photo16()),
+    "tiff-rgba": lambda: encode_tiff16(photo16(alpha=True)),
+    "tiff-deflate-big-endian": lambda: encode_tiff16(photo16(), compression="zlib", byteorder=">"),
+    "tiff-planar": lambda: encode_tiff16(photo16(), planarconfig="separate"),
+}
+
+
+@pytest.mark.parametrize("kind", WIDE_COLOUR)
+def test_16_bit_colour_png_and_tiff_decode_to_the_values_written(kind):
+    data, rgb = WIDE_COLOUR[kind](), photo16().astype(np.int64)
+    assert rgb.max() > 255 and (rgb % 257 != 0).mean() > 0.9  # values that 8 bits cannot hold
+    wide = decode_pixels(data, fmt=RGB16)
+    assert wide.dtype == torch.uint16 and wide.shape == (3, 32, 43)
+    assert np.array_equal(wide.permute(1, 2, 0).numpy().astype(np.int64), rgb)  # alpha dropped, nothing rounded
+    # 8 bits: round(x / 257) of each value, by hand
+    assert np.array_equal(decode_rgb(data).permute(1, 2, 0).numpy(), ((rgb + 128) // 257).astype(np.uint8))
+    luma = (rgb @ np.array([19595, 38470, 7471]) + 32768) >> 16
+    assert np.array_equal(decode_pixels(data, fmt=GREY16)[0].numpy().astype(np.int64), luma)
+
+
+def test_a_16_bit_colour_tiff_is_refused_from_its_header_and_bad_ones_say_why():
+    data = encode_tiff16(photo16())
+    with pytest.raises(ImageTooLarge, match=r"^big.tif: 43x32 pixels .* over the limit of 1000 pixels"):
+        decode_wide(data[:400], "big.tif", max_pixels=1000)  # the header alone: refused before decoding
+    with pytest.raises(ImageDecodeError, match=r"^cut.tif: cannot decode image \(truncated or corrupt 16-bit TIFF"):
+        decode_wide(data[:-100], "cut.tif")
+    lzw = bytearray(data)  # the same file claiming LZW, which tifffile decodes only with imagecodecs
+    compression = _tag_value_offset(data, "Compression")
+    lzw[compression:compression + 2] = (5).to_bytes(2, "little")
+    with pytest.raises(ImageDecodeError, match=r"^lzw.tif: a 16-bit colour TIFF compressed with LZW, .*imagecodecs"):
+        decode_wide(bytes(lzw), "lzw.tif")
+    demo = demo_module()
+    with pytest.raises(ValueError, match="compressed with LZW"):
+        demo.read_image(bytes(lzw))
+    with pytest.raises(demo.ImageTooLarge):
+        demo.read_image(data[:400], max_pixels=1000)
+
+
+def _tag_value_offset(tiff: bytes, tag: str) -> int:
+    import tifffile
+    with tifffile.TiffFile(io.BytesIO(tiff)) as tif:
+        return tif.pages.first.tags[tag].valueoffset
 
 
 def test_grey_is_pillows_luma_and_a_grey_image_stays_exact():
@@ -199,7 +247,8 @@ def test_demo_preprocessing_is_bit_exact_for_grey_and_16_bits(tmp_path, fmt, res
     ramp = np.linspace(0, 65535, 23 * 17).reshape(17, 23).astype(np.uint16)
     images = {"rgb.png": encoded(photo), "grey.png": encoded(photo.convert("L")), "16bit.png": encoded(
         Image.fromarray(ramp)), "16bit.tif": encoded(Image.fromarray(ramp), "TIFF"),
-        "palette.png": encoded(photo.convert("P")), "photo.jpg": encoded(photo, "JPEG")}
+        "palette.png": encoded(photo.convert("P")), "photo.jpg": encoded(photo, "JPEG"),
+        **{f"16bit-{kind}": make() for kind, make in WIDE_COLOUR.items()}}
     meta = {"image_size": [16, 16], "resize": resize, "crop_pct": 0.875, "in_chans": fmt.channels,
             "bit_depth": fmt.bit_depth, "mean": [0.5] * fmt.channels, "std": [0.2] * fmt.channels}
     ours, project = demo.Preprocessor(meta), create_transform(False, (16, 16), eval_resize=resize)
