@@ -74,7 +74,8 @@ def write_low_byte_set(root: Path, counts=(("train", 12), ("val", 4), ("test", 4
     (257 x 128 - 100) than on the right (257 x 128 + 100), ``rl`` the other way round, each pixel +-20 of noise.
     Read at 8 bits (``round(x / 257)``) every image is a flat 128; read at 16 bits the edge tells the classes
     apart. Train and val are PNG, test is TIFF. ``colour``: RGB images whose channels sit at 257 x (96, 128, 160)
-    with the same edge, written by OpenCV (PNG) and tifffile (TIFF) since Pillow cannot write 16-bit colour."""
+    with the same edge, written by OpenCV (PNG) and tifffile (TIFF) since Pillow cannot write 16-bit colour; their
+    test split alternates TIFF and PNG."""
     rng = np.random.default_rng(0)
     half = size // 2
     levels = (96, 128, 160) if colour else (128,)
@@ -86,9 +87,10 @@ def write_low_byte_set(root: Path, counts=(("train", 12), ("val", 4), ("test", 4
                 image = np.tile(257 * np.array(levels, np.int64) + sign * 100, (size, size, 1))
                 image[:, :half] -= 2 * sign * 100
                 image = (image + rng.integers(-20, 21, image.shape)).astype(np.uint16)
-                path = folder / f"{i:03d}.{'tif' if split == 'test' else 'png'}"
+                tiff = split == "test" and not (colour and i % 2)
+                path = folder / f"{i:03d}.{'tif' if tiff else 'png'}"
                 if colour:
-                    path.write_bytes(encode_tiff16(image) if split == "test" else encode_png16(image))
+                    path.write_bytes(encode_tiff16(image) if tiff else encode_png16(image))
                 else:
                     Image.fromarray(image[..., 0]).save(path)
     return root
@@ -426,7 +428,8 @@ def demo_module():
 
 
 # Run the demo as a script, then list what it imported that it must not (run from a folder where the
-# project is not importable, so an import of project code would fail anyway).
+# project is not importable, so an import of project code would fail anyway). torchvision is listed too: the
+# demo imports it only for a 16-bit colour PNG (which Pillow reads at 8 bits).
 DEMO_WRAPPER = r"""
 import json, runpy, sys
 demo, *args = sys.argv[1:]
