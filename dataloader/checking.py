@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
 from PIL import UnidentifiedImageError
 
 from dataloader.datasets import Columns, DatasetError, get_layout
@@ -24,7 +25,7 @@ from dataloader.io import (
     DEFAULT_MAX_IMAGE_PIXELS,
     ImageDecodeError,
     ImageTooLarge,
-    decode_rgb,
+    decode_wide,
     is_image_name,
     open_image,
 )
@@ -78,9 +79,12 @@ def check_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXE
         kind = "truncated" if "truncated" in str(e).lower() else "unreadable"
         return "bad", f"{kind}: {e}"
     try:
-        decode_rgb(data, name, max_pixels)
+        image = decode_wide(data, name, max_pixels)
     except ImageDecodeError as e:
         return "bad", f"unreadable by the training decoder: {e}"
+    if image.dtype == torch.uint16:  # 16-bit grey or colour (Pillow names a 16-bit colour PNG/TIFF RGB)
+        return "unusual", (f"16-bit image (mode {mode}); training rounds it to 8 bits unless --bit_depth 16 "
+                           f"keeps the full range")
     if mode in UNUSUAL_MODES:
         return "unusual", f"{UNUSUAL_MODES[mode]} image (mode {mode}); training converts it to 8-bit RGB"
     if mode in ("P", "PA") and ("transparency" in info or mode == "PA"):

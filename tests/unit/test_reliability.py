@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from dataloader.checking import check_dataset
+from dataloader.checking import check_bytes, check_dataset
 from dataloader.digits import make_digits
 from helpers import ROOT, run_main
 
@@ -130,3 +130,12 @@ def test_only_environment_os_errors_become_one_line():
                                              "space or choose another --output")
     assert main._environment_error(OSError(errno.EIO, "Input/output error")) is None  # may be a bug: traceback
     assert main._environment_error(OSError("no errno")) is None
+
+
+def test_check_bytes_calls_16_bit_colour_png_and_tiff_unusual_and_names_bit_depth():
+    from helpers import encode_png16, encode_tiff16, photo16
+    for name, data in (("c16.png", encode_png16(photo16())), ("c16.tif", encode_tiff16(photo16())),
+                       ("g16.png", png_bytes("I;16"))):
+        status, reason = check_bytes(data, name)
+        assert status == "unusual" and "16-bit" in reason and "--bit_depth 16" in reason, (name, reason)
+    assert check_bytes(png_bytes(), "rgb8.png") == ("ok", "")
