@@ -111,6 +111,20 @@ def _read_text(url: str) -> str | None:
         raise ShardError(f"{url}: cannot be reached ({e.reason})") from None
 
 
+def side_folder(data: str, kind: str) -> Path:
+    """The local folder that holds the side files of ``--data`` (``--knowledge``'s teacher outputs and
+    ``label.txt``, ``--make_curriculum``'s ``curriculum.txt``): ``--data`` itself, for shards named by a brace
+    pattern the pattern's folder; shards at a URL have none (a ShardError naming the flags that name the files)."""
+    if kind != "wds":
+        return Path(data)
+    base, _ = _base_and_pattern(data)
+    if is_url(base):
+        raise ShardError(f"{data}: side files (distill_<arch>.txt and label.txt of --knowledge, curriculum.txt of "
+                         f"--make_curriculum) are kept in the data's folder, which shards at a URL do not have: "
+                         f"name them with --distill_files / --curriculum_file, or run --knowledge on a local copy")
+    return Path(base)
+
+
 @dataclass(frozen=True)
 class Shard:
     """One tar file of a split: where it is, how many samples it holds, and the split index of its first."""
@@ -455,6 +469,18 @@ class ShardDataset(IterableDataset):
         if any(item is None for item in recorded):  # every shard read whole: a missing one is a bug
             raise ShardError(f"the cache's pass over {self.root} ({self.split}) missed samples")
         self.__dict__["samples"] = recorded  # the cached property, from this pass
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int] | None:
+        """``(image after the transform, label, index)`` of split index ``index``, read from its shard (``None``
+        for a bad image under ``skip_bad``): for a few picks, such as the CAM pictures, once the labels are
+        known (:attr:`targets`); the epochs stream instead."""
+        label = self.targets[index]
+        try:
+            image = self.load(index)
+        except ImageDecodeError as e:
+            self.skip_or_raise(e)
+            return None
+        return (self.transform(image) if self.transform is not None else image), label, index
 
     def first_items(self, n: int) -> list[tuple[torch.Tensor, int, int] | None]:
         """The first ``n`` samples of epoch 0 on rank 0 (the augmented preview), read in this process."""

@@ -318,3 +318,13 @@ def test_convert_data_to_wds_keeps_every_image_and_mixes_classes_in_each_shard(t
                 assert len({label for _, _, label in samples}) > 1, shard.url
             got.update({key: (data, label) for key, data, label in samples})
         assert got == expected
+
+
+def test_side_files_live_in_the_shards_folder(small):
+    """--knowledge / --make_curriculum files go beside the shards: the folder, a brace pattern's folder; a URL has
+    none, and the error names the flags that name the files instead."""
+    assert shards.side_folder(str(small), "wds") == small
+    assert shards.side_folder(f"{small}/{{train-{{000000..000004}},val-000000}}.tar", "wds") == small
+    assert shards.side_folder("data/x", "folder") == Path("data/x")
+    with pytest.raises(ShardError, match="shards at a URL do not have: name them with --distill_files"):
+        shards.side_folder("http://127.0.0.1:1/shards", "wds")
