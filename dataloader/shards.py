@@ -20,6 +20,11 @@ worker shuffles its stream with a buffer (``SHUFFLE_BUFFER`` samples); each samp
 from (seed, epoch, key). Workers hand over chunks, the main process cuts them into batches of exactly
 ``batch_size``, so the epoch length (and the LR schedule and progress bar) is known up front.
 
+The index a sample streams with is its place in the split's shards in file order (whatever the epoch, rank
+or worker), so ``key(index)`` (``<shard file>/<key>``) keys knowledge files and curricula. ``--cache_dataset
+memory`` reads the split whole once (:meth:`ShardDataset.decoded_batches`) into
+:class:`dataloader.cache.DecodedCache`, which then serves the epochs by index like the other layouts'.
+
 A run resumed in the middle of an epoch (``--save_every_steps``, a stop) skips, in each worker, the whole
 pieces that worker had read before the stop and reads the rest again: within one shard (plus the shuffle
 buffer) per worker of the place it stopped; the log says how many samples that re-reads.
