@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch.nn.functional as F
@@ -25,7 +24,8 @@ logger = logging.getLogger(__name__)
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
     with log_to_file(checkpoint_run_dir(cfg.resume, cfg.output, cfg.arch) / "log.txt"):
         restored = restore_for_inference(cfg)
-        out, labels_out = teacher_file(cfg.data, restored.spec.arch), Path(cfg.data) / "label.txt"
+        out = teacher_file(cfg, restored.spec.arch)
+        labels_out = out.parent / "label.txt"
         for path in (out, labels_out):
             if path.exists() and not cfg.overwrite:
                 raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -214,9 +214,7 @@ class DecodedCache:
         images = torch.empty((len(dataset), *first.shape), dtype=first.dtype)
         valid = torch.ones(len(dataset), dtype=torch.bool)
         fit, resized = Letterbox(self.size), 0
-        loader = DataLoader(_DecodeEach(dataset, head), batch_size=64, num_workers=workers, collate_fn=list,
-                            generator=loader_generator())  # never a draw from torch's global generator
-        for batch in loader:
+        for batch in decoded_batches(dataset, head, workers):
             for index, image, error in batch:
                 if image is None:
                     dataset.skip_or_raise(error)
@@ -236,6 +234,18 @@ class DecodedCache:
         logger.info("cached %d %s images as %s %s on %s (%.1f MB)", int(valid.sum()), dataset.split,
                     "x".join(map(str, self.images.shape[1:])), str(first.dtype).removeprefix("torch."),
                     self.images.device, need / 2**20)
+
+
+def decoded_batches(dataset: ClassificationDataset, head: nn.Module | None,
+                    workers: int) -> Iterable[list[tuple[int, torch.Tensor | None, str | None]]]:
+    """Lists of ``(index, image after head or None, decode error or None)`` covering every sample once: the
+    dataset's own pass when it has one (streamed shards read each shard once, see
+    :meth:`dataloader.shards.ShardDataset.decoded_batches`), else reads by index in ``workers`` processes."""
+    own = getattr(dataset, "decoded_batches", None)
+    if own is not None:
+        return own(head, workers)
+    return DataLoader(_DecodeEach(dataset, head), batch_size=64, num_workers=workers, collate_fn=list,
+                      generator=loader_generator())  # never a draw from torch's global generator
 
 
 def _first_image(dataset: ClassificationDataset, head: nn.Module | None) -> torch.Tensor:
@@ -283,10 +293,9 @@ class CachedLoader:
             yield images, self.cache.targets[index], index
 
 
-def cache_loader(dataset: ClassificationDataset, sampler: Sampler, *, batch_size: int, drop_last: bool,
-                 max_gb: float, device: torch.device | str, workers: int) -> CachedLoader:
-    """Decode ``dataset`` once (its transform's deterministic head applied) and serve it like a DataLoader."""
+def build_cache(dataset: ClassificationDataset, *, max_gb: float, device: torch.device | str,
+                workers: int) -> tuple[DecodedCache, BatchAugment | None]:
+    """``dataset`` decoded once (its transform's deterministic head applied), and the batched rest of it."""
     head, augment = split_transform(dataset.transform)
-    cache = DecodedCache(dataset, head, max_gb=max_gb, device=device, workers=workers)
-    return CachedLoader(cache, sampler, batch_size, drop_last, augment)
+    return DecodedCache(dataset, head, max_gb=max_gb, device=device, workers=workers), augment
 

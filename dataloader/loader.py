@@ -46,15 +46,18 @@ class SeededSampler(EpochSampler):
     """Yields ``(index, sample_seed)`` keys; the order and seeds are a pure function of (seed, epoch).
 
     Like ``DistributedSampler`` it shards the (padded) order across ``world_size`` ranks, so it serves
-    single-process and DDP training alike. Call :meth:`set_epoch` before each epoch.
+    single-process and DDP training alike; ``drop_rest`` leaves out the last ``size % world_size`` keys of the
+    order instead of padding it (no index twice in an epoch). Call :meth:`set_epoch` before each epoch.
     """
 
     def __init__(self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
-                 pad: bool = True):
+                 pad: bool = True, drop_rest: bool = False):
         self.size, self.shuffle, self.seed = size, shuffle, seed
-        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.rank, self.world_size, self.pad, self.drop_rest = rank, world_size, pad, drop_rest
 
     def full_length(self) -> int:
+        if self.drop_rest:
+            return self.size // self.world_size
         if self.pad:
             return math.ceil(self.size / self.world_size)
         return len(range(self.rank, self.size, self.world_size))
@@ -62,7 +65,9 @@ class SeededSampler(EpochSampler):
     def _keys(self) -> Iterator[tuple[int, int]]:
         g = self._generator()
         order = torch.randperm(self.size, generator=g).tolist() if self.shuffle else list(range(self.size))
-        if self.pad and self.world_size > 1:
+        if self.drop_rest:  # every rank the same count, no index twice: the last size % world_size left out
+            order = order[: self.full_length() * self.world_size]
+        elif self.pad and self.world_size > 1:
             total = self.full_length() * self.world_size
             order += order[: total - len(order)]
         seeds = torch.randint(0, 2**62, (self.size,), generator=g).tolist()
@@ -122,28 +127,35 @@ def create_loader(dataset: Dataset, *, batch_size: int, workers: int, train: boo
 
     ``cache="memory"`` decodes the dataset once onto ``device`` and returns a
     :class:`dataloader.cache.CachedLoader` with the same sampler and batches (augmented batch-wise);
-    it refuses datasets that would exceed ``cache_max_gb`` decoded. ``decode_on_device`` returns a
+    it refuses datasets that would exceed ``cache_max_gb`` decoded. Streamed shards (``dataset.kind == "wds"``)
+    get :func:`dataloader.shards.shard_loader`, or with the cache are read whole once and then served like the
+    other layouts (the training remainder ``len % world_size`` left out rather than padded: never a sample twice
+    in an epoch, as when streamed). ``decode_on_device`` returns a
     :class:`dataloader.device_decode.DeviceDecodeLoader`: workers read bytes, ``device`` decodes
     (nvjpeg on CUDA) and transforms.
     """
-    if getattr(dataset, "kind", None) == "wds":  # streamed shards: their own loader (dataloader/shards.py)
+    if getattr(dataset, "kind", None) == "wds" and cache != "memory":  # streamed shards (dataloader/shards.py)
         from .shards import shard_loader
         return shard_loader(dataset, batch_size=batch_size, workers=workers, train=train, rank=rank,
-                            world_size=world_size, pin_memory=pin_memory, class_balanced=class_balanced, cache=cache,
+                            world_size=world_size, pin_memory=pin_memory, class_balanced=class_balanced,
                             decode_on_device=decode_on_device)
+    if cache not in ("none", "memory"):
+        raise ValueError(f"unknown cache {cache!r}; choose none or memory")
+    cached = None
+    if cache == "memory":  # decoded before the sampler is drawn: shards learn their labels in this pass
+        from .cache import build_cache
+        cached = build_cache(dataset, max_gb=cache_max_gb, device=device, workers=workers)
     sampler: Sampler
     if train and class_balanced:
         sampler = ClassBalancedSampler(dataset.targets, seed=seed, rank=rank, world_size=world_size)
-    else:
+    else:  # shards keep their guarantee under DDP: no sample twice in an epoch (the remainder left out)
+        wds = getattr(dataset, "kind", None) == "wds"
         sampler = SeededSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size,
-                                pad=train)
+                                pad=train and not wds, drop_rest=train and wds)
     drop_last = train and len(sampler) % batch_size == 1  # a batch of one breaks batch norm
-    if cache == "memory":
-        from .cache import cache_loader
-        return cache_loader(dataset, sampler, batch_size=batch_size, drop_last=drop_last, max_gb=cache_max_gb,
-                            device=device, workers=workers)
-    if cache != "none":
-        raise ValueError(f"unknown cache {cache!r}; choose none or memory")
+    if cached is not None:
+        from .cache import CachedLoader
+        return CachedLoader(cached[0], sampler, batch_size, drop_last, cached[1])
     if decode_on_device:
         from .device_decode import DeviceDecodeLoader
         return DeviceDecodeLoader(dataset, sampler, batch_size=batch_size, drop_last=drop_last, workers=workers,

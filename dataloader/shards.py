@@ -20,6 +20,11 @@ worker shuffles its stream with a buffer (``SHUFFLE_BUFFER`` samples); each samp
 from (seed, epoch, key). Workers hand over chunks, the main process cuts them into batches of exactly
 ``batch_size``, so the epoch length (and the LR schedule and progress bar) is known up front.
 
+The index a sample streams with is its place in the split's shards in file order (whatever the epoch, rank
+or worker), so ``key(index)`` (``<shard file>/<key>``) keys knowledge files and curricula. ``--cache_dataset
+memory`` reads the split whole once (:meth:`ShardDataset.decoded_batches`) into
+:class:`dataloader.cache.DecodedCache`, which then serves the epochs by index like the other layouts'.
+
 A run resumed in the middle of an epoch (``--save_every_steps``, a stop) skips, in each worker, the whole
 pieces that worker had read before the stop and reads the rest again: within one shard (plus the shuffle
 buffer) per worker of the place it stopped; the log says how many samples that re-reads.
@@ -56,6 +61,7 @@ from .io import (
     decode_pixels,
 )
 from .transforms import call_seeded
+from .workers import loader_generator
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +114,20 @@ def _read_text(url: str) -> str | None:
         raise ShardError(f"{url}: HTTP {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
         raise ShardError(f"{url}: cannot be reached ({e.reason})") from None
+
+
+def side_folder(data: str, kind: str) -> Path:
+    """The local folder that holds the side files of ``--data`` (``--knowledge``'s teacher outputs and
+    ``label.txt``, ``--make_curriculum``'s ``curriculum.txt``): ``--data`` itself, for shards named by a brace
+    pattern the pattern's folder; shards at a URL have none (a ShardError naming the flags that name the files)."""
+    if kind != "wds":
+        return Path(data)
+    base, _ = _base_and_pattern(data)
+    if is_url(base):
+        raise ShardError(f"{data}: side files (distill_<arch>.txt and label.txt of --knowledge, curriculum.txt of "
+                         f"--make_curriculum) are kept in the data's folder, which shards at a URL do not have: "
+                         f"name them with --distill_files / --curriculum_file, or run --knowledge on a local copy")
+    return Path(base)
 
 
 @dataclass(frozen=True)
@@ -403,10 +423,7 @@ class ShardDataset(IterableDataset):
         try:
             image = decode_pixels(data, name=f"{self.root}:{key}", max_pixels=self.max_pixels, fmt=self.pixels)
         except ImageDecodeError as e:
-            if not self.skip_bad:
-                raise ImageDecodeError(f"{e}; fix the shard (python utils/check_images.py {self.root} --dataset "
-                                       f"wds lists every bad sample), or pass --skip_bad_images") from None
-            logger.warning("skipping %s", e)
+            self.skip_or_raise(e)
             return None
         if self.transform is not None:
             image = call_seeded(self.transform, image, sample_seed(self.seed, self.epoch, key))
@@ -441,6 +458,35 @@ class ShardDataset(IterableDataset):
                 return decode_pixels(data, name=f"{shard.url}:{key}", max_pixels=self.max_pixels, fmt=self.pixels)
         raise IndexError(index)
 
+    def decoded_batches(self, head: Callable[[torch.Tensor], torch.Tensor] | None,
+                        workers: int) -> Iterator[list[tuple[int, torch.Tensor | None, str | None]]]:
+        """The memory cache's pass (:func:`dataloader.cache.decoded_batches`): every sample of the split once,
+        decoded and passed through ``head``, as lists of ``(split index, image or None, decode error or None)``;
+        worker ``w`` of ``workers`` reads shards ``w, w + workers, ...`` whole. Records :attr:`samples` (keys
+        and labels) on the way, so the labels are known once the pass is over."""
+        recorded: list[tuple[str, int] | None] = [None] * self.num_samples
+        loader = DataLoader(_DecodeShards(self, head), batch_size=64, num_workers=min(workers, len(self.shards)),
+                            collate_fn=list, generator=loader_generator())  # not a draw from the global one
+        for batch in loader:
+            for index, key, label, _, _ in batch:
+                recorded[index] = (key, label)
+            yield [(index, image, error) for index, _, _, image, error in batch]
+        if any(item is None for item in recorded):  # every shard read whole: a missing one is a bug
+            raise ShardError(f"the cache's pass over {self.root} ({self.split}) missed samples")
+        self.__dict__["samples"] = recorded  # the cached property, from this pass
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int] | None:
+        """``(image after the transform, label, index)`` of split index ``index``, read from its shard (``None``
+        for a bad image under ``skip_bad``): for a few picks, such as the CAM pictures, once the labels are
+        known (:attr:`targets`); the epochs stream instead."""
+        label = self.targets[index]
+        try:
+            image = self.load(index)
+        except ImageDecodeError as e:
+            self.skip_or_raise(e)
+            return None
+        return (self.transform(image) if self.transform is not None else image), label, index
+
     def first_items(self, n: int) -> list[tuple[torch.Tensor, int, int] | None]:
         """The first ``n`` samples of epoch 0 on rank 0 (the augmented preview), read in this process."""
         self.set_epoch(0)
@@ -453,19 +499,55 @@ class ShardDataset(IterableDataset):
 
     @property
     def targets(self) -> list[int]:
-        raise ShardError("shards are streamed, so the labels of a split are not known up front (what --class_weights "
-                         "auto, class-balanced sampling and per-class picks such as the CAM pictures read): give "
-                         "--class_weights as numbers, or convert the data to another layout for those")
+        """The labels in split order, once the split has been read whole (:attr:`samples`: the memory cache's
+        pass, or the keys of side files); before that a ShardError: reading a whole split for its labels alone
+        is what streaming avoids."""
+        if "samples" not in self.__dict__:
+            raise ShardError("shards are streamed, so the labels of a split are not known up front (what "
+                             "--class_weights auto, class-balanced sampling and per-class picks such as the CAM "
+                             "pictures read): add --cache_dataset memory (the split is read whole, up front), give "
+                             "--class_weights as numbers, or convert the data to another layout")
+        return [label for _, label in self.samples]
 
     @functools.cached_property
     def samples(self) -> list[tuple[str, int]]:
-        """``("<shard file>/<key>", label)`` of every sample in split order, for a predictions file (``--out``):
-        one more read of the split, without decoding."""
+        """``("<shard file>/<key>", label)`` of every sample in split order (the order of the split index that
+        every epoch, rank and worker yields with a sample): one more read of the split, without decoding,
+        unless the memory cache's pass (:func:`decoded_chunks`) recorded them."""
         return [(f"{Path(s.url).name}/{key}", label) for s in self.shards for key, _, label in iter_samples(s.url)]
 
     def key(self, index: int) -> str:
-        raise ShardError("--knowledge and --curriculum key side files by sample, which shards streamed in a "
-                         "shuffled order do not offer here; use another layout for them")
+        """The name of split index ``index`` in side files (teacher outputs, curricula): ``<shard file>/<key>``."""
+        return self.samples[index][0]
+
+    def skip_or_raise(self, error: Exception | str) -> None:
+        """A sample did not decode: raise, saying how to fix or skip it, or with ``skip_bad`` log the skip."""
+        if not self.skip_bad:
+            kind = type(error) if isinstance(error, ImageDecodeError) else ImageDecodeError
+            raise kind(f"{error}; fix the shard (python utils/check_images.py {self.root} --dataset wds lists "
+                       f"every bad sample), or pass --skip_bad_images") from None
+        logger.warning("skipping %s", error)
+
+
+class _DecodeShards(IterableDataset):
+    """``(split index, key, label, image after head or None, decode error or None)`` of every sample of a
+    :class:`ShardDataset`, worker ``w`` of ``n`` reading shards ``w, w + n, ...`` front to back."""
+
+    def __init__(self, dataset: ShardDataset, head: Callable[[torch.Tensor], torch.Tensor] | None):
+        self.dataset, self.head = dataset, head
+
+    def __iter__(self) -> Iterator[tuple[int, str, int, torch.Tensor | None, str | None]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        ds = self.dataset
+        pieces = [(i, 0, shard.count) for i, shard in enumerate(ds.shards)][worker::workers]
+        for key, data, label, index in ds._raw(pieces):
+            try:
+                image = decode_pixels(data, name=f"{ds.root}:{key}", max_pixels=ds.max_pixels, fmt=ds.pixels)
+            except ImageDecodeError as e:
+                yield index, key, label, None, str(e)
+                continue
+            yield index, key, label, self.head(image) if self.head is not None else image, None
 
 
 Chunk = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]
@@ -551,15 +633,16 @@ def _cut(buffer: tuple[torch.Tensor, ...] | None, bound: int) -> tuple[tuple, tu
 
 
 def shard_loader(dataset: ShardDataset, *, batch_size: int, workers: int, train: bool, rank: int, world_size: int,
-                 pin_memory: bool, class_balanced: bool, cache: str, decode_on_device: bool) -> ShardLoader:
-    """:func:`dataloader.loader.create_loader` for shards; the options that need random access are refused."""
-    refused = {"class-balanced sampling (--class_balanced) draws samples by index": train and class_balanced,
-               "--cache_dataset memory decodes a split by index": cache != "none",
-               "--gpu_decode reads samples by index": decode_on_device}
-    for what, asked in refused.items():
+                 pin_memory: bool, class_balanced: bool, decode_on_device: bool) -> ShardLoader:
+    """:func:`dataloader.loader.create_loader` for streamed shards (no memory cache); the options that need
+    random access are refused."""
+    refused = {"class-balanced sampling (--class_balanced) draws samples by index": (
+                   train and class_balanced, "add --cache_dataset memory (the split read into memory up front), "),
+               "--gpu_decode reads samples by index": (decode_on_device, "")}
+    for what, (asked, alternative) in refused.items():
         if asked:
-            raise ShardError(f"{what}, which streamed shards (--dataset wds) do not offer; drop it, or convert the "
-                             f"data to another layout")
+            raise ShardError(f"{what}, which streamed shards (--dataset wds) do not offer; {alternative}drop it, or "
+                             f"convert the data to another layout")
     return ShardLoader(dataset, batch_size=batch_size, workers=workers, train=train, rank=rank,
                        world_size=world_size, pin_memory=pin_memory)
 

@@ -28,7 +28,7 @@ from dataloader import (
 )
 from dataloader.datasets import DatasetError, holdout_samples
 from dataloader.io import DEFAULT_MAX_IMAGE_PIXELS, PixelFormat
-from dataloader.shards import ShardDataset
+from dataloader.shards import ShardDataset, side_folder
 from dataloader.splits import Holdout, check_split, read_saved_holdout
 from dataloader.transforms import INTERPOLATIONS
 from engine import amp_dtype, evaluate
@@ -160,12 +160,12 @@ def _checkpoint_arch(path: Path) -> str | None:
 
 def curriculum_path(cfg: argparse.Namespace) -> Path:
     """``--curriculum_file`` or ``DATA/curriculum.txt`` (written by ``--make_curriculum``, read by training)."""
-    return Path(cfg.curriculum_file) if cfg.curriculum_file else Path(cfg.data) / "curriculum.txt"
+    return Path(cfg.curriculum_file) if cfg.curriculum_file else side_folder(cfg.data, cfg.dataset) / "curriculum.txt"
 
 
-def teacher_file(data: str | Path, arch: str) -> Path:
+def teacher_file(cfg: argparse.Namespace, arch: str) -> Path:
     """Where the teacher ``arch`` writes its probabilities (``--knowledge``)."""
-    return Path(data) / f"distill_{arch.replace('/', '-')}.txt"
+    return side_folder(cfg.data, cfg.dataset) / f"distill_{arch.replace('/', '-')}.txt"
 
 
 def check_num_classes(requested: int | None, class_names: Sequence[str], data: str) -> int:

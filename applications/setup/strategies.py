@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from criterions import create_criterion
 from dataloader import ClassificationDataset
 from dataloader.enhancement import CustomPolicyConfig, MixupCutmix, MultiScale, create_policy
+from dataloader.shards import side_folder
 from models.finetune import head_parameter_names, lr_scales
 from optim import create_optimizer
 from utils.loss_weights import load_class_weights, load_cost_matrix
@@ -86,7 +87,9 @@ def soften(probs: torch.Tensor, temperature: float, head: str) -> torch.Tensor:
 
 def teacher_files(cfg: argparse.Namespace) -> list[Path]:
     """``--distill_files``, or every ``DATA/distill*.txt``."""
-    return [Path(f) for f in cfg.distill_files] if cfg.distill_files else sorted(Path(cfg.data).glob("distill*.txt"))
+    if cfg.distill_files:
+        return [Path(f) for f in cfg.distill_files]
+    return sorted(side_folder(cfg.data, cfg.dataset).glob("distill*.txt"))
 
 
 def _missing_error(what: str, missing: list[str], total: int, fix: str) -> ValueError:

@@ -276,7 +276,8 @@ def _teacher_files(cfg: argparse.Namespace, given: set[str]) -> None:
     """With --distill: the teacher files named, or found as DATA/distill*.txt, exist."""
     if not cfg.distill:
         return
-    files = cfg.distill_files or sorted(str(f) for f in Path(cfg.data).glob("distill*.txt"))
+    from dataloader.shards import side_folder  # only here: the config is read without torch
+    files = cfg.distill_files or sorted(str(f) for f in side_folder(cfg.data, cfg.dataset).glob("distill*.txt"))
     need(bool(files), f"--distill needs teacher files: none given with --distill_files and no distill*.txt in "
                       f"{cfg.data}; run --knowledge train --resume TEACHER.pth first")
     for f in files:

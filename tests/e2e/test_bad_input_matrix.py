@@ -367,7 +367,10 @@ CASES += [
     Case("wds-unknown-split", lambda tmp, data: wds_train(tmp, data, _no_val_split), 1,
          r"ShardError: split 'val' not found in \S*shards for --dataset wds \(splits there: test, train\)"),
     Case("wds-class-balanced", lambda tmp, data: wds_train(tmp, data, None, "--class_balanced"), 1,
-         r"class-balanced sampling .* streamed shards \(--dataset wds\) do not offer"),
+         r"class-balanced sampling .* streamed shards \(--dataset wds\) do not offer; add --cache_dataset memory"),
+    Case("wds-cache-over-the-limit",
+         lambda tmp, data: wds_train(tmp, data, None, "--cache_dataset", "memory", "--cache_max_gb", "0.000001"), 1,
+         r"--cache_dataset memory would hold the \d+ train images of \S*shards .* over --cache_max_gb 1e-06"),
 ]
 
 # ==== correctness round (mnasnet, sync BN, LR finder, CAM, DDP evaluation) ====

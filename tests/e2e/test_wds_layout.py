@@ -1,7 +1,9 @@
 """--dataset wds end to end: digits shards written by ``utils/make_digits.py --wds`` and by a second writer
 (stdlib tarfile + a hand-written _info.json) train within a shuffle's difference of the class folders; shards
 served over HTTP train exactly like the same shards on disk; under torchrun (2 ranks x 2 workers) every
-training sample is read once per epoch; a run killed mid-epoch resumes within one shard per worker."""
+training sample is read once per epoch; a run killed mid-epoch resumes within one shard per worker; knowledge
+files and curricula on shards hold the folders' values under the shard keys and train (-j 2); with
+--cache_dataset memory, shards in the folders' order train exactly like the folders."""
 from __future__ import annotations
 
 import functools
@@ -18,8 +20,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import ROOT, read_json, run_main
+from utils.sidefiles import read_rows
 
 TIMING_KEYS = ("time", "img_per_s")
 # test top-1 points between shards and folders: the shards' shuffle is another order (seed 3: 83.0 vs 82.2;
@@ -53,13 +57,15 @@ def folder_top1(digits) -> float:
     return top1_of(digits["tmp"] / "out/simple_cnn/folder")
 
 
-def stdlib_shards(folder: Path, out: Path, per_shard: int = 150) -> Path:
+def stdlib_shards(folder: Path, out: Path, per_shard: int = 150, folder_order: bool = False) -> Path:
     """Shards written without this project's code: tarfile, ``KEY.png`` + ``KEY.cls``, a hand-written _info.json
-    (timm's keys, no class list: the labels are the folder names 0..9)."""
+    (timm's keys, no class list: the labels are the folder names 0..9). The samples are sorted by file name
+    (which interleaves the classes), or with ``folder_order`` in the class folders' order."""
     out.mkdir()
     info = {"name": "digits", "splits": {}}
     for split, name in (("train", "train"), ("val", "validation"), ("test", "test")):
-        files = sorted((folder / split).glob("*/*.png"), key=lambda p: p.stem)  # interleaves the classes
+        files = sorted((folder / split).glob("*/*.png"), key=lambda p: (p.parent.name, p.name) if folder_order
+                       else p.stem)
         names, lengths = [], []
         for i in range(0, len(files), per_shard):
             names.append(f"{name}-{i // per_shard:04d}.tar")
@@ -167,3 +173,104 @@ def test_killed_mid_epoch_resumes_within_a_shard_per_worker(digits, tmp_path):
     seen, _ = read_keys(keys)
     assert max(seen["0"].values()) == 1 and sum(seen["0"].values()) >= 1257 - 640
     assert len(read_json(tmp_path / "simple_cnn/resume/metrics.json")["history"]) == 1
+
+
+# ---------------------------------------------------------------------------------------- side files, cache
+def folder_key_as_shard_key(key: str) -> str:
+    """A folder sample's side-file key (``train/3/00012.png``) as the converter's shard key without its shard
+    file (``3_00012``; see dataloader/layout_writers.py)."""
+    return re.sub(r"[./]", "_", key.split("/", 1)[1].rsplit(".", 1)[0])
+
+
+def by_sample(rows: dict[str, list[float]], shards: bool) -> dict[str, list[float]]:
+    """Side-file rows keyed by sample alike in both layouts: shards drop their ``<shard file>/``."""
+    return {(key.split("/", 1)[1] if shards else folder_key_as_shard_key(key)): v for key, v in rows.items()}
+
+
+@pytest.fixture(scope="module")
+def side_data(digits, folder_top1, tmp_path_factory) -> dict[str, Path]:
+    """Writable copies of the digits (folders and converter shards) and the folder run's best.pth (the teacher
+    and the curriculum's scorer)."""
+    import shutil
+    tmp = tmp_path_factory.mktemp("side")
+    return {"folder": Path(shutil.copytree(digits["folder"], tmp / "digits")),
+            "wds": Path(shutil.copytree(digits["wds"], tmp / "shards")),
+            "best": digits["tmp"] / "out/simple_cnn/folder/checkpoints/best.pth", "tmp": tmp}
+
+
+def layout_flags(side_data, layout: str) -> list[str]:
+    return ["--data", str(side_data[layout]), "--dataset", layout, "--no_progress"]
+
+
+def test_knowledge_then_distill_on_shards(side_data):
+    """--knowledge train on the shards (-j 2) writes the folders' probabilities and labels under the shard keys;
+    --distill reads them aligned with the split indices the shards stream, and trains (-j 2)."""
+    from applications.setup.strategies import load_teacher_targets
+    from config import parse_config
+    from dataloader.shards import ShardDataset
+    best = str(side_data["best"])
+    files = {}
+    for layout, workers in (("folder", "0"), ("wds", "2")):
+        args = ["--knowledge", "train", "--resume", best, "-j", workers, *layout_flags(side_data, layout)]
+        assert run_main(args) == 0
+        files[layout] = {name: by_sample(read_rows(side_data[layout] / name, 10), layout == "wds")
+                         for name in ("distill_simple_cnn.txt", "label.txt")}
+    for name in ("distill_simple_cnn.txt", "label.txt"):
+        folder, wds = files["folder"][name], files["wds"][name]
+        assert set(folder) == set(wds) and len(wds) == 1257  # every training sample, once, under its key
+        assert max(abs(a - b) for k in wds for a, b in zip(wds[k], folder[k])) < 1e-4
+    args = train_args(side_data["wds"], side_data["tmp"] / "out", "wds", "distill", "--distill", "--distill_alpha",
+                      "1", "--epochs", "1", "-j", "2")
+    dataset = ShardDataset(side_data["wds"], "train", [str(c) for c in range(10)])
+    teacher = load_teacher_targets(parse_config(args), dataset)  # alpha 1, T 1: the teacher's rows renormalised
+    rows = read_rows(side_data["wds"] / "distill_simple_cnn.txt", 10)
+    expected = torch.tensor([rows[dataset.key(i)] for i in range(len(dataset))])
+    assert torch.allclose(teacher, expected / expected.sum(1, keepdim=True), atol=1e-5)
+    assert run_main(args) == 0
+    history = read_json(side_data["tmp"] / "out/simple_cnn/distill/metrics.json")["history"]
+    assert len(history) == 1 and history[0]["train_loss"] > 0
+
+
+def test_make_curriculum_then_curriculum_learning_on_shards(side_data):
+    """--make_curriculum on the shards (-j 2) gives every training sample the folders' weight under its shard key;
+    --curriculum_learning reads them aligned with the streamed split indices, and trains (-j 2)."""
+    from applications.setup.strategies import load_curriculum
+    from config import parse_config
+    from dataloader.shards import ShardDataset
+    thresholds, weights = ["0.9", "0.6", "0.3"], ["1", "0.5", "0.25", "0.1"]
+    tables = {}
+    for layout, workers in (("folder", "0"), ("wds", "2")):
+        assert run_main(["--make_curriculum", "--resume", str(side_data["best"]), "-j", workers,
+                         "--curriculum_thresholds", *thresholds, "0.0", "--curriculum_weights", *weights,
+                         *layout_flags(side_data, layout)]) == 0
+        tables[layout] = by_sample(read_rows(side_data[layout] / "curriculum.txt", 1), layout == "wds")
+    assert tables["wds"] == tables["folder"] and len(tables["wds"]) == 1257  # discrete weights, key for key
+    assert len({v[0] for v in tables["wds"].values()}) > 1  # the weights do vary
+    args = train_args(side_data["wds"], side_data["tmp"] / "out", "wds", "curriculum", "--curriculum_learning",
+                      "--epochs", "1", "-j", "2")
+    dataset = ShardDataset(side_data["wds"], "train", [str(c) for c in range(10)])
+    rows = read_rows(side_data["wds"] / "curriculum.txt", 1)
+    expected = torch.tensor([rows[dataset.key(i)][0] for i in range(len(dataset))])
+    assert torch.equal(load_curriculum(parse_config(args), dataset), expected)
+    assert run_main(args) == 0
+    assert len(read_json(side_data["tmp"] / "out/simple_cnn/curriculum/metrics.json")["history"]) == 1
+
+
+def test_cached_shards_train_exactly_like_the_folders(digits, folder_top1, tmp_path):
+    """--cache_dataset memory on shards: the split is read whole once, then served by index in a seeded shuffle,
+    as the folders are. Streamed shards train in another order (shards shuffled, a shuffle buffer): within a
+    shuffle's difference of the folders, no more; shards holding the samples in the folders' order, cached, train
+    exactly like the folders, whatever the workers that read them (-j 0, -j 2). The checkpoint evaluates the
+    same without the cache."""
+    data = stdlib_shards(digits["folder"], tmp_path / "shards", folder_order=True)
+    folder_run = digits["tmp"] / "out/simple_cnn/folder"
+    for workers in ("0", "2"):
+        assert run_main(train_args(data, tmp_path, "wds", f"cached{workers}", "--cache_dataset", "memory", "-j",
+                                   workers)) == 0
+        run = tmp_path / f"simple_cnn/cached{workers}"
+        assert history(run) == history(folder_run)
+        assert top1_of(run) == folder_top1
+    out = tmp_path / "simple_cnn/cached2"
+    assert run_main(["--evaluation", "--resume", str(out / "checkpoints/best.pth"), "-j", "2", "--cache_dataset",
+                     "none", "--no_progress"]) == 0
+    assert read_json(out / "eval_test/metrics.json")["top1"] == folder_top1

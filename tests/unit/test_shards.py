@@ -186,11 +186,75 @@ def test_check_images_names_the_bad_shard(small):
 
 def test_refused_options_say_why(small):
     dataset = ShardDataset(small, "train", ["a", "b", "c"], train=True)
-    with pytest.raises(ShardError, match="class-balanced sampling"):
+    with pytest.raises(ShardError, match="class-balanced sampling .* add --cache_dataset memory"):
         shards.shard_loader(dataset, batch_size=4, workers=0, train=True, rank=0, world_size=1, pin_memory=False,
-                            class_balanced=True, cache="none", decode_on_device=False)
-    with pytest.raises(ShardError, match="labels of a split are not known up front"):
+                            class_balanced=True, decode_on_device=False)
+    with pytest.raises(ShardError, match="--gpu_decode reads samples by index"):
+        shards.shard_loader(dataset, batch_size=4, workers=0, train=True, rank=0, world_size=1, pin_memory=False,
+                            class_balanced=False, decode_on_device=True)
+    with pytest.raises(ShardError, match="labels of a split are not known up front.* --cache_dataset memory"):
         dataset.targets
+
+
+def record_of(image: torch.Tensor) -> int:
+    """The record number ``i`` of a :func:`records` image (its grey level is ``i * 7 % 256``, distinct for i < 37)."""
+    return int(image[0, 0, 0]) // 7
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_key_of_the_yielded_index_names_the_sample_in_every_epoch_rank_and_worker(small, workers):
+    """The index a ShardDataset yields with a sample is its place in the split's file order, whatever the epoch's
+    shuffle, rank or worker: ``key(index)`` names that very sample (side files are keyed by it)."""
+    expected = {f"train-{i // 5:06d}.tar/s{i:03d}": i for i in range(23)}
+    for epoch, rank in ((0, 0), (1, 1)):
+        dataset = ShardDataset(small, "train", ["a", "b", "c"], train=True, seed=5)
+        loader = ShardLoader(dataset, batch_size=4, workers=workers, train=True, rank=rank, world_size=2)
+        loader.sampler.set_epoch(epoch)
+        seen = [(dataset.key(int(i)), record_of(image), int(label))
+                for images, labels, indices in loader for image, label, i in zip(images, labels, indices)]
+        assert len(seen) == 11 and all(expected[key] == i and label == i % 3 for key, i, label in seen)
+    assert [dataset.key(i) for i in range(23)] == list(expected)  # split order: file order, position in shard
+    assert dataset.targets == [i % 3 for i in range(23)]  # known now that the keys read the split
+
+
+def cached_indices(data, *, rank, world, epoch, workers=0, **kw):
+    from dataloader.loader import create_loader
+    dataset = ShardDataset(data, "train", ["a", "b", "c"], train=True, seed=5)
+    loader = create_loader(dataset, batch_size=4, workers=workers, train=True, seed=5, rank=rank, world_size=world,
+                           cache="memory", **kw)
+    loader.sampler.set_epoch(epoch)
+    batches = list(loader)
+    for images, labels, indices in batches:  # every cached row is its index's sample, with its label
+        assert [record_of(im) for im in images] == indices.tolist() and labels.tolist() == (indices % 3).tolist()
+    return dataset, loader, [int(i) for _, _, index in batches for i in index]
+
+
+def test_memory_cache_on_shards_reads_the_split_once_then_serves_seeded_epochs(small):
+    """--cache_dataset memory on shards: one pass (2 workers, each reading whole shards) fills every row at its
+    split index and records keys and labels; epochs are seeded shuffles; 2 ranks take 11 each, disjoint (the
+    23rd left out, a different one each epoch): no sample twice in an epoch, as when streamed."""
+    dataset, loader, _ = cached_indices(small, rank=0, world=1, epoch=0, workers=2)
+    assert dataset.samples == ShardDataset(small, "train", ["a", "b", "c"]).samples  # recorded = streamed read
+    assert bool(loader.cache.valid.all()) and loader.cache.targets.tolist() == [i % 3 for i in range(23)]
+    left_out = []
+    for epoch in (0, 1):
+        halves = [cached_indices(small, rank=r, world=2, epoch=epoch)[2] for r in (0, 1)]
+        assert len(halves[0]) == len(halves[1]) == 11 and not set(halves[0]) & set(halves[1])
+        left_out.append(set(range(23)) - set(halves[0]) - set(halves[1]))
+        assert halves[0] == cached_indices(small, rank=0, world=2, epoch=epoch, workers=2)[2]  # seeded: same again
+    assert left_out[0] != left_out[1] and all(len(rest) == 1 for rest in left_out)
+    # with the labels known, class-balanced sampling works on cached shards
+    _, balanced, drawn = cached_indices(small, rank=0, world=1, epoch=0, class_balanced=True)
+    assert type(balanced.sampler).__name__ == "ClassBalancedSampler" and len(drawn) == 23
+
+
+def test_memory_cache_on_shards_refuses_a_split_over_the_limit(small):
+    from dataloader.cache import CacheTooLarge
+    from dataloader.loader import create_loader
+    dataset = ShardDataset(small, "train", ["a", "b", "c"], train=True)
+    with pytest.raises(CacheTooLarge, match=r"the 23 train images .* over --cache_max_gb 1e-06"):
+        create_loader(dataset, batch_size=4, workers=0, train=True, cache="memory", cache_max_gb=1e-6)
+    assert "samples" not in dataset.__dict__  # refused from the counts, before reading the split
 
 
 def test_sample_seed_is_a_pure_function_of_seed_epoch_key():
@@ -254,3 +318,13 @@ def test_convert_data_to_wds_keeps_every_image_and_mixes_classes_in_each_shard(t
                 assert len({label for _, _, label in samples}) > 1, shard.url
             got.update({key: (data, label) for key, data, label in samples})
         assert got == expected
+
+
+def test_side_files_live_in_the_shards_folder(small):
+    """--knowledge / --make_curriculum files go beside the shards: the folder, a brace pattern's folder; a URL has
+    none, and the error names the flags that name the files instead."""
+    assert shards.side_folder(str(small), "wds") == small
+    assert shards.side_folder(f"{small}/{{train-{{000000..000004}},val-000000}}.tar", "wds") == small
+    assert shards.side_folder("data/x", "folder") == Path("data/x")
+    with pytest.raises(ShardError, match="shards at a URL do not have: name them with --distill_files"):
+        shards.side_folder("http://127.0.0.1:1/shards", "wds")
