@@ -564,10 +564,11 @@ def shard_loader(dataset: ShardDataset, *, batch_size: int, workers: int, train:
                        world_size=world_size, pin_memory=pin_memory)
 
 
-# The limits of one shard written by :func:`write_wds_split` (``utils/make_digits.py --shard_samples`` sets
-# the sample count): a shard closes before it would pass either.
+# The limits of one shard written by :func:`write_wds_split` (its ``max_samples`` argument, ``--shard_samples`` of
+# ``utils/make_digits.py`` and ``utils/convert_data.py``, defaults to the sample count): a shard closes before it
+# would pass either.
 SHARD_MAX_BYTES = DEFAULT_SHARD_BYTES
-SHARD_MAX_SAMPLES = 1000
+DEFAULT_SHARD_SAMPLES = 1000
 Record = tuple[str, bytes, int]
 
 
@@ -582,12 +583,12 @@ def _image_suffix(data: bytes) -> str:
     raise ShardError("a record's image is not PNG, JPEG or WebP bytes")
 
 
-def _groups(records: Iterable[Record]) -> Iterator[list[Record]]:
-    """``records`` cut into shards of at most ``SHARD_MAX_SAMPLES`` samples and ``SHARD_MAX_BYTES`` bytes."""
+def _groups(records: Iterable[Record], max_samples: int) -> Iterator[list[Record]]:
+    """``records`` cut into shards of at most ``max_samples`` samples and ``SHARD_MAX_BYTES`` bytes."""
     group: list[Record] = []
     size = 0
     for record in records:
-        if group and (len(group) >= SHARD_MAX_SAMPLES or size + len(record[1]) > SHARD_MAX_BYTES):
+        if group and (len(group) >= max_samples or size + len(record[1]) > SHARD_MAX_BYTES):
             yield group
             group, size = [], 0
         group.append(record)
@@ -608,18 +609,20 @@ def _write_tar(path: Path, records: list[Record]) -> int:
 
 
 def write_wds_split(out_dir: Path, split: str, records: Iterable[tuple[str, bytes, int]],
-                    class_names: Sequence[str], jobs: int) -> None:
+                    class_names: Sequence[str], jobs: int, max_samples: int = DEFAULT_SHARD_SAMPLES) -> None:
     """Write ``records`` (key, encoded image bytes, label index) as ``out_dir/{split}-{i:06d}.tar`` shards of
-    at most ``SHARD_MAX_SAMPLES`` samples / ``SHARD_MAX_BYTES`` bytes, ``jobs`` shards at a time, and record
+    at most ``max_samples`` samples / ``SHARD_MAX_BYTES`` bytes, ``jobs`` shards at a time, and record
     them in ``out_dir/_info.json`` (timm's format, with ``classes``); shards of an earlier, longer write of
     the split are removed. A key must not contain a dot (webdataset cuts the suffix at the first one)."""
     from concurrent.futures import ThreadPoolExecutor
+    if max_samples < 1:
+        raise ShardError(f"a shard holds at least one sample, got at most {max_samples} (--shard_samples)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names: list[str] = []
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         futures = []
-        for i, group in enumerate(_groups(records)):
+        for i, group in enumerate(_groups(records, max_samples)):
             for key, _, label in group:
                 if "." in key.rsplit("/", 1)[-1] or not 0 <= label < len(class_names):
                     raise ShardError(f"record {key!r}: a key has no dot and a label is in 0..{len(class_names) - 1}")
