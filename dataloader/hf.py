@@ -13,7 +13,8 @@
 The image column is ``image`` or ``img`` (``--image_col`` names another): a ``datasets.Image`` feature (its
 encoded bytes, or the file its ``path`` names) or a binary column of encoded bytes. The label column is
 ``label`` or ``labels`` (``--label_col``): class names come from its ``ClassLabel`` feature, else integer
-labels take the names of ``DATA/classes.txt`` or are ``0..K-1``.
+labels take the names of ``DATA/classes.txt`` or are ``0..K-1``. A column named by a flag is that column or
+an error naming the columns there are, never swapped for a default one.
 
 A sample's key is ``<split>/<row>`` (``train/000123``): stable for a given dataset, and what side files
 (teacher outputs, curricula) and split files name. The reader returns a row's encoded image bytes from the
@@ -146,13 +147,14 @@ def _where(root: Path, split: str) -> str:
 
 
 def _column(dataset: Any, wanted: str | None, defaults: Sequence[str], what: str, flag: str, where: str) -> str:
-    """The column holding ``what``: ``wanted`` (a flag) or the first of ``defaults`` present."""
+    """The column holding ``what``: ``wanted`` (named by ``flag``) and no other, else (None) the first of
+    ``defaults`` present. A name given never falls back to a default: ``--label_col label`` on a dataset whose
+    labels are in ``labels`` is an error, not a silent swap."""
     names = list(dataset.column_names)
-    for name in ([wanted] if wanted and wanted not in defaults else [wanted, *defaults] if wanted else defaults):
-        if name in names:
-            return name
-    asked = f"no column {wanted!r}" if wanted and wanted not in defaults else f"no {what} column " \
-        f"({' or '.join(repr(d) for d in defaults)})"
+    found = next((name for name in ([wanted] if wanted else defaults) if name in names), None)
+    if found is not None:
+        return found
+    asked = f"no column {wanted!r}" if wanted else f"no {what} column ({' or '.join(repr(d) for d in defaults)})"
     raise DatasetError(f"{where}: {asked}; its columns are {', '.join(names)}: name the {what} column with {flag}")
 
 
