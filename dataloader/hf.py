@@ -177,13 +177,18 @@ class HfLayout:
 
     def columns(self, root: Path, split: str) -> _Columns:
         dataset, where = _splits(root)[split], _where(root, split)
+        return _Columns(self.image_column(root, split),
+                        _column(dataset, self.label, LABEL_COLUMNS, "label", "--label_col", where))
+
+    def image_column(self, root: Path, split: str) -> str:
+        """The image column of ``split`` (found or ``--image_col``), checked to hold images; labels not read."""
+        dataset, where = _splits(root)[split], _where(root, split)
         image = _column(dataset, self.image, IMAGE_COLUMNS, "image", "--image_col", where)
-        label = _column(dataset, self.label, LABEL_COLUMNS, "label", "--label_col", where)
         feature = dataset.features[image]
         if type(feature).__name__ != "Image" and getattr(feature, "dtype", None) not in ("binary", "large_binary"):
             raise DatasetError(f"{where}: column {image!r} holds {feature}, not images (a datasets Image feature or "
                                f"encoded image bytes): name the image column with --image_col")
-        return _Columns(image, label)
+        return image
 
     @staticmethod
     def exists(root: Path, split: str) -> bool:
@@ -216,7 +221,6 @@ class HfLayout:
     def samples(self, root: Path, split: str, class_names: Sequence[str],
                 errors: Errors = None) -> list[tuple[str, int]]:
         labels = self._labels(root, split)
-        width = max(6, len(str(len(labels) - 1)))
         samples = []
         for row, label in enumerate(labels):
             if not isinstance(label, int) or not 0 <= label < len(class_names):
@@ -225,16 +229,38 @@ class HfLayout:
                                             f"there are {len(class_names)} classes (labels 0..{len(class_names) - 1}"
                                             f"{unlabelled}); fix the row's label or drop the row"))
                 continue
-            samples.append((f"{split}/{row:0{width}d}", label))
+            samples.append((row_key(split, row, len(labels)), label))
         return samples
+
+    @staticmethod
+    def rows(root: Path, split: str) -> list[str]:
+        """The key of every row of ``split``, labelled or not (what ``--predict`` names its rows)."""
+        count = _splits(root)[split].num_rows
+        return [row_key(split, row, count) for row in range(count)]
 
     def reader(self, root: Path, split: str, max_pixels: int = 0) -> ArrowImageReader:
         dataset = _splits(root)[split]
-        return ArrowImageReader(tuple(f["filename"] for f in dataset.cache_files), self.columns(root, split).image)
+        return ArrowImageReader(tuple(f["filename"] for f in dataset.cache_files), self.image_column(root, split))
 
     @staticmethod
     def describe(root: Path, split: str, source: str) -> str:
         return describe_row(root, split, int(source.rsplit("/", 1)[1]))
+
+
+def row_key(split: str, row: int, count: int) -> str:
+    """A row's key, ``<split>/<row>``, the row zero-padded to at least 6 digits (``train/000123``), so that keys
+    sort as rows do."""
+    return f"{split}/{row:0{max(6, len(str(count - 1)))}d}"
+
+
+def unlabelled_rows(source: str | Path, columns: Any = None) -> tuple[list[str], RowsReader]:
+    """Every row of every split (train, val, test) of the Hugging Face dataset ``source``, as keys
+    ``<split>/<row>``, and a reader of their encoded images: what ``--predict`` classifies (labels are not
+    read, so unlabelled splits, e.g. label -1, work). ``columns``: ``--image_col``, else found."""
+    layout, root = HfLayout(columns), Path(source)
+    splits = [split for split in HF_SPLITS if layout.exists(root, split)]
+    keys = [key for split in splits for key in layout.rows(root, split)]
+    return keys, RowsReader({split: layout.reader(root, split) for split in splits})
 
 
 def describe_row(root: Path, split: str, row: int) -> str:
@@ -269,3 +295,12 @@ class ArrowImageReader:
         if value is None:
             raise OSError(f"row {key} holds no image (null)")
         return value
+
+
+@dataclass(frozen=True)
+class RowsReader:
+    """The encoded image of a row of any split (key ``<split>/<row>``), through that split's reader."""
+    readers: dict[str, ArrowImageReader]
+
+    def __call__(self, key: str) -> bytes:
+        return self.readers[key.split("/", 1)[0]](key)
