@@ -58,6 +58,7 @@ from .io import (
     decode_pixels,
     list_images,
 )
+from .keylog import keys_file
 from .splits import Holdout, carve, split_table
 from .transforms import call_seeded  # noqa: F401 - imported from here by others
 
@@ -752,6 +753,9 @@ class ClassificationDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int] | None:
         """``(uint8 image, label, index)``; None for an undecodable image when ``skip_bad`` is set."""
         index, seed = key if isinstance(key, tuple) else (key, None)
+        if (keys := keys_file()) is not None:  # tests: which rank and worker read which sample
+            with keys:
+                keys.write(f"{self.split} {self.key(index)}\n")
         try:
             image = self.load(index)
         except ImageDecodeError as e:

@@ -32,7 +32,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import random
 import tarfile
 import urllib.error
@@ -55,6 +54,7 @@ from .io import (
     _unwrap_worker_message,
     decode_pixels,
 )
+from .keylog import keys_file
 from .transforms import call_seeded
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,6 @@ INFO_FILE = "_info.json"
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
 SHUFFLE_BUFFER = 1000
-KEYS_ENV = "PLAYGROUND_WDS_KEYS"  # tests: each worker appends the keys it hands over to <value>.r<rank>w<worker>
 DEFAULT_SHARD_BYTES = 256 * 2**20
 
 
@@ -420,7 +419,7 @@ class ShardDataset(IterableDataset):
         worker = info.id if info is not None else 0
         plans, _ = self.resume_plan()
         rng = random.Random(sample_seed(self.seed, self.epoch, f"buffer/{self.rank}/{worker}"))
-        keys = _keys_file(self.rank, worker)
+        keys = keys_file(self.rank)  # tests: the keys this worker hands over
         chunk: list = []
         for key, data, label, index in self._shuffled(self._raw(plans[worker] if worker < len(plans) else []), rng):
             if keys is not None:
@@ -478,12 +477,6 @@ def _collate_chunk(items: list) -> Chunk:
         return torch.empty(0), torch.empty(0), torch.empty(0), torch.empty(0), len(items)
     images, labels, indices = default_collate([item for _, item in kept])
     return images, labels, indices, torch.tensor([position for position, _ in kept]), len(items)
-
-
-def _keys_file(rank: int, worker: int) -> IO[str] | None:
-    """Tests (``PLAYGROUND_WDS_KEYS``): the file where this worker records the keys it hands over."""
-    prefix = os.environ.get(KEYS_ENV)
-    return open(f"{prefix}.r{rank}w{worker}", "a", buffering=1) if prefix else None
 
 
 class ShardEpoch:

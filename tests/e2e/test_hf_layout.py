@@ -150,3 +150,43 @@ def test_predict_names_hf_rows_by_their_keys_and_matches_the_folders(tmp_path, d
         twin = by_file[stored[row["path"]]]
         assert [row[f"class_{k}"] for k in (1, 2, 3)] == [twin[f"class_{k}"] for k in (1, 2, 3)], row["path"]
         assert all(abs(float(row[f"prob_{k}"]) - float(twin[f"prob_{k}"])) <= 2e-6 for k in (1, 2, 3)), row["path"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_read_every_hf_row_once_and_evaluate(tmp_path, digits):
+    """``torchrun --nproc_per_node=2`` with ``-j 2`` on a save_to_disk dataset with 29 train rows (one dropped:
+    an odd count): every row is read in the epoch, once, but for the documented padding: the training sampler
+    gives each rank ceil(29 / 2) = 15 rows, so one row is read twice (by the two ranks); the run evaluates
+    the 30 test rows once each."""
+    import os
+    import subprocess
+    import sys
+    from collections import Counter
+
+    from datasets import DatasetDict, load_from_disk
+
+    from helpers import ROOT
+    folder, _ = digits
+    write_without_our_code(folder, tmp_path / "full", tmp_path / "parquet")
+    full = load_from_disk(str(tmp_path / "full"))
+    DatasetDict({**full, "train": full["train"].select(range(29))}).save_to_disk(str(tmp_path / "odd"))
+    keys = tmp_path / "keys"
+    args = layout_train_args(tmp_path / "odd", tmp_path / "out", "hf", "ddp") + ["--epochs", "1", "-j", "2"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "main.py",
+                        *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PLAYGROUND_SAMPLE_KEYS": str(keys)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    read: dict[str, Counter] = {}  # rank -> train keys it read
+    for file in tmp_path.glob("keys.r*w*"):  # the workers' reads (not keys.r0main: the augmented_samples.png batch)
+        for line in file.read_text().splitlines():
+            split, key = line.split(" ", 1)
+            if split == "train":
+                read.setdefault(file.name.split(".")[1][:2], Counter())[key] += 1
+    assert sorted(read) == ["r0", "r1"] and [sum(read[r].values()) for r in ("r0", "r1")] == [15, 15]
+    both = read["r0"] + read["r1"]
+    assert set(both) == {f"train/{i:06d}" for i in range(29)}  # every row
+    assert sorted(both.values()) == [1] * 28 + [2] and max(read["r0"].values()) == max(read["r1"].values()) == 1
+    run = tmp_path / "out/simple_cnn/ddp"
+    assert "(2 processes)" in (run / "log.txt").read_text()
+    assert read_json(run / "eval_test/metrics.json")["count"] == 30  # every test row once, no padding
+    assert len(read_json(run / "metrics.json")["history"]) == 1

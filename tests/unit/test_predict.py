@@ -134,9 +134,10 @@ def test_predict_with_no_readable_image_is_an_error_and_leaves_no_folder(tiny_da
 
 
 def test_predict_every_row_of_a_hugging_face_dataset(tiny_data, checkpoint, tmp_path, monkeypatch, capsys, caplog):
-    """``--predict DIR`` on a save_to_disk dataset: every row of train, val and test, unlabelled ones (-1) too,
-    named ``<split>/<row>``, predicted as the same images given as files are; a row without an image is counted
-    unreadable; a Hub name is read only with --dataset hf (here not cached: one line)."""
+    """``--predict DIR`` on a save_to_disk dataset: every row of train, val and test, unlabelled ones too (a test
+    split without a label column, as Kaggle-style sets have), named ``<split>/<row>``, predicted as the same
+    images given as files are; a row without an image is counted unreadable; a Hub name is read only with
+    --dataset hf (here not cached: one line)."""
     from datasets import Dataset, DatasetDict, Features, Value
     from datasets import Image as HfImage
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
@@ -144,7 +145,7 @@ def test_predict_every_row_of_a_hugging_face_dataset(tiny_data, checkpoint, tmp_
     images = [{"bytes": f.read_bytes(), "path": None} for f in files]
     features = Features({"img": HfImage(), "labels": Value("int64")})
     DatasetDict({"train": Dataset.from_dict({"img": images[:2], "labels": [0, 1]}, features=features),
-                 "test": Dataset.from_dict({"img": [*images[2:], None], "labels": [-1] * 4}, features=features)}
+                 "test": Dataset.from_dict({"img": [*images[2:], None]}, features=Features({"img": HfImage()}))}
                 ).save_to_disk(str(tmp_path / "sd"))
     common = ["--resume", str(checkpoint), "--topk", "2", "-j", "0", "--no_progress"]
     result = main_result(["--predict", str(tmp_path / "sd"), *common, "-s"])
