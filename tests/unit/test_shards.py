@@ -84,6 +84,10 @@ def test_the_shard_size_is_an_argument_of_each_write_not_a_global(tmp_path, tiny
     with pytest.raises(shards.DatasetError, match=r"^--shard_samples cuts wds output into shards; --to parquet has "
                                                   r"none: drop it$"):
         convert_dataset(folder, "folder", "parquet", tmp_path / "pq", shard_samples=4)
+    from utils import convert_data  # the command line passes its --shard_samples down
+    assert convert_data.main(["--data", str(folder), "--to", "wds", "--out", str(tmp_path / "cli"), "-j", "1",
+                              "--shard_samples", "6", "--no_progress"]) == 0
+    assert lengths(tmp_path / "cli") == [6] * 5
 
 
 def test_shards_without_info_are_found_and_counted(small):
