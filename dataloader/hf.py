@@ -121,7 +121,8 @@ def _load_folder(path: Path) -> dict[str, Any] | None:
 @functools.lru_cache(maxsize=8)
 def _open(root: str, stamp: tuple[int, ...]) -> dict[str, Any]:
     """``{our split: datasets.Dataset}`` of ``root`` (cached by the folder's modification times ``stamp``):
-    train, val, test where present; other splits are ignored."""
+    train, val, test where present (at least one; training also needs train: :meth:`HfLayout.classes`); other
+    splits are ignored."""
     path = Path(root)
     parts = _load_folder(path)
     if parts is None and path.is_dir():
@@ -132,8 +133,8 @@ def _open(root: str, stamp: tuple[int, ...]) -> dict[str, Any]:
         parts = _load_hub(root)
     splits = {ours: parts[next(name for name in names if name in parts)]
               for ours, names in HF_SPLITS.items() if any(name in parts for name in names)}
-    if "train" not in splits:
-        raise DatasetError(f"{root} has no train split (its splits: {', '.join(parts) or 'none'})")
+    if not splits:
+        raise DatasetError(f"{root} has no train, validation or test split (its splits: {', '.join(parts) or 'none'})")
     return splits
 
 
@@ -195,7 +196,11 @@ class HfLayout:
         return split in _splits(root)
 
     def classes(self, root: Path) -> list[str]:
-        train = _splits(root)["train"]
+        splits = _splits(root)
+        if "train" not in splits:  # --predict reads any split; the class names come from train's labels
+            raise DatasetError(f"{root} has no train split (its splits: {', '.join(splits)}): the class names "
+                               f"and training come from it")
+        train = splits["train"]
         feature = train.features[self.columns(root, "train").label]
         if type(feature).__name__ == "ClassLabel":
             return list(feature.names)

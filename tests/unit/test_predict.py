@@ -159,6 +159,16 @@ def test_predict_every_row_of_a_hugging_face_dataset(tiny_data, checkpoint, tmp_
     for row, twin in zip(rows, twins, strict=True):
         assert (row["class_1"], row["class_2"]) == (twin["class_1"], twin["class_2"])
         assert abs(float(row["prob_1"]) - float(twin["prob_1"])) <= 2e-6
+    # a dataset of a test split alone: predicted (train is needed only to train, for the class names)
+    DatasetDict({"test": Dataset.from_dict({"img": images[2:]}, features=Features({"img": HfImage()}))}
+                ).save_to_disk(str(tmp_path / "only_test"))
+    only = read_csv(Path(main_result(["--predict", str(tmp_path / "only_test"), *common])["predictions"]))
+    assert [(row["path"], row["class_1"]) for row in only] == [("test/000000", rows[2]["class_1"]),
+                                                              ("test/000001", rows[3]["class_1"]),
+                                                              ("test/000002", rows[4]["class_1"])]
+    from dataloader import DatasetError, read_class_names
+    with pytest.raises(DatasetError, match=r"only_test has no train split \(its splits: test\): the class names"):
+        read_class_names(tmp_path / "only_test", "hf")
     capsys.readouterr()
     assert run_main(["--predict", "someone/absent", *common]) == 2
     assert "--predict: 'someone/absent' does not exist" in capsys.readouterr().err
