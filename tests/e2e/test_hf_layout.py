@@ -177,7 +177,9 @@ def test_torchrun_two_ranks_read_every_hf_row_once_and_evaluate(tmp_path, digits
                        env={**os.environ, "OMP_NUM_THREADS": "1", "PLAYGROUND_SAMPLE_KEYS": str(keys)})
     assert r.returncode == 0, r.stderr[-3000:]
     read: dict[str, Counter] = {}  # rank -> train keys it read
-    for file in tmp_path.glob("keys.r*w*"):  # the workers' reads (not keys.r0main: the augmented_samples.png batch)
+    files = list(tmp_path.glob("keys.r*w*"))  # the workers' reads (not keys.r0main: the augmented_samples.png batch)
+    assert sorted(f.name for f in files) == ["keys.r0w0", "keys.r0w1", "keys.r1w0", "keys.r1w1"]
+    for file in files:
         for line in file.read_text().splitlines():
             split, key = line.split(" ", 1)
             if split == "train":
