@@ -1,4 +1,6 @@
-"""``--predict SOURCE --resume CKPT``: classify an image, a folder (recursive) or a txt list of images.
+"""``--predict SOURCE --resume CKPT``: classify an image, a folder (recursive), a txt list of images, or every row
+of a Hugging Face dataset (a ``save_to_disk`` or Hub-layout parquet folder; with ``--dataset hf``, also a Hub
+name in the datasets cache), each row named by its key ``<split>/<row>`` (``test/000012``) in place of a path.
 
 Each run writes into a folder of its own, ``<run_dir>/predict/<source name>/`` (``<source name>-2``,
 ``-3``... when that one exists: two runs, at once or one after the other, never mix their files):
@@ -20,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from dataloader.sources import SourceImages, collect_sources
+from dataloader.sources import SourceImages, source_images
 from engine import amp_dtype, evaluate
 from utils.atomic import atomic_write, save_image_atomic
 from utils.checkpoint import load_checkpoint
@@ -33,6 +35,7 @@ from utils.runlock import fresh_dir
 from .setup.common import (
     build_loader,
     checkpoint_run_dir,
+    data_columns,
     model_from_checkpoint,
     pixel_format,
     preprocessor,
@@ -74,7 +77,7 @@ def source_name(source: str | Path) -> str:
 
 def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     """Classify the images of ``cfg.predict`` and write the CSV (and annotations, log) to ``out_dir``."""
-    paths = collect_sources(cfg.predict, "--predict")
+    paths, reader = source_images(cfg.predict, "--predict", hub_name=cfg.dataset == "hf", columns=data_columns(cfg))
     ckpt = load_checkpoint(cfg.resume)  # read once: names, spec and weights all come from it
     names = resolve_class_names(cfg, ckpt)
     device = resolve_device(cfg.device)
@@ -88,7 +91,7 @@ def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     class_names = list(spec.class_names)
     model = model.to(device).eval()
     dataset = SourceImages(paths, spec_transform(spec), cfg.max_image_pixels, skip_bad=True,
-                           pixels=pixel_format(spec))  # skips are counted below
+                           pixels=pixel_format(spec), reader=reader)  # skips are counted below
     result = evaluate(model, build_loader(cfg, dataset, train=False, device=device),
                       preprocess=preprocessor(spec, device), dtype=amp_dtype(cfg.amp, cfg.amp_dtype, device),
                       progress=not cfg.no_progress, return_outputs=True, desc="predict")

@@ -93,11 +93,10 @@ def many_files(out: Path, n: int, source: Path) -> dict:
             (folder / f"c{i % 10}").mkdir(parents=True, exist_ok=True)
             (folder / f"c{i % 10}" / f"{i:07d}.jpg").write_bytes(image)
         (folder / ".complete").write_text("")
-    shards.SHARD_MAX_SAMPLES = 1000
     wds = out / "many_wds"
     if not (wds / "_info.json").is_file():
         shards.write_wds_split(wds, "train", ((f"{i:07d}", image, i % 10) for i in range(n)),
-                               [f"c{c}" for c in range(10)], 2)
+                               [f"c{c}" for c in range(10)], 2, max_samples=1000)
     start = time.perf_counter()
     files = sorted(folder.rglob("*.jpg"))
     listed = time.perf_counter() - start
@@ -132,9 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         args.workers, args.per_class, args.shard_samples, args.batch_size = [1], 8, 16, 8
     folder = make_photo_set(args.data, train_per_class=args.per_class, val_per_class=2)
     wds = args.data.with_name(f"{args.data.name}_wds{args.shard_samples}")
-    shards.SHARD_MAX_SAMPLES = args.shard_samples
     if not (wds / "_info.json").is_file():
-        write_wds_shards(folder, wds, jobs=2)
+        write_wds_shards(folder, wds, jobs=2, max_samples=args.shard_samples)
     print_rows(run(folder, wds, args.workers, args.image_size, args.batch_size))
     if args.many_files:
         r = many_files(args.data.parent, args.many_files, folder)

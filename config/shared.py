@@ -13,6 +13,7 @@ from config.base import FlagGroup, need
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO_ROOT / "data" / "digits"
+CSV_LABEL = "label"  # a csv table's label column when --label_col is not given (as dataloader.datasets.CSV_LABEL)
 
 # Largest --image_size side: a network input far beyond any classification model's (224-800 px), still
 # allocatable; 100000 x 100000 would be a 120 GB tensor per image, which the kernel may kill, not refuse.
@@ -90,9 +91,10 @@ def _add_data(g: argparse._ArgumentGroup) -> None:
                    help="shortcut for --dataset zip")
     g.add_argument("--path_col", type=str, default="path",
                    help="--dataset csv: the column (JSONL: key) holding each image's path")
-    g.add_argument("--label_col", type=str, default="label",
-                   help="--dataset csv: the column (JSONL: key) holding each image's label (a class name); "
-                        "--dataset hf: the label column (default: label, else labels)")
+    g.add_argument("--label_col", type=str, default=None,
+                   help="--dataset csv: the column (JSONL: key) holding each image's label (a class name; default: "
+                        "label); --dataset hf: the label column (default: label, else labels; a name given is "
+                        "used as is)")
     g.add_argument("--image_col", type=str, default=None,
                    help="--dataset hf: the column holding the images (default: image, else img)")
     g.add_argument("-b", "--batch_size", type=int, default=64, help="batch size per device")
@@ -110,12 +112,14 @@ def _check_data(cfg: argparse.Namespace) -> None:
     for flag in ("path_col", "label_col", "image_col"):
         value = getattr(cfg, flag, None)
         need(value is None or value.strip() != "", f"--{flag} must name a column, got {value!r}")
-    for flag, default, kinds in (("path_col", "path", ("csv",)), ("label_col", "label", ("csv", "hf")),
-                                 ("image_col", None, ("hf",))):
-        need(cfg.dataset in kinds or getattr(cfg, flag, None) == default,
+    # label_col "label": the default before it became None (not given), in the config.yaml of older runs
+    for flag, defaults, kinds in (("path_col", ("path",), ("csv",)), ("label_col", (None, CSV_LABEL), ("csv", "hf")),
+                                  ("image_col", (None,), ("hf",))):
+        need(cfg.dataset in kinds or getattr(cfg, flag, None) in defaults,
              f"--{flag} names a column of a --dataset {' or '.join(kinds)} dataset, but --dataset is {cfg.dataset}: "
              f"drop it, or pass --dataset {kinds[0]}")
-    need(cfg.path_col != cfg.label_col, f"--path_col and --label_col must name two columns, both are {cfg.path_col!r}")
+    need(cfg.path_col != (cfg.label_col or CSV_LABEL),
+         f"--path_col and --label_col must name two columns, both are {cfg.path_col!r}")
     for flag in ("val_fraction", "test_fraction"):
         need(0 <= getattr(cfg, flag) < 1, f"--{flag} must be in [0, 1), got {getattr(cfg, flag)}")
     need(cfg.val_fraction + cfg.test_fraction < 1,

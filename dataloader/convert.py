@@ -2,14 +2,16 @@
 datasets) into another storage format: the logic behind ``utils/convert_data.py``.
 
 Every format is one writer in :data:`WRITERS` with the signature ``write(out_dir, split, records, class_names,
-jobs)``: ``records`` yields ``(key, encoded image bytes, label index)`` in the source's sample order (so the
-same seed trains the same run on the converted data), ``key`` being the sample's stable key (its path relative
-to the dataset root). The source's images are read in ``jobs`` worker processes, in order, behind one progress
-bar; the output is written into a temporary folder beside ``out`` and renamed at the end, so a killed
-conversion leaves no half dataset at ``out``.
+jobs)`` (the streamed formats, :data:`SHUFFLED`, also take ``max_samples``, the samples per shard): ``records``
+yields ``(key, encoded image bytes, label index)`` in the source's sample order (so the same seed trains the
+same run on the converted data), ``key`` being the sample's stable key (its path relative to the dataset root).
+The source's images are read in ``jobs`` worker processes, in order, behind one progress bar; the output is
+written into a temporary folder beside ``out`` and renamed at the end, so a killed conversion leaves no half
+dataset at ``out``.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -22,6 +24,7 @@ from utils.atomic import write_json_atomic, write_text_atomic
 
 from .datasets import Columns, DatasetError, get_layout, sample_key
 from .hf import HF_SPLITS
+from .shards import DEFAULT_SHARD_SAMPLES, write_wds_split
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +82,12 @@ def write_parquet_split(out_dir: Path, split: str, records: Iterable[Record], cl
 
 
 def write_shards_split(out_dir: Path, split: str, records: Iterable[Record], class_names: Sequence[str],
-                       jobs: int) -> None:
-    """WebDataset shards (:func:`dataloader.shards.write_wds_split`) with each key's dots made underscores
-    (webdataset cuts a sample's suffix at the first dot of its name: ``3/12.png`` becomes ``3/12_png``)."""
-    from .shards import write_wds_split
+                       jobs: int, max_samples: int = DEFAULT_SHARD_SAMPLES) -> None:
+    """WebDataset shards (:func:`dataloader.shards.write_wds_split`) of at most ``max_samples`` samples, with each
+    key's dots made underscores (webdataset cuts a sample's suffix at the first dot of its name: ``3/12.png``
+    becomes ``3/12_png``)."""
     write_wds_split(out_dir, split, ((key.replace(".", "_"), data, label) for key, data, label in records),
-                    class_names, jobs)
+                    class_names, jobs, max_samples)
 
 
 WRITERS: dict[str, Writer] = {
@@ -92,7 +95,8 @@ WRITERS: dict[str, Writer] = {
     "wds": write_shards_split,
 }
 # Formats read shard by shard as streams: written in a seeded shuffled order, so that every shard holds every
-# class (a source's order is usually class by class, and a shuffle buffer cannot mix what a shard lacks).
+# class (a source's order is usually class by class, and a shuffle buffer cannot mix what a shard lacks), in
+# shards of ``max_samples`` samples.
 SHUFFLED = {"wds"}
 SHUFFLE_SEED = 0
 
@@ -130,11 +134,16 @@ def read_records(root: Path, kind: str, split: str, samples: Sequence[tuple[str,
 
 
 def convert_dataset(src: str | Path, kind: str, to: str, out: str | Path, jobs: int = 1, progress: bool = False,
-                    columns: Columns | None = None, replace: bool = False) -> Path:
+                    columns: Columns | None = None, replace: bool = False, shard_samples: int | None = None) -> Path:
     """Write the dataset ``src`` (layout ``kind``) as ``to`` (a :data:`WRITERS` name) into ``out``: every split
-    it has, through a temporary folder renamed at the end. An existing ``out`` is an error unless ``replace``."""
+    it has, through a temporary folder renamed at the end. An existing ``out`` is an error unless ``replace``.
+    ``shard_samples``: a streamed format's samples per shard (None: its default; refused for the others)."""
     if to not in WRITERS:
         raise DatasetError(f"unknown output format {to!r}; choose from {', '.join(WRITERS)}")
+    if shard_samples is not None and to not in SHUFFLED:
+        raise DatasetError(f"--shard_samples cuts {' and '.join(sorted(SHUFFLED))} output into shards; --to {to} "
+                           f"has none: drop it")
+    write = functools.partial(WRITERS[to], max_samples=shard_samples) if shard_samples is not None else WRITERS[to]
     src, out = Path(src), Path(out)
     if out.exists() and not replace:
         raise DatasetError(f"{out} already exists: choose another --out, or remove it first")
@@ -153,7 +162,7 @@ def convert_dataset(src: str | Path, kind: str, to: str, out: str | Path, jobs: 
             if to in SHUFFLED:
                 samples = [samples[i] for i in random.Random(SHUFFLE_SEED).sample(range(len(samples)), len(samples))]
             with tqdm(total=len(samples), desc=f"{split} -> {to}", disable=not progress, dynamic_ncols=True) as bar:
-                WRITERS[to](tmp, split, read_records(src, kind, split, samples, jobs, columns, bar), class_names, jobs)
+                write(tmp, split, read_records(src, kind, split, samples, jobs, columns, bar), class_names, jobs)
         write_text_atomic(tmp / "classes.txt", "\n".join(class_names) + "\n")
         write_json_atomic(tmp / "converted_from.json", {"data": str(src.resolve()) if src.exists() else str(src),
                                                         "dataset": kind, "format": to}, indent=1)

@@ -35,7 +35,7 @@ import logging
 import os
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator, Sequence
 
@@ -58,6 +58,7 @@ from .io import (
     decode_pixels,
     list_images,
 )
+from .keylog import keys_file
 from .splits import Holdout, carve, split_table
 from .transforms import call_seeded  # noqa: F401 - imported from here by others
 
@@ -291,21 +292,31 @@ class ZipLayout:
         return ZipReader(root / f"{split}.zip", max_pixels)
 
 
+CSV_LABEL = "label"  # a csv table's label column when --label_col is not given
+
+
 @dataclass(frozen=True)
 class Columns:
     """The columns (JSONL: keys) of a csv dataset that hold each sample's image path and label
-    (``--path_col``, ``--label_col``); a Hugging Face dataset's image column (``--image_col``, None: found)
-    and label column."""
+    (``--path_col``, ``--label_col``); a Hugging Face dataset's image column (``--image_col``) and label column.
+    None: not given, so the default (csv: ``label``; hf: found among ``label``/``labels``); a name given is used
+    as is, never swapped for another."""
     path: str = "path"
-    label: str = "label"
+    label: str | None = None
     image: str | None = None
+
+    @property
+    def csv_label(self) -> str:
+        """A csv table's label column: the one given, else ``label``."""
+        return self.label or CSV_LABEL
 
     @staticmethod
     def add_flags(parser: Any) -> None:
         """The command-line tools' flags for the columns (``utils/check_images.py``, ``utils/convert_data.py``);
         :meth:`from_args` reads them back."""
         parser.add_argument("--path_col", default="path", help="csv tables: the column holding each image's path")
-        parser.add_argument("--label_col", default="label", help="csv tables and hf: the column holding the labels")
+        parser.add_argument("--label_col", default=None, help="csv tables and hf: the column holding the labels "
+                                                              "(default: csv label; hf label, else labels)")
         parser.add_argument("--image_col", default=None, help="hf: the column holding the images (default: image/img)")
 
     @staticmethod
@@ -421,7 +432,7 @@ class CsvLayout:
     takes_columns = True  # get_layout hands it the --path_col/--label_col choice
 
     def __init__(self, columns: Columns = Columns()):
-        self.columns = columns
+        self.columns = replace(columns, label=columns.csv_label)  # None (not given): the default column
 
     @staticmethod
     def _tables(root: Path) -> tuple[dict[str, Path], Path | None]:
@@ -742,6 +753,9 @@ class ClassificationDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int] | None:
         """``(uint8 image, label, index)``; None for an undecodable image when ``skip_bad`` is set."""
         index, seed = key if isinstance(key, tuple) else (key, None)
+        if (keys := keys_file()) is not None:  # tests: which rank and worker read which sample
+            with keys:
+                keys.write(f"{self.split} {self.key(index)}\n")
         try:
             image = self.load(index)
         except ImageDecodeError as e:

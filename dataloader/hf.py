@@ -13,7 +13,8 @@
 The image column is ``image`` or ``img`` (``--image_col`` names another): a ``datasets.Image`` feature (its
 encoded bytes, or the file its ``path`` names) or a binary column of encoded bytes. The label column is
 ``label`` or ``labels`` (``--label_col``): class names come from its ``ClassLabel`` feature, else integer
-labels take the names of ``DATA/classes.txt`` or are ``0..K-1``.
+labels take the names of ``DATA/classes.txt`` or are ``0..K-1``. A column named by a flag is that column or
+an error naming the columns there are, never swapped for a default one.
 
 A sample's key is ``<split>/<row>`` (``train/000123``): stable for a given dataset, and what side files
 (teacher outputs, curricula) and split files name. The reader returns a row's encoded image bytes from the
@@ -120,7 +121,8 @@ def _load_folder(path: Path) -> dict[str, Any] | None:
 @functools.lru_cache(maxsize=8)
 def _open(root: str, stamp: tuple[int, ...]) -> dict[str, Any]:
     """``{our split: datasets.Dataset}`` of ``root`` (cached by the folder's modification times ``stamp``):
-    train, val, test where present; other splits are ignored."""
+    train, val, test where present (at least one; training also needs train: :meth:`HfLayout.classes`); other
+    splits are ignored."""
     path = Path(root)
     parts = _load_folder(path)
     if parts is None and path.is_dir():
@@ -131,8 +133,8 @@ def _open(root: str, stamp: tuple[int, ...]) -> dict[str, Any]:
         parts = _load_hub(root)
     splits = {ours: parts[next(name for name in names if name in parts)]
               for ours, names in HF_SPLITS.items() if any(name in parts for name in names)}
-    if "train" not in splits:
-        raise DatasetError(f"{root} has no train split (its splits: {', '.join(parts) or 'none'})")
+    if not splits:
+        raise DatasetError(f"{root} has no train, validation or test split (its splits: {', '.join(parts) or 'none'})")
     return splits
 
 
@@ -146,13 +148,14 @@ def _where(root: Path, split: str) -> str:
 
 
 def _column(dataset: Any, wanted: str | None, defaults: Sequence[str], what: str, flag: str, where: str) -> str:
-    """The column holding ``what``: ``wanted`` (a flag) or the first of ``defaults`` present."""
+    """The column holding ``what``: ``wanted`` (named by ``flag``) and no other, else (None) the first of
+    ``defaults`` present. A name given never falls back to a default: ``--label_col label`` on a dataset whose
+    labels are in ``labels`` is an error, not a silent swap."""
     names = list(dataset.column_names)
-    for name in ([wanted] if wanted and wanted not in defaults else [wanted, *defaults] if wanted else defaults):
-        if name in names:
-            return name
-    asked = f"no column {wanted!r}" if wanted and wanted not in defaults else f"no {what} column " \
-        f"({' or '.join(repr(d) for d in defaults)})"
+    found = next((name for name in ([wanted] if wanted else defaults) if name in names), None)
+    if found is not None:
+        return found
+    asked = f"no column {wanted!r}" if wanted else f"no {what} column ({' or '.join(repr(d) for d in defaults)})"
     raise DatasetError(f"{where}: {asked}; its columns are {', '.join(names)}: name the {what} column with {flag}")
 
 
@@ -175,20 +178,29 @@ class HfLayout:
 
     def columns(self, root: Path, split: str) -> _Columns:
         dataset, where = _splits(root)[split], _where(root, split)
+        return _Columns(self.image_column(root, split),
+                        _column(dataset, self.label, LABEL_COLUMNS, "label", "--label_col", where))
+
+    def image_column(self, root: Path, split: str) -> str:
+        """The image column of ``split`` (found or ``--image_col``), checked to hold images; labels not read."""
+        dataset, where = _splits(root)[split], _where(root, split)
         image = _column(dataset, self.image, IMAGE_COLUMNS, "image", "--image_col", where)
-        label = _column(dataset, self.label, LABEL_COLUMNS, "label", "--label_col", where)
         feature = dataset.features[image]
         if type(feature).__name__ != "Image" and getattr(feature, "dtype", None) not in ("binary", "large_binary"):
             raise DatasetError(f"{where}: column {image!r} holds {feature}, not images (a datasets Image feature or "
                                f"encoded image bytes): name the image column with --image_col")
-        return _Columns(image, label)
+        return image
 
     @staticmethod
     def exists(root: Path, split: str) -> bool:
         return split in _splits(root)
 
     def classes(self, root: Path) -> list[str]:
-        train = _splits(root)["train"]
+        splits = _splits(root)
+        if "train" not in splits:  # --predict reads any split; the class names come from train's labels
+            raise DatasetError(f"{root} has no train split (its splits: {', '.join(splits)}): the class names "
+                               f"and training come from it")
+        train = splits["train"]
         feature = train.features[self.columns(root, "train").label]
         if type(feature).__name__ == "ClassLabel":
             return list(feature.names)
@@ -214,7 +226,6 @@ class HfLayout:
     def samples(self, root: Path, split: str, class_names: Sequence[str],
                 errors: Errors = None) -> list[tuple[str, int]]:
         labels = self._labels(root, split)
-        width = max(6, len(str(len(labels) - 1)))
         samples = []
         for row, label in enumerate(labels):
             if not isinstance(label, int) or not 0 <= label < len(class_names):
@@ -223,16 +234,38 @@ class HfLayout:
                                             f"there are {len(class_names)} classes (labels 0..{len(class_names) - 1}"
                                             f"{unlabelled}); fix the row's label or drop the row"))
                 continue
-            samples.append((f"{split}/{row:0{width}d}", label))
+            samples.append((row_key(split, row, len(labels)), label))
         return samples
+
+    @staticmethod
+    def rows(root: Path, split: str) -> list[str]:
+        """The key of every row of ``split``, labelled or not (what ``--predict`` names its rows)."""
+        count = _splits(root)[split].num_rows
+        return [row_key(split, row, count) for row in range(count)]
 
     def reader(self, root: Path, split: str, max_pixels: int = 0) -> ArrowImageReader:
         dataset = _splits(root)[split]
-        return ArrowImageReader(tuple(f["filename"] for f in dataset.cache_files), self.columns(root, split).image)
+        return ArrowImageReader(tuple(f["filename"] for f in dataset.cache_files), self.image_column(root, split))
 
     @staticmethod
     def describe(root: Path, split: str, source: str) -> str:
         return describe_row(root, split, int(source.rsplit("/", 1)[1]))
+
+
+def row_key(split: str, row: int, count: int) -> str:
+    """A row's key, ``<split>/<row>``, the row zero-padded to at least 6 digits (``train/000123``), so that keys
+    sort as rows do."""
+    return f"{split}/{row:0{max(6, len(str(count - 1)))}d}"
+
+
+def unlabelled_rows(source: str | Path, columns: Any = None) -> tuple[list[str], RowsReader]:
+    """Every row of every split (train, val, test) of the Hugging Face dataset ``source``, as keys
+    ``<split>/<row>``, and a reader of their encoded images: what ``--predict`` classifies (labels are not
+    read, so unlabelled splits, e.g. label -1, work). ``columns``: ``--image_col``, else found."""
+    layout, root = HfLayout(columns), Path(source)
+    splits = [split for split in HF_SPLITS if layout.exists(root, split)]
+    keys = [key for split in splits for key in layout.rows(root, split)]
+    return keys, RowsReader({split: layout.reader(root, split) for split in splits})
 
 
 def describe_row(root: Path, split: str, row: int) -> str:
@@ -267,3 +300,12 @@ class ArrowImageReader:
         if value is None:
             raise OSError(f"row {key} holds no image (null)")
         return value
+
+
+@dataclass(frozen=True)
+class RowsReader:
+    """The encoded image of a row of any split (key ``<split>/<row>``), through that split's reader."""
+    readers: dict[str, ArrowImageReader]
+
+    def __call__(self, key: str) -> bytes:
+        return self.readers[key.split("/", 1)[0]](key)

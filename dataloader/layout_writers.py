@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from dataloader.datasets import FolderLayout
+from dataloader.shards import DEFAULT_SHARD_SAMPLES, write_wds_split
 from utils.atomic import atomic_write, write_text_atomic
 
 SPLITS = ("train", "val", "test")
@@ -79,21 +80,22 @@ def write_csv_tables(folder_root: str | Path, out_root: str | Path) -> Path:
     return _convert(folder_root, out_root, _csv_split)
 
 
-def _wds_split(jobs: int) -> SplitWriter:
-    """A split writer of shards (:func:`dataloader.shards.write_wds_split`): records in a seeded shuffled order
-    (a shard of one class would starve the shuffle buffer), keyed by their path in the split without suffix."""
-    from dataloader.shards import write_wds_split
-
+def _wds_split(jobs: int, max_samples: int) -> SplitWriter:
+    """A split writer of shards (:func:`dataloader.shards.write_wds_split`) of at most ``max_samples`` samples:
+    records in a seeded shuffled order (a shard of one class would starve the shuffle buffer), keyed by their
+    path in the split without suffix."""
     def write(folder_root: Path, out_root: Path, split: str, samples: list[tuple[Path, int]]) -> None:
         order = list(samples)
         random.Random(0).shuffle(order)
         keys = [re.sub(r"[./]", "_", path.relative_to(folder_root / split).with_suffix("").as_posix())
                 for path, _ in order]
         records = ((key, path.read_bytes(), label) for key, (path, label) in zip(keys, order))
-        write_wds_split(out_root, split, records, FolderLayout.classes(folder_root), jobs)
+        write_wds_split(out_root, split, records, FolderLayout.classes(folder_root), jobs, max_samples)
     return write
 
 
-def write_wds_shards(folder_root: str | Path, out_root: str | Path, jobs: int = 1) -> Path:
-    """``out_root/{split}-NNNNNN.tar`` WebDataset shards with ``_info.json`` (and ``classes.txt``)."""
-    return _convert(folder_root, out_root, _wds_split(jobs))
+def write_wds_shards(folder_root: str | Path, out_root: str | Path, jobs: int = 1,
+                     max_samples: int = DEFAULT_SHARD_SAMPLES) -> Path:
+    """``out_root/{split}-NNNNNN.tar`` WebDataset shards of at most ``max_samples`` samples, with ``_info.json``
+    (and ``classes.txt``)."""
+    return _convert(folder_root, out_root, _wds_split(jobs, max_samples))

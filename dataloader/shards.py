@@ -37,7 +37,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import random
 import tarfile
 import urllib.error
@@ -60,6 +59,7 @@ from .io import (
     _unwrap_worker_message,
     decode_pixels,
 )
+from .keylog import keys_file
 from .transforms import call_seeded
 from .workers import loader_generator
 
@@ -69,7 +69,6 @@ INFO_FILE = "_info.json"
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
 SHUFFLE_BUFFER = 1000
-KEYS_ENV = "PLAYGROUND_WDS_KEYS"  # tests: each worker appends the keys it hands over to <value>.r<rank>w<worker>
 DEFAULT_SHARD_BYTES = 256 * 2**20
 
 
@@ -437,7 +436,7 @@ class ShardDataset(IterableDataset):
         worker = info.id if info is not None else 0
         plans, _ = self.resume_plan()
         rng = random.Random(sample_seed(self.seed, self.epoch, f"buffer/{self.rank}/{worker}"))
-        keys = _keys_file(self.rank, worker)
+        keys = keys_file(self.rank)  # tests: the keys this worker hands over
         chunk: list = []
         for key, data, label, index in self._shuffled(self._raw(plans[worker] if worker < len(plans) else []), rng):
             if keys is not None:
@@ -562,12 +561,6 @@ def _collate_chunk(items: list) -> Chunk:
     return images, labels, indices, torch.tensor([position for position, _ in kept]), len(items)
 
 
-def _keys_file(rank: int, worker: int) -> IO[str] | None:
-    """Tests (``PLAYGROUND_WDS_KEYS``): the file where this worker records the keys it hands over."""
-    prefix = os.environ.get(KEYS_ENV)
-    return open(f"{prefix}.r{rank}w{worker}", "a", buffering=1) if prefix else None
-
-
 class ShardEpoch:
     """What the loops read of a sampler (``set_epoch``, ``len``) for a :class:`ShardLoader`."""
 
@@ -647,10 +640,11 @@ def shard_loader(dataset: ShardDataset, *, batch_size: int, workers: int, train:
                        world_size=world_size, pin_memory=pin_memory)
 
 
-# The limits of one shard written by :func:`write_wds_split` (``utils/make_digits.py --shard_samples`` sets
-# the sample count): a shard closes before it would pass either.
+# The limits of one shard written by :func:`write_wds_split` (its ``max_samples`` argument, ``--shard_samples`` of
+# ``utils/make_digits.py`` and ``utils/convert_data.py``, defaults to the sample count): a shard closes before it
+# would pass either.
 SHARD_MAX_BYTES = DEFAULT_SHARD_BYTES
-SHARD_MAX_SAMPLES = 1000
+DEFAULT_SHARD_SAMPLES = 1000
 Record = tuple[str, bytes, int]
 
 
@@ -665,12 +659,12 @@ def _image_suffix(data: bytes) -> str:
     raise ShardError("a record's image is not PNG, JPEG or WebP bytes")
 
 
-def _groups(records: Iterable[Record]) -> Iterator[list[Record]]:
-    """``records`` cut into shards of at most ``SHARD_MAX_SAMPLES`` samples and ``SHARD_MAX_BYTES`` bytes."""
+def _groups(records: Iterable[Record], max_samples: int) -> Iterator[list[Record]]:
+    """``records`` cut into shards of at most ``max_samples`` samples and ``SHARD_MAX_BYTES`` bytes."""
     group: list[Record] = []
     size = 0
     for record in records:
-        if group and (len(group) >= SHARD_MAX_SAMPLES or size + len(record[1]) > SHARD_MAX_BYTES):
+        if group and (len(group) >= max_samples or size + len(record[1]) > SHARD_MAX_BYTES):
             yield group
             group, size = [], 0
         group.append(record)
@@ -691,18 +685,20 @@ def _write_tar(path: Path, records: list[Record]) -> int:
 
 
 def write_wds_split(out_dir: Path, split: str, records: Iterable[tuple[str, bytes, int]],
-                    class_names: Sequence[str], jobs: int) -> None:
+                    class_names: Sequence[str], jobs: int, max_samples: int = DEFAULT_SHARD_SAMPLES) -> None:
     """Write ``records`` (key, encoded image bytes, label index) as ``out_dir/{split}-{i:06d}.tar`` shards of
-    at most ``SHARD_MAX_SAMPLES`` samples / ``SHARD_MAX_BYTES`` bytes, ``jobs`` shards at a time, and record
+    at most ``max_samples`` samples / ``SHARD_MAX_BYTES`` bytes, ``jobs`` shards at a time, and record
     them in ``out_dir/_info.json`` (timm's format, with ``classes``); shards of an earlier, longer write of
     the split are removed. A key must not contain a dot (webdataset cuts the suffix at the first one)."""
     from concurrent.futures import ThreadPoolExecutor
+    if max_samples < 1:
+        raise ShardError(f"a shard holds at least one sample, got at most {max_samples} (--shard_samples)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names: list[str] = []
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         futures = []
-        for i, group in enumerate(_groups(records)):
+        for i, group in enumerate(_groups(records, max_samples)):
             for key, _, label in group:
                 if "." in key.rsplit("/", 1)[-1] or not 0 <= label < len(class_names):
                     raise ShardError(f"record {key!r}: a key has no dot and a label is in 0..{len(class_names) - 1}")

@@ -1,7 +1,8 @@
 """Images without labels, to classify or explain: ``--predict SOURCE`` and ``--visual_source SOURCE``.
 
-A source is one image, a folder (recursive, listed by the one walker: ``dataloader.io.list_images``) or
-a ``.txt`` list of image paths. :class:`SourceImages` serves them like a dataset, so the one evaluation
+A source is one image, a folder (recursive, listed by the one walker: ``dataloader.io.list_images``),
+a ``.txt`` list of image paths, or (:func:`source_images`) a Hugging Face dataset: every row of its splits,
+named by its key ``<split>/<row>``. :class:`SourceImages` serves them like a dataset, so the one evaluation
 loop and the CAM loop run on them unchanged; the label of every image is :data:`UNKNOWN_LABEL`.
 """
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
 
+from .hf import is_hf_folder, unlabelled_rows
 from .io import (
     DEFAULT_MAX_IMAGE_PIXELS,
     IMG_EXTENSIONS,
@@ -65,20 +67,37 @@ def collect_sources(source: str | Path, flag: str = "--predict") -> list[Path]:
     return paths
 
 
+def source_images(source: str | Path, flag: str = "--predict", hub_name: bool = False, columns: Any = None
+                  ) -> tuple[list[Path], Callable[[str], bytes] | None]:
+    """The images of ``source`` and how to read them (None: from disk). A folder holding a Hugging Face dataset
+    (``save_to_disk`` or Hub-layout parquet; with ``hub_name``, also a Hub name in the datasets cache) is every
+    row of its train, val and test splits, named ``<split>/<row>`` and read from its arrow files (``columns``:
+    ``--image_col``, else found); anything else is :func:`collect_sources`' files."""
+    path = Path(source)
+    if (path.is_dir() and is_hf_folder(path)) or (hub_name and not path.exists()):
+        keys, reader = unlabelled_rows(source, columns)
+        if not keys:
+            raise ValueError(f"{flag}: the Hugging Face dataset {source} has no rows")
+        return [Path(key) for key in keys], reader
+    return collect_sources(source, flag), None
+
+
 class SourceImages(Dataset):
     """Unlabelled images as a dataset of ``(uint8 image after transform, UNKNOWN_LABEL, index)``.
 
     An image over ``max_pixels`` is refused from its header. An image that cannot be read or decoded
     raises ImageDecodeError saying how to skip it, or with ``skip_bad`` is logged and comes out as None,
     which the loader's collate drops as it drops ``--skip_bad_images`` samples (the indices missing from
-    a loop's output are the unreadable images; :meth:`failure` says why for each).
+    a loop's output are the unreadable images; :meth:`failure` says why for each). ``reader`` reads an
+    image's bytes by its name (a Hugging Face row's key), None: the file at the path.
     """
 
     split = "source"
 
     def __init__(self, paths: Sequence[str | Path], transform: Callable[[torch.Tensor], torch.Tensor],
-                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, skip_bad: bool = False, pixels: PixelFormat = RGB8):
-        self.paths, self.pixels = [Path(p) for p in paths], pixels
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, skip_bad: bool = False, pixels: PixelFormat = RGB8,
+                 reader: Callable[[str], bytes] | None = None):
+        self.paths, self.pixels, self.reader = [Path(p) for p in paths], pixels, reader  # reader None: files
         self.transform, self.max_pixels, self.skip_bad = transform, max_pixels, skip_bad
         self.samples = [(str(p), UNKNOWN_LABEL) for p in self.paths]
         self.targets = [UNKNOWN_LABEL] * len(self.paths)
@@ -91,7 +110,7 @@ class SourceImages(Dataset):
         when over ``max_pixels``, from the header)."""
         path = self.paths[index]
         try:
-            data = path.read_bytes()
+            data = self.reader(str(path)) if self.reader is not None else path.read_bytes()
         except OSError as e:
             raise ImageDecodeError(f"{path}: cannot read ({e.strerror or e})") from None
         return decode_pixels(data, name=str(path), max_pixels=self.max_pixels, fmt=self.pixels)

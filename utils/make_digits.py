@@ -20,7 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataloader import shards  # noqa: E402
 from dataloader.convert import convert_dataset  # noqa: E402
 from dataloader.digits import make_digits  # noqa: E402
 from dataloader.layout_writers import (  # noqa: E402
@@ -29,6 +28,7 @@ from dataloader.layout_writers import (  # noqa: E402
     write_wds_shards,
     write_zip_archives,
 )
+from dataloader.shards import DEFAULT_SHARD_SAMPLES  # noqa: E402
 
 logger = logging.getLogger("make_digits")
 
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--zip", default=None, help="also write the zip-archive layout to this folder")
     parser.add_argument("--csv", default=None, help="also write the csv-table layout (path,label) to this folder")
     parser.add_argument("--wds", default=None, help="also write WebDataset tar shards (+ _info.json) to this folder")
-    parser.add_argument("--shard_samples", type=int, default=shards.SHARD_MAX_SAMPLES,
+    parser.add_argument("--shard_samples", type=int, default=DEFAULT_SHARD_SAMPLES,
                         help="--wds: at most this many samples per shard")
     parser.add_argument("--hf", default=None,
                         help="also write the Hugging Face parquet layout (DIR/data/<split>-*.parquet) to this folder")
@@ -56,8 +56,7 @@ def main() -> None:
     if args.csv:
         logger.info("csv tables: %s", write_csv_tables(root, args.csv))
     if args.wds:
-        shards.SHARD_MAX_SAMPLES = args.shard_samples
-        logger.info("shards: %s", write_wds_shards(root, args.wds, jobs=2))
+        logger.info("shards: %s", write_wds_shards(root, args.wds, jobs=2, max_samples=args.shard_samples))
     if args.hf:
         logger.info("parquet files: %s", convert_dataset(root, "folder", "parquet", args.hf, replace=True))
 

@@ -255,7 +255,7 @@ def data_class_names(cfg: argparse.Namespace) -> list[str]:
 def data_columns(cfg: argparse.Namespace) -> Columns:
     """A csv dataset's path and label columns (``--path_col``, ``--label_col``), a Hugging Face dataset's image
     and label columns (``--image_col``, ``--label_col``)."""
-    return Columns(getattr(cfg, "path_col", "path"), getattr(cfg, "label_col", "label"),
+    return Columns(getattr(cfg, "path_col", "path"), getattr(cfg, "label_col", None),
                    getattr(cfg, "image_col", None))
 
 

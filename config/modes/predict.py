@@ -21,9 +21,10 @@ def _check_predict(cfg: argparse.Namespace) -> None:
 
 
 def _predict_files(cfg: argparse.Namespace, given: set[str]) -> None:
+    hub = "dataset" in given and cfg.dataset == "hf"  # --predict may name a Hub dataset in the datasets cache
     for flag in ("predict", "class_indices"):
         path = getattr(cfg, flag)
-        need(path is None or Path(path).exists(), f"--{flag}: {path!r} does not exist")
+        need(path is None or Path(path).exists() or (flag == "predict" and hub), f"--{flag}: {path!r} does not exist")
 
 
 PREDICT = FlagGroup("predict", _add_predict, _check_predict, resume_safe=True)
@@ -31,7 +32,8 @@ PREDICT = FlagGroup("predict", _add_predict, _check_predict, resume_safe=True)
 MODES = (
     Mode("predict", "applications.predict",
          lambda g: g.add_argument("--predict", type=str, default=None, metavar="SOURCE",
-                                  help="classify an image, a folder (recursive) or a txt list with --resume; writes "
-                                       "predictions.csv"),
+                                  help="classify an image, a folder (recursive), a txt list, or every row of a Hugging "
+                                       "Face dataset (a folder; with --dataset hf also a cached Hub name; rows named "
+                                       "<split>/<row>) with --resume; writes predictions.csv"),
          groups=(PREDICT,), needs_checkpoint=True, check_files=_predict_files),
 )

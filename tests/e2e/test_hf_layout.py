@@ -104,3 +104,91 @@ def test_teacher_files_and_curricula_name_rows_by_their_keys(tiny_run, tiny_data
     assert set(read_rows(data / "distill_resnet18.txt", 3)) == set(read_rows(data / "curriculum.txt", 1)) == keys
     run = train(data, tmp_path / "out", "hf", "student", "--distill", "--curriculum_learning", "--epochs", "1")
     assert read_json(run / "metrics.json")["history"][0]["train_loss"] > 0
+
+
+def predictions(args: list[str]) -> list[dict[str, str]]:
+    """The rows of the predictions.csv that ``main.py --predict ...`` writes (its path: the printed summary)."""
+    import contextlib
+    import csv
+    import io
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert run_main(args) == 0
+    with open(json.loads(printed.getvalue())["predictions"], newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_predict_names_hf_rows_by_their_keys_and_matches_the_folders(tmp_path, digits):
+    """``--predict`` on the digits as Hub-layout parquet (``utils/make_digits.py --hf``) gives, row for row, the
+    predictions of ``--predict`` on the same digits as class folders with the same checkpoint: every row of
+    every split once, named ``<split>/<row>``; a row matched to its file by the path the converter stored."""
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from helpers import ROOT
+    folder, reference = digits
+    r = subprocess.run([sys.executable, "utils/make_digits.py", "--out", str(folder), "--per_class", "3", "--hf",
+                        str(tmp_path / "hf")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    best = str(reference / "checkpoints/best.pth")
+    common = ["--resume", best, "--topk", "3", "--no_progress"]
+    by_file = {Path(row["path"]).relative_to(folder).as_posix(): row
+               for row in predictions(["--predict", str(folder), *common, "-j", "0"])}
+    hf_rows = predictions(["--predict", str(tmp_path / "hf"), *common, "-j", "2", "-b", "7"])
+    stored = {}  # key <split>/<row> -> the file the row came from, as the converter wrote it in the image's path
+    for split, hub in (("train", "train"), ("val", "validation"), ("test", "test")):
+        (file,) = (tmp_path / "hf" / "data").glob(f"{hub}-*.parquet")
+        paths = [image["path"] for image in pq.read_table(file, columns=["image"]).column("image").to_pylist()]
+        stored.update({f"{split}/{row:06d}": path for row, path in enumerate(paths)})
+    assert [row["path"] for row in hf_rows] == list(stored) and len(stored) == len(by_file) == 90
+    # every image its own probabilities (the 2-epoch model is weak, its top class mostly the same): a row matched
+    # to another image's file would differ
+    assert len({row["prob_1"] for row in hf_rows}) > 80, sorted({row["prob_1"] for row in hf_rows})
+    for row in hf_rows:
+        twin = by_file[stored[row["path"]]]
+        assert [row[f"class_{k}"] for k in (1, 2, 3)] == [twin[f"class_{k}"] for k in (1, 2, 3)], row["path"]
+        assert all(abs(float(row[f"prob_{k}"]) - float(twin[f"prob_{k}"])) <= 2e-6 for k in (1, 2, 3)), row["path"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_read_every_hf_row_once_and_evaluate(tmp_path, digits):
+    """``torchrun --nproc_per_node=2`` with ``-j 2`` on a save_to_disk dataset with 29 train rows (one dropped:
+    an odd count): every row is read in the epoch, once, but for the documented padding: the training sampler
+    gives each rank ceil(29 / 2) = 15 rows, so one row is read twice (by the two ranks); the run evaluates
+    the 30 test rows once each."""
+    import os
+    import subprocess
+    import sys
+    from collections import Counter
+
+    from datasets import DatasetDict, load_from_disk
+
+    from helpers import ROOT
+    folder, _ = digits
+    write_without_our_code(folder, tmp_path / "full", tmp_path / "parquet")
+    full = load_from_disk(str(tmp_path / "full"))
+    DatasetDict({**full, "train": full["train"].select(range(29))}).save_to_disk(str(tmp_path / "odd"))
+    keys = tmp_path / "keys"
+    args = layout_train_args(tmp_path / "odd", tmp_path / "out", "hf", "ddp") + ["--epochs", "1", "-j", "2"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "main.py",
+                        *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PLAYGROUND_SAMPLE_KEYS": str(keys)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    read: dict[str, Counter] = {}  # rank -> train keys it read
+    files = list(tmp_path.glob("keys.r*w*"))  # the workers' reads (not keys.r0main: the augmented_samples.png batch)
+    assert sorted(f.name for f in files) == ["keys.r0w0", "keys.r0w1", "keys.r1w0", "keys.r1w1"]
+    for file in files:
+        for line in file.read_text().splitlines():
+            split, key = line.split(" ", 1)
+            if split == "train":
+                read.setdefault(file.name.split(".")[1][:2], Counter())[key] += 1
+    assert sorted(read) == ["r0", "r1"] and [sum(read[r].values()) for r in ("r0", "r1")] == [15, 15]
+    both = read["r0"] + read["r1"]
+    assert set(both) == {f"train/{i:06d}" for i in range(29)}  # every row
+    assert sorted(both.values()) == [1] * 28 + [2] and max(read["r0"].values()) == max(read["r1"].values()) == 1
+    run = tmp_path / "out/simple_cnn/ddp"
+    assert "(2 processes)" in (run / "log.txt").read_text()
+    assert read_json(run / "eval_test/metrics.json")["count"] == 30  # every test row once, no padding
+    assert len(read_json(run / "metrics.json")["history"]) == 1

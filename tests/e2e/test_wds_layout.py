@@ -124,7 +124,7 @@ def test_shards_over_http_train_like_local_shards(digits):
 
 
 def read_keys(prefix: Path) -> tuple[dict[str, Counter], set[str]]:
-    """The keys the workers recorded (``PLAYGROUND_WDS_KEYS``), per epoch, over every rank and worker."""
+    """The keys the workers recorded (``PLAYGROUND_SAMPLE_KEYS``), per epoch, over every rank and worker."""
     seen: dict[str, Counter] = {}
     files = list(prefix.parent.glob(prefix.name + ".r*w*"))
     for file in files:
@@ -141,7 +141,7 @@ def test_torchrun_two_ranks_two_workers_read_every_sample_once(digits, tmp_path)
     args = train_args(digits["wds"], tmp_path, "wds", "ddp", "-j", "2", "--epochs", "2", "-b", "32")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "main.py",
                         *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "OMP_NUM_THREADS": "1", "PLAYGROUND_WDS_KEYS": str(keys)})
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PLAYGROUND_SAMPLE_KEYS": str(keys)})
     assert r.returncode == 0, r.stderr[-3000:]
     seen, writers = read_keys(keys)
     assert writers == {"r0w0", "r0w1", "r1w0", "r1w1"}  # both ranks, both workers read
@@ -162,7 +162,7 @@ def test_killed_mid_epoch_resumes_within_a_shard_per_worker(digits, tmp_path):
     assert killed.returncode == -9, killed.stderr[-3000:]
     keys = tmp_path / "keys"
     r = subprocess.run([sys.executable, "main.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1", "PLAYGROUND_WDS_KEYS": str(keys)})
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PLAYGROUND_SAMPLE_KEYS": str(keys)})
     assert r.returncode == 0, r.stderr[-3000:]
     log = (tmp_path / "simple_cnn/resume/log.txt").read_text()
     assert re.search(r"resumed from \S+ at epoch 1, batch 21", log), log[-3000:]

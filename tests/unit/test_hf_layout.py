@@ -102,6 +102,26 @@ def test_column_detection_and_the_flags(tmp_path):
              Columns(image="cls"))
 
 
+def test_a_column_named_by_a_flag_never_falls_back_to_a_default(tmp_path):
+    """Only the default detection picks ``labels`` (``img``) when ``label`` (``image``) is absent: a column named
+    by --label_col / --image_col is that column or one error naming the columns there are, even when the name
+    given is a default one; csv tables read ``label`` when --label_col is not given."""
+    root = saved(tmp_path / "sd", {"train": hf_dataset({"img": images(1, 2), "labels": [1, 0]},
+                                                       {"img": "image", "labels": ["a", "b"]})})
+    assert read_class_names(root, "hf") == ["a", "b"] and read_class_names(root, "hf", Columns()) == ["a", "b"]
+    assert ClassificationDataset(root, "hf", "train", columns=Columns(label="labels", image="img")).targets == [1, 0]
+    for columns, flag in ((Columns(label="label"), "label"), (Columns(image="image"), "image")):
+        one_line(rf"sd \(train split\): no column '{flag}'; its columns are img, labels: name the {flag} column with "
+                 rf"--{flag}_col$", DatasetError, read_class_names, root, "hf", columns)
+    assert get_layout("csv", Columns(path="file")).columns == Columns(path="file", label="label")
+    import config  # the flag reaches the layout as given, the default as None (detect)
+    from applications.setup.common import data_columns
+    assert data_columns(config.parse_config(["--train", "--dataset", "hf", "--data", str(root)])) == Columns()
+    given = config.parse_config(["--train", "--dataset", "hf", "--data", str(root), "--label_col", "label"])
+    one_line(r"no column 'label'; its columns are img, labels", DatasetError, read_class_names, root, "hf",
+             data_columns(given))
+
+
 def test_string_labels_and_a_label_gap_are_errors(tmp_path):
     root = saved(tmp_path / "s", {"train": hf_dataset({"image": images(1), "label": ["cat"]},
                                                       {"image": "image", "label": "str"})})

@@ -131,3 +131,46 @@ def test_predict_with_no_readable_image_is_an_error_and_leaves_no_folder(tiny_da
     assert run_main(["--predict", str(broken), "--resume", str(checkpoint), "-j", "0", "--no_progress"]) == 1
     assert "none of the 2 images" in caplog.text and "nothing was written" in caplog.text
     assert sorted(p.name for p in (run / "predict").iterdir()) == before and "broken" not in before
+
+
+def test_predict_every_row_of_a_hugging_face_dataset(tiny_data, checkpoint, tmp_path, monkeypatch, capsys, caplog):
+    """``--predict DIR`` on a save_to_disk dataset: every row of train, val and test, unlabelled ones too (a test
+    split without a label column, as Kaggle-style sets have), named ``<split>/<row>``, predicted as the same
+    images given as files are; a row without an image is counted unreadable; a Hub name is read only with
+    --dataset hf (here not cached: one line)."""
+    from datasets import Dataset, DatasetDict, Features, Value
+    from datasets import Image as HfImage
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    files = sorted((tiny_data["folder"] / "test").glob("*/*.png"))[:5]
+    images = [{"bytes": f.read_bytes(), "path": None} for f in files]
+    features = Features({"img": HfImage(), "labels": Value("int64")})
+    DatasetDict({"train": Dataset.from_dict({"img": images[:2], "labels": [0, 1]}, features=features),
+                 "test": Dataset.from_dict({"img": [*images[2:], None]}, features=Features({"img": HfImage()}))}
+                ).save_to_disk(str(tmp_path / "sd"))
+    common = ["--resume", str(checkpoint), "--topk", "2", "-j", "0", "--no_progress"]
+    result = main_result(["--predict", str(tmp_path / "sd"), *common, "-s"])
+    assert (result["images"], result["predicted"], result["unreadable"]) == (6, 5, 1)
+    rows = read_csv(Path(result["predictions"]))
+    assert [row["path"] for row in rows] == ["train/000000", "train/000001", "test/000000", "test/000001",
+                                             "test/000002"]
+    assert Path(result["log"]).read_text().splitlines()[-1].startswith("test/000003\tUNREADABLE: ")
+    (tmp_path / "files.txt").write_text("".join(f"{f}\n" for f in files))
+    twins = read_csv(Path(main_result(["--predict", str(tmp_path / "files.txt"), *common])["predictions"]))
+    for row, twin in zip(rows, twins, strict=True):
+        assert (row["class_1"], row["class_2"]) == (twin["class_1"], twin["class_2"])
+        assert abs(float(row["prob_1"]) - float(twin["prob_1"])) <= 2e-6
+    # a dataset of a test split alone: predicted (train is needed only to train, for the class names)
+    DatasetDict({"test": Dataset.from_dict({"img": images[2:]}, features=Features({"img": HfImage()}))}
+                ).save_to_disk(str(tmp_path / "only_test"))
+    only = read_csv(Path(main_result(["--predict", str(tmp_path / "only_test"), *common])["predictions"]))
+    assert [(row["path"], row["class_1"]) for row in only] == [("test/000000", rows[2]["class_1"]),
+                                                              ("test/000001", rows[3]["class_1"]),
+                                                              ("test/000002", rows[4]["class_1"])]
+    from dataloader import DatasetError, read_class_names
+    with pytest.raises(DatasetError, match=r"only_test has no train split \(its splits: test\): the class names"):
+        read_class_names(tmp_path / "only_test", "hf")
+    capsys.readouterr()
+    assert run_main(["--predict", "someone/absent", *common]) == 2
+    assert "--predict: 'someone/absent' does not exist" in capsys.readouterr().err
+    assert run_main(["--predict", "someone/absent", "--dataset", "hf", *common]) == 1
+    assert "DatasetError: Hugging Face dataset 'someone/absent' is not in the datasets cache" in caplog.text

@@ -38,11 +38,10 @@ def records(n: int, classes: int = 3) -> list[tuple[str, bytes, int]]:
 
 
 @pytest.fixture
-def small(tmp_path, monkeypatch) -> Path:
+def small(tmp_path) -> Path:
     """train: 23 samples in shards of 5 (5, 5, 5, 5, 3); val: 7 in 2 shards; 3 classes."""
-    monkeypatch.setattr(shards, "SHARD_MAX_SAMPLES", 5)
-    write_wds_split(tmp_path, "train", records(23), ["a", "b", "c"], 2)
-    write_wds_split(tmp_path, "val", records(7), ["a", "b", "c"], 1)
+    write_wds_split(tmp_path, "train", records(23), ["a", "b", "c"], 2, max_samples=5)
+    write_wds_split(tmp_path, "val", records(7), ["a", "b", "c"], 1, max_samples=5)
     return tmp_path
 
 
@@ -57,11 +56,38 @@ def test_writer_makes_timm_info_and_readable_shards(small):
     assert got == records(23)  # keys, bytes and labels round-trip in order
 
 
-def test_rewriting_a_split_removes_its_stale_shards(small, monkeypatch):
-    monkeypatch.setattr(shards, "SHARD_MAX_SAMPLES", 100)
-    write_wds_split(small, "train", records(4), ["a", "b", "c"], 1)
+def test_rewriting_a_split_removes_its_stale_shards(small):
+    write_wds_split(small, "train", records(4), ["a", "b", "c"], 1, max_samples=100)
     assert sorted(p.name for p in small.glob("train-*.tar")) == ["train-000000.tar"]
     assert json.loads((small / "_info.json").read_text())["splits"]["validation"]["num_samples"] == 7
+
+
+def test_the_shard_size_is_an_argument_of_each_write_not_a_global(tmp_path, tiny_data):
+    """Writes with different limits in one process (the writer, the folder writer of make_digits, the converter)
+    each cut their own shards; the default is DEFAULT_SHARD_SAMPLES; a limit below 1 is one error."""
+    from dataloader.convert import convert_dataset
+    from dataloader.layout_writers import write_wds_shards
+
+    def lengths(root: Path, split: str = "train") -> list[int]:
+        return json.loads((root / "_info.json").read_text())["splits"][split]["shard_lengths"]
+    write_wds_split(tmp_path / "five", "train", records(23), ["a", "b", "c"], 1, max_samples=5)
+    write_wds_split(tmp_path / "ten", "train", records(23), ["a", "b", "c"], 2, max_samples=10)
+    write_wds_split(tmp_path / "default", "train", records(23), ["a", "b", "c"], 1)
+    assert (lengths(tmp_path / "five"), lengths(tmp_path / "ten")) == ([5, 5, 5, 5, 3], [10, 10, 3])
+    assert lengths(tmp_path / "default") == [23] and shards.DEFAULT_SHARD_SAMPLES == 1000
+    folder = Path(tiny_data["folder"])  # 30 train images
+    write_wds_shards(folder, tmp_path / "folder7", max_samples=7)
+    convert_dataset(folder, "folder", "wds", tmp_path / "converted4", shard_samples=4)
+    assert lengths(tmp_path / "folder7") == [7, 7, 7, 7, 2] and lengths(tmp_path / "converted4") == [4] * 7 + [2]
+    with pytest.raises(ShardError, match=r"^a shard holds at least one sample, got at most 0 \(--shard_samples\)$"):
+        write_wds_split(tmp_path / "zero", "train", records(3), ["a", "b", "c"], 1, max_samples=0)
+    with pytest.raises(shards.DatasetError, match=r"^--shard_samples cuts wds output into shards; --to parquet has "
+                                                  r"none: drop it$"):
+        convert_dataset(folder, "folder", "parquet", tmp_path / "pq", shard_samples=4)
+    from utils import convert_data  # the command line passes its --shard_samples down
+    assert convert_data.main(["--data", str(folder), "--to", "wds", "--out", str(tmp_path / "cli"), "-j", "1",
+                              "--shard_samples", "6", "--no_progress"]) == 0
+    assert lengths(tmp_path / "cli") == [6] * 5
 
 
 def test_shards_without_info_are_found_and_counted(small):
@@ -301,9 +327,8 @@ def test_convert_data_to_wds_keeps_every_image_and_mixes_classes_in_each_shard(t
     class in each shard (the folders' order is class by class)."""
     from dataloader.convert import convert_dataset
     from dataloader.datasets import get_layout, sample_key
-    monkeypatch.setattr(shards, "SHARD_MAX_SAMPLES", 8)
     root = Path(tiny_data["folder"])
-    out = convert_dataset(root, "folder", "wds", tmp_path / "wds", jobs=2)
+    out = convert_dataset(root, "folder", "wds", tmp_path / "wds", jobs=2, shard_samples=8)
     layout = get_layout("folder")
     names = layout.classes(root)
     assert ShardSet(str(out)).classes() == names
