@@ -56,6 +56,7 @@ from .io import (
     _unwrap_worker_message,
     decode_pixels,
 )
+from .parts import cut_parts, write_parts
 from .tar_stream import is_plain_tar, tar_files
 from .transforms import call_seeded
 
@@ -602,21 +603,7 @@ def _image_suffix(data: bytes) -> str:
     raise ShardError("a record's image is not PNG, JPEG or WebP bytes")
 
 
-def _groups(records: Iterable[Record]) -> Iterator[list[Record]]:
-    """``records`` cut into shards of at most ``SHARD_MAX_SAMPLES`` samples and ``SHARD_MAX_BYTES`` bytes."""
-    group: list[Record] = []
-    size = 0
-    for record in records:
-        if group and (len(group) >= SHARD_MAX_SAMPLES or size + len(record[1]) > SHARD_MAX_BYTES):
-            yield group
-            group, size = [], 0
-        group.append(record)
-        size += len(record[1]) + 1024  # a tar header and padding per member, about
-    if group:
-        yield group
-
-
-def _write_tar(path: Path, records: list[Record]) -> int:
+def _write_tar(path: Path, records: Sequence[Record]) -> int:
     """One shard: ``KEY.<image suffix>`` and ``KEY.cls`` per record, written atomically; returns its count."""
     with atomic_write(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for key, data, label in records:
@@ -633,21 +620,18 @@ def write_wds_split(out_dir: Path, split: str, records: Iterable[tuple[str, byte
     at most ``SHARD_MAX_SAMPLES`` samples / ``SHARD_MAX_BYTES`` bytes, ``jobs`` shards at a time, and record
     them in ``out_dir/_info.json`` (timm's format, with ``classes``); shards of an earlier, longer write of
     the split are removed. A key must not contain a dot (webdataset cuts the suffix at the first one)."""
-    from concurrent.futures import ThreadPoolExecutor
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names: list[str] = []
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
-        futures = []
-        for i, group in enumerate(_groups(records)):
-            for key, _, label in group:
-                if "." in key.rsplit("/", 1)[-1] or not 0 <= label < len(class_names):
-                    raise ShardError(f"record {key!r}: a key has no dot and a label is in 0..{len(class_names) - 1}")
-            names.append(f"{split}-{i:06d}.tar")
-            futures.append(pool.submit(_write_tar, out_dir / names[-1], group))
-            if len(futures) > 2 * max(1, jobs):  # bounded memory: a few shards in flight
-                futures[-2 * max(1, jobs) - 1].result()
-        counts = [f.result() for f in futures]
+
+    def write(i: int, group: Sequence[Record]) -> int:
+        for key, _, label in group:
+            if "." in key.rsplit("/", 1)[-1] or not 0 <= label < len(class_names):
+                raise ShardError(f"record {key!r}: a key has no dot and a label is in 0..{len(class_names) - 1}")
+        return _write_tar(out_dir / f"{split}-{i:06d}.tar", group)
+
+    # a tar header and padding per member, about 1 KB a sample
+    counts = write_parts(cut_parts(records, SHARD_MAX_BYTES, SHARD_MAX_SAMPLES, overhead=1024), write, jobs)
+    names = [f"{split}-{i:06d}.tar" for i in range(len(counts))]
     for stale in out_dir.glob(f"{split}-*.tar"):
         if stale.name not in names:
             stale.unlink()

@@ -8,10 +8,11 @@ datasets) into another storage format, in parallel, with a progress bar.
 the Hub serves as is. ``--to wds`` writes WebDataset shards, ``DST/{train,val,test}-NNNNNN.tar`` with timm's
 ``_info.json``, which ``--dataset wds --data DST`` reads (and timm's ``wds/`` reader); their samples are in a
 seeded shuffled order, so that every shard holds every class, and a key's dots become underscores. For parquet
-every split of SRC is converted in the order training reads it (the same seed trains the
-same run on either). The images are read by N processes (default: all cores), written into ``.DST.partial``
-beside DST and renamed to DST at the end: a killed conversion leaves no half dataset, and an existing DST is
-refused. KIND defaults to the layout found at SRC (as utils/check_images.py detects it).
+every split of SRC is converted in the order training reads it (the same seed trains the same run on either).
+The images are read by N processes (default: all cores) and N files are written at a time (the same files,
+byte for byte, whatever N is), into ``.DST.partial`` beside DST, renamed to DST at the end: a killed conversion
+leaves no half dataset, and an existing DST is refused. KIND defaults to the layout found at SRC (as
+utils/check_images.py detects it).
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", choices=sorted(LAYOUTS), default=None, help="its layout (default: detected)")
     parser.add_argument("--to", choices=sorted(WRITERS), required=True, help="the output format")
     parser.add_argument("--out", required=True, help="the new dataset's folder (must not exist)")
-    parser.add_argument("-j", "--workers", type=int, default=os.cpu_count() or 1, help="reading processes")
+    parser.add_argument("-j", "--workers", type=int, default=os.cpu_count() or 1,
+                        help="reading processes (and files written at a time)")
     Columns.add_flags(parser)
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)

@@ -1,6 +1,7 @@
 """The lean local tar reader (dataloader/tar_stream.py) against the standard library's tarfile as reference: the
 same regular files, names and bytes in every tar format and with what a tar may hold besides files; a damaged
-header or a cut body is a ReadError, which the shards turn into one line naming the shard."""
+header or a cut body is a ReadError, which the shards turn into one line naming the shard. And the part files'
+cutting and parallel writing (dataloader/parts.py) that the shard and parquet writers share."""
 from __future__ import annotations
 
 import io
@@ -91,3 +92,22 @@ def test_two_files_with_one_suffix_are_one_message(tmp_path):
             tar.addfile(info, io.BytesIO(b"1"))
     with pytest.raises(ShardError, match=r"dup\.tar: .*duplicate file name.*every file of a sample needs its own"):
         list(iter_samples(str(path)))
+
+
+def test_parts_are_cut_by_the_records_alone_and_written_in_order():
+    """dataloader/parts.py by hand: limits of 3 records / 10 bytes (+1 a record) and a record over the limit on
+    its own; results in the parts' order whatever the job count; a writer's error reaches the caller."""
+    from dataloader.parts import cut_parts, write_parts
+    records = [(f"k{i}", b"x" * size, 0) for i, size in enumerate([2, 2, 2, 2, 4, 4, 12, 1])]
+    parts = list(cut_parts(records, max_bytes=10, max_samples=3, overhead=1))
+    assert [[key for key, _, _ in part] for part in parts] == [["k0", "k1", "k2"], ["k3", "k4"], ["k5"], ["k6"], ["k7"]]
+    for jobs in (1, 3):
+        got = write_parts(iter(parts), lambda i, part: (i, len(part)), jobs)
+        assert got == [(0, 3), (1, 2), (2, 1), (3, 1), (4, 1)]
+
+    def failing(i, part):
+        if i == 2:
+            raise OSError("disk full")
+        return i
+    with pytest.raises(OSError, match="disk full"):
+        write_parts(iter(parts), failing, 2)
