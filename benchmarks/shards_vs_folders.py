@@ -8,7 +8,9 @@ worker processes:
   pipeline       the training loader (create_loader): read, decode, RandomResizedCrop + flip at
                  ``--image_size``, uint8 batches; what training gets
 
-Throughput is counted from the second batch on (the worker start-up is left out). ``--many_files N`` also
+Throughput is counted from the second batch on (the worker start-up is left out); the CPU time per image
+(every process's, over the whole epoch) is the per-core cost, steady on a busy machine, and ``per core`` is
+folders' CPU time over shards' (above 1: shards cost less a core). ``--many_files N`` also
 times listing and reading N small files in class folders against the same N samples in shards (what a file
 system does with 100k+ files).
 
@@ -19,12 +21,14 @@ system does with 100k+ files).
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
+import resource
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
@@ -62,14 +66,27 @@ def loader(data: Path, kind: str, size: int, batch_size: int, workers: int, deco
     return create_loader(dataset, batch_size=batch_size, workers=workers, train=True, seed=0)
 
 
-def rate(batches: Iterable) -> float:
-    """Images per second from the second batch to the end of the epoch."""
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished (joined) children, the DataLoader workers."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def measure(make: Callable[[], Iterable]) -> tuple[float, float]:
+    """``(images per second from the second batch to the end of the epoch, CPU milliseconds per image)``; the
+    CPU time is the whole epoch's in every process (workers' start-up included), so it holds on a busy machine
+    where the wall-clock rate depends on what else runs."""
+    start_cpu = cpu_seconds()
+    batches = make()
     it = iter(batches)
-    next(it)
+    total = len(next(it)[1])
     n, start = 0, time.perf_counter()
     for _, target, _ in it:
         n += len(target)
-    return n / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    del it, batches  # the workers stop and are joined: their CPU time is counted
+    gc.collect()
+    return n / seconds, 1000 * (cpu_seconds() - start_cpu) / (total + n)
 
 
 def run(folder: Path, wds: Path, workers: list[int], size: int, batch_size: int) -> list[dict]:
@@ -77,9 +94,10 @@ def run(folder: Path, wds: Path, workers: list[int], size: int, batch_size: int)
     rows = []
     for what, decode in (("bytes", False), ("pipeline", True)):
         for w in workers:
-            got = {kind: rate(loader(data, kind, size, batch_size, w, decode)) for kind, data in
-                   (("folder", folder), ("wds", wds))}
-            rows.append({"what": what, "workers": w, **got, "ratio": got["wds"] / got["folder"]})
+            row: dict = {"what": what, "workers": w}
+            for kind, data in (("folder", folder), ("wds", wds)):
+                row[kind], row[f"{kind}_cpu"] = measure(lambda: loader(data, kind, size, batch_size, w, decode))
+            rows.append({**row, "ratio": row["wds"] / row["folder"], "cpu_ratio": row["folder_cpu"] / row["wds_cpu"]})
     return rows
 
 
@@ -110,9 +128,11 @@ def many_files(out: Path, n: int, source: Path) -> dict:
 
 
 def print_rows(rows: list[dict]) -> None:
-    print(f"{'read':10s} {'workers':>7s} {'folders img/s':>14s} {'shards img/s':>13s} {'shards/folders':>15s}")
+    print(f"{'read':10s} {'workers':>7s} {'folders img/s':>14s} {'shards img/s':>13s} {'shards/folders':>15s} "
+          f"{'folders CPU ms/img':>19s} {'shards CPU ms/img':>18s} {'per core':>9s}")
     for r in rows:
-        print(f"{r['what']:10s} {r['workers']:7d} {r['folder']:14.0f} {r['wds']:13.0f} {r['ratio']:14.2f}x")
+        print(f"{r['what']:10s} {r['workers']:7d} {r['folder']:14.0f} {r['wds']:13.0f} {r['ratio']:14.2f}x "
+              f"{r['folder_cpu']:19.3f} {r['wds_cpu']:18.3f} {r['cpu_ratio']:8.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,11 +3,11 @@ datasets) into another storage format: the logic behind ``utils/convert_data.py`
 
 Every format is one writer in :data:`WRITERS` with the signature ``write(out_dir, split, records, class_names,
 jobs)`` (the streamed formats, :data:`SHUFFLED`, also take ``max_samples``, the samples per shard): ``records``
-yields ``(key, encoded image bytes, label index)`` in the source's sample order (so the same seed trains the
-same run on the converted data), ``key`` being the sample's stable key (its path relative to the dataset root).
-The source's images are read in ``jobs`` worker processes, in order, behind one progress bar; the output is
-written into a temporary folder beside ``out`` and renamed at the end, so a killed conversion leaves no half
-dataset at ``out``.
+yields ``(key, encoded image bytes, label index)`` in the source's sample order (so the same seed trains the same
+run on the converted data), ``key`` being the sample's stable key (its path relative to the dataset root). The
+source's images are read in ``jobs`` worker processes, in order, behind one progress bar, and the writers write
+``jobs`` files at a time (:mod:`dataloader.parts`); the output is written into a temporary folder beside ``out`` and
+renamed at the end, so a killed conversion leaves no half dataset at ``out``.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from utils.atomic import write_json_atomic, write_text_atomic
 
 from .datasets import Columns, DatasetError, get_layout, sample_key
 from .hf import HF_SPLITS
+from .parts import cut_parts, write_parts
 from .shards import DEFAULT_SHARD_SAMPLES, write_wds_split
 
 logger = logging.getLogger(__name__)
@@ -46,39 +47,29 @@ def write_parquet_split(out_dir: Path, split: str, records: Iterable[Record], cl
     """``out_dir/data/<split>-NNNNN-of-MMMMM.parquet`` in the Hub's layout (val is written as ``validation``):
     columns ``image`` (the encoded bytes, with the key as its path) and ``label`` (a ClassLabel of
     ``class_names``), their features in the schema so that the ``datasets`` library reads them back; files of at
-    most about 512 MB, row groups of 100 rows. Written sequentially: ``jobs`` is for the readers upstream."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    most about 512 MB, row groups of 100 rows, ``jobs`` files written at a time (:mod:`dataloader.parts`: the
+    same files, byte for byte, whatever ``jobs`` is)."""
     schema = hf_features(class_names).arrow_schema
     folder, name = out_dir / "data", HF_SPLITS[split][0]
     folder.mkdir(parents=True, exist_ok=True)
-    parts: list[Path] = []
-    writer, size, rows = None, 0, []
 
-    def flush() -> None:
-        nonlocal writer, size
-        if not rows:
-            return
-        if writer is None or size > PARQUET_MAX_FILE_BYTES:
-            if writer is not None:
-                writer.close()
-            parts.append(folder / f"{name}-part{len(parts):05d}.parquet")
-            writer, size = pq.ParquetWriter(parts[-1], schema), 0
-        table = pa.table({"image": [{"bytes": data, "path": key} for key, data, _ in rows],
-                          "label": [label for _, _, label in rows]}, schema=schema)
-        writer.write_table(table)
-        size += sum(len(data) for _, data, _ in rows)
-        rows.clear()
+    def write(i: int, rows: Sequence[Record]) -> Path:
+        return _write_parquet(folder / f"{name}-part{i:05d}.parquet", rows, schema)
 
-    for record in records:
-        rows.append(record)
-        if len(rows) == PARQUET_ROWS_PER_GROUP:
-            flush()
-    flush()
-    if writer is not None:
-        writer.close()
+    parts = write_parts(cut_parts(records, PARQUET_MAX_FILE_BYTES), write, jobs)
     for i, part in enumerate(parts):  # the final names need the count
         part.rename(folder / f"{name}-{i:05d}-of-{len(parts):05d}.parquet")
+
+
+def _write_parquet(path: Path, rows: Sequence[Record], schema) -> Path:
+    """One parquet file of ``rows`` (in the staging folder of :func:`convert_dataset`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    image = pa.StructArray.from_arrays([pa.array([data for _, data, _ in rows], pa.binary()),
+                                        pa.array([key for key, _, _ in rows], pa.string())], names=["bytes", "path"])
+    table = pa.Table.from_arrays([image, pa.array([label for _, _, label in rows], pa.int64())], schema=schema)
+    pq.write_table(table, path, row_group_size=PARQUET_ROWS_PER_GROUP)
+    return path
 
 
 def write_shards_split(out_dir: Path, split: str, records: Iterable[Record], class_names: Sequence[str],

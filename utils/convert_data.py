@@ -8,11 +8,12 @@ datasets) into another storage format, in parallel, with a progress bar.
 the Hub serves as is. ``--to wds`` writes WebDataset shards, ``DST/{train,val,test}-NNNNNN.tar`` with timm's
 ``_info.json``, which ``--dataset wds --data DST`` reads (and timm's ``wds/`` reader); their samples are in a
 seeded shuffled order, so that every shard holds every class, at most N (``--shard_samples``, default 1000) per
-shard, and a key's dots become underscores. For parquet
-every split of SRC is converted in the order training reads it (the same seed trains the
-same run on either). The images are read by N processes (default: all cores), written into ``.DST.partial``
-beside DST and renamed to DST at the end: a killed conversion leaves no half dataset, and an existing DST is
-refused. KIND defaults to the layout found at SRC (as utils/check_images.py detects it).
+shard, and a key's dots become underscores. For parquet every split of SRC is converted in the order training
+reads it (the same seed trains the same run on either).
+The images are read by N processes (default: all cores) and N files are written at a time (the same files,
+byte for byte, whatever N is), into ``.DST.partial`` beside DST, renamed to DST at the end: a killed conversion
+leaves no half dataset, and an existing DST is refused. KIND defaults to the layout found at SRC (as
+utils/check_images.py detects it).
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", choices=sorted(LAYOUTS), default=None, help="its layout (default: detected)")
     parser.add_argument("--to", choices=sorted(WRITERS), required=True, help="the output format")
     parser.add_argument("--out", required=True, help="the new dataset's folder (must not exist)")
-    parser.add_argument("-j", "--workers", type=int, default=os.cpu_count() or 1, help="reading processes")
+    parser.add_argument("-j", "--workers", type=int, default=os.cpu_count() or 1,
+                        help="reading processes (and files written at a time)")
     parser.add_argument("--shard_samples", type=int, default=None,
                         help=f"--to wds: at most this many samples per shard (default {DEFAULT_SHARD_SAMPLES})")
     Columns.add_flags(parser)

@@ -201,6 +201,29 @@ def test_the_writer_registry_and_the_parquet_files(tmp_path, tiny_data):
              tiny_data["folder"], "folder", "parquet", out)
 
 
+def test_parquet_files_are_written_in_parallel_with_the_same_bytes(tmp_path, tiny_data, monkeypatch):
+    """Files of at most ~1 KB (several per split), written 1 and 2 at a time: the same files byte for byte, and
+    read back with pyarrow they hold every sample of the source in its order (key, bytes, label)."""
+    import pyarrow.parquet as pq
+
+    from dataloader import convert
+    monkeypatch.setattr(convert, "PARQUET_MAX_FILE_BYTES", 1024)
+    root = tiny_data["folder"]
+    one = convert_dataset(root, "folder", "parquet", tmp_path / "one", jobs=1)
+    two = convert_dataset(root, "folder", "parquet", tmp_path / "two", jobs=2)
+    names = sorted(p.name for p in (one / "data").iterdir())
+    assert names == sorted(p.name for p in (two / "data").iterdir()) and len(names) > 6
+    assert all((one / "data" / n).read_bytes() == (two / "data" / n).read_bytes() for n in names)
+    layout = get_layout("folder")
+    classes = layout.classes(root)
+    samples = layout.samples(root, "train", classes)
+    files = sorted((two / "data").glob("train-*.parquet"))
+    assert files[-1].name.endswith(f"-of-{len(files):05d}.parquet") and len(files) > 2
+    rows = [row for f in files for row in pq.read_table(f).to_pylist()]
+    assert [(r["image"]["path"], r["image"]["bytes"], r["label"]) for r in rows] == [
+        (sample_key(root, "folder", "train", source), Path(source).read_bytes(), label) for source, label in samples]
+
+
 def test_a_failed_conversion_leaves_nothing(tmp_path, tiny_data, monkeypatch):
     src = tiny_data["folder"]
 
