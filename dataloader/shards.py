@@ -618,7 +618,8 @@ class ShardLoader:
                         "shards it had read and reads the rest again (%d samples read again)",
                         self.dataset.epoch + 1, self.dataset.start, self.dataset.rank_length(), again)
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.workers, pin_memory=self.pin_memory,
-                            prefetch_factor=4 if self.workers else None)
+                            prefetch_factor=4 if self.workers else None,
+                            generator=loader_generator())  # a mid-epoch resume repeats the global RNG (workers.py)
         total, bound, done, buffer = len(self.sampler), self.batch_size, 0, None
         for images, labels, indices, positions, consumed in loader:
             if images.numel():

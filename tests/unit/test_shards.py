@@ -158,6 +158,13 @@ def test_loader_batches_and_epochs(small):
     assert torch.equal(batches[0][0][0], ShardDataset(small, "train", ["a", "b", "c"]).load(indices[0]))
 
 
+def test_an_epoch_of_shards_leaves_the_global_rng_alone(small):
+    # A run resumed mid-epoch restores the global RNG; an epoch that drew from it would shift every dropout draw.
+    before = torch.get_rng_state()
+    loader_keys(small, world=1, batch=4)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_two_ranks_read_disjoint_halves(small):
     halves = [set(loader_keys(small, rank=r, world=2)[2]) for r in (0, 1)]
     assert len(halves[0]) == len(halves[1]) == 11 and not halves[0] & halves[1]
