@@ -568,16 +568,20 @@ class _DecodeShards(IterableDataset):
             yield index, key, label, self.head(image) if self.head is not None else image, None
 
 
-Chunk = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]
+Chunk = tuple[torch.Tensor, torch.Tensor, int]
 
 
 def _collate_chunk(items: list) -> Chunk:
-    """A worker's chunk as tensors (see :meth:`ShardDataset.__iter__`)."""
+    """A worker's chunk as two tensors (see :meth:`ShardDataset.__iter__`): the images, and one ``3 x n`` int64
+    tensor of labels, split indices and positions in the chunk; then the count of samples consumed. Two tensors,
+    not four: each tensor a worker hands over costs a shared-memory segment and a file descriptor, which in a
+    bytes-only read cost more than reading the tar."""
     kept = [(position, item) for position, item in enumerate(items) if item is not None]
     if not kept:
-        return torch.empty(0), torch.empty(0), torch.empty(0), torch.empty(0), len(items)
+        return torch.empty(0), torch.empty(3, 0, dtype=torch.long), len(items)
     images, labels, indices = default_collate([item for _, item in kept])
-    return images, labels, indices, torch.tensor([position for position, _ in kept]), len(items)
+    meta = torch.stack([labels.long(), indices.long(), torch.tensor([position for position, _ in kept])])
+    return images, meta, len(items)
 
 
 class ShardEpoch:
@@ -621,9 +625,9 @@ class ShardLoader:
                             prefetch_factor=4 if self.workers else None,
                             generator=loader_generator())  # a mid-epoch resume repeats the global RNG (workers.py)
         total, bound, done, buffer = len(self.sampler), self.batch_size, 0, None
-        for images, labels, indices, positions, consumed in loader:
+        for images, meta, consumed in loader:
             if images.numel():
-                part = (images, labels, indices, positions + done)
+                part = (images, meta[0], meta[1], meta[2] + done)
                 buffer = part if buffer is None else tuple(torch.cat(pair) for pair in zip(buffer, part))
             done += consumed
             while bound <= min(done, total):
