@@ -122,14 +122,14 @@ def _read_text(url: str) -> str | None:
 def side_folder(data: str, kind: str) -> Path:
     """The local folder that holds the side files of ``--data`` (``--knowledge``'s teacher outputs and
     ``label.txt``, ``--make_curriculum``'s ``curriculum.txt``): ``--data`` itself, for shards named by a brace
-    pattern the pattern's folder; shards at a URL have none (a ShardError naming the flags that name the files)."""
-    if kind != "wds":
-        return Path(data)
-    base, _ = _base_and_pattern(data)
-    if is_url(base):
-        raise ShardError(f"{data}: side files (distill_<arch>.txt and label.txt of --knowledge, curriculum.txt of "
-                         f"--make_curriculum) are kept in the data's folder, which shards at a URL do not have: "
-                         f"name them with --distill_files / --curriculum_file, or run --knowledge on a local copy")
+    pattern the pattern's folder; shards at a URL and a Hugging Face Hub name (``--dataset hf`` read from the
+    library's cache) have none (a DatasetError naming the flags that name the files)."""
+    base = _base_and_pattern(data)[0] if kind == "wds" else data
+    if (kind == "wds" and is_url(base)) or (kind == "hf" and not Path(data).is_dir()):
+        error, where = (ShardError, "shards at a URL do") if kind == "wds" else (DatasetError, "a Hub name does")
+        raise error(f"{data}: side files (distill_<arch>.txt and label.txt of --knowledge, curriculum.txt of "
+                    f"--make_curriculum) are kept in the data's folder, which {where} not have: "
+                    f"name them with --distill_files / --curriculum_file, or run --knowledge on a local copy")
     return Path(base)
 
 

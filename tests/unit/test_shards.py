@@ -352,7 +352,7 @@ def test_convert_data_to_wds_keeps_every_image_and_mixes_classes_in_each_shard(t
         assert got == expected
 
 
-def test_side_files_live_in_the_shards_folder(small):
+def test_side_files_live_in_the_shards_folder(small, tmp_path):
     """--knowledge / --make_curriculum files go beside the shards: the folder, a brace pattern's folder; a URL has
     none, and the error names the flags that name the files instead."""
     assert shards.side_folder(str(small), "wds") == small
@@ -360,3 +360,7 @@ def test_side_files_live_in_the_shards_folder(small):
     assert shards.side_folder("data/x", "folder") == Path("data/x")
     with pytest.raises(ShardError, match="shards at a URL do not have: name them with --distill_files"):
         shards.side_folder("http://127.0.0.1:1/shards", "wds")
+    hub = tmp_path / "user" / "digits"  # a Hub name, not a folder here
+    with pytest.raises(shards.DatasetError, match="which a Hub name does not have: name them with --distill_files"):
+        shards.side_folder(str(hub), "hf")
+    assert shards.side_folder(str(small), "hf") == small  # a save_to_disk / parquet folder holds them
