@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from dataloader import DatasetError
-from dataloader.sources import UNKNOWN_LABEL, SourceImages, collect_sources
+from dataloader.sources import UNKNOWN_LABEL, SourceImages, source_images
 from explain.cam import CamExplainer, Explanation
 from explain.overlay import overlay_heatmap
 from explain.pictures import UNKNOWN, class_interleaved, render_overlay
@@ -42,6 +42,7 @@ from .setup.common import (
     build_loader,
     checkpoint_run_dir,
     data_class_names,
+    data_columns,
     model_from_checkpoint,
     pixel_format,
     preprocessor,
@@ -96,9 +97,12 @@ def _restore(cfg: argparse.Namespace) -> Restored:
 
 
 def _source_dataset(cfg: argparse.Namespace, restored: Restored, path: str) -> SourceImages:
-    return SourceImages(collect_sources(path, "--visual_source"), spec_transform(restored.spec),
-                        max_pixels=cfg.max_image_pixels, skip_bad=bool(getattr(cfg, "skip_bad_images", False)),
-                        pixels=pixel_format(restored.spec))
+    """The images of ``--visual_source``: files (a folder, a list, an image) or every row of a Hugging Face
+    dataset, as ``--predict`` reads them."""
+    paths, reader = source_images(path, "--visual_source", hub_name=cfg.dataset == "hf", columns=data_columns(cfg))
+    return SourceImages(paths, spec_transform(restored.spec), max_pixels=cfg.max_image_pixels,
+                        skip_bad=bool(getattr(cfg, "skip_bad_images", False)), pixels=pixel_format(restored.spec),
+                        reader=reader)
 
 
 # ----------------------------------------------------------------------------------------------- drawing
@@ -180,7 +184,8 @@ def visualize_dataset(cfg: argparse.Namespace, restored: Restored, dataset: Data
                 picture = render_overlay(images[k], result.heatmaps[k], true_name=true_name,
                                          pred_name=class_names[pred], confidence=float(confidence[k]),
                                          explained=explained)
-                stem = Path(dataset.samples[int(indices[k])][0]).stem
+                name = dataset.samples[int(indices[k])][0]  # a file, or a Hugging Face row's <split>/<row>
+                stem = name.replace("/", "_") if getattr(dataset, "reader", None) else Path(name).stem
                 save_png(picture, _unique_path(out_dir / _folder_name(true_name or UNKNOWN), stem, used))
                 written += 1
                 if label != UNKNOWN_LABEL:

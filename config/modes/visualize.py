@@ -24,7 +24,8 @@ def _check_explain(cfg: argparse.Namespace) -> None:
 
 
 def _source_files(cfg: argparse.Namespace, given: set[str]) -> None:
-    need(Path(cfg.visual_source).exists(), f"--visual_source: {cfg.visual_source!r} does not exist")
+    hub = "dataset" in given and cfg.dataset == "hf"  # a Hub dataset in the datasets cache, as --predict reads it
+    need(Path(cfg.visual_source).exists() or hub, f"--visual_source: {cfg.visual_source!r} does not exist")
 
 
 EXPLAIN = FlagGroup("explain", _add_explain, _check_explain, resume_safe=True)
@@ -36,7 +37,7 @@ MODES = (
          groups=(EXPLAIN,), needs_checkpoint=True),
     Mode("visual_source", "applications.visualize",
          lambda g: g.add_argument("--visual_source", type=str, default=None, metavar="PATH",
-                                  help="like --visual_data, for an image, a folder of images (recursive) or a .txt "
-                                       "list of image paths"),
+                                  help="like --visual_data, for an image, a folder of images (recursive), a .txt "
+                                       "list of image paths, or every row of a Hugging Face dataset (as --predict)"),
          groups=(EXPLAIN,), needs_checkpoint=True, check_files=_source_files),
 )

@@ -71,6 +71,23 @@ def test_visual_source_image_and_folder(tiny_data, checkpoint, tmp_path):
     assert (checkpoint.parent.parent / "visual" / "eigen-cam" / "source" / "unknown" / f"{source.stem}.png").is_file()
 
 
+def test_visual_source_reads_every_row_of_a_hugging_face_dataset(tiny_data, checkpoint, tmp_path):
+    """--visual_source on a save_to_disk folder: each row explained once, named <split>_<row> (the splits' rows
+    share numbers), as --predict names them."""
+    from datasets import Dataset, DatasetDict, Features
+    from datasets import Image as HfImage
+    files = sorted((tiny_data["folder"] / "test").glob("*/*.png"))[:3]
+    rows = [{"bytes": f.read_bytes(), "path": None} for f in files]
+    features = Features({"image": HfImage()})
+    DatasetDict({"train": Dataset.from_dict({"image": rows[:1]}, features=features),
+                 "test": Dataset.from_dict({"image": rows[1:]}, features=features)}).save_to_disk(str(tmp_path / "sd"))
+    assert run_main(visual_args(checkpoint, tiny_data["folder"], "--visual_source", str(tmp_path / "sd"),
+                                "--visual_method", "grad-cam")) == 0
+    out = checkpoint.parent.parent / "visual" / "grad-cam" / "source"
+    assert pngs(out) == ["gallery.png", "unknown/test_000000.png", "unknown/test_000001.png",
+                         "unknown/train_000000.png"]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--visual_class", "nine"], "--visual_class 'nine' is not a class of this model; choose from: 0, 1, 7"),
     (["--target_layer", "layer9"], "unknown --target_layer 'layer9' for ResNet. Close matches: layer"),
