@@ -2,15 +2,15 @@
 and on the standard one.
 
 The recipe runs 30 epochs in the README; here 3 epochs of the same recipe (its 2 warm-up epochs, then one
-cosine epoch) keep the suite short: each training took about 90 CPU seconds (fast path) and 100 (standard, its
-loader workers included) where 6 epochs took about 150 (fast path, seed 0). Measured on a 2-core AMD EPYC
-(AVX2, no AVX-512; one thread per run), 3 epochs gave test top-1 96.67, 96.67, 97.41 on the fast path and
-97.04, 98.15, 97.41 on the standard one for seeds 0, 1, 2; `ONEDNN_MAX_CPU_ISA=AVX2` gave the same numbers
-there (that CPU's default kernels), so other kernels (AVX-512) are not in the measurement: 6-epoch runs moved
-by up to 2.2 points between kernel paths, and the bound below keeps a margin of 3.17 points (8-9 images of
-270) under the worst of the six (chance is 10: ten classes). The standard input path (workers decode and
-augment every image, contiguous memory format) must clear the same bound: the decoded-once cache with batched
-augmentation trains as well.
+cosine epoch) keep the suite short: a training took 86-93 CPU seconds on the fast path and 66-102 on the
+standard one (its loader workers included; the spread is the shared machine's load) where 6 epochs took 153
+and 170 (seed 0). Measured on a 2-core AMD EPYC (AVX2, no AVX-512; one thread per run), 3 epochs gave test
+top-1 96.67, 96.67, 97.41 on the fast path and 97.04, 98.15, 97.41 on the standard one for seeds 0, 1, 2;
+`ONEDNN_MAX_CPU_ISA=AVX2` gave the same numbers there (that CPU's default kernels), so other kernels (AVX-512)
+are not in the measurement: 6-epoch runs moved by up to 2.2 points between kernel paths, and the bound below
+keeps a margin of 3.17 points (8-9 images of 270) under the worst of the six (chance is 10: ten classes). The
+standard input path (workers decode and augment every image, contiguous memory format) must clear the same
+bound: the decoded-once cache with batched augmentation trains as well.
 """
 from __future__ import annotations
 
