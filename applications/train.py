@@ -144,11 +144,12 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     recorder = RunRecorder(config_to_dict(cfg), run_dir, resumed=resume_from is not None, enabled=main)
     end = EpochEnd(run_dir, cfg.epochs, saver, writer, recorder, capture, at.history, write=main,
                    skip_bad_images=cfg.skip_bad_images)
-    # A picture of the first training batch as the model sees it
-    if at.start_epoch == 0 and main:
-        _preview(cfg, run_dir, parts, class_names, writer)
-    # Train, validate and save every epoch, under the stop request
+    # A picture of the first training batch as the model sees it (inside the try: a bad image in that batch
+    # still closes the writer, whose thread would otherwise write into the removed run directory)
     try:
+        if at.start_epoch == 0 and main:
+            _preview(cfg, run_dir, parts, class_names, writer)
+        # Train, validate and save every epoch, under the stop request
         stopped = _train_epochs(cfg, parts, end, at, info)
     finally:
         if writer is not None:

@@ -10,6 +10,7 @@ import pytest
 
 from dataloader.layout_writers import write_csv_tables, write_txt_lists, write_zip_archives
 from helpers import run_main, tiny_train_args, write_digit_folders, write_png_bomb
+from unit.tier_guard import cpu_seconds
 
 
 @pytest.fixture(scope="session")
@@ -70,3 +71,52 @@ def sweep_here(tmp_path, capsys, monkeypatch):
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(["main.py", "--sweep", *args], rc, out, err)
     return sweep
+
+
+# ---- --cpu_report N: where the suite's CPU time goes (wall time is noise on a shared machine)
+_CPU_START = pytest.StashKey[float]()
+_CPU_BY_TEST: dict[str, float] = {}
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--cpu_report", type=int, default=0, metavar="N",
+                     help="list the N tests that took the most CPU seconds (user + system of the test process and "
+                          "of the child processes it waited for; setup + call + teardown) and the total")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    item.stash[_CPU_START] = cpu_seconds()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item) -> None:
+    item.stash[_CPU_START] = cpu_seconds()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item) -> None:
+    item.stash[_CPU_START] = cpu_seconds()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if item.config.getoption("cpu_report") and _CPU_START in item.stash:
+        report.cpu_s = cpu_seconds() - item.stash[_CPU_START]  # an attribute: pytest-xdist sends it to the controller
+    return report
+
+
+def pytest_runtest_logreport(report) -> None:
+    if hasattr(report, "cpu_s"):
+        _CPU_BY_TEST[report.nodeid] = _CPU_BY_TEST.get(report.nodeid, 0.0) + report.cpu_s
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    n = config.getoption("cpu_report")
+    if not n or not _CPU_BY_TEST:
+        return
+    terminalreporter.section(f"the {n} tests that took the most CPU seconds")
+    for nodeid, seconds in sorted(_CPU_BY_TEST.items(), key=lambda kv: -kv[1])[:n]:
+        terminalreporter.write_line(f"{seconds:8.1f}  {nodeid}")
+    terminalreporter.write_line(f"{sum(_CPU_BY_TEST.values()):8.1f}  in all, {len(_CPU_BY_TEST)} tests")

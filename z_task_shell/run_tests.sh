@@ -11,5 +11,6 @@ bash z_task_shell/install.sh
 # processes its tests start on one torch thread: two single-threaded processes keep two cores busier than
 # one process of two threads (most of a test's time is Python and process start-up). `-n 0` runs serially.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-# --durations=25: the slowest tests, printed at the end of every run (where the suite's time goes)
+# --durations=25: the slowest tests, printed at the end of every run (where the suite's time goes); add
+# --cpu_report 25 for the same list in CPU seconds (child processes included), steadier on a shared machine
 .venv/bin/python -m pytest -n "${TEST_WORKERS:-auto}" --dist worksteal --durations=25 tests/unit tests/e2e "$@"
