@@ -185,7 +185,8 @@ def visualize_dataset(cfg: argparse.Namespace, restored: Restored, dataset: Data
                                          pred_name=class_names[pred], confidence=float(confidence[k]),
                                          explained=explained)
                 name = dataset.samples[int(indices[k])][0]  # a file, or a Hugging Face row's <split>/<row>
-                stem = name.replace("/", "_") if getattr(dataset, "reader", None) else Path(name).stem
+                hf_row = isinstance(dataset, SourceImages) and dataset.reader is not None
+                stem = name.replace("/", "_") if hf_row else Path(name).stem
                 save_png(picture, _unique_path(out_dir / _folder_name(true_name or UNKNOWN), stem, used))
                 written += 1
                 if label != UNKNOWN_LABEL:

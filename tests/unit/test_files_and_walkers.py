@@ -233,7 +233,7 @@ def test_datasets_predict_visualize_and_check_images_see_the_same_files(messy_da
     assert dataset.class_names == ["a", "b"]
     seen = {"datasets": [path for path, label in dataset.samples if label == 0],
             "predict": [str(p) for p in source_images(a)[0]]}
-    cfg = argparse.Namespace(max_image_pixels=10**6, skip_bad_images=False)
+    cfg = argparse.Namespace(max_image_pixels=10**6, skip_bad_images=False, dataset="folder")
     restored = argparse.Namespace(spec=ModelSpec("resnet18", ("a", "b"), (8, 8), (0.5,) * 3, (0.25,) * 3))
     seen["visualize"] = [path for path, _ in _source_dataset(cfg, restored, str(a)).samples]
     findings = check_dataset(root)
