@@ -163,6 +163,7 @@ def visualize_dataset(cfg: argparse.Namespace, restored: Restored, dataset: Data
     arch, image_size = restored.spec.arch, restored.spec.image_size
     gallery: dict[str, list[tuple[np.ndarray, str, bool | None]]] = defaultdict(list)
     used: set[Path] = set()
+    hf_rows = isinstance(dataset, SourceImages) and dataset.reader is not None  # samples named <split>/<row>
     written = correct = labelled = blank = 0
     start = time.perf_counter()
     with CamExplainer(restored.model, method, layer=target_layer, arch=arch, input_size=image_size) as explainer:
@@ -185,8 +186,7 @@ def visualize_dataset(cfg: argparse.Namespace, restored: Restored, dataset: Data
                                          pred_name=class_names[pred], confidence=float(confidence[k]),
                                          explained=explained)
                 name = dataset.samples[int(indices[k])][0]  # a file, or a Hugging Face row's <split>/<row>
-                hf_row = isinstance(dataset, SourceImages) and dataset.reader is not None
-                stem = name.replace("/", "_") if hf_row else Path(name).stem
+                stem = name.replace("/", "_") if hf_rows else Path(name).stem
                 save_png(picture, _unique_path(out_dir / _folder_name(true_name or UNKNOWN), stem, used))
                 written += 1
                 if label != UNKNOWN_LABEL:

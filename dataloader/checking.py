@@ -33,8 +33,8 @@ from utils.walk import visible_files, visible_subfolders
 
 SPLITS = ("train", "val", "test")
 READ_BY_LAYOUT = ("zip", "hf")  # layouts whose samples are not files: their reader reads them
-UNUSUAL_MODES = {"CMYK": "CMYK", "I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit integer",
-                 "F": "32-bit float"}
+# Modes worth a look that decode to 8 bits (16-bit images, I;16* and wide I, are told apart by the decoded dtype)
+UNUSUAL_MODES = {"CMYK": "CMYK", "I": "32-bit integer", "F": "32-bit float"}
 
 
 @dataclass(frozen=True)
