@@ -106,11 +106,16 @@ def many_files(out: Path, n: int, source: Path) -> dict:
     image = next(source.rglob("*.jpg")).read_bytes()[:2048]
     folder = out / "many_folder"
     if not (folder / ".complete").is_file():
-        shutil.rmtree(folder, ignore_errors=True)
+        if folder.exists() and not (folder / ".partial").is_file():  # not ours (ours carries a marker): keep it
+            raise SystemExit(f"{folder} exists and was not written by this benchmark: move it, or give --data "
+                             f"in another folder (--many_files writes beside it)")
+        shutil.rmtree(folder, ignore_errors=True)  # an interrupted earlier write of ours
+        folder.mkdir(parents=True)
+        (folder / ".partial").write_text("")
         for i in range(n):
-            (folder / f"c{i % 10}").mkdir(parents=True, exist_ok=True)
+            (folder / f"c{i % 10}").mkdir(exist_ok=True)
             (folder / f"c{i % 10}" / f"{i:07d}.jpg").write_bytes(image)
-        (folder / ".complete").write_text("")
+        (folder / ".partial").rename(folder / ".complete")
     wds = out / "many_wds"
     if not (wds / "_info.json").is_file():
         shards.write_wds_split(wds, "train", ((f"{i:07d}", image, i % 10) for i in range(n)),

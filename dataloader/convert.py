@@ -24,12 +24,11 @@ from utils.atomic import write_json_atomic, write_text_atomic
 
 from .datasets import Columns, DatasetError, get_layout, sample_key
 from .hf import HF_SPLITS
-from .parts import cut_parts, write_parts
+from .parts import Record, cut_parts, write_parts
 from .shards import DEFAULT_SHARD_SAMPLES, write_wds_split
 
 logger = logging.getLogger(__name__)
 
-Record = tuple[str, bytes, int]
 Writer = Callable[[Path, str, Iterable[Record], Sequence[str], int], None]
 SPLITS = ("train", "val", "test")
 PARQUET_ROWS_PER_GROUP = 100        # the datasets library's row group for image datasets: cheap row access

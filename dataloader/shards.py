@@ -61,7 +61,7 @@ from .io import (
     decode_pixels,
 )
 from .keylog import keys_file
-from .parts import cut_parts, write_parts
+from .parts import Record, cut_parts, write_parts
 from .tar_stream import is_plain_tar, tar_files
 from .transforms import call_seeded
 from .workers import loader_generator
@@ -72,7 +72,6 @@ INFO_FILE = "_info.json"
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
 SHUFFLE_BUFFER = 1000
-DEFAULT_SHARD_BYTES = 256 * 2**20
 _META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata files (skipped, as its tar iterator does)
 
 
@@ -162,8 +161,8 @@ class ShardSet:
     def __init__(self, root: str | Path):
         self.root = str(root)
         self.base, self.pattern = _base_and_pattern(self.root)
-        text = _read_text(join(self.base, INFO_FILE))
         self.info_file = join(self.base, INFO_FILE)
+        text = _read_text(self.info_file)
         try:
             self.info = json.loads(text) if text is not None else None
         except json.JSONDecodeError as e:
@@ -202,8 +201,8 @@ class ShardSet:
     def exists(self, split: str) -> bool:
         return self.split_name(split) is not None
 
-    def shards(self, split: str) -> list[Shard]:
-        """The shards of ``split`` with their sample counts (from ``_info.json``, else counted by reading)."""
+    def _urls(self, split: str) -> tuple[str, list[str]]:
+        """The on-disk name of ``split`` and its shard urls, each local one checked to exist."""
         name = self.split_name(split)
         if name is None:
             raise ShardError(f"split {split!r} not found in {self.root} for --dataset wds (splits there: "
@@ -213,6 +212,11 @@ class ShardSet:
             if not is_url(url) and not Path(url).is_file():
                 raise ShardError(f"{self.info_file}: shard {url} of split {name!r} does not exist; fix "
                                  f"splits.{name}.filenames or restore the file")
+        return name, urls
+
+    def shards(self, split: str) -> list[Shard]:
+        """The shards of ``split`` with their sample counts (from ``_info.json``, else counted by reading)."""
+        name, urls = self._urls(split)
         entry = (self.info or {}).get("splits", {}).get(name) if self.pattern is None else None
         if entry is not None and "shard_lengths" in entry:
             counts = entry["shard_lengths"]
@@ -235,7 +239,7 @@ class ShardSet:
                 return names
         if isinstance(info.get("num_classes"), int):
             return [str(i) for i in range(info["num_classes"])]
-        labels = [label for shard in self.shards("train") for _, _, label in iter_samples(shard.url)]
+        labels = [label for url in self._urls("train")[1] for _, _, label in iter_samples(url)]  # one read, no count
         if not labels:
             raise ShardError(f"{self.root}: the train split holds no samples")
         return [str(i) for i in range(max(labels) + 1)]
@@ -515,11 +519,11 @@ class ShardDataset(IterableDataset):
                 break
         return items
 
-    @property
+    @functools.cached_property
     def targets(self) -> list[int]:
         """The labels in split order, once the split has been read whole (:attr:`samples`: the memory cache's
-        pass, or the keys of side files); before that a ShardError: reading a whole split for its labels alone
-        is what streaming avoids."""
+        pass, or the keys of side files); before that a ShardError (not cached: a later access, once the split
+        is read, gives the labels): reading a whole split for its labels alone is what streaming avoids."""
         if "samples" not in self.__dict__:
             raise ShardError("shards are streamed, so the labels of a split are not known up front (what "
                              "--class_weights auto, class-balanced sampling and per-class picks such as the CAM "
@@ -531,7 +535,7 @@ class ShardDataset(IterableDataset):
     def samples(self) -> list[tuple[str, int]]:
         """``("<shard file>/<key>", label)`` of every sample in split order (the order of the split index that
         every epoch, rank and worker yields with a sample): one more read of the split, without decoding,
-        unless the memory cache's pass (:func:`decoded_chunks`) recorded them."""
+        unless the memory cache's pass (:meth:`decoded_batches`) recorded them."""
         return [(f"{Path(s.url).name}/{key}", label) for s in self.shards for key, _, label in iter_samples(s.url)]
 
     def key(self, index: int) -> str:
@@ -669,9 +673,8 @@ def shard_loader(dataset: ShardDataset, *, batch_size: int, workers: int, train:
 # The limits of one shard written by :func:`write_wds_split` (its ``max_samples`` argument, ``--shard_samples`` of
 # ``utils/make_digits.py`` and ``utils/convert_data.py``, defaults to the sample count): a shard closes before it
 # would pass either.
-SHARD_MAX_BYTES = DEFAULT_SHARD_BYTES
+SHARD_MAX_BYTES = 256 * 2**20
 DEFAULT_SHARD_SAMPLES = 1000
-Record = tuple[str, bytes, int]
 
 
 def _image_suffix(data: bytes) -> str:
@@ -696,7 +699,7 @@ def _write_tar(path: Path, records: Sequence[Record]) -> int:
     return len(records)
 
 
-def write_wds_split(out_dir: Path, split: str, records: Iterable[tuple[str, bytes, int]],
+def write_wds_split(out_dir: Path, split: str, records: Iterable[Record],
                     class_names: Sequence[str], jobs: int, max_samples: int = DEFAULT_SHARD_SAMPLES) -> None:
     """Write ``records`` (key, encoded image bytes, label index) as ``out_dir/{split}-{i:06d}.tar`` shards of
     at most ``max_samples`` samples / ``SHARD_MAX_BYTES`` bytes, ``jobs`` shards at a time, and record
@@ -716,8 +719,9 @@ def write_wds_split(out_dir: Path, split: str, records: Iterable[tuple[str, byte
     # a tar header and padding per member, about 1 KB a sample
     counts = write_parts(cut_parts(records, SHARD_MAX_BYTES, max_samples, overhead=1024), write, jobs)
     names = [f"{split}-{i:06d}.tar" for i in range(len(counts))]
+    ours = re.compile(rf"{re.escape(split)}-\d{{6}}\.tar")  # this writer's names: a user's other tars stay
     for stale in out_dir.glob(f"{split}-*.tar"):
-        if stale.name not in names:
+        if ours.fullmatch(stale.name) and stale.name not in names:
             stale.unlink()
     _update_info(out_dir, split, names, counts, class_names)
     logger.info("wrote %d %s samples in %d shards to %s", sum(counts), split, len(names), out_dir)
