@@ -57,6 +57,11 @@ def _is_inline_list(spec: str) -> bool:
     return bool(tokens)
 
 
+def is_auto(spec) -> bool:
+    """Whether ``spec`` (a ``--class_weights`` value) asks for inverse class frequencies, which need the counts."""
+    return isinstance(spec, str) and spec.strip().lower() == "auto"
+
+
 def load_class_weights(spec, class_counts: Sequence[int] | None) -> torch.Tensor:
     """Per-class loss weights (1-D float tensor) from ``spec``.
 
@@ -68,7 +73,7 @@ def load_class_weights(spec, class_counts: Sequence[int] | None) -> torch.Tensor
     flag = "--class_weights"
     if isinstance(spec, torch.Tensor):
         spec = spec.tolist()
-    if isinstance(spec, str) and spec.strip().lower() == "auto":
+    if is_auto(spec):
         if class_counts is None:
             raise ValueError(f"{flag} auto needs the per-class sample counts")
         counts = list(class_counts)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -22,12 +22,22 @@ from dataloader.enhancement import CustomPolicyConfig, MixupCutmix, MultiScale, 
 from dataloader.shards import side_folder
 from models.finetune import head_parameter_names, lr_scales
 from optim import create_optimizer
-from utils.loss_weights import load_class_weights, load_cost_matrix
+from utils.loss_weights import is_auto, load_class_weights, load_cost_matrix
 from utils.sidefiles import read_rows
 
 from .common import curriculum_path
 
 logger = logging.getLogger(__name__)
+
+
+def class_weight_spec(cfg: argparse.Namespace) -> Any:
+    """``--class_weights`` as :func:`utils.loss_weights.load_class_weights` reads it: one value, or the list."""
+    return cfg.class_weights[0] if len(cfg.class_weights) == 1 else cfg.class_weights
+
+
+def needs_class_counts(cfg: argparse.Namespace) -> bool:
+    """Whether :func:`build_criterion` reads the training set's class counts (``--class_weights auto``)."""
+    return bool(cfg.weighted_loss and not cfg.cost_matrix and cfg.class_weights and is_auto(class_weight_spec(cfg)))
 
 
 def build_criterion(cfg: argparse.Namespace, class_counts: Sequence[int]) -> nn.Module:
@@ -39,8 +49,7 @@ def build_criterion(cfg: argparse.Namespace, class_counts: Sequence[int]) -> nn.
         if cfg.cost_matrix:
             cost_matrix = load_cost_matrix(cfg.cost_matrix, num_classes)
         else:
-            spec = cfg.class_weights[0] if len(cfg.class_weights) == 1 else cfg.class_weights
-            class_weights = load_class_weights(spec, class_counts)
+            class_weights = load_class_weights(class_weight_spec(cfg), class_counts)
             logger.info("class weights: %s", ", ".join(f"{w:.3g}" for w in class_weights.tolist()))
     return create_criterion(cfg.criterion, label_smoothing=cfg.label_smoothing, class_weights=class_weights,
                             cost_matrix=cost_matrix, ghm=cfg.ghm_loss, ghm_bins=cfg.ghm_bins,

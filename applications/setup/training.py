@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -22,7 +23,7 @@ from utils.distributed import DistInfo
 from utils.misc import seed_everything
 
 from .common import build_dataset, build_loader, preprocessor
-from .strategies import build_batch_hook, build_criterion, build_optimizer, build_policy
+from .strategies import build_batch_hook, build_criterion, build_optimizer, build_policy, needs_class_counts
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +110,8 @@ def build_training_parts(cfg: argparse.Namespace, class_names: Sequence[str], in
         start_workers(val_loader)  # fork its workers while this process is small (see start_workers)
         logger.info("train %d images, val %d images", len(train_set), len(val_set))
     # the class frequencies only --class_weights auto reads (streamed shards do not know them up front)
-    counted = train_set.kind != "wds" or (cfg.weighted_loss and not cfg.cost_matrix
-                                          and "auto" in [str(w).lower() for w in cfg.class_weights or []])
-    class_counts = [train_set.targets.count(c) if counted else 0 for c in range(num_classes)]
+    counts = Counter(train_set.targets) if train_set.kind != "wds" or needs_class_counts(cfg) else Counter()
+    class_counts = [counts[c] for c in range(num_classes)]
     criterion = build_criterion(cfg, class_counts).to(device)
     val_criterion = create_criterion(cfg.criterion) if train_options else None  # the plain head: comparable
     batch_hook = build_batch_hook(cfg, train_set)

@@ -88,3 +88,15 @@ def test_lr_finder_never_suggests_the_first_or_last_tenth_of_its_sweep():
     assert lrs[40] <= suggestion <= lrs[60]  # where the loss falls fastest
     # a sweep that diverged early: still not from its first tenth, nor from the smoothing's warm-up
     assert suggest_lr(lrs[:30], smooth(losses[:30]), planned_steps=steps) >= lrs[10]
+
+
+@pytest.mark.parametrize("flags, needed", [
+    ([], False),
+    (["--weighted_loss", "--class_weights", "auto"], True),
+    (["--weighted_loss", "--class_weights", " AUTO "], True),
+    (["--weighted_loss", "--class_weights", "1", "2", "3"], False),
+    (["--class_weights", "auto"], False),  # not applied without --weighted_loss
+])
+def test_the_class_counts_are_read_only_for_auto_class_weights(data, tmp_path, flags, needed):
+    from applications.setup.strategies import needs_class_counts
+    assert needs_class_counts(config.parse_config(tiny_train_args(data, tmp_path, *flags))) is needed
