@@ -47,6 +47,11 @@ class Finding:
     reason: str = ""
 
 
+def is_shard_source(data: str) -> bool:
+    """Whether ``data`` names shards rather than a folder: a URL or a brace pattern."""
+    return "://" in data or "{" in data
+
+
 def detect_kind(root: Path) -> str:
     """The dataset layout: WebDataset shards, zip archives, txt lists, csv (or jsonl) tables, a Hugging Face dataset
     (save_to_disk or parquet files), or class folders."""
@@ -201,13 +206,15 @@ def check_shards(root: str, workers: int = 1, max_pixels: int = DEFAULT_MAX_IMAG
 def check_dataset(root: str | Path, kind: str | None = None, workers: int = 1, progress: bool = False,
                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, columns: Columns | None = None) -> list[Finding]:
     """Check every image of the dataset at ``root`` (a csv dataset's ``columns``: path and label); returns
-    one finding per image (and stray file)."""
-    if kind == "wds" or (kind is None and Path(root).is_dir() and detect_kind(Path(root)) == "wds"):
+    one finding per image (and stray file). ``kind`` None: detected (a URL or a brace pattern names shards)."""
+    if kind is None:
+        kind = detect_kind(Path(root)) if Path(root).is_dir() else "wds" if is_shard_source(str(root)) else None
+    if kind == "wds":
         return check_shards(str(root), workers, max_pixels)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {str(root)!r} does not exist")
-    tasks, findings = _tasks(root, kind or detect_kind(root), max_pixels, columns)
+    tasks, findings = _tasks(root, kind, max_pixels, columns)
     from tqdm import tqdm
     bar = tqdm(total=len(tasks), desc="checking", disable=not progress, dynamic_ncols=True)
     if workers > 1 and len(tasks) > 1:

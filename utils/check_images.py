@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dataloader.checking import check_dataset, move_bad, summarise  # noqa: E402
+from dataloader.checking import check_dataset, detect_kind, is_shard_source, move_bad, summarise  # noqa: E402
 from dataloader.datasets import LAYOUTS, Columns  # noqa: E402
 from dataloader.io import DEFAULT_MAX_IMAGE_PIXELS  # noqa: E402
 
@@ -53,17 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    root = args.data if "://" in args.data or "{" in args.data else Path(args.data)  # shards: a URL or a pattern
+    root = args.data if is_shard_source(args.data) else Path(args.data)
     if isinstance(root, Path) and not root.is_dir():
         parser.error(f"dataset root {str(root)!r} does not exist or is not a folder")
+    kind = args.dataset or (detect_kind(root) if isinstance(root, Path) else "wds")
     if args.max_image_pixels < 0:
         parser.error(f"--max_image_pixels must be >= 0 (0 = no limit), got {args.max_image_pixels}")
-    if args.move_bad_to and (isinstance(root, str) or args.dataset == "wds"):
+    if args.move_bad_to and kind == "wds":
         parser.error("--move_bad_to moves files, and bad samples of shards are inside tar files: write them again")
     if args.move_bad_to and Path(args.move_bad_to).resolve().is_relative_to(root.resolve()):
         parser.error(f"--move_bad_to {args.move_bad_to} is inside the dataset {root}: moved files would become "
                      f"a class of their own; choose a folder outside it")
-    findings = check_dataset(root, args.dataset, max(1, args.workers), progress=not args.no_progress,
+    findings = check_dataset(root, kind, max(1, args.workers), progress=not args.no_progress,
                              max_pixels=args.max_image_pixels,
                              columns=Columns.from_args(args))
     for f in findings:

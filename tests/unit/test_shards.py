@@ -216,6 +216,9 @@ def test_check_images_names_the_bad_shard(small):
     bad = [f for f in findings if f.status == "bad"]
     assert len(bad) == 1 and bad[0].source.endswith("train-000001.tar") and "truncated" in bad[0].reason
     assert sum(f.status == "ok" for f in findings) == 23 - 3 + 7
+    pattern = f"{small}/{{train-{{000000..000004}},val-000000}}.tar"  # a brace pattern, no --dataset: shards
+    found = check_dataset(pattern)  # was a FileNotFoundError: the pattern was taken for a folder
+    assert found and all(".tar:" in f.source for f in found)  # each sample of the named shards checked
 
 
 def test_refused_options_say_why(small):
