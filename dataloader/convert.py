@@ -138,6 +138,9 @@ def convert_dataset(src: str | Path, kind: str, to: str, out: str | Path, jobs: 
     if out.exists() and not replace:
         raise DatasetError(f"{out} already exists: choose another --out, or remove it first")
     layout = get_layout(kind, columns)
+    if getattr(layout, "streams", False):
+        raise DatasetError(f"{src}: --dataset {kind} is streamed, not read by index, so this converter cannot read "
+                           f"it; read the shards with webdataset (or tarfile) and write the samples out yourself")
     class_names = layout.classes(src)
     splits = [split for split in SPLITS if layout.exists(src, split)]
     tmp = out.with_name(f".{out.name}.partial")

@@ -354,6 +354,9 @@ def test_convert_data_to_wds_keeps_every_image_and_mixes_classes_in_each_shard(t
                 assert len({label for _, _, label in samples}) > 1, shard.url
             got.update({key: (data, label) for key, data, label in samples})
         assert got == expected
+    with pytest.raises(shards.DatasetError, match=r"--dataset wds is streamed, not read by index"):  # one line
+        convert_dataset(out, "wds", "parquet", tmp_path / "parquet")
+    assert not (tmp_path / "parquet").exists() and not (tmp_path / ".parquet.partial").exists()
 
 
 def test_side_files_live_in_the_shards_folder(small, tmp_path):
