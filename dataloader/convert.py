@@ -33,6 +33,9 @@ Writer = Callable[[Path, str, Iterable[Record], Sequence[str], int], None]
 SPLITS = ("train", "val", "test")
 PARQUET_ROWS_PER_GROUP = 100        # the datasets library's row group for image datasets: cheap row access
 PARQUET_MAX_FILE_BYTES = 512 << 20  # the Hub's files are about 500 MB each
+# Parquet files written at a time, whatever -j: each one in flight (and the one cut next) holds its up to 512 MB of
+# images in memory, so memory stays near 1.5 GB where -j files at a time would grow with the core count
+PARQUET_MAX_WRITERS = 2
 
 
 def hf_features(class_names: Sequence[str]):
@@ -46,8 +49,8 @@ def write_parquet_split(out_dir: Path, split: str, records: Iterable[Record], cl
     """``out_dir/data/<split>-NNNNN-of-MMMMM.parquet`` in the Hub's layout (val is written as ``validation``):
     columns ``image`` (the encoded bytes, with the key as its path) and ``label`` (a ClassLabel of
     ``class_names``), their features in the schema so that the ``datasets`` library reads them back; files of at
-    most about 512 MB, row groups of 100 rows, ``jobs`` files written at a time (:mod:`dataloader.parts`: the
-    same files, byte for byte, whatever ``jobs`` is)."""
+    most about 512 MB, row groups of 100 rows, ``min(jobs, PARQUET_MAX_WRITERS)`` files written at a time
+    (:mod:`dataloader.parts`: the same files, byte for byte, whatever ``jobs`` is)."""
     schema = hf_features(class_names).arrow_schema
     folder, name = out_dir / "data", HF_SPLITS[split][0]
     folder.mkdir(parents=True, exist_ok=True)
@@ -55,7 +58,7 @@ def write_parquet_split(out_dir: Path, split: str, records: Iterable[Record], cl
     def write(i: int, rows: Sequence[Record]) -> Path:
         return _write_parquet(folder / f"{name}-part{i:05d}.parquet", rows, schema)
 
-    parts = write_parts(cut_parts(records, PARQUET_MAX_FILE_BYTES), write, jobs)
+    parts = write_parts(cut_parts(records, PARQUET_MAX_FILE_BYTES), write, min(jobs, PARQUET_MAX_WRITERS))
     for i, part in enumerate(parts):  # the final names need the count
         part.rename(folder / f"{name}-{i:05d}-of-{len(parts):05d}.parquet")
 

@@ -10,10 +10,10 @@ the Hub serves as is. ``--to wds`` writes WebDataset shards, ``DST/{train,val,te
 seeded shuffled order, so that every shard holds every class, at most N (``--shard_samples``, default 1000) per
 shard, and a key's dots become underscores. For parquet every split of SRC is converted in the order training
 reads it (the same seed trains the same run on either).
-The images are read by N processes (default: all cores) and N files are written at a time (the same files,
-byte for byte, whatever N is), into ``.DST.partial`` beside DST, renamed to DST at the end: a killed conversion
-leaves no half dataset, and an existing DST is refused. KIND defaults to the layout found at SRC (as
-utils/check_images.py detects it).
+The images are read by N processes (default: all cores) and N files are written at a time (parquet: at most 2, each
+holding up to 512 MB in memory; the same files, byte for byte, whatever N is), into ``.DST.partial`` beside DST,
+renamed to DST at the end: a killed conversion leaves no half dataset, and an existing DST is refused. KIND defaults
+to the layout found at SRC (as utils/check_images.py detects it).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", choices=sorted(WRITERS), required=True, help="the output format")
     parser.add_argument("--out", required=True, help="the new dataset's folder (must not exist)")
     parser.add_argument("-j", "--workers", type=int, default=os.cpu_count() or 1,
-                        help="reading processes (and files written at a time)")
+                        help="reading processes (and shard files written at a time; parquet: at most 2)")
     parser.add_argument("--shard_samples", type=int, default=None,
                         help=f"--to wds: at most this many samples per shard (default {DEFAULT_SHARD_SAMPLES})")
     Columns.add_flags(parser)

@@ -222,6 +222,25 @@ def test_parquet_files_are_written_in_parallel_with_the_same_bytes(tmp_path, tin
     rows = [row for f in files for row in pq.read_table(f).to_pylist()]
     assert [(r["image"]["path"], r["image"]["bytes"], r["label"]) for r in rows] == [
         (sample_key(root, "folder", "train", source), Path(source).read_bytes(), label) for source, label in samples]
+    # at most PARQUET_MAX_WRITERS files in flight whatever -j (each may hold 512 MB), and they do overlap
+    import threading
+    import time
+    active, peak, lock, write = [0], [0], threading.Lock(), convert._write_parquet
+
+    def counted(*args):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.02)
+        try:
+            return write(*args)
+        finally:
+            with lock:
+                active[0] -= 1
+    monkeypatch.setattr(convert, "_write_parquet", counted)
+    eight = convert_dataset(root, "folder", "parquet", tmp_path / "eight", jobs=8)
+    assert peak[0] == convert.PARQUET_MAX_WRITERS == 2
+    assert all((one / "data" / n).read_bytes() == (eight / "data" / n).read_bytes() for n in names)
 
 
 def test_a_failed_conversion_leaves_nothing(tmp_path, tiny_data, monkeypatch):
