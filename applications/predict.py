@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from dataloader.sources import SourceImages, source_images
+from dataloader.sources import SourceImages
 from engine import amp_dtype, evaluate
 from utils.atomic import atomic_write, save_image_atomic
 from utils.checkpoint import load_checkpoint
@@ -35,11 +35,9 @@ from utils.runlock import fresh_dir
 from .setup.common import (
     build_loader,
     checkpoint_run_dir,
-    data_columns,
     model_from_checkpoint,
-    pixel_format,
     preprocessor,
-    spec_transform,
+    source_dataset,
 )
 
 logger = logging.getLogger(__name__)
@@ -77,7 +75,6 @@ def source_name(source: str | Path) -> str:
 
 def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     """Classify the images of ``cfg.predict`` and write the CSV (and annotations, log) to ``out_dir``."""
-    paths, reader = source_images(cfg.predict, "--predict", hub_name=cfg.dataset == "hf", columns=data_columns(cfg))
     ckpt = load_checkpoint(cfg.resume)  # read once: names, spec and weights all come from it
     names = resolve_class_names(cfg, ckpt)
     device = resolve_device(cfg.device)
@@ -90,8 +87,8 @@ def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         spec = replace(spec, class_names=tuple(names))
     class_names = list(spec.class_names)
     model = model.to(device).eval()
-    dataset = SourceImages(paths, spec_transform(spec), cfg.max_image_pixels, skip_bad=True,
-                           pixels=pixel_format(spec), reader=reader)  # skips are counted below
+    dataset = source_dataset(cfg, cfg.predict, "--predict", spec, skip_bad=True)  # skips are counted below
+    paths = dataset.paths
     result = evaluate(model, build_loader(cfg, dataset, train=False, device=device),
                       preprocess=preprocessor(spec, device), dtype=amp_dtype(cfg.amp, cfg.amp_dtype, device),
                       progress=not cfg.no_progress, return_outputs=True, desc="predict")

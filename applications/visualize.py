@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from dataloader import DatasetError
-from dataloader.sources import UNKNOWN_LABEL, SourceImages, source_images
+from dataloader.sources import UNKNOWN_LABEL, SourceImages
 from explain.cam import CamExplainer, Explanation
 from explain.overlay import overlay_heatmap
 from explain.pictures import UNKNOWN, class_interleaved, render_overlay
@@ -42,12 +42,10 @@ from .setup.common import (
     build_loader,
     checkpoint_run_dir,
     data_class_names,
-    data_columns,
     model_from_checkpoint,
-    pixel_format,
     preprocessor,
     restore_for_inference,
-    spec_transform,
+    source_dataset,
 )
 
 logger = logging.getLogger(__name__)
@@ -94,15 +92,6 @@ def _restore(cfg: argparse.Namespace) -> Restored:
     if not spec.class_names:
         raise ValueError(f"{cfg.resume} carries no class names; pass --data with the dataset it was trained on")
     return Restored(model.to(device).eval(), spec, device)
-
-
-def _source_dataset(cfg: argparse.Namespace, restored: Restored, path: str) -> SourceImages:
-    """The images of ``--visual_source``: files (a folder, a list, an image) or every row of a Hugging Face
-    dataset, as ``--predict`` reads them."""
-    paths, reader = source_images(path, "--visual_source", hub_name=cfg.dataset == "hf", columns=data_columns(cfg))
-    return SourceImages(paths, spec_transform(restored.spec), max_pixels=cfg.max_image_pixels,
-                        skip_bad=bool(getattr(cfg, "skip_bad_images", False)), pixels=pixel_format(restored.spec),
-                        reader=reader)
 
 
 # ----------------------------------------------------------------------------------------------- drawing
@@ -220,7 +209,8 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
             dataset = build_dataset(cfg, cfg.visual_data, restored.class_names, train=False, fallback=True,
                                     spec=restored.spec)
         else:
-            dataset = _source_dataset(cfg, restored, cfg.visual_source)
+            dataset = source_dataset(cfg, cfg.visual_source, "--visual_source", restored.spec,
+                                     skip_bad=bool(getattr(cfg, "skip_bad_images", False)))
         out_dir = run_dir / "visual" / cfg.visual_method / dataset.split
         return visualize_dataset(cfg, restored, dataset, out_dir, method=cfg.visual_method,
                                  target_layer=cfg.target_layer, target_class=target_class, limit=cfg.visual_limit,

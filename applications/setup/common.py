@@ -29,6 +29,7 @@ from dataloader import (
 from dataloader.datasets import DatasetError, holdout_samples
 from dataloader.io import DEFAULT_MAX_IMAGE_PIXELS, PixelFormat
 from dataloader.shards import ShardDataset, side_folder
+from dataloader.sources import SourceImages, source_images
 from dataloader.splits import Holdout, check_split, read_saved_holdout
 from dataloader.transforms import INTERPOLATIONS
 from engine import amp_dtype, evaluate
@@ -263,6 +264,15 @@ def spec_transform(spec: ModelSpec) -> nn.Module:
     """The evaluation transform a trained model expects (its input size and resize)."""
     return create_transform(False, spec.image_size, eval_resize=spec.eval_resize, crop_pct=spec.crop_pct,
                             interpolation=spec.interpolation)
+
+
+def source_dataset(cfg: argparse.Namespace, source: str, flag: str, spec: ModelSpec, skip_bad: bool) -> SourceImages:
+    """The unlabelled images of ``source`` (``--predict``, ``--visual_source``) as ``spec``'s model sees them:
+    files (an image, a folder, a list) or every row of a Hugging Face dataset (with ``--dataset hf`` also a cached
+    Hub name), read at the model's pixel format."""
+    paths, reader = source_images(source, flag, hub_name=cfg.dataset == "hf", columns=data_columns(cfg))
+    return SourceImages(paths, spec_transform(spec), cfg.max_image_pixels, skip_bad=skip_bad,
+                        pixels=pixel_format(spec), reader=reader)
 
 
 def pixel_format(source: argparse.Namespace | ModelSpec) -> PixelFormat:

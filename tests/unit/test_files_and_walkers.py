@@ -220,8 +220,8 @@ def messy_dataset(tmp_path) -> tuple[Path, list[str]]:
 
 
 def test_datasets_predict_visualize_and_check_images_see_the_same_files(messy_dataset):
-    from applications.predict import source_images
-    from applications.visualize import _source_dataset
+    from dataloader.sources import source_images
+    from applications.setup.common import source_dataset
     from dataloader.checking import check_dataset
     from dataloader.datasets import ClassificationDataset
     from models.spec import ModelSpec
@@ -235,7 +235,8 @@ def test_datasets_predict_visualize_and_check_images_see_the_same_files(messy_da
             "predict": [str(p) for p in source_images(a)[0]]}
     cfg = argparse.Namespace(max_image_pixels=10**6, skip_bad_images=False, dataset="folder")
     restored = argparse.Namespace(spec=ModelSpec("resnet18", ("a", "b"), (8, 8), (0.5,) * 3, (0.25,) * 3))
-    seen["visualize"] = [path for path, _ in _source_dataset(cfg, restored, str(a)).samples]
+    seen["visualize"] = [path for path, _ in source_dataset(cfg, str(a), "--visual_source", restored.spec,
+                                                            skip_bad=False).samples]
     findings = check_dataset(root)
     seen["check_images"] = [f.source for f in findings if f.label == "a" and f.status != "stray"]
     assert seen == {name: expected for name in seen}
