@@ -220,10 +220,10 @@ def messy_dataset(tmp_path) -> tuple[Path, list[str]]:
 
 
 def test_datasets_predict_visualize_and_check_images_see_the_same_files(messy_dataset):
-    from dataloader.sources import source_images
     from applications.setup.common import source_dataset
     from dataloader.checking import check_dataset
     from dataloader.datasets import ClassificationDataset
+    from dataloader.sources import source_images
     from models.spec import ModelSpec
 
     root, expected = messy_dataset
