@@ -11,7 +11,8 @@ import functools
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable
+from dataclasses import replace
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -21,7 +22,8 @@ from config import config_to_dict, save_config
 from dataloader.enhancement import augmented_batch_sheet
 from dataloader.splits import write_split
 from engine import evaluate, evaluate_and_report, non_finite_loss, precise_bn
-from engine.epoch_end import EpochEnd
+from engine.epoch_end import EpochEnd, headline
+from engine.loops import tuned_summary
 from engine.state import CheckpointSaver, Progress, TrainState
 from engine.stop import StopRequest, stop_check
 from experiments.tracking import RunRecorder
@@ -131,7 +133,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     parts = build_training_parts(cfg, class_names, info, lr=lr)
     train_state = TrainState(parts.model, parts.optimizer, parts.scheduler, parts.scaler, parts.criterion, parts.ema)
     spec = training_spec(cfg, class_names)
-    capture = functools.partial(train_state.capture, spec=spec, config=config_to_dict(cfg))
+    capture = _capture(train_state, spec, config_to_dict(cfg))
     # Restore the train state of the checkpoint to resume from; the saver takes over its best epoch
     saver = CheckpointSaver(run_dir / "checkpoints")
     at, resume_from = _restore(train_state, saver, resume_from, class_names, info)
@@ -159,6 +161,20 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
         return stopped
     # Test best.pth on the test split; the summary, the pictures and the finished metrics.json
     return _final_test(cfg, parts, end, recorder, info, class_names, spec)
+
+
+def _capture(train_state: TrainState, spec: ModelSpec, config: dict[str, Any]) -> Callable[..., dict[str, Any]]:
+    """The checkpoint of the run's state now, its spec carrying the epoch's tuned decision ``thresholds``
+    (multi-label with ``--tune_thresholds``; none: 0.5 per class)."""
+    def capture(*, thresholds: Sequence[float] = (), **progress: Any) -> dict[str, Any]:
+        return train_state.capture(spec=replace(spec, thresholds=tuple(thresholds)), config=config, **progress)
+    return capture
+
+
+def best_thresholds(ckpt: dict[str, Any], spec: ModelSpec) -> list[float]:
+    """The decision thresholds a checkpoint was saved with (tuned on its epoch's val split), else 0.5 each."""
+    saved = ckpt.get("model_spec")
+    return ModelSpec.from_dict(saved).decision_thresholds if isinstance(saved, dict) else spec.decision_thresholds
 
 
 def _plan_start(cfg: argparse.Namespace, run_dir: Path, info: DistInfo,
@@ -285,7 +301,9 @@ def _validate(cfg: argparse.Namespace, parts: TrainingParts, epoch: int, tr: dic
         precise_bn(parts.model, parts.train_loader, epoch, cfg.precise_bn, preprocess=parts.preprocess,
                    dtype=parts.dtype)
     va = evaluate(parts.net(), parts.val_loader, parts.val_criterion, preprocess=parts.preprocess, dtype=parts.dtype,
-                  progress=progress, desc=f"val {epoch}")
+                  progress=progress, desc=f"val {epoch}", multi_label=parts.multi_label)
+    if cfg.tune_thresholds:
+        va.update(tuned_summary(va))
     if not math.isfinite(va["loss"]):
         raise non_finite_loss(f"the validation loss became {va['loss']} at epoch {epoch + 1} (that epoch is "
                               f"not saved; val top-1 {va['top1']:.2f})")
@@ -295,7 +313,7 @@ def _validate(cfg: argparse.Namespace, parts: TrainingParts, epoch: int, tr: dic
     if parts.ema is None:
         return va, None
     va_ema = evaluate(parts.ema.module, parts.val_loader, parts.val_criterion, preprocess=parts.preprocess,
-                      dtype=parts.dtype)
+                      dtype=parts.dtype, multi_label=parts.multi_label)
     if not math.isfinite(va_ema["loss"]):
         raise non_finite_loss(f"the EMA weights' validation loss became {va_ema['loss']} at epoch "
                               f"{epoch + 1} (that epoch is not saved)")
@@ -318,18 +336,30 @@ def _final_test(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, re
     logger.info("final test: %s on the %s split (%d images)", best_path.name, test_set.split, len(test_set))
     report = evaluate_and_report(parts.net(), test_loader, test_set, class_names, preprocess=parts.preprocess,
                                  dtype=parts.dtype, out_dir=run_dir / f"eval_{test_set.split}", checkpoint=best_path,
-                                 progress=not cfg.no_progress, head=spec.head, write=main)
+                                 progress=not cfg.no_progress, head=spec.head, write=main,
+                                 multi_label=spec.multi_label, thresholds=best_thresholds(best, spec))
     summary = {"run_dir": str(run_dir), "best_val_top1": saver.best_top1, "test_split": test_set.split,
                "test_top1": report["top1"], "test_top5": report["top5"]}
+    if spec.multi_label:  # best_val_top1 then holds the best val mAP (what chose best.pth)
+        summary.update(best_val_map=saver.best_top1, test_map=report["map"], test_of1=report["OF1"],
+                       test_cf1=report["CF1"])
     if parts.ema is not None and best.get("model_ema"):
         parts.ema.module.load_state_dict(best["model_ema"])
-        summary["test_ema_top1"] = evaluate(parts.ema.module, test_loader, preprocess=parts.preprocess,
-                                            dtype=parts.dtype)["top1"]
+        ema = evaluate(parts.ema.module, test_loader, preprocess=parts.preprocess, dtype=parts.dtype,
+                       multi_label=spec.multi_label)
+        summary["test_ema_top1"] = ema["top1"]
+        if spec.multi_label:
+            summary["test_ema_map"] = headline(ema)
     if main:
         _pictures(cfg, run_dir, end.history, parts.model, test_set, parts.preprocess, class_names, test_set.split)
     recorder.finish(summary)  # HParams; --tracker's final metrics and pictures
     if main:  # last: the test result in metrics.json is what marks the run finished (experiments.runs.read_run)
         write_json_atomic(run_dir / "metrics.json", {"history": end.history, "test": summary})
+    if spec.multi_label:
+        logger.info("done: run directory %s; best val mAP %.2f; %s mAP %.2f OF1 %.2f CF1 %.2f (%s)%s", run_dir,
+                    saver.best_top1, test_set.split, report["map"], report["OF1"], report["CF1"], best_path.name,
+                    f"; EMA mAP {summary['test_ema_map']:.2f}" if "test_ema_map" in summary else "")
+        return summary
     logger.info("done: run directory %s; best val top-1 %.2f; %s top-1 %.2f top-5 %.2f (%s)%s",
                 run_dir, saver.best_top1, test_set.split, report["top1"], report["top5"], best_path.name,
                 f"; EMA top-1 {summary['test_ema_top1']:.2f}" if "test_ema_top1" in summary else "")

@@ -27,10 +27,14 @@ def use_checkpoint_data(cfg: argparse.Namespace, given: set[str]) -> None:
     ``--knowledge`` / ``--make_curriculum`` write next to it, not into the default ``data/digits``.
     Left alone when the checkpoint carries no config or its data folder is gone (``--data`` then says
     where the data is). Run before every mode with ``needs_checkpoint`` (``check_files``)."""
-    if not cfg.resume or "data" in given or not Path(cfg.resume).is_file():
+    if not cfg.resume or not Path(cfg.resume).is_file():
         return
     from utils.checkpoint import saved_config  # not at the top: config stays torch-free
     saved = saved_config(cfg.resume)
+    if isinstance(saved, dict):
+        use_checkpoint_task(cfg, saved, given)
+    if "data" in given:
+        return
     data = saved.get("data") if isinstance(saved, dict) else None
     if not data or data == cfg.data:
         return
@@ -47,6 +51,21 @@ def use_checkpoint_data(cfg: argparse.Namespace, given: set[str]) -> None:
             if key not in given and isinstance(saved.get(key), str):
                 setattr(cfg, key, saved[key])
     logger.info("no --data given: using %s (%s layout), the data %s was trained on", data, cfg.dataset, cfg.resume)
+
+
+# The flags that say how a multi-label model's data writes its label sets.
+LABEL_SET_FLAGS = ("label_delim", "allow_empty_labels")
+
+
+def use_checkpoint_task(cfg: argparse.Namespace, saved: dict[str, Any], given: set[str]) -> None:
+    """A checkpoint trained with ``--multi_label`` is run as one (its data read as label sets, with its
+    ``--label_delim`` and ``--allow_empty_labels`` unless given): the task is the model's, not a flag to repeat."""
+    if saved.get("multi_label") is True and not cfg.multi_label:
+        cfg.multi_label = True
+        logging.getLogger("config").info("%s is a multi-label model: its data is read as label sets", cfg.resume)
+        for key in LABEL_SET_FLAGS:
+            if key not in given and key in saved:
+                setattr(cfg, key, saved[key])
 
 
 def config_to_dict(cfg: argparse.Namespace) -> dict[str, Any]:

@@ -97,6 +97,15 @@ def _add_data(g: argparse._ArgumentGroup) -> None:
                         "used as is)")
     g.add_argument("--image_col", type=str, default=None,
                    help="--dataset hf: the column holding the images (default: image, else img)")
+    g.add_argument("--multi_label", action="store_true",
+                   help="multi-label task: each image has a set of labels (csv/jsonl \"cat dog\" or a JSON list, "
+                        "txt/zip 'path 1,4', hf Sequence(ClassLabel), wds .cls '1,4' or .json labels); multi-hot "
+                        "targets, sigmoid outputs, BCE by default, mAP as the metric (docs/multilabel.md)")
+    g.add_argument("--label_delim", type=str, default=None,
+                   help="--multi_label: what separates the labels of one image in a label field (default: any "
+                        "run of spaces and commas)")
+    g.add_argument("--allow_empty_labels", action="store_true",
+                   help="--multi_label: an image with no label is all negative (default: an error naming it)")
     g.add_argument("-b", "--batch_size", type=int, default=64, help="batch size per device")
     g.add_argument("--val_fraction", type=finite_float, default=0.0,
                    help="carve a val split out of train: this fraction of each class (round(F * n) images), "
@@ -122,9 +131,21 @@ def _check_data(cfg: argparse.Namespace) -> None:
          f"--path_col and --label_col must name two columns, both are {cfg.path_col!r}")
     for flag in ("val_fraction", "test_fraction"):
         need(0 <= getattr(cfg, flag) < 1, f"--{flag} must be in [0, 1), got {getattr(cfg, flag)}")
+    _check_label_sets(cfg)
     need(cfg.val_fraction + cfg.test_fraction < 1,
          f"--val_fraction {cfg.val_fraction} + --test_fraction {cfg.test_fraction} must be below 1 "
          f"(train keeps the rest)")
+
+
+def _check_label_sets(cfg: argparse.Namespace) -> None:
+    """The multi-label data flags: only with --multi_label, and a layout that can hold label sets."""
+    for flag in ("label_delim", "allow_empty_labels"):
+        need(cfg.multi_label or not getattr(cfg, flag), f"--{flag} reads the label sets of --multi_label data: "
+                                                         f"add --multi_label, or drop --{flag}")
+    need(cfg.label_delim != "", "--label_delim must be a separator such as ';' or '|', not empty")
+    need(not (cfg.multi_label and cfg.dataset == "folder"),
+         "--multi_label with --dataset folder: a class folder gives each image exactly one class; write the label "
+         "sets as a csv/jsonl table (path,label with \"cat dog\"), a txt list ('path 1,4'), a hf dataset or shards")
 
 
 def _add_loading(g: argparse._ArgumentGroup) -> None:
@@ -181,11 +202,20 @@ def _add_model(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--std", type=float, nargs="+", default=list(RGB_STD),
                    help="normalisation std, one value per channel (default: ImageNet's RGB; with --in_chans 1 their "
                         "average; unless set: named --pretrained weights' own)")
-    g.add_argument("--criterion", choices=["softmax", "bce"], default="softmax",
-                   help="softmax cross-entropy or sigmoid binary cross-entropy over one-vs-all targets")
+    g.add_argument("--criterion", choices=["softmax", "bce", "asl"], default=None,
+                   help="softmax cross-entropy, sigmoid binary cross-entropy over one-vs-all targets, or the "
+                        "asymmetric loss of multi-label training (Ridnik et al. 2021; --multi_label only) "
+                        "(default: softmax; with --multi_label bce)")
 
 
 def _check_model(cfg: argparse.Namespace) -> None:
+    if cfg.criterion is None:  # not given: the task's own
+        cfg.criterion = "bce" if getattr(cfg, "multi_label", False) else "softmax"
+    need(not (getattr(cfg, "multi_label", False) and cfg.criterion == "softmax"),
+         "--multi_label with --criterion softmax: a softmax gives one class per image; use --criterion bce "
+         "(the default with --multi_label) or asl")
+    need(getattr(cfg, "multi_label", False) or cfg.criterion != "asl",
+         "--criterion asl is the asymmetric loss of multi-label training: add --multi_label, or use softmax/bce")
     need(all(8 <= s <= MAX_IMAGE_SIDE for s in cfg.image_size),
          f"--image_size must be two integers in 8..{MAX_IMAGE_SIDE}, got {cfg.image_size} (one float input of "
          f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} already takes 200 MB, before activations)")

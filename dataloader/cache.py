@@ -34,6 +34,7 @@ from torchvision.transforms.v2 import functional as F
 
 from .datasets import ClassificationDataset, call_seeded
 from .io import PEAK_OF_DTYPE, ImageDecodeError
+from .labels import target_tensor
 from .transforms import Letterbox
 from .workers import loader_generator
 
@@ -230,7 +231,7 @@ class DecodedCache:
                            resized, len(dataset), dataset.split, *self.size)
         self.images = images.to(device)
         self.valid = valid
-        self.targets = torch.as_tensor(dataset.targets, dtype=torch.long)
+        self.targets = target_tensor(dataset.targets, len(dataset.class_names))  # N, or N x K multi-hot
         logger.info("cached %d %s images as %s %s on %s (%.1f MB)", int(valid.sum()), dataset.split,
                     "x".join(map(str, self.images.shape[1:])), str(first.dtype).removeprefix("torch."),
                     self.images.device, need / 2**20)

@@ -59,16 +59,20 @@ from .io import (
     list_images,
 )
 from .keylog import keys_file
+from .labels import Label, LabelSets, is_multi, label_set, multi_hot
 from .splits import Holdout, carve, split_table
 from .transforms import call_seeded  # noqa: F401 - imported from here by others
 
 logger = logging.getLogger(__name__)
 
-Sample = tuple[str, int]
+Sample = tuple[str, Label]  # (source, class index, or a label set with --multi_label: dataloader/labels.py)
 
 
-def _parse_label_list(file: Path, sep: str | None, errors: Errors = None) -> list[tuple[int, str, int]]:
-    """``(line number, name, label)`` for each non-blank, non-comment line of a ``name<sep>label`` list."""
+def _parse_label_list(file: Path, sep: str | None, errors: Errors = None,
+                      sets: LabelSets | None = None) -> list[tuple[int, str, Label]]:
+    """``(line number, name, label)`` for each non-blank, non-comment line of a ``name<sep>label`` list; with
+    label ``sets`` (``--multi_label``) the label field is a set of class indices, ``1,4`` (a line with no label
+    field is an empty set, where ``--allow_empty_labels`` allows one)."""
     if not file.is_file():
         raise DatasetError(f"list file {file} does not exist")
     rows = []
@@ -77,6 +81,11 @@ def _parse_label_list(file: Path, sep: str | None, errors: Errors = None) -> lis
         if not text.strip() or text.lstrip().startswith("#"):
             continue
         parts = text.rsplit(sep, 1)
+        if sets is not None:
+            row = _label_set_line(file, lineno, line, parts, sep, sets, errors)
+            if row is not None:
+                rows.append(row)
+            continue
         if len(parts) != 2 or not parts[0].strip():
             want = "'path label'" if sep is None else "'member<TAB>label' (a tab, not spaces)"
             _report(errors, DatasetError(f"{file}:{lineno}: malformed line {line!r}: expected {want}"))
@@ -94,30 +103,56 @@ def _parse_label_list(file: Path, sep: str | None, errors: Errors = None) -> lis
     return rows
 
 
+def _label_set_line(file: Path, lineno: int, line: str, parts: list[str], sep: str | None, sets: LabelSets,
+                    errors: Errors) -> tuple[int, str, tuple[int, ...]] | None:
+    """One ``name<sep>1,4`` line of a multi-label list as ``(line number, name, label set)``, or None (reported)."""
+    if len(parts) == 1 or not parts[0].strip():  # no label field: an image without labels
+        if not parts[0].strip():
+            _report(errors, DatasetError(f"{file}:{lineno}: malformed line {line!r}: expected 'path 1,4'"))
+            return None
+        parts = [parts[0], ""]
+    name = parts[0].strip() if sep is None else parts[0]
+    names = sets.split(parts[1])
+    if not names and not sets.allow_empty:
+        _report(errors, DatasetError(sets.empty_error(f"{file}:{lineno}")))
+        return None
+    bad = [n for n in names if not (n.isascii() and n.isdigit())]
+    if bad:
+        _report(errors, DatasetError(f"{file}:{lineno}: label {bad[0]!r} is not a class index (a non-negative "
+                                     f"integer; several as '1,4')"))
+        return None
+    return lineno, name, label_set(int(n) for n in names)
+
+
 def _check_label_range(file: Path, rows: list[tuple[int, str, int]], num_classes: int,
                        errors: Errors = None) -> list[tuple[int, str, int]]:
     """The rows whose label is a class index (the others are reported)."""
     kept = []
     for row in rows:
         lineno, _, label = row
-        if label >= num_classes:
-            _report(errors, DatasetError(f"{file}:{lineno}: label {label} is out of range: there are {num_classes} "
+        top = label if isinstance(label, int) else max(label, default=-1)
+        if top >= num_classes:
+            _report(errors, DatasetError(f"{file}:{lineno}: label {top} is out of range: there are {num_classes} "
                                          f"classes (labels 0..{num_classes - 1})"))
             continue
         kept.append(row)
     return kept
 
 
-def _classes_from_labels(root: Path, file: Path, sep: str | None) -> list[str]:
+def _classes_from_labels(root: Path, file: Path, sep: str | None, sets: LabelSets | None = None) -> list[str]:
     """Names from classes.txt, else ``0..K-1`` when the train labels are exactly 0..K-1: a gap (a typo such
     as 15 among labels 0..2) would silently add classes that have no image, so it is an error naming the line."""
     names = _read_classes_file(root)
     if names is not None:
         return names
-    rows = _parse_label_list(file, sep)
-    if not rows:
+    parsed = _parse_label_list(file, sep, sets=sets)
+    if not parsed:
         raise DatasetError(f"{file}: no samples")
-    present = {label for _, _, label in rows}
+    present = {c for _, _, label in parsed for c in ([label] if isinstance(label, int) else label)}
+    if not present:
+        raise DatasetError(f"{file}: no sample has a label")
+    rows = [(lineno, name, label if isinstance(label, int) else max(label, default=-1))  # a set: its top class
+            for lineno, name, label in parsed]
     missing = min(set(range(max(present) + 1)) - present, default=None)
     if missing is not None:
         lineno, _, label = min((r for r in rows if r[2] > missing), key=lambda r: r[0])
@@ -222,20 +257,23 @@ class FolderLayout:
 
 
 class TxtLayout:
-    """``DATA/<split>.txt`` with ``path label`` lines."""
+    """``DATA/<split>.txt`` with ``path label`` lines (``path 1,4`` with ``--multi_label``)."""
+
+    takes_columns = True  # get_layout hands it the label sets (--multi_label)
+
+    def __init__(self, columns: Columns | None = None):
+        self.sets = columns.sets if columns is not None else None
 
     @staticmethod
     def exists(root: Path, split: str) -> bool:
         return (root / f"{split}.txt").is_file()
 
-    @staticmethod
-    def classes(root: Path) -> list[str]:
-        return _classes_from_labels(root, root / "train.txt", None)
+    def classes(self, root: Path) -> list[str]:
+        return _classes_from_labels(root, root / "train.txt", None, self.sets)
 
-    @staticmethod
-    def samples(root: Path, split: str, class_names: Sequence[str], errors: Errors = None) -> list[Sample]:
+    def samples(self, root: Path, split: str, class_names: Sequence[str], errors: Errors = None) -> list[Sample]:
         file = root / f"{split}.txt"
-        rows = _check_label_range(file, _parse_label_list(file, None, errors), len(class_names), errors)
+        rows = _check_label_range(file, _parse_label_list(file, None, errors, self.sets), len(class_names), errors)
         samples, kept = [], []
         for lineno, name, label in rows:
             path = Path(name) if os.path.isabs(name) else file.parent / name
@@ -254,20 +292,24 @@ class TxtLayout:
 
 
 class ZipLayout:
-    """``DATA/<split>.zip`` with ``DATA/<split>_map.txt`` lines ``member<TAB>label``."""
+    """``DATA/<split>.zip`` with ``DATA/<split>_map.txt`` lines ``member<TAB>label`` (``member<TAB>1,4`` with
+    ``--multi_label``)."""
+
+    takes_columns = True  # get_layout hands it the label sets (--multi_label)
+
+    def __init__(self, columns: Columns | None = None):
+        self.sets = columns.sets if columns is not None else None
 
     @staticmethod
     def exists(root: Path, split: str) -> bool:
         return (root / f"{split}.zip").is_file()
 
-    @staticmethod
-    def classes(root: Path) -> list[str]:
-        return _classes_from_labels(root, root / "train_map.txt", "\t")
+    def classes(self, root: Path) -> list[str]:
+        return _classes_from_labels(root, root / "train_map.txt", "\t", self.sets)
 
-    @staticmethod
-    def samples(root: Path, split: str, class_names: Sequence[str], errors: Errors = None) -> list[Sample]:
+    def samples(self, root: Path, split: str, class_names: Sequence[str], errors: Errors = None) -> list[Sample]:
         archive, file = root / f"{split}.zip", root / f"{split}_map.txt"
-        rows = _check_label_range(file, _parse_label_list(file, "\t", errors), len(class_names), errors)
+        rows = _check_label_range(file, _parse_label_list(file, "\t", errors, self.sets), len(class_names), errors)
         try:
             with zipfile.ZipFile(archive) as zf:
                 members = set(zf.namelist())
@@ -304,6 +346,7 @@ class Columns:
     path: str = "path"
     label: str | None = None
     image: str | None = None
+    sets: LabelSets | None = None  # --multi_label: how a label field holds several labels (None: one label)
 
     @property
     def csv_label(self) -> str:
@@ -321,7 +364,15 @@ class Columns:
 
     @staticmethod
     def from_args(args: Any) -> "Columns":
-        return Columns(args.path_col, args.label_col, args.image_col)
+        return Columns(args.path_col, args.label_col, args.image_col, label_sets_from(args))
+
+
+def label_sets_from(args: Any) -> LabelSets | None:
+    """``--multi_label`` (with ``--label_delim``, ``--allow_empty_labels``) as a :class:`LabelSets`; None when the
+    task is single-label."""
+    if not getattr(args, "multi_label", False):
+        return None
+    return LabelSets(getattr(args, "label_delim", None), bool(getattr(args, "allow_empty_labels", False)))
 
 
 @dataclass(frozen=True)
@@ -329,7 +380,7 @@ class Row:
     """One sample row of a label table: its line in the file, image path, label and split (or None)."""
     line: int
     path: str
-    label: str
+    label: str | tuple[str, ...]  # a tuple: a JSONL list of labels (--multi_label)
     split: str | None
 
 
@@ -382,12 +433,22 @@ def _jsonl_records(file: Path, columns: Columns) -> Iterator[tuple[int, dict[str
                 yield line, f"no key {missing[0]!r} (found: {', '.join(record)}); {COLUMN_FLAGS}"
                 continue
             values = {key: record[key] for key in (columns.path, columns.label, SPLIT_COLUMN) if key in record}
-            bad = [key for key, value in values.items() if isinstance(value, bool) or
-                   not isinstance(value, (str, int))]
+            if columns.sets is not None and isinstance(values[columns.label], list):  # a list of labels
+                values[columns.label] = tuple(values[columns.label])
+            bad = [key for key, value in values.items() if not _plain_value(value)]
             if bad:
-                yield line, f"malformed row: {bad[0]!r} is {values[bad[0]]!r}, not a string (or integer)"
+                lists = " (or, with --multi_label, a list of them)" if bad[0] == columns.label else ""
+                yield line, f"malformed row: {bad[0]!r} is {values[bad[0]]!r}, not a string (or integer){lists}"
                 continue
-            yield line, {key: str(value) for key, value in values.items()}
+            yield line, {key: tuple(str(v) for v in value) if isinstance(value, tuple) else str(value)
+                         for key, value in values.items()}
+
+
+def _plain_value(value: Any) -> bool:
+    """A JSONL value this reader takes: a string or integer, or a tuple of them (a label list)."""
+    if isinstance(value, tuple):
+        return all(_plain_value(v) for v in value)
+    return not isinstance(value, bool) and isinstance(value, (str, int))
 
 
 @functools.lru_cache(maxsize=8)
@@ -402,8 +463,9 @@ def _cached_table(file: str, stamp: tuple[int, int], columns: Columns) -> tuple[
             if isinstance(record, str):
                 problems.append(f"{file}:{line}: {record}")
                 continue
-            values = {key: value.strip() for key, value in record.items()}
-            empty = [key for key in (columns.path, columns.label) if not values[key]]
+            values = {key: value.strip() if isinstance(value, str) else value for key, value in record.items()}
+            may_be_empty = {columns.label} if columns.sets is not None else set()  # checked with the labels
+            empty = [key for key in (columns.path, columns.label) if not values[key] and key not in may_be_empty]
             if empty:
                 problems.append(f"{file}:{line}: malformed row: empty {empty[0]!r}")
                 continue
@@ -475,6 +537,9 @@ class CsvLayout:
             raise errors[0] if errors else DatasetError(
                 f"{found[0]}: no samples" if found else f"no train split in {root}: a csv dataset needs "
                 f"DATA/train.csv (or .jsonl), or DATA/labels.csv (or .jsonl) with a split column")
+        sets = self.columns.sets
+        if sets is not None:
+            return sorted({name for row in found[1] for name in sets.split(row.label)})
         return sorted({row.label for row in found[1]})
 
     def samples(self, root: Path, split: str, class_names: Sequence[str], errors: Errors = None) -> list[Sample]:
@@ -485,8 +550,12 @@ class CsvLayout:
         labels = _LabelIndex(root, class_names)
         samples, kept = [], []
         for row in rows:
-            label = labels.index(row.label)
+            label = labels.index(row.label) if self.columns.sets is None else \
+                _label_set(f"{file}:{row.line}", self.columns.sets.split(row.label), labels.index, labels.unknown,
+                           self.columns.sets, errors)
             path = Path(row.path) if os.path.isabs(row.path) else file.parent / row.path
+            if label is _BAD:
+                continue
             if label is None:
                 _report(errors, DatasetError(f"{file}:{row.line}: label {row.label!r} is {labels.unknown}"))
             elif not path.is_file():
@@ -524,6 +593,24 @@ class _LabelIndex:
         if self.integers and label.isascii() and label.isdigit() and int(label) < self.count:
             return int(label)
         return None
+
+
+_BAD = object()  # a label set already reported as bad
+
+
+def _label_set(where: str, names: Sequence[str], index: Callable[[str], int | None], unknown: str,
+               sets: LabelSets, errors: Errors) -> tuple[int, ...] | object:
+    """The label set of one sample from its label ``names`` (``index``: name -> class index or None); an
+    unknown name, or no label without ``--allow_empty_labels``, is reported and gives ``_BAD``."""
+    if not names and not sets.allow_empty:
+        _report(errors, DatasetError(sets.empty_error(where)))
+        return _BAD
+    found = [index(name) for name in names]
+    bad = [name for name, i in zip(names, found) if i is None]
+    if bad:
+        _report(errors, DatasetError(f"{where}: label {bad[0]!r} is {unknown}"))
+        return _BAD
+    return label_set(found)
 
 
 def _report_shared_lines(file: Path, entries: list[Keyed], errors: Errors) -> None:
@@ -567,7 +654,7 @@ class ShardLayout:
                            "to cache; drop --val_fraction/--test_fraction (write the splits as shards)")
 
 
-LAYOUTS = {"folder": FolderLayout, "txt": TxtLayout, "zip": ZipLayout, "csv": CsvLayout(), "wds": ShardLayout,
+LAYOUTS = {"folder": FolderLayout, "txt": TxtLayout(), "zip": ZipLayout(), "csv": CsvLayout(), "wds": ShardLayout,
            "hf": HfLayout()}
 
 
@@ -706,6 +793,7 @@ class ClassificationDataset(Dataset):
         if not self.samples:
             raise DatasetError(f"split {split!r} of {self.root} holds no images")
         self.targets = [label for _, label in self.samples]
+        self.multi_label = is_multi(self.targets)  # label sets: batches carry multi-hot targets
         self.reader = layout.reader(self.root, self.source_split, max_pixels)
         self._describe_source = getattr(layout, "describe", None)
         self.transform = transform
@@ -763,4 +851,5 @@ class ClassificationDataset(Dataset):
             return None
         if self.transform is not None:
             image = self.transform(image) if seed is None else call_seeded(self.transform, image, seed)
-        return image, self.samples[index][1], index
+        label = self.samples[index][1]
+        return image, multi_hot(label, len(self.class_names)) if self.multi_label else label, index

@@ -19,6 +19,15 @@ logger = logging.getLogger(__name__)
 TAGS = {"lr": "train/lr", "img_per_s": "train/img_per_s"}
 
 
+MULTI_LABEL_KEYS = ("map", "of1", "cf1")  # a multi-label evaluation's metrics (percent)
+HEADLINE = ("mAP", "map")
+
+
+def headline(result: dict[str, Any]) -> float:
+    """The validation metric that chooses best.pth: mAP for a multi-label model, else top-1."""
+    return result["map"] if "map" in result else result["top1"]
+
+
 def warn_if_diverging(val_loss: float, history: list[dict], epoch: int, factor: float = 100.0) -> bool:
     """Warn when the validation loss is ``factor`` times its best so far (a run diverging without yet
     reaching inf/nan); returns whether it warned, so the caller warns once per run."""
@@ -46,24 +55,29 @@ class EpochEnd:
         self.capture, self.history = capture, history
         self.write, self.skip_bad_images = write, skip_bad_images
         self.diverging = False  # warned once per run
+        self.thresholds: tuple[float, ...] = ()  # multi-label: the last epoch's tuned thresholds (--tune_thresholds)
 
     def __call__(self, epoch: int, tr: dict[str, Any], va: dict[str, Any], va_ema: dict[str, Any] | None) -> bool:
         """Record epoch ``epoch`` (training metrics ``tr``, validation ``va`` and, with EMA, ``va_ema``);
         returns whether it is the new best."""
-        is_best = self.saver.update_best(epoch, va["top1"], va["loss"], self.history)
+        is_best = self.saver.update_best(epoch, headline(va), va["loss"], self.history)
         row = self._row(epoch, tr, va, va_ema)
         self.diverging = self.diverging or warn_if_diverging(va["loss"], self.history, epoch)
         self.history.append(row)
         self.recorder.epoch(row)
+        self.thresholds = tuple(va.get("thresholds", ()))
         state = self.capture(epoch=epoch, best_top1=self.saver.best_top1, best_epoch=self.saver.best_epoch,
-                             history=self.history)
+                             history=self.history, thresholds=self.thresholds)
         if self.write:
             self.saver.save(state, is_best)  # best: best.pth is linked to last.pth's file, not written again
             write_json_atomic(self.run_dir / "metrics.json", {"history": self.history})
         self._tensorboard(epoch, row)
-        logger.info("epoch %d/%d  train loss %.4f top-1 %.2f  val loss %.4f top-1 %.2f top-5 %.2f%s  "
-                    "lr %.2e  %.0f img/s%s", epoch + 1, self.epochs, tr["loss"], tr["top1"], va["loss"],
-                    va["top1"], va["top5"], f"  ema top-1 {row['val_ema_top1']:.2f}" if va_ema is not None else "",
+        ema = f"  ema {HEADLINE[0]} {headline(va_ema):.2f}" if va_ema is not None and "map" in va else \
+            f"  ema top-1 {row['val_ema_top1']:.2f}" if va_ema is not None else ""
+        val = (f"mAP {va['map']:.2f} OF1 {va['of1']:.2f} CF1 {va['cf1']:.2f} p@1 {va['top1']:.2f}" if "map" in va else
+               f"top-1 {va['top1']:.2f} top-5 {va['top5']:.2f}")
+        logger.info("epoch %d/%d  train loss %.4f %s %.2f  val loss %.4f %s%s  lr %.2e  %.0f img/s%s", epoch + 1,
+                    self.epochs, tr["loss"], "p@1" if "map" in va else "top-1", tr["top1"], va["loss"], val, ema,
                     tr["lr"], tr["img_per_s"], "  *best*" if is_best else "")
         return is_best
 
@@ -73,7 +87,7 @@ class EpochEnd:
         ``--save_every_steps`` alike. Under DDP every rank calls it at the same step (it gathers the sums);
         the ``write`` rank saves."""
         state = self.capture(epoch=epoch - 1, best_top1=self.saver.best_top1, best_epoch=self.saver.best_epoch,
-                             history=self.history)
+                             history=self.history, thresholds=self.thresholds)
         state["resume_at"] = {"epoch": epoch, "batch": batches_done, "partial": gather_objects(dict(partial))}
         if self.write:
             self.saver.save(state)
@@ -87,6 +101,10 @@ class EpochEnd:
             row.update(skipped_train=tr["skipped"], skipped_val=va["skipped"])
         if va_ema is not None:
             row.update(val_ema_loss=va_ema["loss"], val_ema_top1=va_ema["top1"], val_ema_top5=va_ema["top5"])
+        for key in MULTI_LABEL_KEYS:  # multi-label: mAP and F1
+            for prefix, result in (("val", va), ("val_ema", va_ema)):
+                if result is not None and key in result:
+                    row[f"{prefix}_{key}"] = result[key]
         return row
 
     def _tensorboard(self, epoch: int, row: dict[str, Any]) -> None:

@@ -10,8 +10,9 @@ import contextlib
 import logging
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
@@ -21,6 +22,7 @@ from optim import ModelEma, base_lr
 from utils.checkpoint import kill_point
 from utils.distributed import all_reduce_sum, gather_objects
 from utils.metrics import hard_labels, topk_hits
+from utils.multilabel import multilabel_report, tune_thresholds
 
 from .precision import autocast
 
@@ -37,7 +39,7 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
                     start_batch: int = 0, partial: dict[str, float] | None = None,
                     should_stop: Callable[[], bool] | None = None,
                     save_point: Callable[[int, dict[str, float]], None] | None = None,
-                    readback_every: int | None = None) -> dict[str, Any]:
+                    readback_every: int | None = None, multi_label: bool = False) -> dict[str, Any]:
     """One pass over ``loader``: forward, backward, an optimizer (and scheduler) step every
     ``accumulation_steps`` micro-batches. Returns mean loss, top-1 on the hard labels, the LR of the
     last step, img/s, and the number of images skipped as undecodable.
@@ -52,7 +54,8 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
     that neither ends nor stops the epoch, with this rank's running sums: a point where that same mid-epoch
     state may be saved (``--save_every_steps``); every rank calls it at the same steps. The loss and top-1
     are read back from the device every ``readback_every`` batches (default: each batch on the CPU, every
-    10th on a GPU; see :class:`RunningSums`).
+    10th on a GPU; see :class:`RunningSums`). With ``multi_label`` the targets are label sets (multi-hot) and
+    top-1 is precision at 1 (the top class is one of the image's labels).
     """
     model.train()
     device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
@@ -84,7 +87,8 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
             scaled = loss * (images.shape[0] / sum(sizes[group_start:group_end]))
             with contextlib.nullcontext() if sync else model.no_sync():
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            running.add(batch, loss, topk_hits(logits.detach(), hard_labels(target), (1,))[0], images.shape[0])
+            hits = topk_hits(logits.detach(), target if multi_label else hard_labels(target), (1,))[0]
+            running.add(batch, loss, hits, images.shape[0])
             seen_now += images.shape[0]
         if i + 1 == group_end:
             lr = base_lr(optimizer)  # the LR this step used (reported per epoch; per-group factors aside)
@@ -203,9 +207,14 @@ def batch_sizes(loader: torch.utils.data.DataLoader) -> list[int]:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module | None = None, *,
              preprocess: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype | None = None,
-             progress: bool = False, return_outputs: bool = False, desc: str = "eval") -> dict[str, Any]:
+             progress: bool = False, return_outputs: bool = False, desc: str = "eval",
+             multi_label: bool = False, thresholds: Sequence[float] | float = 0.5) -> dict[str, Any]:
     """Loss, top-1 and top-5 (percent) over ``loader``; with ``return_outputs`` also the logits,
-    targets and dataset indices of every sample (CPU tensors, in loader order)."""
+    targets and dataset indices of every sample (CPU tensors, in loader order).
+
+    With ``multi_label`` (multi-hot targets) also mAP and, at the decision ``thresholds`` (one per class, or
+    one for all), the overall and per-class F1 (``map``, ``of1``, ``cf1``, in percent; top-k: one of the
+    image's labels among its top k), and the outputs are always returned: mAP needs every score at once."""
     model.eval()
     device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
     losses, hits, sizes = [], [], []  # per batch, on the device: read back once at the end (RunningSums says why)
@@ -235,13 +244,37 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: n
                               "count": int(seen), "skipped": int(expected - seen)}
     if criterion is not None:
         result["loss"] = loss_sum / max(1, seen)
-    if return_outputs:
+    if return_outputs or multi_label:
         parts = gather_objects({k: torch.cat(v) if v else torch.empty(0) for k, v in outputs.items()})
         merged = {k: torch.cat([part[k] for part in parts if part[k].numel()]) if any(part[k].numel() for part in parts)
                   else torch.empty(0) for k in outputs}
         order = merged["indices"].argsort() if len(parts) > 1 else slice(None)
         result.update({k: v[order] for k, v in merged.items()})
+    if multi_label:
+        result.update(multilabel_summary(result["logits"], result["targets"], thresholds))
     return result
+
+
+def tuned_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """``--tune_thresholds``: per class the max-F1 decision threshold on a multi-label evaluation's outputs
+    (``thresholds``), and the F1s at them (on the split they were tuned on, so optimistic; mAP needs none)."""
+    scores, truth = result["logits"].float().sigmoid().numpy(), result["targets"].numpy() > 0.5
+    thresholds = tune_thresholds(scores, truth)
+    return {"thresholds": [float(t) for t in thresholds],
+            **{k: v for k, v in multilabel_summary(result["logits"], result["targets"], thresholds).items()
+               if k != "map"}}
+
+
+def multilabel_summary(logits: torch.Tensor, targets: torch.Tensor,
+                       thresholds: Sequence[float] | float) -> dict[str, float]:
+    """mAP, overall F1 and per-class F1 (percent) of multi-label ``logits`` against multi-hot ``targets``."""
+    if not logits.numel():
+        return {"map": float("nan"), "of1": float("nan"), "cf1": float("nan")}
+    scores, truth = logits.float().sigmoid().numpy(), targets.numpy() > 0.5
+    report = multilabel_report(scores, truth, thresholds if isinstance(thresholds, float) else
+                               np.asarray(thresholds, dtype=np.float64),
+                               [str(i) for i in range(scores.shape[1])])
+    return {"map": report["map"], "of1": report["OF1"], "cf1": report["CF1"]}
 
 
 def precise_bn(model: nn.Module, loader: torch.utils.data.DataLoader, epoch: int, num_batches: int, *,

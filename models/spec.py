@@ -4,8 +4,10 @@ What a consumer needs to rebuild the network and feed it: the architecture, the 
 count is the head's size), the input size, the evaluation resize (letterbox or centre crop, with its
 crop fraction), the input's channels (1 grey or 3 RGB) and bits per value (8 or 16), the normalisation
 mean/std (one value per channel) and the head (``softmax`` or per-class sigmoid ``bce``, the training
-criterion). Inference reads it from the checkpoint instead of from the command line; a checkpoint or export
-made before ``in_chans`` and ``bit_depth`` existed is 8-bit RGB.
+criterion), the task (one class per image, or ``multi_label``: a set of labels, each with its decision
+``thresholds``, 0.5 where none were tuned). Inference reads it from the checkpoint instead of from the command
+line; a checkpoint or export made before ``in_chans`` and ``bit_depth`` existed is 8-bit RGB, before
+``multi_label`` single-label.
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from typing import Any, Mapping, Sequence
 # spec field -> the config key (flag) it is taken from
 CONFIG_KEYS = {"arch": "arch", "image_size": "image_size", "eval_resize": "eval_resize", "crop_pct": "crop_pct",
                "mean": "mean", "std": "std", "head": "criterion", "interpolation": "interpolation",
-               "in_chans": "in_chans", "bit_depth": "bit_depth"}
+               "in_chans": "in_chans", "bit_depth": "bit_depth", "multi_label": "multi_label"}
+SIGMOID_HEADS = ("bce", "asl")
+DEFAULT_THRESHOLD = 0.5  # a multi-label model's decision threshold per class unless --tune_thresholds chose one
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class ModelSpec:
     interpolation: str = "bilinear"
     in_chans: int = 3
     bit_depth: int = 8
+    multi_label: bool = False
+    thresholds: tuple[float, ...] = ()  # multi-label: one per class (empty: DEFAULT_THRESHOLD for every class)
 
     def __post_init__(self) -> None:  # lists (from YAML, JSON, a checkpoint) become tuples: frozen all the way
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
@@ -40,6 +46,12 @@ class ModelSpec:
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         object.__setattr__(self, "in_chans", int(self.in_chans))
         object.__setattr__(self, "bit_depth", int(self.bit_depth))
+        object.__setattr__(self, "multi_label", bool(self.multi_label))
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        if self.thresholds and (not self.multi_label or len(self.thresholds) != len(self.class_names)):
+            raise ValueError(f"{len(self.thresholds)} decision thresholds for a "
+                             f"{'multi-label' if self.multi_label else 'single-label'} model of "
+                             f"{len(self.class_names)} classes: a multi-label model has one per class")
         if not len(self.mean) == len(self.std) == self.in_chans:
             raise ValueError(f"mean {list(self.mean)} and std {list(self.std)} need one value per input channel "
                              f"(in_chans {self.in_chans})")
@@ -47,6 +59,17 @@ class ModelSpec:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def decision_thresholds(self) -> list[float]:
+        """A multi-label model's threshold per class: the tuned ones, else 0.5 for every class."""
+        return list(self.thresholds) or [DEFAULT_THRESHOLD] * self.num_classes
+
+    @property
+    def sigmoid(self) -> bool:
+        """Whether the outputs are per-class sigmoid probabilities (a multi-label model, or a ``bce``/``asl``
+        head), not a softmax over the classes."""
+        return self.multi_label or self.head in SIGMOID_HEADS
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists, strings and numbers (safe for ``torch.load(weights_only=True)``, YAML and JSON)."""

@@ -9,12 +9,16 @@ import torch
 
 def topk_hits(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5)) -> torch.Tensor:
     """Number of samples whose true class is among the top-k logits, for each k (k capped at C), as a tensor
-    on the logits' device: reading it is left to the caller (a read waits for the GPU)."""
-    target = target.view(-1)
-    if target.numel() == 0:
+    on the logits' device: reading it is left to the caller (a read waits for the GPU). ``target``: class
+    indices ``N``, or multi-hot label sets ``N x C`` (a hit: one of the image's labels among its top k; top-1
+    is then precision at 1)."""
+    multi = target.dim() == 2
+    target = target if multi else target.view(-1)
+    if target.shape[0] == 0:
         return torch.zeros(len(ks), dtype=torch.long, device=logits.device)
     maxk = min(max(ks), logits.shape[1])
-    hit = logits.topk(maxk, dim=1).indices.eq(target.view(-1, 1))
+    top = logits.topk(maxk, dim=1).indices
+    hit = target.gather(1, top) > 0 if multi else top.eq(target.view(-1, 1))
     return torch.stack([hit[:, :min(k, maxk)].any(dim=1).sum() for k in ks])
 
 
@@ -24,8 +28,8 @@ def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] =
 
 
 def probabilities(logits: torch.Tensor, head: str = "softmax") -> torch.Tensor:
-    """Class probabilities under the model's own head: softmax, or per-class sigmoid for ``bce``."""
-    return logits.float().sigmoid() if head == "bce" else logits.float().softmax(dim=1)
+    """Class probabilities under the model's own head: softmax, or per-class sigmoid for ``bce`` and ``asl``."""
+    return logits.float().sigmoid() if head in ("bce", "asl") else logits.float().softmax(dim=1)
 
 
 def hard_labels(target: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from dataloader import (
     read_class_names,
     resolve_split,
 )
-from dataloader.datasets import DatasetError, holdout_samples
+from dataloader.datasets import DatasetError, holdout_samples, label_sets_from
 from dataloader.io import DEFAULT_MAX_IMAGE_PIXELS, PixelFormat
 from dataloader.shards import ShardDataset, side_folder
 from dataloader.sources import SourceImages, source_images
@@ -257,7 +257,7 @@ def data_columns(cfg: argparse.Namespace) -> Columns:
     """A csv dataset's path and label columns (``--path_col``, ``--label_col``), a Hugging Face dataset's image
     and label columns (``--image_col``, ``--label_col``)."""
     return Columns(getattr(cfg, "path_col", "path"), getattr(cfg, "label_col", None),
-                   getattr(cfg, "image_col", None))
+                   getattr(cfg, "image_col", None), label_sets_from(cfg))
 
 
 def spec_transform(spec: ModelSpec) -> nn.Module:

@@ -40,14 +40,19 @@ def needs_class_counts(cfg: argparse.Namespace) -> bool:
     return bool(cfg.weighted_loss and not cfg.cost_matrix and cfg.class_weights and is_auto(class_weight_spec(cfg)))
 
 
-def build_criterion(cfg: argparse.Namespace, class_counts: Sequence[int]) -> nn.Module:
+def build_criterion(cfg: argparse.Namespace, class_counts: Sequence[int], num_samples: int = 0) -> nn.Module:
     """``--criterion`` with every enabled modifier; ``--weighted_loss`` takes ``--cost_matrix`` when
-    given, else ``--class_weights`` (numbers, a file, or ``auto``: inverse class frequency)."""
+    given, else ``--class_weights`` (numbers, a file, or ``auto``: inverse class frequency; with
+    ``--multi_label`` per-label positive weights, ``auto`` being negatives / positives of each label over the
+    ``num_samples`` training images, as ``torch.nn.BCEWithLogitsLoss``'s ``pos_weight`` advises)."""
     num_classes = len(class_counts)
     class_weights = cost_matrix = None
     if cfg.weighted_loss:
         if cfg.cost_matrix:
             cost_matrix = load_cost_matrix(cfg.cost_matrix, num_classes)
+        elif cfg.multi_label and is_auto(class_weight_spec(cfg)):
+            class_weights = torch.tensor([(num_samples - n) / max(n, 1) for n in class_counts], dtype=torch.float32)
+            logger.info("positive weights per label: %s", ", ".join(f"{w:.3g}" for w in class_weights.tolist()))
         else:
             class_weights = load_class_weights(class_weight_spec(cfg), class_counts)
             logger.info("class weights: %s", ", ".join(f"{w:.3g}" for w in class_weights.tolist()))
@@ -55,7 +60,9 @@ def build_criterion(cfg: argparse.Namespace, class_counts: Sequence[int]) -> nn.
                             cost_matrix=cost_matrix, ghm=cfg.ghm_loss, ghm_bins=cfg.ghm_bins,
                             ghm_momentum=cfg.ghm_momentum, ohm=cfg.ohm_loss, ohm_ratio=cfg.ohm_ratio,
                             threshold=cfg.threshold_loss, threshold_low=cfg.threshold_low,
-                            threshold_high=cfg.threshold_high, focal=cfg.focal_loss, focal_gamma=cfg.focal_gamma)
+                            threshold_high=cfg.threshold_high, focal=cfg.focal_loss, focal_gamma=cfg.focal_gamma,
+                            multi_label=cfg.multi_label, asl_gamma_neg=cfg.asl_gamma_neg,
+                            asl_gamma_pos=cfg.asl_gamma_pos, asl_clip=cfg.asl_clip)
 
 
 def build_optimizer(cfg: argparse.Namespace, model: nn.Module, lr: float,

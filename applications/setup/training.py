@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from criterions import create_criterion
+from dataloader.labels import class_counts as label_counts
 from dataloader.loader import start_workers
 from engine import amp_dtype, train_one_epoch
 from models import create_model
@@ -55,6 +56,7 @@ class TrainingParts:
     accumulation_steps: int
     clip_grad: float | None
     compile: bool
+    multi_label: bool = False  # label sets: multi-hot targets, mAP (dataloader/labels.py)
     _net: nn.Module | None = None
 
     def net(self) -> nn.Module:
@@ -85,7 +87,7 @@ class TrainingParts:
                                dtype=self.dtype, accumulation_steps=self.accumulation_steps, epoch=epoch,
                                progress=progress, batch_hook=self.batch_hook, ema=self.ema, clip_grad=self.clip_grad,
                                start_batch=start_batch, partial=partial, should_stop=should_stop, on_step=on_step,
-                               save_point=save_point)
+                               save_point=save_point, multi_label=self.multi_label)
 
 
 def build_training_parts(cfg: argparse.Namespace, class_names: Sequence[str], info: DistInfo, *, lr: float,
@@ -110,10 +112,11 @@ def build_training_parts(cfg: argparse.Namespace, class_names: Sequence[str], in
         start_workers(val_loader)  # fork its workers while this process is small (see start_workers)
         logger.info("train %d images, val %d images", len(train_set), len(val_set))
     # the class frequencies only --class_weights auto reads (streamed shards do not know them up front)
-    counts = Counter(train_set.targets) if train_set.kind != "wds" or needs_class_counts(cfg) else Counter()
+    counts = label_counts(train_set.targets) if train_set.kind != "wds" or needs_class_counts(cfg) else Counter()
     class_counts = [counts[c] for c in range(num_classes)]
-    criterion = build_criterion(cfg, class_counts).to(device)
-    val_criterion = create_criterion(cfg.criterion) if train_options else None  # the plain head: comparable
+    criterion = build_criterion(cfg, class_counts, num_samples=len(train_set)).to(device)
+    val_criterion = create_criterion(cfg.criterion, multi_label=cfg.multi_label) if train_options else None  # the
+    # plain head: comparable across runs
     batch_hook = build_batch_hook(cfg, train_set)
     optimizer = build_optimizer(cfg, model, lr, num_classes)  # every parameter, frozen ones too
     # --freeze_backbone: frozen from the start; the epoch loop unfreezes at --unfreeze_epoch (a resumed
@@ -132,7 +135,7 @@ def build_training_parts(cfg: argparse.Namespace, class_names: Sequence[str], in
         optimizer=optimizer, scheduler=scheduler, ema=ema, dtype=dtype, scaler=scaler,
         preprocess=preprocessor(cfg, device), frozen=frozen, steps_per_epoch=steps_per_epoch,
         accumulation_steps=cfg.accumulation_steps, clip_grad=cfg.clip_grad if train_options else None,
-        compile=bool(cfg.compile) and train_options)
+        compile=bool(cfg.compile) and train_options, multi_label=cfg.multi_label)
     parts.net()
     return parts
 

@@ -225,6 +225,13 @@ def _add_loss(g: argparse._ArgumentGroup) -> None:
                    help="threshold loss: true-class p above this is ignored")
     g.add_argument("--focal_loss", action="store_true", help="focal modulation (1 - p_t) ** gamma")
     g.add_argument("--focal_gamma", type=float, default=2.0, help="focal loss gamma")
+    g.add_argument("--asl_gamma_neg", type=float, default=4.0, help="asymmetric loss: focusing of the negatives")
+    g.add_argument("--asl_gamma_pos", type=float, default=1.0, help="asymmetric loss: focusing of the positives")
+    g.add_argument("--asl_clip", type=float, default=0.05,
+                   help="asymmetric loss: probability margin shifted off the negatives (0 = off)")
+    g.add_argument("--tune_thresholds", action="store_true",
+                   help="--multi_label: per class, the decision threshold with the best F1 on the val split (else "
+                        "0.5), kept in each checkpoint and export and used by evaluation, predict and the demo")
 
 
 def _check_loss(cfg: argparse.Namespace) -> None:
@@ -233,6 +240,9 @@ def _check_loss(cfg: argparse.Namespace) -> None:
     need(cfg.ghm_bins >= 1, f"--ghm_bins must be >= 1, got {cfg.ghm_bins}")
     need(0 <= cfg.ghm_momentum < 1, f"--ghm_momentum must be in [0, 1), got {cfg.ghm_momentum}")
     need(0 < cfg.ohm_ratio <= 1, f"--ohm_ratio must be in (0, 1], got {cfg.ohm_ratio}")
+    need(cfg.asl_gamma_neg >= 0 and cfg.asl_gamma_pos >= 0 and 0 <= cfg.asl_clip < 1,
+         f"--asl_gamma_neg/--asl_gamma_pos must be >= 0 and --asl_clip in [0, 1), got {cfg.asl_gamma_neg}, "
+         f"{cfg.asl_gamma_pos}, {cfg.asl_clip}")
     need(0 <= cfg.threshold_low < cfg.threshold_high <= 1,
          f"--threshold_low and --threshold_high need 0 <= low < high <= 1, got {cfg.threshold_low}, "
          f"{cfg.threshold_high}")
@@ -321,6 +331,31 @@ def _check_train(cfg: argparse.Namespace) -> None:
     need(not (cfg.resume and cfg.pretrained),
          "--resume and --pretrained together: --resume continues a run (weights, optimizer, epoch), "
          "--pretrained starts a new one from weights only; pick one")
+    _check_multi_label(cfg)
+
+
+# Training options that assume one class per image: with --multi_label each is refused with its reason.
+SINGLE_LABEL_ONLY = (
+    ("class_balanced", "class-balanced sampling weighs each image by its one class's frequency; a multi-label "
+                       "image has a set (use --weighted_loss: per-label positive weights)"),
+    ("label_smoothing", "label smoothing spreads one class's mass over the others; multi-label targets are "
+                        "independent per label"),
+    ("cost_matrix", "a cost matrix M[true, predicted] needs one true class per image"),
+    ("distill", "the teacher files hold one distribution over the classes per image (softmax); multi-label "
+                "targets are per-label probabilities"),
+)
+
+
+def _check_multi_label(cfg: argparse.Namespace) -> None:
+    """--multi_label refuses the training options that cannot apply, each with its reason."""
+    need(cfg.multi_label or not cfg.tune_thresholds,
+         "--tune_thresholds picks per-class decision thresholds of a --multi_label model; add --multi_label")
+    if not cfg.multi_label:
+        return
+    for flag, reason in SINGLE_LABEL_ONLY:
+        value = getattr(cfg, flag)
+        need(not value or (flag == "cost_matrix" and not cfg.weighted_loss),
+             f"--{flag} with --multi_label: {reason}; drop --{flag}")
 
 
 MODES = (
