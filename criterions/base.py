@@ -7,10 +7,19 @@ broadcastable to ``N x C``; the loss (``loss.py``) multiplies them together and 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
+
+
+def finite_number(name: str, value: Any) -> float:
+    """``value`` as a float, or a one-line ValueError naming ``name`` (bools and nan/inf refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def to_soft_targets(target: torch.Tensor, num_classes: int, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -33,7 +42,8 @@ class Terms:
 
     ``p``: the head's probabilities ``N x C``; ``t``: the (smoothed) soft targets ``N x C``;
     ``g = |p - t|``: the gradient norm of each term w.r.t. its logit; ``active``: bool ``N x C``;
-    ``labels``: hard labels ``N`` (the given indices, or ``argmax`` of soft targets);
+    ``labels``: hard labels ``N`` (the given indices, or ``argmax`` of soft targets), or ``None`` for
+    multi-label targets (a multi-hot set per image has no one label: no modifier may rely on it there);
     ``head``: the head, for modifiers whose meaning depends on it (the cost matrix).
     """
 
@@ -41,7 +51,7 @@ class Terms:
     t: torch.Tensor
     g: torch.Tensor
     active: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor | None
     head: "Head"
 
 
@@ -49,6 +59,13 @@ class Head:
     """One way of scoring a class: how logits become probabilities and per-class loss terms."""
 
     name = "head"
+    #: True for heads that score every class on its own (sigmoid), so a target may hold a set of labels
+    multi_label = False
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> "Head":
+        """The head for ``create_criterion``'s keyword arguments (heads without parameters ignore them)."""
+        return cls()
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

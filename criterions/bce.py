@@ -6,7 +6,8 @@ logits by ``F.binary_cross_entropy_with_logits(reduction='none')``; every term i
 Per-sample loss = **mean** over classes of the weighted terms, so with no modifiers the loss equals
 ``F.binary_cross_entropy_with_logits(logits, onehot)`` (reduction ``'mean'``).
 
-Cost matrix on this head: term ``ic`` is weighted by ``M[y_i, c]``.
+Cost matrix on this head: term ``ic`` is weighted by ``M[y_i, c]``. Multi-label targets (multi-hot
+sets) are taken as they are: the plain loss is then ``F.binary_cross_entropy_with_logits(logits, t)``.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ __all__ = ["BCEHead"]
 
 class BCEHead(Head):
     name = "bce"
+    multi_label = True
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.sigmoid()

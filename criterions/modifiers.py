@@ -23,6 +23,22 @@ looks only at the unweighted terms (``p``, ``t``, ``g = |p - t|``, the active ma
 - ``threshold`` (low, high): drop true-class terms (``t >= 0.5``) with ``p > high`` (already learnt)
   and other-class terms (``t < 0.5``) with ``p < low`` (already rejected).
 
+Multi-label (``create_criterion(multi_label=True)``: targets are multi-hot sets, ``Terms.labels`` is
+``None``) every modifier works per term, one (image, class) pair being one unit:
+
+- ``class_weights`` become per-label weights of the *positive* terms, as
+  ``BCEWithLogitsLoss(pos_weight=w)``: term ``ic`` weighs ``w_c t_ic + (1 - t_ic)`` (``w_c`` where the label
+  is present, 1 where absent; for soft (mixed) targets this interpolates the weight of the whole term).
+- ``cost_matrix`` is refused: ``M[true, other]`` needs one true class per image.
+- ``focal``: ``g = |p - t| = 1 - p_t`` per term, the value of ``torchvision.ops.sigmoid_focal_loss``
+  (alpha -1); the modulating factor is detached here, as every modifier weight.
+- ``ghm``: GHM-C is per-term sigmoid in the paper already; the histogram counts all ``N x C`` terms.
+- ``ohm`` keeps the hardest fraction of the *terms*, not of the images: an image's few labels are hard and
+  its many absent classes easy, so ranking terms drops the mass of easy negatives and keeps every
+  image's hard labels, where ranking images would keep all of a hard image's easy negatives too.
+- ``threshold`` is per term already (``t >= 0.5`` is a present label): a present label with ``p > high``
+  and an absent one with ``p < low`` are dropped; kept as is.
+
 A new modifier is one class here plus one line in ``MODIFIERS`` (and its options in
 ``create_criterion``).
 """
@@ -34,16 +50,10 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from .base import Terms
+from .base import Terms, finite_number
 
 __all__ = ["Modifier", "ClassWeights", "CostMatrix", "Focal", "GHM", "OHM", "Threshold", "MODIFIERS",
            "build_modifiers"]
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
 
 
 def _as_tensor(name: str, value: Any, dim: int) -> torch.Tensor:
@@ -77,19 +87,32 @@ def _check_classes(name: str, size: int, num_classes: int) -> None:
 
 
 class ClassWeights(Modifier):
-    """Term ``ic`` weighted by ``w_c``."""
+    """Term ``ic`` weighted by ``w_c``; multi-label: the positive terms only (``pos_weight``)."""
 
-    def __init__(self, weights):
+    def __init__(self, weights, multi_label: bool = False):
         super().__init__()
         self.register_buffer("weights", _as_tensor("class_weights", weights, 1), persistent=False)
+        self.multi_label = multi_label
 
     @classmethod
     def from_options(cls, options):
-        return None if options.get("class_weights") is None else cls(options["class_weights"])
+        if options.get("class_weights") is None:
+            return None
+        return cls(options["class_weights"], multi_label=bool(options.get("multi_label")))
 
     def forward(self, terms: Terms) -> torch.Tensor:
         _check_classes("class_weights", self.weights.numel(), terms.p.shape[1])
-        return self.weights.to(terms.p)
+        weights = self.weights.to(terms.p)
+        if self.multi_label:  # w_c on a present label, 1 on an absent one: BCEWithLogitsLoss(pos_weight=w)
+            return 1 + (weights - 1) * terms.t
+        return weights
+
+    def extra_repr(self) -> str:
+        return "per-label pos_weight" if self.multi_label else "per-class"
+
+
+MULTI_LABEL_COST = ("a cost matrix M[true, other] needs one true class per image; --multi_label has a set: "
+                    "drop --cost_matrix (per-label --class_weights weigh the present labels)")
 
 
 class CostMatrix(Modifier):
@@ -104,9 +127,15 @@ class CostMatrix(Modifier):
 
     @classmethod
     def from_options(cls, options):
-        return None if options.get("cost_matrix") is None else cls(options["cost_matrix"])
+        if options.get("cost_matrix") is None:
+            return None
+        if options.get("multi_label"):
+            raise ValueError(MULTI_LABEL_COST)
+        return cls(options["cost_matrix"])
 
     def forward(self, terms: Terms) -> torch.Tensor:
+        if terms.labels is None:
+            raise ValueError(MULTI_LABEL_COST)
         _check_classes("cost_matrix", self.matrix.shape[0], terms.p.shape[1])
         return terms.head.cost_weights(self.matrix.to(terms.p), terms.labels, terms.p)
 
@@ -116,7 +145,7 @@ class Focal(Modifier):
 
     def __init__(self, gamma: float = 2.0):
         super().__init__()
-        self.gamma = _number("focal_gamma", gamma)
+        self.gamma = finite_number("focal_gamma", gamma)
         if self.gamma < 0:
             raise ValueError(f"focal_gamma must be >= 0, got {gamma}")
 
@@ -138,7 +167,7 @@ class GHM(Modifier):
         super().__init__()
         if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
             raise ValueError(f"ghm_bins must be an integer >= 1, got {bins!r}")
-        momentum = _number("ghm_momentum", momentum)
+        momentum = finite_number("ghm_momentum", momentum)
         if not 0 <= momentum < 1:
             raise ValueError(f"ghm_momentum must be in [0, 1), got {momentum}")
         self.bins, self.momentum = bins, momentum
@@ -182,7 +211,7 @@ class OHM(Modifier):
 
     def __init__(self, ratio: float = 0.7):
         super().__init__()
-        self.ratio = _number("ohm_ratio", ratio)
+        self.ratio = finite_number("ohm_ratio", ratio)
         if not 0 < self.ratio <= 1:
             raise ValueError(f"ohm_ratio must be in (0, 1], got {ratio}")
 
@@ -210,7 +239,7 @@ class Threshold(Modifier):
 
     def __init__(self, low: float = 0.1, high: float = 0.9):
         super().__init__()
-        self.low, self.high = _number("threshold_low", low), _number("threshold_high", high)
+        self.low, self.high = finite_number("threshold_low", low), finite_number("threshold_high", high)
         if not 0 <= self.low < self.high <= 1:
             raise ValueError(f"need 0 <= threshold_low < threshold_high <= 1, got low={low}, high={high}")
 
