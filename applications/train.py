@@ -7,11 +7,10 @@ puts them in order, as pycls's ``train_model`` does.
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import math
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch

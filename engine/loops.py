@@ -230,7 +230,7 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: n
             losses.append(criterion(logits, target).detach())
         hits.append(topk_hits(logits, target, (1, 5)))
         sizes.append(images.shape[0])
-        if return_outputs:
+        if return_outputs or multi_label:
             outputs["logits"].append(logits.cpu())
             outputs["targets"].append(target.cpu())
             outputs["indices"].append(index)

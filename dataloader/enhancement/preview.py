@@ -107,17 +107,23 @@ def first_training_batch(dataset: Dataset, n: int = 32, seed: int = 0,
         size = (max(im.shape[-2] for im in images), max(im.shape[-1] for im in images))
         images = [Letterbox(size)(im) for im in images]
     batch = torch.stack(images)
-    target = torch.tensor([int(item[1]) for item, _ in items])
+    labels = [item[1] for item, _ in items]  # class indices, or multi-hot label sets (--multi_label)
+    target = torch.stack(labels) if isinstance(labels[0], torch.Tensor) else torch.tensor([int(x) for x in labels])
     if batch_hook is not None:
         batch, target, _ = batch_hook(batch, target, torch.tensor([index for _, index in items]), 0, 0)
     return batch.clamp(0.0, 1.0), target
 
 
 def label_caption(target: torch.Tensor, class_names: Sequence[str]) -> str:
-    """A tile's label: the class name, or for a soft target its (at most two) largest classes with weights."""
+    """A tile's label: the class name, or for a soft target its (at most two) largest classes with weights; a
+    label set (multi-hot, weights summing over 1) shows up to four of its labels."""
     if target.ndim == 0:
         return class_names[int(target)]
-    weights, classes = target.float().topk(min(2, target.numel()))
+    multi = float(target.float().sum()) > 1.01
+    weights, classes = target.float().topk(min(4 if multi else 2, target.numel()))
+    if multi:
+        return " ".join(class_names[int(c)] if w >= 0.995 else f"{class_names[int(c)]}:{w:.2f}"
+                        for w, c in zip(weights.tolist(), classes.tolist()) if w >= 0.005)
     if weights[0] >= 0.995:
         return class_names[int(classes[0])]
     return " ".join(f"{class_names[int(c)]}:{w:.2f}" for w, c in zip(weights.tolist(), classes.tolist()) if w >= 0.005)
