@@ -56,7 +56,8 @@ RESUME_HINT = "rerun the same command to resume from the last saved epoch"
 
 def _pictures(cfg: argparse.Namespace, run_dir: Path, history: list[dict], model: nn.Module, test_set: Any,
               preprocess: Callable, class_names: list[str], split: str) -> None:
-    """curves.png, and the confusion matrix and a few CAM overlays of the test split in TensorBoard."""
+    """curves.png, and the confusion matrix (multi-label: the per-class AP) and a few CAM overlays of the test
+    split in TensorBoard."""
     from explain.pictures import cam_overlays_for_tensorboard
     from utils.plots import image_tensor, plot_training_curves
     if history:
@@ -67,11 +68,14 @@ def _pictures(cfg: argparse.Namespace, run_dir: Path, history: list[dict], model
                                                 target_layer=cfg.target_layer, head=cfg.criterion, n=4)
     except ValueError as e:  # e.g. a layer without N x C x H x W maps: the run itself is fine
         logger.warning("no CAM overlays in TensorBoard: %s", e)
-    confusion = image_tensor(run_dir / f"eval_{split}" / "confusion_matrix.png")
+    # the report's summary picture: the confusion matrix, or a multi-label model's per-class AP
+    pictures = [path for name in ("confusion_matrix.png", "per_class.png")
+                if (path := run_dir / f"eval_{split}" / name).is_file()]
     with HoldSignals():  # a SIGTERM mid-write would leave the writer's close hanging (see HoldSignals)
         writer = _tensorboard(run_dir, cfg.epochs)
         try:
-            writer.add_image(f"{split}/confusion_matrix", confusion, cfg.epochs)
+            for path in pictures:
+                writer.add_image(f"{split}/{path.stem}", image_tensor(path), cfg.epochs)
             if overlays is not None:
                 writer.add_images(f"{split}/cam_overlays", overlays, cfg.epochs)
         finally:

@@ -87,3 +87,13 @@ def class_counts(targets: Iterable[Label]) -> Counter:
 def is_multi(targets: Sequence[Label]) -> bool:
     """Whether ``targets`` are label sets (a multi-label dataset)."""
     return bool(targets) and not isinstance(targets[0], int)
+
+
+def label_names(label: Label | torch.Tensor, class_names: Sequence[str], sep: str = " ") -> str:
+    """A sample's label as text: its class name, or the names of its label set (a multi-hot vector or a tuple)
+    joined by ``sep`` (``"(none)"`` for an empty set)."""
+    if isinstance(label, torch.Tensor):
+        label = int(label) if label.ndim == 0 else tuple(torch.nonzero(label > 0.5).flatten().tolist())
+    if isinstance(label, int):
+        return class_names[label]
+    return sep.join(class_names[i] for i in label) or "(none)"

@@ -7,12 +7,14 @@ import pickle
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import yaml
 
 from utils.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from utils.metrics import classification_report, probabilities
+from utils.multilabel import multilabel_report
 from utils.plots import most_confident_errors, plot_confusion_matrix, save_error_grid
 
 from .loops import evaluate
@@ -23,10 +25,15 @@ logger = logging.getLogger(__name__)
 def evaluate_and_report(model: nn.Module, loader: torch.utils.data.DataLoader, dataset: Any,
                         class_names: Sequence[str], *, preprocess: Callable, dtype: torch.dtype | None,
                         out_dir: Path, checkpoint: str | Path | None = None, predictions_file: str | None = None,
-                        progress: bool = False, head: str = "softmax", write: bool = True) -> dict[str, Any]:
-    """Evaluate, then write metrics.json and confusion_matrix.png to ``out_dir``; returns the metrics."""
+                        progress: bool = False, head: str = "softmax", write: bool = True,
+                        multi_label: bool = False, thresholds: Sequence[float] | None = None) -> dict[str, Any]:
+    """Evaluate, then write metrics.json and confusion_matrix.png to ``out_dir``; returns the metrics. A
+    ``multi_label`` model is scored at its decision ``thresholds`` (0.5 each when None)."""
     result = evaluate(model, loader, preprocess=preprocess, dtype=dtype, progress=progress, return_outputs=True,
                       desc=f"eval {dataset.split}")
+    if multi_label:
+        return _multilabel_report(result, dataset, class_names, out_dir=out_dir, checkpoint=checkpoint, write=write,
+                                  thresholds=0.5 if thresholds is None else list(thresholds))
     labels, probs = result["targets"].numpy(), probabilities(result["logits"], head)
     preds = probs.argmax(dim=1).numpy()
     report = classification_report(labels, preds, class_names)
@@ -52,6 +59,22 @@ def evaluate_and_report(model: nn.Module, loader: torch.utils.data.DataLoader, d
                 for k, i in enumerate(result["indices"].tolist())]
         write_predictions(rows, predictions_file)
         logger.info("wrote %d predictions to %s", len(rows), predictions_file)
+    return metrics
+
+
+def _multilabel_report(result: dict[str, Any], dataset: Any, class_names: Sequence[str], *, out_dir: Path,
+                       checkpoint: str | Path | None, write: bool,
+                       thresholds: Sequence[float] | float) -> dict[str, Any]:
+    """metrics.json of a multi-label model: mAP, p@1, the per-class and overall precision/recall/F1 at
+    ``thresholds`` and the per-class table (docs/multilabel.md)."""
+    scores, truth = probabilities(result["logits"], "bce").numpy(), result["targets"].numpy() > 0.5
+    report = multilabel_report(scores, truth, thresholds if isinstance(thresholds, float) else np.asarray(thresholds),
+                               class_names)
+    metrics = {"split": dataset.split, "data": str(dataset.root), "checkpoint": str(checkpoint) if checkpoint else None,
+               "count": result["count"], "top1": result["top1"], "top5": result["top5"], **report}
+    if write:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out_dir / "metrics.json", metrics)
     return metrics
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from dataloader.labels import label_names
 from utils.images import BLACK, GREEN, RED, add_title, to_hwc, upscale
 from utils.metrics import probabilities
 
@@ -56,7 +57,7 @@ def cam_overlays_for_tensorboard(model: nn.Module, dataset: Dataset, preprocess:
     with CamExplainer(model, method, layer=target_layer, arch=arch, input_size=images.shape[-2:]) as explainer:
         result = explainer(preprocess(images))
     confidence, preds = probabilities(result.logits, head).max(dim=1)
-    pictures = [render_overlay(images[k], result.heatmaps[k], true_name=class_names[items[k][1]],
+    pictures = [render_overlay(images[k], result.heatmaps[k], true_name=label_names(items[k][1], class_names),
                                pred_name=class_names[int(preds[k])], confidence=float(confidence[k]),
                                min_side=min_side) for k in range(len(items))]
     height, width = max(p.shape[0] for p in pictures), max(p.shape[1] for p in pictures)
