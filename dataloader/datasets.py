@@ -540,7 +540,9 @@ class CsvLayout:
         sets = self.columns.sets
         if sets is not None:
             return sorted({name for row in found[1] for name in sets.split(row.label)})
-        return sorted({row.label for row in found[1]})
+        names = sorted({row.label for row in found[1]})
+        _refuse_label_sets(found[0], found[1], set(names))
+        return names
 
     def samples(self, root: Path, split: str, class_names: Sequence[str], errors: Errors = None) -> list[Sample]:
         found = self._split_rows(root, split, errors)
@@ -593,6 +595,19 @@ class _LabelIndex:
         if self.integers and label.isascii() and label.isdigit() and int(label) < self.count:
             return int(label)
         return None
+
+
+def _refuse_label_sets(file: Path, rows: Sequence[Row], names: set[str]) -> None:
+    """A single-label table whose labels are label sets (``"1 4"``, each part a label of other rows, in two or
+    more labels) would train each set as a class of its own: refused, naming ``--multi_label``."""
+    sets = LabelSets()
+    composite = [row for row in rows if isinstance(row.label, str) and len(parts := sets.split(row.label)) > 1
+                 and all(part in names for part in parts)]
+    if len({row.label for row in composite}) >= 2:
+        row = composite[0]
+        raise DatasetError(f"{file}:{row.line}: label {row.label!r} is a set of labels that other rows have on their "
+                           f"own ({len(composite)} rows are such sets): add --multi_label to train on label sets, or "
+                           f"name each class with one label")
 
 
 _BAD = object()  # a label set already reported as bad

@@ -995,6 +995,69 @@ CASES += [
 ]
 
 
+
+# ==== multi-label (--multi_label) ====
+
+def _label_sets(data: Path, tmp: Path, edit: Callable[[str, list[str]], None] | None = None, sets: bool = True) -> Path:
+    """The tiny data as csv tables whose labels are sets (``"a b"``: every other image gets its class and the
+    next one, the rest their class alone), ``edit(split, rows)`` applied to each split's data rows."""
+    from dataloader.layout_writers import write_csv_tables
+    root = write_csv_tables(data, tmp / "csv")
+    (root / "classes.txt").unlink()
+    names = sorted(p.name for p in (data / "train").iterdir())
+    for split in ("train", "val", "test"):
+        header, *rows = (root / f"{split}.csv").read_text().splitlines()
+        rows = [f"{path},{label} {names[(names.index(label) + 1) % len(names)]}" if k % 2 == 0 else f"{path},{label}"
+                for k, (path, label) in enumerate(row.rsplit(",", 1) for row in rows)] if sets else rows
+        if edit is not None:
+            edit(split, rows)
+        (root / f"{split}.csv").write_text("\n".join([header, *rows]) + "\n")
+    return root
+
+
+def _unknown_in_val(split: str, rows: list[str]) -> None:
+    if split == "val":
+        rows[1] = rows[1].rsplit(",", 1)[0] + f",{rows[1].rsplit(',', 1)[1].split()[0]} zebra"
+
+
+def _empty_in_train(split: str, rows: list[str]) -> None:
+    if split == "train":
+        rows[2] = rows[2].rsplit(",", 1)[0] + ","
+
+
+def ml_train(tmp: Path, data: Path, edit=None, *extra: str) -> list[str]:
+    return tiny_train(_label_sets(data, tmp, edit), tmp / "out", "--dataset", "csv", "--multi_label", *extra)
+
+
+CASES += [
+    Case("ml-label-set-names-an-unknown-class", lambda tmp, data: ml_train(tmp, data, _unknown_in_val), 1,
+         r"val\.csv:3: label 'zebra' is not a training class \(training classes: \S+"),
+    Case("ml-empty-label-without-allow-empty-labels", lambda tmp, data: ml_train(tmp, data, _empty_in_train), 1,
+         r"train\.csv:4: no label: with --multi_label an image without labels is all negative only where you say so "
+         r"\(--allow_empty_labels\)", check=_no_run_started),
+    Case("ml-empty-label-allowed", lambda tmp, data: ml_train(tmp, data, _empty_in_train, "--allow_empty_labels"),
+         0, r""),
+    Case("empty-label-with-multi-label-off",
+         lambda tmp, data: tiny_train(_label_sets(data, tmp, _empty_in_train, sets=False), tmp / "out", "--dataset",
+                                      "csv"), 1,
+         r"train\.csv:4: malformed row: empty 'label'"),
+    Case("ml-label-sets-without-multi-label",
+         lambda tmp, data: [a for a in ml_train(tmp, data) if a != "--multi_label"], 1,
+         r"train\.csv:\d+: label '\S+ \S+' is a set of labels that other rows have on their own \(\d+ rows are "
+         r"such sets\): add --multi_label", check=_no_run_started),
+    Case("ml-with-class-balanced", lambda tmp, data: ml_train(tmp, data, None, "--class_balanced"), 2,
+         r"--class_balanced with --multi_label: class-balanced sampling weighs each image by its one class's "
+         r"frequency", check=_no_run_started),
+    Case("ml-with-label-smoothing", lambda tmp, data: ml_train(tmp, data, None, "--label_smoothing", "0.1"), 2,
+         r"--label_smoothing with --multi_label: label smoothing spreads one class's mass", check=_no_run_started),
+    Case("ml-with-criterion-softmax", lambda tmp, data: ml_train(tmp, data, None, "--criterion", "softmax"), 2,
+         r"--multi_label with --criterion softmax: a softmax gives one class per image", check=_no_run_started),
+    Case("ml-with-class-folders", lambda tmp, data: tiny_train(data, tmp / "out", "--multi_label"), 2,
+         r"--multi_label with --dataset folder: a class folder gives each image exactly one class"),
+    Case("tune-thresholds-without-multi-label", lambda tmp, data: tiny_train(data, tmp / "out", "--tune_thresholds"),
+         2, r"--tune_thresholds picks per-class decision thresholds of a --multi_label model; add --multi_label"),
+]
+
 # main.py cases that stay real processes: an argparse error and a mode's error as exit codes of a process,
 # a run directory locked by another process (this one holds the lock), and the hf cases (the datasets
 # library reads HF_DATASETS_CACHE once, when it is first imported).
