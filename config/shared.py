@@ -97,10 +97,6 @@ def _add_data(g: argparse._ArgumentGroup) -> None:
                         "used as is)")
     g.add_argument("--image_col", type=str, default=None,
                    help="--dataset hf: the column holding the images (default: image, else img)")
-    g.add_argument("--multi_label", action="store_true",
-                   help="multi-label task: each image has a set of labels (csv/jsonl \"cat dog\" or a JSON list, "
-                        "txt/zip 'path 1,4', hf Sequence(ClassLabel), wds .cls '1,4' or .json labels); multi-hot "
-                        "targets, sigmoid outputs, BCE by default, mAP as the metric (docs/multilabel.md)")
     g.add_argument("--label_delim", type=str, default=None,
                    help="--multi_label: what separates the labels of one image in a label field (default: any "
                         "run of spaces and commas)")
@@ -202,6 +198,10 @@ def _add_model(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--std", type=float, nargs="+", default=list(RGB_STD),
                    help="normalisation std, one value per channel (default: ImageNet's RGB; with --in_chans 1 their "
                         "average; unless set: named --pretrained weights' own)")
+    g.add_argument("--multi_label", action="store_true",
+                   help="multi-label task: each image has a set of labels (csv/jsonl \"cat dog\" or a JSON list, "
+                        "txt/zip 'path 1,4', hf Sequence(ClassLabel), wds .cls '1,4' or .json labels); multi-hot "
+                        "targets, sigmoid outputs, BCE by default, mAP as the metric (docs/multilabel.md)")
     g.add_argument("--criterion", choices=["softmax", "bce", "asl"], default=None,
                    help="softmax cross-entropy, sigmoid binary cross-entropy over one-vs-all targets, or the "
                         "asymmetric loss of multi-label training (Ridnik et al. 2021; --multi_label only) "

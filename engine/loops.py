@@ -37,9 +37,9 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
                     batch_hook: Callable | None = None, ema: ModelEma | None = None,
                     on_step: Callable[[int, float], bool] | None = None, clip_grad: float | None = None,
                     start_batch: int = 0, partial: dict[str, float] | None = None,
-                    should_stop: Callable[[], bool] | None = None,
+                    should_stop: Callable[[], bool] | None = None, readback_every: int | None = None,
                     save_point: Callable[[int, dict[str, float]], None] | None = None,
-                    readback_every: int | None = None, multi_label: bool = False) -> dict[str, Any]:
+                    multi_label: bool = False) -> dict[str, Any]:
     """One pass over ``loader``: forward, backward, an optimizer (and scheduler) step every
     ``accumulation_steps`` micro-batches. Returns mean loss, top-1 on the hard labels, the LR of the
     last step, img/s, and the number of images skipped as undecodable.
@@ -54,8 +54,7 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
     that neither ends nor stops the epoch, with this rank's running sums: a point where that same mid-epoch
     state may be saved (``--save_every_steps``); every rank calls it at the same steps. The loss and top-1
     are read back from the device every ``readback_every`` batches (default: each batch on the CPU, every
-    10th on a GPU; see :class:`RunningSums`). With ``multi_label`` the targets are label sets (multi-hot) and
-    top-1 is precision at 1 (the top class is one of the image's labels).
+    10th on a GPU; see :class:`RunningSums`). ``multi_label``: multi-hot targets, top-1 is precision at 1.
     """
     model.train()
     device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
@@ -87,8 +86,8 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
             scaled = loss * (images.shape[0] / sum(sizes[group_start:group_end]))
             with contextlib.nullcontext() if sync else model.no_sync():
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            hits = topk_hits(logits.detach(), target if multi_label else hard_labels(target), (1,))[0]
-            running.add(batch, loss, hits, images.shape[0])
+            running.add(batch, loss, topk_hits(logits.detach(), target if multi_label else hard_labels(target))[0],
+                        images.shape[0])
             seen_now += images.shape[0]
         if i + 1 == group_end:
             lr = base_lr(optimizer)  # the LR this step used (reported per epoch; per-group factors aside)
@@ -109,8 +108,7 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
         [sums["loss"], sums["correct"], sums["seen"], sums["expected"], seen_now], device)
     return {"loss": loss_sum / max(1, seen), "top1": 100.0 * correct / max(1, seen), "lr": lr,
             "img_per_s": seen_all / max(elapsed, 1e-9), "steps": steps, "time": elapsed,
-            "skipped": int(expected - seen), "interrupted": interrupted, "batches_done": batch + 1,
-            "partial": sums}
+            "skipped": int(expected - seen), "interrupted": interrupted, "batches_done": batch + 1, "partial": sums}
 
 
 class RunningSums:

@@ -196,7 +196,8 @@ def test_resume_safe_keys_come_from_the_groups():
     safe = config.RESUME_SAFE_KEYS
     assert safe == config.resume_safe_keys()
     assert set(config.MODEL_IDENTITY_KEYS) == {"arch", "num_classes", "image_size", "mean", "std", "eval_resize",
-                                               "crop_pct", "criterion", "interpolation", "in_chans", "bit_depth"}
+                                               "crop_pct", "criterion", "interpolation", "in_chans", "bit_depth",
+                                               "multi_label"}
     assert not safe & set(config.MODEL_IDENTITY_KEYS)
     assert {"workers", "device", "epochs", "output", "tag", "resume", "channels_last", "compile", "tracker",
             "eval_split", "topk", "opset", "visual_method", "cache_dataset", "sort_by", *config.MODES} <= safe
