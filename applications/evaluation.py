@@ -1,7 +1,9 @@
 """``--evaluation``: evaluate a checkpoint on a split and report.
 
 Writes ``<run_dir>/eval_<split>/metrics.json`` (top-1, top-5, per-class precision/recall/F1, the
-confusion matrix), ``confusion_matrix.png`` and, with ``--out``, each image's prediction.
+confusion matrix), ``confusion_matrix.png`` and, with ``--out``, each image's prediction. A multi-label
+checkpoint is scored at the decision thresholds its spec carries (``--tune_thresholds``'s, else 0.5): mAP,
+CP/CR/CF1, OP/OR/OF1, per_class.md, per_class.png and worst_per_class.png (engine/report.py).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import amp_dtype, evaluate_and_report
+from models.spec import ModelSpec
 from utils.distributed import DistInfo, cleanup, init_distributed
 from utils.misc import main_process_log
 
@@ -36,16 +39,35 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
 
 def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, Any]:
     restored = restore_for_inference(cfg, info.device)
-    dataset = build_dataset(cfg, cfg.eval_split, restored.class_names, train=False, fallback=True, spec=restored.spec)
+    check_task(cfg, restored.spec)
+    spec = restored.spec
+    dataset = build_dataset(cfg, cfg.eval_split, restored.class_names, train=False, fallback=True, spec=spec)
     loader = build_loader(cfg, dataset, train=False, device=restored.device, dist_info=info)
+    report_dir = run_dir / f"eval_{dataset.split}"
     metrics = evaluate_and_report(restored.model, loader, dataset, restored.class_names,
-                                  preprocess=preprocessor(restored.spec, restored.device),
+                                  preprocess=preprocessor(spec, restored.device),
                                   dtype=amp_dtype(cfg.amp, cfg.amp_dtype, restored.device),
-                                  out_dir=run_dir / f"eval_{dataset.split}", checkpoint=cfg.resume,
+                                  out_dir=report_dir, checkpoint=cfg.resume,
                                   predictions_file=cfg.out, progress=not cfg.no_progress and info.is_main,
-                                  head=restored.spec.head, write=info.is_main)
+                                  head=spec.head, write=info.is_main, multi_label=spec.multi_label,
+                                  thresholds=spec.decision_thresholds if spec.multi_label else None)
+    summary = {"top1": metrics["top1"], "top5": metrics["top5"], "split": dataset.split, "report_dir": str(report_dir)}
+    if spec.multi_label:
+        tuned = "tuned" if spec.thresholds else "default 0.5"
+        logger.info("%s on %s split (%d images): mAP %s  OF1 %.2f  CF1 %.2f  p@1 %.2f at its %s thresholds; "
+                    "report in %s", cfg.resume, dataset.split, metrics["count"],
+                    "n/a" if metrics["map"] is None else f"{metrics['map']:.2f}", metrics["OF1"], metrics["CF1"],
+                    metrics["top1"], tuned, report_dir)
+        return {**summary, "map": metrics["map"], "of1": metrics["OF1"], "cf1": metrics["CF1"]}
     logger.info("%s on %s split (%d images): top-1 %.2f  top-5 %.2f  macro F1 %.4f; report in %s",
                 cfg.resume, dataset.split, metrics["count"], metrics["top1"], metrics["top5"],
-                metrics["macro"]["f1"], run_dir / f"eval_{dataset.split}")
-    return {"top1": metrics["top1"], "top5": metrics["top5"], "split": dataset.split,
-            "report_dir": str(run_dir / f"eval_{dataset.split}")}
+                metrics["macro"]["f1"], report_dir)
+    return summary
+
+
+def check_task(cfg: argparse.Namespace, spec: ModelSpec) -> None:
+    """``--multi_label`` asks for a multi-label model: refused for a single-label checkpoint (a multi-label
+    one sets it itself, config.saved.use_checkpoint_task)."""
+    if cfg.multi_label and not spec.multi_label:
+        raise ValueError(f"--multi_label: {cfg.resume} is a single-label model (one class per image), so its "
+                         "outputs are no label sets; drop --multi_label")

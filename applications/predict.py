@@ -10,6 +10,12 @@ each image is also saved annotated with its predictions under ``images/``; with 
 is also written as a line of ``predictions.log``. ``predictions.csv`` is written last; a run that fails
 removes its folder. Images that cannot be read are reported, skipped and counted in the summary.
 
+A multi-label model's ``predictions.csv`` is ``path,labels,score_1,...,score_k``: the predicted label set (the
+classes whose sigmoid score reaches their decision threshold, the checkpoint's tuned ones or 0.5; names joined
+by a space, highest score first, empty when none does), then ``name:score`` of the ``--topk`` highest-scoring
+classes whether or not they reach it. ``predictions.json`` holds ``[{"path", "labels": [{"name", "score"}, ...],
+"scores": {name: score}}]`` (the set and every class's score); ``-v`` and ``-s`` show the label set and its scores.
+
 Class names come from ``--class_indices FILE.json`` when given, else from the checkpoint.
 """
 from __future__ import annotations
@@ -22,14 +28,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from dataloader.sources import SourceImages
 from engine import amp_dtype, evaluate
-from utils.atomic import atomic_write, save_image_atomic
+from utils.atomic import atomic_write, save_image_atomic, write_json_atomic
 from utils.checkpoint import load_checkpoint
 from utils.class_indices import read_class_indices
 from utils.images import annotate
 from utils.metrics import probabilities
 from utils.misc import log_to_file, resolve_device
+from utils.multilabel import label_sets
 from utils.runlock import fresh_dir
 
 from .setup.common import (
@@ -93,11 +102,14 @@ def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
                       preprocess=preprocessor(spec, device), dtype=amp_dtype(cfg.amp, cfg.amp_dtype, device),
                       progress=not cfg.no_progress, return_outputs=True, desc="predict")
     k = min(cfg.topk, len(class_names))
-    rows = []
+    rows, chosen, probs = [], [], None
     if result["logits"].numel():  # else every image was unreadable
-        top_p, top_i = probabilities(result["logits"], spec.head).topk(k, dim=1)
+        probs = probabilities(result["logits"], "bce" if spec.multi_label else spec.head)
+        top_p, top_i = probs.topk(k, dim=1)
         rows = [(index, [(class_names[i], p) for p, i in zip(ps, ix)])
                 for index, ps, ix in zip(result["indices"].tolist(), top_p.tolist(), top_i.tolist())]
+        if spec.multi_label:
+            chosen = predicted_sets(probs, spec.decision_thresholds, class_names)
     predicted = {index for index, _ in rows}
     failures = [(paths[i], dataset.failure(i)) for i in range(len(paths)) if i not in predicted]  # logged by dataset
     if not rows:
@@ -106,19 +118,90 @@ def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
 
     summary: dict[str, Any] = {"source": str(cfg.predict), "checkpoint": str(cfg.resume), "images": len(paths),
                                "predicted": len(rows), "unreadable": len(failures), "output_dir": str(out_dir)}
-    if cfg.visualize:
-        summary["annotated"] = str(save_annotated(dataset, rows, out_dir / "images"))
-    if cfg.save_log:
-        summary["log"] = str(write_log(out_dir / "predictions.log", [(paths[i], top) for i, top in rows], failures))
-    csv_path = write_csv(out_dir / "predictions.csv", [(paths[i], top) for i, top in rows], k)  # last: complete
-    summary["predictions"] = str(csv_path)
+    if spec.multi_label:
+        summary.update(_write_label_sets(cfg, out_dir, dataset, rows, chosen, probs, class_names, failures))
+    else:
+        if cfg.visualize:
+            summary["annotated"] = str(save_annotated(dataset, [(index, [f"{name}: {p:.2%}" for name, p in top])
+                                                                for index, top in rows], out_dir / "images"))
+        if cfg.save_log:
+            summary["log"] = str(write_log(out_dir / "predictions.log", [(paths[i], describe(top)) for i, top in rows],
+                                           failures))
+        summary["predictions"] = str(write_csv(out_dir / "predictions.csv", [(paths[i], top) for i, top in rows],
+                                               k))  # last: complete
     logger.info("predicted %d of %d images from %s (%d unreadable); wrote %s", len(rows), len(paths), cfg.predict,
-                len(failures), csv_path)
+                len(failures), summary["predictions"])
     return summary
+
+
+def _write_label_sets(cfg: argparse.Namespace, out_dir: Path, dataset: SourceImages,
+                      rows: Sequence[tuple[int, Sequence[tuple[str, float]]]], chosen: Sequence,
+                      probs: torch.Tensor, class_names: Sequence[str],
+                      failures: Sequence[tuple[Path, str]]) -> dict[str, str]:
+    """A multi-label model's files: annotations (``-v``) and log lines (``-s``) showing each label set,
+    predictions.json, then predictions.csv (last: complete); the summary's entries naming them."""
+    paths, written = dataset.paths, {}
+    if cfg.visualize:
+        written["annotated"] = str(save_annotated(dataset, [(index, set_lines(labels)) for (index, _), labels
+                                                            in zip(rows, chosen)], out_dir / "images"))
+    if cfg.save_log:
+        written["log"] = str(write_log(out_dir / "predictions.log", [(paths[index], describe_set(labels))
+                                                                     for (index, _), labels in zip(rows, chosen)],
+                                       failures))
+    written["predictions_json"] = str(write_json(out_dir / "predictions.json", [paths[i] for i, _ in rows], chosen,
+                                                 probs, class_names))
+    written["predictions"] = str(write_multilabel_csv(out_dir / "predictions.csv", [
+        (paths[index], labels, top) for (index, top), labels in zip(rows, chosen)]))
+    return written
 
 
 def describe(top: Sequence[tuple[str, float]]) -> str:
     return ", ".join(f"{name} {p:.4f}" for name, p in top)
+
+
+# ------------------------------------------------------------------ multi-label: label sets
+def predicted_sets(probs: torch.Tensor, thresholds: Sequence[float],
+                   class_names: Sequence[str]) -> list[list[tuple[str, float]]]:
+    """Each image's predicted label set, ``(name, score)`` highest score first: the classes whose score
+    reaches their decision threshold (utils.multilabel.label_sets)."""
+    scores = probs.numpy()
+    return [[(class_names[c], float(scores[n, c])) for c in chosen]
+            for n, chosen in enumerate(label_sets(scores, thresholds))]
+
+
+def describe_set(labels: Sequence[tuple[str, float]]) -> str:
+    """``labels: 3 7 (3 0.9100, 7 0.6600)``, or ``labels: (none)``: a label set for the log."""
+    return f"labels: {' '.join(name for name, _ in labels)} ({describe(labels)})" if labels else "labels: (none)"
+
+
+def set_lines(labels: Sequence[tuple[str, float]]) -> list[str]:
+    """An annotation's lines: the label set, then each label's score."""
+    return [f"labels: {' '.join(name for name, _ in labels) or '(none)'}"] + [f"{name}: {p:.2%}" for name, p in labels]
+
+
+def write_multilabel_csv(path: Path, rows: Sequence[tuple[Path, Sequence[tuple[str, float]],
+                                                          Sequence[tuple[str, float]]]]) -> Path:
+    """``path,labels,score_1,...,score_k`` per image (``rows``: the image, its label set, its top ``k``): the
+    predicted label set (names joined by a space, empty when no class reaches its threshold), then
+    ``name:score`` of the ``k`` (``--topk``) highest-scoring classes, whether or not they reach their threshold
+    (so the near misses show too)."""
+    with atomic_write(path, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "labels"] + [f"score_{r}" for r in range(1, len(rows[0][2]) + 1)])
+        for image, labels, top in rows:
+            writer.writerow([str(image), " ".join(name for name, _ in labels)] + [f"{name}:{p:.6f}" for name, p in top])
+    return path
+
+
+def write_json(path: Path, images: Sequence[Path], chosen: Sequence[Sequence[tuple[str, float]]], probs: torch.Tensor,
+               class_names: Sequence[str]) -> Path:
+    """predictions.json: ``[{"path", "labels": [{"name", "score"}, ...] (the predicted set, highest first),
+    "scores": {name: score} (every class)}, ...]``, in the order of predictions.csv."""
+    rows = [{"path": str(image), "labels": [{"name": name, "score": round(p, 6)} for name, p in labels],
+             "scores": {name: round(float(p), 6) for name, p in zip(class_names, scores)}}
+            for image, labels, scores in zip(images, chosen, probs.tolist())]
+    write_json_atomic(path, rows, indent=1)
+    return path
 
 
 def write_csv(path: Path, rows: Sequence[tuple[Path, Sequence[tuple[str, float]]]], k: int) -> Path:
@@ -132,22 +215,19 @@ def write_csv(path: Path, rows: Sequence[tuple[Path, Sequence[tuple[str, float]]
     return path
 
 
-def write_log(path: Path, rows: Sequence[tuple[Path, Sequence[tuple[str, float]]]],
-              failures: Sequence[tuple[Path, str]]) -> Path:
-    """One human-readable line per image, unreadable ones included."""
+def write_log(path: Path, rows: Sequence[tuple[Path, str]], failures: Sequence[tuple[Path, str]]) -> Path:
+    """One human-readable line per image (``rows``: the image and its prediction's text), unreadable ones included."""
     with atomic_write(path) as f:
-        for image, top in rows:
-            f.write(f"{image}\t{describe(top)}\n")
+        for image, text in rows:
+            f.write(f"{image}\t{text}\n")
         for image, why in failures:
             f.write(f"{image}\tUNREADABLE: {why}\n")
     return path
 
 
-def save_annotated(dataset: SourceImages, rows: Sequence[tuple[int, Sequence[tuple[str, float]]]],
-                   folder: Path) -> Path:
-    """Each predicted image, as decoded, with its top classes written under it."""
+def save_annotated(dataset: SourceImages, rows: Sequence[tuple[int, Sequence[str]]], folder: Path) -> Path:
+    """Each predicted image, as decoded, with its ``lines`` (top classes, or label set) written under it."""
     folder.mkdir(parents=True, exist_ok=True)
-    for index, top in rows:
-        lines = [f"{name}: {p:.2%}" for name, p in top]
+    for index, lines in rows:
         save_image_atomic(annotate(dataset.load(index), lines), folder / f"{index:05d}_{dataset.paths[index].stem}.png")
     return folder

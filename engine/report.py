@@ -1,5 +1,6 @@
 """The evaluation report: metrics.json, the confusion matrix, the most confident errors and, when asked,
-every image's prediction, for a model evaluated on one split (``--evaluation`` and the end of training)."""
+every image's prediction, for a model evaluated on one split (``--evaluation`` and the end of training); for a
+multi-label model the per-class table and pictures in place of the confusion matrix and errors."""
 from __future__ import annotations
 
 import logging
@@ -14,8 +15,15 @@ import yaml
 
 from utils.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from utils.metrics import classification_report, probabilities
-from utils.multilabel import multilabel_report
-from utils.plots import most_confident_errors, plot_confusion_matrix, save_error_grid
+from utils.multilabel import label_sets, multilabel_report
+from utils.plots import (
+    most_confident_errors,
+    plot_confusion_matrix,
+    plot_per_class,
+    save_error_grid,
+    save_image_table,
+    worst_scored,
+)
 
 from .loops import evaluate
 
@@ -28,12 +36,14 @@ def evaluate_and_report(model: nn.Module, loader: torch.utils.data.DataLoader, d
                         progress: bool = False, head: str = "softmax", write: bool = True,
                         multi_label: bool = False, thresholds: Sequence[float] | None = None) -> dict[str, Any]:
     """Evaluate, then write metrics.json and confusion_matrix.png to ``out_dir``; returns the metrics. A
-    ``multi_label`` model is scored at its decision ``thresholds`` (0.5 each when None)."""
+    ``multi_label`` model is scored at its decision ``thresholds`` (0.5 each when None) and gets per_class.md,
+    per_class.png and worst_per_class.png in place of the confusion matrix and errors.png."""
     result = evaluate(model, loader, preprocess=preprocess, dtype=dtype, progress=progress, return_outputs=True,
                       desc=f"eval {dataset.split}")
     if multi_label:
         return _multilabel_report(result, dataset, class_names, out_dir=out_dir, checkpoint=checkpoint, write=write,
-                                  thresholds=0.5 if thresholds is None else list(thresholds))
+                                  thresholds=0.5 if thresholds is None else list(thresholds),
+                                  predictions_file=predictions_file)
     labels, probs = result["targets"].numpy(), probabilities(result["logits"], head)
     preds = probs.argmax(dim=1).numpy()
     report = classification_report(labels, preds, class_names)
@@ -63,19 +73,87 @@ def evaluate_and_report(model: nn.Module, loader: torch.utils.data.DataLoader, d
 
 
 def _multilabel_report(result: dict[str, Any], dataset: Any, class_names: Sequence[str], *, out_dir: Path,
-                       checkpoint: str | Path | None, write: bool,
-                       thresholds: Sequence[float] | float) -> dict[str, Any]:
-    """metrics.json of a multi-label model: mAP, p@1, the per-class and overall precision/recall/F1 at
-    ``thresholds`` and the per-class table (docs/multilabel.md)."""
+                       checkpoint: str | Path | None, write: bool, thresholds: Sequence[float] | float,
+                       predictions_file: str | None = None) -> dict[str, Any]:
+    """A multi-label model's report: metrics.json (mAP, p@1, CP/CR/CF1, OP/OR/OF1 at ``thresholds``, the
+    per-class table), per_class.md and per_class.png (AP and F1 per class), worst_per_class.png and, with
+    ``predictions_file``, each image's label set and predicted set."""
     scores, truth = probabilities(result["logits"], "bce").numpy(), result["targets"].numpy() > 0.5
     report = multilabel_report(scores, truth, thresholds if isinstance(thresholds, float) else np.asarray(thresholds),
                                class_names)
     metrics = {"split": dataset.split, "data": str(dataset.root), "checkpoint": str(checkpoint) if checkpoint else None,
-               "count": result["count"], "top1": result["top1"], "top5": result["top5"], **report}
-    if write:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out_dir / "metrics.json", metrics)
+               "count": result["count"], "map": report["map"], "top1": result["top1"], "top5": result["top5"],
+               **{key: report[key] for key in ("CP", "CR", "CF1", "OP", "OR", "OF1", "thresholds", "per_class")}}
+    if not write:  # another rank of a distributed run writes the files
+        return metrics
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    write_text_atomic(out_dir / "per_class.md", per_class_table(metrics))
+    rows = metrics["per_class"].values()
+    plot_per_class(class_names, [row["ap"] for row in rows], [row["f1"] for row in rows], out_dir / "per_class.png",
+                   title=f"{dataset.split}: mAP {_number(metrics['map'])}, OF1 {metrics['OF1']:.2f}, "
+                         f"CF1 {metrics['CF1']:.2f}")
+    thr = np.asarray(metrics["thresholds"])
+    predicted = label_sets(scores, thr)
+    indices = result["indices"].tolist()
+    save_worst_per_class(scores, truth, thr, predicted, [row["ap"] for row in rows], class_names,
+                         lambda k: dataset.load(indices[k]), out_dir / "worst_per_class.png")
+    if predictions_file:
+        predictions = [{"path": dataset.samples[i][0], "labels": [class_names[c] for c in np.flatnonzero(truth[k])],
+                        "predicted": [class_names[c] for c in predicted[k]],
+                        "scores": {name: round(float(p), 6) for name, p in zip(class_names, scores[k])}}
+                       for k, i in enumerate(indices)]
+        write_predictions(predictions, predictions_file)
+        logger.info("wrote %d predictions to %s", len(predictions), predictions_file)
     return metrics
+
+
+def _number(value: float | None) -> str:
+    """A percentage with two decimals, ``n/a`` when undefined (mAP or AP without positives)."""
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def per_class_table(metrics: dict[str, Any]) -> str:
+    """A multi-label report's metrics as markdown: the overall numbers, then support, AP, precision, recall,
+    F1 and decision threshold of each class (percent)."""
+    lines = [f"# {metrics['split']} split: {metrics['count']} images, {metrics['checkpoint'] or 'the model'}", "",
+             f"mAP {_number(metrics['map'])} | p@1 {metrics['top1']:.2f} | "
+             + " | ".join(f"{key} {metrics[key]:.2f}" for key in ("CP", "CR", "CF1", "OP", "OR", "OF1")), "",
+             "| class | support | AP | precision | recall | F1 | threshold |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for (name, row), threshold in zip(metrics["per_class"].items(), metrics["thresholds"]):
+        lines.append(f"| {name} | {row['support']} | {_number(row['ap'])} | {row['precision']:.2f} | "
+                     f"{row['recall']:.2f} | {row['f1']:.2f} | {threshold:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+WORST_CLASSES = 20  # worst_per_class.png shows at most this many classes (the lowest AP ones)
+
+
+def save_worst_per_class(scores: np.ndarray, truth: np.ndarray, thresholds: np.ndarray, predicted: list[list[int]],
+                         ap: Sequence[float | None], class_names: Sequence[str], load: Callable[[int], Any],
+                         path: Path, n: int = 2) -> Path:
+    """worst_per_class.png: a row per class (the ``WORST_CLASSES`` of lowest AP when there are more), its
+    ``n`` positives of lowest score and ``n`` negatives of highest score, each captioned with the score, the
+    true and the predicted label set; red where the class is decided wrongly at its threshold."""
+    classes = range(len(class_names))
+    if len(class_names) > WORST_CLASSES:
+        classes = sorted(sorted(classes, key=lambda c: np.inf if ap[c] is None else ap[c])[:WORST_CLASSES])
+    worst = worst_scored(scores, truth, n)
+    images: dict[int, Any] = {}  # a sample shown for several classes is read once
+
+    def names(indices) -> str:
+        return " ".join(class_names[c] for c in indices) or "-"
+
+    def cell(c: int, k: int) -> tuple:
+        positive, score = bool(truth[k, c]), float(scores[k, c])
+        caption = (f"{class_names[c]}: {'pos' if positive else 'neg'} {score:.2f}\n"
+                   f"true: {names(np.flatnonzero(truth[k]))}\npred: {names(predicted[k])}")
+        return images.setdefault(k, load(k)), caption, positive != (score >= thresholds[c])
+
+    rows = [[cell(c, k) for k in worst[c][0] + worst[c][1]] for c in classes]
+    return save_image_table(rows, path, title=f"most wrongly scored per class: {n} lowest-scored positives, "
+                                              f"{n} highest-scored negatives")
 
 
 def write_predictions(rows: list[dict[str, Any]], path: str | Path) -> None:

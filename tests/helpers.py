@@ -68,6 +68,27 @@ def write_digit_folders(root: Path, classes=TINY_CLASSES, counts=TINY_COUNTS, si
     return root
 
 
+def write_pair_set(folder: Path, out: Path) -> Path:
+    """A multi-label csv set (``--dataset csv --multi_label``) from a class-folder digits set: each image of a
+    split side by side with another of that split (the k-th with the (3k+1)-th mod n), labelled with the set of
+    their classes (``"0 7"``, or one class when both show it); ``out/{split}.csv``, ``out/images/<split>/*.png``."""
+    for split in ("train", "val", "test"):
+        images = sorted((folder / split).glob("*/*.png"))
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        lines = ["path,label"]
+        for k, left in enumerate(images):
+            right = images[(3 * k + 1) % len(images)]
+            with Image.open(left) as a, Image.open(right) as b:
+                pair = Image.new("RGB", (a.width + b.width, a.height))
+                pair.paste(a.convert("RGB"), (0, 0))
+                pair.paste(b.convert("RGB"), (a.width, 0))
+            name = f"images/{split}/{k:03d}.png"
+            pair.save(out / name)
+            lines.append(f"{name},{' '.join(sorted({left.parent.name, right.parent.name}))}")
+        (out / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return out
+
+
 def write_low_byte_set(root: Path, counts=(("train", 12), ("val", 4), ("test", 4)), size: int = 16,
                        colour: bool = False) -> Path:
     """16-bit images of two classes that differ in the low byte only: ``lr`` is darker on the left half

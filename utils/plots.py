@@ -140,6 +140,62 @@ def save_error_grid(images: Sequence, true_names: Sequence[str], pred_names: Seq
     return save_figure(fig, path)
 
 
+def plot_per_class(class_names: Sequence[str], ap: Sequence[float | None], f1: Sequence[float], path: str | Path,
+                   title: str = "per-class AP and F1") -> Path:
+    """A multi-label model's per-class picture (what the confusion matrix is to a single-label one): AP and F1
+    (percent) of each class as horizontal bars, classes top to bottom; a class without positives (AP undefined)
+    is marked ``n/a``."""
+    plt = _pyplot()
+    n = len(class_names)
+    y = np.arange(n)
+    ap_values = [0.0 if a is None else float(a) for a in ap]
+    fig, ax = plt.subplots(figsize=(7, min(30.0, max(3.0, 0.3 * n + 1.5))))
+    ax.barh(y - 0.2, ap_values, height=0.4, label="AP", color="tab:blue")
+    ax.barh(y + 0.2, list(f1), height=0.4, label="F1 at the thresholds", color="tab:orange")
+    for i, a in enumerate(ap):
+        if a is None:
+            ax.text(1, i - 0.2, "n/a (no positives)", va="center", fontsize=7)
+    ax.set(yticks=y, xlim=(0, 100), xlabel="percent", title=title)
+    ax.set_yticklabels(class_names, fontsize=8 if n > 20 else 10)
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def worst_scored(scores: np.ndarray, truth: np.ndarray, n: int = 2) -> list[tuple[list[int], list[int]]]:
+    """Per class (multi-label), the samples it scores most wrongly: the ``n`` positives with the lowest score
+    and the ``n`` negatives with the highest (positions into ``scores``, worst first; ties in sample order)."""
+    scores, truth = np.asarray(scores, dtype=np.float64), np.asarray(truth, dtype=bool)
+    out = []
+    for k in range(scores.shape[1]):
+        positives, negatives = np.flatnonzero(truth[:, k]), np.flatnonzero(~truth[:, k])
+        low = positives[np.argsort(scores[positives, k], kind="stable")][:n]
+        high = negatives[np.argsort(-scores[negatives, k], kind="stable")][:n]
+        out.append((low.tolist(), high.tolist()))
+    return out
+
+
+def save_image_table(rows: Sequence[Sequence[tuple]], path: str | Path, title: str) -> Path:
+    """A grid of captioned images, row by row: each cell ``(image, caption, wrong)``, its caption in red
+    when ``wrong`` (e.g. a misclassification); rows may be ragged (short rows leave empty cells)."""
+    plt = _pyplot()
+    cols = max([1] + [len(row) for row in rows])
+    fig, axes = plt.subplots(max(1, len(rows)), cols, figsize=(2.4 * cols, 2.7 * max(1, len(rows))), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, row in enumerate(rows):
+        for c, (image, caption, wrong) in enumerate(row):
+            axes[r, c].imshow(_hwc(image), interpolation="nearest")
+            axes[r, c].set_title(caption, fontsize=8, color="firebrick" if wrong else "black")
+    if not any(rows):
+        axes[0, 0].text(0.5, 0.5, "nothing to show", ha="center", va="center", fontsize=12)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))  # the title's band: clear of the first row
+    return save_figure(fig, path)
+
+
 def _hwc(image) -> np.ndarray:
     """A uint8 image as ``H x W x 3`` (``3 x H x W`` tensors and arrays are transposed)."""
     array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
