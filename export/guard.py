@@ -44,6 +44,9 @@ def compare_accuracy(runners: Mapping[str, Runner], batches: Iterable[tuple[torc
     truth = torch.cat(targets)
     outputs = {name: torch.cat(parts) for name, parts in scores.items()}
     if multi:
+        if not bool((truth > 0.5).any()):
+            raise ExportError(f"the accuracy guard's {len(truth)} images have no labels, so their mAP is undefined: "
+                              f"evaluate on a split with labelled images (--eval_split, --verify_images)")
         accuracy = {f"{name}_map": mean_average_precision(average_precision(s.numpy(), truth.numpy() > 0.5))
                     for name, s in outputs.items()}
         predictions = [[tuple(labels) for labels in label_sets(s.numpy(), np.asarray(thresholds))]

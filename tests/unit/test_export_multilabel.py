@@ -52,6 +52,8 @@ def test_the_guard_measures_map_and_label_set_agreement_at_the_thresholds():
                                           r"--max_accuracy_drop 1;"):
         check_accuracy_drop("the int8 file", report, 1.0, "test")
     assert check_accuracy_drop("the int8 file", report, 12.5 + 1e-9, "test") == pytest.approx(12.5)
+    with pytest.raises(ExportError, match="have no labels, so their mAP is undefined"):
+        compare_accuracy(runners, [(torch.tensor([0, 1]), torch.zeros(2, 2))], thresholds=[0.5, 0.5])
 
 
 class _ChannelMeans(nn.Module):
