@@ -8,19 +8,20 @@ ONNX or OpenVINO IR file, and with ``--quantize int8`` also its int8 version beh
     python main.py --openvino --quantize int8 --resume ...     # -> also <run>/export/model.int8.xml + .bin
 
 The export is made on the CPU in fp32 and carries the class names, input size, resize mode, mean/std
-and head (``export.core.export_metadata``). Before it is reported, the written file is loaded back
-the way consumers load it and run on a few real images of ``--eval_split`` (batched, and one alone to
-check the dynamic batch axis); its logits must match the eager model's within 1e-3 x max(1, max |logit|)
-(for a model whose own fp32 logits are less exact than that: within 20x eager's own distance from float64
-logits; see ``export.core.logit_bound``). A file that fails is left as ``<name>.unverified`` and the run fails
-with the difference.
+and head, and for a multi-label model its per-class decision thresholds (``export.core.export_metadata``).
+Before it is reported, the written file is loaded back the way consumers load it and run on a few real
+images of ``--eval_split`` (batched, and one alone to check the dynamic batch axis); its logits must match
+the eager model's within 1e-3 x max(1, max |logit|) (for a model whose own fp32 logits are less exact than
+that: within 20x eager's own distance from float64 logits; see ``export.core.logit_bound``). A file that
+fails is left as ``<name>.unverified`` and the run fails with the difference.
 
 An int8 file is made from the verified fp32 one, calibrated on ``--calib_images`` training images
 through the evaluation preprocessing (``export.quantize``, ``export.openvino``). It computes an
 approximation, so it is not held to a logit tolerance but to accuracy: the fp32 and the int8 file are
 evaluated on ``--eval_split`` (all of it, or ``--verify_images`` images spread over it) and the int8
-top-1 may be at most ``--max_accuracy_drop`` points lower (``export.guard``); otherwise it is left as
-``model.int8.onnx.unverified`` (``model.int8.unverified.xml``) and the run fails with both numbers.
+top-1 (mAP for a multi-label model) may be at most ``--max_accuracy_drop`` points lower (``export.guard``);
+otherwise it is left as ``model.int8.onnx.unverified`` (``model.int8.unverified.xml``) and the run fails with
+both numbers.
 
 Temporary files and scratch folders are made in the export folder and named after their file with the
 writer's pid (``utils.atomic.temp_path``, ``temp_dir``); an export first removes those of processes that
@@ -53,7 +54,7 @@ from export.core import (
     torchscript_runner,
     verify_export,
 )
-from export.guard import check_accuracy_drop, compare_accuracy
+from export.guard import METRIC_NAMES, check_accuracy_drop, compare_accuracy, report_metric
 from models import model_family
 from utils.atomic import remove_stale_temporaries, temp_dir
 from utils.misc import log_to_file
@@ -189,14 +190,16 @@ def sample_images(cfg: argparse.Namespace, restored: Restored, split: str,
 
 def labelled_batches(cfg: argparse.Namespace, restored: Restored, split: str, count: int | None,
                      batch_size: int = GUARD_BATCH) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(images, labels)`` batches of ``count`` images spread evenly over ``split`` (all for ``None``),
-    preprocessed as evaluation does; read batch by batch, so a large split never sits in memory."""
+    """``(images, targets)`` batches of ``count`` images spread evenly over ``split`` (all for ``None``),
+    preprocessed as evaluation does; read batch by batch, so a large split never sits in memory. Targets are
+    class indices (``N``), or for a multi-label model multi-hot rows (``N x K``)."""
     dataset = build_dataset(cfg, split, restored.class_names, train=False, fallback=True, spec=restored.spec)
     normalise = preprocessor(restored.spec, torch.device("cpu"))
     picks = _spread(count, len(dataset))
     for start in range(0, len(picks), batch_size):
         items = [dataset[i] for i in picks[start:start + batch_size]]
-        yield normalise(torch.stack([item[0] for item in items])), torch.tensor([int(item[1]) for item in items])
+        yield normalise(torch.stack([item[0] for item in items])), torch.stack([torch.as_tensor(item[1])
+                                                                                for item in items])
 
 
 def export_checkpoint(cfg: argparse.Namespace, fmt: ExportFormat, out_dir: Path,
@@ -256,11 +259,15 @@ def quantize_export(cfg: argparse.Namespace, fmt: ExportFormat, fp32_path: Path,
         reason = (str(e).strip().splitlines() or [""])[0][:300]
         raise ExportError(f"cannot quantize {fp32_path} to int8 ({fmt.name}): {type(e).__name__}: {reason}") from e
     what = f"the int8 {fmt.name} export {staging}"
+    spec = restored.spec
     report = compare_accuracy({name: next(iter(r.values())) for name, r in runners.items()},
-                              labelled_batches(cfg, restored, cfg.eval_split, cfg.verify_images))
+                              labelled_batches(cfg, restored, cfg.eval_split, cfg.verify_images),
+                              thresholds=spec.decision_thresholds if spec.multi_label else None)
     drop = check_accuracy_drop(what, report, cfg.max_accuracy_drop, cfg.eval_split)
     fmt.move(staging, path)
-    logger.info("wrote %s (int8, %s calibration on %d training images): top-1 %.2f%% (fp32 %.2f%%), predictions "
-                "agree on %.2f%% of %d %s images", path, cfg.calib_method, len(calibration), report["int8_top1"],
-                report["fp32_top1"], report["agreement"], report["images"], cfg.eval_split)
-    return {"path": str(path), **settings, "eval_split": cfg.eval_split, **report, "top1_drop": drop}
+    metric = report_metric(report)
+    logger.info("wrote %s (int8, %s calibration on %d training images): %s %.2f%% (fp32 %.2f%%), predictions "
+                "agree on %.2f%% of %d %s images", path, cfg.calib_method, len(calibration), METRIC_NAMES[metric],
+                report[f"int8_{metric}"], report[f"fp32_{metric}"], report["agreement"], report["images"],
+                cfg.eval_split)
+    return {"path": str(path), **settings, "eval_split": cfg.eval_split, **report, f"{metric}_drop": drop}

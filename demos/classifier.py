@@ -20,6 +20,12 @@ reproduces the project's evaluation pipeline bit for bit:
 3. ``(x / peak - mean) / std`` in float32 (peak 255, or 65535 at 16 bits), in the same operation order as
    the project.
 
+A multi-label export (its metadata's ``multi_label``) gives each image a label set: the classes whose sigmoid
+probability is >= their entry of the metadata's ``thresholds`` (tuned per class by ``--tune_thresholds``, else
+0.5), highest first; ``--json`` prints ``{"path", "labels": [{"name", "score"}], "scores": {name: score}}``
+and the text lines ``path: name score, ...`` (``(no label)`` for an empty set); ``--topk`` is for single-label
+exports.
+
 ``--backend auto`` runs ``.onnx`` files (``model.onnx``, ``model.int8.onnx``) in ONNX Runtime, ``.xml``
 files (``model.xml``, ``model.int8.xml``, with their ``.bin``) in OpenVINO and anything else as TorchScript.
 An int8 file's metadata holds its ``quantization`` settings; its predictions agree with the fp32 file's at
@@ -31,6 +37,7 @@ from another program::
     from classifier import Classifier            # with demos/ on sys.path
     clf = Classifier("export/model.onnx")
     clf.predict(["cat.jpg", "dog.png"], topk=3)   # [[("cat", 0.97), ...], ...]
+    clf.predict_labels(["street.jpg"])            # multi-label: [[("car", 0.91), ("person", 0.64)]]
 """
 from __future__ import annotations
 
@@ -256,7 +263,9 @@ GEOMETRY = {
 ACTIVATIONS = {
     "softmax": lambda logits: logits.float().softmax(dim=1),
     "bce": lambda logits: logits.float().sigmoid(),
+    "asl": lambda logits: logits.float().sigmoid(),  # the asymmetric loss: per-class sigmoid, as bce
 }
+DEFAULT_THRESHOLD = 0.5  # a multi-label export's decision threshold of a class that has none
 
 
 # --- backends ---------------------------------------------------------------------------------------
@@ -410,6 +419,10 @@ class Classifier:
         self.head = self.metadata.get("head", "softmax")
         if self.head not in ACTIVATIONS:
             raise ValueError(f"{path}: unsupported head {self.head!r}; this demo knows {', '.join(ACTIVATIONS)}")
+        # exports from before multi-label models are single-label
+        self.multi_label = self.metadata.get("multi_label", False) is True
+        self.activation = ACTIVATIONS["bce"] if self.multi_label else ACTIVATIONS[self.head]
+        self.thresholds = decision_thresholds(self.metadata, path) if self.multi_label else None
         self.preprocessor = Preprocessor(self.metadata, max_pixels)
 
     def load(self, source: ImageSource) -> torch.Tensor:
@@ -417,14 +430,15 @@ class Classifier:
         return self.preprocessor.load(source)
 
     def classify(self, batch: torch.Tensor) -> torch.Tensor:
-        """``N x C`` class probabilities (softmax, or sigmoid for a bce head) of a uint8 batch from :meth:`load`;
+        """``N x C`` class probabilities (softmax, or sigmoid for a bce/asl head or a multi-label export) of a
+        uint8 batch from :meth:`load`;
         ValueError when the model's ``C`` outputs are not one per name of its class_names metadata."""
         logits = self.backend(self.preprocessor.normalise(batch))
         if logits.ndim != 2 or logits.shape[1] != len(self.class_names):
             raise ValueError(f"{self.path}: the model has {logits.shape[-1] if logits.ndim else 0} outputs per image "
                              f"but its class_names metadata names {len(self.class_names)} classes: export it again "
                              f"with main.py --jit, --onnx or --openvino")
-        return ACTIVATIONS[self.head](logits)
+        return self.activation(logits)
 
     def probabilities(self, images: Sequence[ImageSource]) -> torch.Tensor:
         """``N x C`` class probabilities of ``images`` (paths, encoded bytes or Pillow images)."""
@@ -436,6 +450,33 @@ class Classifier:
         values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
         return [[(self.class_names[i], float(v)) for v, i in zip(vs.tolist(), ix.tolist())]
                 for vs, ix in zip(values, indices)]
+
+    def label_sets(self, probs: torch.Tensor) -> list[list[tuple[str, float]]]:
+        """A multi-label export's label set of each row of ``probs`` (from :meth:`classify`): the ``(class name,
+        probability)`` of the classes at or over their threshold, highest first (equal ones in class order)."""
+        if self.thresholds is None:
+            raise ValueError(f"{self.path} is a single-label export: it predicts one class (predict), not label sets")
+        order = torch.sort(probs, dim=1, descending=True, stable=True).indices
+        rows = probs.tolist()  # Python floats, compared as the project compares them (in float64)
+        return [[(self.class_names[i], row[i]) for i in ranked if row[i] >= self.thresholds[i]]
+                for row, ranked in zip(rows, order.tolist())]
+
+    def predict_labels(self, images: Sequence[ImageSource]) -> list[list[tuple[str, float]]]:
+        """A multi-label export's label set of each of ``images``: ``(class name, probability)``, highest first."""
+        return self.label_sets(self.probabilities(images))
+
+
+def decision_thresholds(metadata: dict[str, Any], path: Path) -> list[float]:
+    """A multi-label export's per-class decision thresholds (one per class name): its ``thresholds`` metadata,
+    0.5 for every class when it has none."""
+    count = len(metadata["class_names"])
+    values = metadata.get("thresholds") or [DEFAULT_THRESHOLD] * count
+    if (not isinstance(values, list) or len(values) != count
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in values)):
+        raise ValueError(f"{path}: its thresholds metadata is not one probability (0..1) per class of its "
+                         f"{count} classes (got {str(values)[:60]}): export it again with main.py --jit, --onnx "
+                         f"or --openvino")
+    return [float(v) for v in values]
 
 
 def is_training_checkpoint(path: Path) -> bool:
@@ -468,18 +509,45 @@ def batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield items[start:start + size]
 
 
+def topk_lines(clf: Classifier, paths: Sequence[Path], probs: torch.Tensor, args: argparse.Namespace) -> list[str]:
+    """A single-label export's output line per image: its top-k classes (text or JSON)."""
+    values, indices = probs.topk(min(args.topk, probs.shape[1]), dim=1)
+    lines = []
+    for path, p, vs, ix in zip(paths, probs.tolist(), values.tolist(), indices.tolist()):
+        top = [(clf.class_names[i], v) for v, i in zip(vs, ix)]
+        lines.append(json.dumps({"path": str(path), "topk": top, "probabilities": p}) if args.json
+                     else f"{path}: " + ", ".join(f"{name} {v:.4f}" for name, v in top))
+    return lines
+
+
+def label_set_lines(clf: Classifier, paths: Sequence[Path], probs: torch.Tensor,
+                    args: argparse.Namespace) -> list[str]:
+    """A multi-label export's output line per image: its label set with scores (text or JSON, with every
+    class's probability)."""
+    lines = []
+    for path, labels, p in zip(paths, clf.label_sets(probs), probs.tolist()):
+        if args.json:
+            lines.append(json.dumps({"path": str(path), "labels": [{"name": n, "score": v} for n, v in labels],
+                                     "scores": dict(zip(clf.class_names, p))}))
+        else:
+            lines.append(f"{path}: " + (", ".join(f"{name} {v:.4f}" for name, v in labels) or "(no label)"))
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Classify images with a model exported by main.py "
                                                  "--jit/--onnx/--openvino.")
     parser.add_argument("model", help="model_jit.pt (TorchScript), model[.int8].onnx or model[.int8].xml (OpenVINO)")
     parser.add_argument("images", help="an image or a folder of images (searched recursively)")
-    parser.add_argument("--topk", type=int, default=5, help="classes printed per image")
+    parser.add_argument("--topk", type=int, default=5,
+                        help="classes printed per image (single-label; a multi-label export prints its label set)")
     parser.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
                         help="auto: ONNX Runtime for .onnx, OpenVINO for .xml, TorchScript otherwise")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the library's)")
     parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--json", action="store_true",
-                        help="print one JSON object per image (path, top-k, all probabilities) instead of text")
+                        help="print one JSON object per image (path, top-k, all probabilities; multi-label: path, "
+                             "labels, scores) instead of text")
     parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
                         help="refuse images of more pixels, from their header (decompression bombs); 0 = no limit")
     args = parser.parse_args(argv)
@@ -516,13 +584,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as e:  # the model does not fit its own metadata: one line, no traceback
             print(f"classifier.py: {type(e).__name__}: {e}", file=sys.stderr)
             return 1
-        values, indices = probs.topk(min(args.topk, probs.shape[1]), dim=1)
-        for path, p, vs, ix in zip(kept, probs.tolist(), values.tolist(), indices.tolist()):
-            top = [(clf.class_names[i], v) for v, i in zip(vs, ix)]
-            if args.json:
-                print(json.dumps({"path": str(path), "topk": top, "probabilities": p}))
-            else:
-                print(f"{path}: " + ", ".join(f"{name} {v:.4f}" for name, v in top))
+        for line in (label_set_lines if clf.multi_label else topk_lines)(clf, kept, probs, args):
+            print(line)
         done += len(kept)
     print(f"{done} image(s) classified with {Path(args.model).name} ({clf.backend_name})"
           + (f", {failed} unreadable image(s) skipped" if failed else ""), file=sys.stderr)

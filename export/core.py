@@ -4,7 +4,8 @@ Both formats take a float ``N x C x H x W`` batch (C: the spec's ``in_chans``), 
 ``(x / peak - mean) / std`` (peak 255, or 65535 for ``bit_depth`` 16),
 and return logits. A consumer (``demos/classifier.py``) needs nothing but the file: the class names,
 input size, resize mode, normalisation and head travel inside it, as the TorchScript extra file
-``metadata.json`` and as the ONNX model's ``metadata_props`` (one JSON-encoded value per key).
+``metadata.json`` and as the ONNX model's ``metadata_props`` (one JSON-encoded value per key). A multi-label
+export says so (``multi_label``) and carries its per-class decision ``thresholds``.
 
 TorchScript files are frozen (weights inlined, conv+bn folded, dropout gone). The device-specific
 ``torch.jit.optimize_for_inference`` pass (oneDNN layouts) cannot be serialised, so loaders apply it
@@ -44,9 +45,15 @@ class ExportError(ValueError):
     """A model could not be exported, or its export does not reproduce the eager model."""
 
 
+OUTPUT_SINGLE_LABEL = "logits (probabilities: softmax, or sigmoid for head bce)"
+OUTPUT_MULTI_LABEL = ("logits (multi-label: per-class sigmoid probabilities; the labels are the classes whose "
+                      "probability is >= their entry of thresholds)")
+
+
 def export_metadata(spec: ModelSpec) -> dict[str, Any]:
     """What a consumer needs to preprocess images and name the outputs: the model's spec, under the keys
-    ``demos/classifier.py`` reads (``resize`` is the spec's ``eval_resize``)."""
+    ``demos/classifier.py`` reads (``resize`` is the spec's ``eval_resize``); the task (``multi_label``) and,
+    for a multi-label model, its decision ``thresholds`` (one per class, 0.5 where none were tuned)."""
     return {
         "format_version": METADATA_VERSION,
         "arch": spec.arch,
@@ -62,7 +69,10 @@ def export_metadata(spec: ModelSpec) -> dict[str, Any]:
         "bit_depth": spec.bit_depth,  # 8: x in 0..255; 16: x in 0..65535 (8-bit images x 257)
         "input": f"float32 N x {spec.in_chans} x H x W, {'RGB' if spec.in_chans == 3 else 'grey'}, "
                  f"(x / {2 ** spec.bit_depth - 1} - mean) / std after the resize",
-        "output": "logits (probabilities: softmax, or sigmoid for head bce)",
+        "output": OUTPUT_MULTI_LABEL if spec.multi_label else OUTPUT_SINGLE_LABEL,
+        # multi-label: the image's labels are the classes whose sigmoid probability is >= their threshold
+        "multi_label": spec.multi_label,
+        "thresholds": spec.decision_thresholds if spec.multi_label else [],
     }
 
 

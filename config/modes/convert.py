@@ -30,7 +30,8 @@ def _add_quantize(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--verify_images", type=int, default=INT8_DEFAULTS["verify_images"],
                    help="accuracy guard: images spread over --eval_split (default: all of it)")
     g.add_argument("--max_accuracy_drop", type=float, default=INT8_DEFAULTS["max_accuracy_drop"],
-                   help="accuracy guard: most top-1 points the int8 file may lose to fp32, else the export fails")
+                   help="accuracy guard: most top-1 points (mAP points for a multi-label model) the int8 file "
+                        "may lose to fp32, else the export fails")
 
 
 def _check_quantize(cfg: argparse.Namespace) -> None:
