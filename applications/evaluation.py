@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from engine import amp_dtype, evaluate_and_report
-from models.spec import ModelSpec
 from utils.distributed import DistInfo, cleanup, init_distributed
 from utils.misc import main_process_log
 
@@ -39,7 +38,6 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
 
 def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, Any]:
     restored = restore_for_inference(cfg, info.device)
-    check_task(cfg, restored.spec)
     spec = restored.spec
     dataset = build_dataset(cfg, cfg.eval_split, restored.class_names, train=False, fallback=True, spec=spec)
     loader = build_loader(cfg, dataset, train=False, device=restored.device, dist_info=info)
@@ -63,11 +61,3 @@ def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo)
                 cfg.resume, dataset.split, metrics["count"], metrics["top1"], metrics["top5"],
                 metrics["macro"]["f1"], report_dir)
     return summary
-
-
-def check_task(cfg: argparse.Namespace, spec: ModelSpec) -> None:
-    """``--multi_label`` asks for a multi-label model: refused for a single-label checkpoint (a multi-label
-    one sets it itself, config.saved.use_checkpoint_task)."""
-    if cfg.multi_label and not spec.multi_label:
-        raise ValueError(f"--multi_label: {cfg.resume} is a single-label model (one class per image), so its "
-                         "outputs are no label sets; drop --multi_label")

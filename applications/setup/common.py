@@ -324,6 +324,9 @@ def model_from_checkpoint(path: str | Path, cfg: argparse.Namespace, fallback_cl
     """
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
     spec = checkpoint_spec(ckpt, cfg, fallback_class_names)
+    if getattr(cfg, "multi_label", False) and not spec.multi_label:  # a multi-label one sets it itself (config.saved)
+        raise ValueError(f"--multi_label: {path} is a single-label model (one class per image), so its outputs are "
+                         f"no label sets; drop --multi_label")
     model = create_model(spec.arch, spec.num_classes, in_chans=spec.in_chans)
     load_state_dict_checked(model, extract_state_dict(ckpt), path)
     return model, spec
