@@ -102,6 +102,15 @@ def test_exports_carry_the_task_and_thresholds_and_the_demo_gives_the_models_lab
         assert meta["multi_label"] is True and meta["head"] == "bce", name
         assert meta["thresholds"] == pytest.approx(tuned["thresholds"], rel=0, abs=1e-12), name
         _assert_demo_label_sets(export / name, tuned, tmp_path)
+    # --predict on the same images, with the same checkpoint: the same label sets as the demo on the export
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert run_main(["--predict", str(tuned["data"] / "images" / "test"), "--resume", str(tuned["ckpt"]),
+                         "-j", "0"]) == 0
+    predicted = json.loads((tuned["run"] / "predict" / "test" / "predictions.json").read_text())
+    demo = [json.loads(line) for line in _demo_rows(export / "model.onnx", tuned, tmp_path, "--json")[0]]
+    sets = {Path(r["path"]).name: [label["name"] for label in r["labels"]] for r in demo}
+    assert {Path(r["path"]).name: [label["name"] for label in r["labels"]] for r in predicted} == sets
+    assert len(sets) == len(tuned["paths"])
     lines, stderr = _demo_rows(export / "model.onnx", tuned, tmp_path)  # the printed table: the label sets
     assert "12 image(s) classified with model.onnx (onnxruntime)" in stderr
     for line, want in zip(lines, tuned["expected"]):
