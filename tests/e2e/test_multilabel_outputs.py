@@ -22,7 +22,13 @@ def test_multilabel_train_then_evaluation_and_predict(tiny_data, tmp_path):
             "--lr", "0.05", "--warmup", "0", "--seed", "1", "--output", str(tmp_path / "out"), "--no_progress"]
     assert run_main(args) == 0
     run = tmp_path / "out" / "simple_cnn" / "default"
-    test = read_json(run / "metrics.json")["test"]
+    metrics = read_json(run / "metrics.json")
+    test, history = metrics["test"], metrics["history"]
+    # best.pth is the epoch of the best val mAP (not of the best p@1), and the log rows carry the F1s
+    best_epoch = max(history, key=lambda row: (row["val_map"], -row["val_loss"]))["epoch"]
+    assert load_checkpoint(run / "checkpoints" / "best.pth")["epoch"] == best_epoch
+    assert test["best_val_map"] == pytest.approx(max(row["val_map"] for row in history))
+    assert all({"val_of1", "val_cf1"} <= set(row) for row in history)
     assert {path.name for path in (run / "eval_test").iterdir()} == REPORT
     best = run / "checkpoints" / "best.pth"
     thresholds = load_checkpoint(best)["model_spec"]["thresholds"]
