@@ -282,3 +282,53 @@ def test_a_file_the_library_cannot_read_and_a_folder_without_a_dataset(tmp_path)
     (tmp_path / "empty").mkdir()
     one_line(r"empty holds no Hugging Face dataset: --dataset hf reads a save_to_disk folder", DatasetError,
              read_class_names, tmp_path / "empty", "hf")
+
+
+def multi(**flags) -> Columns:
+    from dataloader.labels import LabelSets
+    return Columns(sets=LabelSets(allow_empty=flags.get("allow_empty", False)))
+
+
+def test_a_sequence_of_classlabel_is_read_as_label_sets_with_multi_label(tmp_path):
+    from datasets import ClassLabel, Dataset, Features, Image, Sequence
+    feats = Features({"image": Image(), "labels": Sequence(ClassLabel(names=["cat", "dog", "owl"]))})
+    train = Dataset.from_dict({"image": images(1, 2, 3), "labels": [[2, 0], [1], [0, 1, 2]]}, features=feats)
+    val = Dataset.from_dict({"image": images(4), "labels": [[]]}, features=feats)
+    root = saved(tmp_path / "sd", {"train": train, "validation": val})
+    assert read_class_names(root, "hf", multi()) == ["cat", "dog", "owl"]
+    ds = ClassificationDataset(root, "hf", "train", columns=multi())
+    assert ds.multi_label and ds.targets == [(0, 2), (1,), (0, 1, 2)]
+    assert ds[0][1].tolist() == [1.0, 0.0, 1.0] and ds[0][1].dtype == torch.float32  # multi-hot K
+    one_line(r"sd \(train split\): the label column 'labels' holds a list of labels per row .*add --multi_label$",
+             DatasetError, read_class_names, root, "hf")
+    one_line(r"sd \(val split\) row 0 \(val/000000\): no label: .*--allow_empty_labels", DatasetError,
+             ClassificationDataset, root, "hf", "val", columns=multi())
+    assert ClassificationDataset(root, "hf", "val", columns=multi(allow_empty=True)).targets == [()]
+    single = saved(tmp_path / "one", {"train": hf_dataset({"image": images(1), "label": [0]},
+                                                          {"image": "image", "label": ["a"]})})
+    one_line(r"--multi_label reads a list of labels per row, but the label column 'label' holds one label",
+             DatasetError, read_class_names, single, "hf", multi())
+
+
+def test_plain_integer_and_string_lists_name_their_classes(tmp_path):
+    from datasets import Dataset
+    ints = Dataset.from_dict({"image": images(1, 2), "label": [[3, 1], [0, 2]]}).cast_column("image", _image())
+    root = saved(tmp_path / "ints", {"train": ints, "test": Dataset.from_dict(
+        {"image": images(3), "label": [[1, 7]]}).cast_column("image", _image())})
+    assert read_class_names(root, "hf", multi()) == ["0", "1", "2", "3"]  # 0..K-1, as an integer column
+    assert ClassificationDataset(root, "hf", "train", columns=multi()).targets == [(1, 3), (0, 2)]
+    one_line(r"ints \(test split\) row 0 \(test/000000\): label 7 is not a class \(4 classes: 0\.\.3\)",
+             DatasetError, ClassificationDataset, root, "hf", "test", columns=multi())
+    names = Dataset.from_dict({"image": images(1, 2), "label": [["owl", "cat"], ["dog"]]}).cast_column("image",
+                                                                                                        _image())
+    root = saved(tmp_path / "names", {"train": names, "validation": Dataset.from_dict(
+        {"image": images(3), "label": [["cow"]]}).cast_column("image", _image())})
+    assert read_class_names(root, "hf", multi()) == ["cat", "dog", "owl"]  # the sorted union over train
+    assert ClassificationDataset(root, "hf", "train", columns=multi()).targets == [(0, 2), (1,)]
+    one_line(r"\(val/000000\): label 'cow' is not a class \(3 classes: a name among train's labels\)",
+             DatasetError, ClassificationDataset, root, "hf", "val", columns=multi())
+
+
+def _image():
+    from datasets import Image
+    return Image()
