@@ -332,3 +332,48 @@ def test_plain_integer_and_string_lists_name_their_classes(tmp_path):
 def _image():
     from datasets import Image
     return Image()
+
+
+def multi_label_csv(root: Path) -> Path:
+    """A tiny csv set with label sets (names, one space apart; one image without labels in val)."""
+    sets = {"train": ["cat dog", "owl", "cat owl dog", "dog", "cat", "owl dog"], "val": ["dog owl", "", "cat"]}
+    for split, labels in sets.items():
+        (root / split).mkdir(parents=True)
+        rows = ["path,label"]
+        for i, label in enumerate(labels):
+            (root / split / f"{i}.png").write_bytes(png(10 * i + len(split)))
+            rows.append(f"{split}/{i}.png,{label}")
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_convert_keeps_label_sets_csv_to_parquet_and_to_shards(tmp_path):
+    from dataloader.labels import LabelSets
+    from dataloader.shards import ShardDataset
+    src, columns = multi_label_csv(tmp_path / "csv"), multi(allow_empty=True)
+    convert_dataset(src, "csv", "parquet", tmp_path / "pq", columns=columns)
+    convert_dataset(src, "csv", "wds", tmp_path / "wds", columns=columns)
+    assert read_class_names(tmp_path / "pq", "hf", columns) == ["cat", "dog", "owl"]  # the Sequence(ClassLabel)'s
+    for split in ("train", "val"):
+        original = ClassificationDataset(src, "csv", split, columns=columns)
+        parquet = ClassificationDataset(tmp_path / "pq", "hf", split, columns=columns)
+        assert parquet.targets == original.targets and (split == "train" or () in parquet.targets)
+        assert all(torch.equal(parquet.load(i), original.load(i)) for i in range(len(original)))
+        shards = ShardDataset(tmp_path / "wds", split, sets=LabelSets(allow_empty=True))
+        by_key = {key.split("/", 1)[1]: label for key, label in shards.samples}  # shards hold a shuffled order
+        assert {original.key(i).replace(".", "_"): t for i, t in enumerate(original.targets)} == by_key
+    one_line(r"the label column 'label' holds a list of labels per row .*add --multi_label", DatasetError,
+             read_class_names, tmp_path / "pq", "hf")
+    findings = check_dataset(tmp_path / "pq", "hf", columns=columns)  # check_images --multi_label
+    assert [f.status for f in findings] == ["ok"] * 9 and findings[0].label == "cat dog"
+
+
+def test_convert_data_cli_with_multi_label(tmp_path, capsys):
+    from utils.convert_data import main  # in this process: the flags reach the layout
+    src = multi_label_csv(tmp_path / "csv")
+    base = ["--data", str(src), "--to", "parquet", "-j", "1", "--no_progress"]
+    assert main(base + ["--out", str(tmp_path / "no"), "--multi_label"]) == 2  # the empty label set of val/1.png
+    assert re.fullmatch(r"error: \S*val\.csv:3: no label: .*--allow_empty_labels.*\n", capsys.readouterr().err)
+    assert main(base + ["--out", str(tmp_path / "pq"), "--multi_label", "--allow_empty_labels"]) == 0
+    assert ClassificationDataset(tmp_path / "pq", "hf", "val", columns=multi(allow_empty=True)).targets == \
+        [(1, 2), (), (0,)]
