@@ -29,6 +29,7 @@ from dataloader.io import (
     is_image_name,
     open_image,
 )
+from dataloader.labels import LabelSets, label_names
 from utils.walk import visible_files, visible_subfolders
 
 SPLITS = ("train", "val", "test")
@@ -153,8 +154,8 @@ def _tasks(root: Path, kind: str, max_pixels: int,
         findings += [Finding(split, "-", str(root), "bad", str(e)) for e in errors if str(e) not in reported]
         reported |= {str(e) for e in errors}
         reader = layout.reader(root, split, max_pixels) if kind in READ_BY_LAYOUT and samples else None
-        tasks += [(split, class_names[label], source, _name(root, split, source, layout, reader), max_pixels, reader)
-                  for source, label in samples]
+        tasks += [(split, label_names(label, class_names), source, _name(root, split, source, layout, reader),
+                   max_pixels, reader) for source, label in samples]
         if kind == "folder":
             for class_dir in visible_subfolders(root / split):  # the files training sees, less its images
                 findings += [Finding(split, class_dir.name, str(f), "stray", "not an image extension: training "
@@ -162,23 +163,26 @@ def _tasks(root: Path, kind: str, max_pixels: int,
     return tasks, findings
 
 
-ShardTask = tuple[str, str, int, list[str], int]  # split, shard, its sample count, class names, max_pixels
+# split, shard, its sample count, class names, max_pixels, label sets (--multi_label) or None
+ShardTask = tuple[str, str, int, list[str], int, LabelSets | None]
 
 
 def _check_shard(task: ShardTask) -> list[Finding]:
     """Every sample of one shard: an image and a .cls, a label in range, an image that decodes. A sample
     without its .cls or a truncated tar is one bad finding naming the shard (its rest is not read)."""
     from dataloader.shards import ShardError, iter_samples, short_shard
-    split, url, count, class_names, max_pixels = task
+    split, url, count, class_names, max_pixels, sets = task
     findings: list[Finding] = []
     try:
-        for key, data, label in iter_samples(url):
+        for key, data, label in iter_samples(url, sets):
             name = f"{url}:{key}"
-            if label >= len(class_names):
-                findings.append(Finding(split, str(label), name, "bad", f"label {label} is out of range: there are "
+            top = label if isinstance(label, int) else max(label, default=-1)
+            if top >= len(class_names):
+                findings.append(Finding(split, str(label), name, "bad", f"label {top} is out of range: there are "
                                         f"{len(class_names)} classes"))
                 continue
-            findings.append(Finding(split, class_names[label], name, *check_bytes(data, name, max_pixels)))
+            findings.append(Finding(split, label_names(label, class_names), name,
+                                    *check_bytes(data, name, max_pixels)))
         if len(findings) < count:
             raise short_shard(url, len(findings), count)
     except ShardError as e:
@@ -186,15 +190,16 @@ def _check_shard(task: ShardTask) -> list[Finding]:
     return findings
 
 
-def check_shards(root: str, workers: int = 1, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> list[Finding]:
+def check_shards(root: str, workers: int = 1, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 sets: LabelSets | None = None) -> list[Finding]:
     """:func:`check_dataset` for WebDataset shards (``--dataset wds``): one finding per sample, shards read
-    ``workers`` at a time."""
+    ``workers`` at a time; label ``sets``: multi-label shards (``--multi_label``)."""
     from dataloader.shards import ShardSet
     try:
         shard_set = ShardSet(root)
         class_names = shard_set.classes()
-        tasks = [(split, shard.url, shard.count, class_names, max_pixels) for split in SPLITS if shard_set.exists(split)
-                 for shard in shard_set.shards(split)]
+        tasks = [(split, shard.url, shard.count, class_names, max_pixels, sets) for split in SPLITS
+                 if shard_set.exists(split) for shard in shard_set.shards(split)]
     except DatasetError as e:
         return [Finding("-", "-", str(root), "bad", str(e))]
     if workers > 1 and len(tasks) > 1:
@@ -210,7 +215,7 @@ def check_dataset(root: str | Path, kind: str | None = None, workers: int = 1, p
     if kind is None:
         kind = detect_kind(Path(root)) if Path(root).is_dir() else "wds" if is_shard_source(str(root)) else None
     if kind == "wds":
-        return check_shards(str(root), workers, max_pixels)
+        return check_shards(str(root), workers, max_pixels, columns.sets if columns is not None else None)
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset root {str(root)!r} does not exist")

@@ -8,6 +8,10 @@ run on the converted data), ``key`` being the sample's stable key (its path rela
 source's images are read in ``jobs`` worker processes, in order, behind one progress bar, and the writers write
 ``jobs`` files at a time (:mod:`dataloader.parts`); the output is written into a temporary folder beside ``out`` and
 renamed at the end, so a killed conversion leaves no half dataset at ``out``.
+
+Label sets (a source read with ``--multi_label``) are kept: a record's label is then a tuple of class indices,
+written as a ``Sequence(ClassLabel)`` column in parquet and as ``.cls`` ``1,4`` in shards, which ``--dataset hf`` /
+``--dataset wds`` with ``--multi_label`` read back as the same sets.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from utils.atomic import write_json_atomic, write_text_atomic
 
 from .datasets import Columns, DatasetError, get_layout, sample_key
 from .hf import HF_SPLITS
+from .labels import is_multi
 from .parts import Record, cut_parts, write_parts
 from .shards import DEFAULT_SHARD_SAMPLES, write_wds_split
 
@@ -38,38 +43,45 @@ PARQUET_MAX_FILE_BYTES = 512 << 20  # the Hub's files are about 500 MB each
 PARQUET_MAX_WRITERS = 2
 
 
-def hf_features(class_names: Sequence[str]):
-    """The ``datasets`` features of a converted split: ``image`` (an Image) and ``label`` (a ClassLabel)."""
-    from datasets import ClassLabel, Features, Image
-    return Features({"image": Image(), "label": ClassLabel(names=list(class_names))})
+def hf_features(class_names: Sequence[str], multi_label: bool = False):
+    """The ``datasets`` features of a converted split: ``image`` (an Image) and ``label`` (a ClassLabel; label
+    sets: a Sequence of them)."""
+    from datasets import ClassLabel, Features, Image, Sequence
+    label = ClassLabel(names=list(class_names))
+    return Features({"image": Image(), "label": Sequence(label) if multi_label else label})
 
 
 def write_parquet_split(out_dir: Path, split: str, records: Iterable[Record], class_names: Sequence[str],
                         jobs: int) -> None:
     """``out_dir/data/<split>-NNNNN-of-MMMMM.parquet`` in the Hub's layout (val is written as ``validation``):
     columns ``image`` (the encoded bytes, with the key as its path) and ``label`` (a ClassLabel of
-    ``class_names``), their features in the schema so that the ``datasets`` library reads them back; files of at
+    ``class_names``, or a Sequence of them when the records' labels are sets), their features in the schema so
+    that the ``datasets`` library reads them back; files of at
     most about 512 MB, row groups of 100 rows, ``min(jobs, PARQUET_MAX_WRITERS)`` files written at a time
     (:mod:`dataloader.parts`: the same files, byte for byte, whatever ``jobs`` is)."""
-    schema = hf_features(class_names).arrow_schema
+    schemas = {multi: hf_features(class_names, multi).arrow_schema for multi in (False, True)}
     folder, name = out_dir / "data", HF_SPLITS[split][0]
     folder.mkdir(parents=True, exist_ok=True)
 
     def write(i: int, rows: Sequence[Record]) -> Path:
-        return _write_parquet(folder / f"{name}-part{i:05d}.parquet", rows, schema)
+        multi = is_multi([label for _, _, label in rows])
+        return _write_parquet(folder / f"{name}-part{i:05d}.parquet", rows, schemas[multi], multi)
 
     parts = write_parts(cut_parts(records, PARQUET_MAX_FILE_BYTES), write, min(jobs, PARQUET_MAX_WRITERS))
     for i, part in enumerate(parts):  # the final names need the count
         part.rename(folder / f"{name}-{i:05d}-of-{len(parts):05d}.parquet")
 
 
-def _write_parquet(path: Path, rows: Sequence[Record], schema) -> Path:
-    """One parquet file of ``rows`` (in the staging folder of :func:`convert_dataset`)."""
+def _write_parquet(path: Path, rows: Sequence[Record], schema, multi_label: bool = False) -> Path:
+    """One parquet file of ``rows`` (in the staging folder of :func:`convert_dataset`); ``multi_label``: the
+    labels are sets, a list column."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     image = pa.StructArray.from_arrays([pa.array([data for _, data, _ in rows], pa.binary()),
                                         pa.array([key for key, _, _ in rows], pa.string())], names=["bytes", "path"])
-    table = pa.Table.from_arrays([image, pa.array([label for _, _, label in rows], pa.int64())], schema=schema)
+    labels = [list(label) if multi_label else label for _, _, label in rows]
+    kind = pa.list_(pa.int64()) if multi_label else pa.int64()
+    table = pa.Table.from_arrays([image, pa.array(labels, kind)], schema=schema)
     pq.write_table(table, path, row_group_size=PARQUET_ROWS_PER_GROUP)
     return path
 
@@ -161,7 +173,9 @@ def convert_dataset(src: str | Path, kind: str, to: str, out: str | Path, jobs: 
                 write(tmp, split, read_records(src, kind, split, samples, jobs, columns, bar), class_names, jobs)
         write_text_atomic(tmp / "classes.txt", "\n".join(class_names) + "\n")
         write_json_atomic(tmp / "converted_from.json", {"data": str(src.resolve()) if src.exists() else str(src),
-                                                        "dataset": kind, "format": to}, indent=1)
+                                                        "dataset": kind, "format": to,
+                                                        "multi_label": getattr(columns, "sets", None) is not None},
+                          indent=1)
         _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

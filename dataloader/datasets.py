@@ -355,12 +355,19 @@ class Columns:
 
     @staticmethod
     def add_flags(parser: Any) -> None:
-        """The command-line tools' flags for the columns (``utils/check_images.py``, ``utils/convert_data.py``);
-        :meth:`from_args` reads them back."""
+        """The command-line tools' flags for the columns and the label sets (``utils/check_images.py``,
+        ``utils/convert_data.py``); :meth:`from_args` reads them back."""
         parser.add_argument("--path_col", default="path", help="csv tables: the column holding each image's path")
         parser.add_argument("--label_col", default=None, help="csv tables and hf: the column holding the labels "
                                                               "(default: csv label; hf label, else labels)")
         parser.add_argument("--image_col", default=None, help="hf: the column holding the images (default: image/img)")
+        parser.add_argument("--multi_label", action="store_true",
+                            help="each image has a set of labels (csv \"cat dog\", txt/zip 'path 1,4', hf lists, "
+                                 "wds .cls '1,4'), as main.py --multi_label reads them")
+        parser.add_argument("--label_delim", default=None, help="--multi_label: what separates the labels of one "
+                                                                 "image in a label field (default: spaces and commas)")
+        parser.add_argument("--allow_empty_labels", action="store_true",
+                            help="--multi_label: an image with no label is allowed (default: an error naming it)")
 
     @staticmethod
     def from_args(args: Any) -> "Columns":

@@ -16,6 +16,12 @@ encoded bytes, or the file its ``path`` names) or a binary column of encoded byt
 labels take the names of ``DATA/classes.txt`` or are ``0..K-1``. A column named by a flag is that column or
 an error naming the columns there are, never swapped for a default one.
 
+With ``--multi_label`` the label column holds a list per row (a ``Sequence``/``List`` feature): of ``ClassLabel``
+indices (names from the feature), of plain integers (names as for an integer column: classes.txt or ``0..K-1``),
+or of strings (names: the sorted union over train). A row's list is its label set; an empty list is an image
+without labels, allowed only with ``--allow_empty_labels``. Without ``--multi_label`` a list column is an error
+naming the flag.
+
 A sample's key is ``<split>/<row>`` (``train/000123``): stable for a given dataset, and what side files
 (teacher outputs, curricula) and split files name. The reader returns a row's encoded image bytes from the
 split's arrow files, memory-mapped lazily once per process (DataLoader workers included), so every feature of
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import DatasetError, Errors, read_classes_file, report
+from .labels import Label, LabelSets, label_set
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +48,7 @@ IMAGE_COLUMNS = ("image", "img")
 LABEL_COLUMNS = ("label", "labels")
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 SAVED_MARKERS = ("dataset_dict.json", "state.json")  # a save_to_disk folder: a DatasetDict, or one Dataset
+LIST_FEATURES = ("Sequence", "List", "LargeList")  # the datasets library's list features (names across versions)
 
 
 def _datasets():
@@ -175,6 +183,7 @@ class HfLayout:
     def __init__(self, columns: Any = None):
         self.image = getattr(columns, "image", None)
         self.label = getattr(columns, "label", None)
+        self.sets: LabelSets | None = getattr(columns, "sets", None)  # --multi_label: a list column per row
 
     def columns(self, root: Path, split: str) -> _Columns:
         dataset, where = _splits(root)[split], _where(root, split)
@@ -200,18 +209,24 @@ class HfLayout:
         if "train" not in splits:  # --predict reads any split; the class names come from train's labels
             raise DatasetError(f"{root} has no train split (its splits: {', '.join(splits)}): the class names "
                                f"and training come from it")
-        train = splits["train"]
-        feature = train.features[self.columns(root, "train").label]
+        feature = self._label_feature(root, "train")
         if type(feature).__name__ == "ClassLabel":
             return list(feature.names)
+        if self.sets is not None and _is_string(feature):  # lists of names: their sorted union
+            return sorted({str(name) for labels in self._labels(root, "train") if labels for name in labels})
         names = read_classes_file(root) if root.is_dir() else None
         if names is not None:
             return names
         if not str(getattr(feature, "dtype", "")).startswith(("int", "uint")):
-            raise DatasetError(f"{_where(root, 'train')}: the labels are {feature}, neither a ClassLabel nor integers: "
-                               f"cast the column with dataset.class_encode_column(...), or write integer labels "
-                               f"with a classes.txt")
-        present = set(self._labels(root, "train"))
+            lists = " (with --multi_label: lists of either, or of names)" if self.sets is not None else ""
+            raise DatasetError(f"{_where(root, 'train')}: the labels are {feature}, neither a ClassLabel nor integers"
+                               f"{lists}: cast the column with dataset.class_encode_column(...), or write integer "
+                               f"labels with a classes.txt")
+        present = {i for labels in self._labels(root, "train") if labels is not None
+                   for i in ([labels] if isinstance(labels, int) else labels)}
+        if not present:
+            raise DatasetError(f"{_where(root, 'train')}: no row has a label: the class names come from train's labels "
+                               f"(add {root / 'classes.txt'}, one class name per line, in label order)")
         missing = min(set(range(max(present) + 1)) - present, default=None)
         if missing is not None:
             raise DatasetError(f"{_where(root, 'train')}: no row has label {missing} although label {max(present)} "
@@ -219,12 +234,29 @@ class HfLayout:
                                f"add {root / 'classes.txt'} (one class name per line, in label order)")
         return [str(i) for i in range(max(present) + 1)]
 
-    def _labels(self, root: Path, split: str) -> list[int | None]:
+    def _label_feature(self, root: Path, split: str) -> Any:
+        """The label column's feature; with ``--multi_label`` the feature of its lists' items. A list column
+        without ``--multi_label`` (or a plain one with it) is an error saying which flag fits."""
+        feature = _splits(root)[split].features[self.columns(root, split).label]
+        listed = type(feature).__name__ in LIST_FEATURES
+        where, column = _where(root, split), self.columns(root, split).label
+        if listed and self.sets is None:
+            raise DatasetError(f"{where}: the label column {column!r} holds a list of labels per row ({feature}): "
+                               f"that is a multi-label dataset: add --multi_label")
+        if self.sets is not None and not listed:
+            raise DatasetError(f"{where}: --multi_label reads a list of labels per row, but the label column "
+                               f"{column!r} holds one label ({feature}): drop --multi_label, or name the column of "
+                               f"label lists with --label_col")
+        return feature.feature if listed else feature
+
+    def _labels(self, root: Path, split: str) -> list[Any]:
         dataset = _splits(root)[split]
         return dataset.data.column(self.columns(root, split).label).to_pylist()
 
     def samples(self, root: Path, split: str, class_names: Sequence[str],
-                errors: Errors = None) -> list[tuple[str, int]]:
+                errors: Errors = None) -> list[tuple[str, Label]]:
+        if self.sets is not None:
+            return self._set_samples(root, split, class_names, errors)
         labels = self._labels(root, split)
         samples = []
         for row, label in enumerate(labels):
@@ -235,6 +267,29 @@ class HfLayout:
                                             f"{unlabelled}); fix the row's label or drop the row"))
                 continue
             samples.append((row_key(split, row, len(labels)), label))
+        return samples
+
+    def _set_samples(self, root: Path, split: str, class_names: Sequence[str],
+                     errors: Errors) -> list[tuple[str, tuple[int, ...]]]:
+        """``(key, label set)`` per row of a list label column (``--multi_label``); a row with no list, an empty
+        one without ``--allow_empty_labels``, or a label that is no class is reported naming ``<split>/<row>``."""
+        by_name = {name: i for i, name in enumerate(class_names)} if _is_string(self._label_feature(root, split)) \
+            else None
+        labels, samples = self._labels(root, split), []
+        for row, values in enumerate(labels):
+            key = row_key(split, row, len(labels))
+            where = f"{describe_row(root, split, row)} ({key})"
+            found = [by_name.get(v) if by_name is not None else v for v in values or []]
+            bad = [v for v, i in zip(values or [], found) if not isinstance(i, int) or not 0 <= i < len(class_names)]
+            if values is None or bad:
+                kinds = "a name among train's labels" if by_name is not None else f"0..{len(class_names) - 1}"
+                what = "no label list (null)" if values is None else \
+                    f"label {bad[0]!r} is not a class ({len(class_names)} classes: {kinds})"
+                report(errors, DatasetError(f"{where}: {what}; fix the row's labels or drop the row"))
+            elif not found and not self.sets.allow_empty:
+                report(errors, DatasetError(self.sets.empty_error(where)))
+            else:
+                samples.append((key, label_set(found)))
         return samples
 
     @staticmethod
@@ -250,6 +305,10 @@ class HfLayout:
     @staticmethod
     def describe(root: Path, split: str, source: str) -> str:
         return describe_row(root, split, int(source.rsplit("/", 1)[1]))
+
+
+def _is_string(feature: Any) -> bool:
+    return str(getattr(feature, "dtype", "")) in ("string", "large_string")
 
 
 def row_key(split: str, row: int, count: int) -> str:

@@ -11,6 +11,12 @@ Where the shards are (``--data``):
   The val split is ``validation`` (timm's name) or ``val``. Class names: ``_info.json``'s ``classes``, else
   ``classes.txt`` beside the shards, else ``0..K-1`` (K from ``num_classes``, else the largest train label + 1).
 
+Multi-label shards (``--multi_label``): a sample's ``.cls`` holds its label set, ``1,4`` (class indices separated by
+commas or spaces, whatever ``--label_delim`` says for tables), or, without a ``.cls``, its ``.json`` holds
+``{"labels": [1, 4]}``; an empty set is an image without labels (only with ``--allow_empty_labels``). Batches then
+carry multi-hot ``N x K`` float targets: a worker hands them over as one more tensor beside the images and the
+int64 meta (so the single-label path hands over exactly what it did).
+
 How an epoch is read: the split's shards are put in an order shuffled per (seed, epoch) (training) or kept
 (evaluation), and their samples, end to end, are cut into one contiguous range per rank; a rank's range is
 cut at shard boundaries into pieces, dealt to its DataLoader workers in turn. Training ranks take
@@ -61,6 +67,7 @@ from .io import (
     decode_pixels,
 )
 from .keylog import keys_file
+from .labels import Label, LabelSets, label_set, multi_hot
 from .parts import Record, cut_parts, write_parts
 from .tar_stream import is_plain_tar, tar_files
 from .transforms import call_seeded
@@ -224,7 +231,7 @@ class ShardSet:
                 raise ShardError(f"{self.info_file}: splits.{name}.shard_lengths must hold one sample count per "
                                  f"file of splits.{name}.filenames ({len(urls)})")
         else:
-            counts = [sum(1 for _ in iter_samples(url)) for url in urls]
+            counts = [sum(1 for _ in iter_samples(url, _ANY_LABELS)) for url in urls]  # a count, labels unread
         return _with_offsets(urls, counts)
 
     def classes(self) -> list[str]:
@@ -239,10 +246,14 @@ class ShardSet:
                 return names
         if isinstance(info.get("num_classes"), int):
             return [str(i) for i in range(info["num_classes"])]
-        labels = [label for url in self._urls("train")[1] for _, _, label in iter_samples(url)]  # one read, no count
+        # one read, no count; labels read as sets, so a single label (3) and a set (1,4) both count
+        labels = [label for url in self._urls("train")[1] for _, _, label in iter_samples(url, _ANY_LABELS)]
         if not labels:
             raise ShardError(f"{self.root}: the train split holds no samples")
-        return [str(i) for i in range(max(labels) + 1)]
+        return [str(i) for i in range(max((i for label in labels for i in label), default=0) + 1)]
+
+
+_ANY_LABELS = LabelSets(allow_empty=True)  # how the class count reads labels, single or sets
 
 
 def _tar_members(url: str) -> Iterator[dict[str, Any]]:
@@ -273,25 +284,59 @@ def _tar_members(url: str) -> Iterator[dict[str, Any]]:
         handler(e)
 
 
-def iter_samples(url: str) -> Iterator[tuple[str, bytes, int]]:
+def iter_samples(url: str, sets: LabelSets | None = None) -> Iterator[tuple[str, bytes, Label]]:
     """``(key, encoded image, label)`` of every sample of one shard, in file order (webdataset's grouping);
-    a sample without an image or a ``.cls``, or with a label that is not an integer, is a ShardError."""
+    a sample without an image or a label, or with a label that is not a class index, is a ShardError. With
+    label ``sets`` (``--multi_label``) the label is a set (see the module's docstring)."""
     from webdataset.tariterators import group_by_keys
     try:
         for sample in group_by_keys(_tar_members(url)):
             key = sample["__key__"]
             image = next((sample[s] for s in IMAGE_SUFFIXES if s in sample), None)
-            if image is None or "cls" not in sample:
-                what = "image (.jpg/.jpeg/.png/.webp)" if image is None else ".cls label"
+            labelled = "cls" in sample or (sets is not None and "json" in sample)
+            if image is None or not labelled:
+                what = "image (.jpg/.jpeg/.png/.webp)" if image is None else ".cls label" + (
+                    " (or .json with 'labels')" if sets is not None else "")
                 raise ShardError(f"{url}: sample {key!r} has no {what}; every sample needs both")
+            if sets is not None:
+                yield key, image, _label_set_of(url, key, sample, sets)
+                continue
             text = sample["cls"].decode("utf-8", "replace").strip()
             if not text.lstrip("-").isdigit() or int(text) < 0:
-                raise ShardError(f"{url}: sample {key!r}: label {text!r} in {key}.cls is not a class index")
+                several = "; several labels are a multi-label dataset: add --multi_label" if len(
+                    _SET_SPLIT.split(text)) > 1 else ""
+                raise ShardError(f"{url}: sample {key!r}: label {text!r} in {key}.cls is not a class index{several}")
             yield key, image, int(text)
     except ValueError as e:  # group_by_keys: two files of one sample with the same suffix
         if isinstance(e, ShardError):
             raise
         raise ShardError(f"{url}: {e.args[0]}; every file of a sample needs its own suffix") from None
+
+
+_SET_SPLIT = re.compile(r"[\s,]+")  # a .cls label set: class indices separated by commas or spaces
+
+
+def _label_set_of(url: str, key: str, sample: dict[str, Any], sets: LabelSets) -> tuple[int, ...]:
+    """A sample's label set: its ``.cls`` (``1,4``), else its ``.json``'s ``labels`` list."""
+    if "cls" in sample:
+        where = f"{url}: sample {key!r} ({key}.cls)"
+        parts = [p for p in _SET_SPLIT.split(sample["cls"].decode("utf-8", "replace").strip()) if p]
+    else:
+        where = f"{url}: sample {key!r} ({key}.json)"
+        try:
+            record = json.loads(sample["json"])
+        except (ValueError, UnicodeDecodeError):
+            raise ShardError(f"{where}: not valid JSON; write {{\"labels\": [1, 4]}}") from None
+        parts = record.get("labels") if isinstance(record, dict) else None
+        if not isinstance(parts, list):
+            raise ShardError(f"{where}: no 'labels' list; write {{\"labels\": [1, 4]}}, or the set in {key}.cls")
+    if not parts and not sets.allow_empty:
+        raise ShardError(sets.empty_error(where))
+    bad = [p for p in parts if not (isinstance(p, int) and not isinstance(p, bool) and p >= 0)
+           and not (isinstance(p, str) and p.isascii() and p.isdigit())]
+    if bad:
+        raise ShardError(f"{where}: label {bad[0]!r} is not a class index (a non-negative integer; several as 1,4)")
+    return label_set(int(p) for p in parts)
 
 
 def short_shard(url: str, found: int, expected: int) -> ShardError:
@@ -356,8 +401,8 @@ class ShardDataset(IterableDataset):
     def __init__(self, root: str | Path, split: str, class_names: Sequence[str] | None = None,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None, skip_bad: bool = False,
                  max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, train: bool = False, seed: int = 0,
-                 pixels: PixelFormat = RGB8):
-        self.shard_set = ShardSet(root)
+                 pixels: PixelFormat = RGB8, sets: LabelSets | None = None):
+        self.shard_set, self.sets, self.multi_label = ShardSet(root), sets, sets is not None
         self.root, self.split, self.transform, self.skip_bad = str(root), split, transform, skip_bad
         self.max_pixels, self.train, self.seed, self.pixels = max_pixels, train, seed, pixels
         self.class_names = list(class_names) if class_names is not None else self.shard_set.classes()
@@ -411,17 +456,18 @@ class ShardDataset(IterableDataset):
             again += consumed - read
         return plans, again
 
-    def _raw(self, pieces: Iterable[Piece]) -> Iterator[tuple[str, bytes, int, int]]:
+    def _raw(self, pieces: Iterable[Piece]) -> Iterator[tuple[str, bytes, Label, int]]:
         """``(key, encoded image, label, split index)`` of the samples of ``pieces``, in order."""
         for i, lo, hi in pieces:
             shard, position = self.shards[i], -1
             name = Path(shard.url).name
-            for position, (key, data, label) in enumerate(iter_samples(shard.url)):
+            for position, (key, data, label) in enumerate(iter_samples(shard.url, self.sets)):
                 if position >= hi:
                     break
                 if position >= lo:
-                    if label >= len(self.class_names):
-                        raise ShardError(f"{shard.url}: sample {key!r}: label {label} is out of range: there are "
+                    top = label if isinstance(label, int) else max(label, default=-1)
+                    if top >= len(self.class_names):
+                        raise ShardError(f"{shard.url}: sample {key!r}: label {top} is out of range: there are "
                                          f"{len(self.class_names)} classes (labels 0..{len(self.class_names) - 1})")
                     yield f"{name}/{key}", data, label, shard.offset + position
             if position + 1 < hi:
@@ -440,8 +486,13 @@ class ShardDataset(IterableDataset):
         rng.shuffle(buffer)
         yield from buffer
 
-    def decode(self, key: str, data: bytes, label: int, index: int) -> tuple[torch.Tensor, int, int] | None:
-        """One sample decoded and transformed with its own seed; None for a bad image under ``skip_bad``."""
+    def target(self, label: Label) -> int | torch.Tensor:
+        """What a batch carries for ``label``: the class index, or a label set's multi-hot ``K`` vector."""
+        return multi_hot(label, len(self.class_names)) if self.multi_label else label
+
+    def decode(self, key: str, data: bytes, label: Label, index: int) -> tuple[torch.Tensor, Any, int] | None:
+        """One sample decoded and transformed with its own seed (its label as :meth:`target`); None for a bad
+        image under ``skip_bad``."""
         try:
             image = decode_pixels(data, name=f"{self.root}:{key}", max_pixels=self.max_pixels, fmt=self.pixels)
         except ImageDecodeError as e:
@@ -449,7 +500,7 @@ class ShardDataset(IterableDataset):
             return None
         if self.transform is not None:
             image = call_seeded(self.transform, image, sample_seed(self.seed, self.epoch, key))
-        return image, label, index
+        return image, self.target(label), index
 
     def __iter__(self) -> Iterator[Chunk]:
         """This worker's chunks of up to ``chunk`` samples, collated here (one tensor each to hand over, not one
@@ -475,7 +526,7 @@ class ShardDataset(IterableDataset):
         """The decoded, untransformed image of split index ``index`` (read from its shard)."""
         i = bisect.bisect_right([s.offset for s in self.shards], index) - 1
         shard = self.shards[i]
-        for position, (key, data, _) in enumerate(iter_samples(shard.url)):
+        for position, (key, data, _) in enumerate(iter_samples(shard.url, self.sets)):
             if position == index - shard.offset:
                 return decode_pixels(data, name=f"{shard.url}:{key}", max_pixels=self.max_pixels, fmt=self.pixels)
         raise IndexError(index)
@@ -486,7 +537,7 @@ class ShardDataset(IterableDataset):
         decoded and passed through ``head``, as lists of ``(split index, image or None, decode error or None)``;
         worker ``w`` of ``workers`` reads shards ``w, w + workers, ...`` whole. Records :attr:`samples` (keys
         and labels) on the way, so the labels are known once the pass is over."""
-        recorded: list[tuple[str, int] | None] = [None] * self.num_samples
+        recorded: list[tuple[str, Label] | None] = [None] * self.num_samples
         loader = DataLoader(_DecodeShards(self, head), batch_size=64, num_workers=min(workers, len(self.shards)),
                             collate_fn=list, generator=loader_generator())  # not a draw from the global one
         for batch in loader:
@@ -507,7 +558,7 @@ class ShardDataset(IterableDataset):
         except ImageDecodeError as e:
             self.skip_or_raise(e)
             return None
-        return (self.transform(image) if self.transform is not None else image), label, index
+        return (self.transform(image) if self.transform is not None else image), self.target(label), index
 
     def first_items(self, n: int) -> list[tuple[torch.Tensor, int, int] | None]:
         """The first ``n`` samples of epoch 0 on rank 0 (the augmented preview), read in this process."""
@@ -520,7 +571,7 @@ class ShardDataset(IterableDataset):
         return items
 
     @functools.cached_property
-    def targets(self) -> list[int]:
+    def targets(self) -> list[Label]:
         """The labels in split order, once the split has been read whole (:attr:`samples`: the memory cache's
         pass, or the keys of side files); before that a ShardError (not cached: a later access, once the split
         is read, gives the labels): reading a whole split for its labels alone is what streaming avoids."""
@@ -532,11 +583,12 @@ class ShardDataset(IterableDataset):
         return [label for _, label in self.samples]
 
     @functools.cached_property
-    def samples(self) -> list[tuple[str, int]]:
+    def samples(self) -> list[tuple[str, Label]]:
         """``("<shard file>/<key>", label)`` of every sample in split order (the order of the split index that
         every epoch, rank and worker yields with a sample): one more read of the split, without decoding,
         unless the memory cache's pass (:meth:`decoded_batches`) recorded them."""
-        return [(f"{Path(s.url).name}/{key}", label) for s in self.shards for key, _, label in iter_samples(s.url)]
+        return [(f"{Path(s.url).name}/{key}", label) for s in self.shards
+                for key, _, label in iter_samples(s.url, self.sets)]
 
     def key(self, index: int) -> str:
         """The name of split index ``index`` in side files (teacher outputs, curricula): ``<shard file>/<key>``."""
@@ -572,19 +624,23 @@ class _DecodeShards(IterableDataset):
             yield index, key, label, self.head(image) if self.head is not None else image, None
 
 
-Chunk = tuple[torch.Tensor, torch.Tensor, int]
+Chunk = tuple  # (images, meta, consumed) or, multi-label, (images, meta, consumed, multi-hot targets)
 
 
 def _collate_chunk(items: list) -> Chunk:
     """A worker's chunk as two tensors (see :meth:`ShardDataset.__iter__`): the images, and one ``3 x n`` int64
     tensor of labels, split indices and positions in the chunk; then the count of samples consumed. Two tensors,
     not four: each tensor a worker hands over costs a shared-memory segment and a file descriptor, which in a
-    bytes-only read cost more than reading the tar."""
+    bytes-only read cost more than reading the tar. Multi-hot targets (label sets) cannot ride in the int64
+    meta: they come as a fourth item, an ``n x K`` float tensor (the meta's label row then holds zeros)."""
     kept = [(position, item) for position, item in enumerate(items) if item is not None]
     if not kept:
         return torch.empty(0), torch.empty(3, 0, dtype=torch.long), len(items)
     images, labels, indices = default_collate([item for _, item in kept])
-    meta = torch.stack([labels.long(), indices.long(), torch.tensor([position for position, _ in kept])])
+    positions = torch.tensor([position for position, _ in kept])
+    if labels.ndim == 2:  # multi-hot label sets
+        return images, torch.stack([torch.zeros_like(positions), indices.long(), positions]), len(items), labels
+    meta = torch.stack([labels.long(), indices.long(), positions])
     return images, meta, len(items)
 
 
@@ -629,26 +685,33 @@ class ShardLoader:
                             prefetch_factor=4 if self.workers else None,
                             generator=loader_generator())  # a mid-epoch resume repeats the global RNG (workers.py)
         total, bound, done, buffer = len(self.sampler), self.batch_size, 0, None
-        for images, meta, consumed in loader:
+        for images, meta, consumed, *multi_hot_targets in loader:
             if images.numel():
-                part = (images, meta[0], meta[1], meta[2] + done)
+                part = (images, multi_hot_targets[0] if multi_hot_targets else meta[0], meta[1], meta[2] + done)
                 buffer = part if buffer is None else tuple(torch.cat(pair) for pair in zip(buffer, part))
             done += consumed
             while bound <= min(done, total):
-                batch, buffer = _cut(buffer, bound)
+                batch, buffer = _cut(buffer, bound, self.empty_targets)
                 yield batch
                 bound += self.batch_size
             if done >= total:
                 break
         if bound - self.batch_size < total and not self.drop_last:
-            yield _cut(buffer, total)[0]
+            yield _cut(buffer, total, self.empty_targets)[0]
+
+    @property
+    def empty_targets(self) -> torch.Tensor:
+        """The targets of a batch that kept no sample: ``0`` class indices, or ``0 x K`` multi-hot rows."""
+        if self.dataset.multi_label:
+            return torch.empty(0, len(self.dataset.class_names), dtype=torch.float32)
+        return torch.empty(0, dtype=torch.long)
 
 
-def _cut(buffer: tuple[torch.Tensor, ...] | None, bound: int) -> tuple[tuple, tuple | None]:
+def _cut(buffer: tuple[torch.Tensor, ...] | None, bound: int,
+         empty_targets: torch.Tensor) -> tuple[tuple, tuple | None]:
     """The samples of ``buffer`` consumed before ``bound`` (a batch) and the rest (None when none is left)."""
     if buffer is None:
-        empty = (torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
-        return empty, None
+        return (torch.empty(0, dtype=torch.uint8), empty_targets, torch.empty(0, dtype=torch.long)), None
     take = buffer[3] < bound
     if bool(take.all()):  # the usual case (a worker's chunk is one batch): no copy, nothing left over
         return buffer[:3], None
@@ -692,7 +755,8 @@ def _write_tar(path: Path, records: Sequence[Record]) -> int:
     """One shard: ``KEY.<image suffix>`` and ``KEY.cls`` per record, written atomically; returns its count."""
     with atomic_write(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for key, data, label in records:
-            for name, body in ((f"{key}.{_image_suffix(data)}", data), (f"{key}.cls", f"{label}".encode())):
+            text = str(label) if isinstance(label, int) else ",".join(map(str, label))  # a label set: 1,4
+            for name, body in ((f"{key}.{_image_suffix(data)}", data), (f"{key}.cls", text.encode())):
                 member = tarfile.TarInfo(name)
                 member.size, member.mtime, member.mode = len(body), 0, 0o644
                 tar.addfile(member, io.BytesIO(body))
@@ -701,7 +765,7 @@ def _write_tar(path: Path, records: Sequence[Record]) -> int:
 
 def write_wds_split(out_dir: Path, split: str, records: Iterable[Record],
                     class_names: Sequence[str], jobs: int, max_samples: int = DEFAULT_SHARD_SAMPLES) -> None:
-    """Write ``records`` (key, encoded image bytes, label index) as ``out_dir/{split}-{i:06d}.tar`` shards of
+    """Write ``records`` (key, encoded image bytes, label index or set) as ``out_dir/{split}-{i:06d}.tar`` shards of
     at most ``max_samples`` samples / ``SHARD_MAX_BYTES`` bytes, ``jobs`` shards at a time, and record
     them in ``out_dir/_info.json`` (timm's format, with ``classes``); shards of an earlier, longer write of
     the split are removed. A key must not contain a dot (webdataset cuts the suffix at the first one)."""
@@ -712,7 +776,8 @@ def write_wds_split(out_dir: Path, split: str, records: Iterable[Record],
 
     def write(i: int, group: Sequence[Record]) -> int:
         for key, _, label in group:
-            if "." in key.rsplit("/", 1)[-1] or not 0 <= label < len(class_names):
+            indices = [label] if isinstance(label, int) else list(label)
+            if "." in key.rsplit("/", 1)[-1] or not all(0 <= i < len(class_names) for i in indices):
                 raise ShardError(f"record {key!r}: a key has no dot and a label is in 0..{len(class_names) - 1}")
         return _write_tar(out_dir / f"{split}-{i:06d}.tar", group)
 

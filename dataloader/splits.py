@@ -6,6 +6,10 @@ per-class counts are within one image of the fraction. Which images go where is 
 each class's keys in sorted order: a pure function of (keys, labels, fractions, seed), the same in every
 process, worker and rerun, whatever order the layout listed the files in.
 
+Label sets (``--multi_label``) cannot be stratified by the set itself (most sets are rare or unique):
+:func:`carve_sets` splits them by iterative stratification, class by class, rarest class first, so that a class
+of a few images still has one in train and in each carved split (see there for the rule).
+
 A training run writes the split to ``<run>/split.json`` (:func:`write_split`); a resumed run, and the modes
 that read a run's data, recompute it and compare (:func:`check_split`), so data that would now split
 differently is refused instead of silently mixing held-out images into training.
@@ -19,6 +23,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from utils.atomic import write_json_atomic
+
+from .labels import Label, class_counts, is_multi
 
 SPLIT_FILE = "split.json"
 CARVABLE = ("val", "test")  # the splits a fraction can carve out of train
@@ -46,13 +52,15 @@ class Holdout:
         return f"--val_fraction {self.val_fraction} --test_fraction {self.test_fraction} --split_seed {self.seed}"
 
 
-def carve(keys: Sequence[str], labels: Sequence[int], holdout: Holdout) -> dict[str, list[int]]:
+def carve(keys: Sequence[str], labels: Sequence[Label], holdout: Holdout) -> dict[str, list[int]]:
     """Indices (into ``keys``/``labels``) of ``train`` and each carved split, each list in ascending order.
 
     Per class: its samples sorted by key, permuted by ``random.Random`` seeded from (seed, label), the first
     ``round(test_fraction * n)`` to test, the next ``round(val_fraction * n)`` to val, the rest to train.
-    A class left with no training image is an error naming it.
+    A class left with no training image is an error naming it. Label sets: :func:`carve_sets`.
     """
+    if is_multi(labels):
+        return carve_sets(keys, labels, holdout)
     by_class: dict[int, list[int]] = {}
     for index, label in enumerate(labels):
         by_class.setdefault(label, []).append(index)
@@ -72,7 +80,50 @@ def carve(keys: Sequence[str], labels: Sequence[int], holdout: Holdout) -> dict[
     return {name: sorted(indices) for name, indices in parts.items()}
 
 
-def split_table(keys: Sequence[str], labels: Sequence[int], holdout: Holdout, data: str = "") -> dict[str, Any]:
+def carve_sets(keys: Sequence[str], labels: Sequence[tuple[int, ...]], holdout: Holdout) -> dict[str, list[int]]:
+    """:func:`carve` for label sets: a simple iterative stratification (after Sechidis et al., 2011).
+
+    The classes are taken rarest first (fewest images; ties: lower index), then the images without labels as
+    one more group. Each image of the class not placed yet, in a permutation of its images sorted by key seeded
+    from (seed, class), goes to the part that still wants the most images of that class (ties: train, then
+    val, then test), and counts for every label it has. A carved split wants ``fraction * n`` images of a
+    class of ``n``, and at least one when ``n`` exceeds the number of carved splits; train wants the rest. So
+    a class with at least 2 images (3 with val and test carved) has one in train and one in each carved split,
+    unless rarer classes placed all its images first; the share of every larger class is near its fraction.
+    A class left with no training image is an error naming it.
+    """
+    names = ("train", *holdout.carved())
+    counts = class_counts(labels)
+    members: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        for c in label or (-1,):  # -1: the images without labels, one group
+            members.setdefault(c, []).append(index)
+    wants = {c: _wants(len(group), holdout, names) for c, group in members.items()}
+    placed: dict[int, str] = {}
+    for c in sorted(members, key=lambda c: (c == -1, counts.get(c, 0), c)):
+        group = sorted(members[c], key=lambda i: keys[i])
+        random.Random(f"split:{holdout.seed}:{c}").shuffle(group)
+        for index in (i for i in group if i not in placed):
+            part = max(names, key=lambda name: (wants[c][name], -names.index(name)))
+            placed[index] = part
+            for label in labels[index] or (-1,):
+                wants[label][part] -= 1
+    for c in sorted(counts):
+        if not any(placed[i] == "train" for i in members[c]):
+            raise SplitError(f"class {c} has {counts[c]} image(s): {holdout.describe()} would leave it no training "
+                             f"image; lower the fractions or add images of that class")
+    return {name: sorted(i for i, part in placed.items() if part == name) for name in names}
+
+
+def _wants(n: int, holdout: Holdout, names: Sequence[str]) -> dict[str, float]:
+    """How many images of a class of ``n`` each part wants (see :func:`carve_sets`)."""
+    carved = {name: holdout.fraction(name) * n for name in names[1:]}
+    if n > len(carved):
+        carved = {name: max(1.0, want) for name, want in carved.items()}
+    return {"train": n - sum(carved.values()), **carved}
+
+
+def split_table(keys: Sequence[str], labels: Sequence[Label], holdout: Holdout, data: str = "") -> dict[str, Any]:
     """The split as written to ``split.json``: the settings, the dataset root it was made from (``data``, for
     :func:`read_saved_holdout`; not compared) and, per split, ``[key, label]`` rows."""
     parts = carve(keys, labels, holdout)
@@ -128,6 +179,11 @@ def _load(file: Path) -> dict[str, Any]:
     return saved
 
 
+def _row(row: Sequence[Any]) -> tuple:
+    """A split table's ``[key, label]`` row, hashable (a label set, a JSON list once saved, as a tuple)."""
+    return tuple(tuple(value) if isinstance(value, list) else value for value in row)
+
+
 def _difference(saved: dict[str, Any], table: dict[str, Any]) -> str:
     """What differs between two split tables, in a few words ('' when nothing does)."""
     settings = [f"{key} {saved.get(key)!r} -> {table[key]!r}" for key in ("val_fraction", "test_fraction",
@@ -137,8 +193,8 @@ def _difference(saved: dict[str, Any], table: dict[str, Any]) -> str:
     old = saved.get("splits") if isinstance(saved.get("splits"), dict) else {}
     new = table["splits"]
     for name in sorted(set(old) | set(new)):
-        before = {tuple(row) for row in old.get(name, []) if isinstance(row, list)}
-        after = {tuple(row) for row in new.get(name, [])}
+        before = {_row(row) for row in old.get(name, []) if isinstance(row, list)}
+        after = {_row(row) for row in new.get(name, [])}
         if before != after:
             gone, added = sorted(before - after), sorted(after - before)
             example = f"e.g. {gone[0][0]!r} left it" if gone else f"e.g. {added[0][0]!r} joined it"

@@ -19,6 +19,7 @@ is bad (with ``--strict``, also when any is unusual), else 0.
 
     python utils/check_images.py DATA [--dataset folder|txt|zip|csv|wds|hf] [--move_bad_to DIR] [-j N] [--strict]
                                       [--max_image_pixels N] [--path_col NAME] [--label_col NAME] [--image_col NAME]
+                                      [--multi_label [--label_delim D] [--allow_empty_labels]]  (label sets)
 
 A missing DATA, or a --move_bad_to folder inside DATA (moved files would become a class), is refused
 with one line and exit code 2. --move_bad_to moves only what lives in DATA: a bad symbolic link is moved

@@ -2,6 +2,7 @@
 datasets) into another storage format, in parallel, with a progress bar.
 
     python utils/convert_data.py --data SRC [--dataset KIND] --to parquet|wds --out DST [-j N] [--shard_samples N]
+                                 [--multi_label [--label_delim D] [--allow_empty_labels]]
 
 ``--to parquet`` writes the Hugging Face Hub's layout, ``DST/data/{train,validation,test}-NNNNN-of-MMMMM.parquet``
 (columns ``image`` and ``label``, a ClassLabel of the class names), which ``--dataset hf --data DST`` reads and
@@ -14,6 +15,9 @@ The images are read by N processes (default: all cores) and N files are written 
 holding up to 512 MB in memory; the same files, byte for byte, whatever N is), into ``.DST.partial`` beside DST,
 renamed to DST at the end: a killed conversion leaves no half dataset, and an existing DST is refused. KIND defaults
 to the layout found at SRC (as utils/check_images.py detects it).
+``--multi_label`` (with ``--label_delim``, ``--allow_empty_labels``, as main.py takes them) reads SRC's label sets
+and keeps them: parquet gets a ``Sequence(ClassLabel)`` label column, shards ``.cls`` files ``1,4``; read the result
+back with ``--multi_label`` (``converted_from.json`` records it).
 """
 from __future__ import annotations
 

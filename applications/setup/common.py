@@ -227,7 +227,7 @@ def build_dataset(cfg: argparse.Namespace, split: str, class_names: Sequence[str
                                "shards (--dataset wds) do not have: write the val/test splits as shards")
         return ShardDataset(cfg.data, split, class_names, transform, skip_bad=getattr(cfg, "skip_bad_images", False),
                             max_pixels=getattr(cfg, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS), train=train,
-                            seed=cfg.seed, pixels=pixel_format(spec or cfg))
+                            seed=cfg.seed, pixels=pixel_format(spec or cfg), sets=label_sets_from(cfg))
     return ClassificationDataset(cfg.data, cfg.dataset, split, class_names=class_names, transform=transform,
                                  skip_bad=getattr(cfg, "skip_bad_images", False),
                                  max_pixels=getattr(cfg, "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS),

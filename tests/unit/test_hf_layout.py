@@ -282,3 +282,98 @@ def test_a_file_the_library_cannot_read_and_a_folder_without_a_dataset(tmp_path)
     (tmp_path / "empty").mkdir()
     one_line(r"empty holds no Hugging Face dataset: --dataset hf reads a save_to_disk folder", DatasetError,
              read_class_names, tmp_path / "empty", "hf")
+
+
+def multi(**flags) -> Columns:
+    from dataloader.labels import LabelSets
+    return Columns(sets=LabelSets(allow_empty=flags.get("allow_empty", False)))
+
+
+def test_a_sequence_of_classlabel_is_read_as_label_sets_with_multi_label(tmp_path):
+    from datasets import ClassLabel, Dataset, Features, Image, Sequence
+    feats = Features({"image": Image(), "labels": Sequence(ClassLabel(names=["cat", "dog", "owl"]))})
+    train = Dataset.from_dict({"image": images(1, 2, 3), "labels": [[2, 0], [1], [0, 1, 2]]}, features=feats)
+    val = Dataset.from_dict({"image": images(4), "labels": [[]]}, features=feats)
+    root = saved(tmp_path / "sd", {"train": train, "validation": val})
+    assert read_class_names(root, "hf", multi()) == ["cat", "dog", "owl"]
+    ds = ClassificationDataset(root, "hf", "train", columns=multi())
+    assert ds.multi_label and ds.targets == [(0, 2), (1,), (0, 1, 2)]
+    assert ds[0][1].tolist() == [1.0, 0.0, 1.0] and ds[0][1].dtype == torch.float32  # multi-hot K
+    one_line(r"sd \(train split\): the label column 'labels' holds a list of labels per row .*add --multi_label$",
+             DatasetError, read_class_names, root, "hf")
+    one_line(r"sd \(val split\) row 0 \(val/000000\): no label: .*--allow_empty_labels", DatasetError,
+             ClassificationDataset, root, "hf", "val", columns=multi())
+    assert ClassificationDataset(root, "hf", "val", columns=multi(allow_empty=True)).targets == [()]
+    single = saved(tmp_path / "one", {"train": hf_dataset({"image": images(1), "label": [0]},
+                                                          {"image": "image", "label": ["a"]})})
+    one_line(r"--multi_label reads a list of labels per row, but the label column 'label' holds one label",
+             DatasetError, read_class_names, single, "hf", multi())
+
+
+def test_plain_integer_and_string_lists_name_their_classes(tmp_path):
+    from datasets import Dataset
+    ints = Dataset.from_dict({"image": images(1, 2), "label": [[3, 1], [0, 2]]}).cast_column("image", _image())
+    root = saved(tmp_path / "ints", {"train": ints, "test": Dataset.from_dict(
+        {"image": images(3), "label": [[1, 7]]}).cast_column("image", _image())})
+    assert read_class_names(root, "hf", multi()) == ["0", "1", "2", "3"]  # 0..K-1, as an integer column
+    assert ClassificationDataset(root, "hf", "train", columns=multi()).targets == [(1, 3), (0, 2)]
+    one_line(r"ints \(test split\) row 0 \(test/000000\): label 7 is not a class \(4 classes: 0\.\.3\)",
+             DatasetError, ClassificationDataset, root, "hf", "test", columns=multi())
+    names = Dataset.from_dict({"image": images(1, 2), "label": [["owl", "cat"], ["dog"]]}).cast_column("image",
+                                                                                                        _image())
+    root = saved(tmp_path / "names", {"train": names, "validation": Dataset.from_dict(
+        {"image": images(3), "label": [["cow"]]}).cast_column("image", _image())})
+    assert read_class_names(root, "hf", multi()) == ["cat", "dog", "owl"]  # the sorted union over train
+    assert ClassificationDataset(root, "hf", "train", columns=multi()).targets == [(0, 2), (1,)]
+    one_line(r"\(val/000000\): label 'cow' is not a class \(3 classes: a name among train's labels\)",
+             DatasetError, ClassificationDataset, root, "hf", "val", columns=multi())
+
+
+def _image():
+    from datasets import Image
+    return Image()
+
+
+def multi_label_csv(root: Path) -> Path:
+    """A tiny csv set with label sets (names, one space apart; one image without labels in val)."""
+    sets = {"train": ["cat dog", "owl", "cat owl dog", "dog", "cat", "owl dog"], "val": ["dog owl", "", "cat"]}
+    for split, labels in sets.items():
+        (root / split).mkdir(parents=True)
+        rows = ["path,label"]
+        for i, label in enumerate(labels):
+            (root / split / f"{i}.png").write_bytes(png(10 * i + len(split)))
+            rows.append(f"{split}/{i}.png,{label}")
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_convert_keeps_label_sets_csv_to_parquet_and_to_shards(tmp_path):
+    from dataloader.labels import LabelSets
+    from dataloader.shards import ShardDataset
+    src, columns = multi_label_csv(tmp_path / "csv"), multi(allow_empty=True)
+    convert_dataset(src, "csv", "parquet", tmp_path / "pq", columns=columns)
+    convert_dataset(src, "csv", "wds", tmp_path / "wds", columns=columns)
+    assert read_class_names(tmp_path / "pq", "hf", columns) == ["cat", "dog", "owl"]  # the Sequence(ClassLabel)'s
+    for split in ("train", "val"):
+        original = ClassificationDataset(src, "csv", split, columns=columns)
+        parquet = ClassificationDataset(tmp_path / "pq", "hf", split, columns=columns)
+        assert parquet.targets == original.targets and (split == "train" or () in parquet.targets)
+        assert all(torch.equal(parquet.load(i), original.load(i)) for i in range(len(original)))
+        shards = ShardDataset(tmp_path / "wds", split, sets=LabelSets(allow_empty=True))
+        by_key = {key.split("/", 1)[1]: label for key, label in shards.samples}  # shards hold a shuffled order
+        assert {original.key(i).replace(".", "_"): t for i, t in enumerate(original.targets)} == by_key
+    one_line(r"the label column 'label' holds a list of labels per row .*add --multi_label", DatasetError,
+             read_class_names, tmp_path / "pq", "hf")
+    findings = check_dataset(tmp_path / "pq", "hf", columns=columns)  # check_images --multi_label
+    assert [f.status for f in findings] == ["ok"] * 9 and findings[0].label == "cat dog"
+
+
+def test_convert_data_cli_with_multi_label(tmp_path, capsys):
+    from utils.convert_data import main  # in this process: the flags reach the layout
+    src = multi_label_csv(tmp_path / "csv")
+    base = ["--data", str(src), "--to", "parquet", "-j", "1", "--no_progress"]
+    assert main(base + ["--out", str(tmp_path / "no"), "--multi_label"]) == 2  # the empty label set of val/1.png
+    assert re.fullmatch(r"error: \S*val\.csv:3: no label: .*--allow_empty_labels.*\n", capsys.readouterr().err)
+    assert main(base + ["--out", str(tmp_path / "pq"), "--multi_label", "--allow_empty_labels"]) == 0
+    assert ClassificationDataset(tmp_path / "pq", "hf", "val", columns=multi(allow_empty=True)).targets == \
+        [(1, 2), (), (0,)]

@@ -371,3 +371,89 @@ def test_side_files_live_in_the_shards_folder(small, tmp_path):
     with pytest.raises(shards.DatasetError, match="which a Hub name does not have: name them with --distill_files"):
         shards.side_folder(str(hub), "hf")
     assert shards.side_folder(str(small), "hf") == small  # a save_to_disk / parquet folder holds them
+
+
+SETS = [(0, 2), (1,), (0, 1, 2), (2,), (1, 2), (0,), (0, 2)]
+
+
+def set_records(n: int) -> list[tuple[str, bytes, tuple[int, ...]]]:
+    return [(f"m{i:03d}", png(i * 7 % 256), SETS[i % len(SETS)]) for i in range(n)]
+
+
+def expected_multi_hot(indices: torch.Tensor) -> torch.Tensor:
+    """The multi-hot rows of split indices ``indices`` of :func:`set_records`, written by hand."""
+    rows = torch.zeros(len(indices), 3)
+    for row, i in enumerate(indices.tolist()):
+        rows[row, list(SETS[i % len(SETS)])] = 1.0
+    return rows
+
+
+@pytest.fixture
+def multi(tmp_path) -> Path:
+    """Multi-label shards: train 13 samples (shards of 5) with label sets written as .cls 1,4."""
+    write_wds_split(tmp_path, "train", set_records(13), ["a", "b", "c"], 1, max_samples=5)
+    return tmp_path
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_label_sets_round_trip_and_batches_carry_multi_hot_targets(multi, workers):
+    from dataloader.labels import LabelSets
+    assert (multi / "train-000000.tar").is_file()
+    with tarfile.open(multi / "train-000000.tar") as tar:
+        assert tar.extractfile("m000.cls").read() == b"0,2"  # the writer's .cls of a label set
+    got = [s for f in sorted(multi.glob("train-*.tar")) for s in iter_samples(str(f), LabelSets())]
+    assert got == set_records(13)
+    dataset = ShardDataset(multi, "train", ["a", "b", "c"], train=True, seed=3, sets=LabelSets())
+    loader = ShardLoader(dataset, batch_size=4, workers=workers, train=True)
+    batches = list(loader)
+    assert [len(b[2]) for b in batches] == [4, 4, 4]  # 13 % 4 == 1: a batch of one is dropped in training
+    for images, targets, indices in batches:
+        assert targets.dtype == torch.float32 and targets.shape == (len(indices), 3)
+        assert torch.equal(targets, expected_multi_hot(indices))
+        assert [record_of(im) for im in images] == indices.tolist()
+    assert dataset.samples[2] == ("train-000000.tar/m002", (0, 1, 2))
+    assert dataset[2][1].tolist() == [1.0, 1.0, 1.0]  # by index too (the CAM's picks, labels known), multi-hot
+    with pytest.raises(ShardError, match=r"m000\.cls is not a class index; several labels are a multi-label "
+                                         r"dataset: add --multi_label"):
+        list(ShardDataset(multi, "train", ["a", "b", "c"]).first_items(1))
+
+
+def test_memory_cache_on_label_set_shards_gives_multi_hot_rows(multi):
+    from dataloader.labels import LabelSets
+    from dataloader.loader import create_loader
+    dataset = ShardDataset(multi, "train", ["a", "b", "c"], train=True, seed=5, sets=LabelSets())
+    loader = create_loader(dataset, batch_size=4, workers=0, train=True, seed=5, cache="memory")
+    assert dataset.targets == [SETS[i % len(SETS)] for i in range(13)]
+    assert torch.equal(loader.cache.targets, expected_multi_hot(torch.arange(13)))
+    for images, targets, indices in loader:
+        assert torch.equal(targets, expected_multi_hot(indices))
+
+
+def test_json_labels_empty_sets_and_bad_sets_name_the_sample(tmp_path):
+    from dataloader.labels import LabelSets
+    write_tar(tmp_path / "j.tar", {"a.png": png(1), "a.json": b'{"labels": [4, 1]}',
+                                   "b.png": png(2), "b.cls": b""})
+    with pytest.raises(ShardError, match=r"j\.tar: sample 'b' \(b\.cls\): no label: .*--allow_empty_labels"):
+        list(iter_samples(str(tmp_path / "j.tar"), LabelSets()))
+    got = [(key, label) for key, _, label in iter_samples(str(tmp_path / "j.tar"), LabelSets(allow_empty=True))]
+    assert got == [("a", (1, 4)), ("b", ())]
+    for body, match in ((b'{"label": 1}', r"\(c\.json\): no 'labels' list"), (b"{", r"\(c\.json\): not valid JSON"),
+                        (b'{"labels": [1, "x"]}', r"\(c\.json\): label 'x' is not a class index")):
+        write_tar(tmp_path / "bad.tar", {"c.png": png(3), "c.json": body})
+        with pytest.raises(ShardError, match=match):
+            list(iter_samples(str(tmp_path / "bad.tar"), LabelSets()))
+    write_tar(tmp_path / "train-000000.tar", {"d.png": png(3), "d.cls": b"0 3"})
+    assert ShardSet(tmp_path).classes() == ["0", "1", "2", "3"]  # no _info.json: 0..largest index of the sets
+    dataset = ShardDataset(tmp_path, "train", ["0", "1"], sets=LabelSets())
+    with pytest.raises(ShardError, match=r"sample 'd': label 3 is out of range: there are 2 classes"):
+        dataset.first_items(1)
+
+
+def test_check_images_reads_label_set_shards_with_multi_label(multi):
+    from dataloader import Columns
+    from dataloader.labels import LabelSets
+    findings = check_dataset(str(multi), "wds", columns=Columns(sets=LabelSets()))
+    assert [f.status for f in findings] == ["ok"] * 13 and findings[0].label == "a c"  # m000: {0, 2}
+    plain = check_dataset(str(multi), "wds")
+    bad = [f for f in plain if f.status == "bad"]  # one per shard, at its first label set (m000, m006, m011)
+    assert len(bad) == 3 and all("add --multi_label" in f.reason for f in bad)

@@ -112,3 +112,76 @@ def test_paths_are_kept_relative(tmp_path):
     keys, labels = _labels([5])
     table = split_table(keys, labels, Holdout(0.2, 0.0, seed=0))
     assert all(not Path(k).is_absolute() for rows in table["splits"].values() for k, _ in rows)
+
+
+def _label_sets(n: int = 300, classes: int = 12, seed: int = 0) -> tuple[list[str], list[tuple[int, ...]]]:
+    """``n`` images with 1-3 labels each, class ``c`` drawn with weight ``0.6 ** c`` (so the last classes have
+    a handful of images), plus a few classes of exactly 2 and 3 images."""
+    import random
+    rng = random.Random(seed)
+    weights = [0.6 ** c for c in range(classes)]
+    labels = [tuple(sorted(set(rng.choices(range(classes), weights, k=rng.randint(1, 3))))) for _ in range(n)]
+    labels += [(classes,), (0, classes), (classes + 1,), (classes + 1, 2), (classes + 1,)]  # 2 and 3 images
+    return [f"img/{i:04d}.png" for i in range(len(labels))], labels
+
+
+def _count(labels, indices, c) -> int:
+    return sum(c in labels[i] for i in indices)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_label_sets_every_class_of_two_images_is_in_train_and_val(seed):
+    """Iterative stratification of label sets: parts disjoint and complete, every class of >= 2 images in both
+    train and val (>= 3: in train, val and test too), a large class's val share within 3 images of the fraction,
+    val about its fraction of the images; a pure function of (keys, labels, seed), whatever the listing order."""
+    keys, labels = _label_sets(seed=seed)
+    counts = {c: sum(c in label for label in labels) for c in set().union(*labels)}
+    parts = carve(keys, labels, Holdout(0.2, 0.0, seed=seed))
+    assert sorted(parts["train"] + parts["val"]) == list(range(len(keys)))
+    for c, n in counts.items():
+        if n >= 2:
+            assert _count(labels, parts["train"], c) and _count(labels, parts["val"], c), (c, n)
+        if n >= 30:
+            assert abs(_count(labels, parts["val"], c) - 0.2 * n) <= 3, (c, n)
+    assert abs(len(parts["val"]) - 0.2 * len(keys)) <= 0.05 * len(keys)
+    both = carve(keys, labels, Holdout(0.2, 0.2, seed=seed))
+    for c, n in counts.items():
+        if n >= 3:
+            assert all(_count(labels, both[name], c) for name in ("train", "val", "test")), (c, n)
+    order = list(reversed(range(len(keys))))
+    again = carve([keys[i] for i in order], [labels[i] for i in order], Holdout(0.2, 0.0, seed=seed))
+    assert sorted(keys[order[i]] for i in again["val"]) == sorted(keys[i] for i in parts["val"])
+    assert carve(keys, labels, Holdout(0.2, 0.0, seed=seed + 10)) != parts
+
+
+def test_label_sets_split_file_round_trips_and_a_class_without_training_image_is_refused(tmp_path):
+    keys, labels = _label_sets(60)
+    table = split_table(keys, labels, Holdout(0.2, 0.0, seed=0))
+    write_split(tmp_path, table)  # sets saved as JSON lists
+    assert check_split(tmp_path, table) is True
+    with pytest.raises(SplitError, match=r"split '(train|val)': \d+ sample\(s\) left"):  # a set changed: differs
+        check_split(tmp_path, split_table(keys, [(0, 1, 2)] + labels[1:], Holdout(0.2, 0.0, seed=0)))
+    with pytest.raises(SplitError, match=r"class 0 has 1 image\(s\).*no training image"):
+        carve(["a", "b"], [(0,), ()], Holdout(0.9, 0.0, seed=0))
+    empties = carve([f"k{i}" for i in range(10)], [(0,)] * 5 + [()] * 5, Holdout(0.2, 0.0, seed=0))
+    assert sum(i >= 5 for i in empties["val"]) == 1  # images without labels are split like one class
+
+
+def test_a_multi_label_csv_set_carves_its_train_split(tmp_path):
+    from PIL import Image
+
+    from dataloader import Columns
+    from dataloader.labels import LabelSets
+    (tmp_path / "img").mkdir()
+    keys, labels = _label_sets(40, classes=4)
+    rows = ["path,label"]
+    for key, label in zip(keys, labels):
+        Image.new("RGB", (4, 4)).save(tmp_path / key)
+        rows.append(f"{key},{' '.join(f'c{c}' for c in label)}")
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    columns, holdout = Columns(sets=LabelSets()), Holdout(0.25, 0.0, seed=1)
+    val = ClassificationDataset(tmp_path, "csv", "val", holdout=holdout, columns=columns)
+    train = ClassificationDataset(tmp_path, "csv", "train", holdout=holdout, columns=columns)
+    assert val.multi_label and len(val) + len(train) == len(keys)
+    assert {c for label in val.targets for c in label} == set(range(len(val.class_names)))  # every class in val
+    assert val.split_table["splits"]["val"] == [[val.key(i), t] for i, t in enumerate(val.targets)]
