@@ -127,6 +127,8 @@ def test_predict_folder_recipe(smoke_output):
                                                                 "unfreeze_epoch: 1", "head_lr_mult: 10.0",
                                                                 "eval_resize: center_crop"]),
     ("quickstart_digits.sh", "resnet18/digits_baseline", ["cache_dataset: memory", "channels_last: true"]),
+    ("mosaic_multilabel.sh", "resnet18/mosaic_multilabel", ["multi_label: true", "tune_thresholds: true",
+                                                            "dataset: csv", "criterion: bce"]),
 ])
 def test_training_recipes(smoke_output, script, run, expect, tmp_path, monkeypatch):
     """The ImageNet recipes (one process under SMOKE=1), the fine-tunes and the quickstart: their flags are

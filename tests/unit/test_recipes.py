@@ -13,7 +13,7 @@ def test_every_script_is_covered():
                "4_distill.sh", "5_curriculum.sh", "6_visualize.sh", "7_export_and_demo.sh", "8_predict_folder.sh",
                "quickstart_digits.sh", "resnext50_32x4d_imagenet.sh", "resnext101_64x4d_imagenet.sh",
                "resnest50_imagenet.sh", "resnet50_b256_imagenet.sh", "efficientnet_b0_finetune.sh",
-               "finetune_pretrained.sh",
+               "finetune_pretrained.sh", "mosaic_multilabel.sh",
                "slurm_train.sh", "torchrun_multinode.sh"}
     assert scripts == covered
     for p in SHELL.glob("*.sh"):  # each starts with a header comment saying what it does
