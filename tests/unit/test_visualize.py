@@ -101,12 +101,6 @@ def test_predicted_labels_fall_back_to_the_top_class():
     assert predicted_labels(scores, [0.5, 0.95, 0.9]) == [[1], [1], [0]]  # per class: 0 passes, the top (2) does not
 
 
-@pytest.fixture(scope="module")
-def mosaics(tmp_path_factory):
-    from dataloader.digits import make_mosaic
-    return make_mosaic(tmp_path_factory.mktemp("mosaics") / "data", {"train": 12, "val": 2, "test": 3})
-
-
 @pytest.mark.parametrize("method, name, thresholds", [("cam", "all", [0.0] * 10), ("grad-cam", "none", [1.0] * 10)])
 def test_visual_data_on_a_multi_label_model_writes_one_picture_per_predicted_label(mosaics, tmp_path, method, name,
                                                                                     thresholds):
