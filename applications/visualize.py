@@ -48,6 +48,7 @@ from explain.pictures import (
     predicted_labels,
     render_label_overlay,
     render_overlay,
+    score_text,
 )
 from utils.images import contact_sheet, save_png, to_hwc, upscale
 from utils.metrics import probabilities
@@ -201,7 +202,7 @@ def _multi_label_pictures(images: torch.Tensor, labels: torch.Tensor, result: Ex
             correct = None if truth is None else c in truth
             picture = render_label_overlay(images[k], heatmap, true_names=true_names, pred_names=pred_names,
                                            label_name=class_names[c], score=float(scores[k, c]), correct=correct)
-            out.append(Picture(class_names[c], k, picture, heatmap, class_names[c], f"{float(scores[k, c]):.2f}",
+            out.append(Picture(class_names[c], k, picture, heatmap, class_names[c], score_text(float(scores[k, c])),
                                correct))
     return out
 

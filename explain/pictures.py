@@ -54,13 +54,19 @@ def render_overlay(image: torch.Tensor | np.ndarray, heatmap: np.ndarray, *, tru
     return add_title(picture, lines, colors)
 
 
+def score_text(score: float) -> str:
+    """A sigmoid score as text: two decimals, or two significant digits below 0.01 (tuned thresholds can be that
+    low, and a predicted label shown as 0.00 reads as a bug)."""
+    return f"{score:.2f}" if score >= 0.01 or score == 0 else f"{score:.1e}"
+
+
 def render_label_overlay(image: torch.Tensor | np.ndarray, heatmap: np.ndarray, *, true_names: str | None,
                          pred_names: str, label_name: str, score: float, correct: bool | None,
                          min_side: int = MIN_SIDE) -> np.ndarray:
     """A multi-label image with the heatmap of one label (``label_name``, its sigmoid ``score``) overlaid, under
     the true label set, the predicted one and the explained label (green: one of the true labels, red: not)."""
     picture = overlay_heatmap(upscale(to_hwc(image), min_side), heatmap)
-    lines = [f"true: {true_names or UNKNOWN}", f"pred: {pred_names}", f"label: {label_name} ({score:.2f})"]
+    lines = [f"true: {true_names or UNKNOWN}", f"pred: {pred_names}", f"label: {label_name} ({score_text(score)})"]
     return add_title(picture, lines, [BLACK, BLACK, _verdict(correct)])
 
 

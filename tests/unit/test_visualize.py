@@ -127,3 +127,8 @@ def test_visual_data_on_a_multi_label_model_writes_one_picture_per_predicted_lab
         top = {Path(dataset.samples[i][0]).stem: classes[int(row.argmax())]
                for i, row in zip(evaluated["indices"].tolist(), evaluated["logits"])}
         assert files == sorted(f"{top[s]}/{s}.png" for s in stems) and result["overlays"] == len(stems)
+
+
+def test_a_tiny_score_is_not_shown_as_zero():
+    from explain.pictures import score_text
+    assert score_text(0.934) == "0.93" and score_text(0.0031) == "3.1e-03" and score_text(0.0) == "0.00"
