@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from dataloader.labels import label_names
 from utils.images import BLACK, GREEN, RED, add_title, to_hwc, upscale
 from utils.metrics import probabilities
-from utils.multilabel import label_sets
+from utils.multilabel import DEFAULT_THRESHOLD, label_sets
 
 from .cam import CamExplainer, Explanation
 from .overlay import overlay_heatmap
@@ -97,18 +97,30 @@ def explain_predicted(explainer: CamExplainer, images: torch.Tensor, thresholds:
 def cam_overlays_for_tensorboard(model: nn.Module, dataset: Dataset, preprocess: Callable[[torch.Tensor], torch.Tensor],
                                  class_names: Sequence[str], *, arch: str | None = None, method: str = "grad-cam",
                                  target_layer: str | None = None, n: int = 4, head: str = "softmax",
-                                 min_side: int = MIN_SIDE) -> torch.Tensor:
+                                 min_side: int = MIN_SIDE, thresholds: Sequence[float] | None = None) -> torch.Tensor:
     """``n`` titled overlays (one image of each class in turn) as a uint8 ``n x 3 x H x W`` batch for
-    ``SummaryWriter.add_images``. The model's mode, parameters and gradients are left as they were."""
+    ``SummaryWriter.add_images``. The model's mode, parameters and gradients are left as they were. A multi-label
+    dataset (``dataset.multi_label``) shows each image's top label, titled with the true and predicted label
+    sets (at ``thresholds``, default 0.5 each)."""
     order = class_interleaved(dataset.targets, n)
     items = [item for item in (dataset[i] for i in order) if item is not None]
     images = torch.stack([item[0] for item in items])
     with CamExplainer(model, method, layer=target_layer, arch=arch, input_size=images.shape[-2:]) as explainer:
         result = explainer(preprocess(images))
-    confidence, preds = probabilities(result.logits, head).max(dim=1)
-    pictures = [render_overlay(images[k], result.heatmaps[k], true_name=label_names(items[k][1], class_names),
-                               pred_name=class_names[int(preds[k])], confidence=float(confidence[k]),
-                               min_side=min_side) for k in range(len(items))]
+    if getattr(dataset, "multi_label", False):
+        scores = result.logits.float().sigmoid()
+        predicted = predicted_labels(scores, thresholds or [DEFAULT_THRESHOLD] * len(class_names))
+        pictures = [render_label_overlay(images[k], result.heatmaps[k],
+                                         true_names=label_names(items[k][1], class_names),
+                                         pred_names=label_names(tuple(predicted[k]), class_names),
+                                         label_name=class_names[c], score=float(scores[k, c]),
+                                         correct=bool(items[k][1][c] > 0.5), min_side=min_side)
+                    for k, c in enumerate(result.classes)]
+    else:
+        confidence, preds = probabilities(result.logits, head).max(dim=1)
+        pictures = [render_overlay(images[k], result.heatmaps[k], true_name=label_names(items[k][1], class_names),
+                                   pred_name=class_names[int(preds[k])], confidence=float(confidence[k]),
+                                   min_side=min_side) for k in range(len(items))]
     height, width = max(p.shape[0] for p in pictures), max(p.shape[1] for p in pictures)
     batch = np.full((len(pictures), height, width, 3), 255, np.uint8)  # titles may widen some: pad to one size
     for k, p in enumerate(pictures):

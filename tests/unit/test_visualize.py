@@ -132,3 +132,21 @@ def test_visual_data_on_a_multi_label_model_writes_one_picture_per_predicted_lab
 def test_a_tiny_score_is_not_shown_as_zero():
     from explain.pictures import score_text
     assert score_text(0.934) == "0.93" and score_text(0.0031) == "3.1e-03" and score_text(0.0) == "0.00"
+
+
+def test_tensorboard_overlays_of_a_multi_label_model(mosaics, tmp_path):
+    """The end of --train on label-set data (multi-hot items): one titled overlay per image (its top label's map)."""
+    from applications.setup.common import build_dataset, preprocessor, restore_for_inference
+    from config import parse_config
+    from explain.pictures import cam_overlays_for_tensorboard
+    from helpers import multi_label_checkpoint
+    checkpoint = multi_label_checkpoint(tmp_path / "run", mosaics)
+    cfg = parse_config(["--visual_data", "val", "--resume", str(checkpoint), "--multi_label", "--dataset", "csv",
+                        "--data", str(mosaics), "-j", "0"])
+    restored = restore_for_inference(cfg)
+    dataset = build_dataset(cfg, "val", restored.class_names, train=False, spec=restored.spec)
+    preprocess = preprocessor(restored.spec, restored.device)
+    batch = cam_overlays_for_tensorboard(restored.model, dataset, preprocess, restored.class_names, arch="resnet18",
+                                         n=2, head="bce", min_side=64)
+    assert batch.dtype == torch.uint8 and batch.shape[:2] == (2, 3) and batch.shape[2] > 64  # titled pictures
+    assert batch.float().std() > 10
