@@ -132,6 +132,9 @@ def select_variants(spec: SweepSpec, only: list[str] | None) -> list[Variant]:
     return [v for v in spec.variants if v.tag in only]
 
 
+OBJECTIVE_NAMES = {"val_top1": "val top-1", "val_map": "val mAP"}  # headline_metric as the best trial's line says it
+
+
 def command_line_flags(cfg: argparse.Namespace) -> dict[str, Any]:
     """Flags given next to ``--sweep`` (those that differ from their defaults): they apply to every run,
     over the sweep file's base and under each variant's own values. ``--tracker`` is passed on too. A value the
@@ -482,7 +485,7 @@ def _search(spec: SweepSpec, cfg: argparse.Namespace, base: dict[str, Any], swee
         command = "python " + shlex.join(["main.py", *train_command(flags)[2:]])
         objective = headline_metric(base)
         result.update(best_trial=best.number, best_value=best.value, objective=objective, best_command=command)
-        print(f"best trial {best.number}: {objective.replace('_', ' ')} {best.value:.2f} "
+        print(f"best trial {best.number}: {OBJECTIVE_NAMES[objective]} {best.value:.2f} "
               f"({best.user_attrs.get('run_dir')})\n{command}", flush=True)
     return result
 
