@@ -4,6 +4,11 @@ Each image gets the weight paired with the first of ``--curriculum_thresholds`` 
 the model's probability for its true class exceeds (the last weight when it exceeds none), written
 as ``path,weight`` lines to ``DATA/curriculum.txt``. ``--curriculum_learning`` then multiplies each
 sample's loss by its weight.
+
+A multi-label model has no one true class: there an image's "probability of the truth" is the mean over
+every class of the sigmoid probability the model gives to the true value of that label (``p`` where the
+label is present, ``1 - p`` where it is absent; :func:`true_probability`), so an image is known well when the
+model is sure of all its labels, present and absent. The thresholds and weights then apply unchanged.
 """
 from __future__ import annotations
 
@@ -34,6 +39,15 @@ def curriculum_weights(p_true: torch.Tensor, thresholds: Sequence[float], weight
     return out
 
 
+def true_probability(probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per image, the probability the model gives its truth: ``probs[i, target_i]`` for class indices (N), the
+    mean over labels of ``p`` (present) or ``1 - p`` (absent) for multi-hot targets (N x K, sigmoid ``probs``)."""
+    if targets.dim() == 2:
+        present = targets.to(probs.dtype)
+        return (present * probs + (1 - present) * (1 - probs)).mean(dim=1)
+    return probs.gather(1, targets.view(-1, 1)).squeeze(1)
+
+
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
     with log_to_file(checkpoint_run_dir(cfg.resume, cfg.output, cfg.arch) / "log.txt"):
         restored = restore_for_inference(cfg)
@@ -41,8 +55,8 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         if out.exists() and not cfg.overwrite:
             raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
         dataset, result = predict_split(cfg, restored, "train", progress=not cfg.no_progress)
-        probs = probabilities(result["logits"], restored.spec.head)
-        p_true = probs.gather(1, result["targets"].view(-1, 1)).squeeze(1)
+        probs = probabilities(result["logits"], "bce" if restored.spec.sigmoid else restored.spec.head)
+        p_true = true_probability(probs, result["targets"])
         weights = curriculum_weights(p_true, cfg.curriculum_thresholds, cfg.curriculum_weights)
         keys = [dataset.key(i) for i in result["indices"].tolist()]
         write_rows(out, ((k, [w]) for k, w in zip(keys, weights.tolist())), overwrite=True)

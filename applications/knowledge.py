@@ -3,6 +3,9 @@
 ``DATA/distill_<arch>.txt`` holds one line per image, ``path,p0,...,pK`` (probabilities under the
 teacher's own head: softmax, or sigmoid for a ``bce`` teacher), and ``DATA/label.txt`` the one-hot
 labels in the same format. Existing files are kept unless ``--overwrite``.
+
+A multi-label checkpoint is refused: the files are the soft targets of ``--distill``, which trains single-label
+models only (a softmax distribution per image; a multi-label student has no such target).
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ logger = logging.getLogger(__name__)
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
     with log_to_file(checkpoint_run_dir(cfg.resume, cfg.output, cfg.arch) / "log.txt"):
         restored = restore_for_inference(cfg)
+        if restored.spec.multi_label:
+            raise ValueError(f"--knowledge: {cfg.resume} is a multi-label model; teacher files are the softmax "
+                             f"targets of --distill, which trains single-label models only")
         out = teacher_file(cfg, restored.spec.arch)
         labels_out = out.parent / "label.txt"
         for path in (out, labels_out):

@@ -9,10 +9,11 @@ config.yaml) and resumes interrupted ones. ``--sweep_devices 0,1`` runs one vari
 
 The search asks Optuna (TPE sampler, median pruner) for each trial's flags and runs the trial as such a
 process too. The sweep watches the run's ``metrics.json`` (written after every epoch), reports each
-epoch's val top-1 to the trial and stops a trial the pruner gives up on with a SIGTERM, so the training
-loop knows nothing about Optuna and a trial is as isolated, resumable and comparable as any run. The
-study lives in ``<sweep folder>/study.db`` (SQLite) or ``--study_storage URL``, so processes on several
-machines can work on one study.
+epoch's val top-1 (val mAP when the runs are multi-label: ``--multi_label`` in the sweep's flags; the
+objective is ``experiments.runs.headline_metric``) to the trial and stops a trial the pruner gives up on with
+a SIGTERM, so the training loop knows nothing about Optuna and a trial is as isolated, resumable and
+comparable as any run. The study lives in ``<sweep folder>/study.db`` (SQLite) or ``--study_storage URL``,
+so processes on several machines can work on one study.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from experiments.runs import (
     PRUNED_FILE,
     RunFolderError,
     compare_runs,
+    headline_metric,
     missing_outputs,
     read_config,
     read_metrics,
@@ -98,7 +100,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         logger.warning("sweep stopped; rerun the same command to continue it")
     if result["run_dirs"]:
         table = compare_runs(result["run_dirs"], out_dir=sweep_dir, sort_by=cfg.sort_by,
-                             larger_is_better=SORT_KEYS[cfg.sort_by])
+                             larger_is_better=SORT_KEYS.get(cfg.sort_by, True))
         print(table.pop("table"), flush=True)
         result["compare"] = table
     if not result.get("interrupted") and result["failed"] and not result["succeeded"]:
@@ -130,10 +132,18 @@ def select_variants(spec: SweepSpec, only: list[str] | None) -> list[Variant]:
     return [v for v in spec.variants if v.tag in only]
 
 
+OBJECTIVE_NAMES = {"val_top1": "val top-1", "val_map": "val mAP"}  # headline_metric as the best trial's line says it
+
+
 def command_line_flags(cfg: argparse.Namespace) -> dict[str, Any]:
     """Flags given next to ``--sweep`` (those that differ from their defaults): they apply to every run,
-    over the sweep file's base and under each variant's own values. ``--tracker`` is passed on too."""
-    defaults = vars(build_parser().parse_args([]))
+    over the sweep file's base and under each variant's own values. ``--tracker`` is passed on too. A value the
+    checks derive from the task when it is not given (``--criterion``: softmax, bce with ``--multi_label``) is
+    compared with what they derive, not passed on as given."""
+    defaults = argparse.Namespace(**{**vars(build_parser().parse_args([])), "train": True,
+                                     "multi_label": getattr(cfg, "multi_label", False)})
+    validate(defaults)
+    defaults = vars(defaults)
     skip = NOT_SETTINGS - {"tracker"}
     return {k: v for k, v in vars(cfg).items() if k not in skip and v != defaults.get(k)}
 
@@ -193,7 +203,8 @@ def epoch_line(row: dict[str, Any], epochs: int | None) -> str:
         return format(value, fmt) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
     parts = [f"epoch {row['epoch'] + 1}/{epochs if epochs is not None else '?'}",
              f"train loss {num('train_loss', '.4f')}",
-             f"val loss {num('val_loss', '.4f')} top-1 {num('val_top1', '.2f')}"]
+             f"val loss {num('val_loss', '.4f')} " + (f"mAP {num('val_map', '.2f')}" if "val_map" in row
+                                                      else f"top-1 {num('val_top1', '.2f')}")]
     if row.get("time") is not None:
         parts.append(f"{num('time', '.0f')} s")
     return "  ".join(parts)
@@ -472,9 +483,10 @@ def _search(spec: SweepSpec, cfg: argparse.Namespace, base: dict[str, Any], swee
         flags = {k: v for k, v in run_flags(base, _trial_values(spec, best.params), sweep_dir, "best").items()
                  if k not in ("output", "tag", "no_progress")}
         command = "python " + shlex.join(["main.py", *train_command(flags)[2:]])
-        result.update(best_trial=best.number, best_value=best.value, best_command=command)
-        print(f"best trial {best.number}: val top-1 {best.value:.2f} ({best.user_attrs.get('run_dir')})\n{command}",
-              flush=True)
+        objective = headline_metric(base)
+        result.update(best_trial=best.number, best_value=best.value, objective=objective, best_command=command)
+        print(f"best trial {best.number}: {OBJECTIVE_NAMES[objective]} {best.value:.2f} "
+              f"({best.user_attrs.get('run_dir')})\n{command}", flush=True)
     return result
 
 
@@ -553,10 +565,12 @@ def fail_stale_trials(study) -> None:
 
 def _run_trial(trial, flags: dict[str, Any], run_dir: Path, device: str | None, sweep_dir: Path,
                children: Children) -> str:
-    """Run one trial's training process; report each new epoch's val top-1 to Optuna and stop the run
+    """Run one trial's training process; report each new epoch's headline (val top-1, or val mAP for a
+    multi-label run: ``headline_metric``) to Optuna and stop the run
     (SIGTERM: it saves and exits) when the pruner says so. Tells the study how the trial ended."""
     from optuna.trial import TrialState
     reported = {"epochs": 0, "pruned": False}
+    key = headline_metric(flags)
 
     def watch(proc) -> None:
         history = _history(run_dir)
@@ -564,9 +578,9 @@ def _run_trial(trial, flags: dict[str, Any], run_dir: Path, device: str | None, 
             if reported["pruned"]:
                 break
             reported["epochs"] += 1
-            if row.get("val_top1") is None:  # an epoch without validation reports nothing
+            if row.get(key) is None:  # an epoch without validation reports nothing
                 continue
-            trial.report(row["val_top1"], row["epoch"])
+            trial.report(row[key], row["epoch"])
             if trial.should_prune():
                 reported["pruned"] = True
                 write_text_atomic(run_dir / PRUNED_FILE, f"pruned by the search after epoch {row['epoch'] + 1}\n")
@@ -577,7 +591,7 @@ def _run_trial(trial, flags: dict[str, Any], run_dir: Path, device: str | None, 
     if reported["pruned"]:
         trial.study.tell(trial, state=TrialState.PRUNED)
         return "pruned"
-    scores = [row["val_top1"] for row in _history(run_dir) if row.get("val_top1") is not None]
+    scores = [row[key] for row in _history(run_dir) if row.get(key) is not None]
     if code == 0 and scores:
         (run_dir / PRUNED_FILE).unlink(missing_ok=True)
         trial.study.tell(trial, max(scores))

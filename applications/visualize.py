@@ -9,6 +9,13 @@ each class:
     <run_dir>/visual/<method>/<split or 'source'>/<true class or 'unknown'>/<image stem>.png
     <run_dir>/visual/<method>/<split or 'source'>/gallery.png
 
+A multi-label model (``--multi_label``) gets one picture per PREDICTED label of an image (each class whose
+sigmoid score reaches the checkpoint's decision threshold, 0.5 unless tuned; the top class when none does),
+filed under that label, titled with the true label set, the predicted one and the explained label with its
+score (green: one of the image's labels, red: not); the gallery has a row per label:
+
+    <run_dir>/visual/<method>/<split or 'source'>/<predicted label>/<image stem>.png
+
 ``--visual_class NAME`` explains that class instead of each image's prediction, ``--visual_limit N`` takes
 the first N images (in turn from each class, so a small N still covers every class) and
 ``--target_layer NAME`` picks the layer (default: the family's last convolutional stage with maps of at
@@ -20,18 +27,29 @@ import argparse
 import logging
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from dataloader import DatasetError
+from dataloader.labels import label_names
 from dataloader.sources import UNKNOWN_LABEL, SourceImages
 from explain.cam import CamExplainer, Explanation
 from explain.overlay import overlay_heatmap
-from explain.pictures import UNKNOWN, class_interleaved, render_overlay
+from explain.pictures import (
+    UNKNOWN,
+    class_interleaved,
+    explain_predicted,
+    predicted_labels,
+    render_label_overlay,
+    render_overlay,
+    score_text,
+)
 from utils.images import contact_sheet, save_png, to_hwc, upscale
 from utils.metrics import probabilities
 from utils.misc import log_to_file, resolve_device
@@ -139,62 +157,123 @@ def _warn_if_blank(blank: int, total: int, layer: str | None, method: str) -> No
 
 
 # ------------------------------------------------------------------------------------------------- runs
+@dataclass
+class Picture:
+    """One overlay to write: its folder (a class name) and its gallery row, tile caption and verdict."""
+    folder: str
+    image: int          # position of the image in its batch
+    picture: np.ndarray
+    heatmap: np.ndarray
+    group: str
+    caption: str
+    correct: bool | None
+
+
+def _single_label_pictures(images: torch.Tensor, labels: torch.Tensor, result: Explanation, head: str,
+                           class_names: Sequence[str], explained: str | None) -> list[Picture]:
+    """One picture per image, in the folder of its true class: its predicted class's (or ``explained``'s) map."""
+    confidence, preds = probabilities(result.logits, head).max(dim=1)
+    out = []
+    for k in range(images.shape[0]):
+        label, pred = int(labels[k]), int(preds[k])
+        true_name = class_names[label] if label != UNKNOWN_LABEL else None
+        picture = render_overlay(images[k], result.heatmaps[k], true_name=true_name, pred_name=class_names[pred],
+                                 confidence=float(confidence[k]), explained=explained)
+        out.append(Picture(true_name or UNKNOWN, k, picture, result.heatmaps[k],
+                           true_name if true_name is not None else f"pred {class_names[pred]}", class_names[pred],
+                           None if true_name is None else pred == label))
+    return out
+
+
+def _multi_label_pictures(images: torch.Tensor, labels: torch.Tensor, result: Explanation,
+                          maps: list[list[tuple[int, np.ndarray]]], thresholds: Sequence[float],
+                          class_names: Sequence[str]) -> list[Picture]:
+    """One picture per explained label of each image (``maps``: its ``(class, heatmap)`` pairs), in the folder
+    (and gallery row) of that label, titled with the true and the predicted label sets."""
+    scores = result.logits.float().sigmoid()
+    predicted = predicted_labels(scores, thresholds)
+    known = labels.dim() == 2  # multi-hot targets; unlabelled source images carry UNKNOWN_LABEL
+    out = []
+    for k in range(images.shape[0]):
+        truth = set(torch.nonzero(labels[k] > 0.5).flatten().tolist()) if known else None
+        true_names = label_names(labels[k], class_names) if known else None
+        pred_names = label_names(tuple(predicted[k]), class_names)
+        for c, heatmap in maps[k]:
+            correct = None if truth is None else c in truth
+            picture = render_label_overlay(images[k], heatmap, true_names=true_names, pred_names=pred_names,
+                                           label_name=class_names[c], score=float(scores[k, c]), correct=correct)
+            out.append(Picture(class_names[c], k, picture, heatmap, class_names[c], score_text(float(scores[k, c])),
+                               correct))
+    return out
+
+
+def _top1_hits(labels: torch.Tensor, logits: torch.Tensor) -> tuple[int, int]:
+    """(labelled images, hits) of a batch: the top class is the label, or one of the labels (p@1)."""
+    if labels.dim() == 2:
+        return labels.shape[0], int(labels.gather(1, logits.argmax(dim=1, keepdim=True)).gt(0.5).sum())
+    known = labels != UNKNOWN_LABEL
+    return int(known.sum()), int((logits.argmax(dim=1)[known] == labels[known]).sum())
+
+
 def visualize_dataset(cfg: argparse.Namespace, restored: Restored, dataset: Dataset, out_dir: Path, *, method: str,
                       target_layer: str | None = None, target_class: int | None = None,
                       limit: int | None = None, progress: bool = False) -> dict[str, Any]:
-    """Write an overlay per image of ``dataset`` (uint8 images, labels, indices; label ``UNKNOWN_LABEL``: not known) and
-    ``gallery.png`` under ``out_dir``; returns counts, accuracy on the labelled images and paths."""
-    class_names, head = restored.class_names, restored.spec.head
-    order = class_interleaved(dataset.targets, limit)
-    loader = build_loader(cfg, Selection(dataset, order), train=False, device=restored.device)
-    preprocess = preprocessor(restored.spec, restored.device)
+    """Write an overlay per image of ``dataset`` (uint8 images, labels, indices; label ``UNKNOWN_LABEL``: not known;
+    for a multi-label model one per predicted label) and ``gallery.png`` under ``out_dir``; returns counts,
+    top-1 (p@1 for a multi-label model) on the labelled images and paths."""
+    class_names, spec = restored.class_names, restored.spec
+    thresholds = spec.decision_thresholds
+    loader = build_loader(cfg, Selection(dataset, class_interleaved(dataset.targets, limit)), train=False,
+                          device=restored.device)
+    preprocess = preprocessor(spec, restored.device)
     explained = None if target_class is None else class_names[target_class]
-    arch, image_size = restored.spec.arch, restored.spec.image_size
     gallery: dict[str, list[tuple[np.ndarray, str, bool | None]]] = defaultdict(list)
     used: set[Path] = set()
     hf_rows = isinstance(dataset, SourceImages) and dataset.reader is not None  # samples named <split>/<row>
-    written = correct = labelled = blank = 0
+    written = hits = labelled = blank = images_seen = 0
     start = time.perf_counter()
-    with CamExplainer(restored.model, method, layer=target_layer, arch=arch, input_size=image_size) as explainer:
+    with CamExplainer(restored.model, method, layer=target_layer, arch=spec.arch,
+                      input_size=spec.image_size) as explainer:
         for images, labels, indices in tqdm(loader, desc=f"{method} {dataset.split}", disable=not progress,
                                             leave=False, dynamic_ncols=True):
             if not images.numel():  # every image of the batch was skipped (--skip_bad_images)
                 continue
-            result = explainer(preprocess(images), target_class)
-            if written == 0:
-                logger.info("%s on layer %r of %s (%s maps)", method, explainer.layer, arch,
+            if spec.multi_label and target_class is None:
+                result, maps = explain_predicted(explainer, preprocess(images), thresholds)
+            else:
+                result = explainer(preprocess(images), target_class)
+                maps = [[(target_class, heatmap)] for heatmap in result.heatmaps]
+            pictures = (_multi_label_pictures(images, labels, result, maps, thresholds, class_names)
+                        if spec.multi_label else
+                        _single_label_pictures(images, labels, result, spec.head, class_names, explained))
+            if images_seen == 0:
+                logger.info("%s on layer %r of %s (%s maps)", method, explainer.layer, spec.arch,
                             "x".join(map(str, result.feature_size)))
-                _warn_if_coarse(result, explainer.layer, image_size, method)
-            blank += blank_maps(result.heatmaps)
-            probs = probabilities(result.logits, head)
-            confidence, preds = probs.max(dim=1)
-            for k in range(images.shape[0]):
-                label, pred = int(labels[k]), int(preds[k])
-                true_name = class_names[label] if label != UNKNOWN_LABEL else None
-                picture = render_overlay(images[k], result.heatmaps[k], true_name=true_name,
-                                         pred_name=class_names[pred], confidence=float(confidence[k]),
-                                         explained=explained)
-                name = dataset.samples[int(indices[k])][0]  # a file, or a Hugging Face row's <split>/<row>
+                _warn_if_coarse(result, explainer.layer, spec.image_size, method)
+            images_seen += images.shape[0]
+            batch_labelled, batch_hits = _top1_hits(labels, result.logits)
+            labelled, hits = labelled + batch_labelled, hits + batch_hits
+            for p in pictures:
+                name = dataset.samples[int(indices[p.image])][0]  # a file, or a Hugging Face row's <split>/<row>
                 stem = name.replace("/", "_") if hf_rows else Path(name).stem
-                save_png(picture, _unique_path(out_dir / _folder_name(true_name or UNKNOWN), stem, used))
-                written += 1
-                if label != UNKNOWN_LABEL:
-                    labelled, correct = labelled + 1, correct + int(pred == label)
-                group = true_name if true_name is not None else f"pred {class_names[pred]}"
-                if len(gallery[group]) < GALLERY_COLUMNS:
-                    tile = overlay_heatmap(upscale(to_hwc(images[k]), 96), result.heatmaps[k])
-                    gallery[group].append((tile, class_names[pred], None if label == UNKNOWN_LABEL else pred == label))
+                save_png(p.picture, _unique_path(out_dir / _folder_name(p.folder), stem, used))
+                blank += blank_maps(p.heatmap[None])
+                if len(gallery[p.group]) < GALLERY_COLUMNS:
+                    tile = overlay_heatmap(upscale(to_hwc(images[p.image]), 96), p.heatmap)
+                    gallery[p.group].append((tile, p.caption, p.correct))
+            written += len(pictures)
         layer = explainer.layer
     _warn_if_blank(blank, written, layer, method)
     seconds = time.perf_counter() - start
     rows = [(name, gallery[name]) for name in [*class_names, *(f"pred {c}" for c in class_names)] if name in gallery]
-    title = f"{method} on {layer} ({arch}), {dataset.split}" + (f", explaining {explained}" if explained else "")
+    title = f"{method} on {layer} ({spec.arch}), {dataset.split}" + (f", explaining {explained}" if explained else "")
     gallery_path = save_png(contact_sheet(rows, title=title), out_dir / "gallery.png")
-    logger.info("%s: %d overlays and %s in %.1f s", method, written, gallery_path, seconds)
-    summary = {"method": method, "split": dataset.split, "target_layer": layer, "images": written,
-               "output_dir": str(out_dir), "gallery": str(gallery_path), "seconds": round(seconds, 2)}
+    logger.info("%s: %d overlays of %d images and %s in %.1f s", method, written, images_seen, gallery_path, seconds)
+    summary = {"method": method, "split": dataset.split, "target_layer": layer, "images": images_seen,
+               "overlays": written, "output_dir": str(out_dir), "gallery": str(gallery_path),
+               "seconds": round(seconds, 2)}
     if labelled:
-        summary["top1"] = 100.0 * correct / labelled
+        summary["top1"] = 100.0 * hits / labelled
     return summary
 
 

@@ -15,6 +15,13 @@ Its status is read from those files and the last line of its ``log.txt``:
 - ``interrupted``: anything else: stopped by a signal, killed, or still running. Rerunning its command
   resumes it.
 
+A multi-label run (``--multi_label``) is compared by mAP: its headline is ``val_map`` (the history's, what chose
+its best.pth) and ``test_map`` / ``test_of1`` (the test summary), not top-1 (``headline_metric``). A table of
+multi-label runs shows mAP columns instead of the top-1 ones and sorts by best val mAP; a table mixing both
+kinds shows both groups of columns, each run filling its own (mAP and top-1 are not one number: they are
+never put in one column), and sorts by ``--sort_by`` (default: best val top-1), the runs without that number
+last, with a warning line.
+
 A run directory whose files cannot be read as a run's (a damaged or unreadable ``config.yaml``, a
 ``metrics.json`` of another shape, a history row without its epoch, a metric that is not a number) is a
 ``RunFolderError`` naming the file and what is wrong: ``--compare`` skips that run with one warning line,
@@ -64,20 +71,39 @@ class RunRecord:
     status: str = "interrupted"
     failure: str = ""
 
+    @property
+    def multi_label(self) -> bool:
+        """Whether the run trained a multi-label model (its config's ``multi_label``, or mAP in its history)."""
+        return headline_metric(self.config, self.history) == "val_map"
+
     @cached_property
     def metrics(self) -> dict[str, Any]:
-        """The comparison's numbers: best val top-1 and its (1-based) epoch, test top-1/top-5, epochs done and
-        planned (``epochs``: the run's --epochs), training minutes (the sum of the epochs' training time) and
-        the median training img/s."""
-        vals = [(row.get("val_top1"), i) for i, row in enumerate(self.history) if row.get("val_top1") is not None]
+        """The comparison's numbers: best val top-1 (multi-label: best val mAP) and its (1-based) epoch, test
+        top-1/top-5 (multi-label: test mAP and OF1; the top-1 keys stay None, a multi-label top-1 is p@1), epochs
+        done and planned (``epochs``: the run's --epochs), training minutes (the sum of the epochs' training
+        time) and the median training img/s."""
+        key = headline_metric(self.config, self.history)
+        vals = [(row.get(key), i) for i, row in enumerate(self.history) if row.get(key) is not None]
         best, best_i = max(vals, key=lambda v: (v[0], -v[1])) if vals else (None, None)
         speeds = sorted(row["img_per_s"] for row in self.history if row.get("img_per_s") is not None)
         test = self.test or {}
-        return {"best_val_top1": best, "best_epoch": None if best_i is None else self.history[best_i]["epoch"] + 1,
-                "test_top1": test.get("test_top1"), "test_top5": test.get("test_top5"),
+        multi = key == "val_map"
+        return {"best_val_top1": None if multi else best, "best_val_map": best if multi else None,
+                "best_epoch": None if best_i is None else self.history[best_i]["epoch"] + 1,
+                "test_top1": None if multi else test.get("test_top1"),
+                "test_top5": None if multi else test.get("test_top5"),
+                "test_map": test.get("test_map") if multi else None,
+                "test_of1": test.get("test_of1") if multi else None,
                 "epochs_done": len(self.history), "epochs": self.config.get("epochs"),
                 "train_min": sum(row.get("time") or 0.0 for row in self.history) / 60 if self.history else None,
                 "img_per_s": speeds[len(speeds) // 2] if speeds else None}
+
+
+def headline_metric(config: dict[str, Any], history: Sequence[dict[str, Any]] = ()) -> str:
+    """The history key a run is judged by: ``val_map`` for a multi-label run (``config["multi_label"]``, or mAP
+    in its history), else ``val_top1``. The comparison's best-val column and a search's objective."""
+    multi = config.get("multi_label") is True or any("val_map" in row for row in history)
+    return "val_map" if multi else "val_top1"
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
@@ -141,8 +167,8 @@ def readable_run(path: Path) -> RunRecord | None:
 
 
 # The numbers of a history row and of the test result that the comparison reads.
-_ROW_NUMBERS = ("val_top1", "train_loss", "img_per_s", "time")
-_TEST_NUMBERS = ("test_top1", "test_top5")
+_ROW_NUMBERS = ("val_top1", "val_map", "train_loss", "img_per_s", "time")
+_TEST_NUMBERS = ("test_top1", "test_top5", "test_map", "test_of1")
 
 
 def read_metrics(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
@@ -286,30 +312,61 @@ def sort_runs(records: Sequence[RunRecord], sort_by: str, larger_is_better: bool
     return sorted(have, key=lambda r: r.metrics[sort_by], reverse=larger_is_better) + missing
 
 
-COLUMNS = ("best_val_top1", "best_epoch", "test_top1", "test_top5", "epochs_done", "epochs", "train_min", "img_per_s",
-           "status")
+# The metric columns of a table: (metrics key, header, digits); the top-1 group for single-label runs, the mAP
+# group for multi-label ones (a table of both kinds shows both), then the columns of every run.
+TOP1_COLUMNS = (("best_val_top1", "best val top-1", 2), ("best_epoch", "best epoch", None),
+                ("test_top1", "test top-1", 2), ("test_top5", "test top-5", 2))
+MAP_COLUMNS = (("best_val_map", "best val mAP", 2), ("best_epoch", "best epoch", None), ("test_map", "test mAP", 2),
+               ("test_of1", "test OF1", 2))
+RUN_COLUMNS = (("epochs_done", "epochs done", None), ("epochs", "epochs planned", None),
+               ("train_min", "train min", 2), ("img_per_s", "train img/s", 0))
+COLUMNS = tuple(key for key, _, _ in (*TOP1_COLUMNS, *RUN_COLUMNS)) + ("status",)
 # The table's headers of COLUMNS (``epochs``: the run's --epochs, the epochs it was planned to train).
-HEADERS = ("best val top-1", "best epoch", "test top-1", "test top-5", "epochs done", "epochs planned", "train min",
-           "train img/s", "status")
+HEADERS = tuple(header for _, header, _ in (*TOP1_COLUMNS, *RUN_COLUMNS)) + ("status",)
 # Differing flags a metric column already shows: no column of their own.
 SHOWN_BY_METRICS = frozenset({"epochs"})
 
 
+def metric_columns(records: Sequence[RunRecord]) -> list[tuple[str, str, int | None]]:
+    """The metric columns of a table of ``records``: top-1 ones, mAP ones, or both (best epoch once)."""
+    kinds = {r.multi_label for r in records}
+    groups = [group for multi, group in ((False, TOP1_COLUMNS), (True, MAP_COLUMNS)) if multi in kinds]
+    columns = [column for group in groups or [TOP1_COLUMNS] for column in group]
+    seen: set[str] = set()
+    unique = [c for c in columns if not (c[0] in seen or seen.add(c[0]))]
+    return unique + list(RUN_COLUMNS)
+
+
 def comparison_table(records: Sequence[RunRecord], root: Path) -> tuple[list[str], list[list[Any]], list[str]]:
     """Headers (each one distinct), rows (in the records' order) and the differing flags: one row per run
-    with its path under ``root``, the value of each differing flag, the metrics (``COLUMNS``) and its
+    with its path under ``root``, the value of each differing flag, the metrics (``metric_columns``) and its
     status. A flag whose name is a metric's header gets a column named ``--flag``."""
     keys = differing_keys([r.config for r in records])
     flag_keys = [k for k in keys if k not in SHOWN_BY_METRICS]
-    taken = {"run", *HEADERS}
-    headers = ["run", *(f"--{k}" if k in taken else k for k in flag_keys), *HEADERS]
+    columns = metric_columns(records)
+    taken = {"run", "status", *(header for _, header, _ in columns)}
+    headers = ["run", *(f"--{k}" if k in taken else k for k in flag_keys), *(h for _, h, _ in columns), "status"]
     rows = []
     for r in records:
         m = r.metrics
         rows.append([_relative(r.path, root), *(format_value(r.config.get(k)) for k in flag_keys),
-                     _num(m["best_val_top1"], 2), m["best_epoch"], _num(m["test_top1"], 2), _num(m["test_top5"], 2),
-                     m["epochs_done"], m["epochs"], _num(m["train_min"], 2), _num(m["img_per_s"], 0), r.status])
+                     *(m[key] if digits is None else _num(m[key], digits) for key, _, digits in columns), r.status])
     return headers, rows, keys
+
+
+def default_sort_key(records: Sequence[RunRecord]) -> str:
+    """What a table is sorted by when ``--sort_by`` is not given: best val mAP when every run is multi-label,
+    else best val top-1."""
+    return "best_val_map" if records and all(r.multi_label for r in records) else "best_val_top1"
+
+
+def _warn_if_mixed(records: Sequence[RunRecord], sort_by: str) -> None:
+    multi = sum(r.multi_label for r in records)
+    if 0 < multi < len(records):
+        other = "best_val_map" if sort_by != "best_val_map" else "best_val_top1"
+        logger.warning("%d multi-label and %d single-label runs: mAP and top-1 are not comparable, each kind fills "
+                       "its own columns; sorted by %s, the runs without it last (--sort_by %s sorts the others)",
+                       multi, len(records) - multi, sort_by, other)
 
 
 def _num(value: float | None, digits: int) -> str | None:
@@ -331,10 +388,11 @@ def common_root(paths: Sequence[Path]) -> Path:
     return root.parent if len(paths) == 1 else root
 
 
-def compare_runs(paths: Sequence[str | Path], out_dir: str | Path | None = None, sort_by: str = "best_val_top1",
+def compare_runs(paths: Sequence[str | Path], out_dir: str | Path | None = None, sort_by: str | None = None,
                  larger_is_better: bool = True) -> dict[str, Any]:
     """Compare the runs under ``paths``: print nothing, write ``compare.md``, ``compare.csv`` and
-    ``compare.png`` into ``out_dir`` and return the markdown table and the file paths. ``out_dir``
+    ``compare.png`` into ``out_dir`` and return the markdown table and the file paths. ``sort_by`` None:
+    ``default_sort_key`` (mAP for multi-label runs, larger is better). ``out_dir``
     defaults to the one folder given (when it is not a run itself), else the folder holding every run;
     runs are named by their path under it."""
     runs = find_runs(paths)
@@ -358,6 +416,9 @@ def compare_runs(paths: Sequence[str | Path], out_dir: str | Path | None = None,
     root = single if single is not None and single.is_dir() and single not in runs else common_root(runs)
     out = Path(out_dir) if out_dir is not None else root
     out.mkdir(parents=True, exist_ok=True)
+    if sort_by is None:
+        sort_by, larger_is_better = default_sort_key(records), True
+    _warn_if_mixed(records, sort_by)
     records = sort_runs(records, sort_by, larger_is_better)
     headers, rows, keys = comparison_table(records, root)
     table = format_table(headers, rows)
@@ -368,7 +429,7 @@ def compare_runs(paths: Sequence[str | Path], out_dir: str | Path | None = None,
         writer.writerows([["" if v is None else v for v in row] for row in rows])
     plot_comparison(records, keys, out / "compare.png", root)
     return {"table": table, "markdown": str(out / "compare.md"), "csv": str(out / "compare.csv"),
-            "plot": str(out / "compare.png"), "runs": len(records), "differing": keys,
+            "plot": str(out / "compare.png"), "runs": len(records), "differing": keys, "sort_by": sort_by,
             "best": str(records[0].path) if records[0].metrics.get(sort_by) is not None else None}
 
 
@@ -397,9 +458,9 @@ def _plottable(values: Sequence[Any], positive: bool = False) -> list[float]:
 
 
 def comparison_figure(records: Sequence[RunRecord], keys: Sequence[str], root: Path | None = None):
-    """The matplotlib Figure of the comparison: val top-1 (linear) and train loss (log axis, so one
-    diverged run does not flatten the others; values that are not finite or not > 0 are gaps) per epoch
-    of every run, each run in its own ``line_style``, and below the two plots a legend of every run,
+    """The matplotlib Figure of the comparison: val top-1 (mAP for a multi-label run; linear) and train loss
+    (log axis, so one diverged run does not flatten the others; values that are not finite or not > 0 are gaps)
+    per epoch of every run, each run in its own ``line_style``, and below the two plots a legend of every run,
     labelled by what sets it apart (``run_labels``), in the table's order."""
     from matplotlib.ticker import MaxNLocator
 
@@ -419,11 +480,14 @@ def comparison_figure(records: Sequence[RunRecord], keys: Sequence[str], root: P
     for i, (r, label) in enumerate(zip(records, labels)):
         epochs = [row["epoch"] + 1 for row in r.history]
         style = {**line_style(i), "markersize": 4, "linewidth": 1.4}
-        acc.plot(epochs, _plottable([row.get("val_top1") for row in r.history]), label=label, **style)
+        key = headline_metric(r.config, r.history)
+        acc.plot(epochs, _plottable([row.get(key) for row in r.history]), label=label, **style)
         losses = _plottable([row.get("train_loss") for row in r.history], positive=True)
         any_loss = any_loss or any(math.isfinite(v) for v in losses)
         loss.plot(epochs, losses, label=label, **style)
-    acc.set(xlabel="epoch", ylabel="val top-1 (%)", title="validation top-1")
+    name = {frozenset({False}): "top-1", frozenset({True}): "mAP"}.get(frozenset(r.multi_label for r in records),
+                                                                       "top-1 or mAP (multi-label runs)")
+    acc.set(xlabel="epoch", ylabel=f"val {name} (%)", title=f"validation {name}")
     loss.set(xlabel="epoch", ylabel="train loss (log scale)", title="training loss")
     if any_loss:  # a log axis needs a value > 0 to scale to
         loss.set_yscale("log")

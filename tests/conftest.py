@@ -32,6 +32,14 @@ def tiny_run(tiny_data, tmp_path_factory) -> Path:
     return out / "resnet18" / "v"
 
 
+@pytest.fixture(scope="session")
+def mosaics(tmp_path_factory) -> Path:
+    """A tiny multi-label csv set: digit mosaics with 1-3 labels each (``make_digits.py --multi_label``), 12 train,
+    2 val and 3 test images (read-only: copy to change)."""
+    from dataloader.digits import make_mosaic
+    return make_mosaic(tmp_path_factory.mktemp("mosaics") / "data", {"train": 12, "val": 2, "test": 3})
+
+
 @pytest.fixture
 def data(tiny_data, tmp_path):
     """A writable copy of the tiny folder dataset (side files are written into DATA)."""

@@ -17,6 +17,7 @@ import textwrap
 import time
 import zlib
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -303,6 +304,27 @@ def calibrated_checkpoint(run_dir: Path, arch: str, data: Path, image_size: int,
     save_checkpoint({"model": model.state_dict(), "class_names": classes, "arch": arch,
                      "config": config.config_to_dict(cfg)}, path)
     config.save_config(cfg, run_dir / "config.yaml")  # a run directory, as training leaves it
+    return path
+
+
+def multi_label_checkpoint(run_dir: Path, data: Path, arch: str = "resnet18", image_size: int = 32,
+                           thresholds: Sequence[float] = ()) -> Path:
+    """``run_dir/checkpoints/best.pth`` of a multi-label ``arch`` (random weights, seed 0) for the csv set in
+    ``data`` (a mosaic set: ``dataloader.digits.make_mosaic``), carrying its spec with ``thresholds`` (empty:
+    0.5 each) as ``--train --multi_label --tune_thresholds`` saves it; no training."""
+    from applications.setup.common import training_spec
+    cfg = config.build_parser().parse_args(["--train", "--multi_label", "--dataset", "csv", "--data", str(data),
+                                            "--arch", arch, "--image_size", str(image_size), str(image_size)])
+    classes = read_class_names(data, "csv")
+    spec = training_spec(cfg, classes)
+    spec = type(spec).from_dict({**spec.to_dict(), "multi_label": True, "head": "bce",
+                                 "thresholds": list(thresholds)})
+    torch.manual_seed(0)
+    model = create_model(arch, len(classes)).eval()
+    path = run_dir / "checkpoints" / "best.pth"
+    save_checkpoint({"model": model.state_dict(), "class_names": classes, "arch": arch, "model_spec": spec.to_dict(),
+                     "config": config.config_to_dict(cfg)}, path)
+    config.save_config(cfg, run_dir / "config.yaml")
     return path
 
 

@@ -386,3 +386,21 @@ def test_sweep_hung_up_stops_its_child(tiny_data, tmp_path):
     assert proc.returncode == 130 and _gone(pid)
     run = tmp_path / "out/h/simple_cnn/long"
     assert "test" not in read_json(run / "metrics.json") and (run / "checkpoints/last.pth").is_file()
+
+
+def test_a_multi_label_search_is_judged_and_compared_by_map(mosaics, tmp_path, sweep_here):
+    """--multi_label runs: the study's values are each trial's best val mAP, the table shows and sorts by mAP."""
+    import optuna
+    base = tiny_base(mosaics, dataset="csv", multi_label=True, image_size=[32, 32], epochs=2)
+    sweep = sweep_file(tmp_path, {"name": "m", "base": base, "search": {"lr": [0.01, 0.1]}, "trials": 2,
+                                  "sampler_seed": 0, "pruning": False})
+    r = sweep_here(str(sweep), "--output", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    study = optuna.load_study(study_name="m", storage=f"sqlite:///{tmp_path / 'out/m/study.db'}")
+    for trial in study.trials:
+        history = read_json(Path(trial.user_attrs["run_dir"]) / "metrics.json")["history"]
+        assert trial.value == max(row["val_map"] for row in history)  # not p@1 (val_top1)
+        assert list(trial.intermediate_values.values()) == [row["val_map"] for row in history]
+    assert re.search(r"best trial \d: val mAP \d", r.stdout)
+    header = (tmp_path / "out/m/compare.csv").read_text().splitlines()[0].split(",")
+    assert "best val mAP" in header and "test mAP" in header and "best val top-1" not in header

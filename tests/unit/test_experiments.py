@@ -189,3 +189,91 @@ def test_search_folders_round_floats_and_stay_distinct(tmp_path):
         assert flags["lr"] == lr  # the run gets the exact value
         tags.append(flags["tag"])
     assert tags == ["lr-0.02288", "lr-0.02288-2", "lr-0.2-2", "lr-0.02288"]
+
+
+def ml_row(epoch: int, p_at_1: float, val_map: float) -> dict:
+    return {**epoch_row(epoch, p_at_1), "val_map": val_map, "val_of1": val_map - 5, "val_cf1": val_map - 6}
+
+
+def read_table(path) -> tuple[list[str], dict[str, dict[str, str]], list[str]]:
+    import csv
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], {row[0]: dict(zip(rows[0], row)) for row in rows[1:]}, [row[0] for row in rows[1:]]
+
+
+def test_multi_label_runs_are_compared_and_sorted_by_map(tmp_path):
+    from experiments.runs import compare_runs
+    base = {"arch": "resnet18", "epochs": 2, "multi_label": True, "criterion": "bce"}
+    # p@1 ranks them a > b, mAP b > a: the table must follow mAP
+    write_run(tmp_path / "runs/a", {**base, "lr": 0.1}, [ml_row(0, 90.0, 40.0), ml_row(1, 95.0, 45.0)],
+              {"test_top1": 93.0, "test_top5": 99.0, "best_val_top1": 45.0, "best_val_map": 45.0, "test_map": 44.0,
+               "test_of1": 41.0, "test_cf1": 39.0})
+    write_run(tmp_path / "runs/b", {**base, "lr": 0.2}, [ml_row(0, 80.0, 70.0), ml_row(1, 85.0, 60.0)],
+              {"test_top1": 83.0, "test_top5": 97.0, "best_val_top1": 70.0, "best_val_map": 70.0, "test_map": 68.5,
+               "test_of1": 66.0, "test_cf1": 64.0})
+    result = compare_runs([tmp_path / "runs"])
+    header, table, order = read_table(result["csv"])
+    assert result["sort_by"] == "best_val_map" and order == ["b", "a"] and result["best"].endswith("b")
+    assert "best val top-1" not in header and "test top-1" not in header
+    assert header[header.index("best val mAP"):header.index("best val mAP") + 4] == [
+        "best val mAP", "best epoch", "test mAP", "test OF1"]
+    assert table["b"]["best val mAP"] == "70.00" and table["b"]["best epoch"] == "1"  # mAP's best, not p@1's
+    assert table["a"]["best epoch"] == "2" and table["a"]["test mAP"] == "44.00" and table["a"]["test OF1"] == "41.00"
+    with open(result["markdown"]) as f:
+        assert "best best_val_map first" in f.read()
+
+
+def test_mixed_single_and_multi_label_runs_fill_their_own_columns(tmp_path, caplog):
+    from experiments.runs import compare_runs
+    write_run(tmp_path / "runs/single", {"arch": "resnet18", "epochs": 1}, [epoch_row(0, 60.0)],
+              {"test_top1": 58.0, "test_top5": 90.0})
+    write_run(tmp_path / "runs/multi", {"arch": "resnet18", "epochs": 1, "multi_label": True}, [ml_row(0, 99.0, 50.0)],
+              {"test_top1": 97.0, "test_top5": 99.0, "test_map": 49.0, "test_of1": 45.0})
+    result = compare_runs([tmp_path / "runs"])
+    header, table, order = read_table(result["csv"])
+    assert {"best val top-1", "test top-1", "best val mAP", "test mAP"} <= set(header)
+    assert header.count("best epoch") == 1
+    assert table["single"]["best val top-1"] == "60.00" and table["single"]["best val mAP"] == ""
+    assert table["multi"]["best val mAP"] == "50.00" and table["multi"]["best val top-1"] == ""  # p@1 is no top-1
+    assert table["multi"]["test top-1"] == "" and table["multi"]["test mAP"] == "49.00"
+    assert order == ["single", "multi"] and result["sort_by"] == "best_val_top1"  # default: no mAP mixed in
+    assert "1 multi-label and 1 single-label runs: mAP and top-1 are not comparable" in caplog.text
+    result = compare_runs([tmp_path / "runs"], out_dir=tmp_path / "by_map", sort_by="best_val_map")
+    assert read_table(result["csv"])[2] == ["multi", "single"]
+
+
+def test_the_headline_of_a_run_and_of_a_search():
+    from experiments.runs import headline_metric
+    assert headline_metric({"lr": 0.1}) == "val_top1"
+    assert headline_metric({"multi_label": True}) == "val_map"  # a sweep's flags: the search's objective
+    assert headline_metric({}, [{"epoch": 0, "val_map": 3.0}]) == "val_map"  # a run whose config lacks the flag
+
+
+def test_a_multi_label_trial_is_judged_by_val_map(tmp_path, monkeypatch):
+    """The study gets the trial's best val mAP (reported each epoch), not its p@1; a single-label one its top-1.
+    The training process is replaced by one that writes the run's metrics.json, epoch by epoch."""
+    import json
+
+    import optuna
+
+    import applications.sweep as sweep
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows = [ml_row(0, 90.0, 30.0), ml_row(1, 95.0, 42.0), ml_row(2, 97.0, 38.0)]
+
+    def launch(children, flags, device, sweep_dir, watch=None) -> int:
+        for i in range(len(rows)):
+            (run_dir / "metrics.json").write_text(json.dumps({"history": rows[:i + 1]}))
+            watch(None)
+        return 0
+
+    monkeypatch.setattr(sweep, "_launch", launch)
+    for flags, best, reported in (({"multi_label": True, "tag": "m"}, 42.0, [30.0, 42.0, 38.0]),
+                                  ({"tag": "s"}, 97.0, [90.0, 95.0, 97.0])):
+        run_dir = tmp_path / flags["tag"]
+        run_dir.mkdir()
+        study = optuna.create_study(direction="maximize")
+        trial = study.ask()
+        assert sweep._run_trial(trial, flags, run_dir, None, tmp_path, None) == "complete"
+        done = study.trials[0]
+        assert done.value == best and list(done.intermediate_values.values()) == reported
