@@ -55,7 +55,8 @@ RESUME_HINT = "rerun the same command to resume from the last saved epoch"
 
 
 def _pictures(cfg: argparse.Namespace, run_dir: Path, history: list[dict], model: nn.Module, test_set: Any,
-              preprocess: Callable, class_names: list[str], split: str) -> None:
+              preprocess: Callable, class_names: list[str], split: str,
+              thresholds: Sequence[float] | None = None) -> None:
     """curves.png, and the confusion matrix (multi-label: the per-class AP) and a few CAM overlays of the test
     split in TensorBoard."""
     from explain.pictures import cam_overlays_for_tensorboard
@@ -65,7 +66,8 @@ def _pictures(cfg: argparse.Namespace, run_dir: Path, history: list[dict], model
     overlays = None
     try:
         overlays = cam_overlays_for_tensorboard(model, test_set, preprocess, class_names, arch=cfg.arch,
-                                                target_layer=cfg.target_layer, head=cfg.criterion, n=4)
+                                                target_layer=cfg.target_layer, head=cfg.criterion, n=4,
+                                                thresholds=thresholds)
     except ValueError as e:  # e.g. a layer without N x C x H x W maps: the run itself is fine
         logger.warning("no CAM overlays in TensorBoard: %s", e)
     # the report's summary picture: the confusion matrix, or a multi-label model's per-class AP
@@ -354,7 +356,8 @@ def _final_test(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, re
         if spec.multi_label:
             summary["test_ema_map"] = headline(ema)
     if main:
-        _pictures(cfg, run_dir, end.history, parts.model, test_set, parts.preprocess, class_names, test_set.split)
+        _pictures(cfg, run_dir, end.history, parts.model, test_set, parts.preprocess, class_names, test_set.split,
+                  best_thresholds(best, spec) if spec.multi_label else None)
     recorder.finish(summary)  # HParams; --tracker's final metrics and pictures
     if main:  # last: the test result in metrics.json is what marks the run finished (experiments.runs.read_run)
         write_json_atomic(run_dir / "metrics.json", {"history": end.history, "test": summary})

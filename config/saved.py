@@ -63,7 +63,7 @@ def use_checkpoint_task(cfg: argparse.Namespace, saved: dict[str, Any], given: s
     if saved.get("multi_label") is True and not cfg.multi_label:
         cfg.multi_label = True
         logging.getLogger("config").info("%s is a multi-label model: its data is read as label sets", cfg.resume)
-        for key in LABEL_SET_FLAGS:
+        for key in (*LABEL_SET_FLAGS, "criterion"):  # the criterion: not softmax, which the task refused
             if key not in given and key in saved:
                 setattr(cfg, key, saved[key])
 

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 # The final metrics HParams shows per run (scalars under these tags, written at the end of the run).
 HPARAM_METRICS = ("best_val_top1", "test_top1", "test_top5")
+MULTI_LABEL_HPARAM_METRICS = ("best_val_map", "test_map", "test_of1", "test_cf1")  # a multi-label run's, with p@1
 MLFLOW_RUN_FILE = "mlflow_run.json"
 
 
@@ -133,7 +134,8 @@ class RunRecorder:
         """The run's final metrics: HParams in its TensorBoard folder; the tracker's metrics and pictures."""
         if not self.enabled:
             return
-        metrics = {k: summary.get(k) for k in HPARAM_METRICS}
+        keys = HPARAM_METRICS + (MULTI_LABEL_HPARAM_METRICS if "test_map" in summary else ())
+        metrics = {k: summary.get(k) for k in keys}
         write_hparams(self.run_dir / "tensorboard", self.config, metrics, int(self.config.get("epochs") or 0))
         if self.mlflow is not None:
             self.mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None},

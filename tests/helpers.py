@@ -29,6 +29,7 @@ from PIL import Image
 import config
 from applications.setup.training import TrainingParts, build_training_parts
 from applications.sweep import run_flags, select_variants
+from config.command_line import validate
 from dataloader import BatchPreprocessor, ClassificationDataset, create_transform, read_class_names
 from experiments.sweep_plan import load_sweep
 from models import create_model
@@ -524,7 +525,9 @@ def strategy_variant_cfg(tag: str, data: Path, out: Path) -> argparse.Namespace:
     tiny = {"data": str(data), "arch": "simple_cnn", "image_size": [TINY_SIZE, TINY_SIZE],
             "batch_size": 8, "workers": 0, "epochs": 1, "warmup": 0, "device": "cpu"}
     flags = run_flags({**spec.base, **tiny}, variant.values, out, tag)  # main.py's checks, as the sweep runs them
-    return argparse.Namespace(**{**vars(config.build_parser().parse_args([])), **flags, "train": True})
+    cfg = argparse.Namespace(**{**vars(config.build_parser().parse_args([])), **flags, "train": True})
+    validate(cfg)  # the values main.py resolves (an unset --criterion: the task's own)
+    return cfg
 
 
 def strategy_variant_parts(tag: str, data: Path, out: Path) -> tuple[argparse.Namespace, TrainingParts]:

@@ -304,7 +304,7 @@ def checkpoint_spec(ckpt: dict[str, Any], cfg: argparse.Namespace, fallback_clas
         spec = ModelSpec.from_config({**vars(cfg), **saved}, ckpt.get("class_names") or fallback_class_names)
     if not spec.class_names:
         spec = replace(spec, class_names=tuple(fallback_class_names))
-    defaults = flag_defaults()
+    defaults = {**flag_defaults(), "criterion": "softmax"}  # --criterion unset: softmax for a single-label command
     for key, value in spec.config_values().items():
         given = getattr(cfg, key, None)
         given = list(given) if isinstance(given, tuple) else given

@@ -29,6 +29,13 @@ def test_multilabel_train_then_evaluation_and_predict(tiny_data, tmp_path):
     assert load_checkpoint(run / "checkpoints" / "best.pth")["epoch"] == best_epoch
     assert test["best_val_map"] == pytest.approx(max(row["val_map"] for row in history))
     assert all({"val_of1", "val_cf1"} <= set(row) for row in history)
+    # TensorBoard: the epochs' val mAP and the run's HParams metrics, in real event files
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("val/map")] == pytest.approx([row["val_map"] for row in history])
+    assert events.Scalars("hparams/test_map")[-1].value == pytest.approx(test["test_map"])
+    assert "test/per_class" in events.Tags()["images"]
     assert {path.name for path in (run / "eval_test").iterdir()} == REPORT
     best = run / "checkpoints" / "best.pth"
     thresholds = load_checkpoint(best)["model_spec"]["thresholds"]
