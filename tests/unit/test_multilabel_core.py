@@ -160,3 +160,12 @@ def test_best_pth_is_the_epoch_of_the_best_val_map_not_of_the_best_p_at_1(tmp_pa
     assert end.saver.best_epoch == 1 and end.saver.best_top1 == 70.0
     assert end.history[0]["val_map"] == 60.0 and end.history[1]["val_cf1"] == 45.0
     assert "val loss 0.5000 mAP 60.00 OF1 50.00 CF1 40.00 p@1 90.00" in caplog.text
+
+
+def test_mixup_mixes_label_sets_as_it_mixes_the_images():
+    from dataloader.enhancement import MixupCutmix
+    sets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    images = torch.stack([torch.zeros(3, 4, 4), torch.ones(3, 4, 4)])
+    mixed, soft, lam = MixupCutmix(3, mixup_alpha=1.0).mix(images, sets, torch.Generator().manual_seed(0))
+    assert 0 < lam < 1 and torch.allclose(mixed[0], torch.full((3, 4, 4), 1.0 - lam))
+    assert torch.allclose(soft, torch.stack([sets[0] * lam + sets[1] * (1 - lam), sets[1] * lam + sets[0] * (1 - lam)]))
