@@ -35,6 +35,7 @@ from config import (
     build_parser,
     check_mode_flags,
     config_conflicts,
+    default_criterion,
     flags_to_argv,
     load_saved_config,
     parse_config,
@@ -140,10 +141,8 @@ def command_line_flags(cfg: argparse.Namespace) -> dict[str, Any]:
     over the sweep file's base and under each variant's own values. ``--tracker`` is passed on too. A value the
     checks derive from the task when it is not given (``--criterion``: softmax, bce with ``--multi_label``) is
     compared with what they derive, not passed on as given."""
-    defaults = argparse.Namespace(**{**vars(build_parser().parse_args([])), "train": True,
-                                     "multi_label": getattr(cfg, "multi_label", False)})
-    validate(defaults)
-    defaults = vars(defaults)
+    defaults = {**vars(build_parser().parse_args([])),
+                "criterion": default_criterion(getattr(cfg, "multi_label", False))}
     skip = NOT_SETTINGS - {"tracker"}
     return {k: v for k, v in vars(cfg).items() if k not in skip and v != defaults.get(k)}
 

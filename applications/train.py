@@ -151,6 +151,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     recorder = RunRecorder(config_to_dict(cfg), run_dir, resumed=resume_from is not None, enabled=main)
     end = EpochEnd(run_dir, cfg.epochs, saver, writer, recorder, capture, at.history, write=main,
                    skip_bad_images=cfg.skip_bad_images)
+    end.thresholds = at.thresholds  # a resumed run saves mid-epoch with the thresholds it had
     # A picture of the first training batch as the model sees it (inside the try: a bad image in that batch
     # still closes the writer, whose thread would otherwise write into the removed run directory)
     try:
@@ -345,9 +346,10 @@ def _final_test(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, re
                                  multi_label=spec.multi_label, thresholds=best_thresholds(best, spec))
     summary = {"run_dir": str(run_dir), "best_val_top1": saver.best_top1, "test_split": test_set.split,
                "test_top1": report["top1"], "test_top5": report["top5"]}
-    if spec.multi_label:  # best_val_top1 then holds the best val mAP (what chose best.pth)
-        summary.update(best_val_map=saver.best_top1, test_map=report["map"], test_of1=report["OF1"],
-                       test_cf1=report["CF1"])
+    if spec.multi_label:  # the saver's best is the best val mAP (what chose best.pth); top-1 is p@1
+        best_row = next((row for row in end.history if row["epoch"] == saver.best_epoch), {})
+        summary.update(best_val_map=saver.best_top1, best_val_top1=best_row.get("val_top1"), test_map=report["map"],
+                       test_of1=report["OF1"], test_cf1=report["CF1"])
     if parts.ema is not None and best.get("model_ema"):
         parts.ema.module.load_state_dict(best["model_ema"])
         ema = evaluate(parts.ema.module, test_loader, preprocess=parts.preprocess, dtype=parts.dtype,

@@ -61,6 +61,7 @@ from config.shared import (
     RUN,
     SHARED_GROUPS,
     available_cores,
+    default_criterion,
     finite_float,
 )
 from config.yaml_values import coerce_flag_values, flag_dest, load_yaml_defaults
@@ -71,7 +72,8 @@ __all__ = [
     "PRETRAINED_MODES", "REPO_ROOT", "RESUME_SAFE_KEYS", "RUN", "SHARED_GROUPS", "SORT_KEYS",
     "ConfigError", "FlagGroup", "HelpFormatter", "Mode", "Parser",
     "available_cores", "build_parser", "check_files", "check_mode_flags", "check_one_mode", "coerce_flag_values",
-    "config_conflicts", "config_to_dict", "defer_preprocessing", "finite_float", "flag_dest", "flag_defaults",
+    "config_conflicts", "config_to_dict", "default_criterion", "defer_preprocessing", "finite_float", "flag_dest",
+    "flag_defaults",
     "flag_owner", "flag_reference", "flags_to_argv", "given_on_command_line", "load_saved_config", "load_yaml_defaults",
     "mode_reads", "need", "parse_command_line", "parse_config", "resume_safe_keys", "save_config", "selected_mode",
     "use_checkpoint_data", "validate", "write_flag_docs",

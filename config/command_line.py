@@ -10,7 +10,7 @@ from config.base import ConfigError, need
 from config.parser import actions_by_dest, build_parser, flag_name, flag_owner, mode_reads
 from config.registry import MODE_REGISTRY, MODES, all_groups, selected_mode
 from config.saved import use_checkpoint_data
-from config.shared import PREPROCESSING_KEYS, PRETRAINED_MODES, SHARED_GROUPS
+from config.shared import PREPROCESSING_KEYS, PRETRAINED_MODES, SHARED_GROUPS, check_label_sets
 from config.yaml_values import load_yaml_defaults
 from utils.weights_name import is_weights_name
 
@@ -52,6 +52,7 @@ def check_files(cfg: argparse.Namespace, given: set[str]) -> None:
             group.check_files(cfg, given)
     if spec.needs_checkpoint:
         use_checkpoint_data(cfg, given)
+        check_label_sets(cfg)  # again: a multi-label checkpoint may have set --multi_label just now
     if spec.check_files is not None:
         spec.check_files(cfg, given)
 

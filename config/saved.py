@@ -60,12 +60,14 @@ LABEL_SET_FLAGS = ("label_delim", "allow_empty_labels")
 def use_checkpoint_task(cfg: argparse.Namespace, saved: dict[str, Any], given: set[str]) -> None:
     """A checkpoint trained with ``--multi_label`` is run as one (its data read as label sets, with its
     ``--label_delim`` and ``--allow_empty_labels`` unless given): the task is the model's, not a flag to repeat."""
-    if saved.get("multi_label") is True and not cfg.multi_label:
+    if saved.get("multi_label") is not True:
+        return
+    if not cfg.multi_label:
         cfg.multi_label = True
         logging.getLogger("config").info("%s is a multi-label model: its data is read as label sets", cfg.resume)
-        for key in (*LABEL_SET_FLAGS, "criterion"):  # the criterion: not softmax, which the task refused
-            if key not in given and key in saved:
-                setattr(cfg, key, saved[key])
+    for key in (*LABEL_SET_FLAGS, "criterion"):  # the criterion: not softmax, which the task refused
+        if key not in given and key in saved:
+            setattr(cfg, key, saved[key])
 
 
 def config_to_dict(cfg: argparse.Namespace) -> dict[str, Any]:

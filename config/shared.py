@@ -127,13 +127,13 @@ def _check_data(cfg: argparse.Namespace) -> None:
          f"--path_col and --label_col must name two columns, both are {cfg.path_col!r}")
     for flag in ("val_fraction", "test_fraction"):
         need(0 <= getattr(cfg, flag) < 1, f"--{flag} must be in [0, 1), got {getattr(cfg, flag)}")
-    _check_label_sets(cfg)
+    check_label_sets(cfg)
     need(cfg.val_fraction + cfg.test_fraction < 1,
          f"--val_fraction {cfg.val_fraction} + --test_fraction {cfg.test_fraction} must be below 1 "
          f"(train keeps the rest)")
 
 
-def _check_label_sets(cfg: argparse.Namespace) -> None:
+def check_label_sets(cfg: argparse.Namespace) -> None:
     """The multi-label data flags: only with --multi_label, and a layout that can hold label sets."""
     for flag in ("label_delim", "allow_empty_labels"):
         need(cfg.multi_label or not getattr(cfg, flag), f"--{flag} reads the label sets of --multi_label data: "
@@ -208,9 +208,14 @@ def _add_model(g: argparse._ArgumentGroup) -> None:
                         "(default: softmax; with --multi_label bce)")
 
 
+def default_criterion(multi_label: bool) -> str:
+    """The loss of a task when --criterion is not given: softmax, or bce for --multi_label."""
+    return "bce" if multi_label else "softmax"
+
+
 def _check_model(cfg: argparse.Namespace) -> None:
     if cfg.criterion is None:  # not given: the task's own
-        cfg.criterion = "bce" if getattr(cfg, "multi_label", False) else "softmax"
+        cfg.criterion = default_criterion(getattr(cfg, "multi_label", False))
     need(not (getattr(cfg, "multi_label", False) and cfg.criterion == "softmax"),
          "--multi_label with --criterion softmax: a softmax gives one class per image; use --criterion bce "
          "(the default with --multi_label) or asl")

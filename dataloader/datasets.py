@@ -94,7 +94,9 @@ def _parse_label_list(file: Path, sep: str | None, errors: Errors = None,
         try:
             value = int(label)
         except ValueError:
-            _report(errors, DatasetError(f"{file}:{lineno}: label {label!r} is not an integer"))
+            several = " (several labels are a multi-label dataset: add --multi_label)" if re.fullmatch(
+                r"\d+(,\d+)+", label) else ""
+            _report(errors, DatasetError(f"{file}:{lineno}: label {label!r} is not an integer{several}"))
             continue
         if value < 0:
             _report(errors, DatasetError(f"{file}:{lineno}: label {value} is negative"))
@@ -548,7 +550,7 @@ class CsvLayout:
         if sets is not None:
             return sorted({name for row in found[1] for name in sets.split(row.label)})
         names = sorted({row.label for row in found[1]})
-        _refuse_label_sets(found[0], found[1], set(names))
+        _warn_of_label_sets(found[0], found[1], set(names))
         return names
 
     def samples(self, root: Path, split: str, class_names: Sequence[str], errors: Errors = None) -> list[Sample]:
@@ -604,17 +606,18 @@ class _LabelIndex:
         return None
 
 
-def _refuse_label_sets(file: Path, rows: Sequence[Row], names: set[str]) -> None:
-    """A single-label table whose labels are label sets (``"1 4"``, each part a label of other rows, in two or
-    more labels) would train each set as a class of its own: refused, naming ``--multi_label``."""
+def _warn_of_label_sets(file: Path, rows: Sequence[Row], names: set[str]) -> None:
+    """A single-label table whose labels look like label sets (``"1 4"``, each part a label of other rows, in two
+    or more labels) trains each set as a class of its own: a warning naming ``--multi_label`` (not an error: class
+    names such as ``sea``, ``lion`` and ``sea lion`` are that too)."""
     sets = LabelSets()
     composite = [row for row in rows if isinstance(row.label, str) and len(parts := sets.split(row.label)) > 1
                  and all(part in names for part in parts)]
     if len({row.label for row in composite}) >= 2:
         row = composite[0]
-        raise DatasetError(f"{file}:{row.line}: label {row.label!r} is a set of labels that other rows have on their "
-                           f"own ({len(composite)} rows are such sets): add --multi_label to train on label sets, or "
-                           f"name each class with one label")
+        logger.warning("%s:%d: label %r is a set of labels that other rows have on their own (%d rows are such "
+                       "sets): each set is trained as a class of its own; add --multi_label to train on label sets",
+                       file, row.line, row.label, len(composite))
 
 
 _BAD = object()  # a label set already reported as bad

@@ -212,11 +212,11 @@ class HfLayout:
         feature = self._label_feature(root, "train")
         if type(feature).__name__ == "ClassLabel":
             return list(feature.names)
-        if self.sets is not None and _is_string(feature):  # lists of names: their sorted union
-            return sorted({str(name) for labels in self._labels(root, "train") if labels for name in labels})
         names = read_classes_file(root) if root.is_dir() else None
         if names is not None:
             return names
+        if self.sets is not None and _is_string(feature):  # lists of names: their sorted union
+            return sorted({str(name) for labels in self._labels(root, "train") if labels for name in labels})
         if not str(getattr(feature, "dtype", "")).startswith(("int", "uint")):
             lists = " (with --multi_label: lists of either, or of names)" if self.sets is not None else ""
             raise DatasetError(f"{_where(root, 'train')}: the labels are {feature}, neither a ClassLabel nor integers"

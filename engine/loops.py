@@ -269,6 +269,10 @@ def multilabel_summary(logits: torch.Tensor, targets: torch.Tensor,
     if not logits.numel():
         return {"map": float("nan"), "of1": float("nan"), "cf1": float("nan")}
     scores, truth = logits.float().sigmoid().numpy(), targets.numpy() > 0.5
+    if not truth.any():
+        raise ValueError(f"none of the {len(truth)} evaluated images has a label, so mAP is undefined: give the "
+                         f"split images with labels (--allow_empty_labels admits images without any, not a split "
+                         f"of them)")
     report = multilabel_report(scores, truth, thresholds if isinstance(thresholds, float) else
                                np.asarray(thresholds, dtype=np.float64),
                                [str(i) for i in range(scores.shape[1])])

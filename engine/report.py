@@ -149,7 +149,9 @@ def save_worst_per_class(scores: np.ndarray, truth: np.ndarray, thresholds: np.n
         positive, score = bool(truth[k, c]), float(scores[k, c])
         caption = (f"{class_names[c]}: {'pos' if positive else 'neg'} {score:.2f}\n"
                    f"true: {names(np.flatnonzero(truth[k]))}\npred: {names(predicted[k])}")
-        return images.setdefault(k, load(k)), caption, positive != (score >= thresholds[c])
+        if k not in images:
+            images[k] = load(k)
+        return images[k], caption, positive != (score >= thresholds[c])
 
     rows = [[cell(c, k) for k in worst[c][0] + worst[c][1]] for c in classes]
     return save_image_table(rows, path, title=f"most wrongly scored per class: {n} lowest-scored positives, "

@@ -43,6 +43,7 @@ class Progress:
     best_top1: float = -1.0
     best_epoch: int | None = None
     history: list[dict] = field(default_factory=list)
+    thresholds: tuple[float, ...] = ()  # multi-label: the decision thresholds the checkpoint's spec carries
 
 
 def improves_on_best(top1: float, loss: float, *, best_top1: float, best_epoch: int | None,
@@ -117,7 +118,8 @@ class TrainState:
             self.ema.module.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") else self.model.state_dict())
         restore_rng_state(ckpt["rng"])
         progress = Progress(start_epoch=ckpt["epoch"] + 1, best_top1=ckpt["best_top1"],
-                            best_epoch=ckpt.get("best_epoch"), history=list(ckpt.get("history", [])))
+                            best_epoch=ckpt.get("best_epoch"), history=list(ckpt.get("history", [])),
+                            thresholds=tuple((ckpt.get("model_spec") or {}).get("thresholds") or ()))
         if ckpt.get("resume_at"):  # stopped mid-epoch: continue at the next batch of that epoch
             progress.start_epoch, progress.start_batch = ckpt["resume_at"]["epoch"], ckpt["resume_at"]["batch"]
             partials = ckpt["resume_at"]["partial"]  # one per rank

@@ -18,7 +18,7 @@ def topk_hits(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1
         return torch.zeros(len(ks), dtype=torch.long, device=logits.device)
     maxk = min(max(ks), logits.shape[1])
     top = logits.topk(maxk, dim=1).indices
-    hit = target.gather(1, top) > 0 if multi else top.eq(target.view(-1, 1))
+    hit = target.gather(1, top) > 0.5 if multi else top.eq(target.view(-1, 1))
     return torch.stack([hit[:, :min(k, maxk)].any(dim=1).sum() for k in ks])
 
 

@@ -40,11 +40,16 @@ def needs_class_counts(cfg: argparse.Namespace) -> bool:
     return bool(cfg.weighted_loss and not cfg.cost_matrix and cfg.class_weights and is_auto(class_weight_spec(cfg)))
 
 
-def build_criterion(cfg: argparse.Namespace, class_counts: Sequence[int], num_samples: int = 0) -> nn.Module:
+def build_criterion(cfg: argparse.Namespace, class_counts: Sequence[int], num_samples: int = 0,
+                    plain: bool = False) -> nn.Module:
     """``--criterion`` with every enabled modifier; ``--weighted_loss`` takes ``--cost_matrix`` when
     given, else ``--class_weights`` (numbers, a file, or ``auto``: inverse class frequency; with
     ``--multi_label`` per-label positive weights, ``auto`` being negatives / positives of each label over the
-    ``num_samples`` training images, as ``torch.nn.BCEWithLogitsLoss``'s ``pos_weight`` advises)."""
+    ``num_samples`` training images, as ``torch.nn.BCEWithLogitsLoss``'s ``pos_weight`` advises). ``plain``: the
+    head alone (its own parameters, no modifier): the validation loss, comparable across runs."""
+    if plain:
+        return create_criterion(cfg.criterion, multi_label=cfg.multi_label, asl_gamma_neg=cfg.asl_gamma_neg,
+                                asl_gamma_pos=cfg.asl_gamma_pos, asl_clip=cfg.asl_clip)
     num_classes = len(class_counts)
     class_weights = cost_matrix = None
     if cfg.weighted_loss:

@@ -12,7 +12,6 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from criterions import create_criterion
 from dataloader.labels import class_counts as label_counts
 from dataloader.loader import start_workers
 from engine import amp_dtype, train_one_epoch
@@ -115,8 +114,7 @@ def build_training_parts(cfg: argparse.Namespace, class_names: Sequence[str], in
     counts = label_counts(train_set.targets) if train_set.kind != "wds" or needs_class_counts(cfg) else Counter()
     class_counts = [counts[c] for c in range(num_classes)]
     criterion = build_criterion(cfg, class_counts, num_samples=len(train_set)).to(device)
-    val_criterion = create_criterion(cfg.criterion, multi_label=cfg.multi_label) if train_options else None  # the
-    # plain head: comparable across runs
+    val_criterion = build_criterion(cfg, class_counts, plain=True) if train_options else None  # the plain head
     batch_hook = build_batch_hook(cfg, train_set)
     optimizer = build_optimizer(cfg, model, lr, num_classes)  # every parameter, frozen ones too
     # --freeze_backbone: frozen from the start; the epoch loop unfreezes at --unfreeze_epoch (a resumed

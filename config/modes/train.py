@@ -240,6 +240,8 @@ def _check_loss(cfg: argparse.Namespace) -> None:
     need(cfg.ghm_bins >= 1, f"--ghm_bins must be >= 1, got {cfg.ghm_bins}")
     need(0 <= cfg.ghm_momentum < 1, f"--ghm_momentum must be in [0, 1), got {cfg.ghm_momentum}")
     need(0 < cfg.ohm_ratio <= 1, f"--ohm_ratio must be in (0, 1], got {cfg.ohm_ratio}")
+    need(not (cfg.criterion == "asl" and cfg.focal_loss), "--focal_loss with --criterion asl: the asymmetric loss "
+                                                            "focuses already (--asl_gamma_neg, --asl_gamma_pos)")
     need(cfg.asl_gamma_neg >= 0 and cfg.asl_gamma_pos >= 0 and 0 <= cfg.asl_clip < 1,
          f"--asl_gamma_neg/--asl_gamma_pos must be >= 0 and --asl_clip in [0, 1), got {cfg.asl_gamma_neg}, "
          f"{cfg.asl_gamma_pos}, {cfg.asl_clip}")

@@ -1041,10 +1041,6 @@ CASES += [
          lambda tmp, data: tiny_train(_label_sets(data, tmp, _empty_in_train, sets=False), tmp / "out", "--dataset",
                                       "csv"), 1,
          r"train\.csv:4: malformed row: empty 'label'"),
-    Case("ml-label-sets-without-multi-label",
-         lambda tmp, data: [a for a in ml_train(tmp, data) if a != "--multi_label"], 1,
-         r"train\.csv:\d+: label '\S+ \S+' is a set of labels that other rows have on their own \(\d+ rows are "
-         r"such sets\): add --multi_label", check=_no_run_started),
     Case("ml-with-class-balanced", lambda tmp, data: ml_train(tmp, data, None, "--class_balanced"), 2,
          r"--class_balanced with --multi_label: class-balanced sampling weighs each image by its one class's "
          r"frequency", check=_no_run_started),
@@ -1052,6 +1048,8 @@ CASES += [
          r"--label_smoothing with --multi_label: label smoothing spreads one class's mass", check=_no_run_started),
     Case("ml-with-criterion-softmax", lambda tmp, data: ml_train(tmp, data, None, "--criterion", "softmax"), 2,
          r"--multi_label with --criterion softmax: a softmax gives one class per image", check=_no_run_started),
+    Case("ml-asl-with-focal-loss", lambda tmp, data: ml_train(tmp, data, None, "--criterion", "asl", "--focal_loss"),
+         2, r"--focal_loss with --criterion asl: the asymmetric loss focuses already", check=_no_run_started),
     Case("ml-with-class-folders", lambda tmp, data: tiny_train(data, tmp / "out", "--multi_label"), 2,
          r"--multi_label with --dataset folder: a class folder gives each image exactly one class"),
     Case("tune-thresholds-without-multi-label", lambda tmp, data: tiny_train(data, tmp / "out", "--tune_thresholds"),

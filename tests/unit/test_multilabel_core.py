@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import zipfile
 from pathlib import Path
 
@@ -84,14 +85,22 @@ def test_an_unknown_label_in_a_set_is_named_with_its_line(tmp_path):
         ClassificationDataset(tmp_path, "csv", "val", ["a", "b"], columns=SETS)
 
 
-def test_a_single_label_table_of_label_sets_is_refused_but_class_names_with_spaces_are_not(tmp_path):
+def test_a_single_label_table_of_label_sets_is_warned_of_but_class_names_with_spaces_are_not(tmp_path, caplog):
     paths = _images(tmp_path, 4)
     _csv(tmp_path, "train", [(paths[0], "1 4"), (paths[1], "1"), (paths[2], "4"), (paths[3], "4 1")])
-    with pytest.raises(DatasetError, match=r"train\.csv:2: label '1 4' is a set of labels that other rows have on "
-                                           r"their own \(2 rows are such sets\): add --multi_label"):
-        read_class_names(tmp_path, "csv")
+    with caplog.at_level(logging.WARNING, logger="dataloader.datasets"):
+        assert read_class_names(tmp_path, "csv") == ["1", "1 4", "4", "4 1"]
+    assert re.search(r"train\.csv:2: label '1 4' is a set of labels that other rows have on their own \(2 rows are "
+                     r"such sets\): each set is trained as a class of its own; add --multi_label", caplog.text)
+    caplog.clear()
     _csv(tmp_path, "train", [(paths[0], "golden retriever"), (paths[1], "cat"), (paths[2], "red wine")])
-    assert read_class_names(tmp_path, "csv") == ["cat", "golden retriever", "red wine"]
+    with caplog.at_level(logging.WARNING, logger="dataloader.datasets"):
+        assert read_class_names(tmp_path, "csv") == ["cat", "golden retriever", "red wine"]
+    assert "add --multi_label" not in caplog.text
+    (tmp_path / "train.txt").write_text(f"{paths[0]} 0,1\n")
+    with pytest.raises(DatasetError, match=r"label '0,1' is not an integer \(several labels are a multi-label "
+                                           r"dataset: add --multi_label\)"):
+        read_class_names(tmp_path, "txt")
 
 
 def test_txt_and_zip_lists_of_label_sets(tmp_path):
@@ -169,3 +178,25 @@ def test_mixup_mixes_label_sets_as_it_mixes_the_images():
     mixed, soft, lam = MixupCutmix(3, mixup_alpha=1.0).mix(images, sets, torch.Generator().manual_seed(0))
     assert 0 < lam < 1 and torch.allclose(mixed[0], torch.full((3, 4, 4), 1.0 - lam))
     assert torch.allclose(soft, torch.stack([sets[0] * lam + sets[1] * (1 - lam), sets[1] * lam + sets[0] * (1 - lam)]))
+
+
+def test_a_multi_label_checkpoint_on_class_folders_is_refused_before_anything_runs(tmp_path):
+    from config import ConfigError, check_files, parse_command_line
+    torch.save({"config": {"multi_label": True, "label_delim": ";"}, "model": {}}, tmp_path / "ml.pth")
+    (tmp_path / "folders" / "train" / "a").mkdir(parents=True)
+    cfg, given = parse_command_line(["--evaluation", "--resume", str(tmp_path / "ml.pth"), "--data",
+                                     str(tmp_path / "folders")])
+    with pytest.raises(ConfigError, match="--multi_label with --dataset folder: a class folder gives each image"):
+        check_files(cfg, given)
+    assert cfg.multi_label and cfg.label_delim == ";"
+    cfg, given = parse_command_line(["--evaluation", "--resume", str(tmp_path / "ml.pth"), "--multi_label",
+                                     "--dataset", "csv", "--data", str(tmp_path)])
+    check_files(cfg, given)
+    assert cfg.label_delim == ";"  # taken from the checkpoint though --multi_label was given too
+
+
+def test_a_split_without_any_label_has_no_map_and_says_so():
+    from engine.loops import multilabel_summary
+    with pytest.raises(ValueError, match="none of the 3 evaluated images has a label, so mAP is undefined"):
+        multilabel_summary(torch.zeros(3, 2), torch.zeros(3, 2), 0.5)
+    assert multilabel_summary(torch.tensor([[2.0, -2.0]]), torch.tensor([[1.0, 0.0]]), 0.5)["map"] == 100.0

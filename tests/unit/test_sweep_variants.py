@@ -34,6 +34,15 @@ def test_sweep_only_is_not_passed_on_to_the_runs(tmp_path):
     assert command_line_flags(cfg) == {"epochs": 2}
 
 
+def test_multi_label_next_to_sweep_is_passed_on_with_its_data_and_its_own_criterion(tmp_path):
+    sweep = str(sweep_file(tmp_path, {"variants": {"a": {}}}))
+    cfg = parse_config(["--sweep", sweep, "--multi_label", "--dataset", "csv", "--data", str(tmp_path)])
+    assert command_line_flags(cfg) == {"multi_label": True, "dataset": "csv", "data": str(tmp_path)}  # bce: derived
+    asl = parse_config(["--sweep", sweep, "--multi_label", "--dataset", "csv", "--criterion", "asl"])
+    assert command_line_flags(asl)["criterion"] == "asl"
+    assert "criterion" not in command_line_flags(parse_config(["--sweep", sweep]))
+
+
 STRATEGY_VARIANTS = list(yaml.safe_load(STRATEGIES.read_text())["variants"])
 
 
