@@ -225,13 +225,18 @@ def _add_loss(g: argparse._ArgumentGroup) -> None:
                    help="threshold loss: true-class p above this is ignored")
     g.add_argument("--focal_loss", action="store_true", help="focal modulation (1 - p_t) ** gamma")
     g.add_argument("--focal_gamma", type=float, default=2.0, help="focal loss gamma")
-    g.add_argument("--asl_gamma_neg", type=float, default=4.0, help="asymmetric loss: focusing of the negatives")
-    g.add_argument("--asl_gamma_pos", type=float, default=1.0, help="asymmetric loss: focusing of the positives")
-    g.add_argument("--asl_clip", type=float, default=0.05,
+    g.add_argument("--asl_gamma_neg", type=float, default=ASL_DEFAULTS["asl_gamma_neg"],
+                   help="asymmetric loss: focusing of the negatives")
+    g.add_argument("--asl_gamma_pos", type=float, default=ASL_DEFAULTS["asl_gamma_pos"],
+                   help="asymmetric loss: focusing of the positives")
+    g.add_argument("--asl_clip", type=float, default=ASL_DEFAULTS["asl_clip"],
                    help="asymmetric loss: probability margin shifted off the negatives (0 = off)")
     g.add_argument("--tune_thresholds", action="store_true",
                    help="--multi_label: per class, the decision threshold with the best F1 on the val split (else "
                         "0.5), kept in each checkpoint and export and used by evaluation, predict and the demo")
+
+
+ASL_DEFAULTS = {"asl_gamma_neg": 4.0, "asl_gamma_pos": 1.0, "asl_clip": 0.05}  # the flags' defaults (Ridnik et al.)
 
 
 def _check_loss(cfg: argparse.Namespace) -> None:
@@ -242,6 +247,9 @@ def _check_loss(cfg: argparse.Namespace) -> None:
     need(0 < cfg.ohm_ratio <= 1, f"--ohm_ratio must be in (0, 1], got {cfg.ohm_ratio}")
     need(not (cfg.criterion == "asl" and cfg.focal_loss), "--focal_loss with --criterion asl: the asymmetric loss "
                                                             "focuses already (--asl_gamma_neg, --asl_gamma_pos)")
+    changed = [f"--{key}" for key, default in ASL_DEFAULTS.items() if getattr(cfg, key) != default]
+    need(cfg.criterion == "asl" or not changed, f"{', '.join(changed)}: a setting of the asymmetric loss, but "
+                                                f"--criterion is {cfg.criterion}: add --criterion asl, or drop it")
     need(cfg.asl_gamma_neg >= 0 and cfg.asl_gamma_pos >= 0 and 0 <= cfg.asl_clip < 1,
          f"--asl_gamma_neg/--asl_gamma_pos must be >= 0 and --asl_clip in [0, 1), got {cfg.asl_gamma_neg}, "
          f"{cfg.asl_gamma_pos}, {cfg.asl_clip}")
