@@ -114,6 +114,10 @@ def _label_set_line(file: Path, lineno: int, line: str, parts: list[str], sep: s
             return None
         parts = [parts[0], ""]
     name = parts[0].strip() if sep is None else parts[0]
+    if sep is None and re.search(r"\s[\d,]+$", name):  # "a.png 1, 4" or "a.png 0 1": labels cut at a space
+        _report(errors, DatasetError(f"{file}:{lineno}: malformed line {line!r}: the labels of a line are one field "
+                                     f"without spaces, 'path 1,4'"))
+        return None
     names = sets.split(parts[1])
     if not names and not sets.allow_empty:
         _report(errors, DatasetError(sets.empty_error(f"{file}:{lineno}")))

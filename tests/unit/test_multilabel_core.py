@@ -112,6 +112,11 @@ def test_txt_and_zip_lists_of_label_sets(tmp_path):
     (tmp_path / "train.txt").write_text(f"{paths[0]} 0,x\n")
     with pytest.raises(DatasetError, match=r"train\.txt:1: label 'x' is not a class index"):
         read_class_names(tmp_path, "txt", sets)
+    for line in (f"{paths[0]} 0, 1", f"{paths[0]} 0 1"):
+        (tmp_path / "train.txt").write_text(line + "\n")
+        with pytest.raises(DatasetError, match=r"train\.txt:1: malformed line .*: the labels of a line are one field "
+                                               r"without spaces, 'path 1,4'"):
+            read_class_names(tmp_path, "txt", sets)
     (tmp_path / "train.txt").write_text(f"{paths[0]} 0,3\n{paths[1]} 1\n")
     with pytest.raises(DatasetError, match=r"train\.txt:1: label 3 leaves label 2 without an image"):
         read_class_names(tmp_path, "txt", sets)
