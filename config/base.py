@@ -72,3 +72,4 @@ class Mode:
     needs_checkpoint: bool = False
     check: Check | None = None
     check_files: FileCheck | None = None
+    reads_labels: bool = True  # its data's labels (read as a checkpoint's task says: config.saved.use_checkpoint_task)

@@ -51,7 +51,7 @@ def check_files(cfg: argparse.Namespace, given: set[str]) -> None:
         if group.check_files is not None:
             group.check_files(cfg, given)
     if spec.needs_checkpoint:
-        use_checkpoint_data(cfg, given)
+        use_checkpoint_data(cfg, given, task=spec.reads_labels)
         check_label_sets(cfg)  # again: a multi-label checkpoint may have set --multi_label just now
     if spec.check_files is not None:
         spec.check_files(cfg, given)

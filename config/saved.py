@@ -21,13 +21,15 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 COLUMN_FLAGS = {"csv": ("path_col", "label_col"), "hf": ("label_col", "image_col")}
 
 
-def use_checkpoint_data(cfg: argparse.Namespace, given: set[str]) -> None:
+def use_checkpoint_data(cfg: argparse.Namespace, given: set[str], task: bool = True) -> None:
     """A mode that runs a checkpoint with no ``--data`` given (flag or YAML) uses the data the checkpoint
     was trained on, so that ``--evaluation --resume CKPT`` evaluates on that data's split and
     ``--knowledge`` / ``--make_curriculum`` write next to it, not into the default ``data/digits``.
     Left alone when the checkpoint carries no config or its data folder is gone (``--data`` then says
-    where the data is). Run before every mode with ``needs_checkpoint`` (``check_files``)."""
-    if not cfg.resume or not Path(cfg.resume).is_file():
+    where the data is). Run before every mode with ``needs_checkpoint`` (``check_files``). ``task``: the mode
+    reads its data's labels, so a multi-label checkpoint's task applies (:func:`use_checkpoint_task`); a mode that
+    does not (``--predict``) with ``--data`` given reads nothing here (the checkpoint is read once, by the mode)."""
+    if not cfg.resume or not Path(cfg.resume).is_file() or ("data" in given and not task):
         return
     from utils.checkpoint import saved_config  # not at the top: config stays torch-free
     saved = saved_config(cfg.resume)
