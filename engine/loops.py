@@ -12,7 +12,6 @@ import math
 import time
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm
@@ -273,9 +272,7 @@ def multilabel_summary(logits: torch.Tensor, targets: torch.Tensor,
         raise ValueError(f"none of the {len(truth)} evaluated images has a label, so mAP is undefined: give the "
                          f"split images with labels (--allow_empty_labels admits images without any, not a split "
                          f"of them)")
-    report = multilabel_report(scores, truth, thresholds if isinstance(thresholds, float) else
-                               np.asarray(thresholds, dtype=np.float64),
-                               [str(i) for i in range(scores.shape[1])])
+    report = multilabel_report(scores, truth, thresholds, [str(i) for i in range(scores.shape[1])])
     return {"map": report["map"], "of1": report["OF1"], "cf1": report["CF1"]}
 
 

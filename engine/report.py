@@ -79,8 +79,7 @@ def _multilabel_report(result: dict[str, Any], dataset: Any, class_names: Sequen
     per-class table), per_class.md and per_class.png (AP and F1 per class), worst_per_class.png and, with
     ``predictions_file``, each image's label set and predicted set."""
     scores, truth = probabilities(result["logits"], "bce").numpy(), result["targets"].numpy() > 0.5
-    report = multilabel_report(scores, truth, thresholds if isinstance(thresholds, float) else np.asarray(thresholds),
-                               class_names)
+    report = multilabel_report(scores, truth, thresholds, class_names)
     metrics = {"split": dataset.split, "data": str(dataset.root), "checkpoint": str(checkpoint) if checkpoint else None,
                "count": result["count"], "map": report["map"], "top1": result["top1"], "top5": result["top5"],
                **{key: report[key] for key in ("CP", "CR", "CF1", "OP", "OR", "OF1", "thresholds", "per_class")}}
