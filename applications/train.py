@@ -213,7 +213,8 @@ def _restore(train_state: TrainState, saver: CheckpointSaver, resume_from: Path 
                                  world_size=info.world_size)
         logger.info("resumed from %s at epoch %d%s (%s)", resume_from, at.start_epoch + 1,
                     f", batch {at.start_batch + 1}" if at.start_batch else "",
-                    f"best val top-1 so far {at.best_top1:.2f}" if at.history else "no epoch validated yet")
+                    f"best val {saver.metric.label} so far {at.best_top1:.2f}" if at.history and saver.metric
+                    else f"best val so far {at.best_top1:.2f}" if at.history else "no epoch validated yet")
     saver.adopt(at)
     return at, resume_from
 

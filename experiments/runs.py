@@ -79,10 +79,11 @@ class RunRecord:
 
     @cached_property
     def metrics(self) -> dict[str, Any]:
-        """The comparison's numbers: best val top-1 (multi-label: best val mAP) and its (1-based) epoch, test
-        top-1/top-5 (multi-label: test mAP and OF1; the top-1 keys stay None, a multi-label top-1 is p@1), epochs
-        done and planned (``epochs``: the run's --epochs), training minutes (the sum of the epochs' training
-        time) and the median training img/s."""
+        """The comparison's numbers: the best epoch by the run's eval metric (``--eval_metric``, with the tie rule
+        of best.pth: ``utils.eval_metric.rank_key``; 1-based), its value (``best_val``) and its val top-1
+        (multi-label: its val mAP), test top-1/top-5 (multi-label: test mAP and OF1; the top-1 keys stay None, a
+        multi-label top-1 is p@1), epochs done and planned (``epochs``: the run's --epochs), training minutes
+        (the sum of the epochs' training time) and the median training img/s."""
         metric = eval_metric_of(self._metric_config)
         rows = [row for row in self.history if row.get(metric.row_key) is not None]
         best_row = min(rows, key=lambda row: rank_key(row, metric)) if rows else None

@@ -71,6 +71,9 @@ def report_from_confusion(confusion: np.ndarray, class_names: Sequence[str]) -> 
 
 def confusion_counts(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The ``C x C`` confusion matrix (rows = true class, columns = top-1 prediction) of one batch, on the
-    logits' device (summed over batches and read once: ``topk_hits`` says why)."""
+    logits' device (summed over batches and read once: ``topk_hits`` says why); images without a class (label
+    -1: an unlabelled split) are not counted."""
     n = logits.shape[1]
-    return torch.bincount(hard_labels(target).view(-1) * n + logits.argmax(dim=1), minlength=n * n).view(n, n)
+    labels = hard_labels(target).view(-1)
+    cells = (labels * n + logits.argmax(dim=1))[(labels >= 0) & (labels < n)]
+    return torch.bincount(cells, minlength=n * n).view(n, n)
