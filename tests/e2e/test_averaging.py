@@ -1,0 +1,66 @@
+"""--average end to end on a tiny run: last:K of the kept epochs, the averaged file in --evaluation and --predict,
+the average of one checkpoint with itself, another model refused in one line."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from helpers import TINY_SIZE, main_process, run_main, tiny_train_args
+from models import create_model
+from utils.checkpoint import load_checkpoint
+
+
+def summary(capsys, args: list[str]) -> dict:
+    """main.main(args) in this process (it must succeed) and the summary it prints."""
+    capsys.readouterr()
+    assert run_main(args) == 0
+    out = capsys.readouterr().out
+    return json.loads(out[out.index("\n{") + 1:] if not out.startswith("{") else out)
+
+
+def test_average_last_3_is_the_mean_of_the_kept_epochs_and_every_mode_reads_it(tiny_data, tmp_path, capsys):
+    data = tiny_data["folder"]
+    assert run_main(tiny_train_args(data, tmp_path, "--epochs", "3", "--keep_last", "3", "--seed", "2")) == 0
+    folder = tmp_path / "resnet18" / "default" / "checkpoints"
+    soup = tmp_path / "soup.pth"
+    result = summary(capsys, ["--average", "last:3", "--output", str(tmp_path), "--arch", "resnet18", "--out",
+                              str(soup), "-j", "0", "-b", "8", "--bn_batches", "2", "--no_progress"])
+    assert result["averaged"] == [str(folder / f"epoch_{e}.pth") for e in (1, 2, 3)]
+    assert len(result["sources"]) == 3 and 0 <= result["average"]["top1"] <= 100 and result["average"]["loss"] > 0
+    averaged, epochs = load_checkpoint(soup), [load_checkpoint(folder / f"epoch_{e}.pth")["model"] for e in (1, 2, 3)]
+    assert "optimizer" not in averaged and averaged["arch"] == "resnet18"
+    weights = averaged["model"]
+    for key, value in weights.items():
+        if "running_" in key:  # batch-norm statistics: recomputed over training batches, not averaged
+            continue
+        if torch.is_floating_point(value):
+            torch.testing.assert_close(value, sum(e[key] for e in epochs) / 3, rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(value, epochs[-1][key])
+    assert not all(torch.allclose(weights[k], sum(e[k] for e in epochs) / 3) for k in weights if "running_var" in k)
+
+    # the averaged checkpoint is a normal one: --evaluation and --predict run it (no --data: the run's data)
+    assert run_main(["--evaluation", "--resume", str(soup), "--output", str(tmp_path), "-j", "0", "--no_progress"]) == 0
+    assert run_main(["--predict", str(data / "test"), "--resume", str(soup), "--output", str(tmp_path), "-j", "0"]) == 0
+
+    # averaging a checkpoint with itself (statistics kept) gives it back, and scores what it scores
+    same = tmp_path / "same.pth"
+    best = folder.parent / "checkpoints" / "best.pth"
+    result = summary(capsys, ["--average", str(best), str(best), "--out", str(same), "--bn_batches", "0",
+                              "--output", str(tmp_path), "-j", "0", "--no_progress"])
+    a, b = load_checkpoint(same)["model"], load_checkpoint(best)["model"]
+    assert a.keys() == b.keys() and all(torch.allclose(a[k].double(), b[k].double(), atol=1e-7) for k in a)
+    assert abs(result["average"]["top1"] - result["sources"][0]["top1"]) < 1e-6
+
+
+def test_another_architecture_is_refused_in_one_line(tiny_run, tmp_path):
+    other = tmp_path / "other.pth"
+    torch.save({"model": create_model("simple_cnn", 3).state_dict(), "arch": "simple_cnn",
+                "class_names": ["0", "1", "2"]}, other)
+    r = main_process("--average", str(tiny_run / "checkpoints" / "best.pth"), str(other), "--out",
+                     str(tmp_path / "x.pth"), "--image_size", str(TINY_SIZE), str(TINY_SIZE))
+    assert r.returncode == 1, r.stderr[-2000:]
+    errors = [line for line in r.stderr.splitlines() if "Error" in line]
+    assert len(errors) == 1 and "has architecture 'simple_cnn'" in errors[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "x.pth").exists()
