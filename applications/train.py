@@ -21,6 +21,7 @@ from config import config_to_dict, save_config
 from dataloader.enhancement import augmented_batch_sheet
 from dataloader.splits import write_split
 from engine import evaluate, evaluate_and_report, non_finite_loss, precise_bn
+from engine.averaging import averaged_checkpoint
 from engine.early_stop import EarlyStopping
 from engine.epoch_end import EpochEnd, headline
 from engine.loops import tuned_summary
@@ -30,7 +31,7 @@ from experiments.tracking import RunRecorder
 from models import extract_state_dict, load_state_dict_checked
 from models.spec import ModelSpec
 from utils.atomic import save_image_atomic, write_json_atomic
-from utils.checkpoint import kill_point
+from utils.checkpoint import kill_point, save_checkpoint
 from utils.distributed import DistInfo, any_rank, barrier, cleanup, gather_objects, init_distributed
 from utils.eval_metric import eval_metric_of
 from utils.misc import HoldSignals, InterruptOnSignals, log_to_file
@@ -138,7 +139,8 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     resume_from, afresh, lr = _plan_start(cfg, run_dir, info, class_names)
     # Build the model, data, loss, batch hook, optimizer, schedule, EMA and precision
     parts = build_training_parts(cfg, class_names, info, lr=lr)
-    train_state = TrainState(parts.model, parts.optimizer, parts.scheduler, parts.scaler, parts.criterion, parts.ema)
+    train_state = TrainState(parts.model, parts.optimizer, parts.scheduler, parts.scaler, parts.criterion, parts.ema,
+                             parts.swa)
     spec = training_spec(cfg, class_names)
     capture = _capture(train_state, spec, config_to_dict(cfg))
     # Restore the train state of the checkpoint to resume from; the saver takes over its best epoch
@@ -272,6 +274,8 @@ def _train_epochs(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, 
             start_batch, partial = 0, None
             if tr["interrupted"]:
                 return _save_interrupted(end, epoch, tr)
+            if parts.swa is not None and epoch >= cfg.epochs - cfg.swa_epochs:  # one of the last --swa_epochs
+                parts.swa.update_parameters(parts.model)
             va, va_ema = _validate(cfg, parts, epoch, tr, progress)
             end(epoch, tr, va, va_ema)
             if any_rank(stop.requested, info.device):  # a signal during validation: the epoch is saved, stop now
@@ -360,6 +364,27 @@ def _summary(end: EpochEnd, run_dir: Path, split: str, report: dict[str, Any], m
     return summary
 
 
+def _test_swa(cfg: argparse.Namespace, parts: TrainingParts, best: dict[str, Any],
+              test_loader: torch.utils.data.DataLoader, path: Path, main: bool) -> dict[str, Any]:
+    """``--swa_epochs``: the averaged weights get batch-norm statistics over one pass of the training data
+    (as ``swa_utils.update_bn``, through the ``--precise_bn`` code), are saved as ``path`` (a weights-only
+    checkpoint with best.pth's spec) and tested: ``test_swa_top1``, ``test_swa_loss`` (and mAP)."""
+    model = parts.swa.module
+    precise_bn(model, parts.train_loader, cfg.epochs, len(parts.train_loader), preprocess=parts.preprocess,
+               dtype=parts.dtype)
+    if main:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        save_checkpoint({**averaged_checkpoint(state, best), "swa_epochs": cfg.swa_epochs}, path)
+    result = evaluate(model, test_loader, parts.val_criterion, preprocess=parts.preprocess, dtype=parts.dtype,
+                      multi_label=parts.multi_label)
+    logger.info("SWA (average of %d epochs, %s): test top-1 %.2f%s", parts.swa.n_averaged.item(), path.name,
+                result["top1"], f" loss {result['loss']:.4f}" if "loss" in result else "")
+    summary = {"test_swa_top1": result["top1"], "test_swa_loss": result.get("loss"), "swa_checkpoint": str(path)}
+    if parts.multi_label:
+        summary["test_swa_map"] = headline(result)
+    return summary
+
+
 def _final_test(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, recorder: RunRecorder,
                 info: DistInfo, class_names: list[str], spec: ModelSpec) -> dict[str, Any]:
     """Evaluate best.pth (and its EMA weights) on the test split; write the report, the pictures and the
@@ -386,6 +411,8 @@ def _final_test(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, re
         summary["test_ema_top1"] = ema["top1"]
         if spec.multi_label:
             summary["test_ema_map"] = headline(ema)
+    if parts.swa is not None and parts.swa.n_averaged.item():
+        summary.update(_test_swa(cfg, parts, best, test_loader, saver.folder / "swa.pth", main))
     if main:
         _pictures(cfg, run_dir, end.history, parts.model, test_set, parts.preprocess, class_names, test_set.split,
                   best_thresholds(best, spec) if spec.multi_label else None)

@@ -87,8 +87,11 @@ def average_sources(items: Sequence[str], checkpoint_folder: Path) -> list[Path]
 
 
 def averaged_checkpoint(state: dict[str, torch.Tensor], last: Mapping[str, Any],
-                        sources: Sequence[Path]) -> dict[str, Any]:
-    """A weights-only checkpoint of ``state`` with the last source's spec, classes and config."""
-    ckpt: dict[str, Any] = {"model": state, "averaged_from": [str(p) for p in sources]}
+                        sources: Sequence[Path] = ()) -> dict[str, Any]:
+    """A weights-only checkpoint of ``state`` with the last source's spec, classes and config (and the
+    ``sources`` averaged, when given)."""
+    ckpt: dict[str, Any] = {"model": state}
+    if sources:
+        ckpt["averaged_from"] = [str(p) for p in sources]
     ckpt.update({k: last[k] for k in AVERAGED_KEYS if last.get(k) is not None})
     return ckpt

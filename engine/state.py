@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel
 
 from models import extract_state_dict, load_state_dict_checked
 from models.spec import ModelSpec
@@ -80,6 +81,7 @@ class TrainState:
     scaler: torch.amp.GradScaler | None = None
     criterion: nn.Module | None = None
     ema: ModelEma | None = None
+    swa: AveragedModel | None = None  # --swa_epochs: the running average of the last epochs' weights
 
     def capture(self, *, epoch: int, best_top1: float, best_epoch: int | None, spec: ModelSpec,
                 config: Mapping[str, Any], history: list[dict],
@@ -90,6 +92,7 @@ class TrainState:
         return {
             "model": self.model.state_dict(),
             "model_ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "model_swa": self.swa.state_dict() if self.swa is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -128,6 +131,8 @@ class TrainState:
             self.criterion.load_state_dict(ckpt["criterion"])
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") else self.model.state_dict())
+        if self.swa is not None and ckpt.get("model_swa"):  # else (none saved yet): the average starts afresh
+            self.swa.load_state_dict(ckpt["model_swa"])
         restore_rng_state(ckpt["rng"])
         progress = Progress(start_epoch=ckpt["epoch"] + 1, best_top1=ckpt["best_top1"],
                             best_epoch=ckpt.get("best_epoch"), history=list(ckpt.get("history", [])),

@@ -54,10 +54,16 @@ def _add_fine_tuning(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--precise_bn", type=int, default=0, metavar="N",
                    help="recompute batch-norm running statistics over N training batches before each "
                         "evaluation and the checkpoint save (0 = off)")
+    g.add_argument("--swa_epochs", type=int, default=0, metavar="N",
+                   help="stochastic weight averaging: average the weights of the last N epochs "
+                        "(torch.optim.swa_utils), recompute their batch-norm statistics at the end, save them as "
+                        "checkpoints/swa.pth and test them next to best.pth (0 = off)")
 
 
 def _check_fine_tuning(cfg: argparse.Namespace) -> None:
     need(cfg.precise_bn >= 0, f"--precise_bn must be >= 0 batches, got {cfg.precise_bn}")
+    need(0 <= cfg.swa_epochs <= cfg.epochs, f"--swa_epochs must be between 0 and --epochs ({cfg.epochs}), "
+                                            f"got {cfg.swa_epochs}")
     if cfg.unfreeze_epoch is not None:
         need(cfg.freeze_backbone, "--unfreeze_epoch needs --freeze_backbone (it says when the frozen backbone "
                                   "starts training)")

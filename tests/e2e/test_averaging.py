@@ -1,14 +1,19 @@
-"""--average end to end on a tiny run: last:K of the kept epochs, the averaged file in --evaluation and --predict,
-the average of one checkpoint with itself, another model refused in one line."""
+"""--average and --swa_epochs end to end on tiny runs: last:K of the kept epochs, the averaged file in --evaluation
+and --predict, the average of one checkpoint with itself, another model refused in one line; SWA's average of the
+last epochs, its test, its checkpoint and its resume."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 
+import pytest
 import torch
 
-from helpers import TINY_SIZE, main_process, run_main, tiny_train_args
+from helpers import ROOT, TINY_SIZE, main_command, main_process, read_json, run_main, tiny_train_args
 from models import create_model
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import KILL_AT_ENV, load_checkpoint
 
 
 def summary(capsys, args: list[str]) -> dict:
@@ -64,3 +69,32 @@ def test_another_architecture_is_refused_in_one_line(tiny_run, tmp_path):
     errors = [line for line in r.stderr.splitlines() if "Error" in line]
     assert len(errors) == 1 and "has architecture 'simple_cnn'" in errors[0] and "Traceback" not in r.stderr
     assert not (tmp_path / "x.pth").exists()
+
+
+@pytest.mark.slow
+def test_swa_averages_the_last_epochs_tests_them_and_a_killed_run_resumes_to_the_same_average(tiny_data, tmp_path):
+    swa = ("--epochs", "3", "--swa_epochs", "2", "--keep_last", "3", "--seed", "3")
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "ref", *swa)) == 0
+    folder = tmp_path / "resnet18" / "ref" / "checkpoints"
+    test = read_json(folder.parent / "metrics.json")["test"]
+    assert 0 <= test["test_swa_top1"] <= 100 and test["test_swa_loss"] > 0 and test["swa_checkpoint"] == str(
+        folder / "swa.pth")
+    averaged = load_checkpoint(folder / "swa.pth")
+    assert averaged["swa_epochs"] == 2 and "optimizer" not in averaged
+    epochs = [load_checkpoint(folder / f"epoch_{e}.pth")["model"] for e in (2, 3)]  # the last 2 of 3 epochs
+    for key, value in averaged["model"].items():
+        if torch.is_floating_point(value) and "running_" not in key:  # BN statistics: recomputed at the end
+            torch.testing.assert_close(value, (epochs[0][key] + epochs[1][key]) / 2, rtol=1e-5, atol=1e-6)
+    assert load_checkpoint(folder / "last.pth")["model_swa"]["n_averaged"].item() == 2
+    assert run_main(["--evaluation", "--resume", str(folder / "swa.pth"), "--output", str(tmp_path), "-j", "0",
+                     "--no_progress"]) == 0
+
+    # killed right after epoch 2's last.pth (one epoch averaged so far), then the same command: the same average
+    args = tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "killed", *swa)
+    killed = subprocess.run(main_command(args), cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, KILL_AT_ENV: "last_replaced:2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert run_main(args) == 0
+    again = load_checkpoint(tmp_path / "resnet18" / "killed" / "checkpoints" / "swa.pth")["model"]
+    for key, value in averaged["model"].items():
+        torch.testing.assert_close(again[key], value, rtol=1e-5, atol=1e-6)

@@ -65,8 +65,9 @@ def test_last_and_best_k_read_the_runs_kept_json(tmp_path):
 def test_the_averaged_checkpoint_keeps_spec_classes_and_config_but_no_training_state():
     last = {"model": {}, "optimizer": {}, "arch": "simple_cnn", "class_names": ["a"], "model_spec": {"arch": "x"},
             "config": {"lr": 0.1}, "epoch": 3}
-    ckpt = averaged_checkpoint({"w": torch.zeros(1)}, last, [])
+    ckpt = averaged_checkpoint({"w": torch.zeros(1)}, last, [Path("a.pth")])
     assert set(ckpt) == {"model", "averaged_from", "arch", "class_names", "model_spec", "config"}
+    assert ckpt["averaged_from"] == ["a.pth"] and "averaged_from" not in averaged_checkpoint({}, last)
 
 
 def test_average_needs_a_pth_out_and_k_of_at_least_one(capsys):
