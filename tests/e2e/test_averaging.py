@@ -11,7 +11,17 @@ import subprocess
 import pytest
 import torch
 
-from helpers import ROOT, TINY_SIZE, main_command, main_process, read_json, run_main, tiny_train_args
+from dataloader.digits import make_mosaic
+from helpers import (
+    ROOT,
+    TINY_SIZE,
+    main_command,
+    main_process,
+    multi_label_checkpoint,
+    read_json,
+    run_main,
+    tiny_train_args,
+)
 from models import create_model
 from utils.checkpoint import KILL_AT_ENV, load_checkpoint
 
@@ -98,3 +108,13 @@ def test_swa_averages_the_last_epochs_tests_them_and_a_killed_run_resumes_to_the
     again = load_checkpoint(tmp_path / "resnet18" / "killed" / "checkpoints" / "swa.pth")["model"]
     for key, value in averaged["model"].items():
         torch.testing.assert_close(again[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_multi_label_checkpoint_averages_and_reports_its_map(tmp_path, capsys):
+    data = make_mosaic(tmp_path / "mosaic", {"train": 16, "val": 8, "test": 8})
+    best = multi_label_checkpoint(tmp_path / "out" / "resnet18" / "ml", data, image_size=TINY_SIZE)
+    out = tmp_path / "ml_avg.pth"
+    result = summary(capsys, ["--average", str(best), str(best), "--out", str(out), "--bn_batches", "1",
+                              "-b", "8", "-j", "0", "--no_progress"])  # no --data: the checkpoint's csv set
+    assert result["average"]["map"] is not None and 0 <= result["average"]["map"] <= 100
+    assert load_checkpoint(out)["model_spec"]["multi_label"] is True
