@@ -26,7 +26,14 @@ from models.spec import ModelSpec
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.misc import resolve_device
 
-from .setup.common import build_dataset, build_loader, model_from_checkpoint, preprocessor, run_dir_for
+from .setup.common import (
+    build_dataset,
+    build_loader,
+    data_class_names,
+    model_from_checkpoint,
+    preprocessor,
+    run_dir_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +46,8 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
     state_dicts = [extract_state_dict(c) for c in ckpts]
     check_same_model(paths, ckpts, state_dicts)
     averaged = averaged_checkpoint(average_state_dicts(state_dicts), ckpts[-1], paths)
-    model, spec = model_from_checkpoint(paths[-1], cfg, fallback_class_names=[], ckpt=averaged)
+    fallback = averaged.get("class_names") or data_class_names(cfg)  # a bare state dict: the data's classes
+    model, spec = model_from_checkpoint(paths[-1], cfg, fallback_class_names=fallback, ckpt=averaged)
     model.to(device)
     if cfg.bn_batches:
         recompute_bn(cfg, model, spec, device)
