@@ -66,6 +66,7 @@ from experiments.sweep_plan import (
     variant_tag,
 )
 from utils.atomic import write_text_atomic
+from utils.eval_metric import EvalMetric, eval_metric_of
 from utils.runlock import RunDirLocked, lock_holder
 
 from .setup.common import run_dir_for
@@ -133,7 +134,6 @@ def select_variants(spec: SweepSpec, only: list[str] | None) -> list[Variant]:
     return [v for v in spec.variants if v.tag in only]
 
 
-OBJECTIVE_NAMES = {"val_top1": "val top-1", "val_map": "val mAP"}  # headline_metric as the best trial's line says it
 
 
 def command_line_flags(cfg: argparse.Namespace) -> dict[str, Any]:
@@ -425,7 +425,7 @@ def _search(spec: SweepSpec, cfg: argparse.Namespace, base: dict[str, Any], swee
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=spec.pruning["startup_trials"],
                                           n_warmup_steps=spec.pruning["warmup_epochs"])
               if spec.pruning else optuna.pruners.NopPruner())
-    study = open_study(spec.name, cfg.study_storage, sweep_dir / "study.db", pruner)
+    study = open_study(spec.name, cfg.study_storage, sweep_dir / "study.db", pruner, eval_metric_of(base))
     # A fresh study draws from sampler_seed; a continued one from sampler_seed + its trial count, so that a
     # rerun does not repeat the first run's random draws.
     seed = None if spec.sampler_seed is None else spec.sampler_seed + len(study.trials)
@@ -484,15 +484,16 @@ def _search(spec: SweepSpec, cfg: argparse.Namespace, base: dict[str, Any], swee
         command = "python " + shlex.join(["main.py", *train_command(flags)[2:]])
         objective = headline_metric(base)
         result.update(best_trial=best.number, best_value=best.value, objective=objective, best_command=command)
-        print(f"best trial {best.number}: {OBJECTIVE_NAMES[objective]} {best.value:.2f} "
+        print(f"best trial {best.number}: val {eval_metric_of(base).label} {best.value:.2f} "
               f"({best.user_attrs.get('run_dir')})\n{command}", flush=True)
     return result
 
 
-def open_study(name: str, url: str | None, default_db: Path, pruner):
+def open_study(name: str, url: str | None, default_db: Path, pruner, metric: EvalMetric | None = None):
     """The Optuna study ``name`` in the storage ``url`` (default: SQLite ``default_db``), created or
-    continued, and written to once, so that a database that cannot be used (damaged, read-only, a bad URL,
-    a missing folder or driver) is one line naming it, before any trial starts."""
+    continued (maximising the runs' eval ``metric``, minimising val_loss), and written to once, so that a database that
+    cannot be used (damaged, read-only, a bad URL, a missing folder or driver) is one line naming it, before
+    any trial starts."""
     import optuna
     import sqlalchemy.exc
     storage = url or f"sqlite:///{default_db.resolve()}"
@@ -500,7 +501,8 @@ def open_study(name: str, url: str | None, default_db: Path, pruner):
     try:
         if url is None and default_db.is_file() and not os.access(default_db, os.W_OK):
             raise PermissionError("the file is read-only")
-        study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
+        study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                                    direction="minimize" if metric and not metric.higher_is_better else "maximize",
                                     pruner=pruner)
         study.set_user_attr("last_opened", time.time())
     except (ImportError, ValueError, OSError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.OptunaError) as e:
@@ -593,7 +595,7 @@ def _run_trial(trial, flags: dict[str, Any], run_dir: Path, device: str | None, 
     scores = [row[key] for row in _history(run_dir) if row.get(key) is not None]
     if code == 0 and scores:
         (run_dir / PRUNED_FILE).unlink(missing_ok=True)
-        trial.study.tell(trial, max(scores))
+        trial.study.tell(trial, max(scores) if eval_metric_of(flags).higher_is_better else min(scores))
         return "complete"
     # 130: the run saved and stopped; -SIGTERM/-SIGINT: the signal the sweep forwarded landed where the run
     # has no handler (its final test): either way a rerun resumes or finishes it

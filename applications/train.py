@@ -21,6 +21,8 @@ from config import config_to_dict, save_config
 from dataloader.enhancement import augmented_batch_sheet
 from dataloader.splits import write_split
 from engine import evaluate, evaluate_and_report, non_finite_loss, precise_bn
+from engine.averaging import averaged_checkpoint
+from engine.early_stop import EarlyStopping
 from engine.epoch_end import EpochEnd, headline
 from engine.loops import tuned_summary
 from engine.state import CheckpointSaver, Progress, TrainState
@@ -29,8 +31,9 @@ from experiments.tracking import RunRecorder
 from models import extract_state_dict, load_state_dict_checked
 from models.spec import ModelSpec
 from utils.atomic import save_image_atomic, write_json_atomic
-from utils.checkpoint import kill_point
+from utils.checkpoint import kill_point, save_checkpoint
 from utils.distributed import DistInfo, any_rank, barrier, cleanup, gather_objects, init_distributed
+from utils.eval_metric import eval_metric_of
 from utils.misc import HoldSignals, InterruptOnSignals, log_to_file
 from utils.rundir import OPEN_RUN_FILES, clear_dir, own_run_dir
 
@@ -136,11 +139,13 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     resume_from, afresh, lr = _plan_start(cfg, run_dir, info, class_names)
     # Build the model, data, loss, batch hook, optimizer, schedule, EMA and precision
     parts = build_training_parts(cfg, class_names, info, lr=lr)
-    train_state = TrainState(parts.model, parts.optimizer, parts.scheduler, parts.scaler, parts.criterion, parts.ema)
+    train_state = TrainState(parts.model, parts.optimizer, parts.scheduler, parts.scaler, parts.criterion, parts.ema,
+                             parts.swa)
     spec = training_spec(cfg, class_names)
     capture = _capture(train_state, spec, config_to_dict(cfg))
     # Restore the train state of the checkpoint to resume from; the saver takes over its best epoch
-    saver = CheckpointSaver(run_dir / "checkpoints")
+    metric = eval_metric_of(vars(cfg))
+    saver = CheckpointSaver(run_dir / "checkpoints", metric, cfg.checkpoint_hist, cfg.keep_last)
     at, resume_from = _restore(train_state, saver, resume_from, class_names, info)
     # A resumed run's split of train (--val_fraction/--test_fraction) must be the one it saved
     split_saved = check_run_split(run_dir, parts.train_set.split_table, resuming=resume_from is not None)
@@ -149,8 +154,10 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
         _open_run_dir(cfg, run_dir, saver, resume_from, afresh, None if split_saved else parts.train_set.split_table)
     writer = _tensorboard(run_dir, at.start_epoch) if main else None
     recorder = RunRecorder(config_to_dict(cfg), run_dir, resumed=resume_from is not None, enabled=main)
+    early_stop = EarlyStopping(metric, cfg.patience, cfg.min_delta)
+    early_stop.restore(at.early_stop, at.history)
     end = EpochEnd(run_dir, cfg.epochs, saver, writer, recorder, capture, at.history, write=main,
-                   skip_bad_images=cfg.skip_bad_images)
+                   skip_bad_images=cfg.skip_bad_images, early_stop=early_stop)
     end.thresholds = at.thresholds  # a resumed run saves mid-epoch with the thresholds it had
     # A picture of the first training batch as the model sees it (inside the try: a bad image in that batch
     # still closes the writer, whose thread would otherwise write into the removed run directory)
@@ -208,7 +215,8 @@ def _restore(train_state: TrainState, saver: CheckpointSaver, resume_from: Path 
                                  world_size=info.world_size)
         logger.info("resumed from %s at epoch %d%s (%s)", resume_from, at.start_epoch + 1,
                     f", batch {at.start_batch + 1}" if at.start_batch else "",
-                    f"best val top-1 so far {at.best_top1:.2f}" if at.history else "no epoch validated yet")
+                    f"best val {saver.metric.label} so far {at.best_top1:.2f}" if at.history and saver.metric
+                    else f"best val so far {at.best_top1:.2f}" if at.history else "no epoch validated yet")
     saver.adopt(at)
     return at, resume_from
 
@@ -248,6 +256,10 @@ def _train_epochs(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, 
     if cfg.save_every_steps:
         logger.info("last.pth is also saved every %d optimizer steps inside the epochs (--save_every_steps): a "
                     "kill loses at most %d steps", cfg.save_every_steps, cfg.save_every_steps)
+    if end.early_stop.stopped_epoch is not None:  # resumed after the early stop: on to the final test
+        logger.info("early-stopped at epoch %d (--patience %d): no more epochs", end.early_stop.stopped_epoch + 1,
+                    cfg.patience)
+        return None
     stop = StopRequest()
     with stop:
         for epoch in range(at.start_epoch, cfg.epochs):
@@ -262,11 +274,17 @@ def _train_epochs(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, 
             start_batch, partial = 0, None
             if tr["interrupted"]:
                 return _save_interrupted(end, epoch, tr)
+            if parts.swa is not None and epoch >= cfg.epochs - cfg.swa_epochs:  # one of the last --swa_epochs
+                parts.swa.update_parameters(parts.model)
             va, va_ema = _validate(cfg, parts, epoch, tr, progress)
             end(epoch, tr, va, va_ema)
             if any_rank(stop.requested, info.device):  # a signal during validation: the epoch is saved, stop now
                 logger.warning("stopped after epoch %d; rerun the same command to resume.", epoch + 1)
                 return {"run_dir": str(end.run_dir), "interrupted": True, "epoch": epoch + 1, "batch": 0}
+            if end.early_stop.stopped_epoch is not None:  # every rank: the same all-reduced metric
+                logger.info("early stop after epoch %d: val %s has not improved by more than %g for %d epochs "
+                            "(--patience)", epoch + 1, end.saver.metric.label, cfg.min_delta, cfg.patience)
+                break
     return None
 
 
@@ -326,6 +344,47 @@ def _validate(cfg: argparse.Namespace, parts: TrainingParts, epoch: int, tr: dic
     return va, va_ema
 
 
+def _summary(end: EpochEnd, run_dir: Path, split: str, report: dict[str, Any], multi_label: bool) -> dict[str, Any]:
+    """metrics.json's ``test`` summary: the best epoch's validation numbers (``best_val``: its eval metric, what
+    chose best.pth), the test split's, and ``early_stopped_at`` (the 1-based epoch, or None)."""
+    saver = end.saver
+    best_row = next((row for row in end.history if row["epoch"] == saver.best_epoch), {})
+    stopped = end.early_stop.stopped_epoch
+    summary = {"run_dir": str(run_dir), "best_val_top1": best_row.get("val_top1", saver.best_top1),
+               "eval_metric": saver.metric.name, "best_val": saver.best_top1,
+               "best_epoch": None if saver.best_epoch is None else saver.best_epoch + 1,
+               "early_stopped_at": None if stopped is None else stopped + 1, "test_split": split,
+               "test_top1": report["top1"], "test_top5": report["top5"]}
+    if multi_label:  # top-1 is p@1
+        summary.update(best_val_map=best_row.get("val_map"), test_map=report["map"], test_of1=report["OF1"],
+                       test_cf1=report["CF1"])
+    else:
+        summary.update(test_macro_f1=100.0 * report["macro"]["f1"],
+                       test_balanced_acc=100.0 * report["balanced_accuracy"])
+    return summary
+
+
+def _test_swa(cfg: argparse.Namespace, parts: TrainingParts, best: dict[str, Any],
+              test_loader: torch.utils.data.DataLoader, path: Path, main: bool) -> dict[str, Any]:
+    """``--swa_epochs``: the averaged weights get batch-norm statistics over one pass of the training data
+    (as ``swa_utils.update_bn``, through the ``--precise_bn`` code), are saved as ``path`` (a weights-only
+    checkpoint with best.pth's spec) and tested: ``test_swa_top1``, ``test_swa_loss`` (and mAP)."""
+    model = parts.swa.module
+    precise_bn(model, parts.train_loader, cfg.epochs, len(parts.train_loader), preprocess=parts.preprocess,
+               dtype=parts.dtype)
+    if main:
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        save_checkpoint({**averaged_checkpoint(state, best), "swa_epochs": cfg.swa_epochs}, path)
+    result = evaluate(model, test_loader, parts.val_criterion, preprocess=parts.preprocess, dtype=parts.dtype,
+                      multi_label=parts.multi_label)
+    logger.info("SWA (average of %d epochs, %s): test top-1 %.2f%s", parts.swa.n_averaged.item(), path.name,
+                result["top1"], f" loss {result['loss']:.4f}" if "loss" in result else "")
+    summary = {"test_swa_top1": result["top1"], "test_swa_loss": result.get("loss"), "swa_checkpoint": str(path)}
+    if parts.multi_label:
+        summary["test_swa_map"] = headline(result)
+    return summary
+
+
 def _final_test(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, recorder: RunRecorder,
                 info: DistInfo, class_names: list[str], spec: ModelSpec) -> dict[str, Any]:
     """Evaluate best.pth (and its EMA weights) on the test split; write the report, the pictures and the
@@ -344,12 +403,7 @@ def _final_test(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, re
                                  dtype=parts.dtype, out_dir=run_dir / f"eval_{test_set.split}", checkpoint=best_path,
                                  progress=not cfg.no_progress, head=spec.head, write=main,
                                  multi_label=spec.multi_label, thresholds=best_thresholds(best, spec))
-    summary = {"run_dir": str(run_dir), "best_val_top1": saver.best_top1, "test_split": test_set.split,
-               "test_top1": report["top1"], "test_top5": report["top5"]}
-    if spec.multi_label:  # the saver's best is the best val mAP (what chose best.pth); top-1 is p@1
-        best_row = next((row for row in end.history if row["epoch"] == saver.best_epoch), {})
-        summary.update(best_val_map=saver.best_top1, best_val_top1=best_row.get("val_top1"), test_map=report["map"],
-                       test_of1=report["OF1"], test_cf1=report["CF1"])
+    summary = _summary(end, run_dir, test_set.split, report, spec.multi_label)
     if parts.ema is not None and best.get("model_ema"):
         parts.ema.module.load_state_dict(best["model_ema"])
         ema = evaluate(parts.ema.module, test_loader, preprocess=parts.preprocess, dtype=parts.dtype,
@@ -357,6 +411,8 @@ def _final_test(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, re
         summary["test_ema_top1"] = ema["top1"]
         if spec.multi_label:
             summary["test_ema_map"] = headline(ema)
+    if parts.swa is not None and parts.swa.n_averaged.item():
+        summary.update(_test_swa(cfg, parts, best, test_loader, saver.folder / "swa.pth", main))
     if main:
         _pictures(cfg, run_dir, end.history, parts.model, test_set, parts.preprocess, class_names, test_set.split,
                   best_thresholds(best, spec) if spec.multi_label else None)
@@ -365,10 +421,11 @@ def _final_test(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, re
         write_json_atomic(run_dir / "metrics.json", {"history": end.history, "test": summary})
     if spec.multi_label:
         logger.info("done: run directory %s; best val mAP %.2f; %s mAP %.2f OF1 %.2f CF1 %.2f (%s)%s", run_dir,
-                    saver.best_top1, test_set.split, report["map"], report["OF1"], report["CF1"], best_path.name,
+                    summary["best_val_map"], test_set.split, report["map"], report["OF1"], report["CF1"],
+                    best_path.name,
                     f"; EMA mAP {summary['test_ema_map']:.2f}" if "test_ema_map" in summary else "")
         return summary
     logger.info("done: run directory %s; best val top-1 %.2f; %s top-1 %.2f top-5 %.2f (%s)%s",
-                run_dir, saver.best_top1, test_set.split, report["top1"], report["top5"], best_path.name,
+                run_dir, summary["best_val_top1"], test_set.split, report["top1"], report["top5"], best_path.name,
                 f"; EMA top-1 {summary['test_ema_top1']:.2f}" if "test_ema_top1" in summary else "")
     return summary

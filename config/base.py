@@ -73,3 +73,5 @@ class Mode:
     check: Check | None = None
     check_files: FileCheck | None = None
     reads_labels: bool = True  # its data's labels (read as a checkpoint's task says: config.saved.use_checkpoint_task)
+    # the checkpoint whose data and task the mode uses when --data is not given, if not --resume (--average's)
+    data_checkpoint: Callable[[argparse.Namespace], str] | None = None

@@ -50,8 +50,9 @@ def check_files(cfg: argparse.Namespace, given: set[str]) -> None:
     for group in (*SHARED_GROUPS, *spec.groups):
         if group.check_files is not None:
             group.check_files(cfg, given)
-    if spec.needs_checkpoint:
-        use_checkpoint_data(cfg, given, task=spec.reads_labels)
+    if spec.needs_checkpoint or spec.data_checkpoint is not None:
+        use_checkpoint_data(cfg, given, task=spec.reads_labels,
+                            checkpoint=spec.data_checkpoint(cfg) if spec.data_checkpoint else None)
         check_label_sets(cfg)  # again: a multi-label checkpoint may have set --multi_label just now
     if spec.check_files is not None:
         spec.check_files(cfg, given)

@@ -21,20 +21,23 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 COLUMN_FLAGS = {"csv": ("path_col", "label_col"), "hf": ("label_col", "image_col")}
 
 
-def use_checkpoint_data(cfg: argparse.Namespace, given: set[str], task: bool = True) -> None:
+def use_checkpoint_data(cfg: argparse.Namespace, given: set[str], task: bool = True,
+                        checkpoint: str | None = None) -> None:
     """A mode that runs a checkpoint with no ``--data`` given (flag or YAML) uses the data the checkpoint
     was trained on, so that ``--evaluation --resume CKPT`` evaluates on that data's split and
     ``--knowledge`` / ``--make_curriculum`` write next to it, not into the default ``data/digits``.
     Left alone when the checkpoint carries no config or its data folder is gone (``--data`` then says
     where the data is). Run before every mode with ``needs_checkpoint`` (``check_files``). ``task``: the mode
     reads its data's labels, so a multi-label checkpoint's task applies (:func:`use_checkpoint_task`); a mode that
-    does not (``--predict``) with ``--data`` given reads nothing here (the checkpoint is read once, by the mode)."""
-    if not cfg.resume or not Path(cfg.resume).is_file() or ("data" in given and not task):
+    does not (``--predict``) with ``--data`` given reads nothing here (the checkpoint is read once, by the mode).
+    ``checkpoint``: the checkpoint to read, when not ``--resume`` (``--average``'s last one)."""
+    checkpoint = checkpoint or cfg.resume
+    if not checkpoint or not Path(checkpoint).is_file() or ("data" in given and not task):
         return
     from utils.checkpoint import saved_config  # not at the top: config stays torch-free
-    saved = saved_config(cfg.resume)
+    saved = saved_config(checkpoint)
     if isinstance(saved, dict):
-        use_checkpoint_task(cfg, saved, given)
+        use_checkpoint_task(cfg, saved, given, checkpoint)
     if "data" in given:
         return
     data = saved.get("data") if isinstance(saved, dict) else None
@@ -43,7 +46,7 @@ def use_checkpoint_data(cfg: argparse.Namespace, given: set[str], task: bool = T
     logger = logging.getLogger("config")
     if (saved.get("dataset") != "hf" and "://" not in data and "{" not in data  # shards: a URL or a pattern;
             and not Path(data).exists()):  # hf: also a Hub name, which is no path
-        logger.warning("%s was trained on %s, which does not exist here: using --data %s", cfg.resume, data, cfg.data)
+        logger.warning("%s was trained on %s, which does not exist here: using --data %s", checkpoint, data, cfg.data)
         return
     cfg.data = data
     if "dataset" not in given and saved.get("dataset") in set(DATASET_ALIASES.values()):
@@ -52,21 +55,23 @@ def use_checkpoint_data(cfg: argparse.Namespace, given: set[str], task: bool = T
         for key in COLUMN_FLAGS.get(cfg.dataset, ()):
             if key not in given and isinstance(saved.get(key), str):
                 setattr(cfg, key, saved[key])
-    logger.info("no --data given: using %s (%s layout), the data %s was trained on", data, cfg.dataset, cfg.resume)
+    logger.info("no --data given: using %s (%s layout), the data %s was trained on", data, cfg.dataset, checkpoint)
 
 
 # The flags that say how a multi-label model's data writes its label sets.
 LABEL_SET_FLAGS = ("label_delim", "allow_empty_labels")
 
 
-def use_checkpoint_task(cfg: argparse.Namespace, saved: dict[str, Any], given: set[str]) -> None:
+def use_checkpoint_task(cfg: argparse.Namespace, saved: dict[str, Any], given: set[str],
+                        checkpoint: str | None = None) -> None:
     """A checkpoint trained with ``--multi_label`` is run as one (its data read as label sets, with its
     ``--label_delim`` and ``--allow_empty_labels`` unless given): the task is the model's, not a flag to repeat."""
     if saved.get("multi_label") is not True:
         return
     if not cfg.multi_label:
         cfg.multi_label = True
-        logging.getLogger("config").info("%s is a multi-label model: its data is read as label sets", cfg.resume)
+        logging.getLogger("config").info("%s is a multi-label model: its data is read as label sets",
+                                          checkpoint or cfg.resume)
     for key in (*LABEL_SET_FLAGS, "criterion"):  # the criterion: not softmax, which the task refused
         if key not in given and key in saved:
             setattr(cfg, key, saved[key])

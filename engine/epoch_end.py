@@ -10,7 +10,9 @@ from typing import Any, Callable
 
 from utils.atomic import write_json_atomic
 from utils.distributed import gather_objects
+from utils.eval_metric import EVAL_METRICS, EvalMetric
 
+from .early_stop import EarlyStopping
 from .state import CheckpointSaver
 
 logger = logging.getLogger(__name__)
@@ -20,12 +22,16 @@ TAGS = {"lr": "train/lr", "img_per_s": "train/img_per_s"}
 
 
 MULTI_LABEL_KEYS = ("map", "of1", "cf1")  # a multi-label evaluation's metrics (percent)
+SINGLE_LABEL_KEYS = ("macro_f1", "balanced_acc")  # a single-label evaluation's metrics beside top-1/top-5
 HEADLINE = ("mAP", "map")
 
 
-def headline(result: dict[str, Any]) -> float:
-    """The validation metric that chooses best.pth: mAP for a multi-label model, else top-1."""
-    return result["map"] if "map" in result else result["top1"]
+def headline(result: dict[str, Any], metric: EvalMetric | None = None) -> float:
+    """The validation number that chooses best.pth: ``metric``'s (``--eval_metric``), by default mAP for a
+    multi-label model, else top-1."""
+    if metric is None:
+        metric = EVAL_METRICS["map" if "map" in result else "top1"]
+    return result[metric.result_key]
 
 
 def warn_if_diverging(val_loss: float, history: list[dict], epoch: int, factor: float = 100.0) -> bool:
@@ -45,13 +51,15 @@ class EpochEnd:
     ``capture(epoch=, best_top1=, best_epoch=, history=)`` returns the checkpoint dict (``TrainState.capture``
     with the spec and config bound); ``writer`` is a TensorBoard ``SummaryWriter`` (or None) and ``recorder``
     anything with ``epoch(row)`` (the run's trackers): both duck-typed, so that the engine imports neither.
-    ``history`` is the run's list of rows, extended in place.
+    ``history`` is the run's list of rows, extended in place. The saver's metric (``--eval_metric``) chooses
+    best.pth and feeds ``early_stop`` (``--patience``), whose counter each checkpoint carries.
     """
 
     def __init__(self, run_dir: Path, epochs: int, saver: CheckpointSaver, writer: Any, recorder: Any,
                  capture: Callable[..., dict[str, Any]], history: list[dict], *, write: bool,
-                 skip_bad_images: bool) -> None:
+                 skip_bad_images: bool, early_stop: EarlyStopping | None = None) -> None:
         self.run_dir, self.epochs, self.saver, self.writer, self.recorder = run_dir, epochs, saver, writer, recorder
+        self.early_stop = early_stop  # --patience (None: made at the first epoch, with the saver's metric)
         self.capture, self.history = capture, history
         self.write, self.skip_bad_images = write, skip_bad_images
         self.diverging = False  # warned once per run
@@ -59,23 +67,32 @@ class EpochEnd:
 
     def __call__(self, epoch: int, tr: dict[str, Any], va: dict[str, Any], va_ema: dict[str, Any] | None) -> bool:
         """Record epoch ``epoch`` (training metrics ``tr``, validation ``va`` and, with EMA, ``va_ema``);
-        returns whether it is the new best."""
-        is_best = self.saver.update_best(epoch, headline(va), va["loss"], self.history)
+        returns whether it is the new best (``early_stop.stopped_epoch`` says whether the run stops here)."""
+        if self.saver.metric is None:
+            self.saver.metric = EVAL_METRICS["map" if "map" in va else "top1"]
+        if self.early_stop is None:
+            self.early_stop = EarlyStopping(self.saver.metric)
+        value = headline(va, self.saver.metric)
+        is_best = self.saver.update_best(epoch, value, va["loss"], self.history)
+        self.early_stop.step(epoch, value)
         row = self._row(epoch, tr, va, va_ema)
         self.diverging = self.diverging or warn_if_diverging(va["loss"], self.history, epoch)
         self.history.append(row)
         self.recorder.epoch(row)
         self.thresholds = tuple(va.get("thresholds", ()))
         state = self.capture(epoch=epoch, best_top1=self.saver.best_top1, best_epoch=self.saver.best_epoch,
-                             history=self.history, thresholds=self.thresholds)
-        if self.write:
-            self.saver.save(state, is_best)  # best: best.pth is linked to last.pth's file, not written again
+                             history=self.history, thresholds=self.thresholds,
+                             early_stop=self.early_stop.state_dict())
+        if self.write:  # best: best.pth is linked to last.pth's file, not written again; the kept epochs too
+            self.saver.save(state, is_best, history=self.history)
             write_json_atomic(self.run_dir / "metrics.json", {"history": self.history})
         self._tensorboard(epoch, row)
         ema = f"  ema {HEADLINE[0]} {headline(va_ema):.2f}" if va_ema is not None and "map" in va else \
             f"  ema top-1 {row['val_ema_top1']:.2f}" if va_ema is not None else ""
         val = (f"mAP {va['map']:.2f} OF1 {va['of1']:.2f} CF1 {va['cf1']:.2f} p@1 {va['top1']:.2f}" if "map" in va else
                f"top-1 {va['top1']:.2f} top-5 {va['top5']:.2f}")
+        if self.saver.metric.name in SINGLE_LABEL_KEYS:  # the eval metric, when the line does not show it already
+            val += f" {self.saver.metric.label} {value:.2f}"
         logger.info("epoch %d/%d  train loss %.4f %s %.2f  val loss %.4f %s%s  lr %.2e  %.0f img/s%s", epoch + 1,
                     self.epochs, tr["loss"], "p@1" if "map" in va else "top-1", tr["top1"], va["loss"], val, ema,
                     tr["lr"], tr["img_per_s"], "  *best*" if is_best else "")
@@ -87,7 +104,8 @@ class EpochEnd:
         ``--save_every_steps`` alike. Under DDP every rank calls it at the same step (it gathers the sums);
         the ``write`` rank saves."""
         state = self.capture(epoch=epoch - 1, best_top1=self.saver.best_top1, best_epoch=self.saver.best_epoch,
-                             history=self.history, thresholds=self.thresholds)
+                             history=self.history, thresholds=self.thresholds,
+                             early_stop=None if self.early_stop is None else self.early_stop.state_dict())
         state["resume_at"] = {"epoch": epoch, "batch": batches_done, "partial": gather_objects(dict(partial))}
         if self.write:
             self.saver.save(state)
@@ -101,7 +119,7 @@ class EpochEnd:
             row.update(skipped_train=tr["skipped"], skipped_val=va["skipped"])
         if va_ema is not None:
             row.update(val_ema_loss=va_ema["loss"], val_ema_top1=va_ema["top1"], val_ema_top5=va_ema["top5"])
-        for key in MULTI_LABEL_KEYS:  # multi-label: mAP and F1
+        for key in (*SINGLE_LABEL_KEYS, *MULTI_LABEL_KEYS):  # macro F1 and balanced accuracy; multi-label: mAP, F1
             for prefix, result in (("val", va), ("val_ema", va_ema)):
                 if result is not None and key in result:
                     row[f"{prefix}_{key}"] = result[key]

@@ -8,6 +8,7 @@ epoch's file, the fallback to ``last.pth.prev`` when ``last.pth`` cannot be read
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +16,12 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel
 
 from models import extract_state_dict, load_state_dict_checked
 from models.spec import ModelSpec
 from optim import ModelEma
-from utils.atomic import remove_stale_temporaries
+from utils.atomic import remove_stale_temporaries, write_json_atomic
 from utils.checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -29,34 +31,43 @@ from utils.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from utils.eval_metric import EVAL_METRICS, EvalMetric, is_better, rank_key
 
 logger = logging.getLogger(__name__)
+
+KEPT_INDEX = "kept.json"  # the epochs kept by --checkpoint_hist and --keep_last (CheckpointSaver.keep_epochs)
+NO_BEST = -1.0  # ``best_top1`` before any epoch was validated (with ``best_epoch`` None)
 
 
 @dataclass
 class Progress:
     """Where a run stands: the epoch (and batch, with this rank's running sums) to continue at, the
-    best validation top-1 so far and its epoch (what best.pth holds), and the per-epoch history."""
+    best eval-metric value so far and its epoch (what best.pth holds), the per-epoch history and the early
+    stopping counter."""
     start_epoch: int = 0
     start_batch: int = 0
     partial: dict[str, float] | None = None
-    best_top1: float = -1.0
+    best_top1: float = NO_BEST
     best_epoch: int | None = None
     history: list[dict] = field(default_factory=list)
+    early_stop: dict[str, Any] | None = None  # EarlyStopping.state_dict() as saved (None: not saved)
     thresholds: tuple[float, ...] = ()  # multi-label: the decision thresholds the checkpoint's spec carries
 
 
-def improves_on_best(top1: float, loss: float, *, best_top1: float, best_epoch: int | None,
-                     history: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether an epoch with validation ``top1`` and ``loss`` replaces best.pth (epoch ``best_epoch``, top-1
-    ``best_top1``): a higher top-1, or the same top-1 with a lower validation loss than that epoch's row
-    in ``history``.
+def improves_on_best(value: float, loss: float, *, best_top1: float, best_epoch: int | None,
+                     history: Sequence[Mapping[str, Any]], metric: EvalMetric = EVAL_METRICS["top1"]) -> bool:
+    """Whether an epoch with validation ``metric`` ``value`` and ``loss`` replaces best.pth (epoch
+    ``best_epoch``, value ``best_top1``: the name stays that of the checkpoint key, the value is the eval
+    metric's): a better value in the metric's direction, or the same value with a lower validation loss than
+    that epoch's row in ``history`` (equal in both: the earlier epoch stays; ``utils.eval_metric.rank_key``).
 
     The tie-break matters on small validation sets, where top-1 moves in steps of one image and reaches its
     maximum early: the first epoch at that maximum is often a less trained model (higher loss, mid-schedule
     weights) than a later one that ties it."""
-    if top1 != best_top1:
-        return top1 > best_top1
+    if best_epoch is None and best_top1 == NO_BEST:
+        return True  # nothing validated yet
+    if value != best_top1:
+        return is_better(value, best_top1, metric)
     best = next((row for row in history if row.get("epoch") == best_epoch), None)
     return best is not None and loss < best["val_loss"]  # no row: a checkpoint from before best_epoch existed
 
@@ -70,15 +81,18 @@ class TrainState:
     scaler: torch.amp.GradScaler | None = None
     criterion: nn.Module | None = None
     ema: ModelEma | None = None
+    swa: AveragedModel | None = None  # --swa_epochs: the running average of the last epochs' weights
 
     def capture(self, *, epoch: int, best_top1: float, best_epoch: int | None, spec: ModelSpec,
-                config: Mapping[str, Any], history: list[dict]) -> dict[str, Any]:
+                config: Mapping[str, Any], history: list[dict],
+                early_stop: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Everything needed to resume exactly: weights (and their EMA), optimizer, schedule, scaler, the
         loss's own state (GHM's moving averages), RNG, bookkeeping (the best epoch: what best.pth holds),
-        the model's spec and the run's config (a plain dict)."""
+        the model's spec and the run's config (a plain dict), and the early-stopping counter (``--patience``)."""
         return {
             "model": self.model.state_dict(),
             "model_ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "model_swa": self.swa.state_dict() if self.swa is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -92,6 +106,7 @@ class TrainState:
             "model_spec": spec.to_dict(),
             "config": dict(config),
             "history": history,
+            "early_stop": dict(early_stop) if early_stop is not None else None,
         }
 
     def restore(self, ckpt: Mapping[str, Any], path: Path, *, class_names: Sequence[str], rank: int = 0,
@@ -116,9 +131,12 @@ class TrainState:
             self.criterion.load_state_dict(ckpt["criterion"])
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") else self.model.state_dict())
+        if self.swa is not None and ckpt.get("model_swa"):  # else (none saved yet): the average starts afresh
+            self.swa.load_state_dict(ckpt["model_swa"])
         restore_rng_state(ckpt["rng"])
         progress = Progress(start_epoch=ckpt["epoch"] + 1, best_top1=ckpt["best_top1"],
                             best_epoch=ckpt.get("best_epoch"), history=list(ckpt.get("history", [])),
+                            early_stop=ckpt.get("early_stop"),
                             thresholds=tuple((ckpt.get("model_spec") or {}).get("thresholds") or ()))
         if ckpt.get("resume_at"):  # stopped mid-epoch: continue at the next batch of that epoch
             progress.start_epoch, progress.start_batch = ckpt["resume_at"]["epoch"], ckpt["resume_at"]["batch"]
@@ -128,33 +146,89 @@ class TrainState:
 
 
 class CheckpointSaver:
-    """The checkpoint folder of a run: ``last.pth`` (and ``last.pth.prev``), ``best.pth`` linked to it."""
+    """The checkpoint folder of a run: ``last.pth`` (and ``last.pth.prev``), ``best.pth`` linked to it, and the
+    epochs kept on request (``--checkpoint_hist N``: the N best by the eval metric; ``--keep_last K``: the
+    last K), each as ``epoch_<E>.pth`` (E counted from 1, as the logs count) listed in ``kept.json``."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, metric: EvalMetric | None = None, checkpoint_hist: int = 0,
+                 keep_last: int = 0):
         self.folder = Path(folder)
         self.last, self.best = self.folder / "last.pth", self.folder / "best.pth"
-        # the epoch best.pth holds and its validation top-1 (None and -1: no epoch validated yet)
-        self.best_top1: float = -1.0
+        # the eval metric; None: the first validation's kind decides (mAP for a multi-label model, else top-1)
+        self.metric, self.checkpoint_hist, self.keep_last = metric, checkpoint_hist, keep_last
+        # the epoch best.pth holds and its eval-metric value (None and NO_BEST: no epoch validated yet)
+        self.best_top1: float = NO_BEST
         self.best_epoch: int | None = None
 
     def adopt(self, progress: Progress) -> None:
         """Take over the best epoch a resumed run recorded (``progress`` from :meth:`TrainState.restore`)."""
         self.best_top1, self.best_epoch = progress.best_top1, progress.best_epoch
 
-    def update_best(self, epoch: int, top1: float, loss: float, history: Sequence[Mapping[str, Any]]) -> bool:
-        """Whether epoch ``epoch`` (validation ``top1`` and ``loss``) becomes the best, by
+    def update_best(self, epoch: int, value: float, loss: float, history: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether epoch ``epoch`` (validation eval-metric ``value`` and ``loss``) becomes the best, by
         :func:`improves_on_best` against ``history`` (the rows before this epoch's); if so it is recorded."""
-        is_best = improves_on_best(top1, loss, best_top1=self.best_top1, best_epoch=self.best_epoch, history=history)
+        is_best = improves_on_best(value, loss, best_top1=self.best_top1, best_epoch=self.best_epoch,
+                                   history=history, metric=self.metric or EVAL_METRICS["top1"])
         if is_best:
-            self.best_top1, self.best_epoch = top1, epoch
+            self.best_top1, self.best_epoch = value, epoch
         return is_best
 
-    def save(self, state: dict[str, Any], is_best: bool = False) -> None:
+    def save(self, state: dict[str, Any], is_best: bool = False,
+             history: Sequence[Mapping[str, Any]] | None = None) -> None:
         """Write ``state`` as last.pth (the previous one kept); when ``is_best`` link best.pth to the same
-        file rather than writing it again."""
+        file rather than writing it again. With ``history`` (an epoch's end: its rows, this epoch's last) the
+        epoch is also kept as ``epoch_<E>.pth`` when ``--checkpoint_hist``/``--keep_last`` ask for it
+        (:meth:`keep_epochs`)."""
+        keeping = bool(history) and bool(self.checkpoint_hist or self.keep_last)
+        if keeping and len(history) > 1:
+            self._keep_missed(history[-2]["epoch"])
         save_checkpoint(state, self.last, keep_previous=True)
         if is_best:
             link_checkpoint(self.last, self.best)
+        if keeping:
+            self.keep_epochs(history)
+
+    def epoch_path(self, epoch: int) -> Path:
+        """Where epoch ``epoch`` (0-based) is kept: ``epoch_<epoch + 1>.pth``."""
+        return self.folder / f"epoch_{epoch + 1}.pth"
+
+    def keep_epochs(self, history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Keep the epoch just saved (last.pth; ``history``'s last row) as ``epoch_<E>.pth``, then write
+        ``kept.json`` (the ``checkpoint_hist`` best epochs among those kept, best first by
+        ``utils.eval_metric.rank_key``, and the ``keep_last`` last ones, oldest first), then remove the epoch
+        files it no longer lists. Each step is atomic (a link renamed into place, an index renamed into place,
+        an unlink): a kill leaves at worst a file too many (removed by the next save or :meth:`tidy`), never
+        an index naming a missing or half-written file. Returns the index."""
+        epoch = history[-1]["epoch"]
+        link_checkpoint(self.last, self.epoch_path(epoch))
+        rows = [row for row in history if row["epoch"] == epoch or self.epoch_path(row["epoch"]).is_file()]
+        ranked = sorted(rows, key=lambda row: rank_key(row, self.metric))[:self.checkpoint_hist]
+        last = sorted(row["epoch"] for row in rows)[-self.keep_last:] if self.keep_last else []
+        index = {"metric": self.metric.name,
+                 "best": [{"epoch": row["epoch"] + 1, "file": self.epoch_path(row["epoch"]).name,
+                           "value": row[self.metric.row_key]} for row in ranked],
+                 "last": [{"epoch": e + 1, "file": self.epoch_path(e).name} for e in last]}
+        write_json_atomic(self.folder / KEPT_INDEX, index)
+        self._remove_unlisted(index)
+        return index
+
+    def _keep_missed(self, epoch: int) -> None:
+        """Before last.pth is replaced: a run killed between saving epoch ``epoch`` and keeping it left no
+        ``epoch_<E>.pth``; it is linked from last.pth (or last.pth.prev) while one still holds that epoch, so
+        the resumed run keeps the epochs an uninterrupted one does (the index then decides whether it stays)."""
+        if self.epoch_path(epoch).is_file():
+            return
+        for source in (self.last, previous_path(self.last)):
+            if end_of_epoch(source) == epoch:
+                link_checkpoint(source, self.epoch_path(epoch))
+                return
+
+    def _remove_unlisted(self, index: Mapping[str, Any]) -> None:
+        """Remove the ``epoch_<E>.pth`` files ``index`` (kept.json) does not list."""
+        listed = {entry["file"] for group in ("best", "last") for entry in index.get(group, [])}
+        for path in self.folder.glob("epoch_*.pth"):
+            if path.name not in listed:
+                path.unlink(missing_ok=True)
 
     def tidy(self, resumed_from: Path | None, best_epoch: int | None = None) -> None:
         """Before a run writes here: temporaries of a run killed mid-write go, and when resuming from this
@@ -163,8 +237,21 @@ class CheckpointSaver:
         if not self.folder.is_dir():
             return
         remove_stale_temporaries(self.folder)
+        self._tidy_kept()
         if resumed_from is not None and resumed_from.parent.resolve() == self.folder.resolve():
             self.restore_best_link(best_epoch)
+
+    def _tidy_kept(self) -> None:
+        """Epoch files a run killed between keeping an epoch and updating kept.json left: removed."""
+        index_path = self.folder / KEPT_INDEX
+        if not index_path.is_file():
+            return
+        try:
+            index = json.loads(index_path.read_text())
+        except (OSError, ValueError) as e:
+            logger.warning("%s cannot be read (%s): the epoch files there are left as they are", index_path, e)
+            return
+        self._remove_unlisted(index)
 
     def restore_best_link(self, best_epoch: int | None = None) -> None:
         """Make ``best.pth`` the checkpoint of epoch ``best_epoch`` (by default the saver's own best; recorded

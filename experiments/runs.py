@@ -42,6 +42,7 @@ from typing import Any, Sequence
 
 from config.saved import RunFolderError, read_config
 from utils.atomic import atomic_write, write_text_atomic
+from utils.eval_metric import eval_metric_of, rank_key
 from utils.misc import FAILED_MARK
 from utils.table import format_table
 
@@ -74,22 +75,26 @@ class RunRecord:
     @property
     def multi_label(self) -> bool:
         """Whether the run trained a multi-label model (its config's ``multi_label``, or mAP in its history)."""
-        return headline_metric(self.config, self.history) == "val_map"
+        return self._metric_config["multi_label"]
 
     @cached_property
     def metrics(self) -> dict[str, Any]:
-        """The comparison's numbers: best val top-1 (multi-label: best val mAP) and its (1-based) epoch, test
-        top-1/top-5 (multi-label: test mAP and OF1; the top-1 keys stay None, a multi-label top-1 is p@1), epochs
-        done and planned (``epochs``: the run's --epochs), training minutes (the sum of the epochs' training
-        time) and the median training img/s."""
-        key = headline_metric(self.config, self.history)
-        vals = [(row.get(key), i) for i, row in enumerate(self.history) if row.get(key) is not None]
-        best, best_i = max(vals, key=lambda v: (v[0], -v[1])) if vals else (None, None)
+        """The comparison's numbers: the best epoch by the run's eval metric (``--eval_metric``, with the tie rule
+        of best.pth: ``utils.eval_metric.rank_key``; 1-based), its value (``best_val``) and its val top-1
+        (multi-label: its val mAP), test top-1/top-5 (multi-label: test mAP and OF1; the top-1 keys stay None, a
+        multi-label top-1 is p@1), epochs done and planned (``epochs``: the run's --epochs), training minutes
+        (the sum of the epochs' training time) and the median training img/s."""
+        metric = eval_metric_of(self._metric_config)
+        rows = [row for row in self.history if row.get(metric.row_key) is not None]
+        best_row = min(rows, key=lambda row: rank_key(row, metric)) if rows else None
         speeds = sorted(row["img_per_s"] for row in self.history if row.get("img_per_s") is not None)
         test = self.test or {}
-        multi = key == "val_map"
-        return {"best_val_top1": None if multi else best, "best_val_map": best if multi else None,
-                "best_epoch": None if best_i is None else self.history[best_i]["epoch"] + 1,
+        multi = self.multi_label
+        best = (lambda key: None if best_row is None else best_row.get(key))
+        return {"best_val_top1": None if multi else best("val_top1"),
+                "best_val_map": best("val_map") if multi else None,
+                "eval_metric": metric.name, "best_val": best(metric.row_key),
+                "best_epoch": None if best_row is None else best_row["epoch"] + 1,
                 "test_top1": None if multi else test.get("test_top1"),
                 "test_top5": None if multi else test.get("test_top5"),
                 "test_map": test.get("test_map") if multi else None,
@@ -98,12 +103,27 @@ class RunRecord:
                 "train_min": sum(row.get("time") or 0.0 for row in self.history) / 60 if self.history else None,
                 "img_per_s": speeds[len(speeds) // 2] if speeds else None}
 
+    @property
+    def _metric_config(self) -> dict[str, Any]:
+        """The config as ``eval_metric_of`` reads it: a run saved before --multi_label was recorded counts as
+        multi-label when its history has mAP."""
+        return {**self.config, "multi_label": self.config.get("multi_label") is True
+                or any("val_map" in row for row in self.history)}
+
+    @property
+    def status_text(self) -> str:
+        """The status as a table shows it: ``early-stopped at epoch E`` for a finished run that --patience
+        stopped (its test summary's ``early_stopped_at``), else ``status``."""
+        stopped = (self.test or {}).get("early_stopped_at")
+        return f"early-stopped at epoch {stopped}" if self.status == "finished" and stopped else self.status
+
 
 def headline_metric(config: dict[str, Any], history: Sequence[dict[str, Any]] = ()) -> str:
-    """The history key a run is judged by: ``val_map`` for a multi-label run (``config["multi_label"]``, or mAP
-    in its history), else ``val_top1``. The comparison's best-val column and a search's objective."""
+    """The history key a run is judged by: its ``--eval_metric``'s (``utils.eval_metric``), by default
+    ``val_map`` for a multi-label run (``config["multi_label"]``, or mAP in its history), else ``val_top1``.
+    The comparison's best epoch and a search's objective."""
     multi = config.get("multi_label") is True or any("val_map" in row for row in history)
-    return "val_map" if multi else "val_top1"
+    return eval_metric_of({**config, "multi_label": multi}).row_key
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
@@ -318,6 +338,8 @@ TOP1_COLUMNS = (("best_val_top1", "best val top-1", 2), ("best_epoch", "best epo
                 ("test_top1", "test top-1", 2), ("test_top5", "test top-5", 2))
 MAP_COLUMNS = (("best_val_map", "best val mAP", 2), ("best_epoch", "best epoch", None), ("test_map", "test mAP", 2),
                ("test_of1", "test OF1", 2))
+# Shown when a run ranks its epochs by another --eval_metric than its kind's default (top-1, or mAP).
+EVAL_METRIC_COLUMNS = (("eval_metric", "eval metric", None), ("best_val", "best val (eval metric)", 4))
 RUN_COLUMNS = (("epochs_done", "epochs done", None), ("epochs", "epochs planned", None),
                ("train_min", "train min", 2), ("img_per_s", "train img/s", 0))
 COLUMNS = tuple(key for key, _, _ in (*TOP1_COLUMNS, *RUN_COLUMNS)) + ("status",)
@@ -332,6 +354,8 @@ def metric_columns(records: Sequence[RunRecord]) -> list[tuple[str, str, int | N
     kinds = {r.multi_label for r in records}
     groups = [group for multi, group in ((False, TOP1_COLUMNS), (True, MAP_COLUMNS)) if multi in kinds]
     columns = [column for group in groups or [TOP1_COLUMNS] for column in group]
+    if any(r.config.get("eval_metric") not in (None, "map" if r.multi_label else "top1") for r in records):
+        columns += EVAL_METRIC_COLUMNS
     seen: set[str] = set()
     unique = [c for c in columns if not (c[0] in seen or seen.add(c[0]))]
     return unique + list(RUN_COLUMNS)
@@ -350,14 +374,31 @@ def comparison_table(records: Sequence[RunRecord], root: Path) -> tuple[list[str
     for r in records:
         m = r.metrics
         rows.append([_relative(r.path, root), *(format_value(r.config.get(k)) for k in flag_keys),
-                     *(m[key] if digits is None else _num(m[key], digits) for key, _, digits in columns), r.status])
+                     *(m[key] if digits is None else _num(m[key], digits) for key, _, digits in columns),
+                     r.status_text])
     return headers, rows, keys
 
 
-def default_sort_key(records: Sequence[RunRecord]) -> str:
-    """What a table is sorted by when ``--sort_by`` is not given: best val mAP when every run is multi-label,
-    else best val top-1."""
-    return "best_val_map" if records and all(r.multi_label for r in records) else "best_val_top1"
+def default_sort_key(records: Sequence[RunRecord]) -> tuple[str, bool]:
+    """What a table is sorted by when ``--sort_by`` is not given, and whether larger is better: the best val of
+    the runs' eval metric when they all share one other than their default (``best_val``; lower is better for
+    val_loss), else best val mAP when every run is multi-label, else best val top-1."""
+    metrics = {eval_metric_of(r._metric_config) for r in records}
+    if len(metrics) == 1 and any(r.config.get("eval_metric") for r in records):
+        metric = metrics.pop()
+        if metric.name not in ("top1", "map"):
+            return "best_val", metric.higher_is_better
+    return ("best_val_map" if records and all(r.multi_label for r in records) else "best_val_top1"), True
+
+
+def _best_val_direction(records: Sequence[RunRecord]) -> bool:
+    """Whether a larger ``best_val`` is better: that of the runs' eval metric (a warning when they differ:
+    their best vals are not one measure)."""
+    metrics = {eval_metric_of(r._metric_config) for r in records}
+    if len(metrics) > 1:
+        logger.warning("--sort_by best_val: the runs rank their epochs by different eval metrics (%s): their best "
+                       "vals are not comparable", ", ".join(sorted(m.name for m in metrics)))
+    return all(m.higher_is_better for m in metrics)
 
 
 def _warn_if_mixed(records: Sequence[RunRecord], sort_by: str) -> None:
@@ -417,7 +458,9 @@ def compare_runs(paths: Sequence[str | Path], out_dir: str | Path | None = None,
     out = Path(out_dir) if out_dir is not None else root
     out.mkdir(parents=True, exist_ok=True)
     if sort_by is None:
-        sort_by, larger_is_better = default_sort_key(records), True
+        sort_by, larger_is_better = default_sort_key(records)
+    elif sort_by == "best_val":
+        larger_is_better = _best_val_direction(records)
     _warn_if_mixed(records, sort_by)
     records = sort_runs(records, sort_by, larger_is_better)
     headers, rows, keys = comparison_table(records, root)

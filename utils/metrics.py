@@ -46,7 +46,14 @@ def classification_report(labels: np.ndarray, preds: np.ndarray, class_names: Se
     """
     n = len(class_names)
     labels, preds = np.asarray(labels, dtype=np.int64).ravel(), np.asarray(preds, dtype=np.int64).ravel()
-    confusion = np.bincount(labels * n + preds, minlength=n * n).reshape(n, n)
+    return report_from_confusion(np.bincount(labels * n + preds, minlength=n * n).reshape(n, n), class_names)
+
+
+def report_from_confusion(confusion: np.ndarray, class_names: Sequence[str]) -> dict:
+    """:func:`classification_report` of a confusion matrix (rows = truth, columns = prediction); also the
+    balanced accuracy (``balanced_accuracy``: the mean recall over the classes that occur in the truth, as
+    scikit-learn's ``balanced_accuracy_score``)."""
+    confusion = np.asarray(confusion, dtype=np.int64)
     hits, support, predicted = np.diag(confusion).astype(float), confusion.sum(axis=1), confusion.sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         p = np.where(predicted > 0, hits / predicted, 0.0)
@@ -57,5 +64,16 @@ def classification_report(labels: np.ndarray, preds: np.ndarray, class_names: Se
     return {
         "per_class": per_class,
         "macro": {"precision": float(p.mean()), "recall": float(r.mean()), "f1": float(f.mean())},
+        "balanced_accuracy": float(r[support > 0].mean()) if (support > 0).any() else 0.0,
         "confusion_matrix": confusion.tolist(),
     }
+
+
+def confusion_counts(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The ``C x C`` confusion matrix (rows = true class, columns = top-1 prediction) of one batch, on the
+    logits' device (summed over batches and read once: ``topk_hits`` says why); images without a class (label
+    -1: an unlabelled split) are not counted."""
+    n = logits.shape[1]
+    labels = hard_labels(target).view(-1)
+    cells = (labels * n + logits.argmax(dim=1))[(labels >= 0) & (labels < n)]
+    return torch.bincount(cells, minlength=n * n).view(n, n)

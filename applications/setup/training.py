@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel
 
 from dataloader.labels import class_counts as label_counts
 from dataloader.loader import start_workers
@@ -47,6 +48,7 @@ class TrainingParts:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     ema: ModelEma | None
+    swa: AveragedModel | None  # --swa_epochs: the average of the last epochs' weights (torch.optim.swa_utils)
     dtype: torch.dtype | None
     scaler: torch.amp.GradScaler | None
     preprocess: Callable[[torch.Tensor], torch.Tensor]
@@ -125,12 +127,13 @@ def build_training_parts(cfg: argparse.Namespace, class_names: Sequence[str], in
     steps_per_epoch = math.ceil(len(train_loader) / cfg.accumulation_steps)
     scheduler = _build_scheduler(cfg, optimizer, steps_per_epoch) if train_options else None
     ema = ModelEma(model, cfg.ema_decay) if train_options and cfg.ema else None
+    swa = AveragedModel(model) if train_options and getattr(cfg, "swa_epochs", 0) else None
     dtype = amp_dtype(cfg.amp, cfg.amp_dtype, device)
     scaler = torch.amp.GradScaler(device.type) if train_options and dtype == torch.float16 else None
     parts = TrainingParts(
         model=model, info=info, train_set=train_set, train_loader=train_loader, val_set=val_set,
         val_loader=val_loader, criterion=criterion, val_criterion=val_criterion, batch_hook=batch_hook,
-        optimizer=optimizer, scheduler=scheduler, ema=ema, dtype=dtype, scaler=scaler,
+        optimizer=optimizer, scheduler=scheduler, ema=ema, swa=swa, dtype=dtype, scaler=scaler,
         preprocess=preprocessor(cfg, device), frozen=frozen, steps_per_epoch=steps_per_epoch,
         accumulation_steps=cfg.accumulation_steps, clip_grad=cfg.clip_grad if train_options else None,
         compile=bool(cfg.compile) and train_options, multi_label=cfg.multi_label)

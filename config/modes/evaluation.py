@@ -11,11 +11,12 @@ def _add_evaluation(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--eval_split", choices=["train", "val", "test"], default="test",
                    help="split for --evaluation (and the sample images of --jit and --onnx)")
     g.add_argument("--out", type=str, default=None,
-                   help="with --evaluation: write per-image predictions to this .json, .yaml or .pkl file")
+                   help="with --evaluation: write per-image predictions to this .json, .yaml or .pkl file; with "
+                        "--average: the averaged checkpoint (.pth)")
 
 
 def _check_evaluation(cfg: argparse.Namespace) -> None:
-    if cfg.out is not None:
+    if cfg.out is not None and not getattr(cfg, "average", None):  # --average writes a .pth there
         need(Path(cfg.out).suffix in (".json", ".yaml", ".yml", ".pkl"),
              f"--out must end in .json, .yaml or .pkl, got {cfg.out!r}")
 

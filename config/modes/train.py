@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from config.base import FlagGroup, Mode, need, need_file, need_probability
+from utils.eval_metric import EVAL_METRICS, SINGLE_LABEL_METRICS
 from utils.weights_name import is_weights_name
 
 
@@ -53,10 +54,16 @@ def _add_fine_tuning(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--precise_bn", type=int, default=0, metavar="N",
                    help="recompute batch-norm running statistics over N training batches before each "
                         "evaluation and the checkpoint save (0 = off)")
+    g.add_argument("--swa_epochs", type=int, default=0, metavar="N",
+                   help="stochastic weight averaging: average the weights of the last N epochs "
+                        "(torch.optim.swa_utils), recompute their batch-norm statistics at the end, save them as "
+                        "checkpoints/swa.pth and test them next to best.pth (0 = off)")
 
 
 def _check_fine_tuning(cfg: argparse.Namespace) -> None:
     need(cfg.precise_bn >= 0, f"--precise_bn must be >= 0 batches, got {cfg.precise_bn}")
+    need(0 <= cfg.swa_epochs <= cfg.epochs, f"--swa_epochs must be between 0 and --epochs ({cfg.epochs}), "
+                                            f"got {cfg.swa_epochs}")
     if cfg.unfreeze_epoch is not None:
         need(cfg.freeze_backbone, "--unfreeze_epoch needs --freeze_backbone (it says when the frozen backbone "
                                   "starts training)")
@@ -111,7 +118,7 @@ def _add_schedule(g: argparse._ArgumentGroup) -> None:
 
 
 def _check_schedule(cfg: argparse.Namespace) -> None:
-    need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
+    need(cfg.lr >= 0, f"--lr must be >= 0 (0: the weights stay as they start, a check of the pipeline), got {cfg.lr}")
     need(cfg.warmup >= 0, f"--warmup must be >= 0 epochs, got {cfg.warmup}")
     need(cfg.warmup < cfg.epochs or cfg.warmup == 0,
          f"--warmup ({cfg.warmup} epochs) must be shorter than --epochs ({cfg.epochs})")
@@ -151,6 +158,53 @@ def _check_length(cfg: argparse.Namespace) -> None:
 
 # A resumed run may train longer and log elsewhere: these do not change what the epochs done so far were.
 LENGTH = FlagGroup("run length and tracking", _add_length, _check_length, resume_safe=True)
+
+
+def _add_selection(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--eval_metric", choices=list(EVAL_METRICS), default=None,
+                   help="the validation metric that chooses best.pth and drives --patience, --checkpoint_hist, "
+                        "--compare and sweeps (val_loss: lower is better; a tie goes to the lower val loss, then the "
+                        "earlier epoch); default: map with --multi_label, else top1")
+
+
+def _check_selection(cfg: argparse.Namespace) -> None:
+    metric = cfg.eval_metric
+    need(metric != "map" or cfg.multi_label, "--eval_metric map is the mean average precision of a --multi_label "
+                                             "model; add --multi_label, or pick top1, top5, macro_f1, balanced_acc "
+                                             "or val_loss")
+    need(metric not in SINGLE_LABEL_METRICS or not cfg.multi_label,
+         f"--eval_metric {metric} counts one predicted class per image; a --multi_label model predicts sets: use "
+         f"map (the default), top1 (p@1), top5 or val_loss")
+
+
+# What best.pth is: a resumed run keeps the metric it chose its best epochs by.
+SELECTION = FlagGroup("model selection", _add_selection, _check_selection)
+
+
+def _add_stopping(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--patience", type=int, default=0, metavar="N",
+                   help="early stopping: stop when the eval metric has not improved for N epochs (then test "
+                        "best.pth as usual); 0 = off")
+    g.add_argument("--min_delta", type=float, default=0.0, metavar="D",
+                   help="with --patience: an improvement counts when it beats the best by more than D (the "
+                        "metric's units: percentage points, or the loss's)")
+    g.add_argument("--checkpoint_hist", type=int, default=0, metavar="N",
+                   help="keep the N best epochs by the eval metric as checkpoints/epoch_<E>.pth (listed in "
+                        "checkpoints/kept.json); 0 = off")
+    g.add_argument("--keep_last", type=int, default=0, metavar="K",
+                   help="keep the last K epochs as checkpoints/epoch_<E>.pth (listed in checkpoints/kept.json), "
+                        "e.g. for weight averaging; 0 = off")
+
+
+def _check_stopping(cfg: argparse.Namespace) -> None:
+    for flag in ("patience", "checkpoint_hist", "keep_last"):
+        need(getattr(cfg, flag) >= 0, f"--{flag} must be >= 0 (0 = off), got {getattr(cfg, flag)}")
+    need(cfg.min_delta >= 0, f"--min_delta must be >= 0, got {cfg.min_delta}")
+    need(cfg.patience or not cfg.min_delta, "--min_delta is the improvement --patience counts; add --patience N")
+
+
+# A resumed run may stop sooner or later and keep other epochs: the epochs done so far stay what they were.
+STOPPING = FlagGroup("early stopping and kept checkpoints", _add_stopping, _check_stopping, resume_safe=True)
 
 
 def _add_augmentation(g: argparse._ArgumentGroup) -> None:
@@ -334,7 +388,8 @@ def _add_speed(g: argparse._ArgumentGroup) -> None:
 SPEED = FlagGroup("speed and memory", _add_speed, resume_safe=True)
 
 # Every group --train reads, in --help order; --sweep passes them all on to its runs.
-GROUPS = (LENGTH, WEIGHTS, FINE_TUNING, OPTIMIZER, SCHEDULE, AUGMENTATION, LOSS, TEACHERS, DISTRIBUTED, SPEED)
+GROUPS = (LENGTH, SELECTION, STOPPING, WEIGHTS, FINE_TUNING, OPTIMIZER, SCHEDULE, AUGMENTATION, LOSS, TEACHERS,
+          DISTRIBUTED, SPEED)
 
 
 def _check_train(cfg: argparse.Namespace) -> None:

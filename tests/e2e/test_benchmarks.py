@@ -69,3 +69,12 @@ def test_shards_vs_folders_quick(tmp_path):
     rows = [line.split() for line in out.splitlines()[1:] if line.strip()]
     assert [row[0] for row in rows] == ["bytes", "pipeline"]
     assert all(float(row[2]) > 0 and float(row[3]) > 0 and row[4].endswith("x") for row in rows)
+
+
+@pytest.mark.slow
+def test_averaging_quick(tiny_data):
+    out = _quick("averaging.py", "--data", str(tiny_data["folder"]), "--image_size", "16", "16", "-b", "8",
+                 "--cache_dataset", "none", "-j", "0")
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 0 ")]
+    assert len(rows) == 1 and all(0 <= float(v) <= 100 for v in (rows[0][1], rows[0][3]))
+    assert float(rows[0][2]) > 0 and float(rows[0][4]) > 0

@@ -83,7 +83,7 @@ def test_yaml_null_is_the_value_of_a_flag_unset_by_default(tmp_path):
     (["--dataset", "csv", "--image_col", "img"], "--image_col names a column of a --dataset hf dataset, but --dataset "
                                                  "is csv: drop it, or pass --dataset hf"),
     (["--dataset", "csv", "--path_col", "x", "--label_col", "x"], "--path_col and --label_col must name two columns"),
-    (["--lr", "0"], "--lr must be > 0, got 0.0"),
+    (["--lr", "-1"], "--lr must be >= 0 (0: the weights stay as they start, a check of the pipeline), got -1.0"),
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--device", "tpu"], "--device must be cpu, cuda or cuda:N, got 'tpu'"),
     (["--label_smoothing", "1.5"], "--label_smoothing must be in [0, 1)"),
