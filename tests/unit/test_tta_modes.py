@@ -12,7 +12,7 @@ import torch
 
 import config
 from export.core import choose_opset, export_onnx, onnx_runner, read_onnx_metadata
-from helpers import calibrated_checkpoint, read_json, run_main
+from helpers import calibrated_checkpoint, read_json, run_main, write_pair_set
 from models import create_model
 from models.tta import ProbabilityAverage
 from utils.checkpoint import load_checkpoint, save_checkpoint
@@ -103,3 +103,24 @@ def test_tta_scales_parse_and_modes_match_the_wrapper():
     assert TTA_MODES == WRAPPER_MODES
     cfg = config.parse_config(["--evaluation", "--resume", "c.pth", "--tta", "scales", "0.875", "1"])
     assert cfg.tta == ["scales", "0.875", "1"] and cfg.ensemble is None
+
+
+def test_multi_label_tta_averages_sigmoid_scores_and_reports_map(tiny_data, tmp_path):
+    """A multi-label checkpoint under --tta hflip and as an ensemble of one: mAP reported, plain mAP beside it,
+    the scores per-class sigmoid probabilities (not a softmax), the ensemble of one equal to the checkpoint."""
+    from .test_multilabel_outputs import save_model
+    pairs = write_pair_set(tiny_data["folder"], tmp_path / "pairs")
+    ckpt = save_model(tmp_path / "run" / "checkpoints" / "best.pth", pairs)
+
+    def run(name: str, *flags: str) -> tuple[dict, list]:
+        out = tmp_path / f"{name}.json"
+        summary = main_json(["--evaluation", "--resume", str(ckpt), *flags, "--data", str(pairs), "--dataset", "csv",
+                             "-j", "0", "-b", "5", "--no_progress", "--out", str(out)])
+        return summary, [row["scores"] for row in read_json(out)]
+    plain, plain_scores = run("plain")
+    tta, tta_scores = run("tta", "--tta", "hflip")
+    one, one_scores = run("one", str(ckpt))
+    assert tta["plain"][0]["map"] == pytest.approx(plain["map"]) and "map" in tta
+    assert one["map"] == pytest.approx(plain["map"], abs=1e-6)
+    assert all(a == pytest.approx(b, abs=1e-5) for a, b in zip(one_scores, plain_scores))
+    assert any(a != pytest.approx(b, abs=1e-4) for a, b in zip(tta_scores, plain_scores))
