@@ -124,3 +124,12 @@ def test_multi_label_tta_averages_sigmoid_scores_and_reports_map(tiny_data, tmp_
     assert one["map"] == pytest.approx(plain["map"], abs=1e-6)
     assert all(a == pytest.approx(b, abs=1e-5) for a, b in zip(one_scores, plain_scores))
     assert any(a != pytest.approx(b, abs=1e-4) for a, b in zip(tta_scores, plain_scores))
+
+
+def test_onnx_mode_folds_the_flip_and_verifies_it(tiny_data, checkpoint):
+    """main.py --onnx --tta hflip: the file's outputs are the eager TTA model's (checked by the export's own
+    verification), and its metadata says so."""
+    summary = main_json(["--onnx", "--resume", str(checkpoint), "--tta", "hflip", "--data", str(tiny_data["folder"]),
+                         "-j", "0", "--no_progress"])
+    assert read_onnx_metadata(summary["path"])["tta"] == "hflip"
+    assert summary["max_abs_diff"] <= summary["bound"]
