@@ -1,9 +1,11 @@
 """``--evaluation``: evaluate a checkpoint on a split and report.
 
 Writes ``<run_dir>/eval_<split>/metrics.json`` (top-1, top-5, per-class precision/recall/F1, the
-confusion matrix), ``confusion_matrix.png`` and, with ``--out``, each image's prediction. A multi-label
-checkpoint is scored at the decision thresholds its spec carries (``--tune_thresholds``'s, else 0.5): mAP,
-CP/CR/CF1, OP/OR/OF1, per_class.md, per_class.png and worst_per_class.png (engine/report.py).
+confusion matrix; in ``eval_<split>_tta_<mode>`` / ``eval_<split>_ensemble<N>`` with ``--tta`` / several
+``--resume`` checkpoints, beside the plain report), ``confusion_matrix.png`` and, with ``--out``, each image's
+prediction. A multi-label checkpoint is scored at the decision thresholds its spec carries
+(``--tune_thresholds``'s, else 0.5): mAP, CP/CR/CF1, OP/OR/OF1, per_class.md, per_class.png and
+worst_per_class.png (engine/report.py).
 """
 from __future__ import annotations
 
@@ -54,8 +56,10 @@ def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo)
     spec = restored.spec
     dataset = build_dataset(cfg, cfg.eval_split, restored.class_names, train=False, fallback=True, spec=spec)
     loader = build_loader(cfg, dataset, train=False, device=restored.device, dist_info=info)
-    report_dir = run_dir / f"eval_{dataset.split}"
     members = ensemble_members(cfg, spec, restored.device)
+    # a TTA or ensemble report beside the plain one, not over it
+    suffix = (f"_tta_{'_'.join(cfg.tta)}" if cfg.tta else "") + (f"_ensemble{1 + len(members)}" if members else "")
+    report_dir = run_dir / f"eval_{dataset.split}{suffix}"
     model = averaged_model(cfg, restored.model, spec, members)
     metrics = evaluate_and_report(model, loader, dataset, restored.class_names,
                                   preprocess=preprocessor(spec, restored.device),

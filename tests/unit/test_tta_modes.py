@@ -46,6 +46,7 @@ def test_evaluation_with_tta_and_an_ensemble_of_one_checkpoint(tiny_data, checkp
     assert [row["top1"] for row in twice["plain"]] == [plain["top1"]] * 2  # per-model numbers beside the ensemble's
     tta, tta_scores = evaluate_scores(tiny_data, tmp_path, "tta", "--resume", str(checkpoint), "--tta", "hflip")
     assert tta["plain"][0]["top1"] == plain["top1"]  # the plain number logged beside the TTA one
+    assert tta["report_dir"].endswith("eval_test_tta_hflip") and twice["report_dir"].endswith("eval_test_ensemble2")
     assert not torch.allclose(tta_scores, plain_scores, atol=1e-3)  # the flip was applied
     assert torch.allclose(tta_scores.sum(1), torch.ones(len(tta_scores)), atol=1e-4)  # still probabilities
 
