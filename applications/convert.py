@@ -59,7 +59,14 @@ from models import model_family
 from utils.atomic import remove_stale_temporaries, temp_dir
 from utils.misc import log_to_file
 
-from .setup.common import Restored, build_dataset, checkpoint_run_dir, preprocessor, restore_for_inference
+from .setup.common import (
+    Restored,
+    averaged_model,
+    build_dataset,
+    checkpoint_run_dir,
+    preprocessor,
+    restore_for_inference,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -209,14 +216,16 @@ def export_checkpoint(cfg: argparse.Namespace, fmt: ExportFormat, out_dir: Path,
     restored = restored or restore_for_inference(cfg, torch.device("cpu"))
     arch = restored.spec.arch
     family = model_family(arch)
-    model = prepare_for_export(restored.model, family)
+    model = averaged_model(cfg, prepare_for_export(restored.model, family), restored.spec)  # --tta hflip: folded in
     images = sample_images(cfg, restored, cfg.eval_split)
     if out_dir.is_dir():  # what killed exports left (of processes that are gone: another export may be running)
         remove_stale_temporaries(out_dir, dead_owners_only=True)
     path = out_dir / fmt.filename
     staging = fmt.unverified(path)
     try:
-        info = fmt.write(model, images[:2], staging, export_metadata(restored.spec), cfg)
+        tta = getattr(cfg, "tta", None)  # the views folded into the graph: its outputs average their probabilities
+        metadata = {**export_metadata(restored.spec), **({"tta": " ".join(tta)} if tta else {})}
+        info = fmt.write(model, images[:2], staging, metadata, cfg)
         runners = fmt.runners(staging)
         with torch.no_grad():
             for runner in runners.values():

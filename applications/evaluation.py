@@ -1,22 +1,37 @@
 """``--evaluation``: evaluate a checkpoint on a split and report.
 
 Writes ``<run_dir>/eval_<split>/metrics.json`` (top-1, top-5, per-class precision/recall/F1, the
-confusion matrix), ``confusion_matrix.png`` and, with ``--out``, each image's prediction. A multi-label
-checkpoint is scored at the decision thresholds its spec carries (``--tune_thresholds``'s, else 0.5): mAP,
-CP/CR/CF1, OP/OR/OF1, per_class.md, per_class.png and worst_per_class.png (engine/report.py).
+confusion matrix; in ``eval_<split>_tta_<mode>`` / ``eval_<split>_ensemble<N>`` with ``--tta`` / several
+``--resume`` checkpoints, beside the plain report), ``confusion_matrix.png`` and, with ``--out``, each image's
+prediction. A multi-label checkpoint is scored at the decision thresholds its spec carries
+(``--tune_thresholds``'s, else 0.5): mAP, CP/CR/CF1, OP/OR/OF1, per_class.md, per_class.png and
+worst_per_class.png (engine/report.py).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from engine import amp_dtype, evaluate_and_report
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+
+from engine import amp_dtype, evaluate, evaluate_and_report
+from models.spec import ModelSpec
 from utils.distributed import DistInfo, cleanup, init_distributed
 from utils.misc import main_process_log
 
-from .setup.common import build_dataset, build_loader, checkpoint_run_dir, preprocessor, restore_for_inference
+from .setup.common import (
+    averaged_model,
+    build_dataset,
+    build_loader,
+    checkpoint_run_dir,
+    ensemble_members,
+    preprocessor,
+    restore_for_inference,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +56,12 @@ def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo)
     spec = restored.spec
     dataset = build_dataset(cfg, cfg.eval_split, restored.class_names, train=False, fallback=True, spec=spec)
     loader = build_loader(cfg, dataset, train=False, device=restored.device, dist_info=info)
-    report_dir = run_dir / f"eval_{dataset.split}"
-    metrics = evaluate_and_report(restored.model, loader, dataset, restored.class_names,
+    members = ensemble_members(cfg, spec, restored.device)
+    # a TTA or ensemble report beside the plain one, not over it
+    suffix = (f"_tta_{'_'.join(cfg.tta)}" if cfg.tta else "") + (f"_ensemble{1 + len(members)}" if members else "")
+    report_dir = run_dir / f"eval_{dataset.split}{suffix}"
+    model = averaged_model(cfg, restored.model, spec, members)
+    metrics = evaluate_and_report(model, loader, dataset, restored.class_names,
                                   preprocess=preprocessor(spec, restored.device),
                                   dtype=amp_dtype(cfg.amp, cfg.amp_dtype, restored.device),
                                   out_dir=report_dir, checkpoint=cfg.resume,
@@ -50,6 +69,9 @@ def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo)
                                   head=spec.head, write=info.is_main, multi_label=spec.multi_label,
                                   thresholds=spec.decision_thresholds if spec.multi_label else None)
     summary = {"top1": metrics["top1"], "top5": metrics["top5"], "split": dataset.split, "report_dir": str(report_dir)}
+    if model is not restored.model:  # --tta or an ensemble: each checkpoint's plain numbers beside the average's
+        summary["plain"] = plain_numbers(cfg, [restored.model, *members], loader, spec, restored.device,
+                                         metrics["map"] if spec.multi_label else metrics["top1"])
     if spec.multi_label:
         tuned = "tuned" if spec.thresholds else "default 0.5"
         logger.info("%s on %s split (%d images): mAP %s  OF1 %.2f  CF1 %.2f  p@1 %.2f at its %s thresholds; "
@@ -61,3 +83,22 @@ def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo)
                 cfg.resume, dataset.split, metrics["count"], metrics["top1"], metrics["top5"],
                 metrics["macro"]["f1"], report_dir)
     return summary
+
+
+def plain_numbers(cfg: argparse.Namespace, models: Sequence[nn.Module], loader: DataLoader, spec: ModelSpec,
+                  device: torch.device, averaged: float | None) -> list[dict[str, Any]]:
+    """Each checkpoint of ``--resume`` alone, without TTA, on the same images: its headline metric (top-1,
+    or mAP for a multi-label model), logged beside the ``averaged`` one (TTA and/or the ensemble)."""
+    key, name = ("map", "mAP") if spec.multi_label else ("top1", "top-1")
+    rows = []
+    for path, model in zip([cfg.resume, *(cfg.ensemble or [])], models):
+        result = evaluate(model, loader, preprocess=preprocessor(spec, device), multi_label=spec.multi_label,
+                          dtype=amp_dtype(cfg.amp, cfg.amp_dtype, device),
+                          thresholds=spec.decision_thresholds if spec.multi_label else 0.5)
+        rows.append({"checkpoint": str(path), key: result[key]})
+        logger.info("plain %s %.2f: %s alone, without TTA", name, result[key], path)
+    how = " + ".join(([f"--tta {' '.join(cfg.tta)}"] if cfg.tta else []) +
+                     ([f"ensemble of {len(models)}"] if len(models) > 1 else []))
+    logger.info("%s %s: %s (plain: %s)", name, how, "n/a" if averaged is None else f"{averaged:.2f}",
+                ", ".join(f"{row[key]:.2f}" for row in rows))
+    return rows

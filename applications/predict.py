@@ -42,8 +42,10 @@ from utils.multilabel import label_sets
 from utils.runlock import fresh_dir
 
 from .setup.common import (
+    averaged_model,
     build_loader,
     checkpoint_run_dir,
+    ensemble_members,
     model_from_checkpoint,
     preprocessor,
     source_dataset,
@@ -88,6 +90,7 @@ def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     names = resolve_class_names(cfg, ckpt)
     device = resolve_device(cfg.device)
     model, spec = model_from_checkpoint(cfg.resume, cfg, fallback_class_names=names or [], ckpt=ckpt)
+    model = averaged_model(cfg, model.to(device).eval(), spec, ensemble_members(cfg, spec, device))  # --tta, ensemble
     if names is not None and names != list(spec.class_names):
         if len(names) != spec.num_classes:
             raise ValueError(f"--class_indices {cfg.class_indices} names {len(names)} classes, but {cfg.resume} "

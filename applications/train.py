@@ -39,6 +39,7 @@ from utils.rundir import OPEN_RUN_FILES, clear_dir, own_run_dir
 
 from .setup.common import (
     apply_weights_preprocessing,
+    averaged_model,
     build_dataset,
     build_loader,
     check_num_classes,
@@ -385,6 +386,17 @@ def _test_swa(cfg: argparse.Namespace, parts: TrainingParts, best: dict[str, Any
     return summary
 
 
+def _plain_test(cfg: argparse.Namespace, parts: TrainingParts, loader: torch.utils.data.DataLoader,
+                spec: ModelSpec, report: dict[str, Any], thresholds: Sequence[float]) -> dict[str, float]:
+    """``--tta``: best.pth without it on the same test images, logged beside the TTA number
+    (``test_top1_plain``, and ``test_map_plain`` for a multi-label run)."""
+    plain = evaluate(parts.net(), loader, preprocess=parts.preprocess, dtype=parts.dtype,
+                     multi_label=spec.multi_label, thresholds=thresholds if spec.multi_label else 0.5)
+    key, name = ("map", "mAP") if spec.multi_label else ("top1", "top-1")
+    logger.info("final test with --tta %s: %s %.2f (plain %.2f)", " ".join(cfg.tta), name, report[key], plain[key])
+    return {"test_top1_plain": plain["top1"], **({"test_map_plain": plain["map"]} if spec.multi_label else {})}
+
+
 def _final_test(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, recorder: RunRecorder,
                 info: DistInfo, class_names: list[str], spec: ModelSpec) -> dict[str, Any]:
     """Evaluate best.pth (and its EMA weights) on the test split; write the report, the pictures and the
@@ -399,11 +411,14 @@ def _final_test(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, re
     test_loader = build_loader(cfg, test_set, train=False, device=info.device, dist_info=info)
     kill_point("final_test")
     logger.info("final test: %s on the %s split (%d images)", best_path.name, test_set.split, len(test_set))
-    report = evaluate_and_report(parts.net(), test_loader, test_set, class_names, preprocess=parts.preprocess,
+    tested = averaged_model(cfg, parts.net(), spec)  # --tta: the views' probabilities averaged
+    report = evaluate_and_report(tested, test_loader, test_set, class_names, preprocess=parts.preprocess,
                                  dtype=parts.dtype, out_dir=run_dir / f"eval_{test_set.split}", checkpoint=best_path,
                                  progress=not cfg.no_progress, head=spec.head, write=main,
                                  multi_label=spec.multi_label, thresholds=best_thresholds(best, spec))
     summary = _summary(end, run_dir, test_set.split, report, spec.multi_label)
+    if tested is not parts.net():
+        summary.update(_plain_test(cfg, parts, test_loader, spec, report, best_thresholds(best, spec)))
     if parts.ema is not None and best.get("model_ema"):
         parts.ema.module.load_state_dict(best["model_ema"])
         ema = evaluate(parts.ema.module, test_loader, preprocess=parts.preprocess, dtype=parts.dtype,

@@ -252,9 +252,22 @@ def _add_numerics(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--amp_dtype", choices=["auto", "bf16", "fp16"], default="auto", help="mixed-precision dtype")
 
 
+class _Checkpoints(argparse.Action):
+    """``--resume CKPT [CKPT ...]``: the first is ``resume``; the others (an ensemble with ``--evaluation`` and
+    ``--predict``) are ``ensemble``, which the hidden ``--ensemble`` also sets, so that the config round-trips."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Sequence[str],
+                 option_string: str | None = None) -> None:
+        namespace.resume = values[0]
+        namespace.ensemble = list(values[1:]) or None
+
+
 def _add_run(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--resume", type=str, default=None,
-                   help="checkpoint to resume training from, or to run with --evaluation, --predict, ...")
+    g.add_argument("--resume", nargs="+", action=_Checkpoints, default=None, metavar="CKPT",
+                   help="checkpoint to resume training from, or to run with --evaluation, --predict, ...; "
+                        "--evaluation and --predict take several of the same classes (an ensemble: their "
+                        "probabilities averaged)")
+    g.add_argument("--ensemble", nargs="+", default=None, help=argparse.SUPPRESS)
     g.add_argument("--overwrite", action="store_true",
                    help="start afresh in an existing run directory instead of resuming from its last.pth")
     g.add_argument("--output", type=str, default="output", help="root of run directories")
@@ -265,6 +278,9 @@ def _add_run(g: argparse._ArgumentGroup) -> None:
 
 
 def _check_run(cfg: argparse.Namespace) -> None:
+    need(not cfg.ensemble or getattr(cfg, "evaluation", False) or getattr(cfg, "predict", None) is not None,
+         f"--resume takes several checkpoints (an ensemble) only with --evaluation or --predict, got "
+         f"{1 + len(cfg.ensemble or [])}: give one")
     need(bool(re.fullmatch(r"[A-Za-z0-9_.\-]+", cfg.tag)) and cfg.tag.strip(".") != "",
          f"--tag may hold letters, digits, '_', '.' and '-' only, and not be '.' or '..' (it names the run "
          f"folder <output>/<arch>/<tag>), got {cfg.tag!r}")
@@ -274,7 +290,8 @@ def _check_run(cfg: argparse.Namespace) -> None:
 
 
 def _resume_file(cfg: argparse.Namespace, given: set[str]) -> None:
-    need(cfg.resume is None or Path(cfg.resume).is_file(), f"--resume: file {cfg.resume!r} does not exist")
+    for path in [cfg.resume, *(cfg.ensemble or [])]:
+        need(path is None or Path(path).is_file(), f"--resume: file {path!r} does not exist")
 
 
 # Identity groups (not resume-safe): what is trained, on what. The others say how a run is carried out.

@@ -12,6 +12,7 @@ import math
 import time
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm import tqdm

@@ -35,6 +35,7 @@ from dataloader.transforms import INTERPOLATIONS
 from engine import amp_dtype, evaluate
 from models import check_model_name, create_model, extract_state_dict, load_state_dict_checked
 from models.spec import ModelSpec
+from models.tta import ProbabilityAverage
 from utils.atomic import temp_path
 from utils.checkpoint import load_checkpoint
 
@@ -330,6 +331,44 @@ def model_from_checkpoint(path: str | Path, cfg: argparse.Namespace, fallback_cl
     model = create_model(spec.arch, spec.num_classes, in_chans=spec.in_chans)
     load_state_dict_checked(model, extract_state_dict(ckpt), path)
     return model, spec
+
+
+# What an ensemble's members must share with the first checkpoint: the same outputs, read the same way, from
+# the same preprocessed images.
+MEMBER_FIELDS = ("class_names", "multi_label", "head", "image_size", "in_chans", "mean", "std", "eval_resize",
+                 "crop_pct", "bit_depth")
+
+
+def ensemble_members(cfg: argparse.Namespace, spec: ModelSpec, device: torch.device) -> list[nn.Module]:
+    """The models of ``--resume``'s further checkpoints (``cfg.ensemble``) on ``device``, in eval mode; a
+    checkpoint whose classes, task, head or preprocessing differ from ``spec`` (the first's) is refused."""
+    members = []
+    for path in getattr(cfg, "ensemble", None) or []:
+        model, other = model_from_checkpoint(path, cfg, fallback_class_names=list(spec.class_names))
+        for field in MEMBER_FIELDS:
+            if getattr(other, field) != getattr(spec, field):
+                raise ValueError(f"--resume: {path} has {field} {str(getattr(other, field))[:80]}, but {cfg.resume} "
+                                 f"has {str(getattr(spec, field))[:80]}; an ensemble averages checkpoints of the "
+                                 f"same classes, task and preprocessing")
+        members.append(model.to(device).eval())
+    return members
+
+
+def tta_args(cfg: argparse.Namespace) -> tuple[str | None, tuple[float, ...]]:
+    """``--tta``'s mode (None without it) and its scale factors."""
+    tta = getattr(cfg, "tta", None) or [None]
+    return tta[0], tuple(float(s) for s in tta[1:])
+
+
+def averaged_model(cfg: argparse.Namespace, model: nn.Module, spec: ModelSpec,
+                   members: Sequence[nn.Module] = ()) -> nn.Module:
+    """The model an inference mode runs: ``model`` itself, or with ``--tta`` or an ensemble (``members``: the
+    further checkpoints) the average of their probabilities over the views (models.tta.ProbabilityAverage)."""
+    mode, scales = tta_args(cfg)
+    if mode is None and not members:
+        return model
+    head = "bce" if spec.multi_label else spec.head
+    return ProbabilityAverage([model, *members], head=head, tta=mode, scales=scales).eval()
 
 
 @dataclass

@@ -49,6 +49,14 @@ def _check_int8_flags(cfg: argparse.Namespace) -> None:
                          f"read only with --quantize int8: add that, or drop {'it' if one else 'them'}")
 
 
+def _check_onnx(cfg: argparse.Namespace) -> None:
+    _check_int8_flags(cfg)
+    need(not cfg.tta or cfg.tta == ["hflip"], f"--onnx folds only --tta hflip into the graph, got --tta "
+                                              f"{' '.join(cfg.tta or [])}: export without it, or with --tta hflip")
+    need(not cfg.tta or cfg.quantize != "int8", "--tta hflip with --quantize int8: the int8 file would not fold the "
+                                                "flip; export one of the two")
+
+
 def _check_openvino(cfg: argparse.Namespace) -> None:
     _check_int8_flags(cfg)
     if cfg.quantize == "int8":
@@ -68,7 +76,7 @@ MODES = (
          lambda g: g.add_argument("--onnx", action="store_true",
                                   help="export --resume as ONNX to <run_dir>/export/model.onnx, verified in ONNX "
                                        "Runtime"),
-         groups=(EXPORT, QUANTIZE), flags=("eval_split",), needs_checkpoint=True, check=_check_int8_flags),
+         groups=(EXPORT, QUANTIZE), flags=("eval_split", "tta"), needs_checkpoint=True, check=_check_onnx),
     Mode("openvino", "applications.convert",
          lambda g: g.add_argument("--openvino", action="store_true",
                                   help="export --resume as OpenVINO IR to <run_dir>/export/model.xml + .bin, "

@@ -13,9 +13,41 @@ def _add_evaluation(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--out", type=str, default=None,
                    help="with --evaluation: write per-image predictions to this .json, .yaml or .pkl file; with "
                         "--average: the averaged checkpoint (.pth)")
+    g.add_argument("--tta", nargs="+", default=None, metavar="MODE",
+                   help="test-time augmentation of --evaluation, --predict, a run's final test and --onnx (hflip "
+                        "only): hflip, five_crop, ten_crop, or scales S... (factors of the input size, e.g. "
+                        "scales 0.875 1 1.125); the probabilities are averaged over the views")
+
+
+TTA_MODES = ("hflip", "five_crop", "ten_crop", "scales")  # models/tta.py's (tested equal)
+
+
+def tta_scales(tta: list[str]) -> tuple[float, ...]:
+    """The scale factors of ``--tta scales S...`` (empty for the other modes)."""
+    return tuple(float(s) for s in tta[1:]) if tta and tta[0] == "scales" else ()
+
+
+def check_tta(cfg: argparse.Namespace) -> None:
+    """``--tta``: a known mode; factors (> 0) after ``scales`` and after it alone."""
+    tta = getattr(cfg, "tta", None)
+    if not tta:
+        return
+    mode, rest = tta[0], tta[1:]
+    need(mode in TTA_MODES, f"--tta: unknown mode {mode!r}; choose one of {', '.join(TTA_MODES)}")
+    if mode != "scales":
+        need(not rest, f"--tta {mode} takes no values, got {' '.join(rest)} (only --tta scales S... does)")
+        return
+    need(bool(rest), "--tta scales needs at least one factor of the input size, e.g. --tta scales 0.875 1 1.125")
+    for value in rest:
+        try:
+            ok = float(value) > 0
+        except ValueError:
+            ok = False
+        need(ok, f"--tta scales: {value!r} is not a factor > 0 (e.g. --tta scales 0.875 1 1.125)")
 
 
 def _check_evaluation(cfg: argparse.Namespace) -> None:
+    check_tta(cfg)
     if cfg.out is not None and not getattr(cfg, "average", None):  # --average writes a .pth there
         need(Path(cfg.out).suffix in (".json", ".yaml", ".yml", ".pkl"),
              f"--out must end in .json, .yaml or .pkl, got {cfg.out!r}")
