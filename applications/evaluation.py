@@ -3,7 +3,10 @@
 Writes ``<run_dir>/eval_<split>/metrics.json`` (top-1, top-5, per-class precision/recall/F1, the
 confusion matrix), ``confusion_matrix.png`` and, with ``--out``, each image's prediction. A multi-label
 checkpoint is scored at the decision thresholds its spec carries (``--tune_thresholds``'s, else 0.5): mAP,
-CP/CR/CF1, OP/OR/OF1, per_class.md, per_class.png and worst_per_class.png (engine/report.py).
+CP/CR/CF1, OP/OR/OF1, per_class.md, per_class.png and worst_per_class.png (engine/report.py). A single-label
+softmax checkpoint is scored at its ``--calibrate`` temperature, and its report adds ECE, NLL, Brier,
+reliability.png and risk_coverage.png; with ``--reject_below P`` the coverage and the accuracy on the images
+whose top probability reaches P (the rest answered ``unknown``).
 """
 from __future__ import annotations
 
@@ -16,7 +19,14 @@ from engine import amp_dtype, evaluate_and_report
 from utils.distributed import DistInfo, cleanup, init_distributed
 from utils.misc import main_process_log
 
-from .setup.common import build_dataset, build_loader, checkpoint_run_dir, preprocessor, restore_for_inference
+from .setup.common import (
+    build_dataset,
+    build_loader,
+    check_reject_below,
+    checkpoint_run_dir,
+    preprocessor,
+    restore_for_inference,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +49,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
 def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, Any]:
     restored = restore_for_inference(cfg, info.device)
     spec = restored.spec
+    check_reject_below(cfg.reject_below, spec, cfg.resume)
     dataset = build_dataset(cfg, cfg.eval_split, restored.class_names, train=False, fallback=True, spec=spec)
     loader = build_loader(cfg, dataset, train=False, device=restored.device, dist_info=info)
     report_dir = run_dir / f"eval_{dataset.split}"
@@ -48,7 +59,8 @@ def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo)
                                   out_dir=report_dir, checkpoint=cfg.resume,
                                   predictions_file=cfg.out, progress=not cfg.no_progress and info.is_main,
                                   head=spec.head, write=info.is_main, multi_label=spec.multi_label,
-                                  thresholds=spec.decision_thresholds if spec.multi_label else None)
+                                  thresholds=spec.decision_thresholds if spec.multi_label else None,
+                                  temperature=spec.temperature, reject_below=cfg.reject_below)
     summary = {"top1": metrics["top1"], "top5": metrics["top5"], "split": dataset.split, "report_dir": str(report_dir)}
     if spec.multi_label:
         tuned = "tuned" if spec.thresholds else "default 0.5"
@@ -60,4 +72,8 @@ def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo)
     logger.info("%s on %s split (%d images): top-1 %.2f  top-5 %.2f  macro F1 %.4f; report in %s",
                 cfg.resume, dataset.split, metrics["count"], metrics["top1"], metrics["top5"],
                 metrics["macro"]["f1"], report_dir)
+    if "calibration" in metrics:
+        summary.update({key: metrics["calibration"][key] for key in ("ece", "nll", "brier", "temperature")})
+    if "selective" in metrics:
+        summary.update({f"selective_{key}": metrics["selective"][key] for key in ("coverage", "accuracy")})
     return summary

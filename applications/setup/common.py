@@ -332,6 +332,15 @@ def model_from_checkpoint(path: str | Path, cfg: argparse.Namespace, fallback_cl
     return model, spec
 
 
+def check_reject_below(reject_below: float | None, spec: ModelSpec, checkpoint: str | Path) -> None:
+    """``--reject_below`` is for single-label models: a multi-label one already answers an empty label set when
+    no class reaches its threshold (its own "unknown")."""
+    if reject_below is not None and spec.multi_label:
+        raise ValueError(f"--reject_below: {checkpoint} is a multi-label model, which answers an empty label set "
+                         f"when no class reaches its decision threshold; drop --reject_below (or raise the "
+                         f"thresholds with --tune_thresholds)")
+
+
 @dataclass
 class Restored:
     """A checkpoint ready for inference: the model on its device, in eval mode, and what it is (its spec)."""
