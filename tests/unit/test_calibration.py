@@ -220,3 +220,17 @@ def test_calibrate_and_reject_below_refuse_a_multi_label_model(mosaics, tmp_path
                      "-j", "0", "--no_progress", "--reject_below", "0.5"]) == 1
     assert "--reject_below: " in caplog.text and "is a multi-label model" in caplog.text
     assert not calibrated_path(checkpoint).exists()
+
+
+def test_the_calibrated_checkpoints_export_gives_the_demo_its_temperature(calibrated, tiny_data, tmp_path):
+    # the round trip: --calibrate's checkpoint -> main.py --jit -> the demo, whose probabilities are --evaluation's
+    _, path, summary = calibrated
+    data = tiny_data["folder"]
+    exported = main_result(["--jit", "--resume", str(path), "--data", str(data), "-j", "0"])["path"]
+    assert run_main(["--evaluation", "--resume", str(path), "--data", str(data), "-j", "0", "--no_progress",
+                     "--out", str(tmp_path / "preds.json")]) == 0
+    clf = demo_module().Classifier(exported)
+    assert clf.temperature == pytest.approx(summary["temperature"]) and summary["temperature"] != pytest.approx(1.0)
+    rows = read_json(tmp_path / "preds.json")
+    got = clf.probabilities([r["path"] for r in rows])
+    np.testing.assert_allclose(got, [r["scores"] for r in rows], atol=1e-4)
