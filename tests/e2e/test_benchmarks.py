@@ -69,3 +69,13 @@ def test_shards_vs_folders_quick(tmp_path):
     rows = [line.split() for line in out.splitlines()[1:] if line.strip()]
     assert [row[0] for row in rows] == ["bytes", "pipeline"]
     assert all(float(row[2]) > 0 and float(row[3]) > 0 and row[4].endswith("x") for row in rows)
+
+
+@pytest.mark.slow
+def test_calibration_quick(tiny_data):
+    out = _quick("calibration.py", "--data", str(tiny_data["folder"]))
+    lines = out.splitlines()
+    assert lines[0].startswith("| seed | T | test top-1 | ECE % before | ECE % after |")
+    row = [cell.strip() for cell in lines[2].strip("|").split("|")]
+    assert row[0] == "0" and float(row[1]) > 0 and all(0 <= float(v) <= 100 for v in row[2:5])
+    assert "ECE lower after --calibrate on the test split in" in out and "of 1 seeds" in out
