@@ -55,7 +55,8 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         if out.exists() and not cfg.overwrite:
             raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
         dataset, result = predict_split(cfg, restored, "train", progress=not cfg.no_progress)
-        probs = probabilities(result["logits"], "bce" if restored.spec.sigmoid else restored.spec.head)
+        probs = probabilities(result["logits"], "bce" if restored.spec.sigmoid else restored.spec.head,
+                              restored.spec.temperature)
         p_true = true_probability(probs, result["targets"])
         weights = curriculum_weights(p_true, cfg.curriculum_thresholds, cfg.curriculum_weights)
         keys = [dataset.key(i) for i in result["indices"].tolist()]

@@ -5,7 +5,9 @@ confusion matrix; in ``eval_<split>_tta_<mode>`` / ``eval_<split>_ensemble<N>`` 
 ``--resume`` checkpoints, beside the plain report), ``confusion_matrix.png`` and, with ``--out``, each image's
 prediction. A multi-label checkpoint is scored at the decision thresholds its spec carries
 (``--tune_thresholds``'s, else 0.5): mAP, CP/CR/CF1, OP/OR/OF1, per_class.md, per_class.png and
-worst_per_class.png (engine/report.py).
+worst_per_class.png (engine/report.py). A single-label softmax checkpoint is scored at its ``--calibrate``
+temperature, and its report adds ECE, NLL, Brier, reliability.png and risk_coverage.png; with ``--reject_below P``
+the coverage and the accuracy on the images whose top probability reaches P (the rest answered ``unknown``).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from .setup.common import (
     averaged_model,
     build_dataset,
     build_loader,
+    check_reject_below,
     checkpoint_run_dir,
     ensemble_members,
     preprocessor,
@@ -54,6 +57,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
 def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, Any]:
     restored = restore_for_inference(cfg, info.device)
     spec = restored.spec
+    check_reject_below(cfg.reject_below, spec, cfg.resume)
     dataset = build_dataset(cfg, cfg.eval_split, restored.class_names, train=False, fallback=True, spec=spec)
     loader = build_loader(cfg, dataset, train=False, device=restored.device, dist_info=info)
     members = ensemble_members(cfg, spec, restored.device)
@@ -67,10 +71,11 @@ def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo)
                                   out_dir=report_dir, checkpoint=cfg.resume,
                                   predictions_file=cfg.out, progress=not cfg.no_progress and info.is_main,
                                   head=spec.head, write=info.is_main, multi_label=spec.multi_label,
-                                  thresholds=spec.decision_thresholds if spec.multi_label else None)
+                                  thresholds=spec.decision_thresholds if spec.multi_label else None,
+                                  temperature=spec.temperature, reject_below=cfg.reject_below)
     summary = {"top1": metrics["top1"], "top5": metrics["top5"], "split": dataset.split, "report_dir": str(report_dir)}
     if model is not restored.model:  # --tta or an ensemble: each checkpoint's plain numbers beside the average's
-        summary["plain"] = plain_numbers(cfg, [restored.model, *members], loader, spec, restored.device,
+        summary["plain"] = plain_numbers(cfg, [restored.model, *(m for m, _ in members)], loader, spec, restored.device,
                                          metrics["map"] if spec.multi_label else metrics["top1"])
     if spec.multi_label:
         tuned = "tuned" if spec.thresholds else "default 0.5"
@@ -82,6 +87,10 @@ def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo)
     logger.info("%s on %s split (%d images): top-1 %.2f  top-5 %.2f  macro F1 %.4f; report in %s",
                 cfg.resume, dataset.split, metrics["count"], metrics["top1"], metrics["top5"],
                 metrics["macro"]["f1"], report_dir)
+    if "calibration" in metrics:
+        summary.update({key: metrics["calibration"][key] for key in ("ece", "nll", "brier", "temperature")})
+    if "selective" in metrics:
+        summary.update({f"selective_{key}": metrics["selective"][key] for key in ("coverage", "accuracy")})
     return summary
 
 

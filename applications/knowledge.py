@@ -36,7 +36,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
             if path.exists() and not cfg.overwrite:
                 raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
         dataset, result = predict_split(cfg, restored, cfg.knowledge, progress=not cfg.no_progress)
-        probs = probabilities(result["logits"], restored.spec.head)
+        probs = probabilities(result["logits"], restored.spec.head, restored.spec.temperature)
         onehot = F.one_hot(result["targets"], len(restored.class_names))
         keys = [dataset.key(i) for i in result["indices"].tolist()]
         write_rows(out, zip(keys, probs.tolist()), overwrite=True)

@@ -16,6 +16,11 @@ by a space, highest score first, empty when none does), then ``name:score`` of t
 classes whether or not they reach it. ``predictions.json`` holds ``[{"path", "labels": [{"name", "score"}, ...],
 "scores": {name: score}}]`` (the set and every class's score); ``-v`` and ``-s`` show the label set and its scores.
 
+Probabilities are those of the logits over the checkpoint's ``--calibrate`` temperature (1 when uncalibrated).
+With ``--reject_below P`` (single-label models) ``predictions.csv`` has an ``answer`` column after the path: the
+top class, or ``unknown`` when its probability is below P (the top-k columns follow as usual); ``-v`` and ``-s``
+show ``unknown`` too, and the summary counts them.
+
 Class names come from ``--class_indices FILE.json`` when given, else from the checkpoint.
 """
 from __future__ import annotations
@@ -44,6 +49,7 @@ from utils.runlock import fresh_dir
 from .setup.common import (
     averaged_model,
     build_loader,
+    check_reject_below,
     checkpoint_run_dir,
     ensemble_members,
     model_from_checkpoint,
@@ -52,6 +58,8 @@ from .setup.common import (
 )
 
 logger = logging.getLogger(__name__)
+
+UNKNOWN = "unknown"  # --reject_below's answer for an image whose top probability is below the threshold
 
 
 def resolve_class_names(cfg: argparse.Namespace, ckpt: dict[str, Any]) -> list[str] | None:
@@ -98,6 +106,7 @@ def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         logger.info("class names from %s (the checkpoint has %s)", cfg.class_indices, list(spec.class_names)[:10])
         spec = replace(spec, class_names=tuple(names))
     class_names = list(spec.class_names)
+    check_reject_below(cfg.reject_below, spec, cfg.resume)
     model = model.to(device).eval()
     dataset = source_dataset(cfg, cfg.predict, "--predict", spec, skip_bad=True)  # skips are counted below
     paths = dataset.paths
@@ -107,7 +116,7 @@ def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     k = min(cfg.topk, len(class_names))
     rows, chosen, probs = [], [], None
     if result["logits"].numel():  # else every image was unreadable
-        probs = probabilities(result["logits"], "bce" if spec.multi_label else spec.head)
+        probs = probabilities(result["logits"], "bce" if spec.multi_label else spec.head, spec.temperature)
         top_p, top_i = probs.topk(k, dim=1)
         rows = [(index, [(class_names[i], p) for p, i in zip(ps, ix)])
                 for index, ps, ix in zip(result["indices"].tolist(), top_p.tolist(), top_i.tolist())]
@@ -124,14 +133,21 @@ def predict(cfg: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     if spec.multi_label:
         summary.update(_write_label_sets(cfg, out_dir, dataset, rows, chosen, probs, class_names, failures))
     else:
+        answers = None if cfg.reject_below is None else [answer(top, cfg.reject_below) for _, top in rows]
+        shown = answers or [None] * len(rows)
+        if answers is not None:
+            summary["unknown"] = answers.count(UNKNOWN)
         if cfg.visualize:
-            summary["annotated"] = str(save_annotated(dataset, [(index, [f"{name}: {p:.2%}" for name, p in top])
-                                                                for index, top in rows], out_dir / "images"))
+            summary["annotated"] = str(save_annotated(dataset, [(index, ([a] if a else []) + [f"{name}: {p:.2%}"
+                                                                                             for name, p in top])
+                                                                for (index, top), a in zip(rows, shown)],
+                                                      out_dir / "images"))
         if cfg.save_log:
-            summary["log"] = str(write_log(out_dir / "predictions.log", [(paths[i], describe(top)) for i, top in rows],
-                                           failures))
+            summary["log"] = str(write_log(out_dir / "predictions.log",
+                                           [(paths[i], (f"{a}; " if a else "") + describe(top))
+                                            for (i, top), a in zip(rows, shown)], failures))
         summary["predictions"] = str(write_csv(out_dir / "predictions.csv", [(paths[i], top) for i, top in rows],
-                                               k))  # last: complete
+                                               k, answers))  # last: complete
     logger.info("predicted %d of %d images from %s (%d unreadable); wrote %s", len(rows), len(paths), cfg.predict,
                 len(failures), summary["predictions"])
     return summary
@@ -156,6 +172,12 @@ def _write_label_sets(cfg: argparse.Namespace, out_dir: Path, dataset: SourceIma
     written["predictions"] = str(write_multilabel_csv(out_dir / "predictions.csv", [
         (paths[index], labels, top) for (index, top), labels in zip(rows, chosen)]))
     return written
+
+
+def answer(top: Sequence[tuple[str, float]], reject_below: float) -> str:
+    """``--reject_below``'s answer: the top class's name, or ``unknown`` when its probability is below it."""
+    name, p = top[0]
+    return name if p >= reject_below else UNKNOWN
 
 
 def describe(top: Sequence[tuple[str, float]]) -> str:
@@ -207,14 +229,18 @@ def write_json(path: Path, images: Sequence[Path], chosen: Sequence[Sequence[tup
     return path
 
 
-def write_csv(path: Path, rows: Sequence[tuple[Path, Sequence[tuple[str, float]]]], k: int) -> Path:
-    """``path,class_1,prob_1,...,class_k,prob_k`` per image."""
-    header = ["path"] + [f"{col}_{r}" for r in range(1, k + 1) for col in ("class", "prob")]
+def write_csv(path: Path, rows: Sequence[tuple[Path, Sequence[tuple[str, float]]]], k: int,
+              answers: Sequence[str] | None = None) -> Path:
+    """``path,class_1,prob_1,...,class_k,prob_k`` per image; with ``answers`` (``--reject_below``) an ``answer``
+    column after the path."""
+    extra = ["answer"] if answers is not None else []
+    header = ["path"] + extra + [f"{col}_{r}" for r in range(1, k + 1) for col in ("class", "prob")]
     with atomic_write(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
-        for image, top in rows:
-            writer.writerow([str(image)] + [v for name, p in top for v in (name, f"{p:.6f}")])
+        for n, (image, top) in enumerate(rows):
+            writer.writerow([str(image)] + ([answers[n]] if answers is not None else [])
+                            + [v for name, p in top for v in (name, f"{p:.6f}")])
     return path
 
 

@@ -170,9 +170,11 @@ class Picture:
 
 
 def _single_label_pictures(images: torch.Tensor, labels: torch.Tensor, result: Explanation, head: str,
-                           class_names: Sequence[str], explained: str | None) -> list[Picture]:
-    """One picture per image, in the folder of its true class: its predicted class's (or ``explained``'s) map."""
-    confidence, preds = probabilities(result.logits, head).max(dim=1)
+                           class_names: Sequence[str], explained: str | None,
+                           temperature: float = 1.0) -> list[Picture]:
+    """One picture per image, in the folder of its true class: its predicted class's (or ``explained``'s) map,
+    captioned with its (calibrated: ``temperature``) confidence."""
+    confidence, preds = probabilities(result.logits, head, temperature).max(dim=1)
     out = []
     for k in range(images.shape[0]):
         label, pred = int(labels[k]), int(preds[k])
@@ -245,7 +247,8 @@ def visualize_dataset(cfg: argparse.Namespace, restored: Restored, dataset: Data
                 maps = [[(target_class, heatmap)] for heatmap in result.heatmaps]
             pictures = (_multi_label_pictures(images, labels, result, maps, thresholds, class_names)
                         if spec.multi_label else
-                        _single_label_pictures(images, labels, result, spec.head, class_names, explained))
+                        _single_label_pictures(images, labels, result, spec.head, class_names, explained,
+                                                   spec.temperature))
             if images_seen == 0:
                 logger.info("%s on layer %r of %s (%s maps)", method, explainer.layer, spec.arch,
                             "x".join(map(str, result.feature_size)))

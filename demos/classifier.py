@@ -26,6 +26,11 @@ probability is >= their entry of the metadata's ``thresholds`` (tuned per class 
 and the text lines ``path: name score, ...`` (``(no label)`` for an empty set); ``--topk`` is for single-label
 exports.
 
+A calibrated export (``main.py --calibrate``, then ``--jit``/``--onnx``) carries its softmax ``temperature``:
+the probabilities are ``softmax(logits / temperature)`` (exports without one: 1). ``--reject_below P`` answers
+``unknown`` for an image whose top probability is below P (single-label exports): the text line reads
+``path: unknown (name p, ...)`` and ``--json`` adds ``"answer"`` (the top class or ``unknown``).
+
 ``--backend auto`` runs ``.onnx`` files (``model.onnx``, ``model.int8.onnx``) in ONNX Runtime, ``.xml``
 files (``model.xml``, ``model.int8.xml``, with their ``.bin``) in OpenVINO and anything else as TorchScript.
 An int8 file's metadata holds its ``quantization`` settings; its predictions agree with the fp32 file's at
@@ -266,6 +271,7 @@ ACTIVATIONS = {
     "asl": lambda logits: logits.float().sigmoid(),  # the asymmetric loss: per-class sigmoid, as bce
 }
 DEFAULT_THRESHOLD = 0.5  # a multi-label export's decision threshold of a class that has none
+UNKNOWN = "unknown"  # --reject_below's answer for an image whose top probability is below it
 
 
 # --- backends ---------------------------------------------------------------------------------------
@@ -423,6 +429,7 @@ class Classifier:
         self.multi_label = self.metadata.get("multi_label", False) is True
         self.activation = ACTIVATIONS["bce"] if self.multi_label else ACTIVATIONS[self.head]
         self.thresholds = decision_thresholds(self.metadata, path) if self.multi_label else None
+        self.temperature = export_temperature(self.metadata, path)
         self.preprocessor = Preprocessor(self.metadata, max_pixels)
 
     def load(self, source: ImageSource) -> torch.Tensor:
@@ -438,7 +445,7 @@ class Classifier:
             raise ValueError(f"{self.path}: the model has {logits.shape[-1] if logits.ndim else 0} outputs per image "
                              f"but its class_names metadata names {len(self.class_names)} classes: export it again "
                              f"with main.py --jit, --onnx or --openvino")
-        return self.activation(logits)
+        return self.activation(logits.float() / self.temperature)
 
     def probabilities(self, images: Sequence[ImageSource]) -> torch.Tensor:
         """``N x C`` class probabilities of ``images`` (paths, encoded bytes or Pillow images)."""
@@ -479,6 +486,16 @@ def decision_thresholds(metadata: dict[str, Any], path: Path) -> list[float]:
     return [float(v) for v in values]
 
 
+def export_temperature(metadata: dict[str, Any], path: Path) -> float:
+    """The softmax temperature the logits are divided by: the metadata's ``temperature`` (``main.py
+    --calibrate``), 1 when it has none."""
+    value = metadata.get("temperature", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{path}: its temperature metadata is not a positive number (got {str(value)[:60]}): "
+                         f"export it again with main.py --jit, --onnx or --openvino")
+    return float(value)
+
+
 def is_training_checkpoint(path: Path) -> bool:
     """Whether ``path`` is a ``torch.save`` archive (``<name>/data.pkl``) rather than a TorchScript one,
     which also holds ``constants.pkl`` and ``code/``; TorchScript calls both "corrupted" otherwise."""
@@ -510,13 +527,19 @@ def batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
 
 
 def topk_lines(clf: Classifier, paths: Sequence[Path], probs: torch.Tensor, args: argparse.Namespace) -> list[str]:
-    """A single-label export's output line per image: its top-k classes (text or JSON)."""
+    """A single-label export's output line per image: its top-k classes (text or JSON); with ``--reject_below``
+    the answer first (the top class, or ``unknown`` when its probability is below the threshold)."""
     values, indices = probs.topk(min(args.topk, probs.shape[1]), dim=1)
     lines = []
     for path, p, vs, ix in zip(paths, probs.tolist(), values.tolist(), indices.tolist()):
         top = [(clf.class_names[i], v) for v, i in zip(vs, ix)]
-        lines.append(json.dumps({"path": str(path), "topk": top, "probabilities": p}) if args.json
-                     else f"{path}: " + ", ".join(f"{name} {v:.4f}" for name, v in top))
+        text = ", ".join(f"{name} {v:.4f}" for name, v in top)
+        answer = None if args.reject_below is None else (top[0][0] if top[0][1] >= args.reject_below else UNKNOWN)
+        if args.json:
+            row = {"path": str(path), **({"answer": answer} if answer else {}), "topk": top, "probabilities": p}
+            lines.append(json.dumps(row))
+        else:
+            lines.append(f"{path}: unknown ({text})" if answer == UNKNOWN else f"{path}: {text}")
     return lines
 
 
@@ -548,11 +571,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object per image (path, top-k, all probabilities; multi-label: path, "
                              "labels, scores) instead of text")
+    parser.add_argument("--reject_below", type=float, default=None, metavar="P",
+                        help="answer unknown when the top (calibrated) probability is below P (single-label)")
     parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
                         help="refuse images of more pixels, from their header (decompression bombs); 0 = no limit")
     args = parser.parse_args(argv)
     if args.topk < 1 or args.batch_size < 1:
         parser.error("--topk and --batch_size must be >= 1")
+    if args.reject_below is not None and not 0 < args.reject_below <= 1:
+        parser.error(f"--reject_below must be a probability in (0, 1], got {args.reject_below}")
     if args.max_image_pixels < 0:
         parser.error(f"--max_image_pixels must be >= 0 (0 = no limit), got {args.max_image_pixels}")
     try:
@@ -560,6 +587,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not paths:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in the folder {args.images}")
         clf = Classifier(args.model, args.backend, args.threads, args.max_image_pixels)
+        if clf.multi_label and args.reject_below is not None:
+            raise ValueError(f"--reject_below is for single-label exports: {args.model} is multi-label, and answers "
+                             f"an empty label set when no class reaches its threshold")
     except Exception as e:  # a missing file, or a model the backend cannot load: one line, no traceback
         print(f"classifier.py: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
               file=sys.stderr)

@@ -1,6 +1,12 @@
 """The evaluation report: metrics.json, the confusion matrix, the most confident errors and, when asked,
 every image's prediction, for a model evaluated on one split (``--evaluation`` and the end of training); for a
-multi-label model the per-class table and pictures in place of the confusion matrix and errors."""
+multi-label model the per-class table and pictures in place of the confusion matrix and errors.
+
+A single-label softmax model's report also says how far its confidence can be trusted (utils/calibration.py):
+ECE (15 bins), NLL and Brier score of its probabilities (at its ``--calibrate`` temperature) in metrics.json's
+``calibration``, reliability.png, and risk_coverage.png (the error rate when the least confident images are
+answered ``unknown``); with ``--reject_below P`` the coverage and the accuracy on the accepted images
+(``selective``)."""
 from __future__ import annotations
 
 import logging
@@ -13,13 +19,17 @@ import torch
 import torch.nn as nn
 import yaml
 
+from models.spec import SIGMOID_HEADS
 from utils.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
+from utils.calibration import calibration_report, risk_coverage, selective_accuracy
 from utils.metrics import classification_report, probabilities
 from utils.multilabel import label_sets, multilabel_report
 from utils.plots import (
     most_confident_errors,
     plot_confusion_matrix,
     plot_per_class,
+    plot_reliability,
+    plot_risk_coverage,
     save_error_grid,
     save_image_table,
     worst_scored,
@@ -34,25 +44,32 @@ def evaluate_and_report(model: nn.Module, loader: torch.utils.data.DataLoader, d
                         class_names: Sequence[str], *, preprocess: Callable, dtype: torch.dtype | None,
                         out_dir: Path, checkpoint: str | Path | None = None, predictions_file: str | None = None,
                         progress: bool = False, head: str = "softmax", write: bool = True,
-                        multi_label: bool = False, thresholds: Sequence[float] | None = None) -> dict[str, Any]:
+                        multi_label: bool = False, thresholds: Sequence[float] | None = None,
+                        temperature: float = 1.0, reject_below: float | None = None) -> dict[str, Any]:
     """Evaluate, then write metrics.json and confusion_matrix.png to ``out_dir``; returns the metrics. A
     ``multi_label`` model is scored at its decision ``thresholds`` (0.5 each when None) and gets per_class.md,
-    per_class.png and worst_per_class.png in place of the confusion matrix and errors.png."""
+    per_class.png and worst_per_class.png in place of the confusion matrix and errors.png. A single-label one's
+    probabilities are those of its logits over ``temperature``; a softmax one's report has its calibration, and
+    with ``reject_below`` its coverage and accuracy when less confident images are answered ``unknown``."""
     result = evaluate(model, loader, preprocess=preprocess, dtype=dtype, progress=progress, return_outputs=True,
                       desc=f"eval {dataset.split}")
     if multi_label:
         return _multilabel_report(result, dataset, class_names, out_dir=out_dir, checkpoint=checkpoint, write=write,
                                   thresholds=0.5 if thresholds is None else list(thresholds),
                                   predictions_file=predictions_file)
-    labels, probs = result["targets"].numpy(), probabilities(result["logits"], head)
+    labels, probs = result["targets"].numpy(), probabilities(result["logits"], head, temperature)
     preds = probs.argmax(dim=1).numpy()
     report = classification_report(labels, preds, class_names)
     metrics = {"split": dataset.split, "data": str(dataset.root), "checkpoint": str(checkpoint) if checkpoint else None,
                "count": result["count"], "top1": result["top1"], "top5": result["top5"], **report}
+    if head not in SIGMOID_HEADS and len(labels):
+        metrics.update(trust_metrics(probs, result["targets"], temperature, reject_below))
     if not write:  # another rank of a distributed run writes the files
         return metrics
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "metrics.json", metrics)
+    if "calibration" in metrics:
+        plot_trust(metrics, probs, result["targets"], out_dir, title=f"{dataset.split}")
     plot_confusion_matrix(report["confusion_matrix"], class_names, out_dir / "confusion_matrix.png",
                           title=f"{dataset.split}: top-1 {result['top1']:.2f}%")
     confidence = probs.max(dim=1).values.numpy()
@@ -70,6 +87,40 @@ def evaluate_and_report(model: nn.Module, loader: torch.utils.data.DataLoader, d
         write_predictions(rows, predictions_file)
         logger.info("wrote %d predictions to %s", len(rows), predictions_file)
     return metrics
+
+
+def trust_metrics(probs: torch.Tensor, labels: torch.Tensor, temperature: float,
+                  reject_below: float | None) -> dict[str, Any]:
+    """metrics.json's ``calibration`` (ECE, NLL, Brier, the reliability bins and the ``temperature`` applied) and,
+    with ``reject_below``, ``selective`` (coverage and accuracy on the images answered) of softmax ``probs``."""
+    calibration = {**calibration_report(probs, labels), "temperature": temperature}
+    logger.info("calibration (temperature %.4g): ECE %.4f  NLL %.4f  Brier %.4f", temperature, calibration["ece"],
+                calibration["nll"], calibration["brier"])
+    out: dict[str, Any] = {"calibration": calibration}
+    if reject_below is not None:
+        confidence, predicted = probs.max(dim=1)
+        out["selective"] = selective_accuracy(confidence.numpy(), (predicted == labels).numpy(), reject_below)
+        accuracy = out["selective"]["accuracy"]
+        logger.info("--reject_below %g: %d of %d images answered (coverage %.2f%%), accuracy on them %s",
+                    reject_below, out["selective"]["accepted"], out["selective"]["count"],
+                    out["selective"]["coverage"], "n/a" if accuracy is None else f"{accuracy:.2f}%")
+    return out
+
+
+def plot_trust(metrics: dict[str, Any], probs: torch.Tensor, labels: torch.Tensor, out_dir: Path, title: str) -> None:
+    """reliability.png and risk_coverage.png (the ``--reject_below`` point marked) of a softmax report."""
+    calibration = metrics["calibration"]
+    plot_reliability(calibration["reliability"], out_dir / "reliability.png",
+                     title=f"{title}: ECE {calibration['ece']:.4f}, NLL {calibration['nll']:.4f} "
+                           f"(T {calibration['temperature']:.3g})")
+    confidence, predicted = probs.max(dim=1)
+    coverage, risk, _ = risk_coverage(confidence.numpy(), (predicted == labels).numpy())
+    selective = metrics.get("selective")
+    point = None
+    if selective and selective["accuracy"] is not None:
+        point = (selective["coverage"] / 100, 1 - selective["accuracy"] / 100)
+    plot_risk_coverage(coverage, risk, out_dir / "risk_coverage.png", point=point,
+                       title=f"{title}: risk when the least confident are answered unknown")
 
 
 def _multilabel_report(result: dict[str, Any], dataset: Any, class_names: Sequence[str], *, out_dir: Path,

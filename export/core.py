@@ -2,10 +2,10 @@
 
 Both formats take a float ``N x C x H x W`` batch (C: the spec's ``in_chans``), already normalised as
 ``(x / peak - mean) / std`` (peak 255, or 65535 for ``bit_depth`` 16),
-and return logits. A consumer (``demos/classifier.py``) needs nothing but the file: the class names,
-input size, resize mode, normalisation and head travel inside it, as the TorchScript extra file
-``metadata.json`` and as the ONNX model's ``metadata_props`` (one JSON-encoded value per key). A multi-label
-export says so (``multi_label``) and carries its per-class decision ``thresholds``.
+and return logits. A consumer (``demos/classifier.py``) needs nothing but the file: the class names, input
+size, resize mode, normalisation, head and ``--calibrate``'s softmax ``temperature`` travel inside it, as the
+TorchScript extra file ``metadata.json`` and as the ONNX model's ``metadata_props`` (one JSON-encoded value per
+key). A multi-label export says so (``multi_label``) and carries its per-class decision ``thresholds``.
 
 TorchScript files are frozen (weights inlined, conv+bn folded, dropout gone). The device-specific
 ``torch.jit.optimize_for_inference`` pass (oneDNN layouts) cannot be serialised, so loaders apply it
@@ -45,7 +45,7 @@ class ExportError(ValueError):
     """A model could not be exported, or its export does not reproduce the eager model."""
 
 
-OUTPUT_SINGLE_LABEL = "logits (probabilities: softmax, or sigmoid for head bce)"
+OUTPUT_SINGLE_LABEL = "logits (probabilities: softmax(logits / temperature), or sigmoid for head bce)"
 OUTPUT_MULTI_LABEL = ("logits (multi-label: per-class sigmoid probabilities; the labels are the classes whose "
                       "probability is >= their entry of thresholds)")
 
@@ -73,6 +73,7 @@ def export_metadata(spec: ModelSpec) -> dict[str, Any]:
         # multi-label: the image's labels are the classes whose sigmoid probability is >= their threshold
         "multi_label": spec.multi_label,
         "thresholds": spec.decision_thresholds if spec.multi_label else [],
+        "temperature": spec.temperature,  # --calibrate's: the logits are divided by it before the softmax
     }
 
 

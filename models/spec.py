@@ -5,9 +5,10 @@ count is the head's size), the input size, the evaluation resize (letterbox or c
 crop fraction), the input's channels (1 grey or 3 RGB) and bits per value (8 or 16), the normalisation
 mean/std (one value per channel) and the head (``softmax`` or per-class sigmoid ``bce``, the training
 criterion), the task (one class per image, or ``multi_label``: a set of labels, each with its decision
-``thresholds``, 0.5 where none were tuned). Inference reads it from the checkpoint instead of from the command
-line; a checkpoint or export made before ``in_chans`` and ``bit_depth`` existed is 8-bit RGB, before
-``multi_label`` single-label.
+``thresholds``, 0.5 where none were tuned) and the softmax ``temperature`` that ``--calibrate`` fitted (1.0:
+the raw logits; every consumer divides the logits by it before the softmax). Inference reads it from the
+checkpoint instead of from the command line; a checkpoint or export made before ``in_chans`` and ``bit_depth``
+existed is 8-bit RGB, before ``multi_label`` single-label, before ``temperature`` uncalibrated.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class ModelSpec:
     bit_depth: int = 8
     multi_label: bool = False
     thresholds: tuple[float, ...] = ()  # multi-label: one per class (empty: DEFAULT_THRESHOLD for every class)
+    temperature: float = 1.0  # --calibrate's: probabilities are softmax(logits / temperature)
 
     def __post_init__(self) -> None:  # lists (from YAML, JSON, a checkpoint) become tuples: frozen all the way
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
@@ -48,6 +50,9 @@ class ModelSpec:
         object.__setattr__(self, "bit_depth", int(self.bit_depth))
         object.__setattr__(self, "multi_label", bool(self.multi_label))
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        object.__setattr__(self, "temperature", float(self.temperature))
+        if not 0 < self.temperature < float("inf"):
+            raise ValueError(f"temperature {self.temperature} is not a positive number (the logits are divided by it)")
         if self.thresholds and (not self.multi_label or len(self.thresholds) != len(self.class_names)):
             raise ValueError(f"{len(self.thresholds)} decision thresholds for a "
                              f"{'multi-label' if self.multi_label else 'single-label'} model of "

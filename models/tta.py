@@ -5,7 +5,10 @@ scales), averages the probabilities under the models' head (softmax, or per-clas
 and ``bce`` models) and returns them as logits again: ``log p`` for softmax (whose softmax is ``p``), the
 log-odds ``log p - log(1 - p)`` for sigmoid (whose sigmoid is ``p``). So the one evaluation loop, its losses
 (cross-entropy of ``log p`` is the NLL of the averaged probabilities), top-k, mAP and thresholds need no
-change, and the same wrapper exports to ONNX with the views folded into the graph.
+change, and the same wrapper exports to ONNX with the views folded into the graph. Each model's logits are
+divided by its ``temperatures`` entry (its ``--calibrate`` temperature) before its probabilities are taken; the
+returned logits are multiplied by ``output_temperature``, so that a consumer which divides by the first
+checkpoint's temperature (as every mode and the demo do) gets the averaged probabilities back.
 """
 from __future__ import annotations
 
@@ -67,20 +70,25 @@ class ProbabilityAverage(nn.Module):
     mean of their probabilities under ``head``, returned as logits (module docstring)."""
 
     def __init__(self, models: Sequence[nn.Module], head: str = "softmax", tta: str | None = None,
-                 scales: Sequence[float] = ()):
+                 scales: Sequence[float] = (), temperatures: Sequence[float] | None = None,
+                 output_temperature: float = 1.0):
         super().__init__()
         if not models:
             raise ValueError("ProbabilityAverage needs at least one model")
         self.models = nn.ModuleList(models)
         self.sigmoid = head in SIGMOID_HEADS
         self.tta, self.scales = tta, tuple(float(s) for s in scales)
+        self.temperatures = tuple(float(t) for t in temperatures) if temperatures is not None else (1.0,) * len(models)
+        if len(self.temperatures) != len(models):
+            raise ValueError(f"{len(self.temperatures)} temperatures for {len(models)} models")
+        self.output_temperature = float(output_temperature)
 
     def member_probabilities(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Each model's probabilities, averaged over the views (float32): the per-model numbers."""
         views = tta_views(images, self.tta, self.scales)
         out = []
-        for model in self.models:
-            probs = [self._probs(model(view)) for view in views]
+        for model, temperature in zip(self.models, self.temperatures):
+            probs = [self._probs(model(view).float() / temperature) for view in views]
             out.append(torch.stack(probs).mean(0))
         return out
 
@@ -89,4 +97,5 @@ class ProbabilityAverage(nn.Module):
         return logits.sigmoid() if self.sigmoid else logits.softmax(dim=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return probabilities_to_logits(torch.stack(self.member_probabilities(images)).mean(0), self.sigmoid)
+        average = torch.stack(self.member_probabilities(images)).mean(0)
+        return probabilities_to_logits(average, self.sigmoid) * self.output_temperature

@@ -27,9 +27,11 @@ def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: Sequence[int] =
     return [int(x) for x in topk_hits(logits, target, ks).tolist()]
 
 
-def probabilities(logits: torch.Tensor, head: str = "softmax") -> torch.Tensor:
-    """Class probabilities under the model's own head: softmax, or per-class sigmoid for ``bce`` and ``asl``."""
-    return logits.float().sigmoid() if head in ("bce", "asl") else logits.float().softmax(dim=1)
+def probabilities(logits: torch.Tensor, head: str = "softmax", temperature: float = 1.0) -> torch.Tensor:
+    """Class probabilities under the model's own head: softmax, or per-class sigmoid for ``bce`` and ``asl``, of
+    the logits divided by the model's ``temperature`` (``--calibrate``'s, 1.0 for an uncalibrated model)."""
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
+    return logits.sigmoid() if head in ("bce", "asl") else logits.softmax(dim=1)
 
 
 def hard_labels(target: torch.Tensor) -> torch.Tensor:

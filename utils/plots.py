@@ -69,6 +69,45 @@ def plot_lr_finder(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequ
     return save_figure(fig, path)
 
 
+def plot_reliability(reliability: dict[str, Sequence], path: str | Path, title: str = "Reliability") -> Path:
+    """A reliability diagram: each confidence bin's accuracy as a bar against the diagonal (perfect calibration),
+    the gap to the bin's mean confidence shaded, and the share of images per bin below (``reliability``: the
+    ``utils.calibration.reliability_bins`` table)."""
+    plt = _pyplot()
+    count = np.asarray(reliability["count"], dtype=float)
+    accuracy, confidence = np.asarray(reliability["accuracy"]), np.asarray(reliability["confidence"])
+    edges = np.linspace(0.0, 1.0, len(count) + 1)
+    width, used = edges[1] - edges[0], count > 0
+    fig, (ax, share) = plt.subplots(2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.bar(edges[:-1][used], accuracy[used], width=width, align="edge", edgecolor="black", label="accuracy")
+    ax.bar(edges[:-1][used], (confidence - accuracy)[used], bottom=accuracy[used], width=width, align="edge",
+           color="tab:red", alpha=0.3, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfectly calibrated")
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(loc="upper left")
+    share.bar(edges[:-1], count / max(1.0, count.sum()), width=width, align="edge", edgecolor="black")
+    share.set(xlabel="confidence (top probability)", ylabel="share of images")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_risk_coverage(coverage: Sequence[float], risk: Sequence[float], path: str | Path,
+                       point: tuple[float, float] | None = None, title: str = "Risk-coverage") -> Path:
+    """The error rate among the images kept against the share kept, the least confident rejected first;
+    ``point``: the (coverage, risk) of a chosen ``--reject_below``, marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot(coverage, risk, linewidth=1.5)
+    if point is not None:
+        ax.plot(*point, "o", color="tab:red", label=f"chosen threshold: coverage {point[0]:.2f}, risk {point[1]:.3f}")
+        ax.legend(loc="upper left")
+    ax.set(xlabel="coverage (share of images answered)", ylabel="risk (error rate among them)", xlim=(0, 1),
+           ylim=(0, max(0.05, float(np.max(risk)) * 1.05 if len(risk) else 1.0)), title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def training_curves_figure(history: Sequence[dict]):
     """The figure of :func:`plot_training_curves`: loss (log scale, so an exploding val loss does not flatten
     the train curve), top-1 and learning rate (log scale) per epoch, on integer epoch ticks."""

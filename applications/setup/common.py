@@ -339,9 +339,11 @@ MEMBER_FIELDS = ("class_names", "multi_label", "head", "image_size", "in_chans",
                  "crop_pct", "bit_depth")
 
 
-def ensemble_members(cfg: argparse.Namespace, spec: ModelSpec, device: torch.device) -> list[nn.Module]:
-    """The models of ``--resume``'s further checkpoints (``cfg.ensemble``) on ``device``, in eval mode; a
-    checkpoint whose classes, task, head or preprocessing differ from ``spec`` (the first's) is refused."""
+def ensemble_members(cfg: argparse.Namespace, spec: ModelSpec,
+                     device: torch.device) -> list[tuple[nn.Module, ModelSpec]]:
+    """The models (with their specs) of ``--resume``'s further checkpoints (``cfg.ensemble``) on ``device``, in
+    eval mode; a checkpoint whose classes, task, head or preprocessing differ from ``spec`` (the first's) is
+    refused. Their ``--calibrate`` temperatures may differ: each model's own is applied before averaging."""
     members = []
     for path in getattr(cfg, "ensemble", None) or []:
         model, other = model_from_checkpoint(path, cfg, fallback_class_names=list(spec.class_names))
@@ -350,7 +352,7 @@ def ensemble_members(cfg: argparse.Namespace, spec: ModelSpec, device: torch.dev
                 raise ValueError(f"--resume: {path} has {field} {str(getattr(other, field))[:80]}, but {cfg.resume} "
                                  f"has {str(getattr(spec, field))[:80]}; an ensemble averages checkpoints of the "
                                  f"same classes, task and preprocessing")
-        members.append(model.to(device).eval())
+        members.append((model.to(device).eval(), other))
     return members
 
 
@@ -361,14 +363,27 @@ def tta_args(cfg: argparse.Namespace) -> tuple[str | None, tuple[float, ...]]:
 
 
 def averaged_model(cfg: argparse.Namespace, model: nn.Module, spec: ModelSpec,
-                   members: Sequence[nn.Module] = ()) -> nn.Module:
+                   members: Sequence[tuple[nn.Module, ModelSpec]] = ()) -> nn.Module:
     """The model an inference mode runs: ``model`` itself, or with ``--tta`` or an ensemble (``members``: the
-    further checkpoints) the average of their probabilities over the views (models.tta.ProbabilityAverage)."""
+    further checkpoints) the average of their probabilities over the views (models.tta.ProbabilityAverage),
+    each model's at its own ``--calibrate`` temperature. The average comes back as logits at ``spec``'s
+    temperature, so that what divides by it (the modes, the export metadata, the demo) gets the average."""
     mode, scales = tta_args(cfg)
     if mode is None and not members:
         return model
     head = "bce" if spec.multi_label else spec.head
-    return ProbabilityAverage([model, *members], head=head, tta=mode, scales=scales).eval()
+    return ProbabilityAverage([model, *(m for m, _ in members)], head=head, tta=mode, scales=scales,
+                              temperatures=[spec.temperature, *(s.temperature for _, s in members)],
+                              output_temperature=spec.temperature).eval()
+
+
+def check_reject_below(reject_below: float | None, spec: ModelSpec, checkpoint: str | Path) -> None:
+    """``--reject_below`` is for single-label models: a multi-label one already answers an empty label set when
+    no class reaches its threshold (its own "unknown")."""
+    if reject_below is not None and spec.multi_label:
+        raise ValueError(f"--reject_below: {checkpoint} is a multi-label model, which answers an empty label set "
+                         f"when no class reaches its decision threshold; drop --reject_below (or raise the "
+                         f"thresholds with --tune_thresholds)")
 
 
 @dataclass

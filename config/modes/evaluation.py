@@ -55,10 +55,26 @@ def _check_evaluation(cfg: argparse.Namespace) -> None:
 
 EVALUATION = FlagGroup("evaluation", _add_evaluation, _check_evaluation, resume_safe=True)
 
+
+def _add_unknown(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--reject_below", type=float, default=None, metavar="P",
+                   help="answer 'unknown' when the top (calibrated, see --calibrate) probability is below P: "
+                        "--predict writes unknown, --evaluation reports the coverage and the accuracy on the "
+                        "images answered (single-label models)")
+
+
+def _check_unknown(cfg: argparse.Namespace) -> None:
+    need(cfg.reject_below is None or 0 < cfg.reject_below <= 1,
+         f"--reject_below must be a probability in (0, 1], got {cfg.reject_below}")
+
+
+# read by --evaluation and --predict
+UNKNOWN = FlagGroup("unknown (selective prediction)", _add_unknown, _check_unknown, resume_safe=True)
+
 MODES = (
     Mode("evaluation", "applications.evaluation",
          lambda g: g.add_argument("--evaluation", action="store_true",
                                   help="evaluate a checkpoint (--resume) on --eval_split: metrics, confusion "
                                        "matrix, predictions"),
-         groups=(EVALUATION,), needs_checkpoint=True),
+         groups=(EVALUATION, UNKNOWN), needs_checkpoint=True),
 )

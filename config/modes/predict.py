@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from config.base import FlagGroup, Mode, need
+from config.modes.evaluation import UNKNOWN
 
 
 def _add_predict(g: argparse._ArgumentGroup) -> None:
@@ -35,5 +36,6 @@ MODES = (
                                   help="classify an image, a folder (recursive), a txt list, or every row of a Hugging "
                                        "Face dataset (a folder; with --dataset hf also a cached Hub name; rows named "
                                        "<split>/<row>) with --resume; writes predictions.csv"),
-         groups=(PREDICT,), flags=("tta",), needs_checkpoint=True, check_files=_predict_files, reads_labels=False),
+         groups=(PREDICT, UNKNOWN), flags=("tta",), needs_checkpoint=True, check_files=_predict_files,
+         reads_labels=False),
 )

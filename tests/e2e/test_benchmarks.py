@@ -78,3 +78,13 @@ def test_averaging_quick(tiny_data):
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| 0 ")]
     assert len(rows) == 1 and all(0 <= float(v) <= 100 for v in (rows[0][1], rows[0][3]))
     assert float(rows[0][2]) > 0 and float(rows[0][4]) > 0
+
+
+@pytest.mark.slow
+def test_calibration_quick(tiny_data):
+    out = _quick("calibration.py", "--data", str(tiny_data["folder"]))
+    lines = out.splitlines()
+    assert lines[0].startswith("| seed | T | test top-1 | ECE % before | ECE % after |")
+    row = [cell.strip() for cell in lines[2].strip("|").split("|")]
+    assert row[0] == "0" and float(row[1]) > 0 and all(0 <= float(v) <= 100 for v in row[2:5])
+    assert "ECE lower after --calibrate on the test split in" in out and "of 1 seeds" in out

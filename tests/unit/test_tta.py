@@ -86,3 +86,16 @@ def test_the_evaluation_loop_scores_the_averaged_probabilities():
     nll = -probs[torch.arange(8), y].log().mean().item()
     assert result["loss"] == pytest.approx(nll, rel=1e-5)
     assert result["top1"] == pytest.approx(100.0 * (probs.argmax(1) == y).float().mean().item())
+
+
+def test_members_at_their_own_temperature_and_the_output_at_the_first():
+    """Each member's logits are divided by its own temperature before averaging; the output, divided by the
+    first's temperature (as the modes and the demo do), gives the average back."""
+    torch.manual_seed(0)
+    a, b = nn.Linear(6, 4), nn.Linear(6, 4)
+    x = torch.randn(5, 6)
+    pair = ProbabilityAverage([a, b], temperatures=[2.0, 0.5], output_temperature=2.0)
+    expected = ((a(x) / 2.0).softmax(1) + (b(x) / 0.5).softmax(1)) / 2
+    assert torch.allclose((pair(x) / 2.0).softmax(1), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="2 temperatures for 1 models"):
+        ProbabilityAverage([a], temperatures=[1.0, 2.0])
