@@ -57,7 +57,7 @@ NOT_SETTINGS = frozenset({"tag", "output", "config", "resume", "overwrite", "no_
                           "train", "evaluation", "knowledge", "make_curriculum", "lr_finder", "jit", "onnx", "openvino",
                           "predict",
                           "visual_data", "visual_source", "flops", "throughput", "summary", "publish", "compare",
-                          "sweep"})
+                          "sweep", "average", "calibrate"})
 # Folders a run search never enters: inside a run, or a tracker's store.
 _SKIP_DIRS = frozenset({"checkpoints", "tensorboard", "export", "mlruns", "__pycache__"})
 

@@ -16,6 +16,7 @@ import sys
 import textwrap
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -35,6 +36,7 @@ from experiments.sweep_plan import load_sweep
 from models import create_model
 from models.hub import resolve_weights
 from models.registry import build_model
+from models.spec import ModelSpec
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.distributed import DistInfo
 
@@ -534,3 +536,21 @@ def strategy_variant_parts(tag: str, data: Path, out: Path) -> tuple[argparse.Na
     """The config of variant ``tag`` (see :func:`strategy_variant_cfg`) and its parts from the one builder."""
     cfg = strategy_variant_cfg(tag, data, out)
     return cfg, build_training_parts(cfg, read_class_names(data, "folder"), DistInfo(), lr=cfg.lr)
+
+
+PAIR_CLASSES = ["0", "1", "7"]  # the label classes of write_pair_set's csv
+
+
+def save_pair_model(path: Path, data: Path, *, multi_label: bool = True, thresholds=()) -> Path:
+    """A random simple_cnn (seed 0) for PAIR_CLASSES (write_pair_set's classes) as training saves it: weights,
+    config, spec (``thresholds``)."""
+    args = ["--train", "--arch", "simple_cnn", "--dataset", "csv", "--data", str(data), "--image_size", "16", "32"]
+    cfg = config.build_parser().parse_args(args + (["--multi_label"] if multi_label else []))
+    cfg.criterion = "bce" if multi_label else cfg.criterion
+    torch.manual_seed(0)
+    model = create_model("simple_cnn", len(PAIR_CLASSES))
+    spec = replace(ModelSpec.from_config(config.config_to_dict(cfg), PAIR_CLASSES), thresholds=tuple(thresholds))
+    save_checkpoint({"model": model.state_dict(), "class_names": PAIR_CLASSES, "arch": "simple_cnn",
+                     "config": config.config_to_dict(cfg), "model_spec": spec.to_dict()}, path)
+    config.save_config(cfg, path.parent.parent / "config.yaml")  # a run directory, as training leaves it
+    return path

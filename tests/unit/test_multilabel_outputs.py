@@ -4,42 +4,22 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support
 
-import config
-from helpers import read_json, run_main, write_pair_set
-from models import create_model
-from models.spec import ModelSpec
-from utils.checkpoint import save_checkpoint
+from helpers import PAIR_CLASSES, read_json, run_main, save_pair_model, write_pair_set
 from utils.multilabel import label_sets
 from utils.plots import worst_scored
 
-CLASSES = ["0", "1", "7"]
+CLASSES = PAIR_CLASSES
 
 
 @pytest.fixture(scope="module")
 def pairs(tiny_data, tmp_path_factory) -> Path:
     return write_pair_set(tiny_data["folder"], tmp_path_factory.mktemp("pairs"))
-
-
-def save_model(path: Path, data: Path, *, multi_label: bool = True, thresholds=()) -> Path:
-    """A random simple_cnn (seed 0) for CLASSES as training saves it: weights, config, spec (``thresholds``)."""
-    args = ["--train", "--arch", "simple_cnn", "--dataset", "csv", "--data", str(data), "--image_size", "16", "32"]
-    cfg = config.build_parser().parse_args(args + (["--multi_label"] if multi_label else []))
-    cfg.criterion = "bce" if multi_label else cfg.criterion
-    torch.manual_seed(0)
-    model = create_model("simple_cnn", len(CLASSES))
-    spec = replace(ModelSpec.from_config(config.config_to_dict(cfg), CLASSES), thresholds=tuple(thresholds))
-    save_checkpoint({"model": model.state_dict(), "class_names": CLASSES, "arch": "simple_cnn",
-                     "config": config.config_to_dict(cfg), "model_spec": spec.to_dict()}, path)
-    config.save_config(cfg, path.parent.parent / "config.yaml")  # a run directory, as training leaves it
-    return path
 
 
 def evaluation(checkpoint: Path, data: Path, out: Path) -> tuple[dict, np.ndarray, np.ndarray, list[dict]]:
@@ -73,7 +53,7 @@ def assert_matches_sklearn(metrics: dict, scores: np.ndarray, truth: np.ndarray,
 
 
 def test_report_equals_sklearn_and_writes_the_per_class_files(pairs, tmp_path):
-    checkpoint = save_model(tmp_path / "run" / "checkpoints" / "best.pth", pairs)
+    checkpoint = save_pair_model(tmp_path / "run" / "checkpoints" / "best.pth", pairs)
     metrics, scores, truth, rows = evaluation(checkpoint, pairs, tmp_path / "preds.json")
     assert list(metrics) == ["split", "data", "checkpoint", "count", "map", "top1", "top5", "CP", "CR", "CF1", "OP",
                              "OR", "OF1", "thresholds", "per_class"]
@@ -92,13 +72,13 @@ def test_report_equals_sklearn_and_writes_the_per_class_files(pairs, tmp_path):
 
 
 def test_evaluation_applies_the_checkpoints_thresholds_and_predict_gives_the_same_sets(pairs, tmp_path):
-    untuned = save_model(tmp_path / "a" / "checkpoints" / "best.pth", pairs)
+    untuned = save_pair_model(tmp_path / "a" / "checkpoints" / "best.pth", pairs)
     default, scores, truth, _ = evaluation(untuned, pairs, tmp_path / "a.json")
     # thresholds between two scores of each class (rounding cannot move a score across them), unlike 0.5
     ranked = np.sort(scores, axis=0)
     thresholds = [float(ranked[3 + k, k] + ranked[4 + k, k]) / 2 for k in range(len(CLASSES))]
     assert (ranked[3 + np.arange(3), np.arange(3)] < ranked[4 + np.arange(3), np.arange(3)]).all()
-    tuned = save_model(tmp_path / "b" / "checkpoints" / "best.pth", pairs, thresholds=thresholds)
+    tuned = save_pair_model(tmp_path / "b" / "checkpoints" / "best.pth", pairs, thresholds=thresholds)
     metrics, tuned_scores, _, rows = evaluation(tuned, pairs, tmp_path / "b.json")
     assert metrics["thresholds"] == pytest.approx(thresholds)
     assert_matches_sklearn(metrics, tuned_scores, truth, thresholds)
@@ -129,7 +109,7 @@ def test_evaluation_applies_the_checkpoints_thresholds_and_predict_gives_the_sam
 
 
 def test_multi_label_is_refused_for_a_single_label_checkpoint(pairs, tmp_path, caplog):
-    checkpoint = save_model(tmp_path / "run" / "checkpoints" / "best.pth", pairs, multi_label=False)
+    checkpoint = save_pair_model(tmp_path / "run" / "checkpoints" / "best.pth", pairs, multi_label=False)
     assert run_main(["--evaluation", "--resume", str(checkpoint), "--multi_label", "--data", str(pairs),
                      "--dataset", "csv", "-j", "0", "--no_progress"]) == 1
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]

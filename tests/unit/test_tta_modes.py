@@ -12,7 +12,7 @@ import torch
 
 import config
 from export.core import choose_opset, export_onnx, onnx_runner, read_onnx_metadata
-from helpers import calibrated_checkpoint, read_json, run_main, write_pair_set
+from helpers import calibrated_checkpoint, read_json, run_main, save_pair_model, write_pair_set
 from models import create_model
 from models.tta import ProbabilityAverage
 from utils.checkpoint import load_checkpoint, save_checkpoint
@@ -109,9 +109,8 @@ def test_tta_scales_parse_and_modes_match_the_wrapper():
 def test_multi_label_tta_averages_sigmoid_scores_and_reports_map(tiny_data, tmp_path):
     """A multi-label checkpoint under --tta hflip and as an ensemble of one: mAP reported, plain mAP beside it,
     the scores per-class sigmoid probabilities (not a softmax), the ensemble of one equal to the checkpoint."""
-    from .test_multilabel_outputs import save_model
     pairs = write_pair_set(tiny_data["folder"], tmp_path / "pairs")
-    ckpt = save_model(tmp_path / "run" / "checkpoints" / "best.pth", pairs)
+    ckpt = save_pair_model(tmp_path / "run" / "checkpoints" / "best.pth", pairs)
 
     def run(name: str, *flags: str) -> tuple[dict, list]:
         out = tmp_path / f"{name}.json"
