@@ -56,10 +56,11 @@ def random_photo(source: Image.Image, rng: np.random.Generator, size: tuple[int,
 
 
 def make_photo_set(out: Path, train_per_class: int = 100, val_per_class: int = 20, classes: int = len(SOURCES),
-                   seed: int = 0, quality: int = 90) -> Path:
-    """Write ``out/{train,val}/<source>/<n>.jpg``; idempotent (a complete set with the same counts is kept)."""
+                   seed: int = 0, quality: int = 90, test_per_class: int = 0) -> Path:
+    """Write ``out/{train,val[,test]}/<source>/<n>.jpg`` (a test split when ``test_per_class``); idempotent (a
+    complete set with the same counts is kept)."""
     names = SOURCES[:classes]
-    counts = {"train": train_per_class, "val": val_per_class}
+    counts = {"train": train_per_class, "val": val_per_class, **({"test": test_per_class} if test_per_class else {})}
     stamp = out / ".photo_set"
     want = f"{names} {counts} seed={seed} q={quality}"
     if stamp.is_file() and stamp.read_text() == want:
@@ -84,12 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("data/photos"))
     p.add_argument("--train_per_class", type=int, default=100)
     p.add_argument("--val_per_class", type=int, default=20)
+    p.add_argument("--test_per_class", type=int, default=0, help="images per class of a test split (0: none)")
     p.add_argument("--classes", type=int, default=len(SOURCES), choices=range(2, len(SOURCES) + 1),
                    metavar=f"2..{len(SOURCES)}")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    make_photo_set(args.out, args.train_per_class, args.val_per_class, args.classes, args.seed)
+    make_photo_set(args.out, args.train_per_class, args.val_per_class, args.classes, args.seed,
+                   test_per_class=args.test_per_class)
     print(args.out)
     return 0
 

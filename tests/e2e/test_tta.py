@@ -1,16 +1,14 @@
 """--tta in a run's final test (issue #30 item 3): the TTA number in metrics.json with the plain one beside it,
-the plain one equal to --evaluation of best.pth; benchmarks/tta.py in its --quick mode."""
+the plain one equal to --evaluation of best.pth; benchmarks/trust.py --quick is tested in test_benchmarks.py."""
 from __future__ import annotations
 
 import contextlib
 import io
 import json
-import subprocess
-import sys
 
 import pytest
 
-from helpers import ROOT, read_json, run_main, tiny_train_args
+from helpers import read_json, run_main, tiny_train_args
 
 
 def test_final_test_with_tta_reports_the_plain_number_beside_it(tiny_data, tmp_path):
@@ -28,11 +26,3 @@ def test_final_test_with_tta_reports_the_plain_number_beside_it(tiny_data, tmp_p
         assert run_main(["--evaluation", "--resume", str(run / "checkpoints" / "best.pth"), "-j", "0",
                          "--no_progress", "--tta", "hflip"]) == 0
     assert json.loads(buf.getvalue())["top1"] == pytest.approx(test["test_top1"])
-
-
-@pytest.mark.slow
-def test_tta_benchmark_quick(tmp_path):
-    r = subprocess.run([sys.executable, "benchmarks/tta.py", "--quick", "--output", str(tmp_path)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "| plain top-1 | plain NLL | hflip top-1 | hflip NLL |" in r.stdout
