@@ -16,7 +16,14 @@ from engine import amp_dtype, evaluate_and_report
 from utils.distributed import DistInfo, cleanup, init_distributed
 from utils.misc import main_process_log
 
-from .setup.common import build_dataset, build_loader, checkpoint_run_dir, preprocessor, restore_for_inference
+from .setup.common import (
+    build_dataset,
+    build_loader,
+    checkpoint_run_dir,
+    input_geometry,
+    preprocessor,
+    restore_for_inference,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +55,19 @@ def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo)
                                   out_dir=report_dir, checkpoint=cfg.resume,
                                   predictions_file=cfg.out, progress=not cfg.no_progress and info.is_main,
                                   head=spec.head, write=info.is_main, multi_label=spec.multi_label,
-                                  thresholds=spec.decision_thresholds if spec.multi_label else None)
-    summary = {"top1": metrics["top1"], "top5": metrics["top5"], "split": dataset.split, "report_dir": str(report_dir)}
+                                  thresholds=spec.decision_thresholds if spec.multi_label else None,
+                                  input_geometry=input_geometry(spec, cfg.use_test_size))
+    summary = {"top1": metrics["top1"], "top5": metrics["top5"], "split": dataset.split, "report_dir": str(report_dir),
+               "image_size": list(spec.image_size)}
+    size = f"at {'x'.join(map(str, spec.image_size))}{' (--use_test_size)' if cfg.use_test_size else ''}"
     if spec.multi_label:
         tuned = "tuned" if spec.thresholds else "default 0.5"
-        logger.info("%s on %s split (%d images): mAP %s  OF1 %.2f  CF1 %.2f  p@1 %.2f at its %s thresholds; "
-                    "report in %s", cfg.resume, dataset.split, metrics["count"],
+        logger.info("%s on %s split (%d images) %s: mAP %s  OF1 %.2f  CF1 %.2f  p@1 %.2f at its %s thresholds; "
+                    "report in %s", cfg.resume, dataset.split, metrics["count"], size,
                     "n/a" if metrics["map"] is None else f"{metrics['map']:.2f}", metrics["OF1"], metrics["CF1"],
                     metrics["top1"], tuned, report_dir)
         return {**summary, "map": metrics["map"], "of1": metrics["OF1"], "cf1": metrics["CF1"]}
-    logger.info("%s on %s split (%d images): top-1 %.2f  top-5 %.2f  macro F1 %.4f; report in %s",
-                cfg.resume, dataset.split, metrics["count"], metrics["top1"], metrics["top5"],
+    logger.info("%s on %s split (%d images) %s: top-1 %.2f  top-5 %.2f  macro F1 %.4f; report in %s",
+                cfg.resume, dataset.split, metrics["count"], size, metrics["top1"], metrics["top5"],
                 metrics["macro"]["f1"], report_dir)
     return summary

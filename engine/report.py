@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import pickle
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,21 +34,24 @@ def evaluate_and_report(model: nn.Module, loader: torch.utils.data.DataLoader, d
                         class_names: Sequence[str], *, preprocess: Callable, dtype: torch.dtype | None,
                         out_dir: Path, checkpoint: str | Path | None = None, predictions_file: str | None = None,
                         progress: bool = False, head: str = "softmax", write: bool = True,
-                        multi_label: bool = False, thresholds: Sequence[float] | None = None) -> dict[str, Any]:
+                        multi_label: bool = False, thresholds: Sequence[float] | None = None,
+                        input_geometry: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate, then write metrics.json and confusion_matrix.png to ``out_dir``; returns the metrics. A
     ``multi_label`` model is scored at its decision ``thresholds`` (0.5 each when None) and gets per_class.md,
-    per_class.png and worst_per_class.png in place of the confusion matrix and errors.png."""
+    per_class.png and worst_per_class.png in place of the confusion matrix and errors.png. ``input_geometry``
+    (the evaluation's input size, resize and crop) is recorded as the metrics' ``input``."""
     result = evaluate(model, loader, preprocess=preprocess, dtype=dtype, progress=progress, return_outputs=True,
                       desc=f"eval {dataset.split}")
     if multi_label:
         return _multilabel_report(result, dataset, class_names, out_dir=out_dir, checkpoint=checkpoint, write=write,
                                   thresholds=0.5 if thresholds is None else list(thresholds),
-                                  predictions_file=predictions_file)
+                                  predictions_file=predictions_file, input_geometry=input_geometry)
     labels, probs = result["targets"].numpy(), probabilities(result["logits"], head)
     preds = probs.argmax(dim=1).numpy()
     report = classification_report(labels, preds, class_names)
     metrics = {"split": dataset.split, "data": str(dataset.root), "checkpoint": str(checkpoint) if checkpoint else None,
-               "count": result["count"], "top1": result["top1"], "top5": result["top5"], **report}
+               "count": result["count"], "top1": result["top1"], "top5": result["top5"], **report,
+               **({"input": dict(input_geometry)} if input_geometry else {})}
     if not write:  # another rank of a distributed run writes the files
         return metrics
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +77,8 @@ def evaluate_and_report(model: nn.Module, loader: torch.utils.data.DataLoader, d
 
 def _multilabel_report(result: dict[str, Any], dataset: Any, class_names: Sequence[str], *, out_dir: Path,
                        checkpoint: str | Path | None, write: bool, thresholds: Sequence[float] | float,
-                       predictions_file: str | None = None) -> dict[str, Any]:
+                       predictions_file: str | None = None,
+                       input_geometry: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A multi-label model's report: metrics.json (mAP, p@1, CP/CR/CF1, OP/OR/OF1 at ``thresholds``, the
     per-class table), per_class.md and per_class.png (AP and F1 per class), worst_per_class.png and, with
     ``predictions_file``, each image's label set and predicted set."""
@@ -82,7 +86,8 @@ def _multilabel_report(result: dict[str, Any], dataset: Any, class_names: Sequen
     report = multilabel_report(scores, truth, thresholds, class_names)
     metrics = {"split": dataset.split, "data": str(dataset.root), "checkpoint": str(checkpoint) if checkpoint else None,
                "count": result["count"], "map": report["map"], "top1": result["top1"], "top5": result["top5"],
-               **{key: report[key] for key in ("CP", "CR", "CF1", "OP", "OR", "OF1", "thresholds", "per_class")}}
+               **{key: report[key] for key in ("CP", "CR", "CF1", "OP", "OR", "OF1", "thresholds", "per_class")},
+               **({"input": dict(input_geometry)} if input_geometry else {})}
     if not write:  # another rank of a distributed run writes the files
         return metrics
     out_dir.mkdir(parents=True, exist_ok=True)
