@@ -32,6 +32,7 @@ from .setup.common import (
     check_reject_below,
     checkpoint_run_dir,
     ensemble_members,
+    input_geometry,
     preprocessor,
     restore_for_inference,
 )
@@ -72,20 +73,23 @@ def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo)
                                   predictions_file=cfg.out, progress=not cfg.no_progress and info.is_main,
                                   head=spec.head, write=info.is_main, multi_label=spec.multi_label,
                                   thresholds=spec.decision_thresholds if spec.multi_label else None,
-                                  temperature=spec.temperature, reject_below=cfg.reject_below)
-    summary = {"top1": metrics["top1"], "top5": metrics["top5"], "split": dataset.split, "report_dir": str(report_dir)}
+                                  temperature=spec.temperature, reject_below=cfg.reject_below,
+                                  input_geometry=input_geometry(spec, cfg.use_test_size))
+    summary = {"top1": metrics["top1"], "top5": metrics["top5"], "split": dataset.split, "report_dir": str(report_dir),
+               "image_size": list(spec.image_size)}
+    size = f"at {'x'.join(map(str, spec.image_size))}{' (--use_test_size)' if cfg.use_test_size else ''}"
     if model is not restored.model:  # --tta or an ensemble: each checkpoint's plain numbers beside the average's
         summary["plain"] = plain_numbers(cfg, [restored.model, *(m for m, _ in members)], loader, spec, restored.device,
                                          metrics["map"] if spec.multi_label else metrics["top1"])
     if spec.multi_label:
         tuned = "tuned" if spec.thresholds else "default 0.5"
-        logger.info("%s on %s split (%d images): mAP %s  OF1 %.2f  CF1 %.2f  p@1 %.2f at its %s thresholds; "
-                    "report in %s", cfg.resume, dataset.split, metrics["count"],
+        logger.info("%s on %s split (%d images) %s: mAP %s  OF1 %.2f  CF1 %.2f  p@1 %.2f at its %s thresholds; "
+                    "report in %s", cfg.resume, dataset.split, metrics["count"], size,
                     "n/a" if metrics["map"] is None else f"{metrics['map']:.2f}", metrics["OF1"], metrics["CF1"],
                     metrics["top1"], tuned, report_dir)
         return {**summary, "map": metrics["map"], "of1": metrics["OF1"], "cf1": metrics["CF1"]}
-    logger.info("%s on %s split (%d images): top-1 %.2f  top-5 %.2f  macro F1 %.4f; report in %s",
-                cfg.resume, dataset.split, metrics["count"], metrics["top1"], metrics["top5"],
+    logger.info("%s on %s split (%d images) %s: top-1 %.2f  top-5 %.2f  macro F1 %.4f; report in %s",
+                cfg.resume, dataset.split, metrics["count"], size, metrics["top1"], metrics["top5"],
                 metrics["macro"]["f1"], report_dir)
     if "calibration" in metrics:
         summary.update({key: metrics["calibration"][key] for key in ("ece", "nll", "brier", "temperature")})

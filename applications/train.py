@@ -43,7 +43,10 @@ from .setup.common import (
     build_dataset,
     build_loader,
     check_num_classes,
+    check_use_test_size,
     data_class_names,
+    evaluation_spec,
+    input_geometry,
     log_notes,
     run_dir_for,
     training_spec,
@@ -108,6 +111,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
     writes files (its log file included) and holds the run directory's lock.
     """
     notes = apply_weights_preprocessing(cfg)  # named --pretrained: in the cache (or an error) before anything starts
+    check_use_test_size(cfg)  # the final test's size, refused now rather than after training
     info = init_distributed(cfg.device)
     try:
         run_dir = run_dir_for(cfg.output, cfg.arch, cfg.tag)  # checks --arch and --tag before any disk access
@@ -407,15 +411,19 @@ def _final_test(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, re
     barrier()  # best.pth is on disk before any rank reads it
     best, best_path = saver.load_best()
     load_state_dict_checked(parts.model, extract_state_dict(best), best_path)
-    test_set = build_dataset(cfg, "test", class_names, train=False, fallback=True)
+    test_size = getattr(cfg, "use_test_size", False)
+    test_spec = evaluation_spec(spec, test_size, best_path)  # --use_test_size: the weights' test size
+    test_set = build_dataset(cfg, "test", class_names, train=False, fallback=True, spec=test_spec)
     test_loader = build_loader(cfg, test_set, train=False, device=info.device, dist_info=info)
     kill_point("final_test")
-    logger.info("final test: %s on the %s split (%d images)", best_path.name, test_set.split, len(test_set))
+    logger.info("final test: %s on the %s split (%d images) at %s", best_path.name, test_set.split, len(test_set),
+                "x".join(map(str, test_spec.image_size)))
     tested = averaged_model(cfg, parts.net(), spec)  # --tta: the views' probabilities averaged
     report = evaluate_and_report(tested, test_loader, test_set, class_names, preprocess=parts.preprocess,
                                  dtype=parts.dtype, out_dir=run_dir / f"eval_{test_set.split}", checkpoint=best_path,
                                  progress=not cfg.no_progress, head=spec.head, write=main,
-                                 multi_label=spec.multi_label, thresholds=best_thresholds(best, spec))
+                                 multi_label=spec.multi_label, thresholds=best_thresholds(best, spec),
+                                 input_geometry=input_geometry(test_spec, test_size))
     summary = _summary(end, run_dir, test_set.split, report, spec.multi_label)
     if tested is not parts.net():
         summary.update(_plain_test(cfg, parts, test_loader, spec, report, best_thresholds(best, spec)))

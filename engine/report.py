@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import pickle
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -45,18 +45,20 @@ def evaluate_and_report(model: nn.Module, loader: torch.utils.data.DataLoader, d
                         out_dir: Path, checkpoint: str | Path | None = None, predictions_file: str | None = None,
                         progress: bool = False, head: str = "softmax", write: bool = True,
                         multi_label: bool = False, thresholds: Sequence[float] | None = None,
-                        temperature: float = 1.0, reject_below: float | None = None) -> dict[str, Any]:
+                        temperature: float = 1.0, reject_below: float | None = None,
+                        input_geometry: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate, then write metrics.json and confusion_matrix.png to ``out_dir``; returns the metrics. A
     ``multi_label`` model is scored at its decision ``thresholds`` (0.5 each when None) and gets per_class.md,
     per_class.png and worst_per_class.png in place of the confusion matrix and errors.png. A single-label one's
     probabilities are those of its logits over ``temperature``; a softmax one's report has its calibration, and
-    with ``reject_below`` its coverage and accuracy when less confident images are answered ``unknown``."""
+    with ``reject_below`` its coverage and accuracy when less confident images are answered ``unknown``.
+    ``input_geometry`` (the evaluation's input size, resize and crop) is recorded as the metrics' ``input``."""
     result = evaluate(model, loader, preprocess=preprocess, dtype=dtype, progress=progress, return_outputs=True,
                       desc=f"eval {dataset.split}")
     if multi_label:
         return _multilabel_report(result, dataset, class_names, out_dir=out_dir, checkpoint=checkpoint, write=write,
                                   thresholds=0.5 if thresholds is None else list(thresholds),
-                                  predictions_file=predictions_file)
+                                  predictions_file=predictions_file, input_geometry=input_geometry)
     labels, probs = result["targets"].numpy(), probabilities(result["logits"], head, temperature)
     preds = probs.argmax(dim=1).numpy()
     report = classification_report(labels, preds, class_names)
@@ -64,6 +66,8 @@ def evaluate_and_report(model: nn.Module, loader: torch.utils.data.DataLoader, d
                "count": result["count"], "top1": result["top1"], "top5": result["top5"], **report}
     if head not in SIGMOID_HEADS and len(labels):
         metrics.update(trust_metrics(probs, result["targets"], temperature, reject_below))
+    if input_geometry:
+        metrics["input"] = dict(input_geometry)
     if not write:  # another rank of a distributed run writes the files
         return metrics
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +129,8 @@ def plot_trust(metrics: dict[str, Any], probs: torch.Tensor, labels: torch.Tenso
 
 def _multilabel_report(result: dict[str, Any], dataset: Any, class_names: Sequence[str], *, out_dir: Path,
                        checkpoint: str | Path | None, write: bool, thresholds: Sequence[float] | float,
-                       predictions_file: str | None = None) -> dict[str, Any]:
+                       predictions_file: str | None = None,
+                       input_geometry: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A multi-label model's report: metrics.json (mAP, p@1, CP/CR/CF1, OP/OR/OF1 at ``thresholds``, the
     per-class table), per_class.md and per_class.png (AP and F1 per class), worst_per_class.png and, with
     ``predictions_file``, each image's label set and predicted set."""
@@ -133,7 +138,8 @@ def _multilabel_report(result: dict[str, Any], dataset: Any, class_names: Sequen
     report = multilabel_report(scores, truth, thresholds, class_names)
     metrics = {"split": dataset.split, "data": str(dataset.root), "checkpoint": str(checkpoint) if checkpoint else None,
                "count": result["count"], "map": report["map"], "top1": result["top1"], "top5": result["top5"],
-               **{key: report[key] for key in ("CP", "CR", "CF1", "OP", "OR", "OF1", "thresholds", "per_class")}}
+               **{key: report[key] for key in ("CP", "CR", "CF1", "OP", "OR", "OF1", "thresholds", "per_class")},
+               **({"input": dict(input_geometry)} if input_geometry else {})}
     if not write:  # another rank of a distributed run writes the files
         return metrics
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,10 @@ def export_metadata(spec: ModelSpec) -> dict[str, Any]:
         "resize": spec.eval_resize,
         "interpolation": spec.interpolation,  # antialiased, uint8 as torchvision
         "crop_pct": spec.crop_pct,
+        # the pretrained weights' evaluation size and crop (null: none); an export made with --use_test_size
+        # has them as its image_size and crop_pct
+        "test_image_size": list(spec.test_image_size) if spec.test_image_size else None,
+        "test_crop_pct": spec.test_crop_pct,
         "mean": list(spec.mean),
         "std": list(spec.std),
         "head": spec.head,

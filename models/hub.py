@@ -55,7 +55,9 @@ class NamedWeights:
     name: str                      # e.g. ResNet18_Weights.IMAGENET1K_V1, timm/resnet10t.c3_in1k
     url: str
     cache_path: Path               # the file the library reads (for timm: the snapshot of refs/main)
-    preprocessing: dict[str, Any]  # mean, std, interpolation, eval_resize, crop_pct (the weights' own)
+    # mean, std, interpolation, eval_resize, crop_pct (the weights' own); timm's also image_size (their training
+    # size), test_image_size and test_crop_pct (their evaluation size, None where their config has none)
+    preprocessing: dict[str, Any]
     source: str                    # where the preprocessing was taken from, for the log
     # the library's ImageNet model built without weights, with a state dict (read by us) loaded as the
     # library's own pretrained path loads its file: its key fixes, filters and strictness
@@ -303,6 +305,14 @@ def _hf_cache_file(repo_id: str, filename: str) -> tuple[Path, str]:
     return repo / "snapshots" / revision / filename, hint
 
 
+def _timm_test_size(cfg: Any) -> dict[str, Any]:
+    """A timm pretrained config's sizes: ``image_size`` (what the weights trained at, H, W), ``test_image_size``
+    and ``test_crop_pct`` (their evaluation size and crop fraction, None where the config has none)."""
+    test_size, test_crop = getattr(cfg, "test_input_size", None), getattr(cfg, "test_crop_pct", None)
+    return {"image_size": list(cfg.input_size[-2:]), "test_image_size": list(test_size[-2:]) if test_size else None,
+            "test_crop_pct": float(test_crop) if test_crop else None}
+
+
 def _timm(arch: str, spec: str) -> NamedWeights:
     import timm
     from timm.models import get_pretrained_cfg
@@ -323,7 +333,8 @@ def _timm(arch: str, spec: str) -> NamedWeights:
     path, hint = _hf_cache_file(repo_id, HF_FILE)
     url = f"https://huggingface.co/{repo_id}/resolve/main/{HF_FILE}"
     pre = {"mean": list(cfg.mean), "std": list(cfg.std), "interpolation": cfg.interpolation,
-           "eval_resize": "center_crop" if cfg.crop_mode == "center" else "letterbox", "crop_pct": cfg.crop_pct}
+           "eval_resize": "center_crop" if cfg.crop_mode == "center" else "letterbox", "crop_pct": cfg.crop_pct,
+           **_timm_test_size(cfg)}
     full = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
 
     def load(state: dict[str, torch.Tensor]) -> nn.Module:

@@ -5,14 +5,16 @@ count is the head's size), the input size, the evaluation resize (letterbox or c
 crop fraction), the input's channels (1 grey or 3 RGB) and bits per value (8 or 16), the normalisation
 mean/std (one value per channel) and the head (``softmax`` or per-class sigmoid ``bce``, the training
 criterion), the task (one class per image, or ``multi_label``: a set of labels, each with its decision
-``thresholds``, 0.5 where none were tuned) and the softmax ``temperature`` that ``--calibrate`` fitted (1.0:
-the raw logits; every consumer divides the logits by it before the softmax). Inference reads it from the
+``thresholds``, 0.5 where none were tuned), the softmax ``temperature`` that ``--calibrate`` fitted (1.0:
+the raw logits; every consumer divides the logits by it before the softmax), and the test size and crop
+fraction of the pretrained weights it was fine-tuned from where their config has one (timm's
+``test_input_size``/``test_crop_pct``, read by ``--use_test_size``; None otherwise). Inference reads it from the
 checkpoint instead of from the command line; a checkpoint or export made before ``in_chans`` and ``bit_depth``
 existed is 8-bit RGB, before ``multi_label`` single-label, before ``temperature`` uncalibrated.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping, Sequence
 
 # spec field -> the config key (flag) it is taken from
@@ -40,6 +42,10 @@ class ModelSpec:
     multi_label: bool = False
     thresholds: tuple[float, ...] = ()  # multi-label: one per class (empty: DEFAULT_THRESHOLD for every class)
     temperature: float = 1.0  # --calibrate's: probabilities are softmax(logits / temperature)
+    # the pretrained weights' evaluation size and crop fraction (timm's test_input_size, test_crop_pct), each
+    # recorded when the model trained at the weights' own input size; None: the weights define none
+    test_image_size: tuple[int, int] | None = None
+    test_crop_pct: float | None = None
 
     def __post_init__(self) -> None:  # lists (from YAML, JSON, a checkpoint) become tuples: frozen all the way
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
@@ -53,6 +59,10 @@ class ModelSpec:
         object.__setattr__(self, "temperature", float(self.temperature))
         if not 0 < self.temperature < float("inf"):
             raise ValueError(f"temperature {self.temperature} is not a positive number (the logits are divided by it)")
+        if self.test_image_size is not None:
+            object.__setattr__(self, "test_image_size", tuple(int(s) for s in self.test_image_size))
+        if self.test_crop_pct is not None:
+            object.__setattr__(self, "test_crop_pct", float(self.test_crop_pct))
         if self.thresholds and (not self.multi_label or len(self.thresholds) != len(self.class_names)):
             raise ValueError(f"{len(self.thresholds)} decision thresholds for a "
                              f"{'multi-label' if self.multi_label else 'single-label'} model of "
@@ -75,6 +85,17 @@ class ModelSpec:
         """Whether the outputs are per-class sigmoid probabilities (a multi-label model, or a ``bce``/``asl``
         head), not a softmax over the classes."""
         return self.multi_label or self.head in SIGMOID_HEADS
+
+    @property
+    def has_test_size(self) -> bool:
+        """Whether the weights it was fine-tuned from define a test size or a test crop fraction."""
+        return self.test_image_size is not None or self.test_crop_pct is not None
+
+    def at_test_size(self) -> "ModelSpec":
+        """This spec evaluating at the recorded test size and crop fraction (each where recorded; else the
+        training one), as timm's ``resolve_data_config(use_test_size=True)``."""
+        return replace(self, image_size=self.test_image_size or self.image_size,
+                       crop_pct=self.crop_pct if self.test_crop_pct is None else self.test_crop_pct)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists, strings and numbers (safe for ``torch.load(weights_only=True)``, YAML and JSON)."""

@@ -87,7 +87,69 @@ def apply_weights_preprocessing(cfg: argparse.Namespace) -> list[tuple[int, str]
         else:
             notes.append((logging.INFO, f"{key} = {getattr(cfg, key)} as set (the weights' own is "
                                         f"{weights.preprocessing[key]})"))
+    notes.append((logging.INFO, weights_test_size(cfg)[1]))
     return notes
+
+
+def weights_test_size(cfg: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """The test size and crop fraction of named ``--pretrained`` weights that a model trained at ``--image_size``
+    records in its spec (``test_image_size``, ``test_crop_pct``; empty when it records none), and a line saying
+    what was recorded or why nothing was. Resolved from the library's metadata: no network, no file.
+
+    Only a model trained at the weights' own input size records them: timm's test size goes with that training
+    size (``resnet50.a1_in1k``: trained at 224, evaluated at 288), not with another one."""
+    from models.hub import is_weights_name, resolve_weights
+    if not is_weights_name(cfg.pretrained):
+        return {}, (f"no test size: the weights file {cfg.pretrained} names none" if cfg.pretrained else
+                    "no test size: the model trains from scratch (no --pretrained weights define one)")
+    weights = resolve_weights(cfg.arch, cfg.pretrained)
+    pre = weights.preprocessing
+    test = {key: pre.get(key) for key in ("test_image_size", "test_crop_pct")}
+    if all(value is None for value in test.values()):
+        return {}, f"no test size: the {weights.name} weights define none ({weights.source} has no test_input_size)"
+    sizes = f"test size {_size(test['test_image_size'] or pre['image_size'])}, crop_pct {test['test_crop_pct']}"
+    if list(cfg.image_size) != list(pre["image_size"]):
+        return {}, (f"no test size recorded: the {weights.name} weights' {sizes} go with training at "
+                    f"{_size(pre['image_size'])}, and this model trains at --image_size {_size(cfg.image_size)}")
+    return test, f"{sizes} from {weights.source}, recorded in the model's spec (--use_test_size evaluates at it)"
+
+
+def _size(size: Sequence[int]) -> str:
+    return "x".join(str(s) for s in size)
+
+
+def check_use_test_size(cfg: argparse.Namespace) -> None:
+    """``--train --use_test_size``: the final test runs at the weights' test size, which they must define (and
+    the model train at their input size); refused before training starts, not after it."""
+    if getattr(cfg, "use_test_size", False):
+        test, line = weights_test_size(cfg)
+        if not test:
+            raise ValueError(f"--use_test_size: {line}; drop --use_test_size to test at --image_size "
+                             f"{_size(cfg.image_size)}")
+
+
+def evaluation_spec(spec: ModelSpec, use_test_size: bool, source: str | Path) -> ModelSpec:
+    """``spec``, or with ``use_test_size`` (``--use_test_size``) ``spec`` at its recorded test size and crop
+    fraction, logged. A model that records none (trained from scratch, from torchvision weights, from a timm tag
+    without ``test_input_size``, or at another size than its weights') is refused with one line, not evaluated
+    at its training size under a flag that asked for another (timm falls back silently)."""
+    if not use_test_size:
+        return spec
+    if not spec.has_test_size:
+        raise ValueError(f"--use_test_size: {source} records no test size (the weights it was fine-tuned from define "
+                         f"none, or it trained at another size than theirs); drop --use_test_size to evaluate at its "
+                         f"training size {_size(spec.image_size)}")
+    test = spec.at_test_size()
+    logger.info("--use_test_size: evaluating at %s, crop_pct %s (the weights' test size; trained at %s, crop_pct %s)",
+                _size(test.image_size), test.crop_pct, _size(spec.image_size), spec.crop_pct)
+    return test
+
+
+def input_geometry(spec: ModelSpec, use_test_size: bool) -> dict[str, Any]:
+    """The evaluation input a report records (its metrics.json ``input``): size, resize, crop fraction, and
+    whether that is the weights' test size (``--use_test_size``)."""
+    return {"image_size": list(spec.image_size), "eval_resize": spec.eval_resize, "crop_pct": spec.crop_pct,
+            "interpolation": spec.interpolation, "test_size": bool(use_test_size)}
 
 
 def log_notes(notes: Sequence[tuple[int, str]]) -> None:
@@ -290,8 +352,9 @@ def preprocessor(source: argparse.Namespace | ModelSpec, device: torch.device) -
 
 
 def training_spec(cfg: argparse.Namespace, class_names: Sequence[str]) -> ModelSpec:
-    """The spec of the model ``--train`` makes (saved in its checkpoints)."""
-    return ModelSpec.from_config(vars(cfg), class_names)
+    """The spec of the model ``--train`` makes (saved in its checkpoints), with the test size of its named
+    ``--pretrained`` weights where they define one (:func:`weights_test_size`)."""
+    return replace(ModelSpec.from_config(vars(cfg), class_names), **weights_test_size(cfg)[0])
 
 
 def checkpoint_spec(ckpt: dict[str, Any], cfg: argparse.Namespace, fallback_class_names: Sequence[str]) -> ModelSpec:
@@ -321,13 +384,15 @@ def model_from_checkpoint(path: str | Path, cfg: argparse.Namespace, fallback_cl
 
     Returns the model and its spec (the checkpoint's own values win over the command line, so inference
     applies the preprocessing the model was trained with). A bare state dict carries none: ``--arch``,
-    the preprocessing flags and ``fallback_class_names`` (the data's) are used instead.
+    the preprocessing flags and ``fallback_class_names`` (the data's) are used instead. With ``--use_test_size``
+    the spec is the one at the weights' test size (:func:`evaluation_spec`).
     """
     ckpt = load_checkpoint(path) if ckpt is None else ckpt
     spec = checkpoint_spec(ckpt, cfg, fallback_class_names)
     if getattr(cfg, "multi_label", False) and not spec.multi_label:  # a multi-label one sets it itself (config.saved)
         raise ValueError(f"--multi_label: {path} is a single-label model (one class per image), so its outputs are "
                          f"no label sets; drop --multi_label")
+    spec = evaluation_spec(spec, getattr(cfg, "use_test_size", False), path)
     model = create_model(spec.arch, spec.num_classes, in_chans=spec.in_chans)
     load_state_dict_checked(model, extract_state_dict(ckpt), path)
     return model, spec

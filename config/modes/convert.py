@@ -71,15 +71,16 @@ MODES = (
          lambda g: g.add_argument("--jit", action="store_true",
                                   help="export --resume as TorchScript to <run_dir>/export/model_jit.pt, verified "
                                        "against eager"),
-         flags=("eval_split",), needs_checkpoint=True),
+         flags=("eval_split", "use_test_size"), needs_checkpoint=True),
     Mode("onnx", "applications.convert",
          lambda g: g.add_argument("--onnx", action="store_true",
                                   help="export --resume as ONNX to <run_dir>/export/model.onnx, verified in ONNX "
                                        "Runtime"),
-         groups=(EXPORT, QUANTIZE), flags=("eval_split", "tta"), needs_checkpoint=True, check=_check_onnx),
+         groups=(EXPORT, QUANTIZE), flags=("eval_split", "tta", "use_test_size"), needs_checkpoint=True,
+         check=_check_onnx),
     Mode("openvino", "applications.convert",
          lambda g: g.add_argument("--openvino", action="store_true",
                                   help="export --resume as OpenVINO IR to <run_dir>/export/model.xml + .bin, "
                                        "verified in OpenVINO"),
-         groups=(QUANTIZE,), flags=("eval_split",), needs_checkpoint=True, check=_check_openvino),
+         groups=(QUANTIZE,), flags=("eval_split", "use_test_size"), needs_checkpoint=True, check=_check_openvino),
 )

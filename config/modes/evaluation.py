@@ -71,10 +71,22 @@ def _check_unknown(cfg: argparse.Namespace) -> None:
 # read by --evaluation and --predict
 UNKNOWN = FlagGroup("unknown (selective prediction)", _add_unknown, _check_unknown, resume_safe=True)
 
+
+def _add_test_size(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--use_test_size", action="store_true",
+                   help="evaluate at the test size and crop fraction of the pretrained weights the model was "
+                        "fine-tuned from (timm's test_input_size/test_crop_pct, kept in the checkpoint): "
+                        "--evaluation, --predict, the final test of --train, and the input of --jit/--onnx/"
+                        "--openvino exports; refused when the weights define none")
+
+
+# Read by --evaluation, and as a single flag by --predict, --train and the exports (their Mode flags).
+TEST_SIZE = FlagGroup("test size", _add_test_size, resume_safe=True)
+
 MODES = (
     Mode("evaluation", "applications.evaluation",
          lambda g: g.add_argument("--evaluation", action="store_true",
                                   help="evaluate a checkpoint (--resume) on --eval_split: metrics, confusion "
                                        "matrix, predictions"),
-         groups=(EVALUATION, UNKNOWN), needs_checkpoint=True),
+         groups=(EVALUATION, UNKNOWN, TEST_SIZE), needs_checkpoint=True),
 )

@@ -36,6 +36,6 @@ MODES = (
                                   help="classify an image, a folder (recursive), a txt list, or every row of a Hugging "
                                        "Face dataset (a folder; with --dataset hf also a cached Hub name; rows named "
                                        "<split>/<row>) with --resume; writes predictions.csv"),
-         groups=(PREDICT, UNKNOWN), flags=("tta",), needs_checkpoint=True, check_files=_predict_files,
+         groups=(PREDICT, UNKNOWN), flags=("tta", "use_test_size"), needs_checkpoint=True, check_files=_predict_files,
          reads_labels=False),
 )

@@ -427,5 +427,5 @@ MODES = (
     Mode("train", "applications.train",
          lambda g: g.add_argument("--train", action="store_true",
                                   help="train a model, then evaluate best.pth on the test split"),
-         groups=GROUPS, flags=("curriculum_file", "target_layer", "tta"), check=_check_train),
+         groups=GROUPS, flags=("curriculum_file", "target_layer", "tta", "use_test_size"), check=_check_train),
 )

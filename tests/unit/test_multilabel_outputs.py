@@ -56,7 +56,8 @@ def test_report_equals_sklearn_and_writes_the_per_class_files(pairs, tmp_path):
     checkpoint = save_pair_model(tmp_path / "run" / "checkpoints" / "best.pth", pairs)
     metrics, scores, truth, rows = evaluation(checkpoint, pairs, tmp_path / "preds.json")
     assert list(metrics) == ["split", "data", "checkpoint", "count", "map", "top1", "top5", "CP", "CR", "CF1", "OP",
-                             "OR", "OF1", "thresholds", "per_class"]
+                             "OR", "OF1", "thresholds", "per_class", "input"]
+    assert metrics["input"]["test_size"] is False  # the evaluation's input size: the trained one
     assert metrics["count"] == len(rows) == 12 and metrics["thresholds"] == [0.5] * 3
     assert truth.sum(0).min() > 0 and 0 < truth.sum(1).min() and truth.sum(1).max() == 2  # real label sets
     assert_matches_sklearn(metrics, scores, truth, 0.5)
