@@ -226,6 +226,10 @@ def test_refused_options_say_why(small):
     with pytest.raises(ShardError, match="class-balanced sampling .* add --cache_dataset memory"):
         shards.shard_loader(dataset, batch_size=4, workers=0, train=True, rank=0, world_size=1, pin_memory=False,
                             class_balanced=True, decode_on_device=False)
+    with pytest.raises(ShardError, match=r"repeated augmentation \(--repeated_aug\) draws samples by index.* add "
+                                         r"--cache_dataset memory"):
+        shards.shard_loader(dataset, batch_size=4, workers=0, train=True, rank=0, world_size=1, pin_memory=False,
+                            class_balanced=False, decode_on_device=False, repeated_aug=3)
     with pytest.raises(ShardError, match="--gpu_decode reads samples by index"):
         shards.shard_loader(dataset, batch_size=4, workers=0, train=True, rank=0, world_size=1, pin_memory=False,
                             class_balanced=False, decode_on_device=True)
