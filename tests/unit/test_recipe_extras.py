@@ -148,6 +148,12 @@ def test_bce_target_threshold_equals_timms_binary_cross_entropy():
         assert torch.allclose(ours(logits, mixed), expected, atol=1e-6)
         assert not torch.allclose(plain(logits, mixed), expected, atol=1e-3)  # the threshold does change it
     assert torch.allclose(ours(logits, labels), theirs(logits, labels), atol=1e-6)  # class indices too
+    sets = (torch.rand(6, 5, generator=g) < 0.4).float()  # --multi_label: mixed label sets, binarised alike
+    mixed_sets = 0.85 * sets + 0.15 * sets.flip(0)
+    multi = create_criterion("bce", multi_label=True, target_threshold=0.2)
+    expected = BinaryCrossEntropy(smoothing=0.0, target_threshold=0.2)(logits, mixed_sets)
+    assert torch.allclose(multi(logits, mixed_sets), expected, atol=1e-6)
+    assert not torch.allclose(create_criterion("bce", multi_label=True)(logits, mixed_sets), expected, atol=1e-3)
     with pytest.raises(ValueError, match="target threshold binarises the targets of the bce criterion"):
         create_criterion("softmax", target_threshold=0.2)
 
