@@ -272,6 +272,8 @@ def _train_epochs(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, 
                 parts.unfreeze()
                 logger.info("epoch %d: the backbone trains from now on (--unfreeze_epoch %d)", epoch + 1,
                             cfg.unfreeze_epoch)
+            if epoch == cfg.mixup_off_epoch:  # the hook reads the epoch: off after a resume past it too
+                logger.info("epoch %d: mixup/cutmix off from now on (--mixup_off_epoch %d)", epoch + 1, epoch)
             parts.train_loader.sampler.set_epoch(epoch, start=start_batch * cfg.batch_size)
             tr = parts.train_epoch(epoch, progress=progress, start_batch=start_batch, partial=partial,
                                    should_stop=stop_check(stop, info.device, every=10 if info.distributed else 1),

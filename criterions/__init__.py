@@ -41,7 +41,8 @@ def create_criterion(name: str = "softmax", *, label_smoothing: float = 0.0,
                      ohm: bool = False, ohm_ratio: float = 0.7,
                      threshold: bool = False, threshold_low: float = 0.1, threshold_high: float = 0.9,
                      focal: bool = False, focal_gamma: float = 2.0, multi_label: bool = False,
-                     asl_gamma_neg: float = 4.0, asl_gamma_pos: float = 1.0, asl_clip: float = 0.05) -> ModulatedLoss:
+                     asl_gamma_neg: float = 4.0, asl_gamma_pos: float = 1.0, asl_clip: float = 0.05,
+                     target_threshold: float | None = None) -> ModulatedLoss:
     """The loss with head ``name`` (``softmax``, ``bce`` or ``asl``) and the enabled modifiers.
 
     ``label_smoothing``: ``t = (1 - eps) t + eps / C`` for every head. ``class_weights``: None or a
@@ -50,7 +51,8 @@ def create_criterion(name: str = "softmax", *, label_smoothing: float = 0.0,
     are checked against the logits' C at the first call. See ``modifiers.py`` for the semantics.
     ``multi_label``: targets are multi-hot sets (a sigmoid head only; no cost matrix, no label
     smoothing; class weights become per-label ``pos_weight``). ``asl_*``: the ``asl`` head's focusing
-    parameters and probability margin (see ``asl.py``).
+    parameters and probability margin (see ``asl.py``). ``target_threshold`` (``bce`` only): smoothed, mixed
+    targets above it become 1, the others 0 (timm's ``BinaryCrossEntropy(target_threshold=...)``).
     """
     if name not in HEADS:
         raise ValueError(f"unknown criterion {name!r}; choose from {', '.join(HEADS)}")
@@ -64,4 +66,5 @@ def create_criterion(name: str = "softmax", *, label_smoothing: float = 0.0,
                    focal=focal, focal_gamma=focal_gamma, multi_label=multi_label,
                    asl_gamma_neg=asl_gamma_neg, asl_gamma_pos=asl_gamma_pos, asl_clip=asl_clip)
     head = HEADS[name].from_options(options)
-    return ModulatedLoss(head, build_modifiers(options), label_smoothing=label_smoothing, multi_label=multi_label)
+    return ModulatedLoss(head, build_modifiers(options), label_smoothing=label_smoothing, multi_label=multi_label,
+                         target_threshold=target_threshold)

@@ -1,6 +1,7 @@
 """``ModulatedLoss``: a head's loss terms times the product of its modifiers' weights.
 
     t        = to_soft_targets(target, C, label_smoothing)        # one-hot or given soft targets, smoothed
+    t        = t > target_threshold                               # only with a threshold (bce): 0 or 1
     terms, a = head.terms(logits, t)                             # N x C terms, active mask
     w        = prod_m modifier_m(Terms(p, t, |p - t|, a, y))     # detached, 1 when no modifier;
                                                                  # y = None with multi_label
@@ -12,6 +13,10 @@ Reduction: the plain mean over the batch of the per-sample losses times the opti
 ``F.cross_entropy(weight=...)``), so a sample of weight 0 contributes no gradient and the scale of
 the weights is the scale of the loss. Modifiers see the batch before ``weight`` is applied: a sample
 of weight 0 still counts in GHM's histogram and OHM's ranking.
+
+``target_threshold`` (the bce head only, as timm's ``BinaryCrossEntropy``): after smoothing, the targets
+above it become 1 and the others 0, so a mixed image counts as fully both of its classes when each keeps
+more than the threshold (the ResNet strikes back recipes: 0.2).
 
 ``multi_label``: the target must be multi-hot ``N x C`` and is used as it is (never ``argmax``-ed:
 ``Terms.labels`` is ``None``); the head must score classes independently (``bce``, ``asl``) and label
@@ -33,8 +38,11 @@ class ModulatedLoss(nn.Module):
     """``loss(logits N x C, target N | N x C, weight N | None) -> scalar``; see the module docstring."""
 
     def __init__(self, head: Head, modifiers: Mapping[str, nn.Module] | None = None, label_smoothing: float = 0.0,
-                 multi_label: bool = False):
+                 multi_label: bool = False, target_threshold: float | None = None):
         super().__init__()
+        if target_threshold is not None and head.name != "bce":
+            raise ValueError(f"a target threshold binarises the targets of the bce criterion, not of "
+                             f"{head.name!r}; use the bce criterion or no threshold")
         if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
                 or not 0 <= label_smoothing <= 1:
             raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
@@ -47,6 +55,7 @@ class ModulatedLoss(nn.Module):
         self.head = head
         self.label_smoothing = label_smoothing
         self.multi_label = multi_label
+        self.target_threshold = target_threshold
         self.modifiers = nn.ModuleDict(dict(modifiers or {}))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -61,6 +70,8 @@ class ModulatedLoss(nn.Module):
                              f"got shape {tuple(target.shape)}")
         logits = logits.float()
         t = to_soft_targets(target, num_classes, self.label_smoothing)
+        if self.target_threshold is not None:  # timm's BinaryCrossEntropy(target_threshold): 1 above it, else 0
+            t = (t > self.target_threshold).to(t.dtype)
         terms, active = self.head.terms(logits, t)
         if len(self.modifiers):
             p = self.head.probs(logits.detach())
@@ -78,4 +89,5 @@ class ModulatedLoss(nn.Module):
         return losses.mean()
 
     def extra_repr(self) -> str:
-        return f"head={self.head}, label_smoothing={self.label_smoothing}, multi_label={self.multi_label}"
+        threshold = "" if self.target_threshold is None else f", target_threshold={self.target_threshold}"
+        return f"head={self.head}, label_smoothing={self.label_smoothing}, multi_label={self.multi_label}{threshold}"

@@ -10,10 +10,10 @@ from .enhancement import (
     save_augmented_grid,
 )
 from .io import ImageDecodeError, decode_rgb
-from .loader import BatchPreprocessor, ClassBalancedSampler, SeededSampler, create_loader
+from .loader import BatchPreprocessor, ClassBalancedSampler, RepeatedAugSampler, SeededSampler, create_loader
 from .transforms import Letterbox, create_transform
 
 __all__ = ["ClassificationDataset", "Columns", "DatasetError", "LAYOUTS", "read_class_names", "resolve_split",
            "ImageDecodeError", "decode_rgb", "BatchPreprocessor", "SeededSampler", "create_loader",
-           "Letterbox", "create_transform", "ClassBalancedSampler", "CustomPolicyConfig", "MixupCutmix",
-           "MultiScale", "create_policy", "make_augmented_grid", "save_augmented_grid"]
+           "Letterbox", "create_transform", "ClassBalancedSampler", "RepeatedAugSampler", "CustomPolicyConfig",
+           "MixupCutmix", "MultiScale", "create_policy", "make_augmented_grid", "save_augmented_grid"]

@@ -105,6 +105,39 @@ class ClassBalancedSampler(EpochSampler):
             yield order[position], seeds[position]
 
 
+class RepeatedAugSampler(EpochSampler):
+    """Repeated augmentation (Hoffer et al. 2020; DeiT's ``RASampler``): each image drawn ``repeats`` times in a
+    row, every copy with its own sample seed (augmented differently), the copies dealt to consecutive ranks.
+
+    The stream is a permutation of the dataset with each index repeated ``repeats`` times (``[a, a, a, b, b,
+    b, ...]``), wrapped around to a multiple of ``world_size``; rank ``r`` takes positions ``r, r + world_size,
+    ...``, so with ``world_size >= repeats`` an image's copies land on ``repeats`` different ranks. An epoch is
+    cut to ``ceil(size / world_size)`` keys per rank, the length of :class:`SeededSampler`'s padded epoch, so
+    ``--epochs``, the schedule and the checkpoints count the same steps as without it; such an epoch therefore
+    covers about ``size / repeats`` distinct images (the next epoch draws another permutation). DeiT and timm
+    cut to ``floor(size // 256 * 256 / world_size)`` instead; with ``selected_round=0`` timm's
+    ``RepeatAugSampler`` gives this index order exactly (for ``seed=0``: the same generator seed, the epoch).
+    Yields ``(index, sample_seed)`` keys; call :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(self, size: int, *, repeats: int, seed: int, rank: int = 0, world_size: int = 1):
+        if size < 1 or repeats < 1:
+            raise ValueError(f"RepeatedAugSampler needs a non-empty dataset and repeats >= 1, got size {size}, "
+                             f"repeats {repeats}")
+        self.size, self.repeats, self.seed, self.rank, self.world_size = size, repeats, seed, rank, world_size
+
+    def full_length(self) -> int:
+        return math.ceil(self.size / self.world_size)
+
+    def _keys(self) -> Iterator[tuple[int, int]]:
+        g = self._generator()
+        stream = torch.randperm(self.size, generator=g).repeat_interleave(self.repeats).tolist()
+        used = self.full_length() * self.world_size  # past the stream's end (repeats 1, tiny sets): wrapped, as timm
+        seeds = torch.randint(0, 2**62, (used,), generator=g).tolist()  # one per draw: each copy its own
+        for position in range(self.rank, used, self.world_size):
+            yield stream[position % len(stream)], seeds[position]
+
+
 def collate_skipping_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``default_collate`` minus the samples a dataset skipped (returned as None with
     ``--skip_bad_images``); an all-bad batch becomes empty tensors, which the loops pass over."""
@@ -116,13 +149,14 @@ def collate_skipping_bad(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch
 
 def create_loader(dataset: Dataset, *, batch_size: int, workers: int, train: bool, seed: int = 0,
                   pin_memory: bool = False, rank: int = 0, world_size: int = 1,
-                  class_balanced: bool = False, cache: str = "none", cache_max_gb: float = 4.0,
-                  device: torch.device | str = "cpu", decode_on_device: bool = False):
+                  class_balanced: bool = False, repeated_aug: int = 0, cache: str = "none",
+                  cache_max_gb: float = 4.0, device: torch.device | str = "cpu", decode_on_device: bool = False):
     """A DataLoader over ``dataset`` that collates uint8 batches.
 
     Training loaders shuffle with a :class:`SeededSampler` (call ``loader.sampler.set_epoch``), or with
     ``class_balanced`` draw classes equally often with a :class:`ClassBalancedSampler` over
-    ``dataset.targets``; evaluation loaders ignore ``class_balanced``, keep the dataset order and, under
+    ``dataset.targets``, or with ``repeated_aug`` N >= 1 draw each image N times in a row with a
+    :class:`RepeatedAugSampler`; evaluation loaders ignore both, keep the dataset order and, under
     DDP, shard it without padding so that every sample is counted exactly once.
 
     ``cache="memory"`` decodes the dataset once onto ``device`` and returns a
@@ -138,7 +172,7 @@ def create_loader(dataset: Dataset, *, batch_size: int, workers: int, train: boo
         from .shards import shard_loader
         return shard_loader(dataset, batch_size=batch_size, workers=workers, train=train, rank=rank,
                             world_size=world_size, pin_memory=pin_memory, class_balanced=class_balanced,
-                            decode_on_device=decode_on_device)
+                            repeated_aug=repeated_aug, decode_on_device=decode_on_device)
     if cache not in ("none", "memory"):
         raise ValueError(f"unknown cache {cache!r}; choose none or memory")
     cached = None
@@ -146,8 +180,12 @@ def create_loader(dataset: Dataset, *, batch_size: int, workers: int, train: boo
         from .cache import build_cache
         cached = build_cache(dataset, max_gb=cache_max_gb, device=device, workers=workers)
     sampler: Sampler
+    if train and class_balanced and repeated_aug:
+        raise ValueError("class-balanced sampling and repeated augmentation both choose the training order; pick one")
     if train and class_balanced:
         sampler = ClassBalancedSampler(dataset.targets, seed=seed, rank=rank, world_size=world_size)
+    elif train and repeated_aug:
+        sampler = RepeatedAugSampler(len(dataset), repeats=repeated_aug, seed=seed, rank=rank, world_size=world_size)
     else:  # shards keep their guarantee under DDP: no sample twice in an epoch (the remainder left out)
         wds = getattr(dataset, "kind", None) == "wds"
         sampler = SeededSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size,

@@ -719,11 +719,14 @@ def _cut(buffer: tuple[torch.Tensor, ...] | None, bound: int,
 
 
 def shard_loader(dataset: ShardDataset, *, batch_size: int, workers: int, train: bool, rank: int, world_size: int,
-                 pin_memory: bool, class_balanced: bool, decode_on_device: bool) -> ShardLoader:
+                 pin_memory: bool, class_balanced: bool, decode_on_device: bool,
+                 repeated_aug: int = 0) -> ShardLoader:
     """:func:`dataloader.loader.create_loader` for streamed shards (no memory cache); the options that need
     random access are refused."""
     refused = {"class-balanced sampling (--class_balanced) draws samples by index": (
                    train and class_balanced, "add --cache_dataset memory (the split read into memory up front), "),
+               "repeated augmentation (--repeated_aug) draws samples by index": (
+                   train and bool(repeated_aug), "add --cache_dataset memory (the split read into memory up front), "),
                "--gpu_decode reads samples by index": (decode_on_device, "")}
     for what, (asked, alternative) in refused.items():
         if asked:

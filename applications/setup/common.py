@@ -306,6 +306,7 @@ def build_loader(cfg: argparse.Namespace, dataset: ClassificationDataset, train:
                          f"drop --gpu_decode (the CPU workers decode)")
     return create_loader(dataset, batch_size=cfg.batch_size, workers=cfg.workers, train=train, seed=cfg.seed,
                          pin_memory=device.type == "cuda", class_balanced=train and cfg.class_balanced,
+                         repeated_aug=cfg.repeated_aug if train else 0,
                          rank=rank, world_size=world, cache=cfg.cache_dataset,
                          cache_max_gb=cfg.cache_max_gb, device=device,
                          decode_on_device=cfg.gpu_decode)

@@ -67,7 +67,8 @@ def build_criterion(cfg: argparse.Namespace, class_counts: Sequence[int], num_sa
                             threshold=cfg.threshold_loss, threshold_low=cfg.threshold_low,
                             threshold_high=cfg.threshold_high, focal=cfg.focal_loss, focal_gamma=cfg.focal_gamma,
                             multi_label=cfg.multi_label, asl_gamma_neg=cfg.asl_gamma_neg,
-                            asl_gamma_pos=cfg.asl_gamma_pos, asl_clip=cfg.asl_clip)
+                            asl_gamma_pos=cfg.asl_gamma_pos, asl_clip=cfg.asl_clip,
+                            target_threshold=cfg.bce_target_thresh)
 
 
 def build_optimizer(cfg: argparse.Namespace, model: nn.Module, lr: float,
@@ -167,18 +168,25 @@ class BatchHook:
     """Per-batch strategies: teacher targets, curriculum weights, mixup/cutmix, multi-scale.
 
     ``hook(images, target, index, epoch, step) -> (images, target, weight)``; ``target`` becomes soft
-    (``N x C``) when distilling or mixing, ``weight`` is None without a curriculum.
+    (``N x C``) when distilling or mixing, ``weight`` is None without a curriculum. From epoch
+    ``mix_off_epoch`` on (0-based; ``--mixup_off_epoch``) no batch is mixed: a function of the epoch passed in,
+    so a run resumed past it does not mix either.
     """
 
     def __init__(self, *, seed: int, num_classes: int, teacher: torch.Tensor | None = None,
                  distill_alpha: float = 0.5, curriculum: torch.Tensor | None = None,
-                 mixer: MixupCutmix | None = None, multiscale: MultiScale | None = None):
-        self.seed, self.num_classes = seed, num_classes
+                 mixer: MixupCutmix | None = None, multiscale: MultiScale | None = None,
+                 mix_off_epoch: int | None = None):
+        self.seed, self.num_classes, self.mix_off_epoch = seed, num_classes, mix_off_epoch
         self.teacher, self.alpha, self.curriculum = teacher, distill_alpha, curriculum
         self.mixer, self.multiscale = mixer, multiscale
 
     def generator(self, epoch: int, step: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_033 + step)
+
+    def mixing(self, epoch: int) -> bool:
+        """Whether the batches of ``epoch`` are mixed (mixup/cutmix on, and ``epoch`` before ``mix_off_epoch``)."""
+        return self.mixer is not None and (self.mix_off_epoch is None or epoch < self.mix_off_epoch)
 
     def __call__(self, images: torch.Tensor, target: torch.Tensor, index: torch.Tensor, epoch: int,
                  step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -189,7 +197,7 @@ class BatchHook:
             target = self.alpha * teacher + (1 - self.alpha) * F.one_hot(target, self.num_classes).float()
         if self.curriculum is not None:
             weight = self.curriculum[index].to(images.device)
-        if self.mixer is not None:
+        if self.mixing(epoch):
             images, target, lam = self.mixer.mix(images, target, g)
             if weight is not None:
                 weight = lam * weight + (1 - lam) * weight.flip(0)
@@ -209,4 +217,4 @@ def build_batch_hook(cfg: argparse.Namespace, dataset: ClassificationDataset) ->
     if teacher is None and curriculum is None and mixer is None and multiscale is None:
         return None
     return BatchHook(seed=cfg.seed, num_classes=num_classes, teacher=teacher, distill_alpha=cfg.distill_alpha,
-                     curriculum=curriculum, mixer=mixer, multiscale=multiscale)
+                     curriculum=curriculum, mixer=mixer, multiscale=multiscale, mix_off_epoch=cfg.mixup_off_epoch)

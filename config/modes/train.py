@@ -239,6 +239,13 @@ def _add_augmentation(g: argparse._ArgumentGroup) -> None:
                    help="per batch, a random input size within +-15%% of --image_size (aspect kept)")
     g.add_argument("--class_balanced", action="store_true",
                    help="sample training images with weights inverse to their class frequency")
+    g.add_argument("--repeated_aug", type=int, default=0, metavar="N",
+                   help="repeated augmentation (DeiT's sampler): each drawn image N times in a row, each copy "
+                        "augmented apart and, under DDP, on another rank; an epoch keeps the dataset's length, so "
+                        "it covers about 1/N of the images (0 = off)")
+    g.add_argument("--mixup_off_epoch", type=int, default=None, metavar="E",
+                   help="mixup and cutmix stop from epoch E on (0-based: 1 = after one mixed epoch), as in "
+                        "timm; default: on for the whole run")
 
 
 def _check_augmentation(cfg: argparse.Namespace) -> None:
@@ -252,6 +259,15 @@ def _check_augmentation(cfg: argparse.Namespace) -> None:
     need(0 < cfg.custom_crop <= 1, f"--custom_crop must be in (0, 1], got {cfg.custom_crop}")
     need(cfg.randaugment_n >= 0 and 0 <= cfg.randaugment_m <= 30,
          f"--randaugment_n must be >= 0 and --randaugment_m in 0..30, got {cfg.randaugment_n}, {cfg.randaugment_m}")
+    need(cfg.repeated_aug == 0 or cfg.repeated_aug >= 2,
+         f"--repeated_aug must be 0 (off) or >= 2 copies per image, got {cfg.repeated_aug}")
+    need(not (cfg.repeated_aug and cfg.class_balanced),
+         "--repeated_aug with --class_balanced: both choose the training order; pick one")
+    if cfg.mixup_off_epoch is not None:
+        need(cfg.mixup > 0 or cfg.cutmix > 0, "--mixup_off_epoch says when --mixup/--cutmix stop; add --mixup "
+                                              "ALPHA or --cutmix ALPHA, or drop it")
+        need(cfg.mixup_off_epoch >= 1, f"--mixup_off_epoch must be >= 1 (epochs are counted from 0; 0 would never "
+                                       f"mix: drop --mixup/--cutmix instead), got {cfg.mixup_off_epoch}")
     need(not (cfg.aug and cfg.bit_depth == 16),
          "--aug: the per-image policies work on 8-bit values; with --bit_depth 16 drop --aug (--train_resize rrc, "
          "--hflip, --random_erasing, --mixup and --cutmix work at 16 bits)")
@@ -285,6 +301,10 @@ def _add_loss(g: argparse._ArgumentGroup) -> None:
                    help="asymmetric loss: focusing of the positives")
     g.add_argument("--asl_clip", type=float, default=ASL_DEFAULTS["asl_clip"],
                    help="asymmetric loss: probability margin shifted off the negatives (0 = off)")
+    g.add_argument("--bce_target_thresh", type=float, default=None, metavar="T",
+                   help="--criterion bce: after smoothing and mixing, targets above T become 1 and the others 0 "
+                        "(timm's BinaryCrossEntropy target_threshold, the ResNet strikes back recipe's 0.2); "
+                        "default: soft targets as they are")
     g.add_argument("--tune_thresholds", action="store_true",
                    help="--multi_label: per class, the decision threshold with the best F1 on the val split (else "
                         "0.5), kept in each checkpoint and export and used by evaluation, predict and the demo")
@@ -307,6 +327,10 @@ def _check_loss(cfg: argparse.Namespace) -> None:
     need(cfg.asl_gamma_neg >= 0 and cfg.asl_gamma_pos >= 0 and 0 <= cfg.asl_clip < 1,
          f"--asl_gamma_neg/--asl_gamma_pos must be >= 0 and --asl_clip in [0, 1), got {cfg.asl_gamma_neg}, "
          f"{cfg.asl_gamma_pos}, {cfg.asl_clip}")
+    if cfg.bce_target_thresh is not None:
+        need(cfg.criterion == "bce", f"--bce_target_thresh binarises the targets of the sigmoid BCE loss, but "
+                                     f"--criterion is {cfg.criterion}: add --criterion bce, or drop it")
+        need(0 <= cfg.bce_target_thresh < 1, f"--bce_target_thresh must be in [0, 1), got {cfg.bce_target_thresh}")
     need(0 <= cfg.threshold_low < cfg.threshold_high <= 1,
          f"--threshold_low and --threshold_high need 0 <= low < high <= 1, got {cfg.threshold_low}, "
          f"{cfg.threshold_high}")

@@ -11,7 +11,16 @@ import time
 import pytest
 import torch
 
-from helpers import ROOT, assert_nested_close, assert_same_weights, read_json, run_main, tiny_train_args
+from helpers import (
+    ROOT,
+    TINY_CLASSES,
+    TINY_COUNTS,
+    assert_nested_close,
+    assert_same_weights,
+    read_json,
+    run_main,
+    tiny_train_args,
+)
 from utils.checkpoint import KILL_AT_ENV, load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -114,6 +123,22 @@ def test_ddp_step_checkpoints_gather_both_ranks_and_resume_exactly(tiny_data, tm
     assert "at epoch 1, batch 7" in (tmp_path / "simple_cnn/killed/log.txt").read_text()
     assert_same_weights(tmp_path / "simple_cnn/ref/checkpoints/last.pth",
                         tmp_path / "simple_cnn/killed/checkpoints/last.pth")
+
+
+def test_repeated_aug_under_torchrun_deals_each_images_copies_to_both_ranks(tiny_data, tmp_path):
+    """--repeated_aug 2 on two real ranks (one worker each): an epoch reads the dataset's length, each image
+    drawn twice, once on each rank."""
+    keys = tmp_path / "keys"
+    r = launch(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "ra", "--arch", "simple_cnn", "--epochs", "1",
+                               "-j", "1", "-b", "4", "--repeated_aug", "2"), env={"PLAYGROUND_SAMPLE_KEYS": str(keys)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks: dict[str, list[str]] = {}  # rank -> the train keys its worker read (not r0main: the preview batch)
+    for file in tmp_path.glob("keys.r*w*"):
+        lines = [line.split(" ", 1) for line in file.read_text().splitlines()]
+        ranks[file.name.split(".")[1][:2]] = [key for split, key in lines if split == "train"]
+    size = TINY_COUNTS["train"] * len(TINY_CLASSES)  # 30: 15 a rank, 15 images each read once on each rank
+    assert sorted(ranks) == ["r0", "r1"] and [len(ranks[r]) for r in ("r0", "r1")] == [size // 2] * 2
+    assert set(ranks["r0"]) == set(ranks["r1"]) and len(set(ranks["r0"])) == size // 2
 
 
 def test_torchrun_with_one_process_starts_the_process_group(tiny_data, tmp_path):

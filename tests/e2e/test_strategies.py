@@ -158,6 +158,26 @@ def test_mixing_run_resumes_exactly(tiny_data, tmp_path):
         assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
 
 
+def test_recipe_extras_train_and_resume_past_mixup_off_epoch_exactly(tiny_data, tmp_path, caplog):
+    """--repeated_aug, --mixup_off_epoch and --bce_target_thresh together: an epoch keeps the plain sampler's
+    steps, mixing stops at epoch 1 (0-based), and a rerun after a stop in epoch 2 (past it: it must not mix
+    again) ends with the weights of the run never stopped."""
+    extra = ("--epochs", "3", "--repeated_aug", "2", "--mixup", "0.4", "--cutmix", "1.0", "--mixup_off_epoch", "1",
+             "--criterion", "bce", "--bce_target_thresh", "0.2", "--label_smoothing", "0.1")
+    full = train(tiny_data["folder"], tmp_path, "full", *extra)
+    assert "epoch 2: mixup/cutmix off from now on (--mixup_off_epoch 1)" in caplog.text
+    n = len(ClassificationDataset(tiny_data["folder"], "folder", "train"))
+    batches = n // 8 if n % 8 == 1 else -(-n // 8)  # the plain sampler's batches (a batch of one dropped)
+    assert load_checkpoint(full / "checkpoints/last.pth")["scheduler"]["last_epoch"] == 3 * batches
+    part = tmp_path / "resnet18/part"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copy(full / "config.yaml", part / "config.yaml")
+    shutil.copy(full / "checkpoints/last.pth.prev", part / "checkpoints/last.pth")  # after epochs 0 and 1
+    train(tiny_data["folder"], tmp_path, "part", *extra)
+    a, b = load_checkpoint(full / "checkpoints/last.pth")["model"], load_checkpoint(part / "checkpoints/last.pth")
+    assert all(torch.equal(a[k], b["model"][k]) for k in a) and b["epoch"] == 2
+
+
 def test_ema_is_evaluated_and_saved(tiny_data, tmp_path):
     run = train(tiny_data["folder"], tmp_path, "ema", "--ema", "--ema_decay", "0.5")
     metrics = read_json(run / "metrics.json")

@@ -226,6 +226,10 @@ def test_refused_options_say_why(small):
     with pytest.raises(ShardError, match="class-balanced sampling .* add --cache_dataset memory"):
         shards.shard_loader(dataset, batch_size=4, workers=0, train=True, rank=0, world_size=1, pin_memory=False,
                             class_balanced=True, decode_on_device=False)
+    with pytest.raises(ShardError, match=r"repeated augmentation \(--repeated_aug\) draws samples by index.* add "
+                                         r"--cache_dataset memory"):
+        shards.shard_loader(dataset, batch_size=4, workers=0, train=True, rank=0, world_size=1, pin_memory=False,
+                            class_balanced=False, decode_on_device=False, repeated_aug=3)
     with pytest.raises(ShardError, match="--gpu_decode reads samples by index"):
         shards.shard_loader(dataset, batch_size=4, workers=0, train=True, rank=0, world_size=1, pin_memory=False,
                             class_balanced=False, decode_on_device=True)
@@ -283,6 +287,10 @@ def test_memory_cache_on_shards_reads_the_split_once_then_serves_seeded_epochs(s
     # with the labels known, class-balanced sampling works on cached shards
     _, balanced, drawn = cached_indices(small, rank=0, world=1, epoch=0, class_balanced=True)
     assert type(balanced.sampler).__name__ == "ClassBalancedSampler" and len(drawn) == 23
+    # and so does repeated augmentation (refused when streamed): each drawn sample twice in a row
+    _, repeated, drawn = cached_indices(small, rank=0, world=1, epoch=0, repeated_aug=2)
+    assert type(repeated.sampler).__name__ == "RepeatedAugSampler" and len(drawn) == 23
+    assert drawn[0:22:2] == drawn[1:22:2] and len(set(drawn)) == 12  # the 23rd: the first of the next pair
 
 
 def test_memory_cache_on_shards_refuses_a_split_over_the_limit(small):
