@@ -128,10 +128,11 @@ def test_grid_sweep_two_devices_then_rerun_runs_nothing(tiny_data, tmp_path, swe
 
 def test_sweep_only_keeps_every_variants_row_and_the_console_shows_each_epoch(tiny_data, tmp_path):
     """--sweep_only one variant, then the other: the sweep's compare.csv holds both (the first is not
-    lost); while a variant runs, the console gets one line per epoch naming it."""
+    lost); while a variant runs, the console gets one line per epoch naming it, and with --log_interval its
+    latest per-step line."""
     import csv
     sweep = sweep_file(tmp_path, {"name": "o", "base": tiny_base(tiny_data["folder"], epochs=2),
-                                  "variants": {"first": {}, "second": {"label_smoothing": 0.1}}})
+                                  "variants": {"first": {}, "second": {"label_smoothing": 0.1, "log_interval": 1}}})
     for tag in ("first", "second"):
         r = main_process("--sweep", str(sweep), "--output", str(tmp_path / "out"), "--sweep_only", tag,
                          cwd=tmp_path)
@@ -140,6 +141,8 @@ def test_sweep_only_keeps_every_variants_row_and_the_console_shows_each_epoch(ti
             assert re.search(rf"INFO applications\.sweep: {tag}: epoch {epoch}/2  train loss \d+\.\d{{4}}  "
                              rf"val loss \d+\.\d{{4}} top-1 \d+\.\d\d", r.stderr), r.stderr[-3000:]
         assert not re.search(r"(first|second): epoch 3", r.stderr)
+        step_line = rf"INFO applications\.sweep: {tag}: epoch [12]/2  step [1-4]/4  loss \d+\.\d{{4}}  lr .* img/s"
+        assert bool(re.search(step_line, r.stderr)) == (tag == "second"), r.stderr[-3000:]
     assert "first: epoch" not in r.stderr  # the second call ran the second variant only
     with open(tmp_path / "out/o/compare.csv", newline="") as f:
         rows = {row["run"]: row for row in csv.DictReader(f)}

@@ -2,6 +2,8 @@
 --sweep (grid, named variants, Optuna search) as real processes on the tiny digits."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import yaml
 
@@ -277,3 +279,23 @@ def test_a_multi_label_trial_is_judged_by_val_map(tmp_path, monkeypatch):
         assert sweep._run_trial(trial, flags, run_dir, None, tmp_path, None) == "complete"
         done = study.trials[0]
         assert done.value == best and list(done.intermediate_values.values()) == reported
+
+
+def test_the_sweep_shows_a_variants_latest_step_line_once_and_not_too_often(tmp_path, caplog):
+    """EpochReporter: the latest --log_interval line of the run's log.txt, when it changed, at most every
+    ``step_every`` seconds; a line already there when the reporter starts (an earlier run's) is not repeated."""
+    from applications.sweep import EpochReporter
+    log = tmp_path / "log.txt"
+    stamp = "2026-12-04 20:00:00 INFO engine.step_log: "
+    line = "epoch 1/2  step {}/8  loss 1.0000  lr 1.00e-01  50 img/s  data 3%  eta 0:00:0{}"
+    log.write_text(stamp + line.format(1, 7) + "\n")
+    often, rarely = EpochReporter(tmp_path, "often", 2, step_every=0), EpochReporter(tmp_path, "rarely", 2)
+    with caplog.at_level(logging.INFO, logger="applications.sweep"):
+        often(), rarely()
+        assert caplog.messages == []  # the line was there before
+        log.write_text(log.read_text() + stamp + line.format(2, 6) + "\n2026-12-04 20:00:01 INFO x: other\n")
+        often(), rarely(), often()
+        log.write_text(log.read_text() + stamp + line.format(3, 5) + "\n")
+        often(), rarely()
+    assert caplog.messages == [f"often: {line.format(2, 6)}", f"rarely: {line.format(2, 6)}",
+                               f"often: {line.format(3, 5)}"]  # rarely: 10 s have not passed
