@@ -60,7 +60,7 @@ NOT_SETTINGS = frozenset({"tag", "output", "config", "resume", "overwrite", "no_
                           "visual_data", "visual_source", "flops", "throughput", "summary", "publish", "compare",
                           "sweep"})
 # Folders a run search never enters: inside a run, or a tracker's store.
-_SKIP_DIRS = frozenset({"checkpoints", "tensorboard", "export", "mlruns", "__pycache__"})
+_SKIP_DIRS = frozenset({"checkpoints", "tensorboard", "export", "mlruns", "wandb", "__pycache__"})
 
 
 @dataclass

@@ -150,9 +150,11 @@ def _add_length(g: argparse._ArgumentGroup) -> None:
                    help="every N optimizer steps of an epoch, a line with the loss of those steps, the LR, images/s, "
                         "the share of the time spent waiting for data and the epoch's ETA, to the console, log.txt "
                         "and TensorBoard (tensorboard/steps, at the global step); 0 = off: one line per epoch")
-    g.add_argument("--tracker", choices=["none", "mlflow"], default="none",
-                   help="also log params, per-epoch metrics and pictures to MLflow (MLFLOW_TRACKING_URI, else "
-                        "<output>/mlruns)")
+    g.add_argument("--tracker", choices=["none", "mlflow", "wandb"], default="none",
+                   help="also log params, per-epoch metrics, final metrics and pictures to MLflow "
+                        "(MLFLOW_TRACKING_URI, else <output>/mlruns) or to Weights & Biases (WANDB_PROJECT, else "
+                        "the output folder's name; files in WANDB_DIR, else <output>/wandb; WANDB_MODE=offline "
+                        "keeps the run on disk)")
 
 
 def _check_length(cfg: argparse.Namespace) -> None:

@@ -299,3 +299,24 @@ def test_the_sweep_shows_a_variants_latest_step_line_once_and_not_too_often(tmp_
         often(), rarely()
     assert caplog.messages == [f"often: {line.format(2, 6)}", f"rarely: {line.format(2, 6)}",
                                f"often: {line.format(3, 5)}"]  # rarely: 10 s have not passed
+
+
+def test_the_trackers_are_the_flags_choices_and_load_their_package_only_when_asked(tmp_path):
+    """--tracker's choices are "none" and the TRACKERS registry; a run without a tracker (and the training
+    code itself) never imports wandb or mlflow."""
+    import subprocess
+    import sys
+
+    from config import REPO_ROOT, build_parser
+    from config.parser import actions_by_dest
+    from experiments.tracking import TRACKERS, create_tracker
+    assert list(actions_by_dest(build_parser())["tracker"].choices) == ["none", *TRACKERS]
+    assert create_tracker("none", {}, tmp_path, resumed=False) is None
+    with pytest.raises(ValueError, match="--tracker 'neptune' is not a tracker: choose from none, mlflow, wandb"):
+        create_tracker("neptune", {}, tmp_path, resumed=False)
+    code = ("import sys, applications.train, experiments.tracking; from experiments.tracking import RunRecorder; "
+            "RunRecorder({'tracker': 'none'}, sys.argv[1], resumed=False); "
+            "print(sorted(m for m in ('wandb', 'mlflow') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                       cwd=REPO_ROOT, check=True)
+    assert r.stdout.strip() == "[]"
