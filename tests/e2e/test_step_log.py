@@ -37,3 +37,16 @@ def test_log_interval_lines_and_tensorboard_scalars(tiny_data, tmp_path):
     last = [line for line in (run / "log.txt").read_text().splitlines() if LINE.search(line)][-1]
     assert latest_step_line(run / "log.txt") == LINE.search(last).group(0) and " step 6/8 " in last
     assert [row["epoch"] for row in read_json(run / "metrics.json")["history"]] == [0, 1]
+
+
+def test_a_resumed_run_continues_the_step_scalars(tiny_data, tmp_path):
+    """One epoch, then the same run resumed for a second: tensorboard/steps holds both runs' steps (the resume
+    purges only from its own first step on), at the global steps of an uninterrupted run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    args = tiny_train_args(tiny_data["folder"], tmp_path, "-b", "4", "--lr", "0.01", "--log_interval", "3",
+                           "--tag", "r", "--arch", "simple_cnn")
+    assert run_main([*args, "--epochs", "1"]) == 0
+    assert run_main([*args, "--epochs", "2"]) == 0
+    events = EventAccumulator(str(tmp_path / "simple_cnn" / "r" / "tensorboard" / "steps"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("step/loss")] == [3, 6, 11, 14]
