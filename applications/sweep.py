@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shlex
 import signal
@@ -47,6 +48,7 @@ from experiments.runs import (
     RunFolderError,
     compare_runs,
     headline_metric,
+    latest_step_line,
     missing_outputs,
     read_config,
     read_metrics,
@@ -138,12 +140,13 @@ def select_variants(spec: SweepSpec, only: list[str] | None) -> list[Variant]:
 
 def command_line_flags(cfg: argparse.Namespace) -> dict[str, Any]:
     """Flags given next to ``--sweep`` (those that differ from their defaults): they apply to every run,
-    over the sweep file's base and under each variant's own values. ``--tracker`` is passed on too. A value the
+    over the sweep file's base and under each variant's own values. ``--tracker`` and ``--log_interval`` are passed
+    on too. A value the
     checks derive from the task when it is not given (``--criterion``: softmax, bce with ``--multi_label``) is
     compared with what they derive, not passed on as given."""
     defaults = {**vars(build_parser().parse_args([])),
                 "criterion": default_criterion(getattr(cfg, "multi_label", False))}
-    skip = NOT_SETTINGS - {"tracker"}
+    skip = NOT_SETTINGS - {"tracker", "log_interval"}
     return {k: v for k, v in vars(cfg).items() if k not in skip and v != defaults.get(k)}
 
 
@@ -177,11 +180,15 @@ class EpochReporter:
     """While a variant runs, one console line per epoch it finishes, naming the variant (``lr-0.1: epoch
     2/10  train loss 0.4123  val loss 0.3812 top-1 91.20  14 s``): the new rows of its ``metrics.json``,
     read by the one metrics reader each time it is called (``Children.run``'s watch). Rows already there
-    when it starts (a resumed run's earlier epochs) are not repeated."""
+    when it starts (a resumed run's earlier epochs) are not repeated. A variant trained with ``--log_interval``
+    also shows its latest per-step line (from its ``log.txt``) when that changed, at most every
+    ``step_every`` seconds, so that each running variant's progress inside a long epoch is seen."""
 
-    def __init__(self, run_dir: Path, tag: str, epochs: int | None) -> None:
+    def __init__(self, run_dir: Path, tag: str, epochs: int | None, step_every: float = 10.0) -> None:
         self.run_dir, self.tag, self.epochs = run_dir, tag, epochs
         self.seen = {self._key(row) for row in _history(run_dir)}
+        self.step_every, self.step_shown, self.step_line = step_every, -math.inf, latest_step_line(
+            run_dir / "log.txt")
 
     @staticmethod
     def _key(row: dict[str, Any]) -> str:
@@ -193,6 +200,12 @@ class EpochReporter:
             if key not in self.seen:
                 self.seen.add(key)
                 logger.info("%s: %s", self.tag, epoch_line(row, self.epochs))
+        now = time.monotonic()
+        if now - self.step_shown >= self.step_every:
+            line = latest_step_line(self.run_dir / "log.txt")
+            if line and line != self.step_line:
+                self.step_line, self.step_shown = line, now
+                logger.info("%s: %s", self.tag, line)
 
 
 def epoch_line(row: dict[str, Any], epochs: int | None) -> str:

@@ -7,6 +7,7 @@ puts them in order, as pycls's ``train_model`` does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 from dataclasses import replace
@@ -26,6 +27,7 @@ from engine.early_stop import EarlyStopping
 from engine.epoch_end import EpochEnd, headline
 from engine.loops import tuned_summary
 from engine.state import CheckpointSaver, Progress, TrainState
+from engine.step_log import StepLog
 from engine.stop import StopRequest, stop_check
 from experiments.tracking import RunRecorder
 from models import extract_state_dict, load_state_dict_checked
@@ -265,8 +267,8 @@ def _train_epochs(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, 
         logger.info("early-stopped at epoch %d (--patience %d): no more epochs", end.early_stop.stopped_epoch + 1,
                     cfg.patience)
         return None
-    stop = StopRequest()
-    with stop:
+    stop, step_log = StopRequest(), _step_log(cfg, parts, end.run_dir, at, info)
+    with stop, contextlib.closing(step_log) if step_log is not None else contextlib.nullcontext():
         for epoch in range(at.start_epoch, cfg.epochs):
             if parts.frozen is not None and cfg.unfreeze_epoch is not None and epoch >= cfg.unfreeze_epoch:
                 parts.unfreeze()
@@ -277,7 +279,8 @@ def _train_epochs(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, 
             parts.train_loader.sampler.set_epoch(epoch, start=start_batch * cfg.batch_size)
             tr = parts.train_epoch(epoch, progress=progress, start_batch=start_batch, partial=partial,
                                    should_stop=stop_check(stop, info.device, every=10 if info.distributed else 1),
-                                   save_point=_step_checkpoints(cfg.save_every_steps, parts, end, epoch))
+                                   save_point=_step_checkpoints(cfg.save_every_steps, parts, end, epoch),
+                                   step_log=step_log)
             start_batch, partial = 0, None
             if tr["interrupted"]:
                 return _save_interrupted(end, epoch, tr)
@@ -293,6 +296,19 @@ def _train_epochs(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, 
                             "(--patience)", epoch + 1, end.saver.metric.label, cfg.min_delta, cfg.patience)
                 break
     return None
+
+
+def _step_log(cfg: argparse.Namespace, parts: TrainingParts, run_dir: Path, at: Progress,
+              info: DistInfo) -> StepLog | None:
+    """``--log_interval``'s per-step lines (rank 0 only; None when off), their TensorBoard scalars in
+    ``tensorboard/steps`` (beside the epochs' folder, whose purge on a resume counts epochs, not steps)."""
+    if not cfg.log_interval or not info.is_main:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    start = at.start_epoch * parts.steps_per_epoch + math.ceil(at.start_batch / parts.accumulation_steps)
+    writer = SummaryWriter(log_dir=str(run_dir / "tensorboard" / "steps"), purge_step=start + 1)
+    return StepLog(cfg.log_interval, parts.steps_per_epoch, cfg.epochs, parts.accumulation_steps, writer,
+                   info.world_size)
 
 
 def _save_interrupted(end: EpochEnd, epoch: int, tr: dict[str, Any]) -> dict[str, Any]:

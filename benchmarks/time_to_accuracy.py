@@ -35,7 +35,9 @@ EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) .*val loss \S+ top-1 ([\d.]+)")
 def standard_recipe(folder: Path) -> Path:
     """The recipe without its speed settings (cache, channels-last), written to ``folder``."""
     import yaml
-    recipe = yaml.safe_load(RECIPE.read_text())
+
+    from config import read_config_file
+    recipe = read_config_file(RECIPE)
     for key in ("cache_dataset", "channels_last"):
         recipe.pop(key, None)
     path = folder / "digits_resnet18_standard.yaml"

@@ -13,9 +13,10 @@ mode's ``check_files``, which ``main.py`` runs before the mode.
 
 The package: ``base`` (FlagGroup, Mode, ConfigError), ``shared`` (the shared groups), ``modes/`` (one file per
 mode), ``registry`` (MODE_REGISTRY), ``parser`` (build_parser and what it tells about the keys),
-``yaml_values`` (YAML values converted as flags), ``command_line`` (parse and check), ``saved`` (config.yaml
-and a checkpoint's config), ``flag_docs`` (docs/flags.md; ``python -m config`` writes it). This package re-exports
-their public names. It must stay light: it imports neither torch nor data code, and no mode of ``applications/``.
+``yaml_tree`` (config files that build on each other: ``base:``), ``yaml_values`` (YAML values converted as
+flags), ``command_line`` (parse and check), ``saved`` (config.yaml and a checkpoint's config), ``flag_docs``
+(docs/flags.md; ``python -m config`` writes it). This package re-exports their public names. It must stay
+light: it imports neither torch nor data code, and no mode of ``applications/``.
 """
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ from config.shared import (
     default_criterion,
     finite_float,
 )
+from config.yaml_tree import merge_config, read_config_file, read_config_tree
 from config.yaml_values import coerce_flag_values, flag_dest, load_yaml_defaults
 
 __all__ = [
@@ -75,6 +77,7 @@ __all__ = [
     "config_conflicts", "config_to_dict", "default_criterion", "defer_preprocessing", "finite_float", "flag_dest",
     "flag_defaults",
     "flag_owner", "flag_reference", "flags_to_argv", "given_on_command_line", "load_saved_config", "load_yaml_defaults",
-    "mode_reads", "need", "parse_command_line", "parse_config", "resume_safe_keys", "save_config", "selected_mode",
+    "merge_config", "mode_reads", "need", "parse_command_line", "parse_config",
+    "read_config_file", "read_config_tree", "resume_safe_keys", "save_config", "selected_mode",
     "use_checkpoint_data", "validate", "write_flag_docs",
 ]

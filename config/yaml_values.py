@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from config.base import ConfigError
 from config.parser import actions_by_dest, flag_name
 from config.shared import finite_float
+from config.yaml_tree import read_config_tree
 
 
 def _expected(action: argparse.Action) -> str:
@@ -80,17 +78,14 @@ def _coerce_yaml_value(action: argparse.Action, key: str, value: Any, source: st
 
 
 def load_yaml_defaults(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
-    """Read a YAML config with the safe loader and return parser defaults; unknown keys are errors."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"--config: file {path!r} does not exist")
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--config: {path} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config: {path} must hold a mapping of flag names to values, got {type(data).__name__}")
-    return coerce_flag_values(parser, data, f"--config: {path}", path)
+    """Read a YAML config (and the ``base:`` files it builds on) with the safe loader and return parser
+    defaults; an unknown key or a bad value is an error naming the file it came from."""
+    data, origin = read_config_tree(path)
+    values = {}
+    for key, value in data.items():
+        where = str(origin[key])
+        values.update(coerce_flag_values(parser, {key: value}, f"--config: {where}", where))
+    return values
 
 
 def flag_dest(parser: argparse.ArgumentParser, key: Any, where: str) -> str:

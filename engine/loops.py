@@ -25,36 +25,36 @@ from utils.metrics import confusion_counts, hard_labels, report_from_confusion, 
 from utils.multilabel import multilabel_report, tune_thresholds
 
 from .precision import autocast
+from .step_log import StepLog
 
 logger = logging.getLogger(__name__)
 
 
 def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, *, preprocess: Callable[[torch.Tensor], torch.Tensor],
-                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, epoch: int = 0,
                     scaler: torch.amp.GradScaler | None = None, dtype: torch.dtype | None = None,
-                    accumulation_steps: int = 1, epoch: int = 0, progress: bool = True,
-                    batch_hook: Callable | None = None, ema: ModelEma | None = None,
+                    accumulation_steps: int = 1, progress: bool = True, batch_hook: Callable | None = None,
+                    ema: ModelEma | None = None, step_log: StepLog | None = None,
                     on_step: Callable[[int, float], bool] | None = None, clip_grad: float | None = None,
-                    start_batch: int = 0, partial: dict[str, float] | None = None,
+                    start_batch: int = 0, partial: dict[str, float] | None = None, multi_label: bool = False,
                     should_stop: Callable[[], bool] | None = None, readback_every: int | None = None,
-                    save_point: Callable[[int, dict[str, float]], None] | None = None,
-                    multi_label: bool = False) -> dict[str, Any]:
-    """One pass over ``loader``: forward, backward, an optimizer (and scheduler) step every
-    ``accumulation_steps`` micro-batches. Returns mean loss, top-1 on the hard labels, the LR of the
-    last step, img/s, and the number of images skipped as undecodable.
+                    save_point: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """One pass over ``loader``: forward, backward, an optimizer (and scheduler) step every ``accumulation_steps``
+    micro-batches. Returns mean loss, top-1 on the hard labels, the LR of the last step, img/s, and the number of
+    images skipped as undecodable.
 
-    ``batch_hook(images, target, index, epoch, batch) -> (images, target, weight)`` applies per-batch
-    strategies (soft targets, per-sample weights, mixing, rescaling); ``ema`` is updated after every
-    optimizer step; ``clip_grad`` clips the gradient norm before it. ``on_step(steps, loss)`` and
-    ``should_stop()`` are asked after each optimizer step: True ends the epoch there (the LR range test;
-    a SIGTERM), and the result then says ``interrupted`` with ``batches_done`` and the running sums in
-    ``partial``, from which a later call continues (``start_batch``, ``partial``; the loader's sampler
-    must skip the same batches). ``save_point(batches_done, sums)`` is called after every optimizer step
-    that neither ends nor stops the epoch, with this rank's running sums: a point where that same mid-epoch
-    state may be saved (``--save_every_steps``); every rank calls it at the same steps. The loss and top-1
-    are read back from the device every ``readback_every`` batches (default: each batch on the CPU, every
-    10th on a GPU; see :class:`RunningSums`). ``multi_label``: multi-hot targets, top-1 is precision at 1.
+    ``batch_hook(images, target, index, epoch, batch) -> (images, target, weight)`` applies per-batch strategies
+    (soft targets, per-sample weights, mixing, rescaling); ``ema`` is updated after every optimizer step;
+    ``clip_grad`` clips the gradient norm before it. ``on_step(steps, loss)`` and ``should_stop()`` are asked after
+    each optimizer step: True ends the epoch there (the LR range test; a SIGTERM), and the result then says
+    ``interrupted`` with ``batches_done`` and the running sums in ``partial``, from which a later call continues
+    (``start_batch``, ``partial``; the loader's sampler must skip the same batches). ``save_point(batches_done,
+    sums)`` is called after every optimizer step that neither ends nor stops the epoch, with this rank's running
+    sums: a point where that same mid-epoch state may be saved (``--save_every_steps``); every rank calls it at the
+    same steps. The loss and top-1 are read back from the device every ``readback_every`` batches (default: each
+    batch on the CPU, every 10th on a GPU; see :class:`RunningSums`). ``multi_label``: multi-hot targets, top-1 is
+    precision at 1. ``step_log`` (``--log_interval``) times the loader and logs every N-th optimizer step.
     """
     model.train()
     device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
@@ -63,12 +63,11 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
     sums = dict(partial or {"loss": 0.0, "correct": 0, "seen": 0, "expected": 0})
     running = RunningSums(sums, readback_every or (1 if device.type == "cpu" else 10), epoch, dtype,
                           accumulation_steps)
-    steps, seen_now, interrupted, batch = 0, 0, False, start_batch
-    lr = base_lr(optimizer)
+    steps, seen_now, interrupted, batch, lr = 0, 0, False, start_batch, base_lr(optimizer)
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"train {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
     optimizer.zero_grad(set_to_none=True)
-    for i, (images, target, index) in enumerate(bar):
+    for i, (images, target, index) in enumerate(bar if step_log is None else step_log.timed(bar, sums)):
         batch = start_batch + i
         sums["expected"] += sizes[i]
         group_start = i - i % accumulation_steps
@@ -93,6 +92,8 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
             lr = base_lr(optimizer)  # the LR this step used (reported per epoch; per-group factors aside)
             _optimizer_step(model, optimizer, scaler=scaler, scheduler=scheduler, ema=ema, clip_grad=clip_grad)
             steps += 1
+            if step_log is not None:
+                step_log.step(epoch, batch, lr, running, seen_now)
             stop_early = on_step is not None and images.numel() and on_step(steps, loss.item())
             if stop_early or (should_stop is not None and should_stop()):
                 interrupted = i + 1 < n_batches

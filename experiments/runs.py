@@ -35,6 +35,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -53,13 +54,13 @@ PRUNED_FILE = "PRUNED"
 # config.MODES): not "differing flags", not HParams.
 NOT_SETTINGS = frozenset({"tag", "output", "config", "resume", "overwrite", "no_progress", "local_rank",
                           "sort_by", "sweep_devices", "sweep_only", "trials", "study_storage", "max_variants",
-                          "tracker",
+                          "tracker", "log_interval",
                           "train", "evaluation", "knowledge", "make_curriculum", "lr_finder", "jit", "onnx", "openvino",
-                          "predict",
+                          "predict", "average", "calibrate",
                           "visual_data", "visual_source", "flops", "throughput", "summary", "publish", "compare",
                           "sweep", "average", "calibrate"})
 # Folders a run search never enters: inside a run, or a tracker's store.
-_SKIP_DIRS = frozenset({"checkpoints", "tensorboard", "export", "mlruns", "__pycache__"})
+_SKIP_DIRS = frozenset({"checkpoints", "tensorboard", "export", "mlruns", "wandb", "__pycache__"})
 
 
 @dataclass
@@ -242,15 +243,33 @@ def missing_outputs(path: Path, record: RunRecord) -> list[str]:
     return [name for name in wanted if not (path / name).is_file()]
 
 
-def _last_line(path: Path, size: int = 4096) -> str:
-    """The last non-empty line of a text file (read from its end), '' when there is none."""
+def _tail_lines(path: Path, size: int = 4096) -> list[str]:
+    """The non-empty lines of the last ``size`` bytes of a text file (none when there is no file)."""
     if not path.is_file():
-        return ""
+        return []
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
         f.seek(max(0, f.tell() - size))
-        lines = f.read().decode("utf-8", "replace").strip().splitlines()
-    return lines[-1] if lines else ""
+        return [line for line in f.read().decode("utf-8", "replace").splitlines() if line.strip()]
+
+
+def _last_line(path: Path, size: int = 4096) -> str:
+    """The last non-empty line of a text file (read from its end), '' when there is none."""
+    lines = _tail_lines(path, size)
+    return lines[-1].strip() if lines else ""
+
+
+# The line ``--log_interval`` writes every N steps (engine.step_log.step_line), as it follows the log's time stamp.
+STEP_LINE = re.compile(r"epoch \d+/\d+  step \d+/\d+  loss .*")
+
+
+def latest_step_line(log: Path) -> str:
+    """The last ``--log_interval`` line in the tail of a run's ``log.txt`` ('' when there is none yet)."""
+    for line in reversed(_tail_lines(log, 16384)):
+        match = STEP_LINE.search(line)
+        if match:
+            return match.group(0)
+    return ""
 
 
 def differing_keys(configs: Sequence[dict[str, Any]]) -> list[str]:

@@ -16,6 +16,7 @@ from torch.optim.swa_utils import AveragedModel
 from dataloader.labels import class_counts as label_counts
 from dataloader.loader import start_workers
 from engine import amp_dtype, train_one_epoch
+from engine.step_log import StepLog
 from models import create_model
 from models.finetune import freeze_backbone, head_parameter_names, unfreeze
 from models.memory import enable_gradient_checkpointing
@@ -81,14 +82,15 @@ class TrainingParts:
     def train_epoch(self, epoch: int, *, progress: bool, start_batch: int = 0,
                     partial: dict[str, float] | None = None, should_stop: Callable[[], bool] | None = None,
                     on_step: Callable[[int, float], bool] | None = None,
-                    save_point: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+                    save_point: Callable[[int, dict[str, float]], None] | None = None,
+                    step_log: StepLog | None = None) -> dict[str, Any]:
         """One epoch of ``engine.train_one_epoch`` with these parts (the loader's sampler set by the caller)."""
         return train_one_epoch(self.net(), self.train_loader, self.criterion, self.optimizer,
                                preprocess=self.preprocess, scheduler=self.scheduler, scaler=self.scaler,
                                dtype=self.dtype, accumulation_steps=self.accumulation_steps, epoch=epoch,
                                progress=progress, batch_hook=self.batch_hook, ema=self.ema, clip_grad=self.clip_grad,
                                start_batch=start_batch, partial=partial, should_stop=should_stop, on_step=on_step,
-                               save_point=save_point, multi_label=self.multi_label)
+                               save_point=save_point, multi_label=self.multi_label, step_log=step_log)
 
 
 def build_training_parts(cfg: argparse.Namespace, class_names: Sequence[str], info: DistInfo, *, lr: float,

@@ -135,7 +135,9 @@ def digits_train_args(ctx: Ctx, out: Path, tag: str, epochs: int) -> list[str]:
     """``main.py --train`` flags: the quickstart recipe (decoded once, cached on the device) without its
     channels-last, at the profile's model, size and batch."""
     import yaml
-    recipe = yaml.safe_load(RECIPE.read_text())
+
+    from config import read_config_file
+    recipe = read_config_file(RECIPE)
     recipe.pop("channels_last", None)
     path = out / "digits_recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))

@@ -146,14 +146,21 @@ def _add_length(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--save_every_steps", type=int, default=0, metavar="N",
                    help="also save last.pth (resumable where it stands) every N optimizer steps inside an epoch, "
                         "so that a kill loses at most N steps; 0 = off: once per epoch")
-    g.add_argument("--tracker", choices=["none", "mlflow"], default="none",
-                   help="also log params, per-epoch metrics and pictures to MLflow (MLFLOW_TRACKING_URI, else "
-                        "<output>/mlruns)")
+    g.add_argument("--log_interval", type=int, default=0, metavar="N",
+                   help="every N optimizer steps of an epoch, a line with the loss of those steps, the LR, images/s, "
+                        "the share of the time spent waiting for data and the epoch's ETA, to the console, log.txt "
+                        "and TensorBoard (tensorboard/steps, at the global step); 0 = off: one line per epoch")
+    g.add_argument("--tracker", choices=["none", "mlflow", "wandb"], default="none",
+                   help="also log params, per-epoch metrics, final metrics and pictures to MLflow "
+                        "(MLFLOW_TRACKING_URI, else <output>/mlruns) or to Weights & Biases (WANDB_PROJECT, else "
+                        "the output folder's name; files in WANDB_DIR, else <output>/wandb; WANDB_MODE=offline "
+                        "keeps the run on disk)")
 
 
 def _check_length(cfg: argparse.Namespace) -> None:
     need(cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}")
     need(cfg.save_every_steps >= 0, f"--save_every_steps must be >= 0 (0 = off), got {cfg.save_every_steps}")
+    need(cfg.log_interval >= 0, f"--log_interval must be >= 0 (0 = off), got {cfg.log_interval}")
 
 
 # A resumed run may train longer and log elsewhere: these do not change what the epochs done so far were.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -63,6 +64,20 @@ def test_torchrun_training_writes_one_set_of_files_and_evaluates_exactly(tiny_da
                      "--data", str(tiny_data["folder"]), "-j", "0", "--out", str(tmp_path / "single.json")]) == 0
     assert read_json(run / "eval_test/metrics.json")["top1"] == ddp_top1
     assert read_json(run / "eval_test/metrics.json")["confusion_matrix"] == report["confusion_matrix"]
+
+
+
+def test_torchrun_log_interval_lines_come_from_rank_0_only(tiny_data, tmp_path):
+    """--log_interval 1 under torchrun: each rank trains 15 of the 30 images in batches of 4 (4 steps an
+    epoch); one line per step, from rank 0 alone, in log.txt and on the console."""
+    r = launch(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "ddp", "-b", "4", "--arch", "simple_cnn",
+                               "--log_interval", "1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (tmp_path / "simple_cnn/ddp/log.txt").read_text()
+    steps = re.findall(r"epoch (\d)/2  step (\d)/(\d)  loss", log)
+    assert steps == [(e, s, "4") for e in "12" for s in "1234"]
+    assert len(re.findall(r"epoch \d/2  step \d/4  loss", r.stderr)) == 8  # not twice: rank 1 does not log
+    assert len(list((tmp_path / "simple_cnn/ddp/tensorboard/steps").iterdir())) == 1  # one writer, rank 0's
 
 
 def test_two_processes_equal_one_process_with_the_same_global_batch(tiny_data, tmp_path):

@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -99,6 +100,74 @@ def test_tracker_mlflow_records_params_metrics_and_pictures(tiny_data, tmp_path,
     assert (tmp_path / "artifacts").is_dir() and not (Path.cwd() / "mlruns").exists()  # artifacts beside the db
 
 
+
+def wandb_records(path: Path) -> list:
+    """The records of an offline W&B run file (``run-<id>.wandb``): W&B's LevelDB-style log of protobuf
+    records (a 7-byte file header; 32 KiB blocks of records, each with a 7-byte header: CRC, length, type
+    1 full / 2 first / 3 middle / 4 last), read here because wandb 0.31 ships no reader of its own."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    raw, block, head = path.read_bytes(), 32768, 7
+    assert raw[:4] == b":W&B"
+    offset, pieces, records = head, b"", []
+    while offset + head <= len(raw):
+        left = block - offset % block
+        length, kind = struct.unpack("<HB", raw[offset + 4:offset + head]) if left >= head else (0, 0)
+        if kind == 0:  # the block's padding
+            offset += left
+            continue
+        data = raw[offset + head:offset + head + length]
+        offset += head + length
+        pieces = data if kind in (1, 2) else pieces + data
+        if kind in (1, 4):
+            records.append(pb.Record.FromString(pieces))
+    return records
+
+
+def _items(items) -> dict:
+    return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}
+
+
+@pytest.mark.slow
+def test_tracker_wandb_records_params_metrics_and_pictures_offline(tiny_data, tmp_path, monkeypatch):
+    """--tracker wandb with WANDB_MODE=offline: the run file W&B writes holds the params, each epoch's metrics
+    at step epoch + 1, the final test metrics in the summary, the pictures and metrics.json, and a clean exit."""
+    for key in ("WANDB_PROJECT", "WANDB_API_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wb").mkdir()
+    out = tmp_path / "out"
+    assert run_main(tiny_train_args(tiny_data["folder"], out, "--tracker", "wandb", "--tag", "wb",
+                                    "--arch", "simple_cnn")) == 0
+    saved = read_json(out / "simple_cnn/wb/wandb_run.json")
+    assert saved["project"] == "out"
+    [folder] = (tmp_path / "wb" / "wandb").glob(f"offline-run-*-{saved['run_id']}")
+    records = wandb_records(folder / f"run-{saved['run_id']}.wandb")
+    kinds = [r.WhichOneof("record_type") for r in records]
+    [run] = [r.run for r in records if r.HasField("run")]
+    assert run.display_name == "simple_cnn/wb" and run.project == "out"
+    params = _items(run.config.update)
+    assert params["lr"] == 0.05 and params["image_size"] == f"{TINY_SIZE} {TINY_SIZE}" and "output" not in params
+    history = read_json(out / "simple_cnn/wb/metrics.json")
+    steps = [_items(r.history.item) for r in records if r.HasField("history")]
+    epochs = [row for row in steps if "val_top1" in row]
+    assert [row["_step"] for row in epochs] == [1, 2]
+    assert [row["val_top1"] for row in epochs] == pytest.approx([row["val_top1"] for row in history["history"]])
+    summary = {}
+    for r in records:
+        if r.HasField("summary"):
+            summary.update(_items(r.summary.update))
+    assert summary["test_top1"] == pytest.approx(history["test"]["test_top1"]) and "best_val_top1" in summary
+    pictures = {key.split("/")[1] for row in steps for key in row if key.startswith("pictures/")}
+    assert {"curves", "augmented_samples", "eval_test"} <= pictures
+    files = {f.path for r in records if r.HasField("files") for f in r.files.files}
+    assert "metrics.json" in files and any(p.startswith("media/images/pictures/curves") for p in files)
+    assert (folder / "files" / "metrics.json").is_file()
+    [exit_record] = [r.exit for r in records if r.HasField("exit")]
+    assert kinds[-1] == "exit" and exit_record.exit_code == 0
+
+
 # ---- sweeps as real processes ----------------------------------------------------------------------
 
 def sweep_result(r: subprocess.CompletedProcess) -> dict:
@@ -128,10 +197,11 @@ def test_grid_sweep_two_devices_then_rerun_runs_nothing(tiny_data, tmp_path, swe
 
 def test_sweep_only_keeps_every_variants_row_and_the_console_shows_each_epoch(tiny_data, tmp_path):
     """--sweep_only one variant, then the other: the sweep's compare.csv holds both (the first is not
-    lost); while a variant runs, the console gets one line per epoch naming it."""
+    lost); while a variant runs, the console gets one line per epoch naming it, and with --log_interval its
+    latest per-step line."""
     import csv
     sweep = sweep_file(tmp_path, {"name": "o", "base": tiny_base(tiny_data["folder"], epochs=2),
-                                  "variants": {"first": {}, "second": {"label_smoothing": 0.1}}})
+                                  "variants": {"first": {}, "second": {"label_smoothing": 0.1, "log_interval": 1}}})
     for tag in ("first", "second"):
         r = main_process("--sweep", str(sweep), "--output", str(tmp_path / "out"), "--sweep_only", tag,
                          cwd=tmp_path)
@@ -140,6 +210,8 @@ def test_sweep_only_keeps_every_variants_row_and_the_console_shows_each_epoch(ti
             assert re.search(rf"INFO applications\.sweep: {tag}: epoch {epoch}/2  train loss \d+\.\d{{4}}  "
                              rf"val loss \d+\.\d{{4}} top-1 \d+\.\d\d", r.stderr), r.stderr[-3000:]
         assert not re.search(r"(first|second): epoch 3", r.stderr)
+        step_line = rf"INFO applications\.sweep: {tag}: epoch [12]/2  step [1-4]/4  loss \d+\.\d{{4}}  lr .* img/s"
+        assert bool(re.search(step_line, r.stderr)) == (tag == "second"), r.stderr[-3000:]
     assert "first: epoch" not in r.stderr  # the second call ran the second variant only
     with open(tmp_path / "out/o/compare.csv", newline="") as f:
         rows = {row["run"]: row for row in csv.DictReader(f)}

@@ -11,8 +11,8 @@ issue's mark, mAP >= 95 % within 5 minutes, is the 4-epoch recipe's (docs/multil
 from __future__ import annotations
 
 import pytest
-import yaml
 
+from config import read_config_file
 from dataloader.digits import make_mosaic
 from helpers import ROOT, read_json, run_main
 
@@ -23,7 +23,7 @@ MIN_MAP = 94.0
 
 @pytest.mark.slow
 def test_mosaic_recipe_reaches_its_map(tmp_path):
-    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe = read_config_file(RECIPE)
     assert recipe["multi_label"] is True and recipe["tune_thresholds"] is True and recipe["epochs"] == 4
     data = make_mosaic(ROOT / "data" / "digits_mosaic")
     assert run_main(["--train", "--config", str(RECIPE), "--data", str(data), "--epochs", str(EPOCHS),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from config import read_config_file
 from dataloader.digits import make_digits
 from helpers import ROOT, read_json, run_main
 
@@ -34,7 +35,7 @@ def _train(config, out, tag: str) -> dict:
 
 @pytest.mark.slow
 def test_recipe_reaches_its_accuracy_on_the_fast_input_path(tmp_path):
-    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe = read_config_file(RECIPE)
     assert recipe["cache_dataset"] == "memory" and recipe["channels_last"] is True
     fast = _train(RECIPE, tmp_path, "fast")
     assert fast["test_top1"] >= MIN_TOP1
@@ -48,7 +49,7 @@ def test_recipe_reaches_its_accuracy_on_the_fast_input_path(tmp_path):
 def test_recipe_reaches_its_accuracy_on_the_standard_input_path(tmp_path):
     """Workers decode and augment every image, contiguous memory format: the same bound as the fast path (a
     test of its own, so that the two trainings can run on two test workers at once)."""
-    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe = read_config_file(RECIPE)
     standard = {k: v for k, v in recipe.items() if k not in ("cache_dataset", "channels_last")}
     (tmp_path / "standard.yaml").write_text(yaml.safe_dump(standard))
     slow = _train(tmp_path / "standard.yaml", tmp_path, "standard")

@@ -274,3 +274,103 @@ def test_a_flag_added_after_a_run_was_made_conflicts_only_when_set_away_from_its
     assert config.config_conflicts(saved, config.parse_config(["--train", "--lr", "0.1"])) == {}
     assert config.config_conflicts(saved, config.parse_config(["--train", "--lr", "0.1", "--interpolation", "bicubic"])
                                    ) == {"interpolation": ("bilinear", "bicubic")}
+
+
+def _write(folder, name, text):
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_base_files_merge_in_order_relative_to_the_file_that_names_them(tmp_path):
+    """base: [a, b] merges a, then b, then the file; each base path is relative to its own file."""
+    _write(tmp_path, "shared/root.yaml", "lr: 0.3\nepochs: 7\nmomentum: 0.5\n")
+    _write(tmp_path, "shared/a.yaml", "base: root.yaml\nlr: 0.2\nimage_size: [40, 40]\nweight_decay: 0.01\n")
+    _write(tmp_path, "b.yaml", "lr: 0.1\nimage_size: [20, 24]\n")
+    top = _write(tmp_path, "runs/top.yaml", "base: [../shared/a.yaml, ../b.yaml]\nweight_decay: 0.02\n")
+    cfg = config.parse_config(["--train", "--config", str(top), "--momentum", "0.7"])
+    assert (cfg.lr, cfg.image_size, cfg.weight_decay, cfg.epochs, cfg.momentum) == (0.1, [20, 24], 0.02, 7, 0.7)
+
+
+def test_base_merges_mappings_recursively_and_replaces_lists():
+    under = {"a": {"x": 1, "y": {"p": 1, "q": 2}}, "l": [1, 2, 3], "s": 1}
+    over = {"a": {"y": {"q": 3}, "z": 4}, "l": [9], "s": {"now": "a mapping"}}
+    assert config.merge_config(under, over) == {"a": {"x": 1, "y": {"p": 1, "q": 3}, "z": 4}, "l": [9],
+                                                "s": {"now": "a mapping"}}
+    assert under["a"]["y"] == {"p": 1, "q": 2}  # the inputs are left as they were
+
+
+def test_a_base_cycle_is_one_error_naming_the_chain(tmp_path, capsys):
+    a = _write(tmp_path, "a.yaml", "base: b.yaml\nlr: 0.1\n")
+    _write(tmp_path, "b.yaml", "base: [c.yaml]\n")
+    _write(tmp_path, "c.yaml", "base: a.yaml\n")
+    with pytest.raises(SystemExit):
+        config.parse_config(["--train", "--config", str(a)])
+    err = capsys.readouterr().err
+    names = " -> ".join(str((tmp_path / n).resolve()) for n in ("a.yaml", "b.yaml", "c.yaml", "a.yaml"))
+    assert "files that build on each other in a cycle: " + names in err and "Traceback" not in err
+    assert err.count("\n") == 1
+
+
+def test_a_file_named_twice_on_two_branches_is_no_cycle(tmp_path):
+    _write(tmp_path, "root.yaml", "epochs: 5\n")
+    _write(tmp_path, "a.yaml", "base: root.yaml\nlr: 0.2\n")
+    _write(tmp_path, "b.yaml", "base: root.yaml\nmomentum: 0.4\n")
+    top = _write(tmp_path, "top.yaml", "base: [a.yaml, b.yaml]\n")
+    cfg = config.parse_config(["--train", "--config", str(top)])
+    assert (cfg.epochs, cfg.lr, cfg.momentum) == (5, 0.2, 0.4)
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"a.yaml": "lrr: 0.1\n"}, "--config: {a.yaml}: unknown key 'lrr' (did you mean lr"),
+    ({"a.yaml": "epochs: many\n"}, "{a.yaml}: key 'epochs' (flag --epochs) has invalid value 'many'"),
+    ({"a.yaml": "base: nowhere.yaml\n"}, "--config: {a.yaml}: base: file '{nowhere.yaml}' does not exist"),
+    ({"a.yaml": "base: {x: 1}\n"}, "{a.yaml}: base: expected a file name or a list of file names"),
+    ({"a.yaml": "base: [b.yaml, 3]\n"}, "{a.yaml}: base: expected a file name or a list"),
+    ({"a.yaml": "- 1\n"}, "{a.yaml} must hold a mapping of flag names to values, got list"),
+    ({"a.yaml": "lr: [\n"}, "{a.yaml} is not valid YAML"),
+])
+def test_errors_in_a_base_file_name_that_file(tmp_path, capsys, files, message):
+    """The top file is fine; the problem is in its base (a.yaml), and the message names a.yaml, not top."""
+    for name, text in files.items():
+        _write(tmp_path, name, text)
+    top = _write(tmp_path, "top.yaml", "base: a.yaml\nlr: 0.2\n")
+    with pytest.raises(SystemExit):
+        config.parse_config(["--train", "--config", str(top)])
+    err = capsys.readouterr().err
+    expected = message.replace("{a.yaml}", str(tmp_path / "a.yaml")).replace("{nowhere.yaml}",
+                                                                             str(tmp_path / "nowhere.yaml"))
+    assert expected in err and str(top) not in err and "Traceback" not in err
+
+
+def test_a_bad_key_of_the_top_file_names_the_top_file(tmp_path, capsys):
+    _write(tmp_path, "a.yaml", "lr: 0.2\n")
+    top = _write(tmp_path, "top.yaml", "base: a.yaml\nepochz: 3\n")
+    with pytest.raises(SystemExit):
+        config.parse_config(["--train", "--config", str(top)])
+    assert f"--config: {top}: unknown key 'epochz'" in capsys.readouterr().err
+
+
+def test_the_saved_config_is_the_merged_flat_one(tmp_path):
+    """config.yaml of a run holds every value and no base: it reproduces the run without the base files."""
+    base = _write(tmp_path, "base.yaml", "lr: 0.3\nepochs: 4\n")
+    top = _write(tmp_path, "top.yaml", "base: base.yaml\nepochs: 6\n")
+    cfg = config.parse_config(["--train", "--config", str(top)])
+    config.save_config(cfg, tmp_path / "config.yaml")
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert "base" not in saved and saved["lr"] == 0.3 and saved["epochs"] == 6
+    base.unlink()
+    again = config.parse_config(["--config", str(tmp_path / "config.yaml")])
+    assert vars(again) | {"config": None} == vars(cfg) | {"config": None}
+
+
+def test_the_recipes_share_their_base():
+    """The two CPU recipes build on one base file, and each still holds its own settings."""
+    folder = config.REPO_ROOT / "z_task_shell" / "configs"
+    for name in ("digits_resnet18.yaml", "mosaic_multilabel.yaml"):
+        assert yaml.safe_load((folder / name).read_text())["base"] == "cpu_resnet18_base.yaml"
+        merged = config.read_config_file(folder / name)
+        assert merged["optimizer"] == "sgd" and merged["lr"] == 0.05 and merged["arch"] == "resnet18"
+    assert config.read_config_file(folder / "digits_resnet18.yaml")["image_size"] == [48, 48]
+    assert config.read_config_file(folder / "mosaic_multilabel.yaml")["multi_label"] is True

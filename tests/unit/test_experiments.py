@@ -2,6 +2,8 @@
 --sweep (grid, named variants, Optuna search) as real processes on the tiny digits."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import yaml
 
@@ -277,3 +279,44 @@ def test_a_multi_label_trial_is_judged_by_val_map(tmp_path, monkeypatch):
         assert sweep._run_trial(trial, flags, run_dir, None, tmp_path, None) == "complete"
         done = study.trials[0]
         assert done.value == best and list(done.intermediate_values.values()) == reported
+
+
+def test_the_sweep_shows_a_variants_latest_step_line_once_and_not_too_often(tmp_path, caplog):
+    """EpochReporter: the latest --log_interval line of the run's log.txt, when it changed, at most every
+    ``step_every`` seconds; a line already there when the reporter starts (an earlier run's) is not repeated."""
+    from applications.sweep import EpochReporter
+    log = tmp_path / "log.txt"
+    stamp = "2026-12-04 20:00:00 INFO engine.step_log: "
+    line = "epoch 1/2  step {}/8  loss 1.0000  lr 1.00e-01  50 img/s  data 3%  eta 0:00:0{}"
+    log.write_text(stamp + line.format(1, 7) + "\n")
+    often, rarely = EpochReporter(tmp_path, "often", 2, step_every=0), EpochReporter(tmp_path, "rarely", 2)
+    with caplog.at_level(logging.INFO, logger="applications.sweep"):
+        often(), rarely()
+        assert caplog.messages == []  # the line was there before
+        log.write_text(log.read_text() + stamp + line.format(2, 6) + "\n2026-12-04 20:00:01 INFO x: other\n")
+        often(), rarely(), often()
+        log.write_text(log.read_text() + stamp + line.format(3, 5) + "\n")
+        often(), rarely()
+    assert caplog.messages == [f"often: {line.format(2, 6)}", f"rarely: {line.format(2, 6)}",
+                               f"often: {line.format(3, 5)}"]  # rarely: 10 s have not passed
+
+
+def test_the_trackers_are_the_flags_choices_and_load_their_package_only_when_asked(tmp_path):
+    """--tracker's choices are "none" and the TRACKERS registry; a run without a tracker (and the training
+    code itself) never imports wandb or mlflow."""
+    import subprocess
+    import sys
+
+    from config import REPO_ROOT, build_parser
+    from config.parser import actions_by_dest
+    from experiments.tracking import TRACKERS, create_tracker
+    assert list(actions_by_dest(build_parser())["tracker"].choices) == ["none", *TRACKERS]
+    assert create_tracker("none", {}, tmp_path, resumed=False) is None
+    with pytest.raises(ValueError, match="--tracker 'neptune' is not a tracker: choose from none, mlflow, wandb"):
+        create_tracker("neptune", {}, tmp_path, resumed=False)
+    code = ("import sys, applications.train, experiments.tracking; from experiments.tracking import RunRecorder; "
+            "RunRecorder({'tracker': 'none'}, sys.argv[1], resumed=False); "
+            "print(sorted(m for m in ('wandb', 'mlflow') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                       cwd=REPO_ROOT, check=True)
+    assert r.stdout.strip() == "[]"
