@@ -58,7 +58,7 @@ NOT_SETTINGS = frozenset({"tag", "output", "config", "resume", "overwrite", "no_
                           "train", "evaluation", "knowledge", "make_curriculum", "lr_finder", "jit", "onnx", "openvino",
                           "predict", "average", "calibrate",
                           "visual_data", "visual_source", "flops", "throughput", "summary", "publish", "compare",
-                          "sweep", "average", "calibrate"})
+                          "sweep"})
 # Folders a run search never enters: inside a run, or a tracker's store.
 _SKIP_DIRS = frozenset({"checkpoints", "tensorboard", "export", "mlruns", "wandb", "__pycache__"})
 
