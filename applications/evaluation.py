@@ -63,7 +63,8 @@ def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo)
     loader = build_loader(cfg, dataset, train=False, device=restored.device, dist_info=info)
     members = ensemble_members(cfg, spec, restored.device)
     # a TTA or ensemble report beside the plain one, not over it
-    suffix = (f"_tta_{'_'.join(cfg.tta)}" if cfg.tta else "") + (f"_ensemble{1 + len(members)}" if members else "")
+    suffix = ((f"_tta_{'_'.join(cfg.tta)}" if cfg.tta else "") + (f"_ensemble{1 + len(members)}" if members else "")
+              + ("_test_size" if cfg.use_test_size else ""))
     report_dir = run_dir / f"eval_{dataset.split}{suffix}"
     model = averaged_model(cfg, restored.model, spec, members)
     metrics = evaluate_and_report(model, loader, dataset, restored.class_names,

@@ -391,7 +391,12 @@ def _test_swa(cfg: argparse.Namespace, parts: TrainingParts, best: dict[str, Any
               test_loader: torch.utils.data.DataLoader, path: Path, main: bool) -> dict[str, Any]:
     """``--swa_epochs``: the averaged weights get batch-norm statistics over one pass of the training data
     (as ``swa_utils.update_bn``, through the ``--precise_bn`` code), are saved as ``path`` (a weights-only
-    checkpoint with best.pth's spec) and tested: ``test_swa_top1``, ``test_swa_loss`` (and mAP)."""
+    checkpoint with best.pth's spec) and tested: ``test_swa_top1``, ``test_swa_loss`` (and mAP). A run that
+    stopped early, before its last ``--swa_epochs``, averaged nothing: a warning, and ``swa_checkpoint`` null."""
+    if not parts.swa.n_averaged.item():
+        logger.warning("--swa_epochs %d: no epoch was averaged (the run stopped early, before its last %d epochs), "
+                       "so there is no swa.pth", cfg.swa_epochs, cfg.swa_epochs)
+        return {"swa_checkpoint": None}
     model = parts.swa.module
     precise_bn(model, parts.train_loader, cfg.epochs, len(parts.train_loader), preprocess=parts.preprocess,
                dtype=parts.dtype)
@@ -452,7 +457,7 @@ def _final_test(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, re
         summary["test_ema_top1"] = ema["top1"]
         if spec.multi_label:
             summary["test_ema_map"] = headline(ema)
-    if parts.swa is not None and parts.swa.n_averaged.item():
+    if parts.swa is not None:
         summary.update(_test_swa(cfg, parts, best, test_loader, saver.folder / "swa.pth", main))
     if main:
         _pictures(cfg, run_dir, end.history, parts.model, test_set, parts.preprocess, class_names, test_set.split,

@@ -10,6 +10,7 @@ and ``--train --pretrained`` starts from it.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -19,6 +20,8 @@ import torch
 from utils.checkpoint import CheckpointError
 
 from .state import KEPT_INDEX
+
+logger = logging.getLogger(__name__)
 
 KEPT_PATTERN = re.compile(r"(last|best):(\d+)")
 AVERAGED_KEYS = ("class_names", "config", "arch", "model_spec")  # what the averaged file keeps of the last source
@@ -89,9 +92,15 @@ def average_sources(items: Sequence[str], checkpoint_folder: Path) -> list[Path]
 def averaged_checkpoint(state: dict[str, torch.Tensor], last: Mapping[str, Any],
                         sources: Sequence[Path] = ()) -> dict[str, Any]:
     """A weights-only checkpoint of ``state`` with the last source's spec, classes and config (and the
-    ``sources`` averaged, when given)."""
+    ``sources`` averaged, when given). A ``--calibrate`` temperature is not kept: it was fitted to the
+    source's logits, and new weights need a new fit (the spec's temperature is 1 again, logged)."""
     ckpt: dict[str, Any] = {"model": state}
     if sources:
         ckpt["averaged_from"] = [str(p) for p in sources]
     ckpt.update({k: last[k] for k in AVERAGED_KEYS if last.get(k) is not None})
+    spec = ckpt.get("model_spec")
+    if isinstance(spec, Mapping) and float(spec.get("temperature", 1.0)) != 1.0:
+        logger.warning("the averaged weights are uncalibrated: the source's --calibrate temperature %s is not kept "
+                       "(fitted to its logits); run --calibrate on the averaged checkpoint", spec["temperature"])
+        ckpt["model_spec"] = {**spec, "temperature": 1.0}
     return ckpt

@@ -39,9 +39,12 @@ class EarlyStopping:
 
     def restore(self, state: Mapping[str, Any] | None, history: Sequence[Mapping[str, Any]]) -> None:
         """Continue from a checkpoint's ``state``; a checkpoint saved before the counter existed (None) has it
-        rebuilt from its ``history`` rows, as the run would have counted them."""
+        rebuilt from its ``history`` rows, as the run would have counted them. A run that stopped stays stopped
+        only if it would stop under this run's ``patience`` too: resumed with a larger one (or 0) it trains on."""
         if state is not None:
-            self.best, self.wait, self.stopped_epoch = state["best"], state["wait"], state["stopped_epoch"]
+            self.best, self.wait = state["best"], state["wait"]
+            stopped = state["stopped_epoch"]
+            self.stopped_epoch = stopped if self.patience and self.wait >= self.patience else None
             return
         for row in history:
             if row.get(self.metric.row_key) is not None:

@@ -64,8 +64,9 @@ def evaluate_and_report(model: nn.Module, loader: torch.utils.data.DataLoader, d
     report = classification_report(labels, preds, class_names)
     metrics = {"split": dataset.split, "data": str(dataset.root), "checkpoint": str(checkpoint) if checkpoint else None,
                "count": result["count"], "top1": result["top1"], "top5": result["top5"], **report}
-    if head not in SIGMOID_HEADS and len(labels):
-        metrics.update(trust_metrics(probs, result["targets"], temperature, reject_below))
+    if len(labels):  # a sigmoid head's scores are no softmax distribution: its report has no calibration
+        metrics.update(trust_metrics(probs, result["targets"], temperature, reject_below,
+                                     calibration=head not in SIGMOID_HEADS))
     if input_geometry:
         metrics["input"] = dict(input_geometry)
     if not write:  # another rank of a distributed run writes the files
@@ -94,13 +95,15 @@ def evaluate_and_report(model: nn.Module, loader: torch.utils.data.DataLoader, d
 
 
 def trust_metrics(probs: torch.Tensor, labels: torch.Tensor, temperature: float,
-                  reject_below: float | None) -> dict[str, Any]:
-    """metrics.json's ``calibration`` (ECE, NLL, Brier, the reliability bins and the ``temperature`` applied) and,
-    with ``reject_below``, ``selective`` (coverage and accuracy on the images answered) of softmax ``probs``."""
-    calibration = {**calibration_report(probs, labels), "temperature": temperature}
-    logger.info("calibration (temperature %.4g): ECE %.4f  NLL %.4f  Brier %.4f", temperature, calibration["ece"],
-                calibration["nll"], calibration["brier"])
-    out: dict[str, Any] = {"calibration": calibration}
+                  reject_below: float | None, calibration: bool = True) -> dict[str, Any]:
+    """metrics.json's ``calibration`` (with ``calibration``, for softmax ``probs``: ECE, NLL, Brier, the reliability
+    bins and the ``temperature`` applied) and, with ``reject_below``, ``selective`` (coverage and accuracy on the
+    images whose top probability reaches it, as --predict and the demo answer them)."""
+    out: dict[str, Any] = {}
+    if calibration:
+        out["calibration"] = {**calibration_report(probs, labels), "temperature": temperature}
+        logger.info("calibration (temperature %.4g): ECE %.4f  NLL %.4f  Brier %.4f", temperature,
+                    out["calibration"]["ece"], out["calibration"]["nll"], out["calibration"]["brier"])
     if reject_below is not None:
         confidence, predicted = probs.max(dim=1)
         out["selective"] = selective_accuracy(confidence.numpy(), (predicted == labels).numpy(), reject_below)

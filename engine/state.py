@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -36,6 +37,7 @@ from utils.eval_metric import EVAL_METRICS, EvalMetric, is_better, rank_key
 logger = logging.getLogger(__name__)
 
 KEPT_INDEX = "kept.json"  # the epochs kept by --checkpoint_hist and --keep_last (CheckpointSaver.keep_epochs)
+KEPT_NAME = re.compile(r"epoch_\d+\.pth")  # a kept epoch's file name (CheckpointSaver.epoch_path)
 NO_BEST = -1.0  # ``best_top1`` before any epoch was validated (with ``best_epoch`` None)
 
 
@@ -224,10 +226,11 @@ class CheckpointSaver:
                 return
 
     def _remove_unlisted(self, index: Mapping[str, Any]) -> None:
-        """Remove the ``epoch_<E>.pth`` files ``index`` (kept.json) does not list."""
+        """Remove the ``epoch_<E>.pth`` files ``index`` (kept.json) does not list; other names (a user's
+        ``epoch_7_calibrated.pth``, an ``--average --out`` file) are never touched."""
         listed = {entry["file"] for group in ("best", "last") for entry in index.get(group, [])}
         for path in self.folder.glob("epoch_*.pth"):
-            if path.name not in listed:
+            if KEPT_NAME.fullmatch(path.name) and path.name not in listed:
                 path.unlink(missing_ok=True)
 
     def tidy(self, resumed_from: Path | None, best_epoch: int | None = None) -> None:

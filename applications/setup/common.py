@@ -402,7 +402,7 @@ def model_from_checkpoint(path: str | Path, cfg: argparse.Namespace, fallback_cl
 # What an ensemble's members must share with the first checkpoint: the same outputs, read the same way, from
 # the same preprocessed images.
 MEMBER_FIELDS = ("class_names", "multi_label", "head", "image_size", "in_chans", "mean", "std", "eval_resize",
-                 "crop_pct", "bit_depth")
+                 "crop_pct", "interpolation", "bit_depth")
 
 
 def ensemble_members(cfg: argparse.Namespace, spec: ModelSpec,

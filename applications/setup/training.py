@@ -123,13 +123,15 @@ def build_training_parts(cfg: argparse.Namespace, class_names: Sequence[str], in
     optimizer = build_optimizer(cfg, model, lr, num_classes)  # every parameter, frozen ones too
     # --freeze_backbone: frozen from the start; the epoch loop unfreezes at --unfreeze_epoch (a resumed
     # run past it unfreezes before its first epoch), so the state always follows from the epoch.
+    # The SWA copy is made before that: a copy of the frozen model would keep its frozen batch norms (no
+    # requires_grad, eval-mode hooks) after the model unfreezes, and its final BN pass would skip them.
+    swa = AveragedModel(model) if train_options and getattr(cfg, "swa_epochs", 0) else None
     frozen = None
     if train_options and cfg.freeze_backbone:
         frozen = freeze_backbone(model, head_parameter_names(model, num_classes))
     steps_per_epoch = math.ceil(len(train_loader) / cfg.accumulation_steps)
     scheduler = _build_scheduler(cfg, optimizer, steps_per_epoch) if train_options else None
     ema = ModelEma(model, cfg.ema_decay) if train_options and cfg.ema else None
-    swa = AveragedModel(model) if train_options and getattr(cfg, "swa_epochs", 0) else None
     dtype = amp_dtype(cfg.amp, cfg.amp_dtype, device)
     scaler = torch.amp.GradScaler(device.type) if train_options and dtype == torch.float16 else None
     parts = TrainingParts(

@@ -77,3 +77,10 @@ def test_average_needs_a_pth_out_and_k_of_at_least_one(capsys):
             config.parse_config(argv)
         assert message in capsys.readouterr().err
     assert config.parse_config(["--average", "last:3", "--out", "x.pth"]).average == ["last:3"]
+
+
+def test_an_average_of_calibrated_checkpoints_is_uncalibrated():
+    """A --calibrate temperature was fitted to its source's logits: the averaged checkpoint's spec has 1 again."""
+    last = {"model": {}, "arch": "simple_cnn", "class_names": ["a"], "model_spec": {"arch": "x", "temperature": 0.4}}
+    assert averaged_checkpoint({"w": torch.zeros(1)}, last)["model_spec"] == {"arch": "x", "temperature": 1.0}
+    assert last["model_spec"]["temperature"] == 0.4  # the source is left as it is

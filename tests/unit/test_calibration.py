@@ -234,3 +234,17 @@ def test_the_calibrated_checkpoints_export_gives_the_demo_its_temperature(calibr
     rows = read_json(tmp_path / "preds.json")
     got = clf.probabilities([r["path"] for r in rows])
     np.testing.assert_allclose(got, [r["scores"] for r in rows], atol=1e-4)
+
+
+def test_a_sigmoid_heads_report_has_the_selective_numbers_but_no_calibration():
+    """--reject_below with a single-label bce/asl head: coverage and accuracy (as --predict answers), no ECE (its
+    scores are no softmax distribution)."""
+    from engine.report import trust_metrics
+    scores = torch.tensor([[0.9, 0.2], [0.3, 0.4], [0.1, 0.8], [0.6, 0.7]])
+    labels = torch.tensor([0, 0, 1, 0])
+    out = trust_metrics(scores, labels, 1.0, 0.5, calibration=False)
+    assert set(out) == {"selective"}
+    # answered: rows 0 (0.9 -> 0, right), 2 (0.8 -> 1, right), 3 (0.7 -> 1, wrong); row 1 (0.4) is unknown
+    assert out["selective"]["accepted"] == 3 and out["selective"]["coverage"] == pytest.approx(75.0)
+    assert out["selective"]["accuracy"] == pytest.approx(200 / 3)
+    assert set(trust_metrics(scores.softmax(1), labels, 1.0, None)) == {"calibration"}

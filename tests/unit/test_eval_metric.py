@@ -73,8 +73,10 @@ def test_checkpoint_hist_and_keep_last_keep_the_epochs_their_index_lists(tmp_pat
     for entry in kept["best"] + kept["last"]:
         assert load_checkpoint(folder / entry["file"])["epoch"] == entry["epoch"] - 1
     (folder / "epoch_9.pth").write_bytes(b"left by a kill before kept.json was written")
+    (folder / "epoch_3_calibrated.pth").write_bytes(b"a user's --calibrate output of a kept epoch")
     end.saver.tidy(None)
     assert not (folder / "epoch_9.pth").exists() and (folder / "epoch_4.pth").is_file()
+    assert (folder / "epoch_3_calibrated.pth").is_file()  # only epoch_<E>.pth names are the saver's
 
 
 KILLED_SAVE = textwrap.dedent("""
@@ -202,3 +204,16 @@ def test_unlabelled_images_are_left_out_of_the_confusion_matrix():
     from utils.metrics import confusion_counts
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
     assert confusion_counts(logits, torch.tensor([0, -1, 1])).tolist() == [[1, 0], [1, 0]]
+
+
+def test_a_stopped_run_resumed_with_a_larger_patience_trains_on():
+    """The saved stop holds only under a patience that still stops: resumed with a larger one, or 0, it is lifted."""
+    metric = EVAL_METRICS["top1"]
+    stopped = EarlyStopping(metric, patience=2)
+    for epoch, value in enumerate([50.0, 49.0, 48.0]):
+        stopped.step(epoch, value)
+    assert stopped.stopped_epoch == 2
+    for patience, expected in ((2, 2), (1, 2), (5, None), (0, None)):
+        resumed = EarlyStopping(metric, patience=patience)
+        resumed.restore(stopped.state_dict(), [])
+        assert resumed.stopped_epoch == expected and resumed.wait == 2

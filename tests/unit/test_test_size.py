@@ -89,10 +89,13 @@ def _evaluate(checkpoint: Path, data: Path, *extra: str) -> int:
 
 def test_evaluation_reports_the_size_it_used(tuned_spec, tiny_data, tmp_path, caplog):
     checkpoint = _checkpoint(tmp_path / "run" / "checkpoints" / "best.pth", tuned_spec)
-    report = tmp_path / "output" / ARCH.replace("/", "-") / "best" / "eval_test" / "metrics.json"
+    run = tmp_path / "output" / ARCH.replace("/", "-") / "best"
+    report = run / "eval_test" / "metrics.json"
     assert _evaluate(checkpoint, tiny_data["folder"], "--output", str(tmp_path / "output"), "--use_test_size") == 0
-    assert read_json(report)["input"] == {"image_size": [224, 224], "eval_resize": "center_crop", "crop_pct": 0.95,
-                                          "interpolation": "bilinear", "test_size": True}
+    assert not report.exists()  # the test-size report goes beside the plain one, not over it
+    assert read_json(run / "eval_test_test_size" / "metrics.json")["input"] == {
+        "image_size": [224, 224], "eval_resize": "center_crop", "crop_pct": 0.95, "interpolation": "bilinear",
+        "test_size": True}
     assert "--use_test_size: evaluating at 224x224, crop_pct 0.95" in caplog.text
     assert "at 224x224 (--use_test_size)" in caplog.text
     assert _evaluate(checkpoint, tiny_data["folder"], "--output", str(tmp_path / "output")) == 0  # the train size

@@ -79,8 +79,12 @@ def test_the_builder_follows_the_training_flags(tiny_data, tmp_path):
     from utils.distributed import DistInfo
     cfg = strategy_variant_cfg("baseline", tiny_data["folder"], tmp_path)
     cfg.ema, cfg.freeze_backbone, cfg.accumulation_steps, cfg.clip_grad = True, True, 2, 1.0
+    cfg.swa_epochs = 1
     parts = build_training_parts(cfg, read_class_names(tiny_data["folder"], "folder"), DistInfo(), lr=0.05)
     assert parts.ema is not None and parts.frozen is not None
+    # the SWA copy is of the unfrozen model: its batch norms train and are recomputed at the end
+    assert all(p.requires_grad for p in parts.swa.module.parameters())
+    assert not any(m._forward_pre_hooks for m in parts.swa.module.modules())
     assert (parts.accumulation_steps, parts.clip_grad) == (2, 1.0)
     assert parts.steps_per_epoch == 2  # 30 images in batches of 8: 4 batches, 2 per step
     assert {g["initial_lr"] for g in parts.optimizer.param_groups} == {0.05}  # the given LR, scheduled

@@ -58,6 +58,12 @@ def test_an_ensemble_refuses_a_checkpoint_of_other_classes(tiny_data, checkpoint
     assert run_main(["--evaluation", "--resume", str(checkpoint), str(other), "--data", str(tiny_data["folder"]),
                      "-j", "0", "--no_progress"]) == 1
     assert "has class_names" in caplog.text and "same classes, task and preprocessing" in caplog.text
+    caplog.clear()  # a member resized otherwise (bicubic) would read the first's bilinear inputs
+    bicubic = tmp_path / "bicubic.pth"
+    save_checkpoint({**ckpt, "config": {**ckpt["config"], "interpolation": "bicubic"}, "model_spec": None}, bicubic)
+    assert run_main(["--evaluation", "--resume", str(checkpoint), str(bicubic), "--data", str(tiny_data["folder"]),
+                     "-j", "0", "--no_progress"]) == 1
+    assert "has interpolation bicubic" in caplog.text
 
 
 def test_predict_with_tta_and_an_ensemble(tiny_data, checkpoint, tmp_path):
