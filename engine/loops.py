@@ -21,7 +21,7 @@ from models.finetune import update_bn_stats
 from optim import ModelEma, base_lr
 from utils.checkpoint import kill_point
 from utils.distributed import all_reduce_sum, gather_objects
-from utils.metrics import confusion_counts, hard_labels, report_from_confusion, topk_hits
+from utils.metrics import class_tallies, hard_labels, macro_scores, topk_hits
 from utils.multilabel import multilabel_report, tune_thresholds
 
 from .precision import autocast
@@ -211,15 +211,15 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: n
     """Loss, top-1 and top-5 (percent) over ``loader``; with ``return_outputs`` also the logits,
     targets and dataset indices of every sample (CPU tensors, in loader order). A single-label evaluation
     also gives the macro F1 and the balanced accuracy (``macro_f1``, ``balanced_acc``, percent; from the
-    confusion matrix, as ``utils.metrics.classification_report``): what ``--eval_metric`` may choose by.
+    per-class tallies, as ``utils.metrics.classification_report``): what ``--eval_metric`` may choose by.
 
     With ``multi_label`` (multi-hot targets) also mAP and, at the decision ``thresholds`` (one per class, or
     one for all), the overall and per-class F1 (``map``, ``of1``, ``cf1``, in percent; top-k: one of the
     image's labels among its top k), and the outputs are always returned: mAP needs every score at once."""
     model.eval()
     device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
-    # per batch, on the device: read back once at the end (RunningSums says why); the confusion matrix summed
-    losses, hits, sizes, confusion = [], [], [], None
+    # per batch, on the device: read back once at the end (RunningSums says why); the per-class tallies summed
+    losses, hits, sizes, tallies = [], [], [], None
     outputs: dict[str, list[torch.Tensor]] = {"logits": [], "targets": [], "indices": []}
     for images, target, index in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         if not images.numel():
@@ -232,8 +232,8 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: n
             losses.append(criterion(logits, target).detach())
         hits.append(topk_hits(logits, target, (1, 5)))
         if not multi_label:
-            counts = confusion_counts(logits, target)
-            confusion = counts if confusion is None else confusion + counts
+            counts = class_tallies(logits, target)
+            tallies = counts if tallies is None else tallies + counts
         sizes.append(images.shape[0])
         if return_outputs or multi_label:
             outputs["logits"].append(logits.cpu())
@@ -250,7 +250,7 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: n
     if criterion is not None:
         result["loss"] = loss_sum / max(1, seen)
     if not multi_label:
-        result.update(confusion_summary(confusion, device))
+        result.update(tallies_summary(tallies, device))
     if return_outputs or multi_label:
         parts = gather_objects({k: torch.cat(v) if v else torch.empty(0) for k, v in outputs.items()})
         merged = {k: torch.cat([part[k] for part in parts if part[k].numel()]) if any(part[k].numel() for part in parts)
@@ -262,17 +262,15 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, criterion: n
     return result
 
 
-def confusion_summary(confusion: torch.Tensor | None, device: torch.device) -> dict[str, float]:
-    """Macro F1 and balanced accuracy (percent) of this rank's confusion matrix summed over every rank (nan
-    when no rank evaluated an image)."""
-    size, ranks = all_reduce_sum([0.0, 0.0] if confusion is None else [float(confusion.shape[0]), 1.0], device)
+def tallies_summary(tallies: torch.Tensor | None, device: torch.device) -> dict[str, float]:
+    """Macro F1 and balanced accuracy (percent) of this rank's per-class tallies summed over every rank (nan
+    when no rank evaluated an image): 3 x C numbers to reduce, whatever the number of classes."""
+    size, ranks = all_reduce_sum([0.0, 0.0] if tallies is None else [float(tallies.shape[1]), 1.0], device)
     if not ranks:
         return {"macro_f1": float("nan"), "balanced_acc": float("nan")}
-    n = int(size / ranks)  # the number of classes (a rank that saw no image has no matrix)
-    local = confusion.flatten().tolist() if confusion is not None else [0] * (n * n)
-    summed = np.asarray(all_reduce_sum(local, device), dtype=np.int64).reshape(n, n)
-    report = report_from_confusion(summed, [str(i) for i in range(n)])
-    return {"macro_f1": 100.0 * report["macro"]["f1"], "balanced_acc": 100.0 * report["balanced_accuracy"]}
+    n = int(size / ranks)  # the number of classes (a rank that saw no image has no tallies)
+    local = tallies.flatten().tolist() if tallies is not None else [0] * (3 * n)
+    return macro_scores(np.asarray(all_reduce_sum(local, device), dtype=np.int64).reshape(3, n))
 
 
 def tuned_summary(result: dict[str, Any]) -> dict[str, Any]:

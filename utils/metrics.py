@@ -56,11 +56,8 @@ def report_from_confusion(confusion: np.ndarray, class_names: Sequence[str]) -> 
     balanced accuracy (``balanced_accuracy``: the mean recall over the classes that occur in the truth, as
     scikit-learn's ``balanced_accuracy_score``)."""
     confusion = np.asarray(confusion, dtype=np.int64)
-    hits, support, predicted = np.diag(confusion).astype(float), confusion.sum(axis=1), confusion.sum(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.where(predicted > 0, hits / predicted, 0.0)
-        r = np.where(support > 0, hits / support, 0.0)
-        f = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+    support = confusion.sum(axis=1)
+    p, r, f = per_class_scores(np.diag(confusion), support, confusion.sum(axis=0))
     per_class = {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
                  for i, name in enumerate(class_names)}
     return {
@@ -71,11 +68,34 @@ def report_from_confusion(confusion: np.ndarray, class_names: Sequence[str]) -> 
     }
 
 
-def confusion_counts(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The ``C x C`` confusion matrix (rows = true class, columns = top-1 prediction) of one batch, on the
-    logits' device (summed over batches and read once: ``topk_hits`` says why); images without a class (label
-    -1: an unlabelled split) are not counted."""
+def per_class_scores(hits: np.ndarray, support: np.ndarray,
+                     predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and F1 per class from its correct predictions (``hits``), images (``support``) and
+    predictions (``predicted``); 0 where undefined, as scikit-learn's ``zero_division=0``."""
+    hits, support, predicted = (np.asarray(a, dtype=float) for a in (hits, support, predicted))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(predicted > 0, hits / predicted, 0.0)
+        r = np.where(support > 0, hits / support, 0.0)
+        f = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+    return p, r, f
+
+
+def class_tallies(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per class, the correct top-1 predictions, the images and the predictions of one batch (a ``3 x C``
+    tensor on the logits' device, summed over batches and read once: ``topk_hits`` says why): all that macro
+    F1 and balanced accuracy need, without a ``C x C`` matrix. Images without a class (label -1: an unlabelled
+    split) are not counted."""
     n = logits.shape[1]
     labels = hard_labels(target).view(-1)
-    cells = (labels * n + logits.argmax(dim=1))[(labels >= 0) & (labels < n)]
-    return torch.bincount(cells, minlength=n * n).view(n, n)
+    labelled = (labels >= 0) & (labels < n)
+    labels, predicted = labels[labelled], logits.argmax(dim=1)[labelled]
+    return torch.stack([torch.bincount(labels[labels == predicted], minlength=n), torch.bincount(labels, minlength=n),
+                        torch.bincount(predicted, minlength=n)])
+
+
+def macro_scores(tallies: np.ndarray) -> dict[str, float]:
+    """Macro F1 and balanced accuracy (percent, as :func:`report_from_confusion`) of :func:`class_tallies`."""
+    hits, support, predicted = np.asarray(tallies, dtype=np.int64)
+    _, r, f = per_class_scores(hits, support, predicted)
+    return {"macro_f1": 100.0 * float(f.mean()),
+            "balanced_acc": 100.0 * float(r[support > 0].mean()) if (support > 0).any() else 0.0}

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -200,10 +201,17 @@ def test_a_search_minimises_the_val_loss(tmp_path, monkeypatch):
     assert study.trials[0].value == 0.5
 
 
-def test_unlabelled_images_are_left_out_of_the_confusion_matrix():
-    from utils.metrics import confusion_counts
+def test_unlabelled_images_are_left_out_of_the_tallies_and_they_equal_the_confusion_reports():
+    from utils.metrics import class_tallies, macro_scores, report_from_confusion
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])
-    assert confusion_counts(logits, torch.tensor([0, -1, 1])).tolist() == [[1, 0], [1, 0]]
+    assert class_tallies(logits, torch.tensor([0, -1, 1])).tolist() == [[1, 0], [1, 1], [2, 0]]
+    torch.manual_seed(0)
+    logits, labels = torch.randn(200, 7), torch.randint(0, 6, (200,))  # class 6 never occurs
+    confusion = np.zeros((7, 7), dtype=np.int64)
+    np.add.at(confusion, (labels.numpy(), logits.argmax(1).numpy()), 1)
+    report, scores = report_from_confusion(confusion, list("abcdefg")), macro_scores(class_tallies(logits, labels))
+    assert scores["macro_f1"] == pytest.approx(100 * report["macro"]["f1"])
+    assert scores["balanced_acc"] == pytest.approx(100 * report["balanced_accuracy"])
 
 
 def test_a_stopped_run_resumed_with_a_larger_patience_trains_on():
