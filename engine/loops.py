@@ -24,6 +24,7 @@ from utils.distributed import all_reduce_sum, gather_objects
 from utils.metrics import confusion_counts, hard_labels, report_from_confusion, topk_hits
 from utils.multilabel import multilabel_report, tune_thresholds
 
+from .distill import OnlineTeacher
 from .precision import autocast
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
                     start_batch: int = 0, partial: dict[str, float] | None = None,
                     should_stop: Callable[[], bool] | None = None, readback_every: int | None = None,
                     save_point: Callable[[int, dict[str, float]], None] | None = None,
-                    multi_label: bool = False) -> dict[str, Any]:
+                    multi_label: bool = False, distiller: OnlineTeacher | None = None) -> dict[str, Any]:
     """One pass over ``loader``: forward, backward, an optimizer (and scheduler) step every
     ``accumulation_steps`` micro-batches. Returns mean loss, top-1 on the hard labels, the LR of the
     last step, img/s, and the number of images skipped as undecodable.
@@ -55,6 +56,8 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
     state may be saved (``--save_every_steps``); every rank calls it at the same steps. The loss and top-1
     are read back from the device every ``readback_every`` batches (default: each batch on the CPU, every
     10th on a GPU; see :class:`RunningSums`). ``multi_label``: multi-hot targets, top-1 is precision at 1.
+    ``distiller`` (``--teacher``): its teacher runs on each batch as the student sees it, the loss is its blend
+    of the task loss and the distillation loss, and the result adds ``teacher_time`` (seconds spent in it).
     """
     model.train()
     device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
@@ -78,9 +81,12 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
             if batch_hook is not None:
                 images, target, weight = batch_hook(images, target, index, epoch, batch)
             sync = i + 1 == group_end or not hasattr(model, "no_sync")  # DDP: all-reduce only when stepping
+            taught = distiller.teach(images, dtype) if distiller is not None else None
             with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, dtype):
                 logits = model(images)
                 loss = criterion(logits, target, weight)
+                if distiller is not None:
+                    loss = distiller.loss(loss, logits, taught)
             # Weight each micro-batch by its share of the group's samples, so that accumulating k batches
             # of b gives exactly the gradient of one batch of k*b (the last, smaller batch included).
             scaled = loss * (images.shape[0] / sum(sizes[group_start:group_end]))
@@ -103,12 +109,14 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
             _show_progress(bar, sums, base_lr(optimizer), seen_now / (time.perf_counter() - start))
     running.read()
     elapsed = time.perf_counter() - start
+    teacher_time = {"teacher_time": distiller.take_seconds()} if distiller is not None else {}
     # every rank's sums (identity in a single process); ``partial`` stays this rank's own, for resuming
     loss_sum, correct, seen, expected, seen_all = all_reduce_sum(
         [sums["loss"], sums["correct"], sums["seen"], sums["expected"], seen_now], device)
     return {"loss": loss_sum / max(1, seen), "top1": 100.0 * correct / max(1, seen), "lr": lr,
             "img_per_s": seen_all / max(elapsed, 1e-9), "steps": steps, "time": elapsed,
-            "skipped": int(expected - seen), "interrupted": interrupted, "batches_done": batch + 1, "partial": sums}
+            "skipped": int(expected - seen), "interrupted": interrupted, "batches_done": batch + 1, "partial": sums,
+            **teacher_time}
 
 
 class RunningSums:
