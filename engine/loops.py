@@ -56,8 +56,7 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
     state may be saved (``--save_every_steps``); every rank calls it at the same steps. The loss and top-1
     are read back from the device every ``readback_every`` batches (default: each batch on the CPU, every
     10th on a GPU; see :class:`RunningSums`). ``multi_label``: multi-hot targets, top-1 is precision at 1.
-    ``distiller`` (``--teacher``): its teacher runs on each batch as the student sees it, the loss is its blend
-    of the task loss and the distillation loss, and the result adds ``teacher_time`` (seconds spent in it).
+    ``distiller`` (``--teacher``): see :func:`_forward`; the result adds ``teacher_time`` (its seconds).
     """
     model.train()
     device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
@@ -81,12 +80,7 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
             if batch_hook is not None:
                 images, target, weight = batch_hook(images, target, index, epoch, batch)
             sync = i + 1 == group_end or not hasattr(model, "no_sync")  # DDP: all-reduce only when stepping
-            taught = distiller.teach(images, dtype) if distiller is not None else None
-            with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, dtype):
-                logits = model(images)
-                loss = criterion(logits, target, weight)
-                if distiller is not None:
-                    loss = distiller.loss(loss, logits, taught)
+            logits, loss = _forward(model, criterion, distiller, images, target, weight, sync=sync, dtype=dtype)
             # Weight each micro-batch by its share of the group's samples, so that accumulating k batches
             # of b gives exactly the gradient of one batch of k*b (the last, smaller batch included).
             scaled = loss * (images.shape[0] / sum(sizes[group_start:group_end]))
@@ -109,14 +103,27 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
             _show_progress(bar, sums, base_lr(optimizer), seen_now / (time.perf_counter() - start))
     running.read()
     elapsed = time.perf_counter() - start
-    teacher_time = {"teacher_time": distiller.take_seconds()} if distiller is not None else {}
     # every rank's sums (identity in a single process); ``partial`` stays this rank's own, for resuming
     loss_sum, correct, seen, expected, seen_all = all_reduce_sum(
         [sums["loss"], sums["correct"], sums["seen"], sums["expected"], seen_now], device)
     return {"loss": loss_sum / max(1, seen), "top1": 100.0 * correct / max(1, seen), "lr": lr,
             "img_per_s": seen_all / max(elapsed, 1e-9), "steps": steps, "time": elapsed,
             "skipped": int(expected - seen), "interrupted": interrupted, "batches_done": batch + 1, "partial": sums,
-            **teacher_time}
+            **({"teacher_time": distiller.take_seconds()} if distiller is not None else {})}
+
+
+def _forward(model: nn.Module, criterion: nn.Module, distiller: OnlineTeacher | None, images: torch.Tensor,
+             target: torch.Tensor, weight: torch.Tensor | None, *, sync: bool,
+             dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's logits and loss on one batch (under DDP's ``no_sync`` unless ``sync``); with a
+    ``distiller``, its teacher runs on the same images first and the loss is its blend."""
+    taught = distiller.teach(images, dtype) if distiller is not None else None
+    with (contextlib.nullcontext() if sync else model.no_sync()), autocast(images.device, dtype):
+        logits = model(images)
+        loss = criterion(logits, target, weight)
+        if distiller is not None:
+            loss = distiller.loss(loss, logits, taught)
+    return logits, loss
 
 
 class RunningSums:
