@@ -156,3 +156,15 @@ def test_the_projection_trains_and_resumes_in_the_train_state_not_in_the_model()
     with pytest.raises(CheckpointError, match="holds no feature-distillation projection"):
         TrainState(nn.Linear(4, 2), other, scheduler, projection=fresh).restore(
             {**saved, "distill_projection": None}, "x.pth", class_names=["a", "b"])
+
+
+def test_a_named_teacher_comes_from_the_library_cache_with_its_preprocessing(caches):
+    from applications.setup.teacher import load_teacher
+    from helpers import put_in_cache
+    saved = put_in_cache("resnet18", caches)
+    named = load_teacher("resnet18", (16, 16))
+    assert named.num_classes == 1000 and named.class_names is None and named.arch == "resnet18"
+    assert named.mean == pytest.approx((0.485, 0.456, 0.406)) and named.image_size == (16, 16)
+    assert all(torch.equal(named.model.state_dict()[k], v) for k, v in saved.items())
+    with pytest.raises(ValueError, match="has 1000 outputs, the student's data 3 classes"):
+        check_teacher(named, ["a", "b", "c"], False, 3)
