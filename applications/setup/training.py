@@ -122,8 +122,10 @@ def build_training_parts(cfg: argparse.Namespace, class_names: Sequence[str], in
     criterion = build_criterion(cfg, class_counts, num_samples=len(train_set)).to(device)
     val_criterion = build_criterion(cfg, class_counts, plain=True) if train_options else None  # the plain head
     batch_hook = build_batch_hook(cfg, train_set)
-    distiller, projection = (build_online_teacher(cfg, model, class_names, info) if train_options and cfg.teacher
-                             else (None, None))
+    distiller, projection = None, None
+    if train_options and cfg.teacher:  # its RNG use apart: the student's run draws what it draws without a teacher
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            distiller, projection = build_online_teacher(cfg, model, class_names, info)
     optimizer = build_optimizer(cfg, model, lr, num_classes, also=projection)  # every parameter, frozen ones too
     # --freeze_backbone: frozen from the start; the epoch loop unfreezes at --unfreeze_epoch (a resumed
     # run past it unfreezes before its first epoch), so the state always follows from the epoch.

@@ -65,6 +65,17 @@ def test_online_distillation_resumes_bit_exactly_after_a_kill(tiny_run, tiny_dat
     assert all(0 < row["teacher_share"] < 1 for row in rows)
 
 
+def test_a_teacher_at_alpha_0_leaves_the_run_unchanged(tiny_run, tiny_data, tmp_path):
+    """--distill_alpha 0: the loss is the task loss and the teacher draws nothing from the run's random numbers, so
+    the weights equal those of a run without it, bit for bit."""
+    flags = ("--arch", "simple_cnn", "--mixup", "0.2", "--epochs", "1")
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "plain", *flags)) == 0
+    assert run_main(tiny_train_args(tiny_data["folder"], tmp_path, "--tag", "kd0", *flags, "--distill_alpha", "0",
+                                    "--teacher", str(tiny_run / "checkpoints/best.pth"))) == 0
+    assert_same(*(load_checkpoint(tmp_path / f"simple_cnn/{tag}/checkpoints/last.pth")["model"]
+                  for tag in ("plain", "kd0")))
+
+
 def test_online_distillation_under_torchrun(tiny_run, tiny_data, tmp_path):
     """Feature distillation on 2 processes: the teacher on each rank, the projection's gradients reduced (its
     weights stay equal on both ranks, or the saved run would not resume the same); one log, one run folder."""
