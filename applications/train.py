@@ -147,7 +147,7 @@ def _train(cfg: argparse.Namespace, run_dir: Path, info: DistInfo) -> dict[str, 
     # Build the model, data, loss, batch hook, optimizer, schedule, EMA and precision
     parts = build_training_parts(cfg, class_names, info, lr=lr)
     train_state = TrainState(parts.model, parts.optimizer, parts.scheduler, parts.scaler, parts.criterion, parts.ema,
-                             parts.swa)
+                             parts.swa, parts.projection)
     spec = training_spec(cfg, class_names)
     capture = _capture(train_state, spec, config_to_dict(cfg))
     # Restore the train state of the checkpoint to resume from; the saver takes over its best epoch

@@ -93,9 +93,10 @@ class EpochEnd:
                f"top-1 {va['top1']:.2f} top-5 {va['top5']:.2f}")
         if self.saver.metric.name in SINGLE_LABEL_KEYS:  # the eval metric, when the line does not show it already
             val += f" {self.saver.metric.label} {value:.2f}"
-        logger.info("epoch %d/%d  train loss %.4f %s %.2f  val loss %.4f %s%s  lr %.2e  %.0f img/s%s", epoch + 1,
+        teacher = f"  teacher {row['teacher_share']:.0%} of step time" if "teacher_share" in row else ""
+        logger.info("epoch %d/%d  train loss %.4f %s %.2f  val loss %.4f %s%s  lr %.2e  %.0f img/s%s%s", epoch + 1,
                     self.epochs, tr["loss"], "p@1" if "map" in va else "top-1", tr["top1"], va["loss"], val, ema,
-                    tr["lr"], tr["img_per_s"], "  *best*" if is_best else "")
+                    tr["lr"], tr["img_per_s"], teacher, "  *best*" if is_best else "")
         return is_best
 
     def save_mid_epoch(self, epoch: int, batches_done: int, partial: dict[str, float]) -> None:
@@ -115,6 +116,8 @@ class EpochEnd:
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_top1": tr["top1"], "lr": tr["lr"],
                "val_loss": va["loss"], "val_top1": va["top1"], "val_top5": va["top5"],
                "img_per_s": tr["img_per_s"], "time": tr["time"]}
+        if "teacher_time" in tr:  # --teacher: the share of the training steps' time spent in the teacher
+            row["teacher_share"] = tr["teacher_time"] / max(tr["time"], 1e-9)
         if self.skip_bad_images:  # the images that failed to decode (the caller warns about them)
             row.update(skipped_train=tr["skipped"], skipped_val=va["skipped"])
         if va_ema is not None:

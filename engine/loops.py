@@ -24,6 +24,7 @@ from utils.distributed import all_reduce_sum, gather_objects
 from utils.metrics import class_tallies, hard_labels, macro_scores, topk_hits
 from utils.multilabel import multilabel_report, tune_thresholds
 
+from .distill import OnlineTeacher
 from .precision import autocast
 from .step_log import StepLog
 
@@ -39,7 +40,8 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
                     on_step: Callable[[int, float], bool] | None = None, clip_grad: float | None = None,
                     start_batch: int = 0, partial: dict[str, float] | None = None, multi_label: bool = False,
                     should_stop: Callable[[], bool] | None = None, readback_every: int | None = None,
-                    save_point: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+                    save_point: Callable[[int, dict[str, float]], None] | None = None,
+                    distiller: OnlineTeacher | None = None) -> dict[str, Any]:
     """One pass over ``loader``: forward, backward, an optimizer (and scheduler) step every ``accumulation_steps``
     micro-batches. Returns mean loss, top-1 on the hard labels, the LR of the last step, img/s, and the number of
     images skipped as undecodable.
@@ -54,7 +56,7 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
     sums: a point where that same mid-epoch state may be saved (``--save_every_steps``); every rank calls it at the
     same steps. The loss and top-1 are read back from the device every ``readback_every`` batches (default: each
     batch on the CPU, every 10th on a GPU; see :class:`RunningSums`). ``multi_label``: multi-hot targets, top-1 is
-    precision at 1. ``step_log`` (``--log_interval``) times the loader and logs every N-th optimizer step.
+    precision at 1. ``step_log`` (``--log_interval``) logs every N-th step; ``distiller``: :func:`_forward`.
     """
     model.train()
     device = preprocess.device if hasattr(preprocess, "device") else torch.device("cpu")
@@ -77,9 +79,7 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
             if batch_hook is not None:
                 images, target, weight = batch_hook(images, target, index, epoch, batch)
             sync = i + 1 == group_end or not hasattr(model, "no_sync")  # DDP: all-reduce only when stepping
-            with (contextlib.nullcontext() if sync else model.no_sync()), autocast(device, dtype):
-                logits = model(images)
-                loss = criterion(logits, target, weight)
+            logits, loss = _forward(model, criterion, distiller, images, target, weight, sync=sync, dtype=dtype)
             # Weight each micro-batch by its share of the group's samples, so that accumulating k batches
             # of b gives exactly the gradient of one batch of k*b (the last, smaller batch included).
             scaled = loss * (images.shape[0] / sum(sizes[group_start:group_end]))
@@ -109,7 +109,22 @@ def train_one_epoch(model: nn.Module, loader: torch.utils.data.DataLoader, crite
         [sums["loss"], sums["correct"], sums["seen"], sums["expected"], seen_now], device)
     return {"loss": loss_sum / max(1, seen), "top1": 100.0 * correct / max(1, seen), "lr": lr,
             "img_per_s": seen_all / max(elapsed, 1e-9), "steps": steps, "time": elapsed,
-            "skipped": int(expected - seen), "interrupted": interrupted, "batches_done": batch + 1, "partial": sums}
+            "skipped": int(expected - seen), "interrupted": interrupted, "batches_done": batch + 1, "partial": sums,
+            **({"teacher_time": distiller.take_seconds()} if distiller is not None else {})}
+
+
+def _forward(model: nn.Module, criterion: nn.Module, distiller: OnlineTeacher | None, images: torch.Tensor,
+             target: torch.Tensor, weight: torch.Tensor | None, *, sync: bool,
+             dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's logits and loss on one batch (under DDP's ``no_sync`` unless ``sync``); with a
+    ``distiller``, its teacher runs on the same images first and the loss is its blend."""
+    taught = distiller.teach(images, dtype) if distiller is not None else None
+    with (contextlib.nullcontext() if sync else model.no_sync()), autocast(images.device, dtype):
+        logits = model(images)
+        loss = criterion(logits, target, weight)
+        if distiller is not None:
+            loss = distiller.loss(loss, logits, taught)
+    return logits, loss
 
 
 class RunningSums:

@@ -84,6 +84,7 @@ class TrainState:
     criterion: nn.Module | None = None
     ema: ModelEma | None = None
     swa: AveragedModel | None = None  # --swa_epochs: the running average of the last epochs' weights
+    projection: nn.Module | None = None  # --distill_type feature: trained beside the model, kept apart from it
 
     def capture(self, *, epoch: int, best_top1: float, best_epoch: int | None, spec: ModelSpec,
                 config: Mapping[str, Any], history: list[dict],
@@ -95,6 +96,7 @@ class TrainState:
             "model": self.model.state_dict(),
             "model_ema": self.ema.module.state_dict() if self.ema is not None else None,
             "model_swa": self.swa.state_dict() if self.swa is not None else None,
+            "distill_projection": self.projection.state_dict() if self.projection is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -125,6 +127,11 @@ class TrainState:
         if "optimizer" not in ckpt:
             raise CheckpointError(f"{path} holds weights only and cannot be resumed; "
                                   f"use --pretrained to start a new run from it")
+        if self.projection is not None:
+            if not ckpt.get("distill_projection"):
+                raise CheckpointError(f"{path} holds no feature-distillation projection, so it was not trained with "
+                                      f"--distill_type feature; resume it with the flags it was trained with")
+            self.projection.load_state_dict(ckpt["distill_projection"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and ckpt.get("scaler"):

@@ -136,12 +136,17 @@ def fetch_weights(weights: NamedWeights) -> str:
 
 
 def pretrained_state(weights: NamedWeights) -> dict[str, torch.Tensor]:
-    """The state dict of the library's pretrained ImageNet model, from the cached file read by our safe
-    reader (no network, no unpickled code); a file that cannot be read or does not fit the library's model
-    is a CheckpointError naming it, to delete or replace with ``--pretrained PATH``."""
+    """The state dict of the library's pretrained ImageNet model (:func:`pretrained_model`)."""
+    return pretrained_model(weights).state_dict()
+
+
+def pretrained_model(weights: NamedWeights) -> nn.Module:
+    """The library's pretrained ImageNet model, its weights from the cached file read by our safe reader (no
+    network, no unpickled code); a file that cannot be read or does not fit the library's model is a
+    CheckpointError naming it, to delete or replace with ``--pretrained PATH``."""
     fetch_weights(weights)
     try:
-        return weights.load(read_weights(weights.cached_file())).state_dict()
+        return weights.load(read_weights(weights.cached_file()))
     except CheckpointError as e:
         path = weights.cached_file()
         target = path.resolve()  # the Hugging Face cache links snapshots/<rev>/<file> to blobs/<hash>

@@ -61,17 +61,21 @@ ALWAYS_LOOKAHEAD = {"ranger"}
 def create_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.1, weight_decay: float = 0.0,
                      momentum: float = 0.9, nesterov: bool = False, lookahead: bool = False,
                      lookahead_alpha: float = 0.5, lookahead_k: int = 6,
-                     lr_scales: dict[str, float] | None = None) -> torch.optim.Optimizer:
+                     lr_scales: dict[str, float] | None = None, also: nn.Module | None = None) -> torch.optim.Optimizer:
     """Build optimizer ``name`` over ``model``'s parameters (decay only on weights of rank >= 2);
-    ``lr_scales`` gives parameters their own LR factor (see ``param_groups``).
+    ``lr_scales`` gives parameters their own LR factor (see ``param_groups``). ``also``: a module trained beside
+    the model at the base LR, in groups after the model's (``--distill_type feature``'s projection).
 
     ``lookahead`` wraps it in Lookahead (Zhang et al., 2019): every ``lookahead_k`` steps the slow
     weights move ``lookahead_alpha`` of the way to the fast ones.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
-    optimizer = OPTIMIZERS[name](param_groups(model, weight_decay, lr, lr_scales), lr=lr, momentum=momentum,
-                                 nesterov=nesterov)
+    groups = param_groups(model, weight_decay, lr, lr_scales)
+    if also is not None:
+        groups += param_groups(also, weight_decay, lr, None if lr_scales is None
+                               else {n: 1.0 for n, _ in also.named_parameters()})
+    optimizer = OPTIMIZERS[name](groups, lr=lr, momentum=momentum, nesterov=nesterov)
     if lookahead or name in ALWAYS_LOOKAHEAD:
         optimizer = wrap_lookahead(optimizer, alpha=lookahead_alpha, k=lookahead_k)
     return optimizer

@@ -17,3 +17,9 @@ def is_weights_name(spec: str | None) -> bool:
     if not spec or Path(spec).exists():
         return False
     return not (os.sep in spec or "/" in spec or spec.lower().endswith(WEIGHT_FILE_SUFFIXES))
+
+
+def teacher_is_file(spec: str) -> bool:
+    """Whether ``--teacher`` names a checkpoint file (an existing path, or a weights-file suffix) rather than a
+    model ``ARCH[:WEIGHTS]`` (``resnet50``, ``timm/resnet18:a1_in1k``)."""
+    return Path(spec).exists() or spec.lower().endswith(WEIGHT_FILE_SUFFIXES)

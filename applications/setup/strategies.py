@@ -71,10 +71,11 @@ def build_criterion(cfg: argparse.Namespace, class_counts: Sequence[int], num_sa
                             target_threshold=cfg.bce_target_thresh)
 
 
-def build_optimizer(cfg: argparse.Namespace, model: nn.Module, lr: float,
-                    num_classes: int | None = None) -> torch.optim.Optimizer:
+def build_optimizer(cfg: argparse.Namespace, model: nn.Module, lr: float, num_classes: int | None = None,
+                    also: nn.Module | None = None) -> torch.optim.Optimizer:
     """``--optimizer`` over ``model`` at ``lr`` with the config's decay, momentum and Lookahead settings;
-    ``--head_lr_mult`` and ``--layer_decay`` give the head (``num_classes`` outputs) and each layer its LR."""
+    ``--head_lr_mult`` and ``--layer_decay`` give the head (``num_classes`` outputs) and each layer its LR;
+    ``also``: a module trained beside it at ``lr`` (the feature-distillation projection)."""
     scales = None
     if cfg.head_lr_mult != 1.0 or cfg.layer_decay is not None:
         head = head_parameter_names(model, num_classes if num_classes is not None else cfg.num_classes)
@@ -83,7 +84,7 @@ def build_optimizer(cfg: argparse.Namespace, model: nn.Module, lr: float,
                     ", ".join(f"{s:.3g}" for s in sorted({v for k, v in scales.items() if k not in head})))
     return create_optimizer(model, cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                             nesterov=cfg.nesterov, lookahead=cfg.lookahead, lookahead_alpha=cfg.lookahead_alpha,
-                            lookahead_k=cfg.lookahead_k, lr_scales=scales)
+                            lookahead_k=cfg.lookahead_k, lr_scales=scales, also=also)
 
 
 def build_policy(cfg: argparse.Namespace) -> nn.Module | None:

@@ -16,6 +16,7 @@ from torch.optim.swa_utils import AveragedModel
 from dataloader.labels import class_counts as label_counts
 from dataloader.loader import start_workers
 from engine import amp_dtype, train_one_epoch
+from engine.distill import OnlineTeacher
 from engine.step_log import StepLog
 from models import create_model
 from models.finetune import freeze_backbone, head_parameter_names, unfreeze
@@ -26,6 +27,7 @@ from utils.misc import seed_everything
 
 from .common import build_dataset, build_loader, preprocessor
 from .strategies import build_batch_hook, build_criterion, build_optimizer, build_policy, needs_class_counts
+from .teacher import build_online_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ class TrainingParts:
     clip_grad: float | None
     compile: bool
     multi_label: bool = False  # label sets: multi-hot targets, mAP (dataloader/labels.py)
+    distiller: OnlineTeacher | None = None  # --teacher: run on every batch (engine/distill.py)
+    projection: nn.Module | None = None  # --distill_type feature: trained with the model, saved apart from it
     _net: nn.Module | None = None
 
     def net(self) -> nn.Module:
@@ -90,7 +94,8 @@ class TrainingParts:
                                dtype=self.dtype, accumulation_steps=self.accumulation_steps, epoch=epoch,
                                progress=progress, batch_hook=self.batch_hook, ema=self.ema, clip_grad=self.clip_grad,
                                start_batch=start_batch, partial=partial, should_stop=should_stop, on_step=on_step,
-                               save_point=save_point, multi_label=self.multi_label, step_log=step_log)
+                               save_point=save_point, multi_label=self.multi_label, step_log=step_log,
+                               distiller=self.distiller)
 
 
 def build_training_parts(cfg: argparse.Namespace, class_names: Sequence[str], info: DistInfo, *, lr: float,
@@ -120,7 +125,11 @@ def build_training_parts(cfg: argparse.Namespace, class_names: Sequence[str], in
     criterion = build_criterion(cfg, class_counts, num_samples=len(train_set)).to(device)
     val_criterion = build_criterion(cfg, class_counts, plain=True) if train_options else None  # the plain head
     batch_hook = build_batch_hook(cfg, train_set)
-    optimizer = build_optimizer(cfg, model, lr, num_classes)  # every parameter, frozen ones too
+    distiller, projection = None, None
+    if train_options and cfg.teacher:  # its RNG use apart: the student's run draws what it draws without a teacher
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            distiller, projection = build_online_teacher(cfg, model, class_names, info)
+    optimizer = build_optimizer(cfg, model, lr, num_classes, also=projection)  # every parameter, frozen ones too
     # --freeze_backbone: frozen from the start; the epoch loop unfreezes at --unfreeze_epoch (a resumed
     # run past it unfreezes before its first epoch), so the state always follows from the epoch.
     # The SWA copy is made before that: a copy of the frozen model would keep its frozen batch norms (no
@@ -140,7 +149,8 @@ def build_training_parts(cfg: argparse.Namespace, class_names: Sequence[str], in
         optimizer=optimizer, scheduler=scheduler, ema=ema, swa=swa, dtype=dtype, scaler=scaler,
         preprocess=preprocessor(cfg, device), frozen=frozen, steps_per_epoch=steps_per_epoch,
         accumulation_steps=cfg.accumulation_steps, clip_grad=cfg.clip_grad if train_options else None,
-        compile=bool(cfg.compile) and train_options, multi_label=cfg.multi_label)
+        compile=bool(cfg.compile) and train_options, multi_label=cfg.multi_label, distiller=distiller,
+        projection=projection)
     parts.net()
     return parts
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from config.base import FlagGroup, Mode, need, need_file, need_probability
 from utils.eval_metric import EVAL_METRICS, SINGLE_LABEL_METRICS
-from utils.weights_name import is_weights_name
+from utils.weights_name import is_weights_name, teacher_is_file
 
 
 def _add_weights(g: argparse._ArgumentGroup) -> None:
@@ -361,9 +361,20 @@ def _add_teachers(g: argparse._ArgumentGroup) -> None:
                    help="train on alpha * teacher + (1 - alpha) * label targets from DATA/distill*.txt")
     g.add_argument("--distill_files", type=str, nargs="+", default=None,
                    help="teacher files to average (default: every DATA/distill*.txt)")
-    g.add_argument("--distill_alpha", type=float, default=0.5, help="weight of the teachers' probabilities")
+    g.add_argument("--teacher", type=str, default=None, metavar="CKPT|NAME",
+                   help="online distillation: a frozen teacher runs on every training batch (the same augmented, "
+                        "mixed images) beside the student: a checkpoint of this project, or a named pretrained "
+                        "model ARCH[:WEIGHTS] (resnet50, resnet50:IMAGENET1K_V2; weights through the libraries' "
+                        "caches, as --pretrained NAME); its classes must be the data's")
+    g.add_argument("--distill_type", choices=["logit", "feature"], default="logit",
+                   help="with --teacher: logit: T^2 * KL(student/T || teacher/T); feature: MSE between the last "
+                        "feature maps through a learned 1x1 projection (dropped after training)")
+    g.add_argument("--distill_alpha", type=float, default=0.5,
+                   help="weight of the teacher: --distill targets alpha * teacher + (1 - alpha) * label; --teacher "
+                        "loss (1 - alpha) * task loss + alpha * distillation loss")
     g.add_argument("--distill_temperature", type=float, default=1.0,
-                   help="softens the teachers' probabilities: p ** (1/T), renormalised")
+                   help="T, softening the teacher: --distill: its probabilities p ** (1/T), renormalised; "
+                        "--teacher: both logits divided by T (the KL times T^2)")
     g.add_argument("--distill_missing", choices=["error", "label"], default="error",
                    help="an image missing from the teacher files: an error, or train it on its label")
     g.add_argument("--curriculum_learning", action="store_true",
@@ -375,10 +386,17 @@ def _add_teachers(g: argparse._ArgumentGroup) -> None:
 def _check_teachers(cfg: argparse.Namespace) -> None:
     need_probability(cfg, "distill_alpha")
     need(cfg.distill_temperature > 0, f"--distill_temperature must be > 0, got {cfg.distill_temperature}")
+    need(not (cfg.distill and cfg.teacher), "--distill and --teacher together: --distill trains on a teacher's "
+                                             "probabilities saved in files, --teacher runs the teacher online; "
+                                             "pick one")
+    need(cfg.distill_type == "logit" or cfg.teacher is not None,
+         f"--distill_type {cfg.distill_type} applies to an online teacher; add --teacher CKPT|NAME")
 
 
 def _teacher_files(cfg: argparse.Namespace, given: set[str]) -> None:
-    """With --distill: the teacher files named, or found as DATA/distill*.txt, exist."""
+    """With --distill: the teacher files named, or found as DATA/distill*.txt, exist; --teacher's file exists."""
+    if cfg.teacher is not None and teacher_is_file(cfg.teacher):
+        need_file(cfg.teacher, "teacher", "checkpoint", hint=" (or name a model: ARCH[:WEIGHTS], e.g. resnet50)")
     if not cfg.distill:
         return
     from dataloader.shards import side_folder  # only here: the config is read without torch

@@ -83,3 +83,16 @@ def test_trust_quick(tiny_data):
     assert all(float(row[i]) > 0 for i in (2, 4, 6, 8, 10))
     assert "--tta hflip vs best.pth" in out and "--average last:2 vs best.pth" in out
     assert "ECE lower after --calibrate on the test split in" in out and "of 1 seeds" in out
+
+
+@pytest.mark.slow
+def test_distillation_quick(tiny_data):
+    """The teacher, --knowledge, and a student three ways (none, file, online): one table row each."""
+    out = _quick("distillation.py", "--data", str(tiny_data["folder"]), "--image_size", "16", "16", "-b", "8",
+                 "--cache_dataset", "none", "-j", "0")
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines() if line.startswith("| ")}
+    assert list(rows)[1:] == ["teacher resnet18", "simple_cnn none", "simple_cnn file", "simple_cnn online"]
+    for name in list(rows)[1:]:
+        top1, mean, seconds, share = (cell.strip() for cell in rows[name])
+        assert 0 <= float(top1) == float(mean) <= 100 and float(seconds) > 0
+        assert (share != "-") == (name == "simple_cnn online")

@@ -3,6 +3,7 @@ split, 16x16, 1 epoch), with its real flags, in a real bash process; each leaves
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -83,6 +84,10 @@ def test_distill_recipe(smoke_output):
     assert (smoke_output / "smoke_digits/distill_resnet50.txt").is_file()
     assert "distill" in (smoke_output / "resnet18/student/config.yaml").read_text()
     assert "resnet50/teacher: test top-1" in r.stdout and "resnet18/student: test top-1" in r.stdout
+    # the online route: the teacher's checkpoint in the student's config, its share of the step time printed
+    assert "teacher: " in (smoke_output / "resnet18/student_online/config.yaml").read_text()
+    assert re.search(r"resnet18/student_online: test top-1 [\d.]+, [\d.]+ s/epoch, teacher \d+% of step time",
+                     r.stdout), r.stdout
 
 
 def test_curriculum_recipe(smoke_output):

@@ -1,0 +1,114 @@
+"""Knowledge distillation on the bundled digits: no distillation, the file route (``--knowledge`` then
+``--distill``) and online distillation (``--teacher``), side by side over several seeds.
+
+Each seed trains the teacher by the quickstart recipe (z_task_shell/configs/digits_resnet18.yaml, resnet18), writes
+its probabilities on the training images (``--knowledge train``), then trains the student (``--student``, default
+simple_cnn) by the same recipe and epochs three ways: on the labels alone, on ``alpha * teacher + (1 - alpha) *
+label`` targets from the file, and with the teacher online (``(1 - alpha) * CE + alpha * T^2 * KL``). It prints
+test top-1 and seconds per epoch of each route (the teacher's share of the online route's step time beside it).
+The data is copied into the output folder first (``--knowledge`` writes beside it). ``--quick``: 2 epochs, seed 0.
+
+    python benchmarks/distillation.py [--epochs 30] [--seeds 0 1 2] [--student simple_cnn] [--alpha 0.7]
+                                      [--temperature 2] [--quick] [--data DIR] [--output DIR] [main.py flags]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.averaging import RECIPE, _main  # noqa: E402  (main.py quietly, its printed summary)
+
+ROUTES = ("none", "file", "online")
+
+
+def _history(run: Path) -> list[dict]:
+    import json
+    return json.loads((run / "metrics.json").read_text())["history"]
+
+
+def _train(tag: str, arch: str, seed: int, epochs: int, out: Path, data: Path, extra: list[str]) -> dict:
+    """One run of the recipe as ``arch``: its test top-1, mean seconds per epoch and teacher share (online)."""
+    test = _main(["--train", "--config", str(RECIPE), "--data", str(data), "--output", str(out), "--arch", arch,
+                  "--tag", tag, "--epochs", str(epochs), "--seed", str(seed), "--no_progress",
+                  *(["--warmup", "0"] if epochs <= 2 else []), *extra])
+    rows = _history(out / arch.replace("/", "-") / tag)
+    shares = [row["teacher_share"] for row in rows if "teacher_share" in row]
+    return {"top1": test["test_top1"], "s_per_epoch": statistics.mean(row["time"] for row in rows),
+            "teacher_share": statistics.mean(shares) if shares else None}
+
+
+def run_seed(seed: int, args: argparse.Namespace, epochs: int, out: Path, data: Path, extra: list[str]) -> dict:
+    """The teacher, then the student three ways, for one seed."""
+    result = {"seed": seed, "teacher": _train(f"teacher_s{seed}", "resnet18", seed, epochs, out, data, extra)}
+    teacher = out / "resnet18" / f"teacher_s{seed}" / "checkpoints/best.pth"
+    knowledge = _main(["--knowledge", "train", "--resume", str(teacher), "--data", str(data), "--output", str(out),
+                       "--overwrite", "--no_progress", *_input_flags(extra)])
+    kd = ["--distill_alpha", str(args.alpha), "--distill_temperature", str(args.temperature)]
+    flags = {"none": [], "file": ["--distill", "--distill_files", knowledge["teacher_file"], *kd],
+             "online": ["--teacher", str(teacher), *kd]}
+    for route in ROUTES:
+        result[route] = _train(f"{route}_s{seed}", args.student, seed, epochs, out, data, [*flags[route], *extra])
+    return result
+
+
+def _input_flags(extra: list[str]) -> list[str]:
+    """The flags of ``extra`` that --knowledge takes too (the loader's: batch size, workers)."""
+    keep, i = [], 0
+    while i < len(extra):
+        if extra[i] in ("-b", "--batch_size", "-j", "--workers"):
+            keep += extra[i:i + 2]
+            i += 1
+        i += 1
+    return keep
+
+
+def table(rows: list[dict], student: str) -> str:
+    """The markdown table: per route, test top-1 per seed and their mean, and seconds per epoch."""
+    seeds = [r["seed"] for r in rows]
+    lines = [f"| route | {' | '.join(f'top-1 seed {s}' for s in seeds)} | mean top-1 | s/epoch | teacher share |",
+             "|---|" + "---|" * (len(seeds) + 3)]
+    for route in ("teacher", *ROUTES):
+        cells = [r[route] for r in rows]
+        name = "teacher resnet18" if route == "teacher" else f"{student} {route}"
+        share = [c["teacher_share"] for c in cells if c["teacher_share"] is not None]
+        top1 = " | ".join(f"{c['top1']:.2f}" for c in cells)
+        shown_share = f"{statistics.mean(share):.0%}" if share else "-"
+        lines.append(f"| {name} | {top1} | {statistics.mean(c['top1'] for c in cells):.2f} | "
+                     f"{statistics.mean(c['s_per_epoch'] for c in cells):.2f} | {shown_share} |")
+    return "\n".join(lines)
+
+
+def main_cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--student", default="simple_cnn", help="the student's --arch (e.g. mobilenet_v3_small)")
+    parser.add_argument("--alpha", type=float, default=0.7, help="--distill_alpha of both routes")
+    parser.add_argument("--temperature", type=float, default=2.0, help="--distill_temperature of both routes")
+    parser.add_argument("--quick", action="store_true", help="2 epochs, seed 0: to check the script works")
+    parser.add_argument("--output", default=None, help="where the runs go (default: a temporary folder)")
+    parser.add_argument("--data", type=Path, default=ROOT / "data/digits", help="class-folder data (default: digits)")
+    args, extra = parser.parse_known_args()
+    if args.data == ROOT / "data/digits":
+        from dataloader.digits import make_digits
+        make_digits(args.data)
+    epochs, seeds = (2, [0]) if args.quick else (args.epochs, args.seeds)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.output or tmp)
+        data = out / "data"
+        if not data.exists():
+            shutil.copytree(args.data, data)
+        rows = [run_seed(s, args, epochs, out, data, extra) for s in seeds]
+    print(f"\n{args.student} distilled from resnet18, {epochs} epochs, alpha {args.alpha}, T {args.temperature}:\n")
+    print(table(rows, args.student))
+
+
+if __name__ == "__main__":
+    main_cli()
