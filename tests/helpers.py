@@ -10,6 +10,7 @@ import importlib.util
 import io
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
@@ -554,3 +555,18 @@ def save_pair_model(path: Path, data: Path, *, multi_label: bool = True, thresho
                      "config": config.config_to_dict(cfg), "model_spec": spec.to_dict()}, path)
     config.save_config(cfg, path.parent.parent / "config.yaml")  # a run directory, as training leaves it
     return path
+
+
+def launch(args, nproc=2, legacy=False, env=None, **kw):
+    """torchrun (or the legacy launcher) running main.py with ``args`` on ``nproc`` processes (``env`` added)."""
+    runner = ["-m", "torch.distributed.launch", f"--nproc_per_node={nproc}", f"--master_port={free_port()}"] \
+        if legacy else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, *runner, "main.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=600, **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -11,10 +11,8 @@ import sys
 import pytest
 import torch
 
-from helpers import ROOT, multi_label_checkpoint, read_json, run_main, tiny_train_args
+from helpers import ROOT, launch, multi_label_checkpoint, read_json, run_main, tiny_train_args
 from utils.checkpoint import KILL_AT_ENV, load_checkpoint
-
-from .test_distributed import launch
 
 
 def main(args, env=None):

@@ -18,6 +18,8 @@ from helpers import (
     TINY_COUNTS,
     assert_nested_close,
     assert_same_weights,
+    free_port,
+    launch,
     read_json,
     run_main,
     tiny_train_args,
@@ -25,21 +27,6 @@ from helpers import (
 from utils.checkpoint import KILL_AT_ENV, load_checkpoint
 
 pytestmark = pytest.mark.slow
-
-
-def launch(args, nproc=2, legacy=False, env=None, **kw):
-    """torchrun (or the legacy launcher) running main.py with ``args`` on ``nproc`` processes (``env`` added)."""
-    runner = ["-m", "torch.distributed.launch", f"--nproc_per_node={nproc}", f"--master_port={free_port()}"] \
-        if legacy else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, *runner, "main.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=env, timeout=600, **kw)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def single(args):
