@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.averaging import RECIPE, _main  # noqa: E402  (main.py quietly, its printed summary)
+from benchmarks.trust import RECIPE, main_json  # noqa: E402  (main.py quietly, its printed summary)
 
 ROUTES = ("none", "file", "online")
 
@@ -35,7 +35,7 @@ def _history(run: Path) -> list[dict]:
 
 def _train(tag: str, arch: str, seed: int, epochs: int, out: Path, data: Path, extra: list[str]) -> dict:
     """One run of the recipe as ``arch``: its test top-1, mean seconds per epoch and teacher share (online)."""
-    test = _main(["--train", "--config", str(RECIPE), "--data", str(data), "--output", str(out), "--arch", arch,
+    test = main_json(["--train", "--config", str(RECIPE), "--data", str(data), "--output", str(out), "--arch", arch,
                   "--tag", tag, "--epochs", str(epochs), "--seed", str(seed), "--no_progress",
                   *(["--warmup", "0"] if epochs <= 2 else []), *extra])
     rows = _history(out / arch.replace("/", "-") / tag)
@@ -48,7 +48,7 @@ def run_seed(seed: int, args: argparse.Namespace, epochs: int, out: Path, data: 
     """The teacher, then the student three ways, for one seed."""
     result = {"seed": seed, "teacher": _train(f"teacher_s{seed}", "resnet18", seed, epochs, out, data, extra)}
     teacher = out / "resnet18" / f"teacher_s{seed}" / "checkpoints/best.pth"
-    knowledge = _main(["--knowledge", "train", "--resume", str(teacher), "--data", str(data), "--output", str(out),
+    knowledge = main_json(["--knowledge", "train", "--resume", str(teacher), "--data", str(data), "--output", str(out),
                        "--overwrite", "--no_progress", *_input_flags(extra)])
     kd = ["--distill_alpha", str(args.alpha), "--distill_temperature", str(args.temperature)]
     flags = {"none": [], "file": ["--distill", "--distill_files", knowledge["teacher_file"], *kd],
