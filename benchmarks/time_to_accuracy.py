@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # config.read_config_file, when run as a script
 RECIPE = ROOT / "z_task_shell" / "configs" / "digits_resnet18.yaml"
 
 EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) .*val loss \S+ top-1 ([\d.]+)")
