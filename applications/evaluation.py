@@ -35,6 +35,7 @@ from .setup.common import (
     input_geometry,
     preprocessor,
     restore_for_inference,
+    size_text,
 )
 
 logger = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo)
                                   input_geometry=input_geometry(spec, cfg.use_test_size))
     summary = {"top1": metrics["top1"], "top5": metrics["top5"], "split": dataset.split, "report_dir": str(report_dir),
                "image_size": list(spec.image_size)}
-    size = f"at {'x'.join(map(str, spec.image_size))}{' (--use_test_size)' if cfg.use_test_size else ''}"
+    size = f"at {size_text(spec.image_size)}{' (--use_test_size)' if cfg.use_test_size else ''}"
     if model is not restored.model:  # --tta or an ensemble: each checkpoint's plain numbers beside the average's
         summary["plain"] = plain_numbers(cfg, [restored.model, *(m for m, _ in members)], loader, spec, restored.device,
                                          metrics["map"] if spec.multi_label else metrics["top1"])

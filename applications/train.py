@@ -51,6 +51,7 @@ from .setup.common import (
     input_geometry,
     log_notes,
     run_dir_for,
+    size_text,
     training_spec,
 )
 from .setup.run_start import check_run_split, plan_run_start
@@ -440,7 +441,7 @@ def _final_test(cfg: argparse.Namespace, parts: TrainingParts, end: EpochEnd, re
     test_loader = build_loader(cfg, test_set, train=False, device=info.device, dist_info=info)
     kill_point("final_test")
     logger.info("final test: %s on the %s split (%d images) at %s", best_path.name, test_set.split, len(test_set),
-                "x".join(map(str, test_spec.image_size)))
+                size_text(test_spec.image_size))
     tested = averaged_model(cfg, parts.net(), spec)  # --tta: the views' probabilities averaged
     report = evaluate_and_report(tested, test_loader, test_set, class_names, preprocess=parts.preprocess,
                                  dtype=parts.dtype, out_dir=run_dir / f"eval_{test_set.split}", checkpoint=best_path,

@@ -107,14 +107,16 @@ def weights_test_size(cfg: argparse.Namespace) -> tuple[dict[str, Any], str]:
     test = {key: pre.get(key) for key in ("test_image_size", "test_crop_pct")}
     if all(value is None for value in test.values()):
         return {}, f"no test size: the {weights.name} weights define none ({weights.source} has no test_input_size)"
-    sizes = f"test size {_size(test['test_image_size'] or pre['image_size'])}, crop_pct {test['test_crop_pct']}"
+    sizes = f"test size {size_text(test['test_image_size'] or pre['image_size'])}, crop_pct {test['test_crop_pct']}"
     if list(cfg.image_size) != list(pre["image_size"]):
         return {}, (f"no test size recorded: the {weights.name} weights' {sizes} go with training at "
-                    f"{_size(pre['image_size'])}, and this model trains at --image_size {_size(cfg.image_size)}")
+                    f"{size_text(pre['image_size'])}, and this model trains at --image_size "
+                    f"{size_text(cfg.image_size)}")
     return test, f"{sizes} from {weights.source}, recorded in the model's spec (--use_test_size evaluates at it)"
 
 
-def _size(size: Sequence[int]) -> str:
+def size_text(size: Sequence[int]) -> str:
+    """An image size as the logs write it: ``224x224``."""
     return "x".join(str(s) for s in size)
 
 
@@ -125,7 +127,7 @@ def check_use_test_size(cfg: argparse.Namespace) -> None:
         test, line = weights_test_size(cfg)
         if not test:
             raise ValueError(f"--use_test_size: {line}; drop --use_test_size to test at --image_size "
-                             f"{_size(cfg.image_size)}")
+                             f"{size_text(cfg.image_size)}")
 
 
 def evaluation_spec(spec: ModelSpec, use_test_size: bool, source: str | Path) -> ModelSpec:
@@ -138,10 +140,10 @@ def evaluation_spec(spec: ModelSpec, use_test_size: bool, source: str | Path) ->
     if not spec.has_test_size:
         raise ValueError(f"--use_test_size: {source} records no test size (the weights it was fine-tuned from define "
                          f"none, or it trained at another size than theirs); drop --use_test_size to evaluate at its "
-                         f"training size {_size(spec.image_size)}")
+                         f"training size {size_text(spec.image_size)}")
     test = spec.at_test_size()
     logger.info("--use_test_size: evaluating at %s, crop_pct %s (the weights' test size; trained at %s, crop_pct %s)",
-                _size(test.image_size), test.crop_pct, _size(spec.image_size), spec.crop_pct)
+                size_text(test.image_size), test.crop_pct, size_text(spec.image_size), spec.crop_pct)
     return test
 
 
