@@ -7,9 +7,12 @@ simple_cnn) by the same recipe and epochs three ways: on the labels alone, on ``
 label`` targets from the file, and with the teacher online (``(1 - alpha) * CE + alpha * T^2 * KL``). It prints
 test top-1 and seconds per epoch of each route (the teacher's share of the online route's step time beside it).
 The data is copied into the output folder first (``--knowledge`` writes beside it). ``--quick``: 2 epochs, seed 0.
+``--task mosaic``: the same on the multi-label digit mosaics (z_task_shell/configs/mosaic_multilabel.yaml, 4 epochs),
+online against none on test mAP (``--knowledge`` writes single-label probabilities only: no file route there).
 
-    python benchmarks/distillation.py [--epochs 30] [--seeds 0 1 2] [--student simple_cnn] [--alpha 0.7]
-                                      [--temperature 2] [--quick] [--data DIR] [--output DIR] [main.py flags]
+    python benchmarks/distillation.py [--task digits|mosaic] [--epochs E] [--seeds 0 1 2] [--student simple_cnn]
+                                      [--alpha 0.7] [--temperature 2] [--quick] [--data DIR] [--output DIR]
+                                      [main.py flags]
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +29,22 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.trust import RECIPE, main_json  # noqa: E402  (main.py quietly, its printed summary)
 
-ROUTES = ("none", "file", "online")
+
+@dataclass(frozen=True)
+class Task:
+    """A data set and its recipe: the routes it allows (``--knowledge`` refuses multi-label models: no file
+    route there), the test metric compared and the default epochs (the recipe's)."""
+    recipe: Path
+    data: Path
+    routes: tuple[str, ...]
+    metric: str
+    label: str
+    epochs: int
+
+
+TASKS = {"digits": Task(RECIPE, ROOT / "data/digits", ("none", "file", "online"), "test_top1", "top-1", 30),
+         "mosaic": Task(ROOT / "z_task_shell/configs/mosaic_multilabel.yaml", ROOT / "data/digits_mosaic",
+                        ("none", "online"), "test_map", "mAP", 4)}
 
 
 def _history(run: Path) -> list[dict]:
@@ -33,28 +52,32 @@ def _history(run: Path) -> list[dict]:
     return json.loads((run / "metrics.json").read_text())["history"]
 
 
-def _train(tag: str, arch: str, seed: int, epochs: int, out: Path, data: Path, extra: list[str]) -> dict:
-    """One run of the recipe as ``arch``: its test top-1, mean seconds per epoch and teacher share (online)."""
-    test = main_json(["--train", "--config", str(RECIPE), "--data", str(data), "--output", str(out), "--arch", arch,
-                  "--tag", tag, "--epochs", str(epochs), "--seed", str(seed), "--no_progress",
-                  *(["--warmup", "0"] if epochs <= 2 else []), *extra])
+def _train(task: Task, tag: str, arch: str, seed: int, epochs: int, out: Path, data: Path,
+           extra: list[str]) -> dict:
+    """One run of the recipe as ``arch``: its test metric, mean seconds per epoch and teacher share (online)."""
+    test = main_json(["--train", "--config", str(task.recipe), "--data", str(data), "--output", str(out),
+                      "--arch", arch, "--tag", tag, "--epochs", str(epochs), "--seed", str(seed), "--no_progress",
+                      *(["--warmup", "0"] if epochs <= 2 else []), *extra])
     rows = _history(out / arch.replace("/", "-") / tag)
     shares = [row["teacher_share"] for row in rows if "teacher_share" in row]
-    return {"top1": test["test_top1"], "s_per_epoch": statistics.mean(row["time"] for row in rows),
+    return {"top1": test[task.metric], "s_per_epoch": statistics.mean(row["time"] for row in rows),
             "teacher_share": statistics.mean(shares) if shares else None}
 
 
-def run_seed(seed: int, args: argparse.Namespace, epochs: int, out: Path, data: Path, extra: list[str]) -> dict:
-    """The teacher, then the student three ways, for one seed."""
-    result = {"seed": seed, "teacher": _train(f"teacher_s{seed}", "resnet18", seed, epochs, out, data, extra)}
+def run_seed(task: Task, seed: int, args: argparse.Namespace, epochs: int, out: Path, data: Path,
+             extra: list[str]) -> dict:
+    """The teacher, then the student each way the task allows, for one seed."""
+    result = {"seed": seed, "teacher": _train(task, f"teacher_s{seed}", "resnet18", seed, epochs, out, data, extra)}
     teacher = out / "resnet18" / f"teacher_s{seed}" / "checkpoints/best.pth"
-    knowledge = main_json(["--knowledge", "train", "--resume", str(teacher), "--data", str(data), "--output", str(out),
-                       "--overwrite", "--no_progress", *_input_flags(extra)])
     kd = ["--distill_alpha", str(args.alpha), "--distill_temperature", str(args.temperature)]
-    flags = {"none": [], "file": ["--distill", "--distill_files", knowledge["teacher_file"], *kd],
-             "online": ["--teacher", str(teacher), *kd]}
-    for route in ROUTES:
-        result[route] = _train(f"{route}_s{seed}", args.student, seed, epochs, out, data, [*flags[route], *extra])
+    flags = {"none": [], "online": ["--teacher", str(teacher), *kd]}
+    if "file" in task.routes:
+        knowledge = main_json(["--knowledge", "train", "--resume", str(teacher), "--data", str(data), "--output",
+                               str(out), "--overwrite", "--no_progress", *_input_flags(extra)])
+        flags["file"] = ["--distill", "--distill_files", knowledge["teacher_file"], *kd]
+    for route in task.routes:
+        result[route] = _train(task, f"{route}_s{seed}", args.student, seed, epochs, out, data,
+                               [*flags[route], *extra])
     return result
 
 
@@ -69,12 +92,12 @@ def _input_flags(extra: list[str]) -> list[str]:
     return keep
 
 
-def table(rows: list[dict], student: str) -> str:
-    """The markdown table: per route, test top-1 per seed and their mean, and seconds per epoch."""
-    seeds = [r["seed"] for r in rows]
-    lines = [f"| route | {' | '.join(f'top-1 seed {s}' for s in seeds)} | mean top-1 | s/epoch | teacher share |",
+def table(rows: list[dict], student: str, task: Task) -> str:
+    """The markdown table: per route, the test metric per seed and their mean, and seconds per epoch."""
+    seeds, label = [r["seed"] for r in rows], task.label
+    lines = [f"| route | {' | '.join(f'{label} seed {s}' for s in seeds)} | mean {label} | s/epoch | teacher share |",
              "|---|" + "---|" * (len(seeds) + 3)]
-    for route in ("teacher", *ROUTES):
+    for route in ("teacher", *task.routes):
         cells = [r[route] for r in rows]
         name = "teacher resnet18" if route == "teacher" else f"{student} {route}"
         share = [c["teacher_share"] for c in cells if c["teacher_share"] is not None]
@@ -87,27 +110,33 @@ def table(rows: list[dict], student: str) -> str:
 
 def main_cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--task", choices=sorted(TASKS), default="digits",
+                        help="digits (single-label: none, file, online) or mosaic (the multi-label digit mosaics: "
+                             "none and online, test mAP)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the task's recipe (30 digits, 4 mosaic)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--student", default="simple_cnn", help="the student's --arch (e.g. mobilenet_v3_small)")
     parser.add_argument("--alpha", type=float, default=0.7, help="--distill_alpha of both routes")
     parser.add_argument("--temperature", type=float, default=2.0, help="--distill_temperature of both routes")
     parser.add_argument("--quick", action="store_true", help="2 epochs, seed 0: to check the script works")
     parser.add_argument("--output", default=None, help="where the runs go (default: a temporary folder)")
-    parser.add_argument("--data", type=Path, default=ROOT / "data/digits", help="class-folder data (default: digits)")
+    parser.add_argument("--data", type=Path, default=None, help="the task's data (default: the bundled digits, or "
+                                                                  "their mosaics, built when absent)")
     args, extra = parser.parse_known_args()
-    if args.data == ROOT / "data/digits":
-        from dataloader.digits import make_digits
-        make_digits(args.data)
-    epochs, seeds = (2, [0]) if args.quick else (args.epochs, args.seeds)
+    task = TASKS[args.task]
+    if args.data is None:
+        from dataloader.digits import make_digits, make_mosaic
+        args.data = task.data
+        (make_digits if args.task == "digits" else make_mosaic)(args.data)
+    epochs, seeds = (2, [0]) if args.quick else (args.epochs or task.epochs, args.seeds)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.output or tmp)
         data = out / "data"
         if not data.exists():
             shutil.copytree(args.data, data)
-        rows = [run_seed(s, args, epochs, out, data, extra) for s in seeds]
+        rows = [run_seed(task, s, args, epochs, out, data, extra) for s in seeds]
     print(f"\n{args.student} distilled from resnet18, {epochs} epochs, alpha {args.alpha}, T {args.temperature}:\n")
-    print(table(rows, args.student))
+    print(table(rows, args.student, task))
 
 
 if __name__ == "__main__":

@@ -86,12 +86,17 @@ def test_trust_quick(tiny_data):
 
 
 @pytest.mark.slow
-def test_distillation_quick(tiny_data):
-    """The teacher, --knowledge, and a student three ways (none, file, online): one table row each."""
-    out = _quick("distillation.py", "--data", str(tiny_data["folder"]), "--image_size", "16", "16", "-b", "8",
+@pytest.mark.parametrize("task", ["digits", "mosaic"])
+def test_distillation_quick(task, tiny_data, mosaics):
+    """The teacher, --knowledge, and a student three ways (none, file, online): one table row each; on the
+    multi-label mosaics online and none only, compared on mAP."""
+    data = tiny_data["folder"] if task == "digits" else mosaics
+    out = _quick("distillation.py", "--task", task, "--data", str(data), "--image_size", "16", "16", "-b", "8",
                  "--cache_dataset", "none", "-j", "0")
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines() if line.startswith("| ")}
-    assert list(rows)[1:] == ["teacher resnet18", "simple_cnn none", "simple_cnn file", "simple_cnn online"]
+    routes = ["none", "file", "online"] if task == "digits" else ["none", "online"]
+    assert list(rows)[1:] == ["teacher resnet18", *(f"simple_cnn {r}" for r in routes)]
+    assert list(rows)[0].startswith("route") and ("mean mAP" in out) == (task == "mosaic")
     for name in list(rows)[1:]:
         top1, mean, seconds, share = (cell.strip() for cell in rows[name])
         assert 0 <= float(top1) == float(mean) <= 100 and float(seconds) > 0
