@@ -1,9 +1,10 @@
-"""Model tools: ``--flops``, ``--throughput``, ``--summary`` and ``--publish CKPT OUT``.
+"""Model tools: ``--flops``, ``--throughput``, ``--summary``, ``--publish CKPT OUT`` and ``--package CKPT DIR``.
 
     python main.py --flops --arch resnet50 --image_size 224 224        # params and FLOPs per top-level module
     python main.py --throughput --arch resnet18 -b 64 --channels_last --amp   # img/s, variants side by side
     python main.py --summary --arch mobilenet_v3_small --image_size 32 32      # layer table
     python main.py --publish output/resnet18/default/checkpoints/best.pth resnet18_digits
+    python main.py --package output/resnet18/default/checkpoints/best.pth resnet18_digits --push_to_hub me/digits
 
 The first three measure ``--arch`` at ``--image_size`` with ``--num_classes`` outputs (1000 when not
 given), or, with ``--resume``, the checkpoint's model at its own input size. Tables go to stdout; the
@@ -290,8 +291,27 @@ def publish(cfg: argparse.Namespace) -> dict[str, Any]:
             "source_size_mib": Path(src).stat().st_size / 2**20}
 
 
+# ---------------------------------------------------------------------------------------------------
+# --package
+
+
+def package(cfg: argparse.Namespace) -> dict[str, Any]:
+    """Write the Hub package folder of a checkpoint (``export.package``) and, with ``--push_to_hub``, upload it."""
+    from export.package import model_card, push_folder, run_facts, write_package
+    src, out = cfg.package
+    fallback = [str(i) for i in range(cfg.num_classes or DEFAULT_NUM_CLASSES)]
+    model, spec = model_from_checkpoint(src, cfg, fallback_class_names=fallback)
+    config = write_package(model.eval(), spec, out, model_card(spec, src, run_facts(src)),
+                           repo=cfg.push_to_hub)
+    result = {"package": str(out), "architecture": config["architecture"], "timm_loadable": config["timm_loadable"],
+              "note": config.get("note", ""), "files": sorted(p.name for p in Path(out).iterdir())}
+    if cfg.push_to_hub:
+        result["commit_url"] = push_folder(out, cfg.push_to_hub)
+    return result
+
+
 TOOLS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-    "flops": flops, "throughput": throughput, "summary": summary, "publish": publish}
+    "flops": flops, "throughput": throughput, "summary": summary, "publish": publish, "package": package}
 
 
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
