@@ -31,7 +31,7 @@ from engine import amp_dtype, autocast
 from models import create_model, extract_state_dict
 from models.stem import input_channels
 from utils.atomic import write_bytes_atomic
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, safetensors_checkpoint
 from utils.misc import resolve_device
 from utils.table import format_table, human
 
@@ -264,7 +264,9 @@ PUBLISHED_KEYS = ("class_names", "config", "arch", "model_spec")
 
 
 def publish_checkpoint(src: str | Path, out: str | Path) -> tuple[Path, str]:
-    """Write ``OUT-<sha256[:8]>.pth`` holding only the weights, class names, model spec and config of ``src``.
+    """Write ``OUT-<sha256[:8]>.pth`` holding only the weights, class names, model spec and config of ``src``;
+    ``OUT`` ending in ``.safetensors``: ``OUT-<sha256[:8]>.safetensors``, the weights as safetensors and the rest
+    as its JSON metadata (no pickle: ``--resume`` and ``--pretrained`` read it back).
 
     As MMClassification's ``publish_model.py``: the file is written, hashed, then named after its hash,
     so a download can be checked against its name. Returns the path and the full sha256.
@@ -274,12 +276,16 @@ def publish_checkpoint(src: str | Path, out: str | Path) -> tuple[Path, str]:
     published.update({k: ckpt[k] for k in PUBLISHED_KEYS if ckpt.get(k) is not None})
     dropped = sorted(k for k in ckpt if k not in published)
     out = Path(out)
-    stem = out.name[:-len(".pth")] if out.name.endswith(".pth") else out.name
-    buffer = io.BytesIO()
-    torch.save(published, buffer)  # hashed before it is written: the name holds the hash
-    data = buffer.getvalue()
+    suffix = ".safetensors" if out.name.endswith(".safetensors") else ".pth"
+    stem = out.name[:-len(suffix)] if out.name.endswith(suffix) else out.name
+    if suffix == ".safetensors":
+        data = safetensors_checkpoint(published["model"], published)
+    else:
+        buffer = io.BytesIO()
+        torch.save(published, buffer)  # hashed before it is written: the name holds the hash
+        data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
-    final = write_bytes_atomic(out.with_name(f"{stem}-{digest[:8]}.pth"), data)
+    final = write_bytes_atomic(out.with_name(f"{stem}-{digest[:8]}{suffix}"), data)
     logger.info("published %s -> %s (dropped %s)", src, final, ", ".join(dropped) or "nothing")
     return final, digest
 

@@ -22,13 +22,13 @@ from models.package import (
     PACKAGE_FILES,
     WEIGHTS_FILE,
     package_config,
-    safetensors_bytes,
     timm_candidate,
     timm_check,
 )
 from models.registry import model_family
 from models.spec import ModelSpec
 from utils.atomic import replace_folder, temp_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+from utils.checkpoint import safetensors_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def write_package(model: nn.Module, spec: ModelSpec, out: str | Path, card: str,
     with temp_dir(out) as scratch:
         folder = scratch / "package"
         folder.mkdir()
-        write_bytes_atomic(folder / WEIGHTS_FILE, safetensors_bytes(model.state_dict(), {"arch": spec.arch}))
+        write_bytes_atomic(folder / WEIGHTS_FILE, safetensors_checkpoint(model.state_dict(), {"arch": spec.arch}))
         config = package_config(spec, candidate)
         write_json_atomic(folder / CONFIG_FILE, config)
         note = timm_check(folder, model, spec) if candidate else \

@@ -87,21 +87,6 @@ def package_config(spec: ModelSpec, architecture: str | None, note: str = "") ->
             **({"note": note} if note else {})}
 
 
-def safetensors_bytes(state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    """``state`` as a safetensors file's bytes (contiguous CPU tensors; ``format: pt`` as timm and transformers
-    write it; a state dict whose tensors share memory is cloned apart, which safetensors requires)."""
-    from safetensors.torch import save
-    seen: set[int] = set()
-    tensors = {}
-    for key, value in state.items():
-        value = value.detach().cpu().contiguous()
-        if value.untyped_storage().data_ptr() in seen and value.numel():
-            value = value.clone()
-        seen.add(value.untyped_storage().data_ptr())
-        tensors[key] = value
-    return save(tensors, metadata={"format": "pt", **(metadata or {})})
-
-
 def timm_check(folder: Path, model: nn.Module, spec: ModelSpec) -> str:
     """Load ``folder`` as timm does (``local-dir:``) and compare its logits with ``model``'s on a fixed random
     batch; '' when they agree within ``LOGIT_TOLERANCE``, else why not (for the note)."""
