@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from utils.checkpoint import CheckpointError
 
-from .registry import TIMM_PREFIX, model_family
+from .registry import TIMM_PREFIX, build_model, model_family
 from .spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -157,10 +157,9 @@ def package_preprocessing(spec: ModelSpec) -> dict[str, Any]:
 def load_package(folder: str | Path) -> tuple[nn.Module, ModelSpec]:
     """Our loader, for every package (those timm cannot build too): the spec's model, its weights read with
     safetensors and loaded strictly, in eval mode."""
-    from . import create_model
     from .pretrained import load_state_dict_checked, read_weights
     folder = Path(folder)
     spec = package_spec(read_package_config(folder), str(folder))
-    model = create_model(spec.arch, spec.num_classes, in_chans=spec.in_chans)
+    model = build_model(spec.arch, spec.num_classes, in_chans=spec.in_chans)
     load_state_dict_checked(model, read_weights(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
     return model.eval(), spec
