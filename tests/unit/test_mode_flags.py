@@ -185,8 +185,6 @@ def test_a_file_that_is_no_checkpoint_leaves_the_data_alone(tmp_path):
     (["--predict", "/nonexistent/images", "--resume", "/nonexistent/x.pth"], "--resume: file '/nonexistent/x.pth'"),
     (["--publish", "/nonexistent/x.pth", "out"], "--publish: checkpoint '/nonexistent/x.pth' does not exist"),
     (["--package", "/nonexistent/x.pth", "out"], "--package: checkpoint '/nonexistent/x.pth' does not exist"),
-    (["--package", "/nonexistent/x.pth", "out", "--push_to_hub", "a/b/c"],
-     "--push_to_hub 'a/b/c' is not a Hub repo id: give OWNER/NAME"),
     (["--sweep", "/nonexistent/s.yaml"], "--sweep: file '/nonexistent/s.yaml' does not exist"),
 ])
 def test_the_mode_reports_missing_files(capsys, argv, message):
