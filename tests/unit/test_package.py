@@ -101,3 +101,22 @@ def test_push_to_hub_takes_a_repo_id(repo, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert f"--push_to_hub {repo!r} is not a Hub repo id: give OWNER/NAME" in err and len(err.splitlines()) == 1
+
+
+def test_local_dir_package_fine_tunes_keeping_the_head_only_when_it_fits(tmp_path):
+    from export.package import write_package
+    torch.manual_seed(0)
+    source = create_model("resnet18", 2).eval()
+    spec = dataclasses.replace(SPEC, arch="resnet18", image_size=(32, 32), test_image_size=None, test_crop_pct=None)
+    config = write_package(source, spec, tmp_path / "pkg", "card {timm_note}")
+    assert config["timm_loadable"] and "timm.create_model(" in (tmp_path / "pkg" / "README.md").read_text()
+    ref = f"local-dir:{tmp_path / 'pkg'}"
+    same = create_model("resnet18", 2, pretrained=ref)  # as many classes: every tensor, the head too
+    assert all(torch.equal(same.state_dict()[k], v) for k, v in source.state_dict().items())
+    torch.manual_seed(1)
+    other = create_model("resnet18", 5, pretrained=ref)  # another class count: a new head, the rest loaded
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in source.state_dict().items() if not k.startswith("fc."))
+    assert other.fc.weight.shape == (5, 512)
+    with pytest.raises(ValueError, match=r"holds a resnet18 \(its config.json\), not --arch resnet34: train it with "
+                                         r"--arch resnet18"):
+        create_model("resnet34", 2, pretrained=ref)
