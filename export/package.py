@@ -172,11 +172,21 @@ def push_folder(folder: str | Path, repo_id: str) -> str:
     """Upload the package folder to the Hub repo ``repo_id`` (created when missing) with ``huggingface_hub``
     (``HfApi.create_repo`` + ``upload_folder``; the token and endpoint as huggingface_hub reads them:
     ``HF_TOKEN`` or ``hf auth login``, ``HF_ENDPOINT``). Returns the commit URL."""
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
     api = HfApi()
-    url = api.create_repo(repo_id, repo_type="model", exist_ok=True)
-    commit = api.upload_folder(repo_id=url.repo_id, folder_path=str(folder), repo_type="model",
-                               commit_message=f"Add {Path(folder).name} (main.py --package)",
-                               allow_patterns=list(PACKAGE_FILES))
+    try:
+        url = api.create_repo(repo_id, repo_type="model", exist_ok=True)
+        commit = api.upload_folder(repo_id=url.repo_id, folder_path=str(folder), repo_type="model",
+                                   commit_message=f"Add {Path(folder).name} (main.py --package)",
+                                   allow_patterns=list(PACKAGE_FILES))
+    except Exception as e:  # huggingface_hub's HTTP errors (401: no token), the HTTP client's connection errors
+        message = " ".join(str(e).split())[:400]
+        raise HubUploadError(f"--push_to_hub {repo_id}: the upload to {constants.ENDPOINT} failed "
+                             f"({type(e).__name__}: {message}); the package is complete in {folder}: set HF_TOKEN "
+                             f"(or run hf auth login) and check the network, then run the command again") from None
     logger.info("pushed %s to %s (%s)", folder, url, commit.commit_url)
     return commit.commit_url
+
+
+class HubUploadError(ValueError):
+    """The package could not be uploaded (a ValueError: main.py prints it as one line, the user's to fix)."""

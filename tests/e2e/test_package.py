@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import calibrated_checkpoint, main_process, project_env, read_json, real_images, run_main
+from helpers import calibrated_checkpoint, free_port, main_process, project_env, read_json, real_images, run_main
 from models import create_model
 from models.package import load_package
 from models.spec import ModelSpec
@@ -246,3 +246,14 @@ def test_an_offline_miss_and_a_missing_folder_are_one_clear_line(tiny_data, tmp_
     assert f"{tmp_path / 'none'} holds no package (no model.safetensors or config.json)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
+
+
+def test_a_failed_push_is_one_line_and_keeps_the_package(tiny_run, tmp_path):
+    out = tmp_path / "pkg"
+    r = main_process("--package", str(tiny_run / "checkpoints" / "best.pth"), str(out), "--push_to_hub", REPO,
+                     HF_ENDPOINT=f"http://127.0.0.1:{free_port()}", HF_HUB_DISABLE_XET="1", HF_TOKEN="hf_test",
+                     HF_HOME=str(tmp_path / "home"))
+    assert r.returncode != 0
+    assert f"--push_to_hub {REPO}: the upload to http://127.0.0.1:" in r.stderr and "Traceback" not in r.stderr
+    assert f"the package is complete in {out}" in r.stderr
+    assert {p.name for p in out.iterdir()} == PACKAGE_FILES
