@@ -1,9 +1,10 @@
-"""Model tools: ``--flops``, ``--throughput``, ``--summary`` and ``--publish CKPT OUT``.
+"""Model tools: ``--flops``, ``--throughput``, ``--summary``, ``--publish CKPT OUT`` and ``--package CKPT DIR``.
 
     python main.py --flops --arch resnet50 --image_size 224 224        # params and FLOPs per top-level module
     python main.py --throughput --arch resnet18 -b 64 --channels_last --amp   # img/s, variants side by side
     python main.py --summary --arch mobilenet_v3_small --image_size 32 32      # layer table
     python main.py --publish output/resnet18/default/checkpoints/best.pth resnet18_digits
+    python main.py --package output/resnet18/default/checkpoints/best.pth resnet18_digits --push_to_hub me/digits
 
 The first three measure ``--arch`` at ``--image_size`` with ``--num_classes`` outputs (1000 when not
 given), or, with ``--resume``, the checkpoint's model at its own input size. Tables go to stdout; the
@@ -30,7 +31,7 @@ from engine import amp_dtype, autocast
 from models import create_model, extract_state_dict
 from models.stem import input_channels
 from utils.atomic import write_bytes_atomic
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, safetensors_checkpoint
 from utils.misc import resolve_device
 from utils.table import format_table, human
 
@@ -263,7 +264,9 @@ PUBLISHED_KEYS = ("class_names", "config", "arch", "model_spec")
 
 
 def publish_checkpoint(src: str | Path, out: str | Path) -> tuple[Path, str]:
-    """Write ``OUT-<sha256[:8]>.pth`` holding only the weights, class names, model spec and config of ``src``.
+    """Write ``OUT-<sha256[:8]>.pth`` holding only the weights, class names, model spec and config of ``src``;
+    ``OUT`` ending in ``.safetensors``: ``OUT-<sha256[:8]>.safetensors``, the weights as safetensors and the rest
+    as its JSON metadata (no pickle: ``--resume`` and ``--pretrained`` read it back).
 
     As MMClassification's ``publish_model.py``: the file is written, hashed, then named after its hash,
     so a download can be checked against its name. Returns the path and the full sha256.
@@ -273,12 +276,16 @@ def publish_checkpoint(src: str | Path, out: str | Path) -> tuple[Path, str]:
     published.update({k: ckpt[k] for k in PUBLISHED_KEYS if ckpt.get(k) is not None})
     dropped = sorted(k for k in ckpt if k not in published)
     out = Path(out)
-    stem = out.name[:-len(".pth")] if out.name.endswith(".pth") else out.name
-    buffer = io.BytesIO()
-    torch.save(published, buffer)  # hashed before it is written: the name holds the hash
-    data = buffer.getvalue()
+    suffix = ".safetensors" if out.name.endswith(".safetensors") else ".pth"
+    stem = out.name[:-len(suffix)] if out.name.endswith(suffix) else out.name
+    if suffix == ".safetensors":
+        data = safetensors_checkpoint(published["model"], published)
+    else:
+        buffer = io.BytesIO()
+        torch.save(published, buffer)  # hashed before it is written: the name holds the hash
+        data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
-    final = write_bytes_atomic(out.with_name(f"{stem}-{digest[:8]}.pth"), data)
+    final = write_bytes_atomic(out.with_name(f"{stem}-{digest[:8]}{suffix}"), data)
     logger.info("published %s -> %s (dropped %s)", src, final, ", ".join(dropped) or "nothing")
     return final, digest
 
@@ -290,8 +297,27 @@ def publish(cfg: argparse.Namespace) -> dict[str, Any]:
             "source_size_mib": Path(src).stat().st_size / 2**20}
 
 
+# ---------------------------------------------------------------------------------------------------
+# --package
+
+
+def package(cfg: argparse.Namespace) -> dict[str, Any]:
+    """Write the Hub package folder of a checkpoint (``export.package``) and, with ``--push_to_hub``, upload it."""
+    from export.package import model_card, push_folder, run_facts, write_package
+    src, out = cfg.package
+    fallback = [str(i) for i in range(cfg.num_classes or DEFAULT_NUM_CLASSES)]
+    model, spec = model_from_checkpoint(src, cfg, fallback_class_names=fallback)
+    config = write_package(model.eval(), spec, out, model_card(spec, src, run_facts(src)),
+                           repo=cfg.push_to_hub)
+    result = {"package": str(out), "architecture": config["architecture"], "timm_loadable": config["timm_loadable"],
+              "note": config.get("note", ""), "files": sorted(p.name for p in Path(out).iterdir())}
+    if cfg.push_to_hub:
+        result["commit_url"] = push_folder(out, cfg.push_to_hub)
+    return result
+
+
 TOOLS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-    "flops": flops, "throughput": throughput, "summary": summary, "publish": publish}
+    "flops": flops, "throughput": throughput, "summary": summary, "publish": publish, "package": package}
 
 
 def run(cfg: argparse.Namespace) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from config.base import ConfigError, need
 from config.parser import actions_by_dest, build_parser, flag_name, flag_owner, mode_reads
 from config.registry import MODE_REGISTRY, MODES, all_groups, selected_mode
 from config.saved import use_checkpoint_data
-from config.shared import PREPROCESSING_KEYS, PRETRAINED_MODES, SHARED_GROUPS, check_label_sets
+from config.shared import PACKAGE_KEYS, PREPROCESSING_KEYS, PRETRAINED_MODES, SHARED_GROUPS, check_label_sets
 from config.yaml_values import load_yaml_defaults
-from utils.weights_name import is_weights_name
+from utils.weights_name import is_package_ref, is_weights_name
 
 
 def check_one_mode(cfg: argparse.Namespace) -> list[str]:
@@ -128,9 +128,10 @@ def check_mode_flags(cfg: argparse.Namespace, on_command_line: set[str]) -> None
 
 def defer_preprocessing(cfg: argparse.Namespace, given: set[str]) -> None:
     """With named ``--pretrained`` weights, the preprocessing keys not set (flag or YAML) become None: the
-    weights' own values fill them (``applications.setup.common.apply_weights_preprocessing``), not the defaults."""
+    weights' own values fill them (``applications.setup.common.apply_weights_preprocessing``), not the defaults;
+    a package's (``hf-hub:``/``local-dir:``) input size too."""
     if is_weights_name(cfg.pretrained) and selected_mode(cfg) in PRETRAINED_MODES:
-        for key in PREPROCESSING_KEYS:
+        for key in PACKAGE_KEYS if is_package_ref(cfg.pretrained) else PREPROCESSING_KEYS:
             if key not in given:
                 setattr(cfg, key, None)
 

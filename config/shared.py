@@ -30,6 +30,8 @@ DATASET_ALIASES = {"folder": "folder", "imagenet": "folder", "txt": "txt", "read
 RGB_MEAN, RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # Preprocessing keys that named --pretrained weights supply unless set (see defer_preprocessing).
 PREPROCESSING_KEYS = ("mean", "std", "interpolation", "eval_resize", "crop_pct")
+# ... and that a package (--pretrained hf-hub:REPO / local-dir:DIR) supplies too: its model's input size
+PACKAGE_KEYS = PREPROCESSING_KEYS + ("image_size",)
 # Modes that build a model from --pretrained (and so may take named weights and their preprocessing).
 PRETRAINED_MODES = ("train", "lr_finder")
 

@@ -57,7 +57,8 @@ NOT_SETTINGS = frozenset({"tag", "output", "config", "resume", "overwrite", "no_
                           "tracker", "log_interval",
                           "train", "evaluation", "knowledge", "make_curriculum", "lr_finder", "jit", "onnx", "openvino",
                           "predict", "average", "calibrate",
-                          "visual_data", "visual_source", "flops", "throughput", "summary", "publish", "compare",
+                          "visual_data", "visual_source", "flops", "throughput", "summary", "publish", "package",
+                          "push_to_hub", "compare",
                           "sweep"})
 # Folders a run search never enters: inside a run, or a tracker's store.
 _SKIP_DIRS = frozenset({"checkpoints", "tensorboard", "export", "mlruns", "wandb", "__pycache__"})

@@ -27,7 +27,8 @@ def create_model(name: str, num_classes: int, pretrained: str | Path | None = No
     ``pretrained``: None (random weights; batch-norm momentum raised to 0.1, see ``scratch_bn_momentum``),
     a local weights file (a head of another size is skipped), or a weights name (``imagenet``,
     ``IMAGENET1K_V2``, a timm tag: ``models.hub``) whose every weight but the classifier is loaded; the
-    classifier is a new head for ``num_classes``; RGB stem filters are fitted to ``in_chans`` as timm does
+    classifier is a new head for ``num_classes`` (a package's, ``hf-hub:``/``local-dir:``, is kept when it has
+    ``num_classes`` outputs); RGB stem filters are fitted to ``in_chans`` as timm does
     (one channel: their sum). ``drop_rate``/``drop_path_rate``: None keeps the model's own.
     """
     model = build_model(name, num_classes, drop_rate=drop_rate, drop_path_rate=drop_path_rate, in_chans=in_chans)
@@ -36,8 +37,16 @@ def create_model(name: str, num_classes: int, pretrained: str | Path | None = No
     elif is_weights_name(str(pretrained)):
         weights = resolve_weights(name, str(pretrained))
         head = classifier_keys(model, num_classes)
-        load_state_dict_checked(model, adapt_state(model, pretrained_state(weights)), weights.name, replace=head)
-        logger.info("pretrained %s: loaded every weight but the new head (%s)", weights.name, ", ".join(sorted(head)))
+        state = adapt_state(model, pretrained_state(weights))
+        if weights.keep_head:
+            skipped = load_state_dict_checked(model, state, weights.name, skippable=head)
+            logger.info("pretrained %s: loaded every weight%s", weights.name,
+                        f" but the head of another class count (new head: {', '.join(skipped)})" if skipped
+                        else ", its head too (as many classes)")
+        else:
+            load_state_dict_checked(model, state, weights.name, replace=head)
+            logger.info("pretrained %s: loaded every weight but the new head (%s)", weights.name,
+                        ", ".join(sorted(head)))
     else:
         load_pretrained(model, pretrained, num_classes)
     return model

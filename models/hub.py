@@ -34,10 +34,13 @@ import torch.nn as nn
 
 from utils.checkpoint import CheckpointError
 from utils.weights_name import WEIGHTS_DEFAULT as DEFAULT_NAME  # noqa: F401 (re-exported)
-from utils.weights_name import is_weights_name  # noqa: F401 (re-exported)
+from utils.weights_name import (
+    is_package_ref,
+    is_weights_name,  # noqa: F401 (re-exported)
+)
 
 from .pretrained import read_weights
-from .registry import TIMM_PREFIX, model_family
+from .registry import TIMM_PREFIX, build_model, model_family
 
 logger = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -67,6 +70,9 @@ class NamedWeights:
     # where the file is now, when that can change: timm's snapshot folder is named by the revision that
     # refs/main holds, which the first download writes (before it, cache_path says snapshots/main)
     locate: Callable[[], Path] | None = field(default=None, repr=False, compare=False)
+    # a package's head is kept where it fits (the same class count), as timm's hf-hub: models; the libraries'
+    # ImageNet heads never are
+    keep_head: bool = False
 
     def cached_file(self) -> Path:
         """The file the library's cache holds for these weights now (``cache_path`` unless ``locate``)."""
@@ -74,7 +80,11 @@ class NamedWeights:
 
 
 def resolve_weights(arch: str, spec: str) -> NamedWeights:
-    """The weights ``spec`` names for ``arch``; an unknown name is a ValueError listing the valid ones."""
+    """The weights ``spec`` names for ``arch``; an unknown name is a ValueError listing the valid ones. A
+    package (``hf-hub:REPO``, ``local-dir:DIR``) is any family's; its preprocessing is known once its config.json
+    is there (for ``hf-hub:``, in the cache: resolve again after :func:`fetch_weights`)."""
+    if is_package_ref(spec):
+        return _package(arch, spec)
     family = model_family(arch)
     if family not in _RESOLVERS:
         raise ValueError(f"--pretrained: {arch} ({family}) has no named weights; give a local file")
@@ -358,6 +368,67 @@ def _timm(arch: str, spec: str) -> NamedWeights:
     return NamedWeights(arch, f"timm/{full}", url, path, pre, f"timm pretrained_cfg of {full}",
                         load=load, download=download, cache_hint=hint,
                         locate=lambda: _hf_cache_file(repo_id, HF_FILE)[0])
+
+
+# ---- packages (--package's folders: models.package) ---------------------------------------------------
+
+def _package(arch: str, ref: str) -> NamedWeights:
+    """``hf-hub:REPO`` (model.safetensors and config.json through huggingface_hub's cache) or ``local-dir:DIR``."""
+    from .package import CONFIG_FILE, WEIGHTS_FILE
+    source, _, where = ref.partition(":")
+    if source == "local-dir":
+        folder = Path(where).expanduser()
+        missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if not (folder / name).is_file()]
+        if missing:
+            raise ValueError(f"--pretrained {ref}: {folder} holds no package (no {' or '.join(missing)}); write one "
+                             f"with --package CKPT {folder}")
+        path, url, hint, locate = folder / WEIGHTS_FILE, folder.resolve().as_uri(), "", None
+
+        def download() -> None:
+            return None
+    else:
+        from huggingface_hub import constants
+        if not where or where.count("/") > 1:
+            raise ValueError(f"--pretrained {ref}: give a Hub repo id, hf-hub:OWNER/NAME")
+        path, hint = _hf_cache_file(where, WEIGHTS_FILE)
+        hint = f"with its {CONFIG_FILE} beside it" + (f", {hint}" if hint else "")
+        url = f"{constants.ENDPOINT}/{where}/resolve/main/{WEIGHTS_FILE}"
+
+        def locate() -> Path:
+            return _hf_cache_file(where, WEIGHTS_FILE)[0]
+
+        def download() -> None:
+            from huggingface_hub import hf_hub_download
+            for name in (CONFIG_FILE, WEIGHTS_FILE):
+                hf_hub_download(where, name)
+    current = locate() if locate else path
+    if current.is_file() and not (current.parent / CONFIG_FILE).is_file():
+        raise ValueError(f"--pretrained {ref}: the cache holds {current} but not the package's {CONFIG_FILE} beside "
+                         f"it; put the repo's {CONFIG_FILE} there (or delete the file to download both)")
+    pre = _package_preprocessing(arch, ref, current.parent) if (current.parent / CONFIG_FILE).is_file() else {}
+    return NamedWeights(arch, ref, url, path, pre, f"the package's {CONFIG_FILE}",
+                        load=lambda state: _package_model((locate() if locate else path).parent, state),
+                        download=download, cache_hint=hint, locate=locate, keep_head=True)
+
+
+def _package_preprocessing(arch: str, ref: str, folder: Path) -> dict[str, Any]:
+    """The package's preprocessing and class names; a package of another model than ``arch`` is a ValueError."""
+    from .package import package_preprocessing, package_spec, read_package_config
+    spec = package_spec(read_package_config(folder), ref)
+    if spec.arch != arch:
+        raise ValueError(f"--pretrained {ref} holds a {spec.arch} (its config.json), not --arch {arch}: train it "
+                         f"with --arch {spec.arch}")
+    return {**package_preprocessing(spec), "class_names": list(spec.class_names)}
+
+
+def _package_model(folder: Path, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The package's own model with ``state`` loaded strictly (a file that does not fit is a CheckpointError)."""
+    from .package import WEIGHTS_FILE, package_spec, read_package_config
+    from .pretrained import load_state_dict_checked
+    spec = package_spec(read_package_config(folder), str(folder))
+    model = build_model(spec.arch, spec.num_classes, in_chans=spec.in_chans)
+    load_state_dict_checked(model, state, folder / WEIGHTS_FILE)
+    return model
 
 
 _RESOLVERS: dict[str, Callable[[str, str], NamedWeights]] = {

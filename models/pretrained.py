@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from utils.checkpoint import CheckpointError, load_checkpoint
+from utils.checkpoint import CheckpointError, load_checkpoint, load_safetensors
 
 from .stem import adapt_state, channel_mismatch
 
@@ -59,17 +59,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.suffix != ".safetensors":
         return extract_state_dict(load_checkpoint(path))
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-    if not path.is_file():
-        raise CheckpointError(f"weights file {str(path)!r} does not exist")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path} is empty: not a safetensors file (a truncated write?)")
-    try:
-        return extract_state_dict(load_file(path, device="cpu"))
-    except SafetensorError as e:
-        raise CheckpointError(f"{path} is not a valid safetensors file (corrupt, truncated or another format): "
-                              f"{e}") from None
+    return extract_state_dict(load_safetensors(path)[0])
 
 
 def classifier_keys(model: nn.Module, num_classes: int) -> set[str]:

@@ -185,3 +185,24 @@ def save_image_atomic(image: Any, path: str | Path, **save_kwargs: Any) -> Path:
     with atomic_path(path) as tmp:
         image.save(tmp, format=fmt, **save_kwargs)
     return path
+
+
+def replace_folder(new: str | Path, target: str | Path) -> Path:
+    """Put the complete folder ``new`` (made beside ``target``, e.g. in a :func:`temp_dir`) at ``target`` by
+    renames: an existing ``target`` is first renamed to a hidden temporary name, then removed, so the name
+    never holds half of either folder (between the two renames it holds neither). Returns ``target``."""
+    new, target = Path(new), Path(target)
+    old = None
+    if target.exists() or target.is_symlink():
+        old = target.with_name(f"{temp_path(target).name}-old")
+        os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else old.unlink()
+    return target

@@ -5,6 +5,7 @@ no pickled code ever runs when a file is opened.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -133,6 +134,9 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     callable it would run. torch's advice to retry with ``weights_only=False`` is never passed on.
     """
     path = Path(path)
+    if path.suffix == ".safetensors" and path.is_file():
+        tensors, metadata = load_safetensors(path)
+        return {"model": tensors, **{k: json.loads(v) for k, v in metadata.items() if k in JSON_METADATA_KEYS}}
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     with open(path, "rb") as f:
@@ -160,6 +164,45 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict (a state dict or a checkpoint)")
     return obj
+
+
+# A published .safetensors file (``--publish OUT.safetensors``) carries these checkpoint entries in its metadata,
+# each JSON-encoded (safetensors metadata is str -> str); load_checkpoint decodes them.
+JSON_METADATA_KEYS = ("class_names", "config", "arch", "model_spec")
+
+
+def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's tensors (on the CPU) and metadata, read without running code; a missing, empty,
+    corrupt or other file is a CheckpointError naming it."""
+    from safetensors import SafetensorError, safe_open
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty: not a safetensors file (a truncated write?)")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, ValueError, OSError) as e:
+        raise CheckpointError(f"{path} is not a valid safetensors file (corrupt, truncated or another format): "
+                              f"{e}") from None
+
+
+def safetensors_checkpoint(state: dict[str, torch.Tensor], entries: dict[str, Any]) -> bytes:
+    """A safetensors file's bytes holding ``state`` and, as JSON metadata, the ``entries`` whose keys are in
+    ``JSON_METADATA_KEYS`` (``format: pt`` as timm and transformers write). Tensors sharing memory are cloned
+    apart, which safetensors requires."""
+    from safetensors.torch import save
+    seen: set[int] = set()
+    tensors = {}
+    for key, value in state.items():
+        value = value.detach().cpu().contiguous()
+        if value.numel() and value.untyped_storage().data_ptr() in seen:
+            value = value.clone()
+        seen.add(value.untyped_storage().data_ptr())
+        tensors[key] = value
+    metadata = {k: json.dumps(v) for k, v in entries.items() if k in JSON_METADATA_KEYS and v is not None}
+    return save(tensors, metadata={"format": "pt", **metadata})
 
 
 def saved_config(path: str | Path) -> Any:

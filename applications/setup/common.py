@@ -59,17 +59,23 @@ def run_dir_for(output: str, arch: str, tag: str) -> Path:
 def apply_weights_preprocessing(cfg: argparse.Namespace) -> list[tuple[int, str]]:
     """With named ``--pretrained`` weights: resolve them, make sure they are in the library's cache (else
     ``WeightsUnavailable`` before any work starts), and fill the preprocessing keys the user left unset
-    with the weights' own. Returns what was decided, as (logging level, line) notes for
+    with the weights' own (a package's input size too). Returns what was decided, as (logging level, line) notes for
     :func:`log_notes` to write once the run's log file is open (they belong in its log.txt); none for no
     or local weights."""
     from config import PREPROCESSING_KEYS
-    from config.shared import channel_values
+    from config.shared import PACKAGE_KEYS, channel_values
     from models.hub import fetch_weights, is_weights_name, resolve_weights
+    from utils.weights_name import is_package_ref
     if not is_weights_name(cfg.pretrained):
         return []
     weights = resolve_weights(cfg.arch, cfg.pretrained)
     notes = [(logging.INFO, f"pretrained {weights.name}: {fetch_weights(weights)}")]
-    for key in PREPROCESSING_KEYS:
+    package = is_package_ref(cfg.pretrained)
+    if package:  # its config.json is there now (hf-hub: fetched into the cache with the weights)
+        weights = resolve_weights(cfg.arch, cfg.pretrained)
+        notes.append((logging.INFO, f"the package's classes: {', '.join(weights.preprocessing['class_names'])} "
+                                    f"(its head is kept when the data has as many classes, else a new head)"))
+    for key in PACKAGE_KEYS if package else PREPROCESSING_KEYS:
         bicubic16 = weights.preprocessing[key] == "bicubic" and getattr(cfg, "bit_depth", 8) == 16  # see config
         if key == "interpolation" and getattr(cfg, key) is None and (weights.preprocessing[key] not in INTERPOLATIONS
                                                                      or bicubic16):
@@ -81,12 +87,12 @@ def apply_weights_preprocessing(cfg: argparse.Namespace) -> list[tuple[int, str]
         if getattr(cfg, key) is None:
             setattr(cfg, key, weights.preprocessing[key])
             notes.append((logging.INFO, f"{key} = {weights.preprocessing[key]} from {weights.source}"))
-        if key in ("mean", "std") and len(getattr(cfg, key)) != cfg.in_chans:  # the weights' RGB values, averaged
-            setattr(cfg, key, channel_values(getattr(cfg, key), cfg.in_chans))
-            notes.append((logging.INFO, f"{key} = {getattr(cfg, key)} for --in_chans {cfg.in_chans} (the average)"))
         else:
             notes.append((logging.INFO, f"{key} = {getattr(cfg, key)} as set (the weights' own is "
                                         f"{weights.preprocessing[key]})"))
+        if key in ("mean", "std") and len(getattr(cfg, key)) != cfg.in_chans:  # the weights' RGB values, averaged
+            setattr(cfg, key, channel_values(getattr(cfg, key), cfg.in_chans))
+            notes.append((logging.INFO, f"{key} = {getattr(cfg, key)} for --in_chans {cfg.in_chans} (the average)"))
     notes.append((logging.INFO, weights_test_size(cfg)[1]))
     return notes
 

@@ -1,14 +1,35 @@
-"""``--flops``, ``--throughput``, ``--summary`` and ``--publish`` (``applications/model_tools.py``)."""
+"""``--flops``, ``--throughput``, ``--summary``, ``--publish`` and ``--package`` (``applications/model_tools.py``)."""
 from __future__ import annotations
 
 import argparse
+import re
 
-from config.base import Mode, need_file
+from config.base import FlagGroup, Mode, need, need_file
+
+# A Hub repo id as huggingface_hub accepts it: NAME (the token's own namespace) or OWNER/NAME
+HUB_REPO = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 
 
 def _publish_files(cfg: argparse.Namespace, given: set[str]) -> None:
     need_file(cfg.publish[0], "publish", what="checkpoint")
 
+
+def _package_files(cfg: argparse.Namespace, given: set[str]) -> None:
+    need_file(cfg.package[0], "package", what="checkpoint")
+
+
+def _add_package(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--push_to_hub", type=str, default=None, metavar="REPO",
+                   help="with --package: upload the folder to the Hugging Face Hub repo REPO (OWNER/NAME, created "
+                        "when missing) with huggingface_hub; the token as it reads it (HF_TOKEN, hf auth login)")
+
+
+def _check_package(cfg: argparse.Namespace) -> None:
+    need(cfg.push_to_hub is None or bool(HUB_REPO.match(cfg.push_to_hub)),
+         f"--push_to_hub {cfg.push_to_hub!r} is not a Hub repo id: give OWNER/NAME (letters, digits, '-', '_', '.')")
+
+
+PACKAGE = FlagGroup("package (--package)", _add_package, check=_check_package, resume_safe=True)
 
 MODES = (
     Mode("flops", "applications.model_tools",
@@ -24,6 +45,15 @@ MODES = (
                                   help="layer table: name, type, output shape, parameters")),
     Mode("publish", "applications.model_tools",
          lambda g: g.add_argument("--publish", type=str, nargs=2, default=None, metavar=("CKPT", "OUT"),
-                                  help="strip training state from CKPT and write OUT-<sha256[:8]>.pth"),
+                                  help="strip training state from CKPT and write OUT-<sha256[:8]>.pth "
+                                       "(OUT ending in .safetensors: the weights as safetensors, the class names, "
+                                       "spec and config in its metadata)"),
          check_files=_publish_files),
+    Mode("package", "applications.model_tools",
+         lambda g: g.add_argument("--package", type=str, nargs=2, default=None, metavar=("CKPT", "DIR"),
+                                  help="write DIR: model.safetensors, config.json (timm's pretrained_cfg form: "
+                                       "timm.create_model('local-dir:DIR', pretrained=True) where timm builds the "
+                                       "model) and a README.md model card; --pretrained local-dir:DIR or "
+                                       "hf-hub:REPO fine-tunes from it"),
+         groups=(PACKAGE,), check_files=_package_files),
 )

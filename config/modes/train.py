@@ -15,7 +15,8 @@ def _add_weights(g: argparse._ArgumentGroup) -> None:
                         "skipped), or weights by name with a new head: imagenet (the family's default ImageNet "
                         "weights), a torchvision weights name (IMAGENET1K_V2) or a timm tag (a1_in1k), fetched by "
                         "the library into its cache (TORCH_HOME, the Hugging Face cache for timm); their "
-                        "preprocessing becomes the default")
+                        "preprocessing becomes the default. A package (--package's folder): hf-hub:REPO (through the "
+                        "Hugging Face cache) or local-dir:DIR; its preprocessing and input size become the default")
     g.add_argument("--drop_rate", type=float, default=None,
                    help="dropout before the classifier (timm drop_rate, torchvision dropout, efficientnet-pytorch "
                         "dropout_rate, resnest final_drop); default: the model's own")

@@ -59,6 +59,7 @@ def test_every_mode_help_shows_exactly_the_flags_it_reads(capsys, mode):
     argv = {"predict": ["--predict", "x"], "visual_source": ["--visual_source", "x"],
             "knowledge": ["--knowledge", "val"],
             "visual_data": ["--visual_data", "val"], "publish": ["--publish", "a", "b"], "compare": ["--compare", "r"],
+            "package": ["--package", "a", "b"],
             "sweep": ["--sweep", "s.yaml"]}.get(mode, [f"--{mode}"])
     shown = listed(mode_help(capsys, *argv))
     reads = config.mode_reads(mode)
@@ -183,6 +184,7 @@ def test_a_file_that_is_no_checkpoint_leaves_the_data_alone(tmp_path):
     (["--evaluation", "--resume", "/nonexistent/x.pth"], "--resume: file '/nonexistent/x.pth' does not exist"),
     (["--predict", "/nonexistent/images", "--resume", "/nonexistent/x.pth"], "--resume: file '/nonexistent/x.pth'"),
     (["--publish", "/nonexistent/x.pth", "out"], "--publish: checkpoint '/nonexistent/x.pth' does not exist"),
+    (["--package", "/nonexistent/x.pth", "out"], "--package: checkpoint '/nonexistent/x.pth' does not exist"),
     (["--sweep", "/nonexistent/s.yaml"], "--sweep: file '/nonexistent/s.yaml' does not exist"),
 ])
 def test_the_mode_reports_missing_files(capsys, argv, message):

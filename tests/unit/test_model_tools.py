@@ -116,3 +116,19 @@ def test_publish_keeps_weights_names_and_config_only(tiny_data, tmp_path):
         assert run_main(["--evaluation", "--resume", str(path), "--data", str(data), "-j", "0", "--no_progress",
                          "--out", str(tmp_path / f"{path.stem}.json"), "--output", str(tmp_path / "out")]) == 0
     assert read_json(tmp_path / "best.json") == read_json(tmp_path / f"{published.stem}.json")
+
+
+def test_publish_to_safetensors_writes_no_pickle_and_reads_back(tiny_data, tmp_path):
+    ckpt = calibrated_checkpoint(tmp_path / "run", "resnet18", tiny_data["folder"], 16)
+    result, _ = tool(["--publish", str(ckpt), str(tmp_path / "pub" / "digits.safetensors")])
+    published = tmp_path / "pub" / f"digits-{result['sha256'][:8]}.safetensors"
+    assert result["published"] == str(published)
+    data = published.read_bytes()
+    assert hashlib.sha256(data).hexdigest() == result["sha256"]
+    header = int.from_bytes(data[:8], "little")  # safetensors: a JSON header, then raw tensor bytes; no pickle
+    assert json.loads(data[8:8 + header])["__metadata__"]["format"] == "pt" and b"PK\x03\x04" not in data[:4]
+    source, slim = load_checkpoint(ckpt), load_checkpoint(published)
+    assert set(slim) == {"model", "class_names", "config", "arch"} and slim["class_names"] == ["0", "1", "7"]
+    assert slim["config"] == source["config"]
+    assert slim["model"].keys() == source["model"].keys()
+    assert all(torch.equal(slim["model"][k], v) for k, v in source["model"].items())
