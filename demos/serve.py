@@ -16,11 +16,14 @@ result rows, so an image gets exactly the demo's answer) and FastAPI + uvicorn, 
 - ``GET /health``: the model, its classes, and the batches run so far (how many of each size).
 - ``GET /``: a page (demos/serve.html) to pick or drop images and see each one's top-k bars.
 
-Requests that arrive together are batched: the first image waits at most ``--max_wait_ms`` for others, up
-to ``--max_batch`` images per forward pass. A bad upload is refused with a 4xx and a JSON ``{"detail":
-message}`` and the service keeps serving: an empty body or no ``file`` field (400), over ``--max_bytes`` (413,
-refused while it streams in, never held whole), more than ``--max_image_pixels`` pixels (413, a decompression
-bomb, refused from its header before decoding), or not an image the demo can decode (415).
+Requests that arrive together are batched, up to ``--max_batch`` images per forward pass: the images that
+queue while a pass runs make the next one, and a pass waits at most ``--max_wait_ms`` after its first image for
+the requests still being uploaded and decoded (none arriving: no wait, so a lone client pays none).
+
+A bad upload is refused with a 4xx and a JSON ``{"detail": message}`` and the service keeps serving: an
+empty body or no ``file`` field (400), over ``--max_bytes`` (413, refused while it streams in, never held
+whole), more than ``--max_image_pixels`` pixels (413, a decompression bomb, refused from its header before
+decoding), or not an image the demo can decode (415).
 """
 from __future__ import annotations
 
@@ -30,10 +33,10 @@ import logging
 import sys
 import time
 from collections import Counter
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 import torch
 import uvicorn
@@ -66,28 +69,47 @@ class Pending:
 
 @dataclass
 class Batcher:
-    """Groups the images that arrive within ``max_wait_ms`` of the first into one forward pass of at most
-    ``max_batch``; one forward pass at a time, off the event loop."""
+    """Groups images into forward passes of at most ``max_batch``, one pass at a time, off the event loop.
+    Images that queue up while a pass runs make the next one; and a pass waits up to ``max_wait_ms`` after
+    its first image for the requests still arriving (reading their upload, decoding it), but not when none
+    is: a lone client pays no wait."""
     clf: demo.Classifier
     max_batch: int
     max_wait_ms: float
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     sizes: Counter = field(default_factory=Counter)
+    arriving: int = 0  # requests between their start and their image's place in the queue
 
-    async def submit(self, image: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """The probabilities of one preprocessed image, and the size of the batch that computed them."""
+    @contextmanager
+    def arrival(self) -> Iterator[None]:
+        """Counts a request as arriving while its upload is read and decoded."""
+        self.arriving += 1
+        try:
+            yield
+        finally:
+            self.arriving -= 1
+
+    def enqueue(self, image: torch.Tensor) -> asyncio.Future:
+        """A future of the probabilities of one preprocessed image and the size of the batch that computed them."""
         pending = Pending(image, asyncio.get_running_loop().create_future())
-        await self.queue.put(pending)
-        return await pending.done
+        self.queue.put_nowait(pending)
+        return pending.done
 
     async def run(self) -> None:
-        """Forever: wait for an image, gather more until the batch is full or the wait is over, classify."""
+        """Forever: wait for an image, gather those queued or arriving until the batch is full or the wait is
+        over, classify."""
         while True:
             batch = [await self.queue.get()]
             deadline = time.monotonic() + self.max_wait_ms / 1000
             while len(batch) < self.max_batch:
+                if not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                    continue
+                left = deadline - time.monotonic()
+                if not self.arriving or left <= 0:
+                    break
                 try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), max(0.0, deadline - time.monotonic())))
+                    batch.append(await asyncio.wait_for(self.queue.get(), left))
                 except asyncio.TimeoutError:
                     break
             await self._classify(batch)
@@ -183,8 +205,10 @@ def create_app(clf: demo.Classifier, topk: int = 5, reject_below: float | None =
 
     @app.post("/predict")
     async def predict(request: Request) -> dict[str, Any]:
-        image = await run_in_threadpool(load_image, clf, await read_upload(request, max_bytes))
-        probs, size = await batcher.submit(image)
+        with batcher.arrival():
+            image = await run_in_threadpool(load_image, clf, await read_upload(request, max_bytes))
+            done = batcher.enqueue(image)
+        probs, size = await done
         return {**answer(clf, probs, topk, reject_below), "batch_size": size}
 
     @app.get("/health")
@@ -216,7 +240,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="answer unknown when the top probability is below P (single-label)")
     parser.add_argument("--max_batch", type=int, default=8, help="images per forward pass at most")
     parser.add_argument("--max_wait_ms", type=float, default=5.0,
-                        help="how long the first image of a batch waits for others (0: no batching wait)")
+                        help="how long a batch waits after its first image for requests still arriving (0: no wait)")
     parser.add_argument("--max_bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest upload accepted, in bytes")
     parser.add_argument("--max_image_pixels", type=int, default=demo.DEFAULT_MAX_IMAGE_PIXELS,
                         help="refuse images of more pixels, from their header (decompression bombs); 0 = no limit")
