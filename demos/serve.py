@@ -204,11 +204,14 @@ def create_app(clf: demo.Classifier, topk: int = 5, reject_below: float | None =
         return JSONResponse({"detail": e.message}, status_code=e.status)
 
     @app.post("/predict")
-    async def predict(request: Request) -> dict[str, Any]:
+    async def predict(request: Request) -> Any:
         with batcher.arrival():
             image = await run_in_threadpool(load_image, clf, await read_upload(request, max_bytes))
             done = batcher.enqueue(image)
-        probs, size = await done
+        try:
+            probs, size = await done
+        except ValueError as e:  # the model does not fit its own metadata (the demo's check): not the upload's fault
+            return JSONResponse({"detail": str(e)}, status_code=500)
         return {**answer(clf, probs, topk, reject_below), "batch_size": size}
 
     @app.get("/health")

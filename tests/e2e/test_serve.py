@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from helpers import calibrated_checkpoint, multi_label_checkpoint, run_demo, run_main, serving, write_png_bomb
+from helpers import ROOT, calibrated_checkpoint, multi_label_checkpoint, run_demo, run_main, serving, write_png_bomb
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +131,14 @@ def test_a_multi_label_export_answers_label_sets_as_the_demo(mosaics, tmp_path):
             assert list(got["scores"]) == list(want["scores"])
             np.testing.assert_allclose(list(got["scores"].values()), list(want["scores"].values()), atol=1e-6)
     assert served.imported == []
+
+
+def test_the_benchmark_prints_the_demo_and_the_service_side_by_side(exported, tiny_data):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--model", str(exported["model"]),
+                           "--data", str(tiny_data["folder"]), "--requests", "16", "--clients", "1", "4"],
+                          capture_output=True, text=True, timeout=600, cwd=exported["cwd"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert [(r[0], r[1]) for r in rows[1:]] == [("| demo in-process, batch 1", "1"), ("| service POST /predict", "1"),
+                                                ("| service POST /predict", "4")]
+    assert all(float(r[2]) > 0 and 0 < float(r[4]) <= float(r[5]) for r in rows[1:])  # req/s, p50 <= p99
