@@ -5,7 +5,8 @@ preprocess, forward: what a program that imports the demo pays per image), then 
 ``POST /predict`` (raw body) to 1 and to 8 concurrent clients on 127.0.0.1 (keep-alive connections, a bounded
 number of requests each, after a few warm-up ones). Requests per second, p50/p99 latency, and for the service
 the mean batch size it ran (from ``/health``). Both the demo and the service run ONNX Runtime with the same
-``--threads``; the clients share the machine with the service, as a local client would.
+``--threads``; the clients share the machine with the service, as a local client would. The rows take turns,
+in ``--rounds`` rounds, so that a change in the machine's load falls on all of them alike.
 
 The model: ``--model FILE`` (an exported ``.onnx``/``.xml``), else ``--resume CKPT`` exported with ``main.py
 --onnx --quantize int8``, else a resnet18 trained for ``--epochs`` on the bundled digits with the digits recipe
@@ -59,19 +60,15 @@ def percentiles(latencies: list[float]) -> tuple[float, float]:
     return 1000 * statistics.median(latencies), 1000 * cuts[98]
 
 
-def demo_in_process(model: Path, images: list[bytes], requests: int, threads: int) -> dict:
-    """The demo's Classifier on one image per call, in this process."""
-    import classifier
-    clf = classifier.Classifier(model, threads=threads)
-    for data in images[:10]:  # warm-up
-        clf.probabilities([data])
+def demo_block(clf, images: list[bytes], count: int, offset: int) -> dict:
+    """``count`` calls of the demo's Classifier on one image each, in this process."""
     latencies = []
     start = time.perf_counter()
-    for i in range(requests):
+    for i in range(offset, offset + count):
         t = time.perf_counter()
         clf.probabilities([images[i % len(images)]])
         latencies.append(time.perf_counter() - t)
-    return {"rps": requests / (time.perf_counter() - start), "latencies": latencies}
+    return {"time": time.perf_counter() - start, "latencies": latencies}
 
 
 def client_loop(port: int, images: list[bytes], offset: int, count: int, warmup: int, gate: threading.Barrier,
@@ -104,12 +101,12 @@ def health(port: int) -> dict:
     return answer
 
 
-def service_row(port: int, images: list[bytes], clients: int, requests: int) -> dict:
-    """``clients`` concurrent clients sharing ``requests`` timed requests; the wall-clock rate, the latencies
-    and the mean batch size the service ran meanwhile."""
+def service_block(port: int, images: list[bytes], clients: int, count: int) -> dict:
+    """``clients`` concurrent clients sharing ``count`` timed requests: the wall-clock time, the latencies and
+    the images and batches the service ran meanwhile."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     gate = threading.Barrier(clients + 1)
-    threads = [threading.Thread(target=client_loop, args=(port, images, 37 * c, requests // clients, 3, gate,
+    threads = [threading.Thread(target=client_loop, args=(port, images, 37 * c, count // clients, 3, gate,
                                                           latencies[c])) for c in range(clients)]
     for t in threads:
         t.start()
@@ -119,10 +116,19 @@ def service_row(port: int, images: list[bytes], clients: int, requests: int) -> 
         t.join()
     wall, after = time.perf_counter() - start, health(port)
     done = [x for c in latencies for x in c]
-    if len(done) != clients * (requests // clients):
+    if len(done) != clients * (count // clients):
         raise RuntimeError("a client failed (see its traceback above)")
-    batch = (after["images"] - before["images"]) / max(1, after["batches"] - before["batches"])
-    return {"rps": len(done) / wall, "latencies": done, "batch": batch}
+    return {"time": wall, "latencies": done, "images": after["images"] - before["images"],
+            "batches": after["batches"] - before["batches"]}
+
+
+def merged(blocks: list[dict]) -> dict:
+    """One row of several blocks: requests per second over their summed time, all latencies, the mean batch."""
+    row = {"latencies": [x for b in blocks for x in b["latencies"]]}
+    row["rps"] = len(row["latencies"]) / sum(b["time"] for b in blocks)
+    if "batches" in blocks[0]:
+        row["batch"] = sum(b["images"] for b in blocks) / max(1, sum(b["batches"] for b in blocks))
+    return row
 
 
 def start_service(model: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
@@ -144,19 +150,28 @@ def start_service(model: Path, port: int, args: argparse.Namespace) -> subproces
 
 
 def measure(model: Path, images: list[bytes], args: argparse.Namespace) -> list[tuple[str, int, dict]]:
-    """The demo's row, then the service's rows for each client count."""
-    rows = [("demo in-process, batch 1", 1, demo_in_process(model, images, args.requests, args.threads))]
+    """The demo's row and the service's rows, measured in ``--rounds`` rounds that each run every row in turn
+    (so that a change of the machine's load while it runs falls on every row alike)."""
+    import classifier
+    clf = classifier.Classifier(model, threads=args.threads)
+    for data in images[:10]:  # warm-up
+        clf.probabilities([data])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = start_service(model, port, args)
+    count = args.requests // args.rounds
+    blocks: dict[tuple[str, int], list[dict]] = {("demo in-process, batch 1", 1): []}
     try:
-        for clients in args.clients:
-            rows.append(("service POST /predict", clients, service_row(port, images, clients, args.requests)))
+        for r in range(args.rounds):
+            blocks[("demo in-process, batch 1", 1)].append(demo_block(clf, images, count, r * count))
+            for clients in args.clients:
+                blocks.setdefault(("service POST /predict", clients), []).append(
+                    service_block(port, images, clients, count))
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    return rows
+    return [(name, clients, merged(parts)) for (name, clients), parts in blocks.items()]
 
 
 def print_table(model: Path, rows: list[tuple[str, int, dict]], args: argparse.Namespace, images: int) -> None:
@@ -184,6 +199,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max_accuracy_drop", type=float, default=5.0, help="the int8 export's guard (points)")
     parser.add_argument("--requests", type=int, default=400, help="timed requests per row")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8], help="concurrent clients per row")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of every row in turn (the requests split)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (demo and service)")
     parser.add_argument("--max_batch", type=int, default=8)
     parser.add_argument("--max_wait_ms", type=float, default=5.0)

@@ -134,9 +134,10 @@ def test_a_multi_label_export_answers_label_sets_as_the_demo(mosaics, tmp_path):
 
 
 def test_the_benchmark_prints_the_demo_and_the_service_side_by_side(exported, tiny_data):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve.py"), "--model", str(exported["model"]),
-                           "--data", str(tiny_data["folder"]), "--requests", "16", "--clients", "1", "4"],
-                          capture_output=True, text=True, timeout=600, cwd=exported["cwd"])
+    args = ["--model", str(exported["model"]), "--data", str(tiny_data["folder"]), "--requests", "16",
+            "--clients", "1", "4", "--rounds", "2"]
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "serve.py"), *args], capture_output=True,
+                          text=True, timeout=600, cwd=exported["cwd"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line.split(" | ") for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     assert [(r[0], r[1]) for r in rows[1:]] == [("| demo in-process, batch 1", "1"), ("| service POST /predict", "1"),
