@@ -9,9 +9,10 @@ fi
 SUDO=""
 if [ "$(id -u)" != 0 ]; then
   SUDO=$(command -v sudo || true)
-  if [ -z "$SUDO" ]; then
+  if [ -z "$SUDO" ]; then  # under CI a failure; elsewhere the page test is skipped, saying why
     echo "install_browser.sh: apt-get install chromium chromium-driver needs root or sudo" >&2
-    exit 1
+    [ "${CI:-}" = true ] && exit 1
+    exit 0
   fi
 fi
 export DEBIAN_FRONTEND=noninteractive
