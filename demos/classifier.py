@@ -526,20 +526,37 @@ def batches(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield items[start:start + size]
 
 
+def topk_rows(clf: Classifier, probs: torch.Tensor, topk: int,
+              reject_below: float | None = None) -> list[dict[str, Any]]:
+    """A single-label export's result per row of ``probs``: ``{"topk": [[name, p], ...], "probabilities": [...]}``,
+    most likely first; with ``reject_below`` the ``answer`` first (the top class, or ``unknown`` when its
+    probability is below it). The command line's ``--json`` rows and demos/serve.py's answers."""
+    values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
+    rows = []
+    for p, vs, ix in zip(probs.tolist(), values.tolist(), indices.tolist()):
+        top = [(clf.class_names[i], v) for v, i in zip(vs, ix)]
+        answer = None if reject_below is None else (top[0][0] if top[0][1] >= reject_below else UNKNOWN)
+        rows.append({**({"answer": answer} if answer else {}), "topk": top, "probabilities": p})
+    return rows
+
+
+def label_set_rows(clf: Classifier, probs: torch.Tensor) -> list[dict[str, Any]]:
+    """A multi-label export's result per row of ``probs``: ``{"labels": [{"name", "score"}], "scores": {name: p}}``
+    (its label set, highest first, and every class's probability)."""
+    return [{"labels": [{"name": n, "score": v} for n, v in labels], "scores": dict(zip(clf.class_names, p))}
+            for labels, p in zip(clf.label_sets(probs), probs.tolist())]
+
+
 def topk_lines(clf: Classifier, paths: Sequence[Path], probs: torch.Tensor, args: argparse.Namespace) -> list[str]:
     """A single-label export's output line per image: its top-k classes (text or JSON); with ``--reject_below``
     the answer first (the top class, or ``unknown`` when its probability is below the threshold)."""
-    values, indices = probs.topk(min(args.topk, probs.shape[1]), dim=1)
     lines = []
-    for path, p, vs, ix in zip(paths, probs.tolist(), values.tolist(), indices.tolist()):
-        top = [(clf.class_names[i], v) for v, i in zip(vs, ix)]
-        text = ", ".join(f"{name} {v:.4f}" for name, v in top)
-        answer = None if args.reject_below is None else (top[0][0] if top[0][1] >= args.reject_below else UNKNOWN)
+    for path, row in zip(paths, topk_rows(clf, probs, args.topk, args.reject_below)):
+        text = ", ".join(f"{name} {v:.4f}" for name, v in row["topk"])
         if args.json:
-            row = {"path": str(path), **({"answer": answer} if answer else {}), "topk": top, "probabilities": p}
-            lines.append(json.dumps(row))
+            lines.append(json.dumps({"path": str(path), **row}))
         else:
-            lines.append(f"{path}: unknown ({text})" if answer == UNKNOWN else f"{path}: {text}")
+            lines.append(f"{path}: unknown ({text})" if row.get("answer") == UNKNOWN else f"{path}: {text}")
     return lines
 
 
@@ -548,12 +565,12 @@ def label_set_lines(clf: Classifier, paths: Sequence[Path], probs: torch.Tensor,
     """A multi-label export's output line per image: its label set with scores (text or JSON, with every
     class's probability)."""
     lines = []
-    for path, labels, p in zip(paths, clf.label_sets(probs), probs.tolist()):
+    for path, row in zip(paths, label_set_rows(clf, probs)):
         if args.json:
-            lines.append(json.dumps({"path": str(path), "labels": [{"name": n, "score": v} for n, v in labels],
-                                     "scores": dict(zip(clf.class_names, p))}))
+            lines.append(json.dumps({"path": str(path), **row}))
         else:
-            lines.append(f"{path}: " + (", ".join(f"{name} {v:.4f}" for name, v in labels) or "(no label)"))
+            labels = ", ".join(f"{label['name']} {label['score']:.4f}" for label in row["labels"])
+            lines.append(f"{path}: " + (labels or "(no label)"))
     return lines
 
 

@@ -6,10 +6,12 @@ and tests/ on sys.path."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import io
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -507,6 +509,57 @@ def demo_predictions(model: Path, images: Path, cwd: Path) -> dict[str, int]:
     assert proc.returncode == 0 and imported == [], proc.stderr[-3000:]
     return {str(Path(r["path"]).resolve()): int(np.argmax(r["probabilities"]))
             for r in map(json.loads, proc.stdout.splitlines())}
+
+
+# ------------------------------------------------------------------- the HTTP service (demos/serve.py)
+SERVE = ROOT / "demos" / "serve.py"
+
+
+class Served:
+    """A running demos/serve.py: its base ``url``, its process, and (once stopped) what it imported that the
+    demo must not (``imported``) and its stderr."""
+
+    def __init__(self, proc: subprocess.Popen, url: str):
+        self.proc, self.url, self.imported, self.stderr = proc, url, None, ""
+
+    def health(self) -> dict:
+        import requests
+        return requests.get(self.url + "/health", timeout=30).json()
+
+
+@contextlib.contextmanager
+def serving(model: Path, *args: str, cwd: Path, timeout: float = 180):
+    """demos/serve.py ``model *args`` started on a free port of 127.0.0.1 in a child process (through the
+    demo's import-recording wrapper, from ``cwd`` where the project is not importable), waited for until
+    ``/health`` answers; stopped with SIGINT (uvicorn's graceful shutdown) on exit."""
+    import requests
+    url = f"http://127.0.0.1:{(port := free_port())}"
+    proc = subprocess.Popen([sys.executable, "-c", DEMO_WRAPPER, str(SERVE), str(model), "--port", str(port), *args],
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    served = Served(proc, url)
+    try:
+        end = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"serve.py ended (code {proc.returncode}): {proc.stderr.read()[-3000:]}")
+            try:
+                if requests.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                assert time.time() < end, f"serve.py did not answer /health within {timeout} s"
+                time.sleep(0.2)
+        yield served
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            _, served.stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, served.stderr = proc.communicate()
+        last = served.stderr.strip().splitlines()[-1:] or [""]
+        if last[0].startswith("IMPORTED "):
+            served.imported = json.loads(last[0].removeprefix("IMPORTED "))
 
 
 # ----------------------------------------------------------------------------- benchmarks/gpu_check.py

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash z_task_shell/install.sh
+# The headless browser the web page test drives (chromium + chromedriver from apt; skipped when present)
+bash z_task_shell/install_browser.sh
 # The linter first: import order, unused names, lines of at most 120 (`.venv/bin/ruff check --fix .` fixes most)
 .venv/bin/ruff check .
 # One pytest worker per core (pytest-xdist; an idle worker takes tests from a busy one), each worker and the

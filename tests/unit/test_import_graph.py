@@ -207,7 +207,7 @@ def test_graph_reads_lazy_relative_and_submodule_imports(tmp_path):
 def test_graph_covers_the_project(graph):
     expected = {"main", "config", "config.base", "config.parser", "config.modes.train", "applications.train",
                 "engine.loops", "dataloader.datasets", "models", "utils.check_images", "explain", "export",
-                "benchmarks.gpu_check", "demos.classifier"}
+                "benchmarks.gpu_check", "demos.classifier", "demos.serve"}
     assert expected <= set(graph), sorted(expected - set(graph))
     assert not [m for m in graph if room(m) in SKIP_TOP], "tests/ and the data folders are not project code"
     unplaced = sorted({room(m) for m in graph} - set(RANKS))
@@ -289,3 +289,27 @@ def test_the_tools_that_reach_up_are_thin_and_documented(modules):
         lines = len(path.read_text().splitlines())
         assert lines <= THIN_TOOL_LINES, \
             f"{tool} has {lines} lines: keep the tool a thin wrapper (<= {THIN_TOOL_LINES}) of code on its own floor"
+
+
+def demo_imports(path: Path) -> set[str]:
+    """The top-level names a demos/ script imports (a relative import as ``.``: a demo is no package)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            found.add("." if node.level else (node.module or "").split(".")[0])
+    return found
+
+
+def test_the_demos_import_no_project_code(modules):
+    """demos/ runs where the project is not installed: a demo imports libraries and its siblings in demos/
+    (the script's folder is on sys.path: demos/serve.py imports classifier), never a project room."""
+    demos = {name: path for name, path in modules.items() if room(name) == "demos"}
+    siblings = {name.split(".")[-1] for name in demos}
+    rooms = {room(name) for name in modules} - {"demos"}
+    bad = {name: sorted(found & (rooms | {"."})) for name, path in demos.items()
+           if (found := demo_imports(path)) & (rooms | {"."})}
+    assert not bad, f"a demo imports project code: {bad}"
+    assert "classifier" in demo_imports(demos["demos.serve"]) and "classifier" in siblings
+    assert demo_imports(ROOT / "main.py") & rooms  # the check would see an import of the project
