@@ -56,7 +56,7 @@ NOT_SETTINGS = frozenset({"tag", "output", "config", "resume", "overwrite", "no_
                           "sort_by", "sweep_devices", "sweep_only", "trials", "study_storage", "max_variants",
                           "tracker", "log_interval",
                           "train", "evaluation", "knowledge", "make_curriculum", "lr_finder", "jit", "onnx", "openvino",
-                          "predict", "average", "calibrate",
+                          "predict", "average", "calibrate", "triton", "extract_features",
                           "visual_data", "visual_source", "flops", "throughput", "summary", "publish", "compare",
                           "sweep"})
 # Folders a run search never enters: inside a run, or a tracker's store.
