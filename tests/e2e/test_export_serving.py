@@ -161,3 +161,17 @@ def test_knn_is_refused_on_the_train_split_and_for_a_multi_label_model(checkpoin
     assert run_main(["--evaluation", "--knn", "3", "--resume", str(ckpt), "--data", str(mosaics), "--dataset", "csv",
                      "--multi_label", "-j", "0"]) == 1
     assert "is a multi-label model; the k-NN vote picks one class per image" in caplog.text
+
+
+def test_a_multi_label_models_features_carry_each_images_label_set(mosaics, tmp_path):
+    from helpers import multi_label_checkpoint
+    ckpt = multi_label_checkpoint(tmp_path / "ml", mosaics, image_size=16)
+    result = main_json("--extract_features", "test", "--resume", str(ckpt), "--data", str(mosaics), "--dataset", "csv",
+                       "--multi_label", "-j", "0")
+    rows = read_index(tmp_path / "ml" / "features_test.csv")
+    with open(mosaics / "test.csv", newline="") as f:
+        truth = {r["path"]: r["label"].split() for r in csv.DictReader(f)}
+    assert result["count"] == len(rows) == len(truth) == 3
+    assert np.load(result["features"]).shape == (3, 512)
+    for r in rows:  # classes.txt names the digits 0..9: the label indices are the names
+        assert r["label"].split(";") == r["class_name"].split(";") == truth[r["path"]]
