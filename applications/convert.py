@@ -27,7 +27,8 @@ both numbers.
 
 ``--onnx --half`` writes ``model.fp16.onnx``: the model computing in float16 between a float32 input and float32
 logits (``export.core.Fp16Graph``), about half the size of ``model.onnx``, for GPU runtimes; it is verified in
-ONNX Runtime on the CPU like the fp32 file, within the fp16 bound 1e-2 x max(1, max |logit|) (``FP16_RTOL``).
+ONNX Runtime on the CPU like the fp32 file, within the fp16 bound: 1e-2 x max(1, max |logit|) (``FP16_RTOL``) or,
+where larger, 4x the eager model's own distance from its torch fp16 logits (``export.core.Fp16Graph`` says why).
 
 ``--triton`` writes a Triton model repository, ``<run>/export/triton/<name>/`` (``config.pbtxt``, ``labels.txt``,
 ``1/model.onnx``), around the verified ONNX export (fp16 with ``--half``); ``export.triton`` says what it holds.
@@ -184,8 +185,9 @@ FP16_FILENAME = "model.fp16.onnx"  # --onnx --half
 
 
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
-    """Export ``--resume`` in the format of the mode flag (``--jit``, ``--onnx`` or ``--openvino``) to
-    ``<run_dir>/export/``, and with ``--quantize int8`` its int8 version too."""
+    """Export ``--resume`` in the format of the mode flag (``--jit``, ``--onnx``, ``--openvino``; ``--triton``: a
+    model repository in ``export/triton/``) to ``<run_dir>/export/``, and with ``--quantize int8`` its int8 version
+    too."""
     run_dir = checkpoint_run_dir(cfg.resume, cfg.output, cfg.arch)
     mode = selected_mode(cfg)
     with log_to_file(run_dir / "log.txt"):
