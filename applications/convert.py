@@ -6,6 +6,8 @@ ONNX or OpenVINO IR file, and with ``--quantize int8`` also its int8 version beh
     python main.py --openvino --resume ...                     # -> <run>/export/model.xml + model.bin
     python main.py --onnx --quantize int8 --resume ...         # -> also <run>/export/model.int8.onnx
     python main.py --openvino --quantize int8 --resume ...     # -> also <run>/export/model.int8.xml + .bin
+    python main.py --onnx --half --resume ...                  # -> <run>/export/model.fp16.onnx
+    python main.py --triton --resume ...                       # -> <run>/export/triton/<arch>/config.pbtxt, ...
 
 The export is made on the CPU in fp32 and carries the class names, input size, resize mode, mean/std
 and head, and for a multi-label model its per-class decision thresholds (``export.core.export_metadata``).
@@ -23,6 +25,14 @@ top-1 (mAP for a multi-label model) may be at most ``--max_accuracy_drop`` point
 otherwise it is left as ``model.int8.onnx.unverified`` (``model.int8.unverified.xml``) and the run fails with
 both numbers.
 
+``--onnx --half`` writes ``model.fp16.onnx``: the model computing in float16 between a float32 input and float32
+logits (``export.core.Fp16Graph``), about half the size of ``model.onnx``, for GPU runtimes; it is verified in
+ONNX Runtime on the CPU like the fp32 file, within the fp16 bound: 1e-2 x max(1, max |logit|) (``FP16_RTOL``) or,
+where larger, 4x the eager model's own distance from its torch fp16 logits (``export.core.Fp16Graph`` says why).
+
+``--triton`` writes a Triton model repository, ``<run>/export/triton/<name>/`` (``config.pbtxt``, ``labels.txt``,
+``1/model.onnx``), around the verified ONNX export (fp16 with ``--half``); ``export.triton`` says what it holds.
+
 Temporary files and scratch folders are made in the export folder and named after their file with the
 writer's pid (``utils.atomic.temp_path``, ``temp_dir``); an export first removes those of processes that
 are gone (what a killed export left), never a running one's.
@@ -32,6 +42,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -42,7 +53,12 @@ import torch.nn as nn
 
 from config import selected_mode
 from export.core import (
+    FLOAT64,
+    FP16,
+    FP16_RTOL,
+    RTOL,
     ExportError,
+    Fp16Graph,
     Runner,
     choose_opset,
     export_metadata,
@@ -111,8 +127,9 @@ def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path, meta
 def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any],
                 cfg: argparse.Namespace) -> dict[str, Any]:
     opset = choose_opset(cfg.opset)
-    export_onnx(model, example, path, metadata, opset)
-    return {"opset": opset}
+    fp16 = {"precision": "fp16"} if getattr(cfg, "half", False) else {}  # float16 inside, float32 in and out
+    export_onnx(Fp16Graph(model) if fp16 else model, example, path, {**metadata, **fp16}, opset)
+    return {"opset": opset, **fp16}
 
 
 def _write_openvino(model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, Any],
@@ -164,16 +181,22 @@ FORMATS: dict[str, ExportFormat] = {
                              int8_filename="model.int8.xml", quantize=_quantize_ir, unverified=_ir_unverified,
                              move=_move_ir, remove=_remove_ir),
 }
+FP16_FILENAME = "model.fp16.onnx"  # --onnx --half
 
 
 def run(cfg: argparse.Namespace) -> dict[str, Any]:
-    """Export ``--resume`` in the format of the mode flag (``--jit``, ``--onnx`` or ``--openvino``) to
-    ``<run_dir>/export/``, and with ``--quantize int8`` its int8 version too."""
+    """Export ``--resume`` in the format of the mode flag (``--jit``, ``--onnx``, ``--openvino``; ``--triton``: a
+    model repository in ``export/triton/``) to ``<run_dir>/export/``, and with ``--quantize int8`` its int8 version
+    too."""
     run_dir = checkpoint_run_dir(cfg.resume, cfg.output, cfg.arch)
-    fmt = FORMATS[selected_mode(cfg)]
+    mode = selected_mode(cfg)
     with log_to_file(run_dir / "log.txt"):
         restored = restore_for_inference(cfg, torch.device("cpu"))
-        summary = export_checkpoint(cfg, fmt, run_dir / "export", restored)
+        if mode == "triton":
+            return triton_export(cfg, run_dir / "export" / "triton", restored)
+        fmt = FORMATS[mode]
+        summary = export_checkpoint(cfg, fmt, run_dir / "export", restored,
+                                    filename=FP16_FILENAME if getattr(cfg, "half", False) else None)
         if getattr(cfg, "quantize", "none") == "int8":
             summary["int8"] = quantize_export(cfg, fmt, Path(summary["path"]), restored)
         return summary
@@ -210,9 +233,10 @@ def labelled_batches(cfg: argparse.Namespace, restored: Restored, split: str, co
 
 
 def export_checkpoint(cfg: argparse.Namespace, fmt: ExportFormat, out_dir: Path,
-                      restored: Restored | None = None) -> dict[str, Any]:
-    """Write ``fmt``'s file for the checkpoint ``cfg.resume`` (``restored``, loaded on the CPU when not
-    given) into ``out_dir``, verify it, return a summary."""
+                      restored: Restored | None = None, filename: str | None = None) -> dict[str, Any]:
+    """Write ``fmt``'s file (named ``filename``, default the format's) for the checkpoint ``cfg.resume``
+    (``restored``, loaded on the CPU when not given) into ``out_dir``, verify it (an fp16 file, ``--half``,
+    within ``FP16_RTOL``), return a summary."""
     restored = restored or restore_for_inference(cfg, torch.device("cpu"))
     arch = restored.spec.arch
     family = model_family(arch)
@@ -220,8 +244,9 @@ def export_checkpoint(cfg: argparse.Namespace, fmt: ExportFormat, out_dir: Path,
     images = sample_images(cfg, restored, cfg.eval_split)
     if out_dir.is_dir():  # what killed exports left (of processes that are gone: another export may be running)
         remove_stale_temporaries(out_dir, dead_owners_only=True)
-    path = out_dir / fmt.filename
+    path = out_dir / (filename or fmt.filename)
     staging = fmt.unverified(path)
+    rtol, reference = (FP16_RTOL, FP16) if getattr(cfg, "half", False) else (RTOL, FLOAT64)
     try:
         tta = getattr(cfg, "tta", None)  # the views folded into the graph: its outputs average their probabilities
         metadata = {**export_metadata(restored.spec), **({"tta": " ".join(tta)} if tta else {})}
@@ -239,7 +264,8 @@ def export_checkpoint(cfg: argparse.Namespace, fmt: ExportFormat, out_dir: Path,
                           f"{reason}; try {fmt.alternative} instead") from e
     checks = {}
     for how, runner in runners.items():
-        checks[how] = verify_export(f"the {fmt.name} export {staging} ({how})", model, runner, images)
+        checks[how] = verify_export(f"the {fmt.name} export {staging} ({how})", model, runner, images, rtol=rtol,
+                                    reference=reference)
         logger.info("%s export, %s: max |logit difference| from eager %.3g <= %.3g (the bound: %s) on %d images",
                     fmt.name, how, checks[how]["max_abs_diff"], checks[how]["bound"], checks[how]["bound_from"],
                     len(images))
@@ -249,6 +275,20 @@ def export_checkpoint(cfg: argparse.Namespace, fmt: ExportFormat, out_dir: Path,
                 "x".join(map(str, restored.spec.image_size)))
     return {"format": fmt.name, "path": str(path), "arch": arch, "family": family,
             "verified_images": len(images), **worst, **info}
+
+
+def triton_export(cfg: argparse.Namespace, repository: Path, restored: Restored) -> dict[str, Any]:
+    """``--triton``: the verified ONNX export (fp16 with ``--half``) in a Triton model repository,
+    ``repository/<name>/`` (``export.triton``); ``<name>``: ``--triton_name``, else the architecture."""
+    from export.triton import write_repository
+    name = cfg.triton_name or re.sub(r"[^A-Za-z0-9_.-]", "_", restored.spec.arch)
+    with temp_dir(repository / name) as scratch:
+        summary = export_checkpoint(cfg, FORMATS["onnx"], scratch, restored)
+        model_dir = write_repository(summary["path"], repository, name, restored.class_names, cfg.triton_max_batch)
+    logger.info("wrote the Triton model repository %s (model %s: config.pbtxt, labels.txt, 1/model.onnx; "
+                "max_batch_size %d)", repository, name, cfg.triton_max_batch)
+    return {**summary, "format": "Triton (ONNX)", "path": str(model_dir / "1" / "model.onnx"),
+            "repository": str(repository), "model_name": name, "config": str(model_dir / "config.pbtxt")}
 
 
 def quantize_export(cfg: argparse.Namespace, fmt: ExportFormat, fp32_path: Path, restored: Restored) -> dict[str, Any]:

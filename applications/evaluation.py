@@ -8,6 +8,11 @@ prediction. A multi-label checkpoint is scored at the decision thresholds its sp
 worst_per_class.png (engine/report.py). A single-label softmax checkpoint is scored at its ``--calibrate``
 temperature, and its report adds ECE, NLL, Brier, reliability.png and risk_coverage.png; with ``--reject_below P``
 the coverage and the accuracy on the images whose top probability reaches P (the rest answered ``unknown``).
+
+``--knn K`` also scores a k-nearest-neighbour classifier on the embeddings (the classifier head's input,
+``engine.features``): the train split's embeddings are the memory bank, the K most cosine-similar vote
+(``--knn_vote``: DINO's weighted vote, or majority). Its top-1 is logged beside the linear head's on the same
+images (the plain checkpoint, without TTA or ensemble) and written to ``<report_dir>/knn.json``.
 """
 from __future__ import annotations
 
@@ -21,16 +26,20 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from engine import amp_dtype, evaluate, evaluate_and_report
+from engine.features import KNN_TEMPERATURE, knn_predict
 from models.spec import ModelSpec
+from utils.atomic import write_json_atomic
 from utils.distributed import DistInfo, cleanup, init_distributed
 from utils.misc import main_process_log
 
 from .setup.common import (
+    Restored,
     averaged_model,
     build_dataset,
     build_loader,
     check_reject_below,
     checkpoint_run_dir,
+    embed_split,
     ensemble_members,
     input_geometry,
     preprocessor,
@@ -60,6 +69,7 @@ def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo)
     restored = restore_for_inference(cfg, info.device)
     spec = restored.spec
     check_reject_below(cfg.reject_below, spec, cfg.resume)
+    check_knn(cfg, spec, info)
     dataset = build_dataset(cfg, cfg.eval_split, restored.class_names, train=False, fallback=True, spec=spec)
     loader = build_loader(cfg, dataset, train=False, device=restored.device, dist_info=info)
     members = ensemble_members(cfg, spec, restored.device)
@@ -97,7 +107,43 @@ def _evaluate_checkpoint(cfg: argparse.Namespace, run_dir: Path, info: DistInfo)
         summary.update({key: metrics["calibration"][key] for key in ("ece", "nll", "brier", "temperature")})
     if "selective" in metrics:
         summary.update({f"selective_{key}": metrics["selective"][key] for key in ("coverage", "accuracy")})
+    if cfg.knn:
+        summary["knn"] = knn_evaluation(cfg, restored, dataset.split, report_dir)
     return summary
+
+
+def check_knn(cfg: argparse.Namespace, spec: ModelSpec, info: DistInfo) -> None:
+    """``--knn``: a single-label model, one process (refused before anything is evaluated)."""
+    if not cfg.knn:
+        return
+    if spec.multi_label:
+        raise ValueError(f"--knn: {cfg.resume} is a multi-label model; the k-NN vote picks one class per image "
+                         f"(single-label models only): drop --knn")
+    if info.world_size > 1:
+        raise ValueError("--knn computes the embeddings in one process: run --evaluation --knn without torchrun")
+
+
+def knn_evaluation(cfg: argparse.Namespace, restored: Restored, split: str, report_dir: Path) -> dict[str, Any]:
+    """``--knn K``: top-1 of the k-NN classifier on ``split``'s embeddings against the train split's, beside the
+    plain linear head's top-1 on the same images; written to ``report_dir/knn.json``."""
+    if split == "train":
+        raise ValueError("--knn scores --eval_split val or test against the train split's embeddings; on the train "
+                         "split itself each image would be its own nearest neighbour")
+    progress = not cfg.no_progress
+    _, bank = embed_split(cfg, restored, "train", progress=progress)
+    _, queries = embed_split(cfg, restored, split, progress=progress)
+    predicted = knn_predict(bank["features"], bank["targets"], queries["features"], cfg.knn,
+                            len(restored.class_names), vote=cfg.knn_vote)
+    hits = (predicted == queries["targets"]).double()
+    weighted = cfg.knn_vote == "weighted"
+    result = {"k": cfg.knn, "vote": cfg.knn_vote, "temperature": KNN_TEMPERATURE if weighted else None,
+              "metric": "cosine", "bank": "train", "bank_images": len(bank["features"]), "split": split,
+              "images": len(hits), "top1": 100.0 * float(hits.mean()), "linear_top1": queries["top1"]}
+    write_json_atomic(report_dir / "knn.json", result)
+    logger.info("k-NN top-1 %.2f (k=%d, %s vote, cosine similarity to the train split's %d embeddings); the linear "
+                "head's top-1 %.2f on the same %d %s images", result["top1"], cfg.knn, cfg.knn_vote,
+                result["bank_images"], result["linear_top1"], result["images"], split)
+    return result
 
 
 def plain_numbers(cfg: argparse.Namespace, models: Sequence[nn.Module], loader: DataLoader, spec: ModelSpec,

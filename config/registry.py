@@ -11,6 +11,7 @@ from config.modes import (
     convert,
     curriculum,
     evaluation,
+    features,
     knowledge,
     lr_finder,
     model_tools,
@@ -24,8 +25,8 @@ from config.shared import SHARED_GROUPS
 # Every mode, in --help order: its flag, the module that runs it, the groups it reads (a registry that
 # each config/modes/<module>.py fills for its own modes).
 MODE_REGISTRY: dict[str, Mode] = {m.name: m for module in (train, evaluation, calibrate, knowledge, curriculum,
-                                                           lr_finder, convert, predict, visualize, model_tools,
-                                                           average, compare, sweep)
+                                                           lr_finder, convert, features, predict, visualize,
+                                                           model_tools, average, compare, sweep)
                                   for m in module.MODES}
 # Mode flags: the dest of each mode flag and the application module that runs it.
 MODES: dict[str, str] = {name: m.run for name, m in MODE_REGISTRY.items()}

@@ -294,6 +294,9 @@ class TorchScriptBackend:
             return self.module(batch)
 
 
+ONNX_INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
 class OnnxRuntimeBackend:
     """An ONNX export in an ONNX Runtime CPU session with every graph optimisation on."""
 
@@ -304,12 +307,20 @@ class OnnxRuntimeBackend:
         if threads:
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
+        # the dtype the graph takes, read from the file: float32 for main.py's exports, fp16 ones included
+        # (model.fp16.onnx casts inside); float16 for a graph whose input is fp16 (e.g. converted elsewhere)
+        self.input_dtype = ONNX_INPUT_TYPES.get(graph_input.type)
+        if self.input_dtype is None:
+            raise ValueError(f"{path}: its input {graph_input.name!r} is {graph_input.type}; the demo feeds "
+                             f"{' or '.join(ONNX_INPUT_TYPES)} images")
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = {k: json.loads(v) for k, v in props.items()}
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {self.input_name: batch.numpy()})[0])
+        logits = self.session.run(None, {self.input_name: batch.numpy().astype(self.input_dtype, copy=False)})[0]
+        return torch.from_numpy(logits.astype(np.float32, copy=False))
 
 
 class OpenVinoBackend:

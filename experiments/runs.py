@@ -56,9 +56,9 @@ NOT_SETTINGS = frozenset({"tag", "output", "config", "resume", "overwrite", "no_
                           "sort_by", "sweep_devices", "sweep_only", "trials", "study_storage", "max_variants",
                           "tracker", "log_interval",
                           "train", "evaluation", "knowledge", "make_curriculum", "lr_finder", "jit", "onnx", "openvino",
-                          "predict", "average", "calibrate",
-                          "visual_data", "visual_source", "flops", "throughput", "summary", "publish", "package",
-                          "push_to_hub", "compare",
+                           "predict", "average", "calibrate", "triton", "extract_features",
+                           "visual_data", "visual_source", "flops", "throughput", "summary", "publish", "package",
+                           "push_to_hub", "compare",
                           "sweep"})
 # Folders a run search never enters: inside a run, or a tracker's store.
 _SKIP_DIRS = frozenset({"checkpoints", "tensorboard", "export", "mlruns", "wandb", "__pycache__"})

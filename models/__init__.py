@@ -10,12 +10,12 @@ from . import families, simple  # noqa: F401  (register torchvision, efficientne
 from .cam_layers import default_target_layer, resolve_target_layer, spatial_target_layer, target_layer_names  # noqa: F401
 from .finetune import scratch_bn_momentum
 from .hub import is_weights_name, pretrained_state, resolve_weights
-from .pretrained import classifier_keys, extract_state_dict, load_pretrained, load_state_dict_checked
+from .pretrained import classifier_keys, classifier_name, extract_state_dict, load_pretrained, load_state_dict_checked
 from .registry import build_model, check_model_name, list_models, model_family, register_model
 from .stem import adapt_state
 
 __all__ = ["create_model", "check_model_name", "list_models", "model_family", "register_model", "load_pretrained",
-           "extract_state_dict", "classifier_keys", "load_state_dict_checked"]
+           "extract_state_dict", "classifier_keys", "classifier_name", "load_state_dict_checked"]
 
 logger = logging.getLogger(__name__)
 

@@ -62,13 +62,20 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return extract_state_dict(load_safetensors(path)[0])
 
 
-def classifier_keys(model: nn.Module, num_classes: int) -> set[str]:
-    """State-dict keys of the classifier head: the last Linear/Conv2d module producing ``num_classes``."""
+def classifier_name(model: nn.Module, num_classes: int) -> str | None:
+    """The classifier head's module name: the last Linear/Conv2d module producing ``num_classes`` (any family:
+    ``fc``, ``classifier.1``, timm's ``head.fc``, efficientnet-pytorch's ``_fc``, squeezenet's final conv)."""
     head = None
     for name, module in model.named_modules():
         out = getattr(module, "out_features", getattr(module, "out_channels", None))
         if isinstance(module, (nn.Linear, nn.Conv2d)) and out == num_classes:
             head = name
+    return head
+
+
+def classifier_keys(model: nn.Module, num_classes: int) -> set[str]:
+    """State-dict keys of the classifier head (:func:`classifier_name`)."""
+    head = classifier_name(model, num_classes)
     if head is None:
         return set()
     return {f"{head}.{p}" for p, _ in model.get_submodule(head).named_parameters(recurse=False)}

@@ -33,6 +33,7 @@ from dataloader.sources import SourceImages, source_images
 from dataloader.splits import Holdout, check_split, read_saved_holdout
 from dataloader.transforms import INTERPOLATIONS
 from engine import amp_dtype, evaluate
+from engine.features import embed
 from models import check_model_name, create_model, extract_state_dict, load_state_dict_checked
 from models.spec import ModelSpec
 from models.tta import ProbabilityAverage
@@ -494,4 +495,17 @@ def predict_split(cfg: argparse.Namespace, restored: Restored, split: str, *, fa
     result = evaluate(restored.model, loader, preprocess=preprocessor(restored.spec, restored.device),
                       dtype=amp_dtype(cfg.amp, cfg.amp_dtype, restored.device), progress=progress,
                       return_outputs=True, desc=f"predict {dataset.split}")
+    return dataset, result
+
+
+def embed_split(cfg: argparse.Namespace, restored: Restored, split: str, *, fallback: bool = False,
+                progress: bool = False) -> tuple[ClassificationDataset, dict[str, Any]]:
+    """The restored model over ``split`` (evaluation transform): the dataset and ``engine.features.embed``'s
+    result (each image's embedding, logits, targets and dataset indices, in loader order)."""
+    dataset = build_dataset(cfg, split, restored.class_names, train=False, fallback=fallback, spec=restored.spec)
+    loader = build_loader(cfg, dataset, train=False, device=restored.device)
+    result = embed(restored.model, loader, len(restored.class_names),
+                   preprocess=preprocessor(restored.spec, restored.device),
+                   dtype=amp_dtype(cfg.amp, cfg.amp_dtype, restored.device), multi_label=restored.spec.multi_label,
+                   progress=progress, desc=f"features {dataset.split}")
     return dataset, result

@@ -1,7 +1,9 @@
-"""``--jit``, ``--onnx`` and ``--openvino`` (``applications/convert.py``): their flags, int8 included."""
+"""``--jit``, ``--onnx``, ``--openvino`` and ``--triton`` (``applications/convert.py``): their flags, int8 and fp16
+included."""
 from __future__ import annotations
 
 import argparse
+import re
 
 from config.base import FlagGroup, Mode, need
 
@@ -9,9 +11,30 @@ from config.base import FlagGroup, Mode, need
 def _add_export(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--opset", type=int, default=None,
                    help="ONNX opset (default: the newest the installed onnxruntime runs)")
+    g.add_argument("--half", action="store_true",
+                   help="an fp16 ONNX file for GPU runtimes: model.fp16.onnx (weights and activations float16, "
+                        "input and output float32), verified in ONNX Runtime within the fp16 tolerance")
 
 
 EXPORT = FlagGroup("export", _add_export, resume_safe=True)
+
+
+def _add_triton(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--triton_name", type=str, default=None,
+                   help="the model's name in the Triton repository (default: the architecture, e.g. resnet18)")
+    g.add_argument("--triton_max_batch", type=int, default=32,
+                   help="Triton max_batch_size: the largest batch its dynamic batcher forms (preferred sizes: "
+                        "half of it and it)")
+
+
+def _check_triton(cfg: argparse.Namespace) -> None:
+    need(cfg.triton_max_batch >= 1, f"--triton_max_batch must be >= 1, got {cfg.triton_max_batch}")
+    name = cfg.triton_name
+    need(name is None or bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name)) and name not in (".", ".."),
+         f"--triton_name {name!r} is a folder name in the model repository: use letters, digits, '_', '-' and '.'")
+
+
+TRITON = FlagGroup("Triton model repository (--triton)", _add_triton, check=_check_triton, resume_safe=True)
 
 
 # The flags that only --quantize int8 reads, and their defaults: set to anything else without it, they are
@@ -51,6 +74,8 @@ def _check_int8_flags(cfg: argparse.Namespace) -> None:
 
 def _check_onnx(cfg: argparse.Namespace) -> None:
     _check_int8_flags(cfg)
+    need(not (cfg.half and cfg.quantize == "int8"), "--half with --quantize int8: the int8 file is made from the "
+                                                    "fp32 one; export one of the two")
     need(not cfg.tta or cfg.tta == ["hflip"], f"--onnx folds only --tta hflip into the graph, got --tta "
                                               f"{' '.join(cfg.tta or [])}: export without it, or with --tta hflip")
     need(not cfg.tta or cfg.quantize != "int8", "--tta hflip with --quantize int8: the int8 file would not fold the "
@@ -83,4 +108,10 @@ MODES = (
                                   help="export --resume as OpenVINO IR to <run_dir>/export/model.xml + .bin, "
                                        "verified in OpenVINO"),
          groups=(QUANTIZE,), flags=("eval_split", "use_test_size"), needs_checkpoint=True, check=_check_openvino),
+    Mode("triton", "applications.convert",
+         lambda g: g.add_argument("--triton", action="store_true",
+                                  help="export --resume as a Triton Inference Server model repository in "
+                                       "<run_dir>/export/triton/ (config.pbtxt, 1/model.onnx, labels.txt), the "
+                                       "ONNX file verified in ONNX Runtime"),
+         groups=(EXPORT, TRITON), flags=("eval_split", "use_test_size"), needs_checkpoint=True),
 )

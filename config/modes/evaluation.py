@@ -72,6 +72,25 @@ def _check_unknown(cfg: argparse.Namespace) -> None:
 UNKNOWN = FlagGroup("unknown (selective prediction)", _add_unknown, _check_unknown, resume_safe=True)
 
 
+def _add_knn(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--knn", type=int, default=None, metavar="K",
+                   help="also score a k-nearest-neighbour classifier on the embeddings (the classifier head's "
+                        "input): cosine similarity to the train split's, the K nearest vote (single-label models); "
+                        "its top-1 is reported beside the linear head's")
+    g.add_argument("--knn_vote", choices=["weighted", "majority"], default="weighted",
+                   help="--knn's vote: weighted (DINO's: each neighbour weighs exp(cosine similarity / 0.07)) or "
+                        "majority (one vote each); ties go to the lower class index")
+
+
+def _check_knn(cfg: argparse.Namespace) -> None:
+    need(cfg.knn is None or cfg.knn >= 1, f"--knn K needs K >= 1 neighbours, got {cfg.knn}")
+    need(cfg.knn is not None or cfg.knn_vote == "weighted", "--knn_vote is read only with --knn K: add that, or "
+                                                            "drop --knn_vote")
+
+
+KNN = FlagGroup("k-NN evaluation (--knn)", _add_knn, _check_knn, resume_safe=True)
+
+
 def _add_test_size(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--use_test_size", action="store_true",
                    help="evaluate at the test size and crop fraction of the pretrained weights the model was "
@@ -88,5 +107,5 @@ MODES = (
          lambda g: g.add_argument("--evaluation", action="store_true",
                                   help="evaluate a checkpoint (--resume) on --eval_split: metrics, confusion "
                                        "matrix, predictions"),
-         groups=(EVALUATION, UNKNOWN, TEST_SIZE), needs_checkpoint=True),
+         groups=(EVALUATION, UNKNOWN, TEST_SIZE, KNN), needs_checkpoint=True),
 )

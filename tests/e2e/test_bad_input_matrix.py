@@ -459,6 +459,28 @@ CASES += [
 ]
 
 
+# ==== fp16 ONNX, Triton, k-NN (#32) ====
+
+CASES += [
+    Case("half-with-int8", lambda tmp, data: ["--onnx", "--half", "--quantize", "int8",
+                                              "--resume", str(_training_checkpoint(tmp))], 2,
+         r"--half with --quantize int8: the int8 file is made from the fp32 one; export one of the two"),
+    Case("half-with-jit", lambda tmp, data: ["--jit", "--half", "--resume", str(_training_checkpoint(tmp))], 2,
+         r"--half is a --onnx option that --jit does not read"),
+    Case("triton-name-a-path", lambda tmp, data: ["--triton", "--triton_name", "../x",
+                                                  "--resume", str(_training_checkpoint(tmp))], 2,
+         r"--triton_name '\.\./x' is a folder name in the model repository: use letters, digits"),
+    Case("triton-max-batch-zero", lambda tmp, data: ["--triton", "--triton_max_batch", "0",
+                                                     "--resume", str(_training_checkpoint(tmp))], 2,
+         r"--triton_max_batch must be >= 1, got 0"),
+    Case("knn-zero", lambda tmp, data: ["--evaluation", "--knn", "0", "--resume", str(_training_checkpoint(tmp))], 2,
+         r"--knn K needs K >= 1 neighbours, got 0"),
+    Case("knn-vote-without-knn", lambda tmp, data: ["--evaluation", "--knn_vote", "majority",
+                                                    "--resume", str(_training_checkpoint(tmp))], 2,
+         r"--knn_vote is read only with --knn K"),
+]
+
+
 # ==== round three: cached named weights (#25 item 1) ====
 
 CACHED_MAIN = "tests/e2e/main_in_local_caches.py"  # main.py with TORCH_HOME/HF_HOME in the case's folder, offline
