@@ -5,6 +5,7 @@ Normalisation is not here: batches are converted to float and normalised on the 
 """
 from __future__ import annotations
 
+import math
 import random
 from typing import Callable, Sequence
 
@@ -30,6 +31,12 @@ def letterbox_geometry(height: int, width: int, size: Sequence[int]) -> tuple[in
     scale = min(out_h / height, out_w / width)
     new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
     return new_h, new_w, (out_h - new_h) // 2, (out_w - new_w) // 2
+
+
+def center_crop_resize(image_size: Sequence[int], crop_pct: float) -> int:
+    """The shorter side ``--eval_resize center_crop`` resizes to before its centre crop: floor(min(H, W) / crop_pct),
+    as timm's ``transforms_imagenet_eval`` computes its scale size (``math.floor``)."""
+    return math.floor(min(image_size) / crop_pct)
 
 
 class Letterbox(nn.Module):
@@ -87,7 +94,7 @@ def create_transform(train: bool, image_size: Sequence[int], *, train_resize: st
     elif eval_resize == "letterbox":
         ops = [Letterbox(size, interpolation=interpolation)]
     elif eval_resize == "center_crop":
-        ops = [v2.Resize(int(min(size) / crop_pct), interpolation=mode, antialias=True), v2.CenterCrop(size)]
+        ops = [v2.Resize(center_crop_resize(size, crop_pct), interpolation=mode, antialias=True), v2.CenterCrop(size)]
     else:
         raise ValueError(f"unknown eval_resize {eval_resize!r}; choose letterbox or center_crop")
     return v2.Compose(ops)

@@ -2,9 +2,10 @@
 model card, and ``--push_to_hub REPO``'s upload through ``huggingface_hub``.
 
 The folder is written complete in a scratch folder beside ``DIR`` and renamed into place
-(``utils.atomic.replace_folder``); an existing ``DIR`` is replaced only when it holds a package's files and
-nothing else. Before the rename, timm loads the scratch folder (``models.package.timm_check``) and the
-config.json says whether timm builds the same model or only our loader does, and why.
+(``utils.atomic.replace_folder``); an existing ``DIR`` is replaced only when it is empty or a package this
+project wrote (config.json with ``model_spec``). Before the rename, timm loads the scratch folder
+(``models.package.timm_check``) and the config.json says whether timm builds the same model or only our loader
+does, and why, and whether timm's evaluation transform gives the model's input (``preprocessing_difference``).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any, Sequence
 
 import torch.nn as nn
 
+from dataloader.transforms import center_crop_resize
 from models.package import (
     CARD_FILE,
     CONFIG_FILE,
@@ -45,14 +47,67 @@ class RunFacts:
 
 
 def check_target(out: Path) -> None:
-    """``out`` may be written: absent, or a package folder (its files and nothing else) that is replaced."""
+    """``out`` may be written: absent, empty, or a package this project wrote (the package's files and nothing
+    else, its config.json holding our ``model_spec``), which is replaced. Any other folder (a downloaded Hub
+    snapshot, a folder of only a README.md) is refused, never silently replaced."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--package: {out} is a file; give a folder name for the package")
-    if out.is_dir():
-        others = sorted(p.name for p in out.iterdir() if p.name not in PACKAGE_FILES)
-        if others:
-            raise FileExistsError(f"--package: {out} exists and holds other files than a package's "
-                                  f"({', '.join(others[:5])}); give a new folder or empty it")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name not in PACKAGE_FILES)
+    if others:
+        raise FileExistsError(f"--package: {out} exists and holds other files than a package's "
+                              f"({', '.join(others[:5])}); choose another DIR or remove it")
+    if not _written_here(out / CONFIG_FILE):
+        raise FileExistsError(f"--package: {out} exists and is not a package --package wrote (its {CONFIG_FILE} "
+                              f"is missing or has no model_spec); choose another DIR or remove it")
+
+
+def _written_here(config: Path) -> bool:
+    """Whether ``config`` is a config.json that --package wrote: JSON with our ``model_spec`` object."""
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("model_spec"), dict)
+
+
+def preprocessing_difference(spec: ModelSpec) -> str:
+    """'' when timm's evaluation transform of the package (``create_transform(**resolve_data_config(
+    pretrained_cfg=...))``) gives this model's input (to one level of 255: PIL's resampling, not torchvision's),
+    else how it differs (tests/unit/test_package.py feeds both a non-square image)."""
+    if spec.eval_resize == "letterbox":
+        return ("timm's crop_mode 'border' pads with the mean colour (fill round(255 * mean)), this model's "
+                "letterbox pads with 0")
+    sizes = [spec.image_size, *([spec.test_image_size] if spec.test_image_size else [])]
+    if any(h != w for h, w in sizes):
+        return ("for a non-square input size timm's crop_mode 'center' resizes the image to cover "
+                "floor(size / crop_pct) in both sides (ResizeKeepRatio), this model resizes its shorter side to "
+                "floor(min(H, W) / crop_pct)")
+    return ""
+
+
+def eval_transform_text(spec: ModelSpec) -> str:
+    """The model's evaluation transform in words, exactly as ``dataloader.transforms.create_transform`` does it."""
+    h, w = spec.image_size
+    if spec.eval_resize == "center_crop":
+        geometry = (f"resize the shorter side to {center_crop_resize(spec.image_size, spec.crop_pct)} "
+                    f"(floor(min(H, W) / crop_pct), crop_pct {spec.crop_pct:g}), centre crop {h} x {w} "
+                    f"(padding with 0 where the resized image is smaller)")
+    else:
+        geometry = (f"letterbox: resize keeping the aspect ratio to fit {h} x {w} (the longer side to its target), "
+                    f"then pad centred to {h} x {w} with 0 (black)")
+    return f"{geometry}; {spec.interpolation} interpolation, antialiased"
+
+
+def package_note(spec: ModelSpec, load_reason: str) -> str:
+    """config.json's note: why timm cannot load the package, and whether timm's transform is the model's."""
+    difference = preprocessing_difference(spec)
+    parts = [f"not loadable by timm: {load_reason}"] if load_reason else []
+    if difference:
+        parts.append(f"timm's evaluation transform from this pretrained_cfg differs: {difference}; use the "
+                     f"model's own: {eval_transform_text(spec)}")
+    return "; ".join(parts)
 
 
 def write_package(model: nn.Module, spec: ModelSpec, out: str | Path, card: str,
@@ -67,31 +122,33 @@ def write_package(model: nn.Module, spec: ModelSpec, out: str | Path, card: str,
         folder = scratch / "package"
         folder.mkdir()
         write_bytes_atomic(folder / WEIGHTS_FILE, safetensors_checkpoint(model.state_dict(), {"arch": spec.arch}))
-        config = package_config(spec, candidate)
-        write_json_atomic(folder / CONFIG_FILE, config)
-        note = timm_check(folder, model, spec) if candidate else \
+        write_json_atomic(folder / CONFIG_FILE, package_config(spec, candidate))
+        reason = timm_check(folder, model, spec) if candidate else \
             f"timm has no model of {model_family(spec.arch)}'s {spec.arch} (no timm model of that name)"
-        if note:
-            config = package_config(spec, None, note=f"not loadable by timm: {note}")
-            write_json_atomic(folder / CONFIG_FILE, config)
-        write_text_atomic(folder / CARD_FILE, card.replace("{timm_note}", loading_text(config, out.name, repo)))
+        config = package_config(spec, None if reason else candidate, note=package_note(spec, reason))
+        write_json_atomic(folder / CONFIG_FILE, config)
+        write_text_atomic(folder / CARD_FILE, card.replace("{timm_note}", loading_text(config, out.name, repo,
+                                                                                       reason)))
         replace_folder(folder, out)
     if config["timm_loadable"]:
         logger.info("package %s: timm loads it as timm.create_model('local-dir:%s', pretrained=True) (checked: "
                     "the same logits)", out, out)
     else:
-        logger.warning("package %s: %s; load it with models.package.load_package('%s'), or fine-tune from it with "
-                       "--pretrained local-dir:%s", out, config["note"], out, out)
+        logger.warning("package %s: not loadable by timm: %s; load it with models.package.load_package('%s'), or "
+                       "fine-tune from it with --pretrained local-dir:%s", out, reason, out, out)
+    if preprocessing_difference(spec):
+        logger.warning("package %s: timm's evaluation transform is not the model's (%s); config.json's note and "
+                       "the card give the model's own", out, preprocessing_difference(spec))
     return config
 
 
-def loading_text(config: dict[str, Any], name: str, repo: str | None = None) -> str:
+def loading_text(config: dict[str, Any], name: str, repo: str | None = None, reason: str = "") -> str:
     """The card's paragraph on loading the model: timm's one line, or our loader and why timm cannot."""
     if config["timm_loadable"]:
         return (f"timm builds this model ({config['architecture']}) with the same logits (checked when the package "
                 f"was written):\n\n```python\nimport timm\nmodel = timm.create_model('hf-hub:{repo or '<repo>'}', "
                 f"pretrained=True)  # or 'local-dir:{name}'\n```\n")
-    return (f"**timm cannot load this package**: {config['note']}. Load it with this project's loader:\n\n"
+    return (f"**timm cannot load this package**: {reason}. Load it with this project's loader:\n\n"
             f"```python\nfrom models.package import load_package\nmodel, spec = load_package('{name}')\n```\n")
 
 
@@ -139,8 +196,9 @@ def _test_table(path: Path) -> str:
 def model_card(spec: ModelSpec, checkpoint: str | Path, facts: RunFacts) -> str:
     """README.md: Hub front matter, the model (architecture, classes, input, preprocessing), how to load it
     (``{timm_note}``, filled by :func:`write_package`), the data, the command, the metrics and exports."""
-    resize = (f"resize the shorter side to {round(min(spec.image_size) / spec.crop_pct)}, centre crop"
-              if spec.eval_resize == "center_crop" else "letterbox (resize the longer side, pad with black)")
+    difference = preprocessing_difference(spec)
+    timm_transform = (f"**differs**: {difference}; give the model its own transform above" if difference else
+                      "the same input (up to one level of 255: PIL's resampling)")
     lines = ["---", "library_name: timm", "pipeline_tag: image-classification", "tags:", "- image-classification",
              "- timm", "---", f"# {spec.arch} ({spec.num_classes} classes)", "",
              f"Trained with this project (`{Path(checkpoint).name}`). Files: `{WEIGHTS_FILE}` (weights), "
@@ -148,7 +206,8 @@ def model_card(spec: ModelSpec, checkpoint: str | Path, facts: RunFacts) -> str:
              "## Model", f"- architecture: `{spec.arch}`", f"- classes: {', '.join(spec.class_names)}",
              f"- input: {spec.in_chans} x {spec.image_size[0]} x {spec.image_size[1]}, {spec.bit_depth}-bit, "
              f"{'RGB' if spec.in_chans == 3 else 'grey'}",
-             f"- evaluation resize: {resize}, {spec.interpolation} interpolation",
+             f"- evaluation transform: {eval_transform_text(spec)}",
+             f"- timm's transform (`create_transform(**resolve_data_config(pretrained_cfg=...))`): {timm_transform}",
              f"- normalisation: mean {list(spec.mean)}, std {list(spec.std)}",
              f"- head: {spec.head}{', multi-label' if spec.multi_label else ''}"
              + (f", temperature {spec.temperature:g}" if spec.temperature != 1.0 else ""), "",

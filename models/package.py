@@ -125,12 +125,25 @@ def read_package_config(folder: str | Path) -> dict[str, Any]:
 
 def package_spec(config: dict[str, Any], source: str) -> ModelSpec:
     """The model spec a package describes: ours (``model_spec``) exactly; a timm package's (no ``model_spec``)
-    built from its ``architecture``, ``label_names`` and ``pretrained_cfg`` as our timm family's model."""
-    if isinstance(config.get("model_spec"), dict):
-        return ModelSpec.from_dict(config["model_spec"])
+    built from its ``architecture``, ``label_names`` and ``pretrained_cfg`` as our timm family's model. A
+    config.json of wrong fields or values (an untrusted file) is a CheckpointError naming it, not a TypeError."""
+    ours = isinstance(config.get("model_spec"), dict)
+    try:
+        return ModelSpec.from_dict(config["model_spec"]) if ours else _timm_spec(config, source)
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        what = ("its model_spec is not the one --package writes" if ours else
+                "its pretrained_cfg is not timm's form (input_size [C, H, W], mean and std lists, crop_pct a number)")
+        raise CheckpointError(f"{source}: {CONFIG_FILE}: {what} ({type(e).__name__}: {e}); write the package again "
+                              f"with --package, or correct {CONFIG_FILE}") from None
+
+
+def _timm_spec(config: dict[str, Any], source: str) -> ModelSpec:
+    """:func:`package_spec` of a config.json without ``model_spec``: timm's fields."""
     cfg = config.get("pretrained_cfg", {})
     if not isinstance(config.get("architecture"), str) or "input_size" not in cfg:
-        raise CheckpointError(f"{source}: config.json names no architecture or input_size")
+        raise CheckpointError(f"{source}: {CONFIG_FILE} names no architecture or input_size")
     num_classes = int(config.get("num_classes", cfg.get("num_classes", 0)))
     names = config.get("label_names") or cfg.get("label_names") or [str(i) for i in range(num_classes)]
     if isinstance(names, dict):  # timm allows {index: name} where indices have gaps

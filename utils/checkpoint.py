@@ -136,7 +136,8 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     path = Path(path)
     if path.suffix == ".safetensors" and path.is_file():
         tensors, metadata = load_safetensors(path)
-        return {"model": tensors, **{k: json.loads(v) for k, v in metadata.items() if k in JSON_METADATA_KEYS}}
+        return {"model": tensors, **{k: _metadata_value(path, metadata, k) for k in JSON_METADATA_KEYS
+                                     if k in metadata}}
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     with open(path, "rb") as f:
@@ -188,6 +189,16 @@ def load_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
                               f"{e}") from None
 
 
+def _metadata_value(path: Path, metadata: dict[str, str], key: str) -> Any:
+    """The JSON-decoded ``key`` of a safetensors file's metadata; malformed JSON is a CheckpointError naming
+    the file and the key."""
+    try:
+        return json.loads(metadata[key])
+    except ValueError as e:
+        raise CheckpointError(f"{path}: its safetensors metadata {key!r} is not valid JSON ({e}); write the file "
+                              f"again with --publish CKPT OUT.safetensors") from None
+
+
 def safetensors_checkpoint(state: dict[str, torch.Tensor], entries: dict[str, Any]) -> bytes:
     """A safetensors file's bytes holding ``state`` and, as JSON metadata, the ``entries`` whose keys are in
     ``JSON_METADATA_KEYS`` (``format: pt`` as timm and transformers write). Tensors sharing memory are cloned
@@ -206,8 +217,16 @@ def safetensors_checkpoint(state: dict[str, torch.Tensor], entries: dict[str, An
 
 
 def saved_config(path: str | Path) -> Any:
-    """The config a checkpoint was saved with (its ``config`` entry; tensors are mapped, not read), or None
-    when it carries none or torch cannot map the file (a zip, a legacy file: loading it later says why)."""
+    """The config a checkpoint was saved with (its ``config`` entry; tensors are mapped, not read; a
+    ``.safetensors`` file's ``config`` metadata, read from its header alone), or None when it carries none or
+    the file cannot be read (loading it later says why)."""
+    if Path(path).suffix == ".safetensors":
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                return json.loads((f.metadata() or {}).get("config", "null"))
+        except Exception:
+            return None
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("config")
     except Exception:

@@ -76,8 +76,8 @@ def test_timm_loads_the_package_with_our_logits_in_another_process(tiny_data, tm
     assert (theirs - ours).abs().max().item() <= 1e-5
     model, spec = load_package(out)  # our loader reads the same folder back exactly
     assert spec.arch == arch and spec.class_names == ("0", "1", "7")
-    with torch.no_grad():
-        assert torch.equal(model(images), ours)
+    with torch.no_grad():  # two models built apart: equal but for summation order
+        torch.testing.assert_close(model(images), ours, rtol=0, atol=1e-6)
 
 
 def test_a_family_timm_cannot_build_gets_the_folder_a_note_and_our_loader(tiny_data, tmp_path):
@@ -120,6 +120,14 @@ def test_an_existing_folder_of_other_files_is_not_replaced(tiny_run, tmp_path, c
     assert run_main(["--package", str(tiny_run / "checkpoints" / "best.pth"), str(out)]) != 0
     assert "holds other files than a package's (notes.txt)" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    (out / "notes.txt").unlink()
+    (out / "README.md").write_text("mine")  # a package's file name, but not a package this project wrote
+    assert run_main(["--package", str(tiny_run / "checkpoints" / "best.pth"), str(out)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert f"--package: {out} exists and is not a package --package wrote" in err and len(err.splitlines()) == 1
+    assert "choose another DIR or remove it" in err and (out / "README.md").read_text() == "mine"
+    assert run_main(["--package", str(tiny_run / "checkpoints" / "best.pth"), str(tmp_path / "pkg2")]) == 0
+    assert run_main(["--package", str(tiny_run / "checkpoints" / "best.pth"), str(tmp_path / "pkg2")]) == 0  # ours
 
 
 # ------------------------------------------------------------------ a Hub on 127.0.0.1 that records uploads

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import io
 import json
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -132,3 +133,19 @@ def test_publish_to_safetensors_writes_no_pickle_and_reads_back(tiny_data, tmp_p
     assert slim["config"] == source["config"]
     assert slim["model"].keys() == source["model"].keys()
     assert all(torch.equal(slim["model"][k], v) for k, v in source["model"].items())
+
+
+def test_a_published_safetensors_resumes_with_its_data_and_task_like_the_pth(mosaics, tmp_path):
+    from helpers import multi_label_checkpoint
+    ckpt = multi_label_checkpoint(tmp_path / "run", mosaics, arch="simple_cnn", image_size=16)
+    result, _ = tool(["--publish", str(ckpt), str(tmp_path / "pub" / "mosaics.safetensors")])
+    published = Path(result["published"])
+    outputs = {}
+    for path in (ckpt, published):  # no --data, no --multi_label, no --dataset: the file's saved config gives them
+        out = tmp_path / f"{path.suffix[1:]}.json"
+        assert run_main(["--evaluation", "--resume", str(path), "-j", "0", "--no_progress", "--out", str(out),
+                         "--output", str(tmp_path / "out")]) == 0
+        outputs[path.suffix] = read_json(out)
+    assert outputs[".safetensors"] == outputs[".pth"] and outputs[".pth"]
+    rows = outputs[".pth"]  # the mosaics' test images, read as label sets (a multi-label evaluation)
+    assert rows[0]["path"].startswith(str(mosaics)) and all(isinstance(r["labels"], list) for r in rows)

@@ -3,6 +3,7 @@ FILE.safetensors), utils.atomic.replace_folder and the package references of --p
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -120,3 +121,107 @@ def test_local_dir_package_fine_tunes_keeping_the_head_only_when_it_fits(tmp_pat
     with pytest.raises(ValueError, match=r"holds a resnet18 \(its config.json\), not --arch resnet34: train it with "
                                          r"--arch resnet18"):
         create_model("resnet34", 2, pretrained=ref)
+
+
+# ------------------------------------------------------------------ timm's evaluation transform vs ours
+def _timm_and_our_inputs(spec: ModelSpec, image) -> tuple[torch.Tensor, torch.Tensor]:
+    """A PIL image through timm's own transform of the package's pretrained_cfg (back to 0-255 levels) and
+    through our evaluation transform."""
+    from timm.data import create_transform as timm_transform
+    from timm.data import resolve_data_config
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    from dataloader.transforms import create_transform
+    cfg = package_config(spec, "resnet18")["pretrained_cfg"]
+    theirs = timm_transform(**resolve_data_config(pretrained_cfg=cfg))(image)
+    mean, std = torch.tensor(spec.mean)[:, None, None], torch.tensor(spec.std)[:, None, None]
+    theirs = ((theirs * std + mean) * 255).round()
+    ours = create_transform(False, spec.image_size, eval_resize=spec.eval_resize, crop_pct=spec.crop_pct,
+                            interpolation=spec.interpolation)(pil_to_tensor(image))
+    return theirs, ours.float()
+
+
+@pytest.mark.parametrize("eval_resize,size,interpolation", [
+    ("center_crop", (32, 32), "bilinear"), ("center_crop", (32, 32), "bicubic"), ("center_crop", (32, 48), "bilinear"),
+    ("letterbox", (32, 32), "bilinear"), ("letterbox", (32, 48), "bicubic")])
+def test_the_package_says_whether_timms_transform_gives_our_input(eval_resize, size, interpolation):
+    import numpy as np
+    from PIL import Image
+
+    from export.package import RunFacts, model_card, package_note, preprocessing_difference
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))  # not square
+    spec = dataclasses.replace(SPEC, arch="resnet18", image_size=size, eval_resize=eval_resize, crop_pct=0.875,
+                               interpolation=interpolation, test_image_size=None, test_crop_pct=None)
+    theirs, ours = _timm_and_our_inputs(spec, image)
+    assert theirs.shape == ours.shape == (3, *size)
+    note, card = package_note(spec, ""), model_card(spec, "x.pth", RunFacts())
+    if preprocessing_difference(spec):  # said to differ: it does, and the note and card say what to use instead
+        assert (theirs - ours).abs().max() > 50
+        assert "timm's evaluation transform from this pretrained_cfg differs" in note
+        assert "**differs**" in card and ("pad centred" in note or "centre crop" in note)
+    else:  # said to be the same: one level of 255 at most (PIL's resampling rounds otherwise than torchvision's)
+        assert (theirs - ours).abs().max() <= 1 and note == "" and "the same input" in card
+    expected_same = eval_resize == "center_crop" and size[0] == size[1]
+    assert (preprocessing_difference(spec) == "") == expected_same
+
+
+def test_the_card_states_the_resize_the_code_does():
+    from export.package import RunFacts, model_card
+    spec = dataclasses.replace(SPEC, image_size=(32, 32), crop_pct=0.875, test_image_size=None, test_crop_pct=None)
+    card = model_card(spec, "x.pth", RunFacts())
+    assert "resize the shorter side to 36 (floor(min(H, W) / crop_pct), crop_pct 0.875), centre crop 32 x 32" in card
+    import math
+
+    from dataloader.transforms import create_transform
+    resize = create_transform(False, (32, 32), eval_resize="center_crop", crop_pct=0.875).transforms[0]
+    assert resize.size == [36] and math.floor(32 / 0.875) == 36  # timm's transforms_imagenet_eval: math.floor
+
+
+# ------------------------------------------------------------------ untrusted package files: one clear error
+@pytest.mark.parametrize("config,message", [
+    ({"model_spec": {"arch": "resnet18"}}, "its model_spec is not the one --package writes"),
+    ({"architecture": "resnet18", "pretrained_cfg": {"input_size": 224}}, "its pretrained_cfg is not timm's form"),
+    ({"architecture": "resnet18", "pretrained_cfg": {"input_size": [3, 32, 32], "mean": 0.5}},
+     "its pretrained_cfg is not timm's form")])
+def test_a_bad_config_json_is_a_checkpoint_error_naming_it(tmp_path, config, message):
+    from models.package import load_package
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path}: config.json: {message} .*write the package again"):
+        load_package(tmp_path)
+
+
+def test_malformed_safetensors_metadata_names_the_file_and_key(tmp_path):
+    from safetensors.torch import save_file
+    path = tmp_path / "m.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"format": "pt", "config": "{not json"})
+    with pytest.raises(CheckpointError, match=r"m.safetensors: its safetensors metadata 'config' is not valid JSON"):
+        load_checkpoint(path)
+    from utils.checkpoint import saved_config
+    assert saved_config(path) is None  # the modes' look at its config: nothing, loading it says why
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"config": json.dumps({"data": "d", "multi_label": True})})
+    assert saved_config(path) == {"data": "d", "multi_label": True}
+
+
+# ------------------------------------------------------------------ --package DIR: which folders it replaces
+def test_package_replaces_only_an_empty_folder_or_its_own_package(tmp_path):
+    from export.package import check_target
+    from models.package import package_config
+    check_target(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    check_target(tmp_path / "empty")
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / "config.json").write_text(json.dumps(package_config(SPEC, "resnet18")))
+    (ours / "README.md").write_text("card")
+    check_target(ours)
+    snapshot = tmp_path / "snapshot"  # a Hub snapshot of timm's: its config.json has no model_spec
+    snapshot.mkdir()
+    (snapshot / "config.json").write_text(json.dumps({"architecture": "resnet18", "pretrained_cfg": {}}))
+    (snapshot / "model.safetensors").write_bytes(b"x")
+    readme = tmp_path / "readme"
+    readme.mkdir()
+    (readme / "README.md").write_text("notes")
+    for folder in (snapshot, readme):
+        with pytest.raises(FileExistsError, match=rf"^--package: {folder} exists and is not a package --package "
+                                                  r"wrote .*; choose another DIR or remove it$"):
+            check_target(folder)
