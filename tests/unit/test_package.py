@@ -234,8 +234,8 @@ def test_a_bad_package_config_through_main_is_one_line(tiny_data, tmp_path, caps
     (package / "config.json").write_text(json.dumps({"model_spec": {"arch": "resnet18"}}))
     (package / "model.safetensors").write_bytes(safetensors_checkpoint({"w": torch.zeros(1)}, {}))
     assert run_main(["--train", "--data", str(tiny_data["folder"]), "--arch", "resnet18", "--pretrained",
-                     f"local-dir:{package}", "--epochs", "1", "--warmup", "0", "-j", "0", "--output", str(tmp_path / "out"),
-                     "--no_progress"]) != 0
+                     f"local-dir:{package}", "--epochs", "1", "--warmup", "0", "-j", "0",
+                     "--output", str(tmp_path / "out"), "--no_progress"]) != 0
     err = capsys.readouterr().err.strip()
     assert "config.json: its model_spec is not the one --package writes" in err and "Traceback" not in err
     assert len(err.splitlines()) == 1
