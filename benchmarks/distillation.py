@@ -9,8 +9,10 @@ test top-1 and seconds per epoch of each route (the teacher's share of the onlin
 The data is copied into the output folder first (``--knowledge`` writes beside it). ``--quick``: 2 epochs, seed 0.
 ``--task mosaic``: the same on the multi-label digit mosaics (z_task_shell/configs/mosaic_multilabel.yaml, 4 epochs),
 online against none on test mAP (``--knowledge`` writes single-label probabilities only: no file route there).
+``--task photos``: the three routes on benchmarks/trust.py's photo set (12 classes of scikit-image photo crops; the
+recipe at 64x64, 15 epochs, hflip, RandomResizedCrop 0.35-1), a harder task than the digits.
 
-    python benchmarks/distillation.py [--task digits|mosaic] [--epochs E] [--seeds 0 1 2] [--student simple_cnn]
+    python benchmarks/distillation.py [--task digits|mosaic|photos] [--epochs E] [--seeds 0 1 2] [--student simple_cnn]
                                       [--alpha 0.7] [--temperature 2] [--quick] [--data DIR] [--output DIR]
                                       [main.py flags]
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.trust import RECIPE, main_json  # noqa: E402  (main.py quietly, its printed summary)
+from benchmarks.trust import DATASETS, RECIPE, main_json, prepare  # noqa: E402  (main.py quietly, its summary)
 
 
 @dataclass(frozen=True)
@@ -40,11 +42,14 @@ class Task:
     metric: str
     label: str
     epochs: int
+    flags: tuple[str, ...] = ()  # added to the recipe's, for the teacher and every student
 
 
 TASKS = {"digits": Task(RECIPE, ROOT / "data/digits", ("none", "file", "online"), "test_top1", "top-1", 30),
          "mosaic": Task(ROOT / "z_task_shell/configs/mosaic_multilabel.yaml", ROOT / "data/digits_mosaic",
-                        ("none", "online"), "test_map", "mAP", 4)}
+                        ("none", "online"), "test_map", "mAP", 4),
+         "photos": Task(RECIPE, ROOT / "data/photos_trust", ("none", "file", "online"), "test_top1", "top-1",
+                        DATASETS["photos"][0], tuple(DATASETS["photos"][1]))}
 
 
 def _history(run: Path) -> list[dict]:
@@ -111,9 +116,10 @@ def table(rows: list[dict], student: str, task: Task) -> str:
 def main_cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=sorted(TASKS), default="digits",
-                        help="digits (single-label: none, file, online) or mosaic (the multi-label digit mosaics: "
-                             "none and online, test mAP)")
-    parser.add_argument("--epochs", type=int, default=None, help="default: the task's recipe (30 digits, 4 mosaic)")
+                        help="digits or photos (single-label: none, file, online), or mosaic (the multi-label digit "
+                             "mosaics: none and online, test mAP)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="default: the task's recipe (30 digits, 4 mosaic, 15 photos)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--student", default="simple_cnn", help="the student's --arch (e.g. mobilenet_v3_small)")
     parser.add_argument("--alpha", type=float, default=0.7, help="--distill_alpha of both routes")
@@ -124,17 +130,18 @@ def main_cli() -> None:
                                                                   "their mosaics, built when absent)")
     args, extra = parser.parse_known_args()
     task = TASKS[args.task]
-    if args.data is None:
-        from dataloader.digits import make_digits, make_mosaic
-        args.data = task.data
-        (make_digits if args.task == "digits" else make_mosaic)(args.data)
+    if args.data is None and args.task == "mosaic":
+        from dataloader.digits import make_mosaic
+        args.data = make_mosaic(task.data)
+    elif args.data is None:  # the digits, or benchmarks/trust.py's photo set (built when absent)
+        args.data = prepare(args.task, None)
     epochs, seeds = (2, [0]) if args.quick else (args.epochs or task.epochs, args.seeds)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.output or tmp)
         data = out / "data"
         if not data.exists():
             shutil.copytree(args.data, data)
-        rows = [run_seed(task, s, args, epochs, out, data, extra) for s in seeds]
+        rows = [run_seed(task, s, args, epochs, out, data, [*task.flags, *extra]) for s in seeds]
     print(f"\n{args.student} distilled from resnet18, {epochs} epochs, alpha {args.alpha}, T {args.temperature}:\n")
     print(table(rows, args.student, task))
 
