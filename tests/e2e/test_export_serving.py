@@ -152,11 +152,19 @@ def test_knn_top1_equals_scikit_learns_on_the_extracted_features(checkpoint, vot
     assert knn["linear_top1"] == pytest.approx(evaluation["top1"])  # the linear head's, on the same images
 
 
-def test_knn_is_refused_on_the_train_split_and_for_a_multi_label_model(checkpoint, mosaics, tmp_path, caplog):
+def test_knn_is_refused_on_the_train_split_before_anything_runs_and_for_a_multi_label_model(checkpoint, mosaics,
+                                                                                             tmp_path, caplog, capsys):
     from helpers import multi_label_checkpoint
-    assert run_main(["--evaluation", "--knn", "3", "--eval_split", "train", "--resume", checkpoint["ckpt"],
-                     "--data", checkpoint["data"], "-j", "0"]) == 1
-    assert "on the train split itself each image would be its own nearest neighbour" in caplog.text
+    before = sorted(p.relative_to(checkpoint["run"]) for p in checkpoint["run"].rglob("*"))
+    with pytest.raises(SystemExit) as refused:  # a flag error: refused while the flags are parsed
+        run_main(["--evaluation", "--knn", "3", "--eval_split", "train", "--resume", checkpoint["ckpt"],
+                  "--data", checkpoint["data"], "-j", "0"])
+    assert refused.value.code == 2
+    assert "on the train split itself each image would be its own nearest neighbour: use --eval_split val or " \
+           "test" in capsys.readouterr().err
+    # nothing ran: no eval_train report, no log line, the run folder as it was
+    assert sorted(p.relative_to(checkpoint["run"]) for p in checkpoint["run"].rglob("*")) == before
+    assert not (checkpoint["run"] / "eval_train").exists()
     ckpt = multi_label_checkpoint(tmp_path / "ml", mosaics, image_size=16)
     assert run_main(["--evaluation", "--knn", "3", "--resume", str(ckpt), "--data", str(mosaics), "--dataset", "csv",
                      "--multi_label", "-j", "0"]) == 1
