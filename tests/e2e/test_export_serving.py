@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -111,9 +112,19 @@ def read_index(path: Path) -> list[dict[str, str]]:
 def test_extracted_features_are_layer4_pooled_and_the_index_matches_the_files(checkpoint):
     result = main_json("--extract_features", "test", "--resume", checkpoint["ckpt"], "--data", checkpoint["data"],
                        "-j", "0")
+    from utils.feature_files import load_features
     run, data = checkpoint["run"], Path(checkpoint["data"])
     assert result["features"] == str(run / "features_test.npy") and result["dim"] == 512
     features, rows = np.load(run / "features_test.npy"), read_index(run / "features_test.csv")
+    # the sidecar: which checkpoint, which split, how many rows, and the two files' sha256 (checked by the loader)
+    checked, checked_rows, sidecar = load_features(run, "test")
+    np.testing.assert_array_equal(checked, features)
+    assert checked_rows == rows and result["sidecar"] == str(run / "features_test.json")
+    assert (sidecar["split"], sidecar["rows"], sidecar["dim"]) == ("test", len(rows), 512)
+    ckpt = Path(checkpoint["ckpt"])
+    assert sidecar["checkpoint"]["path"] == str(ckpt.resolve()) and sidecar["data"] == str(data.resolve())
+    expected_sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert sidecar["checkpoint"]["sha256"] == result["checkpoint_sha256"] == expected_sha
     files = sorted(p.relative_to(data).as_posix() for p in (data / "test").rglob("*.png"))
     assert features.shape == (len(files), 512) and features.dtype == np.float32
     assert sorted(r["path"] for r in rows) == files
