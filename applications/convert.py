@@ -28,7 +28,9 @@ both numbers.
 ``--onnx --half`` writes ``model.fp16.onnx``: the model computing in float16 between a float32 input and float32
 logits (``export.core.Fp16Graph``), about half the size of ``model.onnx``, for GPU runtimes; it is verified in
 ONNX Runtime on the CPU like the fp32 file, within the fp16 bound: 1e-2 x max(1, max |logit|) (``FP16_RTOL``) or,
-where larger, 4x the eager model's own distance from its torch fp16 logits (``export.core.Fp16Graph`` says why).
+where larger, 4x the eager model's own distance from its torch fp16 logits (``export.core.Fp16Graph`` says why),
+with eager's top-1; ONNX Runtime on the CPU computes mostly in fp32 (it casts around Conv/Gemm), so this checks
+the fp16 weights and graph, and a model whose torch fp16 logits overflow (inf/NaN) is refused.
 
 ``--triton`` writes a Triton model repository, ``<run>/export/triton/<name>/`` (``config.pbtxt``, ``labels.txt``,
 ``1/model.onnx``), around the verified ONNX export (fp16 with ``--half``); ``export.triton`` says what it holds.

@@ -125,10 +125,8 @@ def check_knn(cfg: argparse.Namespace, spec: ModelSpec, info: DistInfo) -> None:
 
 def knn_evaluation(cfg: argparse.Namespace, restored: Restored, split: str, report_dir: Path) -> dict[str, Any]:
     """``--knn K``: top-1 of the k-NN classifier on ``split``'s embeddings against the train split's, beside the
-    plain linear head's top-1 on the same images; written to ``report_dir/knn.json``."""
-    if split == "train":
-        raise ValueError("--knn scores --eval_split val or test against the train split's embeddings; on the train "
-                         "split itself each image would be its own nearest neighbour")
+    plain linear head's top-1 on the same images; written to ``report_dir/knn.json``. ``split`` is never train
+    (``config.modes.evaluation`` refuses ``--knn`` with ``--eval_split train`` before anything runs)."""
     progress = not cfg.no_progress
     _, bank = embed_split(cfg, restored, "train", progress=progress)
     _, queries = embed_split(cfg, restored, split, progress=progress)

@@ -17,6 +17,7 @@ import copy
 import functools
 import json
 import logging
+import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -275,6 +276,12 @@ class Fp16Graph(nn.Module):
     on the tests' checkpoints (random weights, batch-norm statistics of the digits, 16-32 px): ONNX Runtime's fp16
     logits are 2.3e-4 (simple_cnn) to 1.7e-2 (efficientnet-b0) x max(1, max |logit|) from eager fp32, and at most
     0.93x torch's own fp16 distance (resnet18).
+
+    What the CPU check verifies: ONNX Runtime's CPU provider has few float16 kernels and inserts Casts to float32
+    around the others (Conv, Gemm, ...), so it computes mostly in fp32 from the fp16 weights: it checks the fp16
+    weights and the graph, not a GPU's fp16 arithmetic. The torch fp16 reference (this module, always computed for
+    an fp16 export) stands in for that: a model whose fp16 logits are inf or NaN overflows float16 (largest finite
+    value 65504) and is refused, as are non-finite export logits and a top-1 that differs from eager's.
     """
 
     def __init__(self, model: nn.Module):
@@ -323,7 +330,7 @@ def logit_bound(max_abs_logit: float, rtol: float = RTOL, eager_float64_error: f
     distance from its torch fp16 logits instead (``factor``; see :class:`Fp16Graph`).
     """
     bound = rtol * max(1.0, max_abs_logit)
-    if eager_float64_error is not None:
+    if eager_float64_error is not None and math.isfinite(eager_float64_error):  # never widened to inf (or NaN)
         bound = max(bound, factor * eager_float64_error)
     return bound
 
@@ -332,11 +339,16 @@ def logit_bound(max_abs_logit: float, rtol: float = RTOL, eager_float64_error: f
 class Reference:
     """What an export that misses the relative bound is measured against instead: the eager model computed by
     ``logits`` (float64, or fp16 for an fp16 export), accepted within ``factor`` x the eager fp32 model's distance
-    from it, which says how far from fp32 that arithmetic takes this model."""
+    from it, which says how far from fp32 that arithmetic takes this model.
+
+    ``fp16``: the reference of an fp16 export, computed always (not only past the relative bound) because it also
+    says whether the model overflows float16; its logits and the export's must be finite, and the export's top-1
+    must equal eager's (:func:`verify_export`)."""
     name: str  # "float64" or "fp16": the report's eager_<name>_error
     text: str
     factor: float
     logits: Callable[[nn.Module, torch.Tensor], "torch.Tensor | None"]
+    fp16: bool = False
 
 
 def fp16_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor | None:
@@ -352,7 +364,54 @@ def fp16_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor | None:
 
 FLOAT64 = Reference("float64", "float64 logits", FLOAT64_FACTOR, float64_logits)
 # an fp16 runtime may be FP16_FACTOR x as far from the fp32 logits as torch's own fp16 computation (Fp16Graph)
-FP16 = Reference("fp16", "its own fp16 logits (torch, float16 throughout)", FP16_FACTOR, fp16_logits)
+FP16 = Reference("fp16", "its own fp16 logits (torch, float16 throughout)", FP16_FACTOR, fp16_logits, fp16=True)
+FP16_MAX = 65504.0  # float16's largest finite value
+FP16_OVERFLOW_FIX = ("keep the fp32 export (drop --half), or run the model in bfloat16 on the GPU (fp32's range; "
+                     "e.g. --amp --amp_dtype bf16)")
+
+
+def _non_finite_rows(*logits: torch.Tensor) -> int:
+    """How many rows of ``logits`` (several tensors of the same images: the batch, the first alone) hold an inf or
+    NaN."""
+    return max(int((~torch.isfinite(x)).any(1).sum()) for x in logits)
+
+
+def check_finite(what: str, got: torch.Tensor, got_one: torch.Tensor, fp16: torch.Tensor | None,
+                 max_abs_logit: float, fp16_export: bool) -> None:
+    """Refuse an export whose logits (``got``: the batch, ``got_one``: the first image alone) hold an inf or NaN,
+    and for an fp16 export also a model whose ``fp16`` logits (torch's, float16 throughout) do: the model
+    overflows float16, and a bound widened by an infinite distance would accept anything."""
+    count = len(got)
+    overflow = (f": the model overflows float16 (its fp32 logits reach {max_abs_logit:.3g}, float16's largest finite "
+                f"value is {FP16_MAX:g}); {FP16_OVERFLOW_FIX}")
+    bad = _non_finite_rows(fp16) if fp16 is not None else 0
+    if bad:
+        raise ExportError(f"{what}: the eager model computed by torch in float16 gives inf or NaN logits on {bad} of "
+                          f"{count} real images{overflow}")
+    bad = _non_finite_rows(got, got_one)
+    if bad:
+        raise ExportError(f"{what} returns inf or NaN logits on {bad} of {count} real images"
+                          + (overflow if fp16_export else ""))
+
+
+def check_top1(what: str, expected: torch.Tensor, got: torch.Tensor, got_one: torch.Tensor,
+               fp16: torch.Tensor | None) -> None:
+    """Refuse an fp16 export whose top-1 class differs from the eager model's on a sample image (batched or the
+    first alone), unless torch's own ``fp16`` logits pick another class there too (a near tie that float16 cannot
+    split). Within the logit bound a top-1 can only move on such near ties, so this adds a check the bound cannot
+    make where the bound is loose: logits near zero (an all-zeros export passes 1e-2 x max(1, ...))."""
+    eager = expected.argmax(1)
+    moved = got.argmax(1) != eager
+    moved[0] |= bool(got_one.argmax(1)[0] != eager[0])
+    if fp16 is not None:
+        moved &= fp16.argmax(1) == eager
+    if moved.any():
+        rows = moved.nonzero().flatten().tolist()
+        shown = ", ".join(f"image {i}: eager class {int(eager[i])}, the export {int(got[i].argmax())}"
+                          for i in rows[:5])
+        kept = ", where torch's own fp16 logits keep eager's" if fp16 is not None else ""
+        raise ExportError(f"{what} changes the top-1 class of {len(rows)} of {len(expected)} real images ({shown})"
+                          f"{kept}: it does not compute the model")
 
 
 def _bound_text(rtol: float, max_abs_logit: float, reference: Reference | None) -> str:
@@ -367,23 +426,38 @@ def verify_export(what: str, model: nn.Module, runner: Runner, images: torch.Ten
     """Check ``runner`` (an export) against the eager ``model`` on ``images``, batched and the first alone
     (which checks that the batch axis really is dynamic); raise :class:`ExportError` when it differs.
 
-    Accepted: max |logit difference| <= :func:`logit_bound` (``rtol``: ``RTOL`` unless the runtime needs its
-    own; ``reference``: ``FLOAT64``, or ``FP16`` for an fp16 export). The reference logits are computed only
-    when the difference exceeds the relative bound. Returns the differences measured, the bound and how it
-    was set (``bound_from``).
+    Accepted: finite logits, max |logit difference| <= :func:`logit_bound` (``rtol``: ``RTOL`` unless the runtime
+    needs its own; ``reference``: ``FLOAT64``, or ``FP16`` for an fp16 export). The float64 reference is computed
+    only when the difference exceeds the relative bound; the fp16 one always, and an fp16 export is also refused
+    when torch's fp16 logits are not finite (the model overflows float16: :func:`check_finite`) and when its top-1
+    differs from eager's (:func:`check_top1`). Returns the differences measured, the bound and how it was set
+    (``bound_from``).
     """
     with torch.no_grad():
         expected = model(images).float()
     got, got_one = runner(images).float(), runner(images[:1]).float()
     if got.shape != expected.shape or got_one.shape != expected[:1].shape:
         raise ExportError(f"{what} returns shape {tuple(got.shape)}, the eager model {tuple(expected.shape)}")
-    diff = float(torch.maximum((got - expected).abs().max(), (got_one - expected[:1]).abs().max()))
     max_logit = float(expected.abs().max())
+    fp16 = reference.logits(model, images) if reference.fp16 else None  # always: it says whether fp16 overflows
+    check_finite(what, got, got_one, fp16, max_logit, reference.fp16)
+    diff = float(torch.maximum((got - expected).abs().max(), (got_one - expected[:1]).abs().max()))
     report = {"max_abs_diff": diff, "max_abs_logit": max_logit, "bound": logit_bound(max_logit, rtol),
               "bound_from": _bound_text(rtol, max_logit, None)}
-    if diff <= report["bound"]:  # also False for NaN
-        return report
-    exact = reference.logits(model, images)
+    if not diff <= report["bound"]:  # also for NaN
+        exact = fp16 if reference.fp16 else reference.logits(model, images)
+        report = _against_reference(what, report, expected, got, got_one, exact, rtol, reference, len(images))
+    if reference.fp16:
+        check_top1(what, expected, got, got_one, fp16)
+    return report
+
+
+def _against_reference(what: str, report: dict[str, Any], expected: torch.Tensor, got: torch.Tensor,
+                       got_one: torch.Tensor, exact: torch.Tensor | None, rtol: float, reference: Reference,
+                       count: int) -> dict[str, Any]:
+    """``report`` of an export past the relative bound, with the bound widened to ``reference.factor`` x the eager
+    model's distance from the ``exact`` (reference) logits, where known; raise :class:`ExportError` past that."""
+    diff, max_logit = report["max_abs_diff"], report["max_abs_logit"]
     detail = ""
     if exact is not None:
         eager_error = float((expected.double() - exact.double()).abs().max())
@@ -403,4 +477,4 @@ def verify_export(what: str, model: nn.Module, runner: Runner, images: torch.Ten
                            what, diff, rtol, max_logit, eager_error, reference.text, reference.factor, report["bound"])
             return report
     raise ExportError(f"{what} does not reproduce the eager model: max |logit difference| {diff:.3g} > "
-                      f"{report['bound']:.3g} on {len(images)} real images (the bound: {report['bound_from']}){detail}")
+                      f"{report['bound']:.3g} on {count} real images (the bound: {report['bound_from']}){detail}")

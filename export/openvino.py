@@ -14,7 +14,6 @@ The two files are one unit: the ``.xml`` records the sha256 of its ``.bin`` in i
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,8 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+
+from utils.atomic import file_sha256
 
 from .core import ExportError, Runner
 from .quantize import calibration_batches, quantization_settings
@@ -51,15 +52,6 @@ def move_ir(src: str | Path, dst: str | Path) -> None:
 def remove_ir(xml: str | Path) -> None:
     for f in ir_files(xml):
         f.unlink(missing_ok=True)
-
-
-def file_sha256(path: str | Path) -> str:
-    """The sha256 of the file at ``path`` (hex), read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(2**20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_ir(model: Any, path: str | Path, metadata: Mapping[str, Any]) -> Path:

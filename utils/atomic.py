@@ -9,6 +9,7 @@ same name pattern. Scratch folders (:func:`temp_dir`) are named the same way, so
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -206,3 +207,13 @@ def replace_folder(new: str | Path, target: str | Path) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else old.unlink()
     return target
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of the file at ``path`` (hex), read in 1 MiB chunks: what a sidecar records so that a reader can
+    check that the file beside it is the one written with it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

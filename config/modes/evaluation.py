@@ -86,6 +86,10 @@ def _check_knn(cfg: argparse.Namespace) -> None:
     need(cfg.knn is None or cfg.knn >= 1, f"--knn K needs K >= 1 neighbours, got {cfg.knn}")
     need(cfg.knn is not None or cfg.knn_vote == "weighted", "--knn_vote is read only with --knn K: add that, or "
                                                             "drop --knn_vote")
+    # refused here, before the evaluation runs (the split may fall back from test to val, never to train)
+    need(cfg.knn is None or getattr(cfg, "eval_split", None) != "train",
+         "--knn scores --eval_split val or test against the train split's embeddings; on the train split itself "
+         "each image would be its own nearest neighbour: use --eval_split val or test")
 
 
 KNN = FlagGroup("k-NN evaluation (--knn)", _add_knn, _check_knn, resume_safe=True)

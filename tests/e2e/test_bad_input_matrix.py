@@ -478,6 +478,9 @@ CASES += [
     Case("knn-vote-without-knn", lambda tmp, data: ["--evaluation", "--knn_vote", "majority",
                                                     "--resume", str(_training_checkpoint(tmp))], 2,
          r"--knn_vote is read only with --knn K"),
+    Case("knn-train-split", lambda tmp, data: ["--evaluation", "--knn", "3", "--eval_split", "train",
+                                               "--resume", str(_training_checkpoint(tmp))], 2,
+         r"--knn scores --eval_split val or test .*: use --eval_split val or test"),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -111,9 +112,19 @@ def read_index(path: Path) -> list[dict[str, str]]:
 def test_extracted_features_are_layer4_pooled_and_the_index_matches_the_files(checkpoint):
     result = main_json("--extract_features", "test", "--resume", checkpoint["ckpt"], "--data", checkpoint["data"],
                        "-j", "0")
+    from utils.feature_files import load_features
     run, data = checkpoint["run"], Path(checkpoint["data"])
     assert result["features"] == str(run / "features_test.npy") and result["dim"] == 512
     features, rows = np.load(run / "features_test.npy"), read_index(run / "features_test.csv")
+    # the sidecar: which checkpoint, which split, how many rows, and the two files' sha256 (checked by the loader)
+    checked, checked_rows, sidecar = load_features(run, "test")
+    np.testing.assert_array_equal(checked, features)
+    assert checked_rows == rows and result["sidecar"] == str(run / "features_test.json")
+    assert (sidecar["split"], sidecar["rows"], sidecar["dim"]) == ("test", len(rows), 512)
+    ckpt = Path(checkpoint["ckpt"])
+    assert sidecar["checkpoint"]["path"] == str(ckpt.resolve()) and sidecar["data"] == str(data.resolve())
+    expected_sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert sidecar["checkpoint"]["sha256"] == result["checkpoint_sha256"] == expected_sha
     files = sorted(p.relative_to(data).as_posix() for p in (data / "test").rglob("*.png"))
     assert features.shape == (len(files), 512) and features.dtype == np.float32
     assert sorted(r["path"] for r in rows) == files
@@ -152,11 +163,19 @@ def test_knn_top1_equals_scikit_learns_on_the_extracted_features(checkpoint, vot
     assert knn["linear_top1"] == pytest.approx(evaluation["top1"])  # the linear head's, on the same images
 
 
-def test_knn_is_refused_on_the_train_split_and_for_a_multi_label_model(checkpoint, mosaics, tmp_path, caplog):
+def test_knn_is_refused_on_the_train_split_before_anything_runs_and_for_a_multi_label_model(checkpoint, mosaics,
+                                                                                             tmp_path, caplog, capsys):
     from helpers import multi_label_checkpoint
-    assert run_main(["--evaluation", "--knn", "3", "--eval_split", "train", "--resume", checkpoint["ckpt"],
-                     "--data", checkpoint["data"], "-j", "0"]) == 1
-    assert "on the train split itself each image would be its own nearest neighbour" in caplog.text
+    before = sorted(p.relative_to(checkpoint["run"]) for p in checkpoint["run"].rglob("*"))
+    with pytest.raises(SystemExit) as refused:  # a flag error: refused while the flags are parsed
+        run_main(["--evaluation", "--knn", "3", "--eval_split", "train", "--resume", checkpoint["ckpt"],
+                  "--data", checkpoint["data"], "-j", "0"])
+    assert refused.value.code == 2
+    assert "on the train split itself each image would be its own nearest neighbour: use --eval_split val or " \
+           "test" in capsys.readouterr().err
+    # nothing ran: no eval_train report, no log line, the run folder as it was
+    assert sorted(p.relative_to(checkpoint["run"]) for p in checkpoint["run"].rglob("*")) == before
+    assert not (checkpoint["run"] / "eval_train").exists()
     ckpt = multi_label_checkpoint(tmp_path / "ml", mosaics, image_size=16)
     assert run_main(["--evaluation", "--knn", "3", "--resume", str(ckpt), "--data", str(mosaics), "--dataset", "csv",
                      "--multi_label", "-j", "0"]) == 1

@@ -103,3 +103,73 @@ def test_the_demo_feeds_the_input_dtype_the_onnx_graph_declares(tmp_path, elem):
     assert logits.dtype == torch.float32 and logits.shape == (3, 3)
     expected = x.mean((2, 3)) @ torch.arange(6, dtype=torch.float32).view(2, 3)
     torch.testing.assert_close(logits, expected, rtol=2e-3, atol=2e-3)
+
+
+def _linear(weight: torch.Tensor) -> nn.Linear:
+    """A Linear(12, K) with ``weight`` (K x 12) and no bias: logits are row sums times the input by hand."""
+    model = nn.Linear(weight.shape[1], weight.shape[0], bias=False).eval()
+    with torch.no_grad():
+        model.weight.copy_(weight)
+    return model
+
+
+def _onnx_fp16_runner(model: nn.Module, example: torch.Tensor, tmp_path):
+    """The real ``--onnx --half`` path: Fp16Graph exported to ONNX and run in ONNX Runtime on the CPU."""
+    from export.core import export_onnx, onnx_runner
+    return onnx_runner(export_onnx(Fp16Graph(model), example, tmp_path / "m.fp16.onnx", {}, 17))
+
+
+def test_a_model_that_overflows_fp16_is_refused_though_onnx_runtime_on_the_cpu_computes_it_in_fp32(tmp_path):
+    """By hand: weights 1e4 on 12 inputs of ~1.5 give logits of ~1.8e5 > 65504 (float16's largest finite value), so
+    torch's fp16 logits are inf. ONNX Runtime's CPU provider casts around Gemm and gives the fp32 logits, so only the
+    fp16 reference can see the overflow; before, its inf distance widened the bound to inf and anything passed."""
+    model = _linear(torch.tensor([[1e4] * 12, [5e3] * 12, [-1e4] * 12]))
+    x = 1.5 + 0.01 * torch.rand(4, 12)
+    with torch.no_grad():
+        expected = model(x)
+    assert torch.isinf(fp16_logits(model, x)).all() and float(expected.abs().max()) > 1.8e5
+    runner = _onnx_fp16_runner(model, x[:2], tmp_path)
+    torch.testing.assert_close(runner(x), expected, rtol=1e-3, atol=0)  # finite: the CPU upcasts
+    overflow = (r"the eager model computed by torch in float16 gives inf or NaN logits on 4 of 4 real images: the "
+                r"model overflows float16 \(its fp32 logits reach 1.8\de\+05, float16's largest finite value is "
+                r"65504\); keep the fp32 export \(drop --half\), or run the model in bfloat16 on the GPU")
+    for export in (runner, lambda t: torch.zeros(len(t), 3)):  # the real export, and one that computes nothing
+        with pytest.raises(ExportError, match=overflow):
+            verify_export("an fp16 export", model, export, x, rtol=FP16_RTOL, reference=FP16)
+
+
+def test_an_all_zeros_or_infinite_or_class_swapping_fp16_export_is_refused():
+    """Logits (x0, x0 + x1) / 1000 for x in [0.5, 1]: all below 2e-3, so all zeros (and the two classes swapped) lie
+    within 1e-2 x max(1, max |logit|) of them; the top-1 check refuses them (eager: class 1, zeros: class 0)."""
+    model = _linear(torch.tensor([[1e-3, 0.0], [1e-3, 1e-3]]))
+    x = 0.5 + 0.5 * torch.rand(6, 2)
+    with torch.no_grad():
+        expected = model(x)
+    assert (expected.argmax(1) == 1).all() and float(expected.abs().max()) < 2e-3
+
+    def verify(export):
+        with torch.no_grad():
+            return verify_export("an fp16 export", model, export, x, rtol=FP16_RTOL, reference=FP16)
+    with pytest.raises(ExportError, match=r"changes the top-1 class of 6 of 6 real images \(image 0: eager class 1, "
+                                          r"the export 0.*where torch's own fp16 logits keep eager's"):
+        verify(lambda t: torch.zeros(len(t), 2))
+    with pytest.raises(ExportError, match=r"changes the top-1 class of 6 of 6"):
+        verify(lambda t: model(t).flip(1))  # the classes swapped: 1e-3 from eager, within the bound
+    with pytest.raises(ExportError, match=r"returns inf or NaN logits on 1 of 6 real images: the model overflows"):
+        verify(lambda t: torch.cat([torch.full((1, 2), float("nan")), model(t[1:])]) if len(t) > 1 else model(t))
+    assert verify(model)["max_abs_diff"] == 0  # eager itself passes
+
+
+def test_a_correct_fp16_onnx_export_still_passes_and_the_bound_never_widens_to_inf(tmp_path):
+    from export.core import logit_bound
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    x = torch.randn(5, 3, 8, 8)
+    report = verify_export("an fp16 export", model, _onnx_fp16_runner(model, x[:2], tmp_path), x, rtol=FP16_RTOL,
+                           reference=FP16)
+    assert 0 < report["max_abs_diff"] <= report["bound"] < float("inf")
+    with pytest.raises(ExportError, match=r"max \|logit difference\| .* > "):  # all zeros: far from logits near 1
+        verify_export("zeros", model, lambda t: torch.zeros(len(t), 3), x, rtol=FP16_RTOL, reference=FP16)
+    assert logit_bound(2.0, FP16_RTOL, float("inf"), FP16_FACTOR) == logit_bound(2.0, FP16_RTOL) == 0.02
+    assert logit_bound(2.0, FP16_RTOL, float("nan"), FP16_FACTOR) == 0.02
+    assert logit_bound(2.0, FP16_RTOL, 0.1, FP16_FACTOR) == pytest.approx(0.4)
