@@ -96,6 +96,8 @@ def pil_to_wide(im: Image.Image) -> torch.Tensor:
 def to_format(image: torch.Tensor, in_chans: int = 3, bit_depth: int = 8) -> torch.Tensor:
     """A ``3 x H x W`` uint8/uint16 RGB tensor at ``bit_depth`` (x 257 up, ``round(x / 257)`` down), then grey
     for one channel."""
+    if image.dtype == (torch.uint16 if bit_depth == 16 else torch.uint8) and in_chans == 3:
+        return image.contiguous()  # already in format: no int32 copy (12 bytes a pixel) of a large image
     wide_image = image.to(torch.int32)
     if image.dtype == torch.uint8 and bit_depth == 16:
         wide_image = wide_image * 257

@@ -28,11 +28,10 @@ body is read, or, sent chunked, as soon as it passes the limit; the connection i
 read); more than ``--max_image_pixels`` pixels (413, refused from its header before decoding); or not an image
 the demo can decode (415).
 
-Memory: a decoded image costs about 3 bytes a pixel, several times over while it is converted, and the
-service's pixel limit is 16 megapixels (a 4000x4000 photo), not Pillow's desktop 89.5 (a 9400x9400 PNG of one
-colour is 280 KB and decodes to 1.8 GB): at most ``--max_decoding`` images (default: the CPU count) are decoded
-at once, the others wait their turn, so the memory of decoding is bounded by the two flags together.
-"""
+Memory: decoding an image peaks at about 10 bytes a pixel, so the service's pixel limit is 16 megapixels (a
+4000x4000 photo, 160 MB to decode), not Pillow's desktop 89.5 (a 9400x9400 PNG of one colour is 280 KB and
+takes 850 MB); and at most ``--max_decoding`` images (default: the CPU count) are decoded at once, the others
+wait their turn, so the memory of decoding is bounded by the two flags together."""
 from __future__ import annotations
 
 import argparse
