@@ -70,7 +70,7 @@ BACKEND_BY_SUFFIX = {".onnx": "onnxruntime", ".xml": "openvino"}
 OPENVINO_METADATA_KEY = ["classifier", "metadata"]  # where main.py --openvino puts the metadata JSON in rt_info
 OPENVINO_WEIGHTS_HASH_KEY = ["classifier", "bin_sha256"]  # ... and the sha256 of the .bin written with the .xml
 ImageSource = Union[str, os.PathLike, bytes, Image.Image]
-DEFAULT_MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's default, as in the project
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's default, as in the project (for a desktop, not a service)
 
 
 # --- decoding: the same pixels as dataloader/io.py ----------------------------------------------------
@@ -96,6 +96,8 @@ def pil_to_wide(im: Image.Image) -> torch.Tensor:
 def to_format(image: torch.Tensor, in_chans: int = 3, bit_depth: int = 8) -> torch.Tensor:
     """A ``3 x H x W`` uint8/uint16 RGB tensor at ``bit_depth`` (x 257 up, ``round(x / 257)`` down), then grey
     for one channel."""
+    if image.dtype == (torch.uint16 if bit_depth == 16 else torch.uint8) and in_chans == 3:
+        return image.contiguous()  # already in format: no int32 copy (12 bytes a pixel) of a large image
     wide_image = image.to(torch.int32)
     if image.dtype == torch.uint8 and bit_depth == 16:
         wide_image = wide_image * 257
@@ -160,16 +162,28 @@ class ImageTooLarge(ValueError):
 
 
 @contextmanager
-def _open_checked(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
-    """A Pillow image opened lazily (header only) and refused over ``max_pixels`` before it is decoded.
-    Pillow's own check (a warning up to twice its limit) is off meanwhile: this one replaces it."""
+def own_pixel_check() -> Iterator[None]:
+    """Pillow's own bomb check (a warning over ``Image.MAX_IMAGE_PIXELS``, an error over twice that) off for
+    a whole run: set once at start-up by a program (this demo's and serve.py's ``main``), never from the
+    threads that decode, so that the header check of :func:`read_image` with ``--max_image_pixels`` is the only
+    one, and can also be above Pillow's. Without it Pillow's check runs first (its refusal: ImageTooLarge)."""
     saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            _check_pixels(*im.size, max_pixels)
-            yield im
+        yield
     finally:
         Image.MAX_IMAGE_PIXELS = saved
+
+
+@contextmanager
+def _open_checked(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
+    """A Pillow image opened lazily (header only) and refused over ``max_pixels`` before it is decoded."""
+    try:
+        opened = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # Pillow's own check, when no own_pixel_check() is in force
+        raise ImageTooLarge(f"{e} (Pillow's limit); not decoded") from None
+    with opened as im:
+        _check_pixels(*im.size, max_pixels)
+        yield im
 
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
@@ -622,6 +636,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"classifier.py: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
               file=sys.stderr)
         return 1
+    with own_pixel_check():  # --max_image_pixels alone refuses images, from their headers
+        return classify_all(clf, paths, args)
+
+
+def classify_all(clf: Classifier, paths: Sequence[Path], args: argparse.Namespace) -> int:
+    """Print every image's answer, batch by batch, skipping (and counting) the unreadable ones; the exit code."""
     done, failed = 0, 0
     for chunk in batches(paths, args.batch_size):
         loaded, kept = [], []

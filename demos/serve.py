@@ -2,7 +2,8 @@
 """Serve an exported classifier over HTTP, with a web page, without the project.
 
     python demos/serve.py MODEL [--host 127.0.0.1] [--port 8000] [--topk 5] [--reject_below P]
-                          [--max_batch 8] [--max_wait_ms 5] [--max_bytes 20000000] [--max_image_pixels N]
+                          [--max_batch 8] [--max_wait_ms 5] [--max_bytes 20000000] [--max_image_pixels 16000000]
+                          [--max_decoding N]
 
 ``MODEL`` is any file demos/classifier.py reads (TorchScript ``.pt``, ONNX ``.onnx`` fp32 or int8, OpenVINO
 ``.xml`` fp32 or int8): this service imports that demo as its sibling (its decoding, preprocessing, backends and
@@ -13,7 +14,8 @@ result rows, so an image gets exactly the demo's answer) and FastAPI + uvicorn, 
   its path: a single-label export's ``topk`` (``[[name, p], ...]``), ``probabilities`` and ``answer`` (the top
   class, or ``unknown`` below ``--reject_below``); a multi-label export's ``labels`` and ``scores``; and
   ``batch_size``, the number of images in the forward pass that computed it.
-- ``GET /health``: the model, its classes, and the batches run so far (how many of each size).
+- ``GET /health``: the model, its classes, its limits, the batches run so far (how many of each size), and the
+  decodes running now and at most at once (``decoding``, ``peak_decoding``).
 - ``GET /``: a page (demos/serve.html) to pick or drop images and see each one's top-k bars.
 
 Requests that arrive together are batched, up to ``--max_batch`` images per forward pass: the images that
@@ -21,15 +23,21 @@ queue while a pass runs make the next one, and a pass waits at most ``--max_wait
 the requests still being uploaded and decoded (none arriving: no wait, so a lone client pays none).
 
 A bad upload is refused with a 4xx and a JSON ``{"detail": message}`` and the service keeps serving: an
-empty body or no ``file`` field (400), over ``--max_bytes`` (413, refused while it streams in, never held
-whole), more than ``--max_image_pixels`` pixels (413, a decompression bomb, refused from its header before
-decoding), or not an image the demo can decode (415).
-"""
+empty body or no ``file`` field (400); over ``--max_bytes`` (413: from its Content-Length before a byte of the
+body is read, or, sent chunked, as soon as it passes the limit; the connection is then closed, the rest never
+read); more than ``--max_image_pixels`` pixels (413, refused from its header before decoding); or not an image
+the demo can decode (415).
+
+Memory: decoding an image peaks at about 10 bytes a pixel, so the service's pixel limit is 16 megapixels (a
+4000x4000 photo, 160 MB to decode), not Pillow's desktop 89.5 (a 9400x9400 PNG of one colour is 280 KB and
+takes 850 MB); and at most ``--max_decoding`` images (default: the CPU count) are decoded at once, the others
+wait their turn, so the memory of decoding is bounded by the two flags together."""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -49,15 +57,38 @@ import classifier as demo  # noqa: E402
 
 PAGE = Path(__file__).resolve().parent / "serve.html"
 DEFAULT_MAX_BYTES = 20_000_000
+DEFAULT_MAX_IMAGE_PIXELS = 16_000_000  # a 4000x4000 photo; the command-line demo keeps Pillow's 89.5 million
+MULTIPART_SLACK = 65536  # room for the multipart headers around the file
 log = logging.getLogger("serve")
 
 
 class Refused(Exception):
     """An upload the service answers with ``status`` and ``message`` (a 4xx), then keeps serving."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, close: bool = False):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.close = status, message, close  # close: the body is left unread
+
+
+@dataclass
+class DecodeGate:
+    """At most ``limit`` uploads decoded at once (each holds its decoded image until it is preprocessed); the
+    others wait their turn. ``active`` and ``peak`` (the most at once so far) are reported by /health."""
+    limit: int
+    active: int = 0
+    peak: int = 0
+
+    def __post_init__(self) -> None:
+        self.slots = asyncio.Semaphore(self.limit)
+
+    async def __aenter__(self) -> None:
+        await self.slots.acquire()
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+
+    async def __aexit__(self, *_: object) -> None:
+        self.active -= 1
+        self.slots.release()
 
 
 @dataclass
@@ -130,16 +161,19 @@ class Batcher:
 
 async def read_upload(request: Request, max_bytes: int) -> bytes:
     """The image of a request: its multipart field ``file``, or its raw body. Over ``max_bytes`` it is refused
-    as it streams in (the rest is read and dropped, so that the client reads the answer)."""
+    from its Content-Length before the body is read, or (sent chunked) as soon as it passes the limit; either way
+    the rest is never read and the connection is closed after the 413 (an endless upload holds nothing)."""
+    limit, declared = max_bytes + MULTIPART_SLACK, request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Refused(413, f"the upload is {declared} bytes (its Content-Length), over the limit of {max_bytes} "
+                           f"bytes (--max_bytes); not read", close=True)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size <= max_bytes + 65536:  # room for the multipart headers around the file
-            chunks.append(chunk)
-        else:
-            chunks.clear()
-    if size > max_bytes + 65536:
-        raise Refused(413, f"the upload is {size} bytes, over the limit of {max_bytes} bytes (--max_bytes)")
+        if size > limit:
+            raise Refused(413, f"the upload passed {size} bytes as it streamed in, over the limit of {max_bytes} "
+                               f"bytes (--max_bytes); the rest was not read", close=True)
+        chunks.append(chunk)
     body = b"".join(chunks)
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         body = await multipart_file(request, body)
@@ -186,9 +220,9 @@ def answer(clf: demo.Classifier, probs: torch.Tensor, topk: int, reject_below: f
 
 
 def create_app(clf: demo.Classifier, topk: int = 5, reject_below: float | None = None, max_batch: int = 8,
-               max_wait_ms: float = 5.0, max_bytes: int = DEFAULT_MAX_BYTES) -> FastAPI:
-    """The service's FastAPI application around a loaded classifier."""
-    batcher = Batcher(clf, max_batch, max_wait_ms)
+               max_wait_ms: float = 5.0, max_bytes: int = DEFAULT_MAX_BYTES, max_decoding: int = 1) -> FastAPI:
+    """The service's FastAPI application around a loaded classifier (whose ``max_pixels`` bounds each image)."""
+    batcher, gate = Batcher(clf, max_batch, max_wait_ms), DecodeGate(max_decoding)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -201,12 +235,15 @@ def create_app(clf: demo.Classifier, topk: int = 5, reject_below: float | None =
     @app.exception_handler(Refused)
     async def refused(_: Request, e: Refused) -> JSONResponse:
         log.info("refused (%d): %s", e.status, e.message)
-        return JSONResponse({"detail": e.message}, status_code=e.status)
+        return JSONResponse({"detail": e.message}, status_code=e.status,
+                            headers={"Connection": "close"} if e.close else None)
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:
         with batcher.arrival():
-            image = await run_in_threadpool(load_image, clf, await read_upload(request, max_bytes))
+            data = await read_upload(request, max_bytes)
+            async with gate:  # the thread finishes its decode even if this request is cancelled meanwhile
+                image = await run_in_threadpool(load_image, clf, data)
             done = batcher.enqueue(image)
         try:
             probs, size = await done
@@ -219,6 +256,8 @@ def create_app(clf: demo.Classifier, topk: int = 5, reject_below: float | None =
         return {"status": "ok", "model": clf.path.name, "backend": clf.backend_name, "multi_label": clf.multi_label,
                 "class_names": clf.class_names, "topk": topk, "reject_below": reject_below,
                 "max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_bytes": max_bytes,
+                "max_image_pixels": clf.preprocessor.max_pixels, "max_decoding": gate.limit,
+                "decoding": gate.active, "peak_decoding": gate.peak,
                 "batches": sum(batcher.sizes.values()), "images": sum(k * v for k, v in batcher.sizes.items()),
                 "batch_sizes": {str(k): v for k, v in sorted(batcher.sizes.items())}}
 
@@ -245,11 +284,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_wait_ms", type=float, default=5.0,
                         help="how long a batch waits after its first image for requests still arriving (0: no wait)")
     parser.add_argument("--max_bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest upload accepted, in bytes")
-    parser.add_argument("--max_image_pixels", type=int, default=demo.DEFAULT_MAX_IMAGE_PIXELS,
-                        help="refuse images of more pixels, from their header (decompression bombs); 0 = no limit")
+    parser.add_argument("--max_image_pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                        help="refuse images of more pixels, from their header, before decoding (default: 16 "
+                             "megapixels, a 4000x4000 photo; 0 = no limit)")
+    parser.add_argument("--max_decoding", type=int, default=os.cpu_count() or 1,
+                        help="images decoded at once at most, the others wait (default: the CPU count); with "
+                             "--max_image_pixels it bounds the memory decoding takes")
     args = parser.parse_args(argv)
-    if min(args.topk, args.max_batch, args.max_bytes) < 1:
-        parser.error("--topk, --max_batch and --max_bytes must be >= 1")
+    if min(args.topk, args.max_batch, args.max_bytes, args.max_decoding) < 1:
+        parser.error("--topk, --max_batch, --max_bytes and --max_decoding must be >= 1")
     if args.max_wait_ms < 0 or args.max_image_pixels < 0:
         parser.error("--max_wait_ms and --max_image_pixels must be >= 0")
     if args.reject_below is not None and not 0 < args.reject_below <= 1:
@@ -268,9 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve.py: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
               file=sys.stderr)
         return 1
-    app = create_app(clf, args.topk, args.reject_below, args.max_batch, args.max_wait_ms, args.max_bytes)
+    app = create_app(clf, args.topk, args.reject_below, args.max_batch, args.max_wait_ms, args.max_bytes,
+                     args.max_decoding)
     log.info("serving %s (%s) on http://%s:%d", clf.path.name, clf.backend_name, args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    with demo.own_pixel_check():  # once, before any request: --max_image_pixels alone refuses images
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
