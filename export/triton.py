@@ -12,12 +12,11 @@ the ONNX file's metadata says how.
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Sequence
 
-from utils.atomic import temp_dir, write_text_atomic
+from utils.atomic import replace_folder, temp_dir, write_text_atomic
 
 CONFIG_FILE, LABELS_FILE, VERSION = "config.pbtxt", "labels.txt", "1"
 # ONNX TensorProto element types -> Triton data types (those an image classifier's graph may carry)
@@ -71,7 +70,5 @@ def write_repository(onnx_path: str | Path, repository: str | Path, name: str, c
         shutil.copyfile(onnx_path, staged / VERSION / "model.onnx")
         write_text_atomic(staged / LABELS_FILE, "".join(f"{c}\n" for c in class_names))
         write_text_atomic(staged / CONFIG_FILE, triton_config(staged / VERSION / "model.onnx", name, max_batch_size))
-        if target.exists():
-            os.replace(target, scratch / "previous")  # removed with the scratch folder
-        os.replace(staged, target)
+        replace_folder(staged, target)
     return target

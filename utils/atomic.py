@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterator, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +207,16 @@ def replace_folder(new: str | Path, target: str | Path) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() and not old.is_symlink() else old.unlink()
     return target
+
+
+def move_into_place(pairs: Sequence[tuple[str | Path, str | Path]]) -> None:
+    """Rename each complete ``(source, target)`` file in the order given (each rename atomic on its own) and
+    sync the targets' folders: for a set of files whose last one vouches for the others (a sidecar), so that a
+    kill between two renames leaves no voucher beside a half-replaced set."""
+    for source, target in pairs:
+        os.replace(source, target)
+    for folder in {Path(target).parent for _, target in pairs}:
+        fsync_dir(folder)
 
 
 def file_sha256(path: str | Path) -> str:

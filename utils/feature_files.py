@@ -15,13 +15,20 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from utils.atomic import atomic_write, file_sha256, fsync_dir, temp_dir, write_json_atomic, write_text_atomic
+from utils.atomic import (
+    atomic_write,
+    file_sha256,
+    fsync_dir,
+    move_into_place,
+    temp_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 SIDECAR_VERSION = 1
 
@@ -64,9 +71,7 @@ def write_features(folder: str | Path, split: str, features: np.ndarray, index_c
         write_json_atomic(scratch / sidecar_path.name, sidecar)
         sidecar_path.unlink(missing_ok=True)  # from here until the last rename no sidecar vouches for the files
         fsync_dir(sidecar_path.parent)
-        for path in (npy, index, sidecar_path):
-            os.replace(scratch / path.name, path)
-        fsync_dir(sidecar_path.parent)
+        move_into_place([(scratch / path.name, path) for path in (npy, index, sidecar_path)])
     return sidecar
 
 
