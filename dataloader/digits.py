@@ -14,12 +14,13 @@ dataset (of the same description) is left alone.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
 from PIL import Image
+
+from utils.atomic import replace_folder, temp_dir
 
 logger = logging.getLogger(__name__)
 MARKER = ".complete-v1"
@@ -53,25 +54,28 @@ def upscale(image: np.ndarray, size: int = SIZE) -> Image.Image:
 
 def _write_whole(out: Path, description: str, fill: Callable[[Path], None]) -> bool:
     """Write a dataset to ``out`` through ``fill(staging_folder)`` and a rename, unless a complete one of the
-    same ``description`` is there (returns False then). A leftover of an interrupted write is replaced; the
-    staging folder of a ``fill`` that raises is removed."""
-    if (out / MARKER).is_file() and (out / MARKER).read_text() == description:
+    same ``description`` is there (returns False then). Each process stages in a folder of its own (removed
+    whatever happens), so builders running at once (torchrun ranks, sweep variants, parallel benchmarks) never
+    write into each other's files: the first to finish puts its complete folder in place, the others find it
+    complete and drop theirs. A leftover of an interrupted write, or a dataset of another description, is
+    replaced."""
+    if _complete(out, description):
         logger.info("dataset already complete at %s", out)
         return False
-    if out.exists():
-        shutil.rmtree(out)  # an interrupted earlier write, or one of another description
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        fill(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    (tmp / MARKER).write_text(description)
-    tmp.rename(out)
+    with temp_dir(out) as tmp:
+        staged = tmp / out.name
+        staged.mkdir()
+        fill(staged)
+        (staged / MARKER).write_text(description)
+        if _complete(out, description):  # another process finished the same dataset meanwhile
+            return False
+        replace_folder(staged, out)
     return True
+
+
+def _complete(out: Path, description: str) -> bool:
+    """Whether ``out`` holds a finished dataset of ``description`` (its marker is written last)."""
+    return (out / MARKER).is_file() and (out / MARKER).read_text() == description
 
 
 def make_digits(out: str | Path, size: int = SIZE, per_class: int | None = None) -> Path:

@@ -166,3 +166,23 @@ def test_make_digits_multi_label_cli_smoke_size_and_too_few_mosaics(tmp_path, mo
         tool.main()
     assert "train mosaics show only the digits []" in str(e.value) and "--per_class" in str(e.value)
     assert "\n" not in str(e.value) and not list(tmp_path.glob("few*"))
+
+
+def test_builders_running_at_once_leave_one_complete_dataset(tmp_path):
+    """Three processes building the same mosaics into one folder at once (torchrun ranks, parallel benchmarks):
+    each stages apart, so the folder ends complete and byte-identical to a lone build, with no staging left.
+    (With one shared staging folder, one builder deleted another's files mid-write and a set with missing images
+    was marked complete.)"""
+    import subprocess
+    sizes = {"train": 300, "val": 20, "test": 20}
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from dataloader.digits import make_mosaic; "
+            f"make_mosaic(sys.argv[2], {sizes!r})")
+    root = str(Path(__file__).resolve().parents[2])
+    procs = [subprocess.Popen([sys.executable, "-c", code, root, str(tmp_path / "shared")]) for _ in range(3)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    alone = make_mosaic(tmp_path / "alone", sizes)
+    files = sorted(p.relative_to(alone) for p in alone.rglob("*") if p.is_file())
+    assert len(files) == 340 + 5
+    assert sorted(p.relative_to(tmp_path / "shared") for p in (tmp_path / "shared").rglob("*") if p.is_file()) == files
+    assert all((alone / f).read_bytes() == (tmp_path / "shared" / f).read_bytes() for f in files)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alone", "shared"]
