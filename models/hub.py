@@ -40,7 +40,7 @@ from utils.weights_name import (
 )
 
 from .pretrained import read_weights
-from .registry import TIMM_PREFIX, build_model, model_family
+from .registry import TIMM_PREFIX, model_family
 
 logger = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -422,13 +422,9 @@ def _package_preprocessing(arch: str, ref: str, folder: Path) -> dict[str, Any]:
 
 
 def _package_model(folder: Path, state: dict[str, torch.Tensor]) -> nn.Module:
-    """The package's own model with ``state`` loaded strictly (a file that does not fit is a CheckpointError)."""
-    from .package import WEIGHTS_FILE, package_spec, read_package_config
-    from .pretrained import load_state_dict_checked
-    spec = package_spec(read_package_config(folder), str(folder))
-    model = build_model(spec.arch, spec.num_classes, in_chans=spec.in_chans)
-    load_state_dict_checked(model, state, folder / WEIGHTS_FILE)
-    return model
+    """The package's own model with ``state`` loaded strictly (``models.package.package_model``)."""
+    from .package import package_model
+    return package_model(folder, state)[0]
 
 
 _RESOLVERS: dict[str, Callable[[str, str], NamedWeights]] = {

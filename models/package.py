@@ -167,12 +167,21 @@ def package_preprocessing(spec: ModelSpec) -> dict[str, Any]:
             "test_crop_pct": spec.test_crop_pct}
 
 
-def load_package(folder: str | Path) -> tuple[nn.Module, ModelSpec]:
-    """Our loader, for every package (those timm cannot build too): the spec's model, its weights read with
-    safetensors and loaded strictly, in eval mode."""
+def package_model(folder: str | Path,
+                  state: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, ModelSpec]:
+    """The model a package's config.json describes, with ``state`` (default: the package's own weights, read
+    with safetensors) loaded strictly: a file that does not fit is a CheckpointError naming it."""
     from .pretrained import load_state_dict_checked, read_weights
     folder = Path(folder)
     spec = package_spec(read_package_config(folder), str(folder))
     model = build_model(spec.arch, spec.num_classes, in_chans=spec.in_chans)
-    load_state_dict_checked(model, read_weights(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
+    load_state_dict_checked(model, read_weights(folder / WEIGHTS_FILE) if state is None else state,
+                            folder / WEIGHTS_FILE)
+    return model, spec
+
+
+def load_package(folder: str | Path) -> tuple[nn.Module, ModelSpec]:
+    """Our loader, for every package (those timm cannot build too): the spec's model, its weights read with
+    safetensors and loaded strictly, in eval mode."""
+    model, spec = package_model(folder)
     return model.eval(), spec
