@@ -487,14 +487,22 @@ def restore_for_inference(cfg: argparse.Namespace, device: torch.device | None =
     return Restored(model.to(device).eval(), spec, device)
 
 
+def _split_loader(cfg: argparse.Namespace, restored: Restored, split: str,
+                  fallback: bool) -> tuple[ClassificationDataset, torch.utils.data.DataLoader, dict[str, Any]]:
+    """``split``'s dataset (evaluation transform), its loader and the restored model's preprocessing and
+    precision, as :func:`predict_split` and :func:`embed_split` run it."""
+    dataset = build_dataset(cfg, split, restored.class_names, train=False, fallback=fallback, spec=restored.spec)
+    loader = build_loader(cfg, dataset, train=False, device=restored.device)
+    return dataset, loader, {"preprocess": preprocessor(restored.spec, restored.device),
+                             "dtype": amp_dtype(cfg.amp, cfg.amp_dtype, restored.device)}
+
+
 def predict_split(cfg: argparse.Namespace, restored: Restored, split: str, *, fallback: bool = False,
                   progress: bool = False) -> tuple[ClassificationDataset, dict[str, Any]]:
     """Run the restored model over ``split``: the dataset and ``evaluate``'s outputs (logits in dataset order)."""
-    dataset = build_dataset(cfg, split, restored.class_names, train=False, fallback=fallback, spec=restored.spec)
-    loader = build_loader(cfg, dataset, train=False, device=restored.device)
-    result = evaluate(restored.model, loader, preprocess=preprocessor(restored.spec, restored.device),
-                      dtype=amp_dtype(cfg.amp, cfg.amp_dtype, restored.device), progress=progress,
-                      return_outputs=True, desc=f"predict {dataset.split}")
+    dataset, loader, run = _split_loader(cfg, restored, split, fallback)
+    result = evaluate(restored.model, loader, progress=progress, return_outputs=True,
+                      desc=f"predict {dataset.split}", **run)
     return dataset, result
 
 
@@ -502,10 +510,7 @@ def embed_split(cfg: argparse.Namespace, restored: Restored, split: str, *, fall
                 progress: bool = False) -> tuple[ClassificationDataset, dict[str, Any]]:
     """The restored model over ``split`` (evaluation transform): the dataset and ``engine.features.embed``'s
     result (each image's embedding, logits, targets and dataset indices, in loader order)."""
-    dataset = build_dataset(cfg, split, restored.class_names, train=False, fallback=fallback, spec=restored.spec)
-    loader = build_loader(cfg, dataset, train=False, device=restored.device)
-    result = embed(restored.model, loader, len(restored.class_names),
-                   preprocess=preprocessor(restored.spec, restored.device),
-                   dtype=amp_dtype(cfg.amp, cfg.amp_dtype, restored.device), multi_label=restored.spec.multi_label,
-                   progress=progress, desc=f"features {dataset.split}")
+    dataset, loader, run = _split_loader(cfg, restored, split, fallback)
+    result = embed(restored.model, loader, len(restored.class_names), multi_label=restored.spec.multi_label,
+                   progress=progress, desc=f"features {dataset.split}", **run)
     return dataset, result
