@@ -633,11 +633,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--reject_below is for single-label exports: {args.model} is multi-label, and answers "
                              f"an empty label set when no class reaches its threshold")
     except Exception as e:  # a missing file, or a model the backend cannot load: one line, no traceback
-        print(f"classifier.py: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
-              file=sys.stderr)
+        print(error_line("classifier.py", e), file=sys.stderr)
         return 1
     with own_pixel_check():  # --max_image_pixels alone refuses images, from their headers
         return classify_all(clf, paths, args)
+
+
+def error_line(program: str, e: Exception) -> str:
+    """The one line a program of the demos prints for an error at start-up: its type and first line."""
+    text = str(e).strip()
+    return f"{program}: {type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def classify_all(clf: Classifier, paths: Sequence[Path], args: argparse.Namespace) -> int:

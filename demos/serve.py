@@ -223,6 +223,7 @@ def create_app(clf: demo.Classifier, topk: int = 5, reject_below: float | None =
                max_wait_ms: float = 5.0, max_bytes: int = DEFAULT_MAX_BYTES, max_decoding: int = 1) -> FastAPI:
     """The service's FastAPI application around a loaded classifier (whose ``max_pixels`` bounds each image)."""
     batcher, gate = Batcher(clf, max_batch, max_wait_ms), DecodeGate(max_decoding)
+    html = PAGE.read_text(encoding="utf-8")  # the page, read once
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -263,7 +264,7 @@ def create_app(clf: demo.Classifier, topk: int = 5, reject_below: float | None =
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
-        return PAGE.read_text(encoding="utf-8")
+        return html
 
     return app
 
@@ -308,8 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         if clf.multi_label and args.reject_below is not None:
             raise ValueError(f"--reject_below is for single-label exports: {args.model} is multi-label")
     except Exception as e:  # a missing file, or a model the backend cannot load: one line, no traceback
-        print(f"serve.py: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
-              file=sys.stderr)
+        print(demo.error_line("serve.py", e), file=sys.stderr)
         return 1
     app = create_app(clf, args.topk, args.reject_below, args.max_batch, args.max_wait_ms, args.max_bytes,
                      args.max_decoding)
