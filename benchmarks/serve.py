@@ -36,8 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "demos"))
 
 from benchmarks.int8_onnx_variants import main_py  # noqa: E402
-
-RECIPE = ROOT / "z_task_shell" / "configs" / "digits_resnet18.yaml"
+from benchmarks.trust import RECIPE  # noqa: E402  (the digits recipe)
 
 
 def export_int8(ckpt: Path, data: Path, max_drop: float) -> tuple[Path, dict]:

@@ -136,9 +136,10 @@ def write_package(model: nn.Module, spec: ModelSpec, out: str | Path, card: str,
     else:
         logger.warning("package %s: not loadable by timm: %s; load it with models.package.load_package('%s'), or "
                        "fine-tune from it with --pretrained local-dir:%s", out, reason, out, out)
-    if preprocessing_difference(spec):
+    difference = preprocessing_difference(spec)
+    if difference:
         logger.warning("package %s: timm's evaluation transform is not the model's (%s); config.json's note and "
-                       "the card give the model's own", out, preprocessing_difference(spec))
+                       "the card give the model's own", out, difference)
     return config
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from typing import Callable
 
 from config.base import FlagGroup, Mode, need, need_file
 
@@ -10,12 +11,12 @@ from config.base import FlagGroup, Mode, need, need_file
 HUB_REPO = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 
 
-def _publish_files(cfg: argparse.Namespace, given: set[str]) -> None:
-    need_file(cfg.publish[0], "publish", what="checkpoint")
-
-
-def _package_files(cfg: argparse.Namespace, given: set[str]) -> None:
-    need_file(cfg.package[0], "package", what="checkpoint")
+def _checkpoint_first(mode: str) -> Callable[[argparse.Namespace, set[str]], None]:
+    """The file check of a mode whose flag's first value is a checkpoint (``--publish CKPT OUT``, ``--package
+    CKPT DIR``)."""
+    def check(cfg: argparse.Namespace, given: set[str]) -> None:
+        need_file(getattr(cfg, mode)[0], mode, what="checkpoint")
+    return check
 
 
 def _add_package(g: argparse._ArgumentGroup) -> None:
@@ -48,12 +49,12 @@ MODES = (
                                   help="strip training state from CKPT and write OUT-<sha256[:8]>.pth "
                                        "(OUT ending in .safetensors: the weights as safetensors, the class names, "
                                        "spec and config in its metadata)"),
-         check_files=_publish_files),
+         check_files=_checkpoint_first("publish")),
     Mode("package", "applications.model_tools",
          lambda g: g.add_argument("--package", type=str, nargs=2, default=None, metavar=("CKPT", "DIR"),
                                   help="write DIR: model.safetensors, config.json (timm's pretrained_cfg form: "
                                        "timm.create_model('local-dir:DIR', pretrained=True) where timm builds the "
                                        "model) and a README.md model card; --pretrained local-dir:DIR or "
                                        "hf-hub:REPO fine-tunes from it"),
-         groups=(PACKAGE,), check_files=_package_files),
+         groups=(PACKAGE,), check_files=_checkpoint_first("package")),
 )
